@@ -1,0 +1,16 @@
+//! Pulsar Relay: a thread-per-core message relay.
+//!
+//! The modules follow the data path of a message:
+//! `shard` (executors, listeners, cross-shard mesh) → `http` / `ws` (wire codecs) →
+//! `api` (routes, sessions, errors) → `topic` (ownership, IDs, hot ring) → `store`
+//! (persistence seam). `auth`, `metrics` and `config` serve all of them.
+
+pub mod api;
+pub mod auth;
+pub mod config;
+pub mod http;
+pub mod metrics;
+pub mod shard;
+pub mod store;
+pub mod topic;
+pub mod ws;
