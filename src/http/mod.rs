@@ -1,0 +1,11 @@
+//! HTTP/1.1 server codec: request decoding ([`request`]) and response encoding ([`response`]).
+//!
+//! Owns only the wire format. It does no I/O and keeps no sockets: the connection code in
+//! `shard` owns the socket and its buffers, feeds bytes in and writes the encoded bytes out.
+//! It must not touch routing, authentication or topic state (those live in `api`).
+
+pub mod request;
+pub mod response;
+
+pub use request::{HttpError, Limits, Method, Request, RequestDecoder};
+pub use response::{encode, error_body, http_date, reason_phrase, Response};
