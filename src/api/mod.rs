@@ -1,0 +1,272 @@
+//! The relay's API: the HTTP request loop of a connection, routing, and the handlers.
+//!
+//! A connection is served entirely on the shard that accepted it. Handlers validate
+//! everything before doing any work, then reach topic owners only through `Shard::call`.
+//! The wire formats come from `http` and `ws`; this module owns what the bytes mean.
+
+pub mod conn;
+pub mod error;
+mod ack;
+mod publish;
+mod poll;
+mod subscriptions;
+mod ws_session;
+
+use std::io;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use crate::auth::{AuthError, Permission, Principal};
+use crate::http::{encode, Limits, Method, Request, RequestDecoder, Response};
+use crate::shard::{now_ms, Shard, TcpStream};
+use crate::topic::valid_topic_name;
+use conn::{Conn, Event};
+use error::ApiError;
+
+/// Serves one accepted connection until it closes.
+pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
+    let _ = stream.set_nodelay(true);
+    let mut conn = Conn::new(shard, stream);
+    // An I/O error here means the peer went away; there is nobody left to tell.
+    let _ = http_loop(&mut conn).await;
+}
+
+/// What a route produced: a response, or a WebSocket session to run on this connection.
+pub enum Outcome {
+    Reply(Response),
+    Upgrade(ws_session::Upgrade),
+}
+
+impl From<Result<Response, ApiError>> for Outcome {
+    fn from(result: Result<Response, ApiError>) -> Self {
+        Outcome::Reply(result.unwrap_or_else(ApiError::into_response))
+    }
+}
+
+async fn http_loop(conn: &mut Conn) -> io::Result<()> {
+    let cfg = &conn.shard.config;
+    let limits = Limits {
+        max_header_bytes: cfg.limits.max_header_bytes,
+        max_headers: cfg.limits.max_headers,
+        max_body_bytes: cfg.limits.max_body_bytes,
+    };
+    let read_timeout = cfg.server.read_timeout.as_millis() as u64;
+    let idle_timeout = cfg.server.idle_timeout.as_millis() as u64;
+    let mut decoder = RequestDecoder::new(limits);
+    let mut auth = AuthCache::default();
+    let mut out = Vec::new();
+    let mut request_started = false;
+    let mut continue_sent = false;
+    loop {
+        match decoder.decode(conn.rbuf.filled()) {
+            Ok(Some((req, used))) => {
+                conn.rbuf.consume(used);
+                conn.ctl.clear_deadline();
+                request_started = false;
+                continue_sent = false;
+                let keep_alive = req.keep_alive && !conn.ctl.closing();
+                let head_only = req.method == Method::Head;
+                match route(conn, req, &mut auth).await {
+                    Outcome::Reply(resp) => encode(&resp, head_only, keep_alive, &mut out),
+                    Outcome::Upgrade(upgrade) => {
+                        if !out.is_empty() {
+                            conn.write_all(&out).await?;
+                        }
+                        return ws_session::run(conn, upgrade).await;
+                    }
+                }
+                if !keep_alive {
+                    conn.write_all(&out).await?;
+                    return Ok(());
+                }
+                continue;
+            }
+            Ok(None) => {}
+            Err(e) => {
+                encode(&ApiError::from(e).into_response(), false, false, &mut out);
+                conn.write_all(&out).await?;
+                return Ok(());
+            }
+        }
+        if decoder.expects_continue() && !continue_sent {
+            continue_sent = true;
+            out.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+        }
+        if !out.is_empty() {
+            conn.write_all(&out).await?;
+            out.clear();
+        }
+        if conn.rbuf.is_empty() && !decoder.in_body() {
+            if conn.ctl.closing() {
+                return Ok(());
+            }
+            conn.ctl.set_deadline(now_ms() + idle_timeout);
+        } else if !request_started {
+            request_started = true;
+            conn.ctl.set_deadline(now_ms() + read_timeout);
+        }
+        match conn.read_or_wake().await? {
+            Event::Data => {}
+            Event::Eof => return Ok(()),
+            Event::Woken => {
+                if conn.ctl.take_timeout() {
+                    if request_started {
+                        let err = ApiError::new(
+                            408,
+                            "REQUEST_TIMEOUT",
+                            "the request was not received in time",
+                        );
+                        encode(&err.into_response(), false, false, &mut out);
+                        conn.write_all(&out).await?;
+                    }
+                    return Ok(());
+                }
+            }
+        }
+    }
+}
+
+async fn route(conn: &mut Conn, req: Request, auth: &mut AuthCache) -> Outcome {
+    use Method::*;
+    let shard = Rc::clone(&conn.shard);
+    match (req.path.as_str(), req.method) {
+        ("/health", Get | Head) => Outcome::Reply(Response::json(200, br#"{"status":"ok"}"#.to_vec())),
+        ("/health", _) => not_allowed("GET, HEAD"),
+        ("/ready", Get | Head) => Outcome::Reply(ready(&shard)),
+        ("/ready", _) => not_allowed("GET, HEAD"),
+        ("/api/v1/messages", Post) => {
+            let result = match auth.principal(&shard, &req, Permission::Write) {
+                Ok(principal) => publish::single(&shard, &principal, req.body).await,
+                Err(e) => Err(e),
+            };
+            result.into()
+        }
+        ("/api/v1/messages", _) => not_allowed("POST"),
+        ("/api/v1/messages/bulk", Post) => {
+            let result = match auth.principal(&shard, &req, Permission::Write) {
+                Ok(principal) => publish::bulk(&shard, &principal, req.body).await,
+                Err(e) => Err(e),
+            };
+            result.into()
+        }
+        ("/api/v1/messages/bulk", _) => not_allowed("POST"),
+        ("/api/v1/poll", Get) => match auth.principal(&shard, &req, Permission::Read) {
+            Ok(principal) => poll::poll(conn, &principal, &req).await.into(),
+            Err(e) => Outcome::from(Err(e)),
+        },
+        ("/api/v1/poll", _) => not_allowed("GET"),
+        ("/api/v1/ack", Post) => {
+            let result = match auth.principal(&shard, &req, Permission::Read) {
+                Ok(principal) => ack::http_ack(&shard, &principal, &req.body).await,
+                Err(e) => Err(e),
+            };
+            result.into()
+        }
+        ("/api/v1/ack", _) => not_allowed("POST"),
+        ("/ws", Get) => match ws_session::upgrade(&shard, &req) {
+            Ok(upgrade) => Outcome::Upgrade(upgrade),
+            Err(e) => Outcome::from(Err(e)),
+        },
+        ("/ws", _) => not_allowed("GET"),
+        (path, _) => Outcome::from(Err(ApiError::not_found(path))),
+    }
+}
+
+fn not_allowed(allow: &'static str) -> Outcome {
+    Outcome::from(Err(ApiError::method_not_allowed(allow)))
+}
+
+fn ready(shard: &Shard) -> Response {
+    if shard.is_shutting_down() {
+        return ApiError::new(503, "SHUTTING_DOWN", "the relay is shutting down").into_response();
+    }
+    match shard.process.all_serving() {
+        Ok(()) => Response::json(
+            200,
+            format!(r#"{{"status":"ready","shards":{}}}"#, shard.count).into_bytes(),
+        ),
+        Err(failing) => ApiError::new(
+            503,
+            "NOT_READY",
+            format!("shard {failing} is not serving"),
+        )
+        .into_response(),
+    }
+}
+
+/// Extracts the bearer token of a request from the `Authorization` header.
+fn bearer(req: &Request) -> Option<&str> {
+    let value = req.header("authorization")?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+/// Remembers the last verified token of a keep-alive connection, so a producer that sends
+/// the same token on every request pays for signature verification once.
+#[derive(Default)]
+struct AuthCache {
+    token: String,
+    principal: Option<Principal>,
+}
+
+impl AuthCache {
+    fn principal(
+        &mut self,
+        shard: &Shard,
+        req: &Request,
+        needed: Permission,
+    ) -> Result<Principal, ApiError> {
+        let token = bearer(req).ok_or(AuthError::Missing)?;
+        let cached = match &self.principal {
+            Some(p) if self.token == token && p.expires_at * 1000 > now_ms() => p.clone(),
+            _ => {
+                self.principal = None;
+                let p = shard.auth.verify(token)?;
+                self.token.clear();
+                self.token.push_str(token);
+                self.principal = Some(p.clone());
+                p
+            }
+        };
+        cached.require(needed)?;
+        Ok(cached)
+    }
+}
+
+/// Validates a list of topic names (deduplicated, order kept) for a subscribe or a poll.
+fn parse_topics<'a>(names: impl IntoIterator<Item = &'a str>, max: usize) -> Result<Vec<Arc<str>>, ApiError> {
+    let mut topics: Vec<Arc<str>> = Vec::new();
+    for name in names {
+        if !valid_topic_name(name) {
+            return Err(ApiError::invalid(
+                "INVALID_TOPIC",
+                format!("{name:?} is not a valid topic name (1-255 characters of ASCII letters, digits and _ - . :)"),
+            ));
+        }
+        if !topics.iter().any(|t| &**t == name) {
+            topics.push(Arc::from(name));
+        }
+    }
+    if topics.is_empty() {
+        return Err(ApiError::invalid("MISSING_FIELD", "at least one topic is required"));
+    }
+    if topics.len() > max {
+        return Err(ApiError::invalid(
+            "TOO_MANY_TOPICS",
+            format!("at most {max} topics per request"),
+        ));
+    }
+    Ok(topics)
+}
+
+/// Client IDs share the topic alphabet, at most 128 characters.
+fn parse_client_id(id: &str) -> Result<&str, ApiError> {
+    if id.len() <= 128 && valid_topic_name(id) {
+        Ok(id)
+    } else {
+        Err(ApiError::invalid(
+            "INVALID_CLIENT_ID",
+            "`client_id` must be 1-128 characters of ASCII letters, digits and _ - . :",
+        ))
+    }
+}

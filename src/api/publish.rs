@@ -1,0 +1,333 @@
+//! Producer endpoints: `POST /api/v1/messages` and `POST /api/v1/messages/bulk`.
+//!
+//! The body is parsed once, borrowing from the request bytes: the payload and metadata are
+//! located, validated and passed to the owner as byte ranges of the same buffer, so the
+//! producer's JSON is never re-encoded (number formatting and key order survive) and never
+//! copied before the owner writes it into the delivery frame.
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use serde::{Deserialize, Deserializer};
+use serde_json::value::RawValue;
+
+use super::error::ApiError;
+use crate::auth::Principal;
+use crate::http::Response;
+use crate::shard::owner::{DraftSpan, Op, OpResult, PublishBatch, Receipt};
+use crate::shard::Shard;
+use crate::topic::message::rfc3339;
+use crate::topic::{owner_of, valid_topic_name};
+
+#[derive(Deserialize)]
+struct RawMessage<'a> {
+    #[serde(borrow, default, deserialize_with = "present")]
+    topic: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    payload: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    ttl: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    metadata: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct RawBulk<'a> {
+    #[serde(borrow, default)]
+    messages: Option<Vec<&'a RawValue>>,
+}
+
+/// A present field, even `null` (which plain `Option` would fold into "absent").
+fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue>::deserialize(d).map(Some)
+}
+
+/// A validated message: ranges into the body, plus the topic when the producer spelled it
+/// with JSON escapes (then it is appended to the body before sending).
+struct Parsed {
+    span: DraftSpan,
+    escaped_topic: Option<String>,
+}
+
+const MAX_TTL_SECS: u64 = 100 * 365 * 24 * 3600;
+
+fn offset_in(body: &[u8], part: &str) -> Range<usize> {
+    let start = part.as_ptr() as usize - body.as_ptr() as usize;
+    start..start + part.len()
+}
+
+fn parse_message(body: &[u8], raw: &str) -> Result<Parsed, ApiError> {
+    let msg: RawMessage<'_> = serde_json::from_str(raw)
+        .map_err(|e| ApiError::invalid("INVALID_MESSAGE", format!("message must be a JSON object: {e}")))?;
+
+    let topic_raw = msg
+        .topic
+        .ok_or_else(|| ApiError::invalid("MISSING_FIELD", "`topic` is required"))?;
+    let topic: Cow<'_, str> = serde_json::from_str(topic_raw.get())
+        .map_err(|_| ApiError::invalid("INVALID_TOPIC", "`topic` must be a string"))?;
+    if !valid_topic_name(&topic) {
+        return Err(ApiError::invalid(
+            "INVALID_TOPIC",
+            "`topic` must be 1-255 characters of ASCII letters, digits and _ - . :",
+        ));
+    }
+    let payload = msg
+        .payload
+        .ok_or_else(|| ApiError::invalid("MISSING_FIELD", "`payload` is required"))?;
+
+    let ttl_ms = match msg.ttl.map(RawValue::get) {
+        None | Some("null") => None,
+        Some(text) => match serde_json::from_str::<u64>(text) {
+            Ok(secs) if (1..=MAX_TTL_SECS).contains(&secs) => Some(secs * 1000),
+            _ => {
+                return Err(ApiError::invalid(
+                    "INVALID_TTL",
+                    "`ttl` must be a whole number of seconds greater than 0",
+                ))
+            }
+        },
+    };
+
+    let metadata = match msg.metadata.map(RawValue::get) {
+        None | Some("null") => None,
+        Some(text) => {
+            serde_json::from_str::<BTreeMap<Cow<'_, str>, Cow<'_, str>>>(text).map_err(|_| {
+                ApiError::invalid(
+                    "INVALID_METADATA",
+                    "`metadata` must be an object whose values are strings",
+                )
+            })?;
+            Some(offset_in(body, text))
+        }
+    };
+
+    let (topic_range, escaped_topic) = match topic {
+        Cow::Borrowed(name) => (offset_in(body, name), None),
+        Cow::Owned(name) => (0..0, Some(name)),
+    };
+    Ok(Parsed {
+        span: DraftSpan {
+            topic: topic_range,
+            payload: offset_in(body, payload.get()),
+            metadata,
+            ttl_ms,
+        },
+        escaped_topic,
+    })
+}
+
+fn finish_spans(body: &mut Vec<u8>, parsed: Vec<Parsed>) -> Vec<DraftSpan> {
+    parsed
+        .into_iter()
+        .map(|p| {
+            let mut span = p.span;
+            if let Some(name) = p.escaped_topic {
+                let start = body.len();
+                body.extend_from_slice(name.as_bytes());
+                span.topic = start..body.len();
+            }
+            span
+        })
+        .collect()
+}
+
+fn body_str(body: &[u8]) -> Result<&str, ApiError> {
+    std::str::from_utf8(body).map_err(|_| ApiError::invalid("INVALID_JSON", "the body is not valid UTF-8"))
+}
+
+fn receipt_json(topic: &str, receipt: &Receipt) -> String {
+    format!(
+        r#"{{"message_id":"{}","topic":"{}","timestamp":"{}"}}"#,
+        receipt.id,
+        topic,
+        rfc3339(receipt.timestamp_ms)
+    )
+}
+
+/// Sends spans (all owned by `owner`) and returns one receipt per span.
+async fn publish_to(shard: &Shard, owner: usize, body: Arc<Vec<u8>>, items: Vec<DraftSpan>) -> Vec<Receipt> {
+    match shard.call(owner, Op::Publish(PublishBatch { body, items })).await {
+        OpResult::Published(receipts) => receipts,
+        _ => Vec::new(),
+    }
+}
+
+pub async fn single(shard: &Rc<Shard>, _principal: &Principal, mut body: Vec<u8>) -> Result<Response, ApiError> {
+    let parsed = parse_message(&body, body_str(&body)?)?;
+    let spans = finish_spans(&mut body, vec![parsed]);
+    let topic = String::from_utf8_lossy(&body[spans[0].topic.clone()]).into_owned();
+    let owner = owner_of(&topic, shard.count);
+    let receipts = publish_to(shard, owner, Arc::new(body), spans).await;
+    let receipt = receipts
+        .first()
+        .ok_or_else(|| ApiError::new(503, "UNAVAILABLE", "the topic owner did not answer"))?;
+    Ok(Response::json(201, receipt_json(&topic, receipt).into_bytes()))
+}
+
+pub async fn bulk(shard: &Rc<Shard>, _principal: &Principal, mut body: Vec<u8>) -> Result<Response, ApiError> {
+    let max = shard.config.limits.max_bulk_messages;
+    let text = body_str(&body)?;
+    let outer: RawBulk<'_> = serde_json::from_str(text).map_err(|e| {
+        ApiError::invalid("INVALID_JSON", format!("body must be an object with a `messages` array: {e}"))
+    })?;
+    let items = outer
+        .messages
+        .ok_or_else(|| ApiError::invalid("MISSING_FIELD", "`messages` is required"))?;
+    if items.is_empty() || items.len() > max {
+        return Err(ApiError::invalid(
+            "INVALID_BATCH_SIZE",
+            format!("`messages` must hold 1 to {max} messages, not {}", items.len()),
+        ));
+    }
+    let results: Vec<Result<Parsed, ApiError>> = items.iter().map(|raw| parse_message(&body, raw.get())).collect();
+    drop(items);
+
+    let mut outcomes: Vec<Result<(), ApiError>> = Vec::with_capacity(results.len());
+    let mut parsed = Vec::new();
+    for r in results {
+        match r {
+            Ok(p) => {
+                parsed.push(p);
+                outcomes.push(Ok(()));
+            }
+            Err(e) => outcomes.push(Err(e)),
+        }
+    }
+    let spans = finish_spans(&mut body, parsed);
+    let topics: Vec<String> = spans
+        .iter()
+        .map(|s| String::from_utf8_lossy(&body[s.topic.clone()]).into_owned())
+        .collect();
+
+    // Group by owner, keeping each owner's items in request order.
+    let mut by_owner: Vec<(Vec<usize>, Vec<DraftSpan>)> = (0..shard.count).map(|_| (Vec::new(), Vec::new())).collect();
+    for (k, span) in spans.into_iter().enumerate() {
+        let owner = owner_of(&topics[k], shard.count);
+        by_owner[owner].0.push(k);
+        by_owner[owner].1.push(span);
+    }
+    let body = Arc::new(body);
+    let mut calls = Vec::new();
+    for (owner, (keys, spans)) in by_owner.into_iter().enumerate() {
+        if spans.is_empty() {
+            continue;
+        }
+        let shard = Rc::clone(shard);
+        let body = Arc::clone(&body);
+        calls.push((keys, crate::shard::spawn_local(async move { publish_to(&shard, owner, body, spans).await })));
+    }
+    let mut receipts: Vec<Option<Receipt>> = vec![None; topics.len()];
+    for (keys, call) in calls {
+        for (k, receipt) in keys.into_iter().zip(call.await) {
+            receipts[k] = Some(receipt);
+        }
+    }
+
+    let mut out = Vec::with_capacity(outcomes.len());
+    let (mut accepted, mut rejected) = (0usize, 0usize);
+    let mut k = 0;
+    for outcome in outcomes {
+        match outcome {
+            Ok(()) => {
+                let topic = &topics[k];
+                match receipts[k] {
+                    Some(r) => {
+                        accepted += 1;
+                        out.push(serde_json::json!({
+                            "message_id": r.id.to_string(),
+                            "topic": topic,
+                            "timestamp": rfc3339(r.timestamp_ms),
+                            "status": "accepted",
+                            "error": null,
+                        }));
+                    }
+                    None => {
+                        rejected += 1;
+                        out.push(serde_json::json!({
+                            "message_id": null,
+                            "topic": topic,
+                            "status": "rejected",
+                            "error": {"code": "UNAVAILABLE", "detail": "the topic owner did not answer"},
+                        }));
+                    }
+                }
+                k += 1;
+            }
+            Err(e) => {
+                rejected += 1;
+                out.push(serde_json::json!({
+                    "message_id": null,
+                    "topic": null,
+                    "status": "rejected",
+                    "error": {"code": e.code, "detail": e.detail},
+                }));
+            }
+        }
+    }
+    let body = serde_json::json!({
+        "results": out,
+        "summary": {"total": accepted + rejected, "accepted": accepted, "rejected": rejected},
+    });
+    Ok(Response::json(207, serde_json::to_vec(&body).unwrap_or_default()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<(Parsed, Vec<u8>), ApiError> {
+        let body = text.as_bytes().to_vec();
+        let p = parse_message(&body, text)?;
+        Ok((p, body))
+    }
+
+    #[test]
+    fn ranges_point_at_the_producer_bytes() {
+        let text = r#"{"topic":"jobs","payload":{"n": 1.50},"metadata":{"a":"b"},"ttl":5}"#;
+        let (p, body) = parse(text).unwrap();
+        assert_eq!(&body[p.span.topic.clone()], b"jobs");
+        assert_eq!(&body[p.span.payload.clone()], br#"{"n": 1.50}"#);
+        assert_eq!(&body[p.span.metadata.clone().unwrap()], br#"{"a":"b"}"#);
+        assert_eq!(p.span.ttl_ms, Some(5000));
+    }
+
+    #[test]
+    fn escaped_topic_is_appended_to_the_body() {
+        let text = r#"{"topic":"jo\u0062s","payload":1}"#;
+        let (p, mut body) = parse(text).unwrap();
+        let spans = finish_spans(&mut body, vec![p]);
+        assert_eq!(&body[spans[0].topic.clone()], b"jobs");
+    }
+
+    #[test]
+    fn null_payload_is_a_value_but_missing_payload_is_an_error() {
+        assert!(parse(r#"{"topic":"t","payload":null}"#).is_ok());
+        assert_eq!(parse(r#"{"topic":"t"}"#).err().unwrap().code, "MISSING_FIELD");
+    }
+
+    #[test]
+    fn each_bad_field_has_its_code() {
+        let cases = [
+            (r#"[1]"#, "INVALID_MESSAGE"),
+            (r#"{"payload":1}"#, "MISSING_FIELD"),
+            (r#"{"topic":5,"payload":1}"#, "INVALID_TOPIC"),
+            (r#"{"topic":"a b","payload":1}"#, "INVALID_TOPIC"),
+            (r#"{"topic":"","payload":1}"#, "INVALID_TOPIC"),
+            (r#"{"topic":"t","payload":1,"ttl":0}"#, "INVALID_TTL"),
+            (r#"{"topic":"t","payload":1,"ttl":-1}"#, "INVALID_TTL"),
+            (r#"{"topic":"t","payload":1,"ttl":1.5}"#, "INVALID_TTL"),
+            (r#"{"topic":"t","payload":1,"ttl":"5"}"#, "INVALID_TTL"),
+            (r#"{"topic":"t","payload":1,"metadata":{"a":1}}"#, "INVALID_METADATA"),
+            (r#"{"topic":"t","payload":1,"metadata":[]}"#, "INVALID_METADATA"),
+            (r#"{"topic":"t","topic":"u","payload":1}"#, "INVALID_MESSAGE"),
+        ];
+        for (text, code) in cases {
+            let err = parse(text).err().unwrap_or_else(|| panic!("{text} accepted"));
+            assert_eq!(err.code, code, "{text}");
+            assert_eq!(err.status, 422, "{text}");
+        }
+    }
+}

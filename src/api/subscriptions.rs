@@ -1,0 +1,107 @@
+//! A connection's set of topic subscriptions, registered with the local index and with
+//! each topic's owner, and torn down with the connection.
+
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use crate::shard::owner::{Op, OpResult};
+use crate::shard::{spawn_local, Shard};
+use crate::topic::subscribers::{Sink, Subscription};
+use crate::topic::{owner_of, ConsumerKey, Cursor, MessageId, Snapshot};
+
+pub struct Subscriptions {
+    shard: Rc<Shard>,
+    by_topic: HashMap<Arc<str>, Rc<Subscription>>,
+}
+
+/// A subscription registered locally and with its owner, whose snapshot the caller still
+/// has to hand over with [`Subscription::finish_replay`].
+pub struct Pending {
+    pub sub: Rc<Subscription>,
+    pub snapshot: Snapshot,
+}
+
+impl Subscriptions {
+    pub fn new(shard: Rc<Shard>) -> Self {
+        Subscriptions {
+            shard,
+            by_topic: HashMap::new(),
+        }
+    }
+
+    pub fn topics(&self) -> impl Iterator<Item = &Arc<str>> {
+        self.by_topic.keys()
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_topic.len()
+    }
+
+    /// Subscribes to every topic (skipping ones already subscribed): registers each locally
+    /// first, so nothing published from now on is missed, then asks the owners, all at once,
+    /// for their snapshots.
+    pub async fn add(
+        &mut self,
+        topics: &[Arc<str>],
+        cursor: &Cursor,
+        consumer: Option<&ConsumerKey>,
+        sink: &Rc<dyn Sink>,
+        limit: usize,
+    ) -> Vec<Pending> {
+        let start_after = match cursor {
+            Cursor::After(id) => *id,
+            Cursor::Live | Cursor::Earliest => MessageId::ZERO,
+        };
+        let mut calls = Vec::new();
+        for topic in topics {
+            if self.by_topic.contains_key(topic) {
+                continue;
+            }
+            let sub = Subscription::new(Arc::clone(topic), start_after, Rc::clone(sink));
+            self.shard.subscribers.borrow_mut().add(Rc::clone(&sub));
+            self.by_topic.insert(Arc::clone(topic), Rc::clone(&sub));
+            let op = Op::Subscribe {
+                topic: Arc::clone(topic),
+                cursor: cursor.clone(),
+                consumer: consumer.cloned(),
+                limit,
+            };
+            let shard = Rc::clone(&self.shard);
+            let owner = owner_of(topic, shard.count);
+            calls.push((sub, spawn_local(async move { shard.call(owner, op).await })));
+        }
+        let mut pending = Vec::with_capacity(calls.len());
+        for (sub, call) in calls {
+            if let OpResult::Subscribed(snapshot) = call.await {
+                pending.push(Pending { sub, snapshot });
+            }
+        }
+        pending
+    }
+
+    pub fn remove(&mut self, topic: &str) -> bool {
+        match self.by_topic.remove(topic) {
+            Some(sub) => {
+                release(&self.shard, &sub);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+fn release(shard: &Shard, sub: &Rc<Subscription>) {
+    let last = shard.subscribers.borrow_mut().remove(sub);
+    if last {
+        shard.drop_interest(owner_of(&sub.topic, shard.count), Arc::clone(&sub.topic));
+    }
+}
+
+impl Drop for Subscriptions {
+    fn drop(&mut self) {
+        for (_, sub) in self.by_topic.drain() {
+            release(&self.shard, &sub);
+        }
+    }
+}

@@ -1,0 +1,445 @@
+//! WebSocket sessions on `GET /ws`: the upgrade, the client commands, and the push loop.
+//!
+//! One task per connection serves both directions: it decodes client frames, answers
+//! commands, and writes queued frames. Deliveries arrive through the [`Outbound`] sink as
+//! shared `Arc<Message>`s whose frame bytes were built once by the topic owner; the session
+//! only copies them into its socket buffer. The queue is bounded in bytes: a subscriber
+//! that does not read is cut off with close code 4000 instead of growing memory.
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::future::poll_fn;
+use std::io;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::Poll;
+
+use futures_lite::AsyncWrite;
+use serde::Deserialize;
+
+use super::conn::{poll_read_into, Conn, Event};
+use super::error::ApiError;
+use super::subscriptions::Subscriptions;
+use super::{ack, parse_client_id, parse_topics};
+use crate::auth::{AuthError, Permission, Principal};
+use crate::http::Request;
+use crate::shard::conns::ConnCtl;
+use crate::shard::{now_ms, Shard};
+use crate::topic::message::rfc3339;
+use crate::topic::subscribers::Sink;
+use crate::topic::{consumer_key, ConsumerKey, Cursor, Message, MessageId};
+use crate::ws::frame::{close_frame, ping_frame, pong_frame, text_frame, FrameDecoder, Incoming};
+use crate::ws::{handshake, GOING_AWAY, POLICY_VIOLATION, SLOW_CONSUMER};
+
+/// Invalid commands tolerated per session before it is closed as abusive.
+const MAX_INVALID_FRAMES: u32 = 100;
+/// Bytes gathered from the queue into one socket write.
+const WRITE_BATCH: usize = 64 * 1024;
+
+pub struct Upgrade {
+    accept_key: String,
+    protocol: Option<&'static str>,
+    principal: Principal,
+}
+
+/// Validates the upgrade request and its token; errors become an HTTP response.
+pub fn upgrade(shard: &Shard, req: &Request) -> Result<Upgrade, ApiError> {
+    let accept_key = handshake::accept(&req.headers, true).map_err(|e| {
+        let mut err = ApiError::new(e.status(), e.code(), e.detail());
+        if e.status() == 426 {
+            err = err.with_header("Sec-WebSocket-Version", "13");
+        }
+        err
+    })?;
+    let protocols = handshake::requested_protocols(&req.headers);
+    let from_protocol = protocols
+        .iter()
+        .find_map(|p| p.strip_prefix("bearer.").map(str::to_string));
+    let token = req
+        .query_param("token")
+        .or_else(|| super::bearer(req).map(str::to_string))
+        .or(from_protocol.clone())
+        .ok_or(AuthError::Missing)?;
+    let principal = shard.auth.verify(&token)?;
+    principal.require(Permission::Read)?;
+    let protocol = (from_protocol.is_some() && protocols.iter().any(|p| p == "bearer")).then_some("bearer");
+    Ok(Upgrade {
+        accept_key,
+        protocol,
+        principal,
+    })
+}
+
+enum Frame {
+    /// A delivery; `replay` marks snapshot messages, which do not count toward the limit.
+    Message { msg: Arc<Message>, replay: bool },
+    Control(Vec<u8>),
+}
+
+/// The session's outbound queue, fed by the shard's subscriber index.
+struct Outbound {
+    frames: RefCell<VecDeque<Frame>>,
+    live_bytes: Cell<usize>,
+    limit: usize,
+    overflow: Cell<bool>,
+    replaying: Cell<bool>,
+    ctl: Rc<ConnCtl>,
+}
+
+impl Sink for Outbound {
+    fn offer(&self, msg: &Arc<Message>) {
+        if self.overflow.get() {
+            return;
+        }
+        let replay = self.replaying.get();
+        if !replay {
+            let bytes = self.live_bytes.get() + msg.ws_frame().len();
+            self.live_bytes.set(bytes);
+            if bytes > self.limit {
+                self.overflow.set(true);
+            }
+        }
+        self.frames.borrow_mut().push_back(Frame::Message {
+            msg: Arc::clone(msg),
+            replay,
+        });
+        self.ctl.signal.raise();
+    }
+}
+
+impl Outbound {
+    fn push_control(&self, bytes: Vec<u8>) {
+        self.frames.borrow_mut().push_back(Frame::Control(bytes));
+        self.ctl.signal.raise();
+    }
+
+    fn push_json(&self, json: &[u8]) {
+        self.push_control(text_frame(json));
+    }
+
+    /// Moves queued frames into `wbuf` (up to a batch); false when nothing was queued.
+    fn fill(&self, wbuf: &mut Vec<u8>) -> bool {
+        let mut frames = self.frames.borrow_mut();
+        let mut any = false;
+        while wbuf.len() < WRITE_BATCH {
+            let Some(frame) = frames.pop_front() else { break };
+            any = true;
+            match frame {
+                Frame::Message { msg, replay } => {
+                    wbuf.extend_from_slice(msg.ws_frame());
+                    if !replay {
+                        self.live_bytes.set(self.live_bytes.get() - msg.ws_frame().len());
+                    }
+                }
+                Frame::Control(bytes) => wbuf.extend_from_slice(&bytes),
+            }
+        }
+        any
+    }
+}
+
+struct Session {
+    shard: Rc<Shard>,
+    principal: Principal,
+    out: Rc<Outbound>,
+    subs: Subscriptions,
+    consumer: Option<(String, ConsumerKey)>,
+    session_id: String,
+    invalid_frames: u32,
+}
+
+#[derive(Deserialize)]
+struct Tagged {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct SubscribeCmd {
+    topics: Vec<String>,
+    client_id: Option<String>,
+    since: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct UnsubscribeCmd {
+    topics: Vec<String>,
+}
+
+#[derive(Deserialize)]
+struct AckCmd {
+    message_id: String,
+    topic: Option<String>,
+}
+
+pub async fn run(conn: &mut Conn, up: Upgrade) -> io::Result<()> {
+    let mut head = Vec::new();
+    crate::ws::handshake::switching_protocols(&up.accept_key, up.protocol, &mut head);
+    conn.write_all(&head).await?;
+
+    let shard = Rc::clone(&conn.shard);
+    let cfg = &shard.config;
+    let _ = conn.stream.set_write_timeout(Some(cfg.server.write_timeout));
+    let ping_every = cfg.delivery.ws_ping_interval.as_millis() as u64;
+    let dead_after = cfg.delivery.ws_pong_timeout.as_millis() as u64;
+    let out = Rc::new(Outbound {
+        frames: RefCell::new(VecDeque::new()),
+        live_bytes: Cell::new(0),
+        limit: cfg.delivery.max_outbound_bytes,
+        overflow: Cell::new(false),
+        replaying: Cell::new(false),
+        ctl: Rc::clone(&conn.ctl),
+    });
+    let mut session = Session {
+        shard: Rc::clone(&shard),
+        principal: up.principal,
+        out: Rc::clone(&out),
+        subs: Subscriptions::new(Rc::clone(&shard)),
+        consumer: None,
+        session_id: session_id(shard.id),
+        invalid_frames: 0,
+    };
+    let mut decoder = FrameDecoder::new(cfg.limits.max_ws_message_bytes);
+    let mut wbuf = Vec::new();
+    let mut last_heard = now_ms();
+    conn.ctl.set_deadline(last_heard + ping_every);
+
+    loop {
+        loop {
+            match decoder.decode(conn.rbuf.filled()) {
+                Ok(Some((incoming, used))) => {
+                    conn.rbuf.consume(used);
+                    match incoming {
+                        Incoming::Text(text) => session.command(&text).await,
+                        Incoming::Binary(_) => session.reject(ApiError::invalid(
+                            "UNSUPPORTED_FRAME",
+                            "binary frames are not supported; send JSON text frames",
+                        )),
+                        Incoming::Ping(payload) => out.push_control(pong_frame(&payload)),
+                        Incoming::Pong => {}
+                        Incoming::Close { code, .. } => {
+                            let echo = code.unwrap_or(crate::ws::NORMAL);
+                            return close(conn, &out, &mut wbuf, echo, "").await;
+                        }
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => return close(conn, &out, &mut wbuf, e.close_code(), e.reason()).await,
+            }
+        }
+        if out.overflow.get() {
+            out.frames.borrow_mut().clear();
+            let reason = format!("slow consumer: more than {} bytes queued", out.limit);
+            return close(conn, &out, &mut wbuf, SLOW_CONSUMER, &reason).await;
+        }
+        if session.invalid_frames > MAX_INVALID_FRAMES {
+            return close(conn, &out, &mut wbuf, POLICY_VIOLATION, "too many invalid frames").await;
+        }
+        if conn.ctl.closing() {
+            return close(conn, &out, &mut wbuf, GOING_AWAY, "server shutting down").await;
+        }
+        if conn.ctl.take_timeout() {
+            let now = now_ms();
+            if now.saturating_sub(last_heard) >= dead_after {
+                return Ok(());
+            }
+            out.push_control(ping_frame(b""));
+            conn.ctl.set_deadline(now + ping_every);
+        }
+        match drive(conn, &out, &mut wbuf).await? {
+            Event::Data => last_heard = now_ms(),
+            Event::Eof => return Ok(()),
+            Event::Woken => {}
+        }
+    }
+}
+
+/// Writes what is queued and reads what arrives until one of them needs the session's
+/// attention: new bytes, end of stream, or the signal (new frames, deadline, shutdown).
+async fn drive(conn: &mut Conn, out: &Outbound, wbuf: &mut Vec<u8>) -> io::Result<Event> {
+    let Conn {
+        stream, ctl, rbuf, ..
+    } = conn;
+    let mut written = 0;
+    let event = poll_fn(|cx| {
+        loop {
+            if written == wbuf.len() {
+                wbuf.clear();
+                written = 0;
+                if !out.fill(wbuf) {
+                    break;
+                }
+            }
+            match Pin::new(&mut *stream).poll_write(cx, &wbuf[written..]) {
+                Poll::Ready(Ok(n)) => written += n,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => break,
+            }
+        }
+        if ctl.signal.poll_wait(cx).is_ready() {
+            return Poll::Ready(Ok(Event::Woken));
+        }
+        poll_read_into(stream, rbuf, cx)
+    })
+    .await;
+    // Keep unwritten bytes at the front for the next round.
+    wbuf.drain(..written);
+    if wbuf.is_empty() && wbuf.capacity() > 2 * WRITE_BATCH {
+        *wbuf = Vec::new();
+    }
+    event
+}
+
+/// Sends a close frame after what is already queued and lets the peer go.
+async fn close(conn: &mut Conn, out: &Outbound, wbuf: &mut Vec<u8>, code: u16, reason: &str) -> io::Result<()> {
+    out.push_control(close_frame(code, reason));
+    while !wbuf.is_empty() || !out.frames.borrow().is_empty() {
+        let event = drive(conn, out, wbuf).await?;
+        // Nothing the peer sends now matters; don't let it pile up.
+        let unread = conn.rbuf.filled().len();
+        conn.rbuf.consume(unread);
+        if let Event::Eof = event {
+            break;
+        }
+    }
+    Ok(())
+}
+
+fn session_id(shard: usize) -> String {
+    thread_local!(static NEXT: Cell<u64> = const { Cell::new(0) });
+    let n = NEXT.with(|c| {
+        c.set(c.get() + 1);
+        c.get()
+    });
+    let mixed = (now_ms() << 20) ^ ((shard as u64) << 56) ^ n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    format!("sess_{:012x}", mixed & 0xFFFF_FFFF_FFFF)
+}
+
+impl Session {
+    fn reject(&mut self, err: ApiError) {
+        self.invalid_frames += 1;
+        self.out.push_json(&err.to_ws_json());
+    }
+
+    async fn command(&mut self, text: &[u8]) {
+        let result = match serde_json::from_slice::<Tagged>(text) {
+            Err(_) => Err(ApiError::invalid("INVALID_JSON", "frames must be JSON objects with a `type`")),
+            Ok(Tagged { kind: None }) => Err(ApiError::invalid("MISSING_TYPE", "the frame has no `type`")),
+            Ok(Tagged { kind: Some(kind) }) => match kind.as_str() {
+                "subscribe" => match parse::<SubscribeCmd>(text) {
+                    Ok(cmd) => self.subscribe(cmd).await,
+                    Err(e) => Err(e),
+                },
+                "unsubscribe" => parse::<UnsubscribeCmd>(text).and_then(|cmd| self.unsubscribe(cmd)),
+                "ack" => match parse::<AckCmd>(text) {
+                    Ok(cmd) => self.ack(cmd).await,
+                    Err(e) => Err(e),
+                },
+                "ping" => {
+                    let pong = format!(r#"{{"type":"pong","timestamp":"{}"}}"#, rfc3339(now_ms()));
+                    self.out.push_json(pong.as_bytes());
+                    Ok(())
+                }
+                other => Err(ApiError::invalid(
+                    "UNKNOWN_TYPE",
+                    format!("unknown frame type {other:?}; expected subscribe, unsubscribe, ack or ping"),
+                )),
+            },
+        };
+        if let Err(e) = result {
+            self.reject(e);
+        }
+    }
+
+    async fn subscribe(&mut self, cmd: SubscribeCmd) -> Result<(), ApiError> {
+        let cfg = &self.shard.config;
+        let topics = parse_topics(cmd.topics.iter().map(String::as_str), cfg.limits.max_topics_per_request)?;
+        if self.subs.len() + topics.len() > cfg.limits.max_topics_per_request {
+            return Err(ApiError::invalid(
+                "TOO_MANY_TOPICS",
+                format!("at most {} topics per connection", cfg.limits.max_topics_per_request),
+            ));
+        }
+        let cursor = match cmd.since.as_deref() {
+            None => Cursor::Live,
+            Some(text) => Cursor::parse(text).ok_or_else(|| {
+                ApiError::invalid("INVALID_CURSOR", "`since` must be a message ID (ms-seq), `earliest` or `latest`")
+            })?,
+        };
+        if let Some(id) = cmd.client_id.as_deref() {
+            let id = parse_client_id(id)?;
+            match &self.consumer {
+                Some((current, _)) if current != id => {
+                    return Err(ApiError::invalid(
+                        "CLIENT_ID_MISMATCH",
+                        format!("this connection already consumes as {current:?}"),
+                    ))
+                }
+                Some(_) => {}
+                None => self.consumer = Some((id.to_string(), consumer_key(&self.principal.subject, id))),
+            }
+        }
+        let consumer = self.consumer.as_ref().map(|(_, key)| key.clone());
+        let sink: Rc<dyn Sink> = self.out.clone();
+        let limit = cfg.storage.hot_tier_messages_per_topic;
+        let pending = self.subs.add(&topics, &cursor, consumer.as_ref(), &sink, limit).await;
+        let names: Vec<&str> = topics.iter().map(|t| &**t).collect();
+        let reply = serde_json::json!({
+            "type": "subscribed",
+            "topics": names,
+            "session_id": self.session_id,
+            "timestamp": rfc3339(now_ms()),
+        });
+        self.out.push_json(&serde_json::to_vec(&reply).unwrap_or_default());
+        self.out.replaying.set(true);
+        for p in &pending {
+            p.sub.finish_replay(&p.snapshot.backlog);
+        }
+        self.out.replaying.set(false);
+        Ok(())
+    }
+
+    fn unsubscribe(&mut self, cmd: UnsubscribeCmd) -> Result<(), ApiError> {
+        let topics = parse_topics(cmd.topics.iter().map(String::as_str), usize::MAX)?;
+        for topic in &topics {
+            self.subs.remove(topic);
+        }
+        let names: Vec<&str> = topics.iter().map(|t| &**t).collect();
+        let reply = serde_json::json!({"type": "unsubscribed", "topics": names});
+        self.out.push_json(&serde_json::to_vec(&reply).unwrap_or_default());
+        Ok(())
+    }
+
+    async fn ack(&mut self, cmd: AckCmd) -> Result<(), ApiError> {
+        let Some((_, consumer)) = &self.consumer else {
+            return Err(ApiError::invalid(
+                "CLIENT_ID_REQUIRED",
+                "acknowledgements need a durable consumer: subscribe with a `client_id` first",
+            ));
+        };
+        let id = MessageId::parse(&cmd.message_id).ok_or_else(|| {
+            ApiError::invalid("INVALID_MESSAGE_ID", format!("{:?} is not a message ID (ms-seq)", cmd.message_id))
+        })?;
+        let candidates: Vec<Box<str>> = match cmd.topic {
+            Some(topic) => parse_topics([topic.as_str()], 1)?.iter().map(|t| Box::from(&**t)).collect(),
+            None => self.subs.topics().map(|t| Box::from(&**t)).collect(),
+        };
+        if candidates.is_empty() {
+            return Err(ApiError::invalid("UNKNOWN_MESSAGE", "no subscribed topic holds this message"));
+        }
+        let taken = ack::acknowledge(&self.shard, consumer, &[id], Some(candidates)).await;
+        if taken.first().copied().unwrap_or(false) {
+            Ok(())
+        } else {
+            Err(ApiError::invalid(
+                "UNKNOWN_MESSAGE",
+                format!("no subscribed topic holds message {}", cmd.message_id),
+            ))
+        }
+    }
+}
+
+fn parse<'a, T: Deserialize<'a>>(text: &'a [u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(text).map_err(|e| ApiError::invalid("INVALID_FRAME", e.to_string()))
+}

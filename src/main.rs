@@ -1,0 +1,215 @@
+//! The `pulsar-relay` command: run the relay, or mint a token.
+//!
+//! Start-up is the only place that prints for humans and picks exit codes: 2 for a bad
+//! command line or configuration, 1 when the relay cannot start or fails, 0 after a
+//! graceful shutdown (SIGTERM or SIGINT).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use pulsar_relay::auth::{random_secret, Authenticator, Permissions};
+use pulsar_relay::config::Config;
+use pulsar_relay::shard::Runtime;
+
+const USAGE: &str = "\
+usage:
+  pulsar-relay [--config FILE]
+      Run the relay. Without a config file it listens on 127.0.0.1:8080 with the
+      in-memory backend and, when no JWT secret is configured, a random secret
+      for this run (a ready-to-use token is printed).
+  pulsar-relay token --sub NAME [--permissions read,write,admin] [--ttl 1h] [--config FILE]
+      Print a JWT signed with the configured secret (jwt.secret_key or
+      PULSAR_JWT_SECRET_KEY).
+
+Every config key can be overridden with PULSAR_<SECTION>_<KEY>, for example
+PULSAR_SERVER_HTTP_PORT=9000. See config.example.yaml.";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Usage(msg)) => {
+            eprintln!("pulsar-relay: {msg}\n\n{USAGE}");
+            ExitCode::from(2)
+        }
+        Err(Failure::Config(msg)) => {
+            eprintln!("pulsar-relay: {msg}");
+            ExitCode::from(2)
+        }
+        Err(Failure::Runtime(msg)) => {
+            eprintln!("pulsar-relay: {msg}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+enum Failure {
+    Usage(String),
+    Config(String),
+    Runtime(String),
+}
+
+struct Args {
+    config: Option<PathBuf>,
+    command: Command,
+}
+
+enum Command {
+    Serve,
+    Help,
+    Token {
+        sub: String,
+        permissions: Permissions,
+        ttl: Duration,
+    },
+}
+
+fn parse_args(args: Vec<String>) -> Result<Args, Failure> {
+    let mut config = None;
+    let mut token = false;
+    let mut sub = None;
+    let mut permissions = None;
+    let mut ttl = None;
+    let mut it = args.into_iter();
+    while let Some(arg) = it.next() {
+        let mut value = |name: &str| {
+            it.next()
+                .ok_or_else(|| Failure::Usage(format!("{name} needs a value")))
+        };
+        match arg.as_str() {
+            "-h" | "--help" | "help" => {
+                return Ok(Args {
+                    config: None,
+                    command: Command::Help,
+                })
+            }
+            "-c" | "--config" => config = Some(PathBuf::from(value("--config")?)),
+            "token" if !token => token = true,
+            "--sub" if token => sub = Some(value("--sub")?),
+            "--permissions" if token => {
+                let text = value("--permissions")?;
+                permissions = Some(
+                    Permissions::parse_list(&text)
+                        .map_err(|e| Failure::Usage(format!("--permissions: {e}")))?,
+                );
+            }
+            "--ttl" if token => {
+                let text = value("--ttl")?;
+                ttl = Some(
+                    pulsar_relay::config::parse_duration(&text)
+                        .map_err(|e| Failure::Usage(format!("--ttl: {e}")))?,
+                );
+            }
+            other => return Err(Failure::Usage(format!("unexpected argument {other:?}"))),
+        }
+    }
+    let command = if token {
+        Command::Token {
+            sub: sub.ok_or_else(|| Failure::Usage("token needs --sub NAME".into()))?,
+            permissions: permissions.unwrap_or(Permissions::READ),
+            ttl: ttl.unwrap_or(Duration::from_secs(3600)),
+        }
+    } else {
+        Command::Serve
+    };
+    Ok(Args { config, command })
+}
+
+fn run(args: Vec<String>) -> Result<(), Failure> {
+    let args = parse_args(args)?;
+    if let Command::Help = args.command {
+        println!("{USAGE}");
+        return Ok(());
+    }
+    let config = Config::load(args.config.as_deref(), std::env::vars())
+        .map_err(|e| Failure::Config(e.to_string()))?;
+    match args.command {
+        Command::Token {
+            sub,
+            permissions,
+            ttl,
+        } => {
+            if config.jwt.secret_key.is_empty() {
+                return Err(Failure::Config(
+                    "no JWT secret configured: set jwt.secret_key or PULSAR_JWT_SECRET_KEY".into(),
+                ));
+            }
+            let auth = Authenticator::from_config(&config.jwt).map_err(|e| Failure::Config(e.to_string()))?;
+            let token = auth
+                .mint(&sub, permissions, ttl)
+                .map_err(|e| Failure::Config(e.to_string()))?;
+            println!("{token}");
+            Ok(())
+        }
+        Command::Serve => serve(config),
+        Command::Help => Ok(()),
+    }
+}
+
+fn serve(mut config: Config) -> Result<(), Failure> {
+    config
+        .check_bind_security()
+        .map_err(|e| Failure::Config(e.to_string()))?;
+    let generated = config.jwt.secret_key.is_empty();
+    if generated {
+        config.jwt.secret_key =
+            random_secret().map_err(|e| Failure::Runtime(format!("cannot read /dev/urandom: {e}")))?;
+    }
+    let auth = Authenticator::from_config(&config.jwt).map_err(|e| Failure::Config(e.to_string()))?;
+
+    // Block the shutdown signals before any executor thread exists, so every thread
+    // inherits the mask and only the waiter below receives them.
+    let signals = shutdown_signals();
+    let runtime = Runtime::bind(config.clone(), auth.clone()).map_err(|e| Failure::Runtime(e.to_string()))?;
+    let process = runtime.process();
+    let addr = process.local_addr;
+    println!(
+        "pulsar-relay listening on http://{addr} ({} shards, {} backend)",
+        process.serving.len(),
+        "memory"
+    );
+    if generated {
+        let token = auth
+            .mint("dev", Permissions::READ | Permissions::WRITE | Permissions::ADMIN, Duration::from_secs(24 * 3600))
+            .map_err(|e| Failure::Runtime(e.to_string()))?;
+        println!("no jwt.secret_key configured: using a random secret for this run");
+        println!("dev token (read, write, admin; 24h): {token}");
+        println!(
+            "try: curl -X POST http://{addr}/api/v1/messages -H 'Authorization: Bearer {token}' \
+             -H 'Content-Type: application/json' -d '{{\"topic\":\"hello\",\"payload\":{{\"text\":\"hi\"}}}}'"
+        );
+    }
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            wait_for_signal(&signals);
+            eprintln!("pulsar-relay: shutting down");
+            process.shutdown.store(true, std::sync::atomic::Ordering::Release);
+        })
+        .map_err(|e| Failure::Runtime(format!("cannot start the signal thread: {e}")))?;
+    runtime.run().map_err(|e| Failure::Runtime(e.to_string()))
+}
+
+fn shutdown_signals() -> libc::sigset_t {
+    // SAFETY: plain libc signal-set manipulation on a local, zero-initialised set.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    }
+}
+
+fn wait_for_signal(set: &libc::sigset_t) {
+    let mut signal = 0;
+    // SAFETY: `set` is a valid signal set; sigwait only writes the received signal number.
+    unsafe {
+        libc::sigwait(set, &mut signal);
+    }
+}

@@ -1,0 +1,230 @@
+//! A published message and its one serialized form.
+//!
+//! The owner shard builds each message exactly once: the delivery JSON (DESIGN.md §2) wrapped
+//! in a WebSocket text frame. Server frames are unmasked, so the same bytes go to every
+//! WebSocket subscriber on every shard, and poll replies reuse the JSON part. The producer's
+//! payload bytes are copied in verbatim, never re-encoded. Messages cross shards as
+//! `Arc<Message>` and are immutable from then on.
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use super::id::MessageId;
+use crate::ws::frame::{encode_header, OpCode};
+
+/// What a producer asked to publish, already validated by the API layer.
+pub struct Draft<'a> {
+    pub topic: &'a str,
+    /// Raw JSON text of the payload, exactly as the producer sent it.
+    pub payload: &'a [u8],
+    /// Raw JSON text of the metadata object, if any.
+    pub metadata: Option<&'a [u8]>,
+    pub ttl_ms: Option<u64>,
+}
+
+#[derive(Debug)]
+pub struct Message {
+    pub id: MessageId,
+    pub topic: Arc<str>,
+    pub timestamp_ms: u64,
+    pub expires_at_ms: Option<u64>,
+    frame: Box<[u8]>,
+    json_start: usize,
+    payload: Range<usize>,
+    metadata: Option<Range<usize>>,
+}
+
+const TIMESTAMP_LEN: usize = "2025-10-09T12:00:00.123Z".len();
+
+impl Message {
+    pub fn build(id: MessageId, topic: Arc<str>, now_ms: u64, draft: &Draft<'_>) -> Message {
+        let id_text = id.to_string();
+        let metadata_len = draft.metadata.map_or(4, <[u8]>::len);
+        // Topic names are restricted to characters that need no JSON escaping (API layer).
+        let parts: [&[u8]; 6] = [
+            br#"{"type":"message","message_id":""#,
+            br#"","topic":""#,
+            br#"","payload":"#,
+            br#","timestamp":""#,
+            br#"","metadata":"#,
+            b"}",
+        ];
+        let json_len = parts.iter().map(|p| p.len()).sum::<usize>()
+            + id_text.len()
+            + topic.len()
+            + draft.payload.len()
+            + TIMESTAMP_LEN
+            + metadata_len;
+
+        let mut frame = Vec::with_capacity(json_len + 10);
+        encode_header(OpCode::Text, json_len, &mut frame);
+        let json_start = frame.len();
+        frame.extend_from_slice(parts[0]);
+        frame.extend_from_slice(id_text.as_bytes());
+        frame.extend_from_slice(parts[1]);
+        frame.extend_from_slice(topic.as_bytes());
+        frame.extend_from_slice(parts[2]);
+        let payload_start = frame.len();
+        frame.extend_from_slice(draft.payload);
+        let payload = payload_start..frame.len();
+        frame.extend_from_slice(parts[3]);
+        push_rfc3339(now_ms, &mut frame);
+        frame.extend_from_slice(parts[4]);
+        let metadata = match draft.metadata {
+            Some(raw) => {
+                let start = frame.len();
+                frame.extend_from_slice(raw);
+                Some(start..frame.len())
+            }
+            None => {
+                frame.extend_from_slice(b"null");
+                None
+            }
+        };
+        frame.extend_from_slice(parts[5]);
+        debug_assert_eq!(frame.len() - json_start, json_len);
+
+        Message {
+            id,
+            topic,
+            timestamp_ms: now_ms,
+            expires_at_ms: draft.ttl_ms.map(|ttl| now_ms.saturating_add(ttl)),
+            frame: frame.into_boxed_slice(),
+            json_start,
+            payload,
+            metadata,
+        }
+    }
+
+    /// The complete WebSocket text frame carrying [`Message::json`].
+    pub fn ws_frame(&self) -> &[u8] {
+        &self.frame
+    }
+
+    /// The delivery object as JSON.
+    pub fn json(&self) -> &[u8] {
+        &self.frame[self.json_start..]
+    }
+
+    /// The producer's payload bytes.
+    pub fn payload(&self) -> &[u8] {
+        &self.frame[self.payload.clone()]
+    }
+
+    /// The producer's metadata object bytes, if it sent one.
+    pub fn metadata(&self) -> Option<&[u8]> {
+        self.metadata.clone().map(|r| &self.frame[r])
+    }
+
+    pub fn is_expired(&self, now_ms: u64) -> bool {
+        self.expires_at_ms.is_some_and(|at| at <= now_ms)
+    }
+
+    /// Bytes this message holds in memory, for the hot-tier budget.
+    pub fn footprint(&self) -> usize {
+        self.frame.len() + std::mem::size_of::<Message>() + 16
+    }
+}
+
+/// Appends `now_ms` as RFC 3339 UTC with milliseconds (`2025-10-09T12:00:00.123Z`).
+pub fn push_rfc3339(unix_ms: u64, out: &mut Vec<u8>) {
+    let secs = unix_ms / 1000;
+    let (year, month, day) = civil_from_days((secs / 86_400) as i64);
+    let rem = secs % 86_400;
+    let text = format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60,
+        unix_ms % 1000
+    );
+    out.extend_from_slice(text.as_bytes());
+}
+
+pub fn rfc3339(unix_ms: u64) -> String {
+    let mut out = Vec::with_capacity(TIMESTAMP_LEN);
+    push_rfc3339(unix_ms, &mut out);
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// Days since 1970-01-01 to (year, month, day); Howard Hinnant's algorithm.
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn draft<'a>(payload: &'a [u8], metadata: Option<&'a [u8]>) -> Draft<'a> {
+        Draft {
+            topic: "jobs",
+            payload,
+            metadata,
+            ttl_ms: None,
+        }
+    }
+
+    #[test]
+    fn json_is_the_documented_delivery_object_with_verbatim_payload() {
+        let payload = br#"{"b": 1.50, "a": [1e3]}"#;
+        let msg = Message::build(
+            MessageId::new(1_731_000_000_123, 4),
+            Arc::from("jobs"),
+            1_731_000_000_123,
+            &draft(payload, Some(br#"{"k":"v"}"#)),
+        );
+        let text = std::str::from_utf8(msg.json()).unwrap();
+        assert_eq!(
+            text,
+            r#"{"type":"message","message_id":"1731000000123-4","topic":"jobs","payload":{"b": 1.50, "a": [1e3]},"timestamp":"2024-11-07T17:20:00.123Z","metadata":{"k":"v"}}"#
+        );
+        let parsed: serde_json::Value = serde_json::from_str(text).unwrap();
+        assert_eq!(parsed["metadata"]["k"], "v");
+        assert_eq!(msg.payload(), payload);
+        assert_eq!(msg.metadata(), Some(&br#"{"k":"v"}"#[..]));
+    }
+
+    #[test]
+    fn frame_is_an_unmasked_text_frame_around_the_json() {
+        let big = vec![b'1'; 70_000];
+        for payload in [&b"1"[..], &[b'7'; 200][..], &big[..]] {
+            let msg = Message::build(MessageId::new(1, 0), Arc::from("t"), 0, &draft(payload, None));
+            let frame = msg.ws_frame();
+            assert_eq!(frame[0], 0x81, "FIN + text");
+            assert_eq!(frame[1] & 0x80, 0, "server frames are unmasked");
+            let len = match frame[1] {
+                126 => u16::from_be_bytes([frame[2], frame[3]]) as usize,
+                127 => u64::from_be_bytes(frame[2..10].try_into().unwrap()) as usize,
+                n => n as usize,
+            };
+            assert_eq!(len, msg.json().len());
+            assert!(msg.json().ends_with(b",\"metadata\":null}"));
+        }
+    }
+
+    #[test]
+    fn ttl_sets_expiry() {
+        let mut d = draft(b"1", None);
+        d.ttl_ms = Some(1500);
+        let msg = Message::build(MessageId::new(1, 0), Arc::from("t"), 10_000, &d);
+        assert!(!msg.is_expired(11_499));
+        assert!(msg.is_expired(11_500));
+    }
+
+    #[test]
+    fn rfc3339_formats_known_instants() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339(951_782_400_001), "2000-02-29T00:00:00.001Z");
+        assert_eq!(rfc3339(4_102_444_799_999), "2099-12-31T23:59:59.999Z");
+    }
+}

@@ -1,0 +1,265 @@
+//! Topics: who owns them, their IDs, their hot-tier rings and consumer positions.
+//!
+//! Ownership is `owner_of(topic) = fnv1a64(topic) % shards`, a fixed hash so that every
+//! shard (and every restart) agrees without coordination. A [`TopicTable`] holds the
+//! topics one shard owns and is touched only by that shard's executor; everything another
+//! shard wants from it arrives as a message through `shard::mesh`. The table never does
+//! I/O: persistence is the caller's business through `store`.
+
+pub mod id;
+pub mod message;
+pub mod ring;
+pub mod subscribers;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+pub use id::{Cursor, MessageId};
+pub use message::{Draft, Message};
+use ring::Ring;
+
+/// The shard that owns `topic`. FNV-1a is stable across builds and platforms, unlike the
+/// randomly seeded std hasher, and is cheap for the short names topics have.
+pub fn owner_of(topic: &str, shards: usize) -> usize {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in topic.as_bytes() {
+        hash ^= u64::from(*byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    (hash % shards as u64) as usize
+}
+
+/// Topic names: 1–255 bytes of ASCII letters, digits and `_ - . :`. The delivery JSON is
+/// assembled without escaping on the strength of this rule.
+pub fn valid_topic_name(topic: &str) -> bool {
+    (1..=255).contains(&topic.len())
+        && topic
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':'))
+}
+
+/// A set of shard indexes (the shards with local subscribers for a topic).
+#[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
+pub struct ShardSet(u128);
+
+impl ShardSet {
+    pub const MAX_SHARDS: usize = 128;
+
+    pub fn insert(&mut self, shard: usize) {
+        self.0 |= 1 << shard;
+    }
+
+    pub fn remove(&mut self, shard: usize) {
+        self.0 &= !(1 << shard);
+    }
+
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    pub fn iter(self) -> impl Iterator<Item = usize> {
+        (0..Self::MAX_SHARDS).filter(move |s| self.0 & (1 << s) != 0)
+    }
+}
+
+/// Identifies a durable consumer: the token subject and the client-chosen `client_id`.
+pub type ConsumerKey = Box<str>;
+
+pub fn consumer_key(subject: &str, client_id: &str) -> ConsumerKey {
+    format!("{subject}\u{0}{client_id}").into_boxed_str()
+}
+
+struct Topic {
+    name: Arc<str>,
+    last_id: MessageId,
+    ring: Ring,
+    interested: ShardSet,
+    /// Last acknowledged message per durable consumer of this topic.
+    positions: HashMap<ConsumerKey, MessageId>,
+    last_publish_ms: u64,
+}
+
+/// Limits of the hot tier on one shard.
+#[derive(Clone, Copy, Debug)]
+pub struct RingLimits {
+    pub messages_per_topic: usize,
+    pub max_bytes: usize,
+}
+
+/// What a subscriber gets when it registers with the owner: the retained messages after
+/// its starting point, taken at the same instant the interest was registered, so that
+/// snapshot plus live deliveries have no gap.
+#[derive(Debug)]
+pub struct Snapshot {
+    pub backlog: Vec<Arc<Message>>,
+    /// More retained messages than the requested limit.
+    pub truncated: bool,
+}
+
+pub struct TopicTable {
+    topics: HashMap<Arc<str>, Topic>,
+    bytes: usize,
+    limits: RingLimits,
+}
+
+impl TopicTable {
+    pub fn new(limits: RingLimits) -> Self {
+        TopicTable {
+            topics: HashMap::new(),
+            bytes: 0,
+            limits,
+        }
+    }
+
+    fn topic_mut(&mut self, name: &str) -> &mut Topic {
+        if !self.topics.contains_key(name) {
+            let name: Arc<str> = Arc::from(name);
+            self.topics.insert(
+                Arc::clone(&name),
+                Topic {
+                    name,
+                    last_id: MessageId::ZERO,
+                    ring: Ring::default(),
+                    interested: ShardSet::default(),
+                    positions: HashMap::new(),
+                    last_publish_ms: 0,
+                },
+            );
+        }
+        self.topics.get_mut(name).expect("inserted above")
+    }
+
+    /// Assigns the next ID, appends to the ring and returns the message together with the
+    /// shards that must receive it.
+    pub fn publish(&mut self, draft: &Draft<'_>, now_ms: u64) -> (Arc<Message>, ShardSet) {
+        let per_topic = self.limits.messages_per_topic;
+        let topic = self.topic_mut(draft.topic);
+        let id = topic.last_id.next(now_ms);
+        topic.last_id = id;
+        topic.last_publish_ms = now_ms;
+        let msg = Arc::new(Message::build(id, Arc::clone(&topic.name), now_ms, draft));
+        let added = msg.footprint();
+        topic.ring.push(Arc::clone(&msg));
+        let mut freed = 0;
+        while topic.ring.len() > per_topic {
+            freed += topic.ring.pop_oldest();
+        }
+        let interested = topic.interested;
+        self.bytes = self.bytes + added - freed;
+        if self.bytes > self.limits.max_bytes {
+            self.evict_to_budget();
+        }
+        (msg, interested)
+    }
+
+    /// Frees ring space until the shard is under 90% of its byte budget, oldest messages of
+    /// the least recently published topics first. Batched so the scan amortizes.
+    fn evict_to_budget(&mut self) {
+        let target = self.limits.max_bytes / 10 * 9;
+        let mut by_age: Vec<(u64, Arc<str>)> = self
+            .topics
+            .values()
+            .filter(|t| !t.ring.is_empty())
+            .map(|t| (t.last_publish_ms, Arc::clone(&t.name)))
+            .collect();
+        by_age.sort_unstable();
+        for (_, name) in by_age {
+            let Some(topic) = self.topics.get_mut(&name) else {
+                continue;
+            };
+            while self.bytes > target && !topic.ring.is_empty() {
+                self.bytes -= topic.ring.pop_oldest();
+            }
+            if self.bytes <= target {
+                return;
+            }
+        }
+    }
+
+    /// Registers `shard` as interested in `topic` and returns the snapshot after the
+    /// subscriber's starting point. With a consumer key and a live cursor, the consumer's
+    /// stored position is the starting point; a consumer seen for the first time starts at
+    /// the current head so that what it is sent from now on is redelivered until acked.
+    pub fn subscribe(
+        &mut self,
+        name: &str,
+        shard: usize,
+        cursor: &Cursor,
+        consumer: Option<&str>,
+        now_ms: u64,
+        limit: usize,
+    ) -> Snapshot {
+        let topic = self.topic_mut(name);
+        topic.interested.insert(shard);
+        let head = topic.last_id;
+        let start = match (cursor, consumer) {
+            (Cursor::Live, Some(key)) => Some(*topic.positions.entry(key.into()).or_insert(head)),
+            (Cursor::Live, None) => Some(head),
+            (Cursor::Earliest, _) => None,
+            (Cursor::After(id), _) => Some(*id),
+        };
+        if let (Some(key), false) = (consumer, matches!(cursor, Cursor::Live)) {
+            topic
+                .positions
+                .entry(key.into())
+                .or_insert_with(|| start.unwrap_or(MessageId::ZERO));
+        }
+        let (backlog, truncated) = topic.ring.read_after(start, now_ms, limit);
+        Snapshot { backlog, truncated }
+    }
+
+    pub fn drop_interest(&mut self, name: &str, shard: usize) {
+        if let Some(topic) = self.topics.get_mut(name) {
+            topic.interested.remove(shard);
+        }
+    }
+
+    /// Advances a consumer's position to `id` on the first of `candidates` (all of this
+    /// shard's topics the consumer reads, when `None`) that holds `id`. Acks are
+    /// cumulative: they acknowledge everything before `id` in that topic too. Returns
+    /// whether some topic took the ack.
+    pub fn ack(&mut self, consumer: &str, id: MessageId, candidates: Option<&[Box<str>]>) -> bool {
+        let names: Vec<Arc<str>> = match candidates {
+            Some(list) => list
+                .iter()
+                .filter_map(|n| self.topics.get_key_value(&**n).map(|(k, _)| Arc::clone(k)))
+                .collect(),
+            None => self
+                .topics
+                .values()
+                .filter(|t| t.positions.contains_key(consumer))
+                .map(|t| Arc::clone(&t.name))
+                .collect(),
+        };
+        let sole = names.len() == 1;
+        for name in names {
+            let Some(topic) = self.topics.get_mut(&name) else {
+                continue;
+            };
+            // An ID evicted from the ring can still be acknowledged when only one topic
+            // could have produced it.
+            let holds = topic.ring.contains(id) || (sole && id <= topic.last_id);
+            if !holds {
+                continue;
+            }
+            let position = topic.positions.entry(consumer.into()).or_insert(MessageId::ZERO);
+            if id > *position {
+                *position = id;
+            }
+            return true;
+        }
+        false
+    }
+
+    pub fn len(&self) -> usize {
+        self.topics.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.topics.is_empty()
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+}
