@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use pulsar_relay::auth::{random_secret, Authenticator, Permissions};
-use pulsar_relay::config::Config;
+use pulsar_relay::config::{Backend, Config};
 use pulsar_relay::shard::Runtime;
 
 const USAGE: &str = "\
@@ -135,7 +135,8 @@ fn run(args: Vec<String>) -> Result<(), Failure> {
                     "no JWT secret configured: set jwt.secret_key or PULSAR_JWT_SECRET_KEY".into(),
                 ));
             }
-            let auth = Authenticator::from_config(&config.jwt).map_err(|e| Failure::Config(e.to_string()))?;
+            let auth = Authenticator::from_config(&config.jwt)
+                .map_err(|e| Failure::Config(e.to_string()))?;
             let token = auth
                 .mint(&sub, permissions, ttl)
                 .map_err(|e| Failure::Config(e.to_string()))?;
@@ -148,30 +149,40 @@ fn run(args: Vec<String>) -> Result<(), Failure> {
 }
 
 fn serve(mut config: Config) -> Result<(), Failure> {
+    if config.storage.backend != Backend::Memory {
+        return Err(Failure::Config(
+            "config error at `storage.backend`: only `memory` is available in this build".into(),
+        ));
+    }
     config
         .check_bind_security()
         .map_err(|e| Failure::Config(e.to_string()))?;
     let generated = config.jwt.secret_key.is_empty();
     if generated {
-        config.jwt.secret_key =
-            random_secret().map_err(|e| Failure::Runtime(format!("cannot read /dev/urandom: {e}")))?;
+        config.jwt.secret_key = random_secret()
+            .map_err(|e| Failure::Runtime(format!("cannot read /dev/urandom: {e}")))?;
     }
-    let auth = Authenticator::from_config(&config.jwt).map_err(|e| Failure::Config(e.to_string()))?;
+    let auth =
+        Authenticator::from_config(&config.jwt).map_err(|e| Failure::Config(e.to_string()))?;
 
     // Block the shutdown signals before any executor thread exists, so every thread
     // inherits the mask and only the waiter below receives them.
     let signals = shutdown_signals();
-    let runtime = Runtime::bind(config.clone(), auth.clone()).map_err(|e| Failure::Runtime(e.to_string()))?;
+    let runtime =
+        Runtime::bind(config.clone(), auth.clone()).map_err(|e| Failure::Runtime(e.to_string()))?;
     let process = runtime.process();
     let addr = process.local_addr;
     println!(
-        "pulsar-relay listening on http://{addr} ({} shards, {} backend)",
+        "pulsar-relay listening on http://{addr} ({} shards, memory backend)",
         process.serving.len(),
-        "memory"
     );
     if generated {
         let token = auth
-            .mint("dev", Permissions::READ | Permissions::WRITE | Permissions::ADMIN, Duration::from_secs(24 * 3600))
+            .mint(
+                "dev",
+                Permissions::READ | Permissions::WRITE | Permissions::ADMIN,
+                Duration::from_secs(24 * 3600),
+            )
             .map_err(|e| Failure::Runtime(e.to_string()))?;
         println!("no jwt.secret_key configured: using a random secret for this run");
         println!("dev token (read, write, admin; 24h): {token}");
@@ -188,7 +199,9 @@ fn serve(mut config: Config) -> Result<(), Failure> {
         .spawn(move || {
             wait_for_signal(&signals);
             eprintln!("pulsar-relay: shutting down");
-            process.shutdown.store(true, std::sync::atomic::Ordering::Release);
+            process
+                .shutdown
+                .store(true, std::sync::atomic::Ordering::Release);
         })
         .map_err(|e| Failure::Runtime(format!("cannot start the signal thread: {e}")))?;
     runtime.run().map_err(|e| Failure::Runtime(e.to_string()))

@@ -68,9 +68,16 @@ pub async fn acknowledge(
     taken
 }
 
-pub async fn http_ack(shard: &Rc<Shard>, principal: &Principal, body: &[u8]) -> Result<Response, ApiError> {
+pub async fn http_ack(
+    shard: &Rc<Shard>,
+    principal: &Principal,
+    body: &[u8],
+) -> Result<Response, ApiError> {
     let body: AckBody = serde_json::from_slice(body).map_err(|e| {
-        ApiError::invalid("INVALID_JSON", format!("body must be {{\"message_ids\": [...], \"client_id\": ...}}: {e}"))
+        ApiError::invalid(
+            "INVALID_JSON",
+            format!("body must be {{\"message_ids\": [...], \"client_id\": ...}}: {e}"),
+        )
     })?;
     let client_id = body.client_id.as_deref().ok_or_else(|| {
         ApiError::invalid(
@@ -90,13 +97,21 @@ pub async fn http_ack(shard: &Rc<Shard>, principal: &Principal, body: &[u8]) -> 
         .iter()
         .map(|text| {
             MessageId::parse(text).ok_or_else(|| {
-                ApiError::invalid("INVALID_MESSAGE_ID", format!("{text:?} is not a message ID (ms-seq)"))
+                ApiError::invalid(
+                    "INVALID_MESSAGE_ID",
+                    format!("{text:?} is not a message ID (ms-seq)"),
+                )
             })
         })
         .collect::<Result<Vec<_>, _>>()?;
     let topics = match body.topic {
         Some(topic) if valid_topic_name(&topic) => Some(vec![topic.into_boxed_str()]),
-        Some(_) => return Err(ApiError::invalid("INVALID_TOPIC", "`topic` is not a valid topic name")),
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "INVALID_TOPIC",
+                "`topic` is not a valid topic name",
+            ))
+        }
         None => None,
     };
     let taken = acknowledge(shard, &consumer, &ids, topics).await;
@@ -111,5 +126,8 @@ pub async fn http_ack(shard: &Rc<Shard>, principal: &Principal, body: &[u8]) -> 
         "acknowledged": taken.iter().filter(|t| **t).count(),
         "unknown": unknown,
     });
-    Ok(Response::json(200, serde_json::to_vec(&reply).unwrap_or_default()))
+    Ok(Response::json(
+        200,
+        serde_json::to_vec(&reply).unwrap_or_default(),
+    ))
 }

@@ -4,11 +4,11 @@
 //! everything before doing any work, then reach topic owners only through `Shard::call`.
 //! The wire formats come from `http` and `ws`; this module owns what the bytes mean.
 
+mod ack;
 pub mod conn;
 pub mod error;
-mod ack;
-mod publish;
 mod poll;
+mod publish;
 mod subscriptions;
 mod ws_session;
 
@@ -130,7 +130,9 @@ async fn route(conn: &mut Conn, req: Request, auth: &mut AuthCache) -> Outcome {
     use Method::*;
     let shard = Rc::clone(&conn.shard);
     match (req.path.as_str(), req.method) {
-        ("/health", Get | Head) => Outcome::Reply(Response::json(200, br#"{"status":"ok"}"#.to_vec())),
+        ("/health", Get | Head) => {
+            Outcome::Reply(Response::json(200, br#"{"status":"ok"}"#.to_vec()))
+        }
         ("/health", _) => not_allowed("GET, HEAD"),
         ("/ready", Get | Head) => Outcome::Reply(ready(&shard)),
         ("/ready", _) => not_allowed("GET, HEAD"),
@@ -185,12 +187,8 @@ fn ready(shard: &Shard) -> Response {
             200,
             format!(r#"{{"status":"ready","shards":{}}}"#, shard.count).into_bytes(),
         ),
-        Err(failing) => ApiError::new(
-            503,
-            "NOT_READY",
-            format!("shard {failing} is not serving"),
-        )
-        .into_response(),
+        Err(failing) => ApiError::new(503, "NOT_READY", format!("shard {failing} is not serving"))
+            .into_response(),
     }
 }
 
@@ -234,7 +232,10 @@ impl AuthCache {
 }
 
 /// Validates a list of topic names (deduplicated, order kept) for a subscribe or a poll.
-fn parse_topics<'a>(names: impl IntoIterator<Item = &'a str>, max: usize) -> Result<Vec<Arc<str>>, ApiError> {
+fn parse_topics<'a>(
+    names: impl IntoIterator<Item = &'a str>,
+    max: usize,
+) -> Result<Vec<Arc<str>>, ApiError> {
     let mut topics: Vec<Arc<str>> = Vec::new();
     for name in names {
         if !valid_topic_name(name) {
@@ -248,7 +249,10 @@ fn parse_topics<'a>(names: impl IntoIterator<Item = &'a str>, max: usize) -> Res
         }
     }
     if topics.is_empty() {
-        return Err(ApiError::invalid("MISSING_FIELD", "at least one topic is required"));
+        return Err(ApiError::invalid(
+            "MISSING_FIELD",
+            "at least one topic is required",
+        ));
     }
     if topics.len() > max {
         return Err(ApiError::invalid(

@@ -42,32 +42,64 @@ impl Sink for PollSink {
     }
 }
 
-fn number_param(req: &Request, name: &str, default: u64, range: std::ops::RangeInclusive<u64>, code: &'static str) -> Result<u64, ApiError> {
+fn number_param(
+    req: &Request,
+    name: &str,
+    default: u64,
+    range: std::ops::RangeInclusive<u64>,
+    code: &'static str,
+) -> Result<u64, ApiError> {
     match req.query_param(name) {
         None => Ok(default),
         Some(text) => match text.parse::<u64>() {
             Ok(n) if range.contains(&n) => Ok(n),
             _ => Err(ApiError::invalid(
                 code,
-                format!("`{name}` must be a whole number from {} to {}", range.start(), range.end()),
+                format!(
+                    "`{name}` must be a whole number from {} to {}",
+                    range.start(),
+                    range.end()
+                ),
             )),
         },
     }
 }
 
-pub async fn poll(conn: &mut Conn, principal: &Principal, req: &Request) -> Result<Response, ApiError> {
+pub async fn poll(
+    conn: &mut Conn,
+    principal: &Principal,
+    req: &Request,
+) -> Result<Response, ApiError> {
     let shard = Rc::clone(&conn.shard);
     let topics_param = req
         .query_param("topics")
         .ok_or_else(|| ApiError::invalid("MISSING_FIELD", "`topics` is required"))?;
-    let topics = parse_topics(topics_param.split(',').map(str::trim), shard.config.limits.max_topics_per_request)?;
+    let topics = parse_topics(
+        topics_param.split(',').map(str::trim),
+        shard.config.limits.max_topics_per_request,
+    )?;
     let max_timeout = shard.config.delivery.max_poll_timeout.as_secs().max(1);
-    let timeout = number_param(req, "timeout", DEFAULT_TIMEOUT_SECS.min(max_timeout), 1..=max_timeout, "INVALID_TIMEOUT")?;
-    let limit = number_param(req, "limit", DEFAULT_LIMIT as u64, 1..=MAX_LIMIT as u64, "INVALID_LIMIT")? as usize;
+    let timeout = number_param(
+        req,
+        "timeout",
+        DEFAULT_TIMEOUT_SECS.min(max_timeout),
+        1..=max_timeout,
+        "INVALID_TIMEOUT",
+    )?;
+    let limit = number_param(
+        req,
+        "limit",
+        DEFAULT_LIMIT as u64,
+        1..=MAX_LIMIT as u64,
+        "INVALID_LIMIT",
+    )? as usize;
     let cursor = match req.query_param("since") {
         None => Cursor::Live,
         Some(text) => Cursor::parse(&text).ok_or_else(|| {
-            ApiError::invalid("INVALID_CURSOR", "`since` must be a message ID (ms-seq), `earliest` or `latest`")
+            ApiError::invalid(
+                "INVALID_CURSOR",
+                "`since` must be a message ID (ms-seq), `earliest` or `latest`",
+            )
         })?,
     };
     let consumer = match req.query_param("client_id") {
@@ -83,7 +115,10 @@ pub async fn poll(conn: &mut Conn, principal: &Principal, req: &Request) -> Resu
     });
     let as_sink: Rc<dyn Sink> = sink.clone();
     let mut subs = Subscriptions::new(Rc::clone(&shard));
-    for pending in subs.add(&topics, &cursor, consumer.as_ref(), &as_sink, limit).await {
+    for pending in subs
+        .add(&topics, &cursor, consumer.as_ref(), &as_sink, limit)
+        .await
+    {
         if pending.snapshot.truncated {
             sink.more.set(true);
         }
@@ -92,7 +127,8 @@ pub async fn poll(conn: &mut Conn, principal: &Principal, req: &Request) -> Resu
 
     if sink.messages.borrow().is_empty() {
         conn.ctl.set_deadline(now_ms() + timeout * 1000);
-        let request_budget = shard.config.limits.max_header_bytes + shard.config.limits.max_body_bytes;
+        let request_budget =
+            shard.config.limits.max_header_bytes + shard.config.limits.max_body_bytes;
         loop {
             if !sink.messages.borrow().is_empty() || conn.ctl.closing() {
                 break;

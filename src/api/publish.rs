@@ -60,8 +60,12 @@ fn offset_in(body: &[u8], part: &str) -> Range<usize> {
 }
 
 fn parse_message(body: &[u8], raw: &str) -> Result<Parsed, ApiError> {
-    let msg: RawMessage<'_> = serde_json::from_str(raw)
-        .map_err(|e| ApiError::invalid("INVALID_MESSAGE", format!("message must be a JSON object: {e}")))?;
+    let msg: RawMessage<'_> = serde_json::from_str(raw).map_err(|e| {
+        ApiError::invalid(
+            "INVALID_MESSAGE",
+            format!("message must be a JSON object: {e}"),
+        )
+    })?;
 
     let topic_raw = msg
         .topic
@@ -135,7 +139,8 @@ fn finish_spans(body: &mut Vec<u8>, parsed: Vec<Parsed>) -> Vec<DraftSpan> {
 }
 
 fn body_str(body: &[u8]) -> Result<&str, ApiError> {
-    std::str::from_utf8(body).map_err(|_| ApiError::invalid("INVALID_JSON", "the body is not valid UTF-8"))
+    std::str::from_utf8(body)
+        .map_err(|_| ApiError::invalid("INVALID_JSON", "the body is not valid UTF-8"))
 }
 
 fn receipt_json(topic: &str, receipt: &Receipt) -> String {
@@ -148,14 +153,26 @@ fn receipt_json(topic: &str, receipt: &Receipt) -> String {
 }
 
 /// Sends spans (all owned by `owner`) and returns one receipt per span.
-async fn publish_to(shard: &Shard, owner: usize, body: Arc<Vec<u8>>, items: Vec<DraftSpan>) -> Vec<Receipt> {
-    match shard.call(owner, Op::Publish(PublishBatch { body, items })).await {
+async fn publish_to(
+    shard: &Shard,
+    owner: usize,
+    body: Arc<Vec<u8>>,
+    items: Vec<DraftSpan>,
+) -> Vec<Receipt> {
+    match shard
+        .call(owner, Op::Publish(PublishBatch { body, items }))
+        .await
+    {
         OpResult::Published(receipts) => receipts,
         _ => Vec::new(),
     }
 }
 
-pub async fn single(shard: &Rc<Shard>, _principal: &Principal, mut body: Vec<u8>) -> Result<Response, ApiError> {
+pub async fn single(
+    shard: &Rc<Shard>,
+    _principal: &Principal,
+    mut body: Vec<u8>,
+) -> Result<Response, ApiError> {
     let parsed = parse_message(&body, body_str(&body)?)?;
     let spans = finish_spans(&mut body, vec![parsed]);
     let topic = String::from_utf8_lossy(&body[spans[0].topic.clone()]).into_owned();
@@ -164,14 +181,24 @@ pub async fn single(shard: &Rc<Shard>, _principal: &Principal, mut body: Vec<u8>
     let receipt = receipts
         .first()
         .ok_or_else(|| ApiError::new(503, "UNAVAILABLE", "the topic owner did not answer"))?;
-    Ok(Response::json(201, receipt_json(&topic, receipt).into_bytes()))
+    Ok(Response::json(
+        201,
+        receipt_json(&topic, receipt).into_bytes(),
+    ))
 }
 
-pub async fn bulk(shard: &Rc<Shard>, _principal: &Principal, mut body: Vec<u8>) -> Result<Response, ApiError> {
+pub async fn bulk(
+    shard: &Rc<Shard>,
+    _principal: &Principal,
+    mut body: Vec<u8>,
+) -> Result<Response, ApiError> {
     let max = shard.config.limits.max_bulk_messages;
     let text = body_str(&body)?;
     let outer: RawBulk<'_> = serde_json::from_str(text).map_err(|e| {
-        ApiError::invalid("INVALID_JSON", format!("body must be an object with a `messages` array: {e}"))
+        ApiError::invalid(
+            "INVALID_JSON",
+            format!("body must be an object with a `messages` array: {e}"),
+        )
     })?;
     let items = outer
         .messages
@@ -179,10 +206,16 @@ pub async fn bulk(shard: &Rc<Shard>, _principal: &Principal, mut body: Vec<u8>) 
     if items.is_empty() || items.len() > max {
         return Err(ApiError::invalid(
             "INVALID_BATCH_SIZE",
-            format!("`messages` must hold 1 to {max} messages, not {}", items.len()),
+            format!(
+                "`messages` must hold 1 to {max} messages, not {}",
+                items.len()
+            ),
         ));
     }
-    let results: Vec<Result<Parsed, ApiError>> = items.iter().map(|raw| parse_message(&body, raw.get())).collect();
+    let results: Vec<Result<Parsed, ApiError>> = items
+        .iter()
+        .map(|raw| parse_message(&body, raw.get()))
+        .collect();
     drop(items);
 
     let mut outcomes: Vec<Result<(), ApiError>> = Vec::with_capacity(results.len());
@@ -203,7 +236,8 @@ pub async fn bulk(shard: &Rc<Shard>, _principal: &Principal, mut body: Vec<u8>) 
         .collect();
 
     // Group by owner, keeping each owner's items in request order.
-    let mut by_owner: Vec<(Vec<usize>, Vec<DraftSpan>)> = (0..shard.count).map(|_| (Vec::new(), Vec::new())).collect();
+    let mut by_owner: Vec<(Vec<usize>, Vec<DraftSpan>)> =
+        (0..shard.count).map(|_| (Vec::new(), Vec::new())).collect();
     for (k, span) in spans.into_iter().enumerate() {
         let owner = owner_of(&topics[k], shard.count);
         by_owner[owner].0.push(k);
@@ -217,7 +251,10 @@ pub async fn bulk(shard: &Rc<Shard>, _principal: &Principal, mut body: Vec<u8>) 
         }
         let shard = Rc::clone(shard);
         let body = Arc::clone(&body);
-        calls.push((keys, crate::shard::spawn_local(async move { publish_to(&shard, owner, body, spans).await })));
+        calls.push((
+            keys,
+            crate::shard::spawn_local(async move { publish_to(&shard, owner, body, spans).await }),
+        ));
     }
     let mut receipts: Vec<Option<Receipt>> = vec![None; topics.len()];
     for (keys, call) in calls {
@@ -271,7 +308,10 @@ pub async fn bulk(shard: &Rc<Shard>, _principal: &Principal, mut body: Vec<u8>) 
         "results": out,
         "summary": {"total": accepted + rejected, "accepted": accepted, "rejected": rejected},
     });
-    Ok(Response::json(207, serde_json::to_vec(&body).unwrap_or_default()))
+    Ok(Response::json(
+        207,
+        serde_json::to_vec(&body).unwrap_or_default(),
+    ))
 }
 
 #[cfg(test)]
@@ -305,7 +345,10 @@ mod tests {
     #[test]
     fn null_payload_is_a_value_but_missing_payload_is_an_error() {
         assert!(parse(r#"{"topic":"t","payload":null}"#).is_ok());
-        assert_eq!(parse(r#"{"topic":"t"}"#).err().unwrap().code, "MISSING_FIELD");
+        assert_eq!(
+            parse(r#"{"topic":"t"}"#).err().unwrap().code,
+            "MISSING_FIELD"
+        );
     }
 
     #[test]
@@ -320,12 +363,23 @@ mod tests {
             (r#"{"topic":"t","payload":1,"ttl":-1}"#, "INVALID_TTL"),
             (r#"{"topic":"t","payload":1,"ttl":1.5}"#, "INVALID_TTL"),
             (r#"{"topic":"t","payload":1,"ttl":"5"}"#, "INVALID_TTL"),
-            (r#"{"topic":"t","payload":1,"metadata":{"a":1}}"#, "INVALID_METADATA"),
-            (r#"{"topic":"t","payload":1,"metadata":[]}"#, "INVALID_METADATA"),
-            (r#"{"topic":"t","topic":"u","payload":1}"#, "INVALID_MESSAGE"),
+            (
+                r#"{"topic":"t","payload":1,"metadata":{"a":1}}"#,
+                "INVALID_METADATA",
+            ),
+            (
+                r#"{"topic":"t","payload":1,"metadata":[]}"#,
+                "INVALID_METADATA",
+            ),
+            (
+                r#"{"topic":"t","topic":"u","payload":1}"#,
+                "INVALID_MESSAGE",
+            ),
         ];
         for (text, code) in cases {
-            let err = parse(text).err().unwrap_or_else(|| panic!("{text} accepted"));
+            let err = parse(text)
+                .err()
+                .unwrap_or_else(|| panic!("{text} accepted"));
             assert_eq!(err.code, code, "{text}");
             assert_eq!(err.status, 422, "{text}");
         }

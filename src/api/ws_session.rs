@@ -63,7 +63,8 @@ pub fn upgrade(shard: &Shard, req: &Request) -> Result<Upgrade, ApiError> {
         .ok_or(AuthError::Missing)?;
     let principal = shard.auth.verify(&token)?;
     principal.require(Permission::Read)?;
-    let protocol = (from_protocol.is_some() && protocols.iter().any(|p| p == "bearer")).then_some("bearer");
+    let protocol =
+        (from_protocol.is_some() && protocols.iter().any(|p| p == "bearer")).then_some("bearer");
     Ok(Upgrade {
         accept_key,
         protocol,
@@ -73,7 +74,10 @@ pub fn upgrade(shard: &Shard, req: &Request) -> Result<Upgrade, ApiError> {
 
 enum Frame {
     /// A delivery; `replay` marks snapshot messages, which do not count toward the limit.
-    Message { msg: Arc<Message>, replay: bool },
+    Message {
+        msg: Arc<Message>,
+        replay: bool,
+    },
     Control(Vec<u8>),
 }
 
@@ -123,13 +127,16 @@ impl Outbound {
         let mut frames = self.frames.borrow_mut();
         let mut any = false;
         while wbuf.len() < WRITE_BATCH {
-            let Some(frame) = frames.pop_front() else { break };
+            let Some(frame) = frames.pop_front() else {
+                break;
+            };
             any = true;
             match frame {
                 Frame::Message { msg, replay } => {
                     wbuf.extend_from_slice(msg.ws_frame());
                     if !replay {
-                        self.live_bytes.set(self.live_bytes.get() - msg.ws_frame().len());
+                        self.live_bytes
+                            .set(self.live_bytes.get() - msg.ws_frame().len());
                     }
                 }
                 Frame::Control(bytes) => wbuf.extend_from_slice(&bytes),
@@ -180,7 +187,9 @@ pub async fn run(conn: &mut Conn, up: Upgrade) -> io::Result<()> {
 
     let shard = Rc::clone(&conn.shard);
     let cfg = &shard.config;
-    let _ = conn.stream.set_write_timeout(Some(cfg.server.write_timeout));
+    let _ = conn
+        .stream
+        .set_write_timeout(Some(cfg.server.write_timeout));
     let ping_every = cfg.delivery.ws_ping_interval.as_millis() as u64;
     let dead_after = cfg.delivery.ws_pong_timeout.as_millis() as u64;
     let out = Rc::new(Outbound {
@@ -234,7 +243,14 @@ pub async fn run(conn: &mut Conn, up: Upgrade) -> io::Result<()> {
             return close(conn, &out, &mut wbuf, SLOW_CONSUMER, &reason).await;
         }
         if session.invalid_frames > MAX_INVALID_FRAMES {
-            return close(conn, &out, &mut wbuf, POLICY_VIOLATION, "too many invalid frames").await;
+            return close(
+                conn,
+                &out,
+                &mut wbuf,
+                POLICY_VIOLATION,
+                "too many invalid frames",
+            )
+            .await;
         }
         if conn.ctl.closing() {
             return close(conn, &out, &mut wbuf, GOING_AWAY, "server shutting down").await;
@@ -292,7 +308,13 @@ async fn drive(conn: &mut Conn, out: &Outbound, wbuf: &mut Vec<u8>) -> io::Resul
 }
 
 /// Sends a close frame after what is already queued and lets the peer go.
-async fn close(conn: &mut Conn, out: &Outbound, wbuf: &mut Vec<u8>, code: u16, reason: &str) -> io::Result<()> {
+async fn close(
+    conn: &mut Conn,
+    out: &Outbound,
+    wbuf: &mut Vec<u8>,
+    code: u16,
+    reason: &str,
+) -> io::Result<()> {
     out.push_control(close_frame(code, reason));
     while !wbuf.is_empty() || !out.frames.borrow().is_empty() {
         let event = drive(conn, out, wbuf).await?;
@@ -354,17 +376,26 @@ impl Session {
 
     async fn subscribe(&mut self, cmd: SubscribeCmd) -> Result<(), ApiError> {
         let cfg = &self.shard.config;
-        let topics = parse_topics(cmd.topics.iter().map(String::as_str), cfg.limits.max_topics_per_request)?;
+        let topics = parse_topics(
+            cmd.topics.iter().map(String::as_str),
+            cfg.limits.max_topics_per_request,
+        )?;
         if self.subs.len() + topics.len() > cfg.limits.max_topics_per_request {
             return Err(ApiError::invalid(
                 "TOO_MANY_TOPICS",
-                format!("at most {} topics per connection", cfg.limits.max_topics_per_request),
+                format!(
+                    "at most {} topics per connection",
+                    cfg.limits.max_topics_per_request
+                ),
             ));
         }
         let cursor = match cmd.since.as_deref() {
             None => Cursor::Live,
             Some(text) => Cursor::parse(text).ok_or_else(|| {
-                ApiError::invalid("INVALID_CURSOR", "`since` must be a message ID (ms-seq), `earliest` or `latest`")
+                ApiError::invalid(
+                    "INVALID_CURSOR",
+                    "`since` must be a message ID (ms-seq), `earliest` or `latest`",
+                )
             })?,
         };
         if let Some(id) = cmd.client_id.as_deref() {
@@ -377,13 +408,19 @@ impl Session {
                     ))
                 }
                 Some(_) => {}
-                None => self.consumer = Some((id.to_string(), consumer_key(&self.principal.subject, id))),
+                None => {
+                    self.consumer =
+                        Some((id.to_string(), consumer_key(&self.principal.subject, id)))
+                }
             }
         }
         let consumer = self.consumer.as_ref().map(|(_, key)| key.clone());
         let sink: Rc<dyn Sink> = self.out.clone();
         let limit = cfg.storage.hot_tier_messages_per_topic;
-        let pending = self.subs.add(&topics, &cursor, consumer.as_ref(), &sink, limit).await;
+        let pending = self
+            .subs
+            .add(&topics, &cursor, consumer.as_ref(), &sink, limit)
+            .await;
         let names: Vec<&str> = topics.iter().map(|t| &**t).collect();
         let reply = serde_json::json!({
             "type": "subscribed",
@@ -391,7 +428,8 @@ impl Session {
             "session_id": self.session_id,
             "timestamp": rfc3339(now_ms()),
         });
-        self.out.push_json(&serde_json::to_vec(&reply).unwrap_or_default());
+        self.out
+            .push_json(&serde_json::to_vec(&reply).unwrap_or_default());
         self.out.replaying.set(true);
         for p in &pending {
             p.sub.finish_replay(&p.snapshot.backlog);
@@ -407,7 +445,8 @@ impl Session {
         }
         let names: Vec<&str> = topics.iter().map(|t| &**t).collect();
         let reply = serde_json::json!({"type": "unsubscribed", "topics": names});
-        self.out.push_json(&serde_json::to_vec(&reply).unwrap_or_default());
+        self.out
+            .push_json(&serde_json::to_vec(&reply).unwrap_or_default());
         Ok(())
     }
 
@@ -419,14 +458,23 @@ impl Session {
             ));
         };
         let id = MessageId::parse(&cmd.message_id).ok_or_else(|| {
-            ApiError::invalid("INVALID_MESSAGE_ID", format!("{:?} is not a message ID (ms-seq)", cmd.message_id))
+            ApiError::invalid(
+                "INVALID_MESSAGE_ID",
+                format!("{:?} is not a message ID (ms-seq)", cmd.message_id),
+            )
         })?;
         let candidates: Vec<Box<str>> = match cmd.topic {
-            Some(topic) => parse_topics([topic.as_str()], 1)?.iter().map(|t| Box::from(&**t)).collect(),
+            Some(topic) => parse_topics([topic.as_str()], 1)?
+                .iter()
+                .map(|t| Box::from(&**t))
+                .collect(),
             None => self.subs.topics().map(|t| Box::from(&**t)).collect(),
         };
         if candidates.is_empty() {
-            return Err(ApiError::invalid("UNKNOWN_MESSAGE", "no subscribed topic holds this message"));
+            return Err(ApiError::invalid(
+                "UNKNOWN_MESSAGE",
+                "no subscribed topic holds this message",
+            ));
         }
         let taken = ack::acknowledge(&self.shard, consumer, &[id], Some(candidates)).await;
         if taken.first().copied().unwrap_or(false) {

@@ -34,7 +34,10 @@ pub fn bind_all(addr: SocketAddr, count: usize) -> io::Result<(Vec<StdListener>,
 /// Whether an accept error means the process (or system) ran out of file descriptors,
 /// in which case the accept loop backs off instead of spinning.
 pub fn is_fd_exhaustion(err: &io::Error) -> bool {
-    matches!(err.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE) | Some(libc::ENOBUFS) | Some(libc::ENOMEM))
+    matches!(
+        err.raw_os_error(),
+        Some(libc::EMFILE) | Some(libc::ENFILE) | Some(libc::ENOBUFS) | Some(libc::ENOMEM)
+    )
 }
 
 #[cfg(test)]

@@ -18,10 +18,10 @@ use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 use std::sync::Arc;
 
-use glommio::{GlommioError, ResourceType};
 use glommio::channels::shared_channel::{
     self, ConnectedReceiver, ConnectedSender, SharedReceiver, SharedSender,
 };
+use glommio::{GlommioError, ResourceType};
 
 use super::owner::{Op, OpResult};
 use super::signal::{Signal, Slot};
@@ -119,21 +119,32 @@ pub struct Mesh {
 impl Mesh {
     /// Connects this shard's ends (inside its executor) and starts the outbox pumps.
     /// Returns the mesh and the connected receivers, for the caller's receive loops.
-    pub async fn connect(me: usize, ends: MeshEnds) -> (Mesh, Vec<(usize, ConnectedReceiver<Envelope>)>) {
+    pub async fn connect(
+        me: usize,
+        ends: MeshEnds,
+    ) -> (Mesh, Vec<(usize, ConnectedReceiver<Envelope>)>) {
         // Connect every end concurrently: a sender's connect completes only once its
         // receiver connected on the peer, which is doing the same in the other order.
-        let senders = ends.senders.into_iter().enumerate().map(|(peer, tx)| async move {
-            match tx {
-                Some(tx) => Some((peer, tx.connect().await)),
-                None => None,
-            }
-        });
-        let receivers = ends.receivers.into_iter().enumerate().map(|(peer, rx)| async move {
-            match rx {
-                Some(rx) => Some((peer, rx.connect().await)),
-                None => None,
-            }
-        });
+        let senders = ends
+            .senders
+            .into_iter()
+            .enumerate()
+            .map(|(peer, tx)| async move {
+                match tx {
+                    Some(tx) => Some((peer, tx.connect().await)),
+                    None => None,
+                }
+            });
+        let receivers = ends
+            .receivers
+            .into_iter()
+            .enumerate()
+            .map(|(peer, rx)| async move {
+                match rx {
+                    Some(rx) => Some((peer, rx.connect().await)),
+                    None => None,
+                }
+            });
         let senders = join_all(senders.collect());
         let receivers = join_all(receivers.collect());
         let (senders, receivers) = futures_lite::future::zip(senders, receivers).await;
@@ -216,7 +227,9 @@ impl Drop for CallGuard<'_> {
     }
 }
 
-async fn join_all<T: 'static, F: std::future::Future<Output = T> + 'static>(futures: Vec<F>) -> Vec<T> {
+async fn join_all<T: 'static, F: std::future::Future<Output = T> + 'static>(
+    futures: Vec<F>,
+) -> Vec<T> {
     let mut out = Vec::with_capacity(futures.len());
     let handles: Vec<_> = futures
         .into_iter()

@@ -177,7 +177,9 @@ pub struct Runtime {
 
 impl Runtime {
     pub fn bind(config: Config, auth: Authenticator) -> Result<Runtime, RuntimeError> {
-        let shards = config.shard_count().clamp(1, crate::topic::ShardSet::MAX_SHARDS);
+        let shards = config
+            .shard_count()
+            .clamp(1, crate::topic::ShardSet::MAX_SHARDS);
         let addr = resolve(&config.server.host, config.server.http_port)?;
         let (listeners, local_addr) =
             listener::bind_all(addr, shards).map_err(|e| RuntimeError::Bind(addr, e))?;
@@ -204,7 +206,12 @@ impl Runtime {
         let shards = self.listeners.len();
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
         let mut handles = Vec::with_capacity(shards);
-        for ((id, listener), ends) in self.listeners.into_iter().enumerate().zip(mesh::build(shards)) {
+        for ((id, listener), ends) in self
+            .listeners
+            .into_iter()
+            .enumerate()
+            .zip(mesh::build(shards))
+        {
             let config = self.config.clone();
             let auth = self.auth.clone();
             let process = Arc::clone(&self.process);
@@ -228,7 +235,8 @@ impl Runtime {
         for handle in handles {
             if let Err(e) = handle.join() {
                 self.process.shutdown.store(true, Ordering::Release);
-                failure.get_or_insert_with(|| RuntimeError::Executor(executor_hint(&e.to_string())));
+                failure
+                    .get_or_insert_with(|| RuntimeError::Executor(executor_hint(&e.to_string())));
             }
         }
         failure.map_or(Ok(()), Err)
@@ -257,7 +265,10 @@ fn resolve(host: &str, port: u16) -> Result<SocketAddr, RuntimeError> {
     let unresolved = || {
         RuntimeError::Bind(
             SocketAddr::from(([0, 0, 0, 0], port)),
-            io::Error::new(io::ErrorKind::InvalidInput, format!("cannot resolve host {host:?}")),
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("cannot resolve host {host:?}"),
+            ),
         )
     };
     (host, port)
@@ -327,7 +338,10 @@ async fn accept_loop(shard: &Rc<Shard>, listener: glommio::net::TcpListener) {
                     glommio::GlommioError::IoError(io) if listener::is_fd_exhaustion(io) => 100,
                     _ => 10,
                 };
-                eprintln!("shard {}: accept failed: {e}; retrying in {backoff} ms", shard.id);
+                eprintln!(
+                    "shard {}: accept failed: {e}; retrying in {backoff} ms",
+                    shard.id
+                );
                 sleep(Duration::from_millis(backoff)).await;
             }
         }

@@ -8,7 +8,9 @@
 use std::ops::Range;
 use std::sync::Arc;
 
-use crate::topic::{ConsumerKey, Cursor, Draft, Message, MessageId, ShardSet, Snapshot, TopicTable};
+use crate::topic::{
+    ConsumerKey, Cursor, Draft, Message, MessageId, ShardSet, Snapshot, TopicTable,
+};
 
 /// One message of a publish request, as byte ranges into the request body so that the
 /// producer's bytes travel to the owner without being copied or re-encoded.

@@ -198,7 +198,12 @@ mod tests {
     fn frame_is_an_unmasked_text_frame_around_the_json() {
         let big = vec![b'1'; 70_000];
         for payload in [&b"1"[..], &[b'7'; 200][..], &big[..]] {
-            let msg = Message::build(MessageId::new(1, 0), Arc::from("t"), 0, &draft(payload, None));
+            let msg = Message::build(
+                MessageId::new(1, 0),
+                Arc::from("t"),
+                0,
+                &draft(payload, None),
+            );
             let frame = msg.ws_frame();
             assert_eq!(frame[0], 0x81, "FIN + text");
             assert_eq!(frame[1] & 0x80, 0, "server frames are unmasked");

@@ -242,7 +242,10 @@ impl TopicTable {
             if !holds {
                 continue;
             }
-            let position = topic.positions.entry(consumer.into()).or_insert(MessageId::ZERO);
+            let position = topic
+                .positions
+                .entry(consumer.into())
+                .or_insert(MessageId::ZERO);
             if id > *position {
                 *position = id;
             }

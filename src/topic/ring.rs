@@ -53,9 +53,7 @@ impl Ring {
     }
 
     pub fn contains(&self, id: MessageId) -> bool {
-        self.messages
-            .binary_search_by(|m| m.id.cmp(&id))
-            .is_ok()
+        self.messages.binary_search_by(|m| m.id.cmp(&id)).is_ok()
     }
 
     /// Messages strictly after `after` (all of them for `None`), oldest first, skipping
@@ -97,7 +95,12 @@ mod tests {
             metadata: None,
             ttl_ms,
         };
-        Arc::new(Message::build(MessageId::new(ms, 0), Arc::from("t"), ms, &draft))
+        Arc::new(Message::build(
+            MessageId::new(ms, 0),
+            Arc::from("t"),
+            ms,
+            &draft,
+        ))
     }
 
     #[test]
@@ -108,9 +111,15 @@ mod tests {
         }
         let ids = |v: Vec<Arc<Message>>| v.iter().map(|m| m.id.ms).collect::<Vec<_>>();
         assert_eq!(ids(ring.read_after(None, 0, 10).0), [1, 2, 3, 4, 5]);
-        assert_eq!(ids(ring.read_after(Some(MessageId::new(2, 0)), 0, 10).0), [3, 4, 5]);
+        assert_eq!(
+            ids(ring.read_after(Some(MessageId::new(2, 0)), 0, 10).0),
+            [3, 4, 5]
+        );
         // A cursor between IDs (e.g. from another topic's clock) still works.
-        assert_eq!(ids(ring.read_after(Some(MessageId::new(2, 9)), 0, 10).0), [3, 4, 5]);
+        assert_eq!(
+            ids(ring.read_after(Some(MessageId::new(2, 9)), 0, 10).0),
+            [3, 4, 5]
+        );
         let (page, more) = ring.read_after(None, 0, 2);
         assert_eq!(ids(page), [1, 2]);
         assert!(more);

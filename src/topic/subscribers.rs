@@ -141,7 +141,12 @@ mod tests {
             metadata: None,
             ttl_ms: None,
         };
-        Arc::new(Message::build(MessageId::new(ms, 0), Arc::from("t"), ms, &draft))
+        Arc::new(Message::build(
+            MessageId::new(ms, 0),
+            Arc::from("t"),
+            ms,
+            &draft,
+        ))
     }
 
     #[test]
@@ -188,7 +193,12 @@ mod tests {
             metadata: None,
             ttl_ms: Some(5),
         };
-        let expiring = Arc::new(Message::build(MessageId::new(9, 0), Arc::from("t"), 100, &draft));
+        let expiring = Arc::new(Message::build(
+            MessageId::new(9, 0),
+            Arc::from("t"),
+            100,
+            &draft,
+        ));
         index.deliver(&expiring, 200);
         assert!(sink.0.borrow().is_empty());
     }
