@@ -122,8 +122,11 @@ fn run(args: Vec<String>) -> Result<(), Failure> {
         println!("{USAGE}");
         return Ok(());
     }
-    let config = Config::load(args.config.as_deref(), std::env::vars())
-        .map_err(|e| Failure::Config(e.to_string()))?;
+    // Variables that are not UTF-8 cannot be ours (all PULSAR_* values are text).
+    let env = std::env::vars_os()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)));
+    let config =
+        Config::load(args.config.as_deref(), env).map_err(|e| Failure::Config(e.to_string()))?;
     match args.command {
         Command::Token {
             sub,
@@ -157,7 +160,7 @@ fn serve(mut config: Config) -> Result<(), Failure> {
     config
         .check_bind_security()
         .map_err(|e| Failure::Config(e.to_string()))?;
-    let generated = config.jwt.secret_key.is_empty();
+    let generated = config.jwt.secret_key.is_empty() && config.jwt.algorithm == "HS256";
     if generated {
         config.jwt.secret_key = random_secret()
             .map_err(|e| Failure::Runtime(format!("cannot read /dev/urandom: {e}")))?;

@@ -216,7 +216,9 @@ impl AuthCache {
     ) -> Result<Principal, ApiError> {
         let token = bearer(req).ok_or(AuthError::Missing)?;
         let cached = match &self.principal {
-            Some(p) if self.token == token && p.expires_at * 1000 > now_ms() => p.clone(),
+            Some(p) if self.token == token && p.expires_at.saturating_mul(1000) > now_ms() => {
+                p.clone()
+            }
             _ => {
                 self.principal = None;
                 let p = shard.auth.verify(token)?;

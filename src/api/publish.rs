@@ -6,11 +6,12 @@
 //! copied before the owner writes it into the delivery frame.
 
 use std::borrow::Cow;
-use std::collections::BTreeMap;
+use std::fmt;
 use std::ops::Range;
 use std::rc::Rc;
 use std::sync::Arc;
 
+use serde::de::{IgnoredAny, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
 
@@ -45,6 +46,45 @@ fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::
     <&RawValue>::deserialize(d).map(Some)
 }
 
+/// Checks that a JSON value is an object of strings without building it.
+struct StringMap;
+
+/// Accepts any JSON string, and nothing else.
+struct JsonString;
+
+impl<'de> Deserialize<'de> for JsonString {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Only;
+        impl Visitor<'_> for Only {
+            type Value = JsonString;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_str<E>(self, _: &str) -> Result<JsonString, E> {
+                Ok(JsonString)
+            }
+        }
+        d.deserialize_str(Only)
+    }
+}
+
+impl<'de> Deserialize<'de> for StringMap {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Entries;
+        impl<'de> Visitor<'de> for Entries {
+            type Value = StringMap;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an object of strings")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<StringMap, A::Error> {
+                while map.next_entry::<IgnoredAny, JsonString>()?.is_some() {}
+                Ok(StringMap)
+            }
+        }
+        d.deserialize_map(Entries)
+    }
+}
+
 /// A validated message: ranges into the body, plus the topic when the producer spelled it
 /// with JSON escapes (then it is appended to the body before sending).
 struct Parsed {
@@ -60,6 +100,13 @@ fn offset_in(body: &[u8], part: &str) -> Range<usize> {
 }
 
 fn parse_message(body: &[u8], raw: &str) -> Result<Parsed, ApiError> {
+    // serde's derived structs also accept arrays; a message must be an object.
+    if !raw.trim_start().starts_with('{') {
+        return Err(ApiError::invalid(
+            "INVALID_MESSAGE",
+            "message must be a JSON object",
+        ));
+    }
     let msg: RawMessage<'_> = serde_json::from_str(raw).map_err(|e| {
         ApiError::invalid(
             "INVALID_MESSAGE",
@@ -70,8 +117,14 @@ fn parse_message(body: &[u8], raw: &str) -> Result<Parsed, ApiError> {
     let topic_raw = msg
         .topic
         .ok_or_else(|| ApiError::invalid("MISSING_FIELD", "`topic` is required"))?;
-    let topic: Cow<'_, str> = serde_json::from_str(topic_raw.get())
-        .map_err(|_| ApiError::invalid("INVALID_TOPIC", "`topic` must be a string"))?;
+    // Borrow the name from the body when it has no escapes (the usual case).
+    let topic: Cow<'_, str> = match serde_json::from_str::<&str>(topic_raw.get()) {
+        Ok(name) => Cow::Borrowed(name),
+        Err(_) => Cow::Owned(
+            serde_json::from_str::<String>(topic_raw.get())
+                .map_err(|_| ApiError::invalid("INVALID_TOPIC", "`topic` must be a string"))?,
+        ),
+    };
     if !valid_topic_name(&topic) {
         return Err(ApiError::invalid(
             "INVALID_TOPIC",
@@ -98,7 +151,7 @@ fn parse_message(body: &[u8], raw: &str) -> Result<Parsed, ApiError> {
     let metadata = match msg.metadata.map(RawValue::get) {
         None | Some("null") => None,
         Some(text) => {
-            serde_json::from_str::<BTreeMap<Cow<'_, str>, Cow<'_, str>>>(text).map_err(|_| {
+            serde_json::from_str::<StringMap>(text).map_err(|_| {
                 ApiError::invalid(
                     "INVALID_METADATA",
                     "`metadata` must be an object whose values are strings",
@@ -320,7 +373,7 @@ mod tests {
 
     fn parse(text: &str) -> Result<(Parsed, Vec<u8>), ApiError> {
         let body = text.as_bytes().to_vec();
-        let p = parse_message(&body, text)?;
+        let p = parse_message(&body, std::str::from_utf8(&body).unwrap())?;
         Ok((p, body))
     }
 
