@@ -265,7 +265,6 @@ pub struct DeliveryConfig {
     pub ws_pong_timeout: Duration,
     #[serde(with = "duration")]
     pub max_poll_timeout: Duration,
-    pub max_unacked_per_subscription: usize,
 }
 
 impl Default for DeliveryConfig {
@@ -275,7 +274,6 @@ impl Default for DeliveryConfig {
             ws_ping_interval: Duration::from_secs(30),
             ws_pong_timeout: Duration::from_secs(60),
             max_poll_timeout: Duration::from_secs(60),
-            max_unacked_per_subscription: 4096,
         }
     }
 }
@@ -410,7 +408,6 @@ const SECTIONS: &[(&str, &[(&str, EnvKind)])] = &[
             ("ws_ping_interval", Scalar),
             ("ws_pong_timeout", Scalar),
             ("max_poll_timeout", Scalar),
-            ("max_unacked_per_subscription", Scalar),
         ],
     ),
 ];
@@ -578,10 +575,6 @@ impl Config {
             (
                 "delivery.max_outbound_bytes",
                 self.delivery.max_outbound_bytes == 0,
-            ),
-            (
-                "delivery.max_unacked_per_subscription",
-                self.delivery.max_unacked_per_subscription == 0,
             ),
         ];
         if let Some((key, _)) = counts.iter().find(|(_, zero)| *zero) {
@@ -1417,7 +1410,6 @@ mod tests {
             "delivery.max_outbound_bytes",
             "delivery.ws_ping_interval",
             "delivery.ws_pong_timeout",
-            "delivery.max_unacked_per_subscription",
         ];
         for key in keys {
             let (section, name) = key.split_once('.').unwrap();

@@ -9,6 +9,7 @@ use std::future::poll_fn;
 use std::io;
 use std::pin::Pin;
 use std::rc::Rc;
+use std::sync::atomic::Ordering;
 use std::task::Poll;
 
 use futures_lite::{AsyncRead, AsyncWriteExt};
@@ -99,6 +100,7 @@ pub struct Conn {
 impl Conn {
     pub fn new(shard: Rc<Shard>, stream: TcpStream) -> Conn {
         let (slot, ctl) = shard.conns.register();
+        shard.process.connections.fetch_add(1, Ordering::Relaxed);
         Conn {
             shard,
             stream,
@@ -125,6 +127,27 @@ impl Conn {
     pub async fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
         self.stream.write_all(bytes).await
     }
+
+    /// Closes after an error response without losing it: a peer still sending (say, the
+    /// body of a request refused with 413) would otherwise get a reset that can discard
+    /// the response before it reads it. Half-closes, then drains briefly.
+    pub async fn linger(&mut self) {
+        const MAX_DRAIN: usize = 1 << 20;
+        let _ = self.stream.shutdown(std::net::Shutdown::Write).await;
+        self.ctl.set_deadline(crate::shard::now_ms() + 1000);
+        let mut drained = 0;
+        while drained < MAX_DRAIN {
+            match self.read_or_wake().await {
+                Ok(Event::Data) => {
+                    let n = self.rbuf.filled().len();
+                    drained += n;
+                    self.rbuf.consume(n);
+                }
+                Ok(Event::Woken) if !self.ctl.take_timeout() => {}
+                _ => return,
+            }
+        }
+    }
 }
 
 /// Polls one read into `rbuf`.
@@ -147,6 +170,10 @@ pub fn poll_read_into(
 impl Drop for Conn {
     fn drop(&mut self) {
         self.shard.conns.unregister(self.slot);
+        self.shard
+            .process
+            .connections
+            .fetch_sub(1, Ordering::Relaxed);
     }
 }
 

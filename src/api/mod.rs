@@ -26,9 +26,25 @@ use error::ApiError;
 /// Serves one accepted connection until it closes.
 pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
     let _ = stream.set_nodelay(true);
+    let _ = stream.set_write_timeout(Some(shard.config.server.write_timeout));
     let mut conn = Conn::new(shard, stream);
     // An I/O error here means the peer went away; there is nobody left to tell.
     let _ = http_loop(&mut conn).await;
+}
+
+/// Answers a connection over `limits.max_connections` with 503 and closes it.
+pub async fn refuse(mut stream: TcpStream) {
+    use futures_lite::AsyncWriteExt;
+    let err = ApiError::new(
+        503,
+        "TOO_MANY_CONNECTIONS",
+        "the relay is at its connection limit; retry later",
+    )
+    .with_header("Retry-After", "1");
+    let mut out = Vec::new();
+    encode(&err.into_response(), false, false, &mut out);
+    let _ = stream.write_all(&out).await;
+    let _ = stream.close().await;
 }
 
 /// What a route produced: a response, or a WebSocket session to run on this connection.
@@ -85,6 +101,7 @@ async fn http_loop(conn: &mut Conn) -> io::Result<()> {
             Err(e) => {
                 encode(&ApiError::from(e).into_response(), false, false, &mut out);
                 conn.write_all(&out).await?;
+                conn.linger().await;
                 return Ok(());
             }
         }
@@ -118,6 +135,7 @@ async fn http_loop(conn: &mut Conn) -> io::Result<()> {
                         );
                         encode(&err.into_response(), false, false, &mut out);
                         conn.write_all(&out).await?;
+                        conn.linger().await;
                     }
                     return Ok(());
                 }

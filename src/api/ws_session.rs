@@ -45,6 +45,16 @@ pub struct Upgrade {
 
 /// Validates the upgrade request and its token; errors become an HTTP response.
 pub fn upgrade(shard: &Shard, req: &Request) -> Result<Upgrade, ApiError> {
+    let allowed = &shard.config.server.allowed_origins;
+    if let Some(origin) = req.header("origin") {
+        if !allowed.is_empty() && !allowed.iter().any(|a| a == origin) {
+            return Err(ApiError::new(
+                403,
+                "ORIGIN_NOT_ALLOWED",
+                format!("origin {origin:?} is not in server.allowed_origins"),
+            ));
+        }
+    }
     let accept_key = handshake::accept(&req.headers, true).map_err(|e| {
         let mut err = ApiError::new(e.status(), e.code(), e.detail());
         if e.status() == 426 {

@@ -54,6 +54,8 @@ pub struct Process {
     pub serving: Vec<AtomicBool>,
     /// Shards that still have open connections during shutdown.
     draining: AtomicUsize,
+    /// Open client connections, all shards together (for `limits.max_connections`).
+    pub connections: AtomicUsize,
     pub local_addr: SocketAddr,
 }
 
@@ -187,6 +189,7 @@ impl Runtime {
             shutdown: AtomicBool::new(false),
             serving: (0..shards).map(|_| AtomicBool::new(false)).collect(),
             draining: AtomicUsize::new(shards),
+            connections: AtomicUsize::new(0),
             local_addr,
         });
         Ok(Runtime {
@@ -331,7 +334,12 @@ async fn accept_loop(shard: &Rc<Shard>, listener: glommio::net::TcpListener) {
         match accepted {
             None => return,
             Some(Ok(stream)) => {
-                spawn_local(crate::api::serve(Rc::clone(shard), stream)).detach();
+                let max = shard.config.limits.max_connections;
+                if max > 0 && shard.process.connections.load(Ordering::Relaxed) >= max {
+                    spawn_local(crate::api::refuse(stream)).detach();
+                } else {
+                    spawn_local(crate::api::serve(Rc::clone(shard), stream)).detach();
+                }
             }
             Some(Err(e)) => {
                 let backoff = match &e {
