@@ -67,11 +67,18 @@ impl ApiError {
 }
 
 pub fn ws_error_json(code: &str, message: &str) -> Vec<u8> {
-    serde_json::to_vec(&serde_json::json!({
-        "type": "error",
-        "code": code,
-        "message": message,
-    }))
+    #[derive(serde::Serialize)]
+    struct ErrorFrame<'a> {
+        #[serde(rename = "type")]
+        kind: &'static str,
+        code: &'a str,
+        message: &'a str,
+    }
+    serde_json::to_vec(&ErrorFrame {
+        kind: "error",
+        code,
+        message,
+    })
     .unwrap_or_default()
 }
 

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::task::Poll;
 
 use futures_lite::AsyncWrite;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::conn::{poll_read_into, Conn, Event};
 use super::error::ApiError;
@@ -164,6 +164,18 @@ struct Session {
     consumer: Option<(String, ConsumerKey)>,
     session_id: String,
     invalid_frames: u32,
+}
+
+/// `subscribed` / `unsubscribed` frames, `type` first for readers' sake.
+#[derive(Serialize)]
+struct Reply<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    topics: Vec<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    session_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    timestamp: Option<String>,
 }
 
 #[derive(Deserialize)]
