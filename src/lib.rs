@@ -2,13 +2,14 @@
 //!
 //! The modules follow the data path of a message:
 //! `shard` (executors, listeners, cross-shard mesh) → `http` / `ws` (wire codecs) →
-//! `api` (routes, sessions, errors) → `topic` (ownership, IDs, hot ring). `auth` and
-//! `config` serve all of them.
+//! `api` (routes, sessions, errors) → `topic` (ownership, IDs, hot ring) → `store`
+//! (the Valkey persistent tier). `auth` and `config` serve all of them.
 
 pub mod api;
 pub mod auth;
 pub mod config;
 pub mod http;
 pub mod shard;
+pub mod store;
 pub mod topic;
 pub mod ws;

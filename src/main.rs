@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use pulsar_relay::auth::{random_secret, Authenticator, Permissions};
-use pulsar_relay::config::{Backend, Config};
+use pulsar_relay::config::{AckMode, Backend, Config};
 use pulsar_relay::shard::Runtime;
 
 const USAGE: &str = "\
@@ -152,11 +152,6 @@ fn run(args: Vec<String>) -> Result<(), Failure> {
 }
 
 fn serve(mut config: Config) -> Result<(), Failure> {
-    if config.storage.backend != Backend::Memory {
-        return Err(Failure::Config(
-            "config error at `storage.backend`: only `memory` is available in this build".into(),
-        ));
-    }
     config
         .check_bind_security()
         .map_err(|e| Failure::Config(e.to_string()))?;
@@ -175,8 +170,20 @@ fn serve(mut config: Config) -> Result<(), Failure> {
         Runtime::bind(config.clone(), auth.clone()).map_err(|e| Failure::Runtime(e.to_string()))?;
     let process = runtime.process();
     let addr = process.local_addr;
+    let backend = match config.storage.backend {
+        Backend::Memory => "memory backend".to_string(),
+        Backend::Valkey => format!(
+            "valkey backend at {}:{}, {} acks",
+            config.valkey.host,
+            config.valkey.port,
+            match config.ack_mode() {
+                AckMode::Persisted => "persisted",
+                AckMode::Memory => "memory",
+            }
+        ),
+    };
     println!(
-        "pulsar-relay listening on http://{addr} ({} shards, memory backend)",
+        "pulsar-relay listening on http://{addr} ({} shards, {backend})",
         process.serving.len(),
     );
     if generated {

@@ -6,6 +6,7 @@
 
 use crate::auth::AuthError;
 use crate::http::{HttpError, Response};
+use crate::store::StoreError;
 
 #[derive(Debug)]
 pub struct ApiError {
@@ -97,5 +98,17 @@ impl From<AuthError> for ApiError {
         } else {
             err
         }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        let code = match e {
+            StoreError::BacklogFull => "BACKLOG_FULL",
+            StoreError::Recovering => "STORE_RECOVERING",
+            StoreError::Unavailable(_) => "STORE_UNAVAILABLE",
+            StoreError::Rejected(_) => "STORE_REJECTED",
+        };
+        ApiError::new(503, code, e.to_string()).with_header("Retry-After", "1")
     }
 }

@@ -200,13 +200,12 @@ fn ready(shard: &Shard) -> Response {
     if shard.is_shutting_down() {
         return ApiError::new(503, "SHUTTING_DOWN", "the relay is shutting down").into_response();
     }
-    match shard.process.all_serving() {
+    match shard.process.readiness() {
         Ok(()) => Response::json(
             200,
             format!(r#"{{"status":"ready","shards":{}}}"#, shard.count).into_bytes(),
         ),
-        Err(failing) => ApiError::new(503, "NOT_READY", format!("shard {failing} is not serving"))
-            .into_response(),
+        Err(failing) => ApiError::new(503, "NOT_READY", failing).into_response(),
     }
 }
 

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use super::conn::{Conn, Event};
 use super::error::ApiError;
-use super::subscriptions::Subscriptions;
+use super::subscriptions::{ReplayProblem, Subscriptions};
 use super::{parse_client_id, parse_topics};
 use crate::auth::Principal;
 use crate::http::{Request, Response};
@@ -119,10 +119,12 @@ pub async fn poll(
         .add(&topics, &cursor, consumer.as_ref(), &as_sink, limit)
         .await
     {
-        if pending.snapshot.truncated {
-            sink.more.set(true);
+        match pending.problem {
+            Some(ReplayProblem::Store(e)) => return Err(e.into()),
+            Some(ReplayProblem::Truncated) => sink.more.set(true),
+            None => {}
         }
-        pending.sub.finish_replay(&pending.snapshot.backlog);
+        pending.sub.finish_replay(&pending.backlog);
     }
 
     if sink.messages.borrow().is_empty() {

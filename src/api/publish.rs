@@ -211,13 +211,17 @@ async fn publish_to(
     owner: usize,
     body: Arc<Vec<u8>>,
     items: Vec<DraftSpan>,
-) -> Vec<Receipt> {
+) -> Result<Vec<Receipt>, ApiError> {
     match shard
         .call(owner, Op::Publish(PublishBatch { body, items }))
         .await
     {
-        OpResult::Published(receipts) => receipts,
-        _ => Vec::new(),
+        OpResult::Published(receipts) => receipts.map_err(ApiError::from),
+        _ => Err(ApiError::new(
+            500,
+            "INTERNAL",
+            "unexpected reply from the topic owner",
+        )),
     }
 }
 
@@ -230,10 +234,10 @@ pub async fn single(
     let spans = finish_spans(&mut body, vec![parsed]);
     let topic = String::from_utf8_lossy(&body[spans[0].topic.clone()]).into_owned();
     let owner = owner_of(&topic, shard.count);
-    let receipts = publish_to(shard, owner, Arc::new(body), spans).await;
+    let receipts = publish_to(shard, owner, Arc::new(body), spans).await?;
     let receipt = receipts
         .first()
-        .ok_or_else(|| ApiError::new(503, "UNAVAILABLE", "the topic owner did not answer"))?;
+        .ok_or_else(|| ApiError::new(500, "INTERNAL", "the topic owner returned no receipt"))?;
     Ok(Response::json(
         201,
         receipt_json(&topic, receipt).into_bytes(),
@@ -309,10 +313,20 @@ pub async fn bulk(
             crate::shard::spawn_local(async move { publish_to(&shard, owner, body, spans).await }),
         ));
     }
-    let mut receipts: Vec<Option<Receipt>> = vec![None; topics.len()];
+    let mut receipts: Vec<Result<Receipt, (&'static str, String)>> =
+        vec![Err(("INTERNAL", "no receipt".to_string())); topics.len()];
     for (keys, call) in calls {
-        for (k, receipt) in keys.into_iter().zip(call.await) {
-            receipts[k] = Some(receipt);
+        match call.await {
+            Ok(owner_receipts) => {
+                for (k, receipt) in keys.into_iter().zip(owner_receipts) {
+                    receipts[k] = Ok(receipt);
+                }
+            }
+            Err(e) => {
+                for k in keys {
+                    receipts[k] = Err((e.code, e.detail.clone()));
+                }
+            }
         }
     }
 
@@ -323,8 +337,8 @@ pub async fn bulk(
         match outcome {
             Ok(()) => {
                 let topic = &topics[k];
-                match receipts[k] {
-                    Some(r) => {
+                match &receipts[k] {
+                    Ok(r) => {
                         accepted += 1;
                         out.push(serde_json::json!({
                             "message_id": r.id.to_string(),
@@ -334,13 +348,13 @@ pub async fn bulk(
                             "error": null,
                         }));
                     }
-                    None => {
+                    Err((code, detail)) => {
                         rejected += 1;
                         out.push(serde_json::json!({
                             "message_id": null,
                             "topic": topic,
                             "status": "rejected",
-                            "error": {"code": "UNAVAILABLE", "detail": "the topic owner did not answer"},
+                            "error": {"code": code, "detail": detail},
                         }));
                     }
                 }

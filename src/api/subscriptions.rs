@@ -7,19 +7,31 @@ use std::sync::Arc;
 
 use crate::shard::owner::{Op, OpResult};
 use crate::shard::{spawn_local, Shard};
+use crate::store::StoreError;
 use crate::topic::subscribers::{Sink, Subscription};
-use crate::topic::{owner_of, ConsumerKey, Cursor, MessageId, Snapshot};
+use crate::topic::{owner_of, ConsumerKey, Cursor, Message, MessageId, Snapshot};
 
 pub struct Subscriptions {
     shard: Rc<Shard>,
     by_topic: HashMap<Arc<str>, Rc<Subscription>>,
 }
 
-/// A subscription registered locally and with its owner, whose snapshot the caller still
+/// A subscription registered locally and with its owner, whose backlog the caller still
 /// has to hand over with [`Subscription::finish_replay`].
 pub struct Pending {
     pub sub: Rc<Subscription>,
-    pub snapshot: Snapshot,
+    /// Persistent history (if the cursor reached back beyond the ring), then the ring.
+    pub backlog: Vec<Arc<Message>>,
+    /// Set when `backlog` stops short of the live edge: the caller must not go live.
+    pub problem: Option<ReplayProblem>,
+}
+
+#[derive(Clone, Debug)]
+pub enum ReplayProblem {
+    /// More retained messages than the limit; `backlog` holds the oldest ones.
+    Truncated,
+    /// The persistent tier could not be read.
+    Store(StoreError),
 }
 
 impl Subscriptions {
@@ -74,10 +86,45 @@ impl Subscriptions {
         let mut pending = Vec::with_capacity(calls.len());
         for (sub, call) in calls {
             if let OpResult::Subscribed(snapshot) = call.await {
-                pending.push(Pending { sub, snapshot });
+                pending.push(self.complete(sub, snapshot, limit).await);
             }
         }
         pending
+    }
+
+    /// Puts history from the persistent tier (read on this shard's own connection) in
+    /// front of the owner's ring snapshot.
+    async fn complete(&self, sub: Rc<Subscription>, snapshot: Snapshot, limit: usize) -> Pending {
+        let Some(range) = &snapshot.history else {
+            let problem = snapshot.truncated.then_some(ReplayProblem::Truncated);
+            return Pending {
+                sub,
+                backlog: snapshot.backlog,
+                problem,
+            };
+        };
+        match self.shard.store.history(&sub.topic, range, limit).await {
+            Ok((history, true)) => Pending {
+                sub,
+                backlog: history,
+                problem: Some(ReplayProblem::Truncated),
+            },
+            Ok((mut history, false)) => {
+                let room = limit.saturating_sub(history.len());
+                let truncated = snapshot.truncated || snapshot.backlog.len() > room;
+                history.extend(snapshot.backlog.into_iter().take(room));
+                Pending {
+                    sub,
+                    backlog: history,
+                    problem: truncated.then_some(ReplayProblem::Truncated),
+                }
+            }
+            Err(e) => Pending {
+                sub,
+                backlog: Vec::new(),
+                problem: Some(ReplayProblem::Store(e)),
+            },
+        }
     }
 
     pub fn remove(&mut self, topic: &str) -> bool {

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use super::conn::{poll_read_into, Conn, Event};
 use super::error::ApiError;
-use super::subscriptions::Subscriptions;
+use super::subscriptions::{ReplayProblem, Subscriptions};
 use super::{ack, parse_client_id, parse_topics};
 use crate::auth::{AuthError, Permission, Principal};
 use crate::http::Request;
@@ -443,20 +443,45 @@ impl Session {
             .subs
             .add(&topics, &cursor, consumer.as_ref(), &sink, limit)
             .await;
-        let names: Vec<&str> = topics.iter().map(|t| &**t).collect();
-        let reply = serde_json::json!({
-            "type": "subscribed",
-            "topics": names,
-            "session_id": self.session_id,
-            "timestamp": rfc3339(now_ms()),
-        });
+        let reply = Reply {
+            kind: "subscribed",
+            topics: topics.iter().map(|t| &**t).collect(),
+            session_id: Some(&self.session_id),
+            timestamp: Some(rfc3339(now_ms())),
+        };
         self.out
             .push_json(&serde_json::to_vec(&reply).unwrap_or_default());
         self.out.replaying.set(true);
+        let mut incomplete = Vec::new();
         for p in &pending {
-            p.sub.finish_replay(&p.snapshot.backlog);
+            p.sub.finish_replay(&p.backlog);
+            if let Some(problem) = &p.problem {
+                incomplete.push((Arc::clone(&p.sub.topic), p.sub.cursor(), problem.clone()));
+            }
         }
         self.out.replaying.set(false);
+        // A replay that could not be completed must not silently continue with a gap:
+        // the topic is dropped and the client told where to resume.
+        for (topic, cursor, problem) in incomplete {
+            self.subs.remove(&topic);
+            let resume = if cursor == MessageId::ZERO {
+                "earliest".to_string()
+            } else {
+                cursor.to_string()
+            };
+            let err = match problem {
+                ReplayProblem::Truncated => ApiError::invalid(
+                    "REPLAY_TRUNCATED",
+                    format!("the replay of {topic:?} stopped after the first part; subscribe again with since={resume}"),
+                ),
+                ReplayProblem::Store(e) => ApiError::new(
+                    503,
+                    "STORE_UNAVAILABLE",
+                    format!("history of {topic:?} is unavailable ({e}); subscribe again with since={resume}"),
+                ),
+            };
+            self.out.push_json(&err.to_ws_json());
+        }
         Ok(())
     }
 
@@ -465,8 +490,12 @@ impl Session {
         for topic in &topics {
             self.subs.remove(topic);
         }
-        let names: Vec<&str> = topics.iter().map(|t| &**t).collect();
-        let reply = serde_json::json!({"type": "unsubscribed", "topics": names});
+        let reply = Reply {
+            kind: "unsubscribed",
+            topics: topics.iter().map(|t| &**t).collect(),
+            session_id: None,
+            timestamp: None,
+        };
         self.out
             .push_json(&serde_json::to_vec(&reply).unwrap_or_default());
         Ok(())

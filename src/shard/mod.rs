@@ -33,6 +33,7 @@ pub use glommio::timer::sleep;
 
 use crate::auth::Authenticator;
 use crate::config::Config;
+use crate::store::{self, Store};
 use crate::topic::subscribers::LocalSubscribers;
 use crate::topic::{Message, RingLimits, ShardSet, TopicTable};
 use conns::ConnTable;
@@ -52,6 +53,9 @@ pub struct Process {
     pub shutdown: AtomicBool,
     /// Per shard: listener accepting and mesh connected.
     pub serving: Vec<AtomicBool>,
+    /// Per shard, refreshed every tick: the persistent tier is usable (always true for the
+    /// memory backend).
+    pub store_ok: Vec<AtomicBool>,
     /// Shards that still have open connections during shutdown.
     draining: AtomicUsize,
     /// Open client connections, all shards together (for `limits.max_connections`).
@@ -60,11 +64,21 @@ pub struct Process {
 }
 
 impl Process {
-    pub fn all_serving(&self) -> Result<(), usize> {
-        match self.serving.iter().position(|s| !s.load(Ordering::Acquire)) {
-            Some(shard) => Err(shard),
-            None => Ok(()),
+    /// `Err` naming the first failing check, for `/ready`.
+    pub fn readiness(&self) -> Result<(), String> {
+        if let Some(shard) = self.serving.iter().position(|s| !s.load(Ordering::Acquire)) {
+            return Err(format!("shard {shard} is not serving"));
         }
+        if let Some(shard) = self
+            .store_ok
+            .iter()
+            .position(|s| !s.load(Ordering::Acquire))
+        {
+            return Err(format!(
+                "valkey: shard {shard} cannot use Valkey (unreachable, or still recovering its topics)"
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -77,6 +91,10 @@ pub struct Shard {
     pub mesh: Mesh,
     pub topics: RefCell<TopicTable>,
     pub subscribers: RefCell<LocalSubscribers>,
+    pub store: Store,
+    /// The owned topics' last IDs have been read back from the persistent tier (always
+    /// true for the memory backend); publishes wait for it.
+    recovered: Cell<bool>,
     pub conns: ConnTable,
     stop_accepting: Signal,
     shutting_down: Cell<bool>,
@@ -86,17 +104,24 @@ impl Shard {
     /// Runs `op` on the shard that owns the topic: here, or through the mesh.
     pub async fn call(&self, owner: usize, op: Op) -> OpResult {
         if owner == self.id {
-            self.apply(self.id, op)
+            let (result, tickets) = self.apply(self.id, op);
+            owner::settle(result, tickets).await
         } else {
             self.mesh.call(owner, op).await
         }
     }
 
-    fn apply(&self, from: usize, op: Op) -> OpResult {
+    fn apply(&self, from: usize, op: Op) -> (OpResult, Vec<store::Ticket>) {
         let mut topics = self.topics.borrow_mut();
-        owner::apply(&mut topics, from, op, now_ms(), |msg, shards| {
-            self.fan_out(msg, shards)
-        })
+        owner::apply(
+            &mut topics,
+            &self.store,
+            self.recovered.get(),
+            from,
+            op,
+            now_ms(),
+            |msg, shards| self.fan_out(msg, shards),
+        )
     }
 
     /// Sends a new message once to each interested shard; local subscribers get it directly.
@@ -129,11 +154,20 @@ impl Shard {
         self.shutting_down.get()
     }
 
-    fn on_envelope(&self, env: Envelope) {
+    fn on_envelope(self: &Rc<Self>, env: Envelope) {
         match env {
             Envelope::Call { from, id, op } => {
-                let result = self.apply(from, op);
-                self.mesh.send(from, Envelope::Reply { id, result });
+                let (result, tickets) = self.apply(from, op);
+                if tickets.is_empty() {
+                    self.mesh.send(from, Envelope::Reply { id, result });
+                } else {
+                    let shard = Rc::clone(self);
+                    spawn_local(async move {
+                        let result = owner::settle(result, tickets).await;
+                        shard.mesh.send(from, Envelope::Reply { id, result });
+                    })
+                    .detach();
+                }
             }
             Envelope::Reply { id, result } => self.mesh.complete(id, result),
             Envelope::Deliver(msg) => self.subscribers.borrow().deliver(&msg, now_ms()),
@@ -188,6 +222,7 @@ impl Runtime {
         let process = Arc::new(Process {
             shutdown: AtomicBool::new(false),
             serving: (0..shards).map(|_| AtomicBool::new(false)).collect(),
+            store_ok: (0..shards).map(|_| AtomicBool::new(false)).collect(),
             draining: AtomicUsize::new(shards),
             connections: AtomicUsize::new(0),
             local_addr,
@@ -295,6 +330,8 @@ async fn shard_main(
         messages_per_topic: config.storage.hot_tier_messages_per_topic,
         max_bytes: config.storage.hot_tier_max_bytes as usize,
     };
+    let (store, link) = Store::for_shard(&config, id);
+    let persistent = store.is_persistent();
     let shard = Rc::new(Shard {
         id,
         count,
@@ -302,8 +339,10 @@ async fn shard_main(
         auth,
         process: Arc::clone(&process),
         mesh,
-        topics: RefCell::new(TopicTable::new(limits)),
+        topics: RefCell::new(TopicTable::new(limits, persistent)),
         subscribers: RefCell::new(LocalSubscribers::default()),
+        store,
+        recovered: Cell::new(!persistent),
         conns: ConnTable::default(),
         stop_accepting: Signal::default(),
         shutting_down: Cell::new(false),
@@ -316,6 +355,10 @@ async fn shard_main(
             }
         })
         .detach();
+    }
+    if let Some(link) = link {
+        spawn_local(link.run()).detach();
+        spawn_local(recover(Rc::clone(&shard))).detach();
     }
     let housekeeping = spawn_local(housekeeping(Rc::clone(&shard)));
     process.serving[id].store(true, Ordering::Release);
@@ -356,6 +399,36 @@ async fn accept_loop(shard: &Rc<Shard>, listener: glommio::net::TcpListener) {
     }
 }
 
+/// Reads the owned topics back from the persistent tier, retrying until Valkey answers.
+async fn recover(shard: Rc<Shard>) {
+    let mut logged = false;
+    let started = now_ms();
+    loop {
+        match shard.store.recover(shard.id, shard.count).await {
+            Ok(topics) => {
+                let mut table = shard.topics.borrow_mut();
+                for t in topics {
+                    table.restore(&t.topic, t.last_id, t.positions);
+                }
+                shard.recovered.set(true);
+                return;
+            }
+            Err(e) => {
+                // The link is usually still connecting on the first tries; only a lasting
+                // failure is worth a line.
+                if !logged && now_ms() - started > 2000 {
+                    eprintln!(
+                        "shard {}: waiting for Valkey to recover topics: {e}",
+                        shard.id
+                    );
+                    logged = true;
+                }
+                sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+}
+
 /// The shard's coarse clock: connection deadlines, and the shutdown sequence.
 async fn housekeeping(shard: Rc<Shard>) {
     let grace = shard.config.server.shutdown_grace;
@@ -365,6 +438,8 @@ async fn housekeeping(shard: Rc<Shard>) {
         sleep(conns::TICK).await;
         let now = now_ms();
         shard.conns.tick(now);
+        let store_ok = shard.recovered.get() && shard.store.health().is_ok();
+        shard.process.store_ok[shard.id].store(store_ok, Ordering::Release);
         if shutdown_started.is_none() && shard.process.shutdown.load(Ordering::Acquire) {
             shutdown_started = Some(now);
             shard.begin_shutdown();
@@ -372,7 +447,9 @@ async fn housekeeping(shard: Rc<Shard>) {
         let Some(started) = shutdown_started else {
             continue;
         };
-        if !drained && shard.conns.live() == 0 {
+        // Writes already accepted go out before the process exits (unless Valkey is gone).
+        let writes_done = shard.store.pending_writes() == 0 || shard.store.health().is_err();
+        if !drained && shard.conns.live() == 0 && writes_done {
             drained = true;
             shard.process.draining.fetch_sub(1, Ordering::AcqRel);
         }

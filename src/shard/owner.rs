@@ -4,10 +4,15 @@
 //! runs them directly (it owns the topic) or sends them through the mesh. Each runs to
 //! completion without awaiting, so the owner applies requests in arrival order and the
 //! per-topic order of IDs is the order in which publishes reached the owner.
+//!
+//! Persistence plugs in here: a publish is admitted only if the store's backlog has room
+//! (so a refused publish changes nothing), every new message is queued for its stream, and
+//! with persisted acks the caller gets tickets to await before answering the producer.
 
 use std::ops::Range;
 use std::sync::Arc;
 
+use crate::store::{Store, StoreError, Ticket};
 use crate::topic::{
     ConsumerKey, Cursor, Draft, Message, MessageId, ShardSet, Snapshot, TopicTable,
 };
@@ -50,65 +55,102 @@ pub struct Receipt {
 }
 
 pub enum OpResult {
-    Published(Vec<Receipt>),
+    Published(Result<Vec<Receipt>, StoreError>),
     Subscribed(Snapshot),
     /// For each acknowledged ID, whether a topic on this shard took it.
     Acked(Vec<bool>),
 }
 
 /// Runs `op` against the owner's table. `fanout` receives every new message with the set
-/// of shards to deliver it to.
+/// of shards to deliver it to. Returns the result and the writes to wait for before the
+/// result may be sent (persisted acks).
 pub fn apply(
     table: &mut TopicTable,
+    store: &Store,
+    recovered: bool,
     from: usize,
     op: Op,
     now_ms: u64,
     mut fanout: impl FnMut(&Arc<Message>, ShardSet),
-) -> OpResult {
-    match op {
+) -> (OpResult, Vec<Ticket>) {
+    let mut tickets = Vec::new();
+    let result = match op {
         Op::Publish(batch) => {
-            let body = &batch.body[..];
-            let receipts = batch
-                .items
-                .iter()
-                .map(|span| {
-                    let draft = Draft {
-                        topic: std::str::from_utf8(&body[span.topic.clone()]).unwrap_or_default(),
-                        payload: &body[span.payload.clone()],
-                        metadata: span.metadata.clone().map(|r| &body[r]),
-                        ttl_ms: span.ttl_ms,
-                    };
-                    let (msg, interested) = table.publish(&draft, now_ms);
-                    fanout(&msg, interested);
-                    Receipt {
-                        id: msg.id,
-                        timestamp_ms: msg.timestamp_ms,
-                    }
-                })
-                .collect();
-            OpResult::Published(receipts)
+            let admitted = if recovered {
+                store.admit(batch.items.len())
+            } else {
+                Err(StoreError::Recovering)
+            };
+            let published = admitted.map(|()| {
+                let body = &batch.body[..];
+                batch
+                    .items
+                    .iter()
+                    .map(|span| {
+                        let draft = Draft {
+                            topic: std::str::from_utf8(&body[span.topic.clone()])
+                                .unwrap_or_default(),
+                            payload: &body[span.payload.clone()],
+                            metadata: span.metadata.clone().map(|r| &body[r]),
+                            ttl_ms: span.ttl_ms,
+                        };
+                        let (msg, interested) = table.publish(&draft, now_ms);
+                        fanout(&msg, interested);
+                        tickets.extend(store.append(&msg));
+                        Receipt {
+                            id: msg.id,
+                            timestamp_ms: msg.timestamp_ms,
+                        }
+                    })
+                    .collect()
+            });
+            OpResult::Published(published)
         }
         Op::Subscribe {
             topic,
             cursor,
             consumer,
             limit,
-        } => OpResult::Subscribed(table.subscribe(
-            &topic,
-            from,
-            &cursor,
-            consumer.as_deref(),
-            now_ms,
-            limit,
-        )),
+        } => {
+            let (snapshot, created) =
+                table.subscribe(&topic, from, &cursor, consumer.as_deref(), now_ms, limit);
+            if let (Some(position), Some(key)) = (created, &consumer) {
+                store.save_position(&topic, key, position);
+            }
+            OpResult::Subscribed(snapshot)
+        }
         Op::Ack {
             consumer,
             ids,
             topics,
         } => OpResult::Acked(
             ids.iter()
-                .map(|id| table.ack(&consumer, *id, topics.as_deref()))
+                .map(|id| match table.ack(&consumer, *id, topics.as_deref()) {
+                    Some((topic, moved)) => {
+                        if moved {
+                            store.save_position(&topic, &consumer, *id);
+                        }
+                        true
+                    }
+                    None => false,
+                })
                 .collect(),
         ),
+    };
+    (result, tickets)
+}
+
+/// Waits for the writes a result depends on; a failed write fails the whole publish,
+/// since its producer must not be told the messages are safe.
+pub async fn settle(result: OpResult, tickets: Vec<Ticket>) -> OpResult {
+    let mut failure = None;
+    for ticket in tickets {
+        if let Err(e) = ticket.wait().await {
+            failure.get_or_insert(e);
+        }
+    }
+    match (result, failure) {
+        (OpResult::Published(_), Some(e)) => OpResult::Published(Err(e)),
+        (result, _) => result,
     }
 }

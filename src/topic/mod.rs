@@ -77,6 +77,9 @@ struct Topic {
     /// Last acknowledged message per durable consumer of this topic.
     positions: HashMap<ConsumerKey, MessageId>,
     last_publish_ms: u64,
+    /// Messages older than the ring's oldest may exist (evicted, or from before a
+    /// restart): only then is the persistent tier worth asking.
+    has_older: bool,
 }
 
 /// Limits of the hot tier on one shard.
@@ -94,21 +97,50 @@ pub struct Snapshot {
     pub backlog: Vec<Arc<Message>>,
     /// More retained messages than the requested limit.
     pub truncated: bool,
+    /// Older messages the ring no longer holds but the persistent tier may: to be read
+    /// (by the subscriber's shard) and delivered before `backlog`.
+    pub history: Option<HistoryRange>,
+}
+
+/// A span of a topic's stream between a cursor and the start of the hot ring.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HistoryRange {
+    /// Exclusive start; `None` = from the oldest entry.
+    pub after: Option<MessageId>,
+    pub until: MessageId,
+    pub until_inclusive: bool,
 }
 
 pub struct TopicTable {
     topics: HashMap<Arc<str>, Topic>,
     bytes: usize,
     limits: RingLimits,
+    /// A persistent tier holds what the rings evicted.
+    persistent: bool,
 }
 
 impl TopicTable {
-    pub fn new(limits: RingLimits) -> Self {
+    pub fn new(limits: RingLimits, persistent: bool) -> Self {
         TopicTable {
             topics: HashMap::new(),
             bytes: 0,
             limits,
+            persistent,
         }
+    }
+
+    /// Reinstates a topic found in the persistent tier at start-up: new IDs continue after
+    /// `last_id`, and durable consumers resume from their positions.
+    pub fn restore(
+        &mut self,
+        name: &str,
+        last_id: MessageId,
+        positions: Vec<(ConsumerKey, MessageId)>,
+    ) {
+        let topic = self.topic_mut(name);
+        topic.last_id = topic.last_id.max(last_id);
+        topic.has_older |= last_id > MessageId::ZERO;
+        topic.positions.extend(positions);
     }
 
     fn topic_mut(&mut self, name: &str) -> &mut Topic {
@@ -123,6 +155,7 @@ impl TopicTable {
                     interested: ShardSet::default(),
                     positions: HashMap::new(),
                     last_publish_ms: 0,
+                    has_older: false,
                 },
             );
         }
@@ -143,6 +176,7 @@ impl TopicTable {
         let mut freed = 0;
         while topic.ring.len() > per_topic {
             freed += topic.ring.pop_oldest();
+            topic.has_older = true;
         }
         let interested = topic.interested;
         self.bytes = self.bytes + added - freed;
@@ -169,6 +203,7 @@ impl TopicTable {
             };
             while self.bytes > target && !topic.ring.is_empty() {
                 self.bytes -= topic.ring.pop_oldest();
+                topic.has_older = true;
             }
             if self.bytes <= target {
                 return;
@@ -180,6 +215,7 @@ impl TopicTable {
     /// subscriber's starting point. With a consumer key and a live cursor, the consumer's
     /// stored position is the starting point; a consumer seen for the first time starts at
     /// the current head so that what it is sent from now on is redelivered until acked.
+    /// The second value is a consumer position this call created (to be persisted).
     pub fn subscribe(
         &mut self,
         name: &str,
@@ -188,24 +224,51 @@ impl TopicTable {
         consumer: Option<&str>,
         now_ms: u64,
         limit: usize,
-    ) -> Snapshot {
+    ) -> (Snapshot, Option<MessageId>) {
+        let persistent = self.persistent;
         let topic = self.topic_mut(name);
         topic.interested.insert(shard);
         let head = topic.last_id;
-        let start = match (cursor, consumer) {
-            (Cursor::Live, Some(key)) => Some(*topic.positions.entry(key.into()).or_insert(head)),
-            (Cursor::Live, None) => Some(head),
-            (Cursor::Earliest, _) => None,
-            (Cursor::After(id), _) => Some(*id),
+        let start = match cursor {
+            Cursor::Live => Some(head),
+            Cursor::Earliest => None,
+            Cursor::After(id) => Some(*id),
         };
-        if let (Some(key), false) = (consumer, matches!(cursor, Cursor::Live)) {
-            topic
-                .positions
-                .entry(key.into())
-                .or_insert_with(|| start.unwrap_or(MessageId::ZERO));
-        }
+        let mut created = None;
+        let start = match consumer {
+            Some(key) => match topic.positions.get(key) {
+                Some(position) if *cursor == Cursor::Live => Some(*position),
+                Some(_) => start,
+                None => {
+                    let position = start.unwrap_or(MessageId::ZERO);
+                    topic.positions.insert(key.into(), position);
+                    created = Some(position);
+                    start
+                }
+            },
+            None => start,
+        };
         let (backlog, truncated) = topic.ring.read_after(start, now_ms, limit);
-        Snapshot { backlog, truncated }
+        let history = match topic.ring.oldest_id() {
+            _ if !persistent || !topic.has_older => None,
+            Some(oldest) if start.is_none_or(|s| s < oldest) => Some(HistoryRange {
+                after: start,
+                until: oldest,
+                until_inclusive: false,
+            }),
+            None if start.is_none_or(|s| s < head) => Some(HistoryRange {
+                after: start,
+                until: head,
+                until_inclusive: true,
+            }),
+            _ => None,
+        };
+        let snapshot = Snapshot {
+            backlog,
+            truncated,
+            history,
+        };
+        (snapshot, created)
     }
 
     pub fn drop_interest(&mut self, name: &str, shard: usize) {
@@ -216,9 +279,14 @@ impl TopicTable {
 
     /// Advances a consumer's position to `id` on the first of `candidates` (all of this
     /// shard's topics the consumer reads, when `None`) that holds `id`. Acks are
-    /// cumulative: they acknowledge everything before `id` in that topic too. Returns
-    /// whether some topic took the ack.
-    pub fn ack(&mut self, consumer: &str, id: MessageId, candidates: Option<&[Box<str>]>) -> bool {
+    /// cumulative: they acknowledge everything before `id` in that topic too. Returns the
+    /// topic that took the ack, and whether the position moved.
+    pub fn ack(
+        &mut self,
+        consumer: &str,
+        id: MessageId,
+        candidates: Option<&[Box<str>]>,
+    ) -> Option<(Arc<str>, bool)> {
         let names: Vec<Arc<str>> = match candidates {
             Some(list) => list
                 .iter()
@@ -236,7 +304,7 @@ impl TopicTable {
             let Some(topic) = self.topics.get_mut(&name) else {
                 continue;
             };
-            // An ID evicted from the ring can still be acknowledged when only one topic
+            // An ID no longer in the ring can still be acknowledged when only one topic
             // could have produced it.
             let holds = topic.ring.contains(id) || (sole && id <= topic.last_id);
             if !holds {
@@ -246,12 +314,13 @@ impl TopicTable {
                 .positions
                 .entry(consumer.into())
                 .or_insert(MessageId::ZERO);
-            if id > *position {
+            let moved = id > *position;
+            if moved {
                 *position = id;
             }
-            return true;
+            return Some((name, moved));
         }
-        false
+        None
     }
 
     pub fn len(&self) -> usize {

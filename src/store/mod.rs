@@ -1,0 +1,484 @@
+//! The persistence seam: what the relay keeps beyond the hot tier, and where.
+//!
+//! With `storage.backend: memory` there is nothing beyond the hot tier and every method
+//! here is a no-op or an empty answer. With `valkey`, each shard owns one [`link::Link`]
+//! and writes through it only for the topics it owns (the owner is the only writer of a
+//! topic's stream); any shard may read any stream for history.
+//!
+//! Key layout (the `{topic}` hash tag keeps a topic's keys in one Valkey Cluster slot):
+//! - `<prefix>:{<topic>}:s` — the topic's stream. Entry ID = message ID; fields `p`
+//!   (payload JSON), `t` (timestamp ms), optional `m` (metadata JSON) and `l` (TTL ms).
+//!   Written with `XADD … MAXLEN ~ <storage.max_messages_per_topic> <id> …`, and trimmed
+//!   to `storage.persistent_tier_retention` with `XTRIM … MINID ~` at most every 10 s per
+//!   topic.
+//! - `<prefix>:{<topic>}:c` — hash of durable consumer positions: consumer key → last
+//!   acknowledged message ID.
+//! - `<prefix>:{relay}:epoch` — sentinel that reveals a Valkey that lost its data.
+
+pub mod link;
+pub mod resp;
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::fmt;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use redis::Value;
+
+use crate::config::{AckMode, Backend, Config};
+use crate::shard::now_ms;
+use crate::topic::message::Draft;
+use crate::topic::{owner_of, HistoryRange, Message, MessageId};
+use link::{Link, LinkError, Reply};
+
+/// Why the persistent tier could not take or give something.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StoreError {
+    /// `storage.max_pending_writes` writes are already waiting for Valkey.
+    BacklogFull,
+    /// After a start, the owner is still reading its topics' last IDs from Valkey.
+    Recovering,
+    Unavailable(String),
+    Rejected(String),
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StoreError::BacklogFull => f.write_str("too many writes are waiting for Valkey"),
+            StoreError::Recovering => {
+                f.write_str("the relay is still recovering its topics from Valkey")
+            }
+            StoreError::Unavailable(e) => write!(f, "Valkey is unavailable: {e}"),
+            StoreError::Rejected(e) => write!(f, "Valkey refused the write: {e}"),
+        }
+    }
+}
+
+impl From<LinkError> for StoreError {
+    fn from(e: LinkError) -> Self {
+        StoreError::Unavailable(e.to_string())
+    }
+}
+
+/// Resolves once Valkey confirmed one write.
+pub struct Ticket(Reply);
+
+impl Ticket {
+    pub async fn wait(self) -> Result<(), StoreError> {
+        match self.0.take().await? {
+            Value::ServerError(e) => {
+                let text = resp::server_error(&Value::ServerError(e)).unwrap_or_default();
+                // Our IDs are explicit: a retried XADD that Valkey already applied is
+                // refused as "equal or smaller than the top item", which means done.
+                if text.contains("equal or smaller") {
+                    Ok(())
+                } else {
+                    Err(StoreError::Rejected(text))
+                }
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// A topic's state as found in Valkey when a shard starts.
+pub struct Recovered {
+    pub topic: String,
+    pub last_id: MessageId,
+    pub positions: Vec<(Box<str>, MessageId)>,
+}
+
+struct Valkey {
+    link: Rc<Link>,
+    prefix: String,
+    max_pending: usize,
+    max_len: u64,
+    retention_ms: u64,
+    /// When each topic's stream was last trimmed by time.
+    trimmed: RefCell<HashMap<Arc<str>, u64>>,
+}
+
+const TRIM_EVERY_MS: u64 = 10_000;
+
+pub struct Store {
+    valkey: Option<Valkey>,
+    persisted_acks: bool,
+}
+
+impl Store {
+    pub fn memory() -> Store {
+        Store {
+            valkey: None,
+            persisted_acks: false,
+        }
+    }
+
+    /// The store for one shard; for Valkey also the link driver, to be spawned.
+    pub fn for_shard(config: &Config, shard: usize) -> (Store, Option<Rc<Link>>) {
+        if config.storage.backend == Backend::Memory {
+            return (Store::memory(), None);
+        }
+        let link = Link::new(config.valkey.clone(), shard);
+        let store = Store {
+            valkey: Some(Valkey {
+                link: Rc::clone(&link),
+                prefix: config.valkey.key_prefix.clone(),
+                max_pending: config.storage.max_pending_writes,
+                max_len: config.storage.max_messages_per_topic,
+                retention_ms: config.storage.persistent_tier_retention.as_millis() as u64,
+                trimmed: RefCell::new(HashMap::new()),
+            }),
+            persisted_acks: config.ack_mode() == AckMode::Persisted,
+        };
+        (store, Some(link))
+    }
+
+    pub fn is_persistent(&self) -> bool {
+        self.valkey.is_some()
+    }
+
+    /// Whether `n` more writes fit in the backlog. Checked before a publish is accepted, so
+    /// that a refused publish changes nothing.
+    pub fn admit(&self, n: usize) -> Result<(), StoreError> {
+        match &self.valkey {
+            Some(v) if v.link.pending_writes() + n > v.max_pending => Err(StoreError::BacklogFull),
+            _ => Ok(()),
+        }
+    }
+
+    /// Queues the message's stream write; with persisted acks, the ticket to wait for.
+    pub fn append(&self, msg: &Message) -> Option<Ticket> {
+        let v = self.valkey.as_ref()?;
+        let key = v.stream_key(&msg.topic);
+        let mut cmd = redis::cmd("XADD");
+        cmd.arg(&key)
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(v.max_len)
+            .arg(msg.id.to_string())
+            .arg("p")
+            .arg(msg.payload())
+            .arg("t")
+            .arg(msg.timestamp_ms);
+        if let Some(meta) = msg.metadata() {
+            cmd.arg("m").arg(meta);
+        }
+        if let Some(at) = msg.expires_at_ms {
+            cmd.arg("l").arg(at.saturating_sub(msg.timestamp_ms));
+        }
+        let reply = v.link.write(&cmd, self.persisted_acks);
+        v.trim_by_time(&msg.topic, &key);
+        reply.map(Ticket)
+    }
+
+    pub fn save_position(&self, topic: &str, consumer: &str, id: MessageId) {
+        if let Some(v) = &self.valkey {
+            let cmd = redis::cmd("HSET")
+                .arg(v.positions_key(topic))
+                .arg(consumer)
+                .arg(id.to_string())
+                .clone();
+            v.link.write(&cmd, false);
+        }
+    }
+
+    /// Messages of `topic` in `range` from the stream, oldest first, expired ones skipped,
+    /// at most `limit`; the flag says whether the range held more.
+    pub async fn history(
+        &self,
+        topic: &Arc<str>,
+        range: &HistoryRange,
+        limit: usize,
+    ) -> Result<(Vec<Arc<Message>>, bool), StoreError> {
+        let Some(v) = &self.valkey else {
+            return Ok((Vec::new(), false));
+        };
+        let start = match range.after {
+            Some(id) => format!("({id}"),
+            None => "-".to_string(),
+        };
+        let end = if range.until_inclusive {
+            range.until.to_string()
+        } else {
+            format!("({}", range.until)
+        };
+        let cmd = redis::cmd("XRANGE")
+            .arg(v.stream_key(topic))
+            .arg(start)
+            .arg(end)
+            .arg("COUNT")
+            .arg(limit + 1)
+            .clone();
+        let reply = v.link.read(&cmd).await?;
+        let entries = match reply {
+            Value::Array(entries) => entries,
+            other => {
+                return Err(StoreError::Unavailable(
+                    resp::server_error(&other).unwrap_or_else(|| "unexpected XRANGE reply".into()),
+                ))
+            }
+        };
+        let more = entries.len() > limit;
+        let now = now_ms();
+        let messages = entries
+            .iter()
+            .take(limit)
+            .filter_map(|entry| entry_to_message(topic, entry))
+            .filter(|m| !m.is_expired(now))
+            .collect();
+        Ok((messages, more))
+    }
+
+    /// Reads the last ID and consumer positions of every topic this shard owns.
+    pub async fn recover(&self, shard: usize, shards: usize) -> Result<Vec<Recovered>, StoreError> {
+        let Some(v) = &self.valkey else {
+            return Ok(Vec::new());
+        };
+        let mut topics: HashMap<String, Recovered> = HashMap::new();
+        let pattern = format!("{}:{{*}}:*", v.prefix);
+        let mut cursor = "0".to_string();
+        loop {
+            let scan = redis::cmd("SCAN")
+                .arg(&cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(1000)
+                .clone();
+            let Value::Array(parts) = v.link.read(&scan).await? else {
+                return Err(StoreError::Unavailable("unexpected SCAN reply".into()));
+            };
+            let (Some(next), Some(Value::Array(keys))) = (parts.first(), parts.get(1)) else {
+                return Err(StoreError::Unavailable("unexpected SCAN reply".into()));
+            };
+            for key in keys.iter().filter_map(resp::bytes) {
+                let Some(topic) = v.topic_of(key) else {
+                    continue;
+                };
+                if owner_of(&topic, shards) == shard && !topics.contains_key(&topic) {
+                    let recovered = v.recover_topic(&topic).await?;
+                    topics.insert(topic, recovered);
+                }
+            }
+            cursor = String::from_utf8_lossy(resp::bytes(next).unwrap_or(b"0")).into_owned();
+            if cursor == "0" {
+                break;
+            }
+        }
+        Ok(topics.into_values().collect())
+    }
+
+    /// `Err` with the reason while the persistent tier cannot take writes.
+    pub fn health(&self) -> Result<(), String> {
+        match &self.valkey {
+            Some(v) if !v.link.is_up() => Err(format!(
+                "Valkey is unreachable ({} writes waiting)",
+                v.link.pending_writes()
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    pub fn pending_writes(&self) -> usize {
+        self.valkey.as_ref().map_or(0, |v| v.link.pending_writes())
+    }
+}
+
+impl Valkey {
+    fn stream_key(&self, topic: &str) -> String {
+        format!("{}:{{{topic}}}:s", self.prefix)
+    }
+
+    fn positions_key(&self, topic: &str) -> String {
+        format!("{}:{{{topic}}}:c", self.prefix)
+    }
+
+    fn topic_of(&self, key: &[u8]) -> Option<String> {
+        let key = std::str::from_utf8(key).ok()?;
+        let rest = key.strip_prefix(&self.prefix)?.strip_prefix(":{")?;
+        let (topic, suffix) = rest.rsplit_once("}:")?;
+        (matches!(suffix, "s" | "c") && crate::topic::valid_topic_name(topic))
+            .then(|| topic.to_string())
+    }
+
+    fn trim_by_time(&self, topic: &Arc<str>, key: &str) {
+        let now = now_ms();
+        let mut trimmed = self.trimmed.borrow_mut();
+        let last = trimmed.entry(Arc::clone(topic)).or_insert(0);
+        if now.saturating_sub(*last) < TRIM_EVERY_MS {
+            return;
+        }
+        *last = now;
+        let min_id = now.saturating_sub(self.retention_ms);
+        let cmd = redis::cmd("XTRIM")
+            .arg(key)
+            .arg("MINID")
+            .arg("~")
+            .arg(min_id)
+            .clone();
+        self.link.write(&cmd, false);
+    }
+
+    async fn recover_topic(&self, topic: &str) -> Result<Recovered, StoreError> {
+        let info = redis::cmd("XINFO")
+            .arg("STREAM")
+            .arg(self.stream_key(topic))
+            .clone();
+        let last_id = match self.link.read(&info).await? {
+            Value::Array(fields) => fields
+                .chunks(2)
+                .find(|kv| resp::bytes(&kv[0]) == Some(b"last-generated-id"))
+                .and_then(|kv| kv.get(1))
+                .and_then(resp::bytes)
+                .and_then(|b| std::str::from_utf8(b).ok())
+                .and_then(MessageId::parse)
+                .unwrap_or(MessageId::ZERO),
+            // No stream (only positions): nothing was ever kept for this topic.
+            _ => MessageId::ZERO,
+        };
+        let all = redis::cmd("HGETALL").arg(self.positions_key(topic)).clone();
+        let positions = match self.link.read(&all).await? {
+            Value::Array(fields) => fields
+                .chunks(2)
+                .filter_map(|kv| {
+                    let consumer = std::str::from_utf8(resp::bytes(&kv[0])?).ok()?;
+                    let id = MessageId::parse(std::str::from_utf8(resp::bytes(kv.get(1)?)?).ok()?)?;
+                    Some((Box::from(consumer), id))
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
+        Ok(Recovered {
+            topic: topic.to_string(),
+            last_id,
+            positions,
+        })
+    }
+}
+
+/// Rebuilds a message from a stream entry `[id, [field, value, …]]`.
+fn entry_to_message(topic: &Arc<str>, entry: &Value) -> Option<Arc<Message>> {
+    let Value::Array(parts) = entry else {
+        return None;
+    };
+    let id = MessageId::parse(std::str::from_utf8(resp::bytes(parts.first()?)?).ok()?)?;
+    let Value::Array(fields) = parts.get(1)? else {
+        return None;
+    };
+    let (mut payload, mut metadata, mut timestamp, mut ttl) = (None, None, id.ms, None);
+    for kv in fields.chunks(2) {
+        let (Some(name), Some(value)) = (resp::bytes(&kv[0]), kv.get(1).and_then(resp::bytes))
+        else {
+            continue;
+        };
+        let number = || {
+            std::str::from_utf8(value)
+                .ok()
+                .and_then(|s| s.parse::<u64>().ok())
+        };
+        match name {
+            b"p" => payload = Some(value),
+            b"m" => metadata = Some(value),
+            b"t" => timestamp = number().unwrap_or(id.ms),
+            b"l" => ttl = number(),
+            _ => {}
+        }
+    }
+    let draft = Draft {
+        topic,
+        payload: payload?,
+        metadata,
+        ttl_ms: ttl,
+    };
+    Some(Arc::new(Message::build(
+        id,
+        Arc::clone(topic),
+        timestamp,
+        &draft,
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(id: &str, fields: &[(&str, &str)]) -> Value {
+        Value::Array(vec![
+            Value::BulkString(id.as_bytes().to_vec()),
+            Value::Array(
+                fields
+                    .iter()
+                    .flat_map(|(k, v)| {
+                        [
+                            Value::BulkString(k.as_bytes().to_vec()),
+                            Value::BulkString(v.as_bytes().to_vec()),
+                        ]
+                    })
+                    .collect(),
+            ),
+        ])
+    }
+
+    #[test]
+    fn stream_entries_become_the_same_delivery() {
+        let topic: Arc<str> = Arc::from("jobs");
+        let msg = entry_to_message(
+            &topic,
+            &entry(
+                "1000-2",
+                &[
+                    ("p", r#"{"a": 1.50}"#),
+                    ("t", "999"),
+                    ("m", r#"{"k":"v"}"#),
+                    ("l", "5000"),
+                ],
+            ),
+        )
+        .unwrap();
+        assert_eq!(msg.id, MessageId::new(1000, 2));
+        assert_eq!(msg.payload(), br#"{"a": 1.50}"#);
+        assert_eq!(msg.metadata(), Some(&br#"{"k":"v"}"#[..]));
+        assert_eq!(msg.timestamp_ms, 999);
+        assert_eq!(msg.expires_at_ms, Some(5999));
+        let direct = Message::build(
+            MessageId::new(1000, 2),
+            Arc::clone(&topic),
+            999,
+            &Draft {
+                topic: "jobs",
+                payload: br#"{"a": 1.50}"#,
+                metadata: Some(br#"{"k":"v"}"#),
+                ttl_ms: Some(5000),
+            },
+        );
+        assert_eq!(msg.ws_frame(), direct.ws_frame());
+    }
+
+    #[test]
+    fn entries_without_payload_are_skipped() {
+        let topic: Arc<str> = Arc::from("jobs");
+        assert!(entry_to_message(&topic, &entry("1-0", &[("t", "1")])).is_none());
+    }
+
+    #[test]
+    fn keys_map_back_to_topics() {
+        let (store, _) = Store::for_shard(
+            &Config {
+                storage: crate::config::StorageConfig {
+                    backend: Backend::Valkey,
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+            0,
+        );
+        let v = store.valkey.as_ref().unwrap();
+        assert_eq!(v.stream_key("a.b"), "pulsar:{a.b}:s");
+        assert_eq!(v.topic_of(b"pulsar:{a.b}:s").as_deref(), Some("a.b"));
+        assert_eq!(v.topic_of(b"pulsar:{a.b}:c").as_deref(), Some("a.b"));
+        assert_eq!(v.topic_of(b"pulsar:{relay}:epoch"), None);
+        assert_eq!(v.topic_of(b"other:{a}:s"), None);
+    }
+}
