@@ -1,0 +1,812 @@
+//! Shared harness for the integration tests: a real relay process on an ephemeral port, a
+//! small HTTP/1.1 client over `std::net::TcpStream`, and a WebSocket client (tungstenite).
+//!
+//! Every test spawns its own relay (`PULSAR_SERVER_HTTP_PORT=0`, two shards), so tests can
+//! run in parallel. Nothing is mocked: bytes go through the kernel to the real binary.
+
+// Each test crate uses a different subset of the helpers.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use pulsar_relay::auth::{Authenticator, Permissions};
+use serde_json::Value;
+use tungstenite::client::IntoClientRequest;
+use tungstenite::protocol::frame::coding::CloseCode;
+use tungstenite::Message;
+
+/// The HS256 secret every test relay is started with (32+ bytes).
+pub const SECRET: &str = "pulsar-relay-integration-test-secret-0123456789abcdef";
+
+/// Generous timeout for anything the relay should answer "at once".
+pub const IO_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Path of the binary under test.
+pub const BIN: &str = env!("CARGO_BIN_EXE_pulsar-relay");
+
+/// The number of shards every test relay runs.
+pub const SHARDS: usize = 2;
+
+// ---------------------------------------------------------------------------------------
+// The relay process
+// ---------------------------------------------------------------------------------------
+
+pub struct Relay {
+    child: Child,
+    pub addr: SocketAddr,
+    output: Arc<Mutex<String>>,
+}
+
+/// A `Command` for the binary with every inherited `PULSAR_*` variable removed, so the
+/// developer's environment cannot change what a test runs.
+pub fn relay_command() -> Command {
+    let mut cmd = Command::new(BIN);
+    for (key, _) in std::env::vars() {
+        if key.starts_with("PULSAR_") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd
+}
+
+impl Relay {
+    pub fn start() -> Relay {
+        Relay::start_with(&[])
+    }
+
+    /// Starts the relay with the test defaults plus `env` (later entries win).
+    pub fn start_with(env: &[(&str, &str)]) -> Relay {
+        let mut cmd = relay_command();
+        cmd.env("PULSAR_SERVER_HTTP_PORT", "0")
+            .env("PULSAR_SERVER_SHARDS", SHARDS.to_string())
+            .env("PULSAR_JWT_SECRET_KEY", SECRET);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("cannot spawn pulsar-relay");
+
+        let output = Arc::new(Mutex::new(String::new()));
+        let stderr = child.stderr.take().expect("stderr piped");
+        {
+            let output = Arc::clone(&output);
+            thread::spawn(move || {
+                for line in BufReader::new(stderr).lines() {
+                    let Ok(line) = line else { break };
+                    let mut out = output.lock().unwrap();
+                    out.push_str("[stderr] ");
+                    out.push_str(&line);
+                    out.push('\n');
+                }
+            });
+        }
+        let stdout = child.stdout.take().expect("stdout piped");
+        let (tx, rx) = mpsc::channel::<SocketAddr>();
+        {
+            let output = Arc::clone(&output);
+            thread::spawn(move || {
+                let mut tx = Some(tx);
+                for line in BufReader::new(stdout).lines() {
+                    let Ok(line) = line else { break };
+                    if let Some(addr) = parse_listening_line(&line) {
+                        if let Some(tx) = tx.take() {
+                            let _ = tx.send(addr);
+                        }
+                    }
+                    let mut out = output.lock().unwrap();
+                    out.push_str("[stdout] ");
+                    out.push_str(&line);
+                    out.push('\n');
+                }
+            });
+        }
+        match rx.recv_timeout(Duration::from_secs(10)) {
+            Ok(addr) => Relay {
+                child,
+                addr,
+                output,
+            },
+            Err(_) => {
+                let _ = child.kill();
+                let status = child.wait().ok();
+                // Give the reader threads a moment to collect the last lines.
+                thread::sleep(Duration::from_millis(100));
+                panic!(
+                    "pulsar-relay did not print its listening line within 10 s (exit: {status:?})\n{}",
+                    output.lock().unwrap()
+                );
+            }
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Everything the relay printed so far (stdout and stderr), for failure messages.
+    pub fn output(&self) -> String {
+        self.output.lock().unwrap().clone()
+    }
+
+    /// Sends SIGTERM.
+    pub fn terminate(&self) {
+        // SAFETY: kill(2) with our own child's pid and a valid signal number.
+        let rc = unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        assert_eq!(rc, 0, "kill(SIGTERM) failed");
+    }
+
+    /// Waits for the process to exit, at most `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn http(&self) -> Http {
+        Http::connect(self.addr)
+    }
+
+    /// One request on a fresh connection.
+    pub fn request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Response {
+        self.http().request(method, path, headers, body)
+    }
+
+    /// Publishes `payload` (raw JSON text) to `topic` with a read-write token and returns
+    /// the 201 receipt.
+    pub fn publish(&self, topic: &str, payload: &str) -> Value {
+        self.http().publish(topic, payload)
+    }
+
+    pub fn ws(&self) -> Ws {
+        Ws::connect(self.addr, &rw_token())
+    }
+
+    /// Long-polls with a read-write token; `query` is appended after `?`.
+    pub fn poll(&self, query: &str) -> Response {
+        let mut http = self.http();
+        http.set_read_timeout(Duration::from_secs(75));
+        http.request(
+            "GET",
+            &format!("/api/v1/poll?{query}"),
+            &[auth_header(&rw_token()).as_pair()],
+            b"",
+        )
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn parse_listening_line(line: &str) -> Option<SocketAddr> {
+    let rest = line.strip_prefix("pulsar-relay listening on http://")?;
+    let addr = rest.split_whitespace().next()?;
+    addr.parse().ok()
+}
+
+/// Runs the binary to completion (it must exit within 10 s) and returns its exit status,
+/// stdout and stderr. `env` is applied on top of a `PULSAR_*`-free environment.
+pub fn run_binary(args: &[&str], env: &[(&str, &str)]) -> (ExitStatus, String, String) {
+    let mut cmd = relay_command();
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("cannot spawn pulsar-relay");
+    let mut stdout = child.stdout.take().unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let out_thread = thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stdout.read_to_string(&mut s);
+        s
+    });
+    let err_thread = thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        s
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("pulsar-relay {args:?} with {env:?} did not exit within 10 s");
+        }
+        thread::sleep(Duration::from_millis(20));
+    };
+    (
+        status,
+        out_thread.join().unwrap(),
+        err_thread.join().unwrap(),
+    )
+}
+
+// ---------------------------------------------------------------------------------------
+// Tokens and topics
+// ---------------------------------------------------------------------------------------
+
+pub fn token(sub: &str, perms: Permissions) -> String {
+    Authenticator::from_secret(SECRET.as_bytes())
+        .mint(sub, perms, Duration::from_secs(3600))
+        .expect("mint")
+}
+
+/// Subject "tester" with read and write.
+pub fn rw_token() -> String {
+    token("tester", Permissions::READ | Permissions::WRITE)
+}
+
+pub fn read_token() -> String {
+    token("reader", Permissions::READ)
+}
+
+pub fn write_token() -> String {
+    token("writer", Permissions::WRITE)
+}
+
+/// An HS256 token signed with the test secret whose `exp` is an hour ago (beyond any
+/// leeway).
+pub fn expired_token() -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let claims = serde_json::json!({
+        "sub": "tester",
+        "permissions": ["read", "write"],
+        "iat": now - 7200,
+        "exp": now - 3600,
+    });
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
+/// A valid-looking token signed with another secret.
+pub fn foreign_token() -> String {
+    Authenticator::from_secret(b"another-secret-another-secret-another-secret")
+        .mint(
+            "tester",
+            Permissions::READ | Permissions::WRITE,
+            Duration::from_secs(3600),
+        )
+        .unwrap()
+}
+
+pub struct Header(String, String);
+
+impl Header {
+    pub fn as_pair(&self) -> (&str, &str) {
+        (&self.0, &self.1)
+    }
+}
+
+pub fn auth_header(token: &str) -> Header {
+    Header("Authorization".into(), format!("Bearer {token}"))
+}
+
+/// A topic name starting with `prefix` that `owner_of` assigns to `shard`.
+pub fn topic_on(prefix: &str, shard: usize) -> String {
+    (0..10_000)
+        .map(|i| format!("{prefix}-{i}"))
+        .find(|t| pulsar_relay::topic::owner_of(t, SHARDS) == shard)
+        .expect("some topic hashes to every shard")
+}
+
+/// One topic per shard: `[owned by shard 0, owned by shard 1]`.
+pub fn topics_on_each_shard(prefix: &str) -> Vec<String> {
+    (0..SHARDS).map(|s| topic_on(prefix, s)).collect()
+}
+
+/// Parses `<ms>-<seq>` for ordering comparisons.
+pub fn parse_id(id: &str) -> (u64, u64) {
+    let (ms, seq) = id
+        .split_once('-')
+        .unwrap_or_else(|| panic!("message id {id:?} is not <ms>-<seq>"));
+    (
+        ms.parse().unwrap_or_else(|_| panic!("bad ms in {id:?}")),
+        seq.parse().unwrap_or_else(|_| panic!("bad seq in {id:?}")),
+    )
+}
+
+pub fn id_of(v: &Value) -> &str {
+    v["message_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no message_id in {v}"))
+}
+
+// ---------------------------------------------------------------------------------------
+// HTTP/1.1 client
+// ---------------------------------------------------------------------------------------
+
+#[derive(Debug, Clone)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "response body is not JSON ({e}): status {} body {:?}",
+                self.status,
+                self.text()
+            )
+        })
+    }
+
+    /// The `code` of a JSON error body.
+    pub fn code(&self) -> String {
+        self.json()["code"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no code in error body {:?}", self.text()))
+            .to_string()
+    }
+
+    #[track_caller]
+    pub fn assert_status(&self, status: u16) -> &Self {
+        assert_eq!(
+            self.status,
+            status,
+            "unexpected status; body: {}",
+            self.text()
+        );
+        self
+    }
+
+    /// Asserts an error response: status, JSON body with this `code` and a `detail`.
+    #[track_caller]
+    pub fn assert_error(&self, status: u16, code: &str) {
+        self.assert_status(status);
+        let body = self.json();
+        assert_eq!(body["code"], code, "error body: {body}");
+        assert!(
+            body["detail"].as_str().is_some_and(|d| !d.is_empty()),
+            "error body has no detail: {body}"
+        );
+    }
+}
+
+/// A keep-alive HTTP/1.1 connection.
+pub struct Http {
+    pub stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Http {
+    pub fn connect(addr: SocketAddr) -> Http {
+        let stream = TcpStream::connect(addr).expect("connect to relay");
+        stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        stream.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
+        stream.set_nodelay(true).unwrap();
+        Http {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
+    pub fn set_read_timeout(&mut self, timeout: Duration) {
+        self.stream.set_read_timeout(Some(timeout)).unwrap();
+    }
+
+    pub fn send_raw(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).expect("write to relay");
+    }
+
+    /// Writes a request (with `Host` and, when there is a body, `Content-Length`).
+    pub fn send_request(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) {
+        self.send_raw(&encode_request(method, path, headers, body));
+    }
+
+    pub fn request(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Response {
+        self.send_request(method, path, headers, body);
+        self.read_response(method != "HEAD")
+    }
+
+    /// POST /api/v1/messages with a read-write token; asserts 201 and returns the receipt.
+    pub fn publish(&mut self, topic: &str, payload: &str) -> Value {
+        let body = format!(r#"{{"topic":"{topic}","payload":{payload}}}"#);
+        self.publish_body(&body)
+    }
+
+    pub fn publish_body(&mut self, body: &str) -> Value {
+        let token = rw_token();
+        let resp = self.request(
+            "POST",
+            "/api/v1/messages",
+            &[
+                auth_header(&token).as_pair(),
+                ("Content-Type", "application/json"),
+            ],
+            body.as_bytes(),
+        );
+        assert_eq!(resp.status, 201, "publish {body} failed: {}", resp.text());
+        resp.json()
+    }
+
+    fn fill(&mut self) -> std::io::Result<usize> {
+        let mut chunk = [0u8; 16 * 1024];
+        let n = self.stream.read(&mut chunk)?;
+        self.buf.extend_from_slice(&chunk[..n]);
+        Ok(n)
+    }
+
+    /// Reads one response (skipping 1xx interim responses). `has_body` is false for the
+    /// answer to a HEAD request.
+    pub fn read_response(&mut self, has_body: bool) -> Response {
+        self.try_read_response(has_body)
+            .unwrap_or_else(|e| panic!("reading a response failed: {e}"))
+    }
+
+    pub fn try_read_response(&mut self, has_body: bool) -> Result<Response, String> {
+        loop {
+            let head_end = loop {
+                if let Some(pos) = find(&self.buf, b"\r\n\r\n") {
+                    break pos;
+                }
+                match self.fill() {
+                    Ok(0) => {
+                        return Err(format!(
+                            "connection closed before a complete response head (got {:?})",
+                            String::from_utf8_lossy(&self.buf)
+                        ))
+                    }
+                    Ok(_) => {}
+                    Err(e) => return Err(format!("read error: {e}")),
+                }
+            };
+            let head = String::from_utf8_lossy(&self.buf[..head_end]).into_owned();
+            self.buf.drain(..head_end + 4);
+            let mut lines = head.split("\r\n");
+            let status_line = lines.next().unwrap_or_default();
+            let mut parts = status_line.splitn(3, ' ');
+            let version = parts.next().unwrap_or_default();
+            if version != "HTTP/1.1" {
+                return Err(format!("bad status line {status_line:?}"));
+            }
+            let status: u16 = parts
+                .next()
+                .and_then(|s| s.parse().ok())
+                .ok_or_else(|| format!("bad status line {status_line:?}"))?;
+            let headers: Vec<(String, String)> = lines
+                .filter_map(|l| l.split_once(':'))
+                .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+                .collect();
+            if (100..200).contains(&status) {
+                continue;
+            }
+            let len = headers
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+                .map(|(_, v)| v.parse::<usize>().expect("numeric Content-Length"));
+            let body = if has_body && status != 204 && status != 304 {
+                let len = len.ok_or("response without Content-Length")?;
+                while self.buf.len() < len {
+                    match self.fill() {
+                        Ok(0) => return Err("connection closed inside a response body".into()),
+                        Ok(_) => {}
+                        Err(e) => return Err(format!("read error in body: {e}")),
+                    }
+                }
+                self.buf.drain(..len).collect()
+            } else {
+                Vec::new()
+            };
+            return Ok(Response {
+                status,
+                headers,
+                body,
+            });
+        }
+    }
+
+    /// True when the peer closes the connection (EOF or reset) within the read timeout with
+    /// no further bytes; panics if bytes arrive or the connection stays open.
+    pub fn assert_closed(&mut self) {
+        assert!(
+            self.buf.is_empty(),
+            "unexpected extra bytes: {:?}",
+            String::from_utf8_lossy(&self.buf)
+        );
+        let mut byte = [0u8; 1];
+        match self.stream.read(&mut byte) {
+            Ok(0) => {}
+            Ok(_) => panic!("expected the relay to close the connection, got more bytes"),
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => {}
+            Err(e) => panic!("expected the relay to close the connection, got {e}"),
+        }
+    }
+
+    /// Bytes buffered but not yet consumed by a response read.
+    pub fn leftover(&self) -> &[u8] {
+        &self.buf
+    }
+}
+
+pub fn encode_request(method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Vec<u8> {
+    let mut out = format!("{method} {path} HTTP/1.1\r\nHost: relay.test\r\n");
+    let has_length = headers.iter().any(|(k, _)| {
+        k.eq_ignore_ascii_case("content-length") || k.eq_ignore_ascii_case("transfer-encoding")
+    });
+    for (k, v) in headers {
+        out.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if !has_length && (!body.is_empty() || method == "POST") {
+        out.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
+    out.push_str("\r\n");
+    let mut bytes = out.into_bytes();
+    bytes.extend_from_slice(body);
+    bytes
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+// ---------------------------------------------------------------------------------------
+// WebSocket client
+// ---------------------------------------------------------------------------------------
+
+pub type WsSocket = tungstenite::WebSocket<TcpStream>;
+
+pub struct Ws {
+    pub sock: WsSocket,
+    /// The handshake response (for the negotiated subprotocol).
+    pub handshake: tungstenite::handshake::client::Response,
+}
+
+/// What a WebSocket upgrade produced: a session, or the HTTP status of a refusal.
+pub enum WsConnect {
+    Open(Box<Ws>),
+    Refused(u16),
+}
+
+impl Ws {
+    /// Connects to `/ws?token=…`.
+    pub fn connect(addr: SocketAddr, token: &str) -> Ws {
+        let req = format!("ws://{addr}/ws?token={token}")
+            .into_client_request()
+            .unwrap();
+        match Ws::connect_request(addr, req) {
+            WsConnect::Open(ws) => *ws,
+            WsConnect::Refused(status) => panic!("WebSocket upgrade refused with {status}"),
+        }
+    }
+
+    pub fn connect_request(
+        addr: SocketAddr,
+        req: tungstenite::handshake::client::Request,
+    ) -> WsConnect {
+        let stream = TcpStream::connect(addr).expect("connect to relay");
+        stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        stream.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
+        stream.set_nodelay(true).unwrap();
+        match tungstenite::client::client(req, stream) {
+            Ok((sock, handshake)) => WsConnect::Open(Box::new(Ws { sock, handshake })),
+            Err(tungstenite::HandshakeError::Failure(tungstenite::Error::Http(resp))) => {
+                WsConnect::Refused(resp.status().as_u16())
+            }
+            Err(e) => panic!("WebSocket handshake failed: {e}"),
+        }
+    }
+
+    pub fn set_read_timeout(&mut self, timeout: Duration) {
+        self.sock.get_mut().set_read_timeout(Some(timeout)).unwrap();
+    }
+
+    pub fn send_text(&mut self, text: &str) {
+        self.sock
+            .send(Message::text(text))
+            .expect("send WebSocket text frame");
+    }
+
+    pub fn send_json(&mut self, v: &Value) {
+        self.send_text(&v.to_string());
+    }
+
+    /// Writes raw bytes to the socket, bypassing the WebSocket codec.
+    pub fn send_raw(&mut self, bytes: &[u8]) {
+        self.sock.get_mut().write_all(bytes).expect("raw write");
+    }
+
+    /// The next frame that is not a ping or pong (control frames answered by tungstenite).
+    pub fn next_message(&mut self) -> Message {
+        loop {
+            match self.sock.read() {
+                Ok(Message::Ping(_)) | Ok(Message::Pong(_)) => continue,
+                Ok(msg) => return msg,
+                Err(tungstenite::Error::Io(e))
+                    if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) =>
+                {
+                    panic!("timed out waiting for a WebSocket frame")
+                }
+                Err(e) => panic!("WebSocket read failed: {e}"),
+            }
+        }
+    }
+
+    /// The next text frame's raw text.
+    pub fn recv_text(&mut self) -> String {
+        match self.next_message() {
+            Message::Text(text) => text.as_str().to_string(),
+            other => panic!("expected a text frame, got {other:?}"),
+        }
+    }
+
+    pub fn recv_json(&mut self) -> Value {
+        let text = self.recv_text();
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("frame is not JSON ({e}): {text}"))
+    }
+
+    /// The next frame, which must have `"type": kind`.
+    #[track_caller]
+    pub fn expect_type(&mut self, kind: &str) -> Value {
+        let v = self.recv_json();
+        assert_eq!(v["type"], kind, "expected a {kind} frame, got {v}");
+        v
+    }
+
+    /// The next frame must be a `message` delivery.
+    #[track_caller]
+    pub fn recv_delivery(&mut self) -> Value {
+        self.expect_type("message")
+    }
+
+    /// The next frame must be an `error` frame with `code`.
+    #[track_caller]
+    pub fn expect_error(&mut self, code: &str) -> Value {
+        let v = self.expect_type("error");
+        assert_eq!(v["code"], code, "error frame: {v}");
+        assert!(
+            v["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "error frame without message: {v}"
+        );
+        v
+    }
+
+    /// Sends a subscribe command and returns the `subscribed` reply.
+    #[track_caller]
+    pub fn subscribe(&mut self, topics: &[&str], extra: Value) -> Value {
+        let mut cmd = serde_json::json!({"type": "subscribe", "topics": topics});
+        if let Value::Object(map) = extra {
+            for (k, v) in map {
+                cmd[k] = v;
+            }
+        }
+        self.send_json(&cmd);
+        let reply = self.expect_type("subscribed");
+        assert_eq!(reply["topics"], serde_json::json!(topics), "{reply}");
+        reply
+    }
+
+    /// Sends a `ping` command and collects every frame before the `pong`. Frames the
+    /// session queued while handling earlier commands (replays, errors) come first.
+    pub fn collect_until_pong(&mut self) -> Vec<Value> {
+        self.send_json(&serde_json::json!({"type": "ping"}));
+        let mut frames = Vec::new();
+        loop {
+            let v = self.recv_json();
+            if v["type"] == "pong" {
+                return frames;
+            }
+            frames.push(v);
+        }
+    }
+
+    /// The next frame must be a close frame with `code`; returns its reason.
+    #[track_caller]
+    pub fn expect_close(&mut self, code: u16) -> String {
+        match self.next_message() {
+            Message::Close(Some(frame)) => {
+                assert_eq!(
+                    u16::from(frame.code),
+                    code,
+                    "close frame with reason {:?}",
+                    frame.reason
+                );
+                frame.reason.as_str().to_string()
+            }
+            other => panic!("expected a close frame with code {code}, got {other:?}"),
+        }
+    }
+
+    pub fn close(mut self) {
+        let _ = self.sock.close(Some(tungstenite::protocol::CloseFrame {
+            code: CloseCode::Normal,
+            reason: "".into(),
+        }));
+        let _ = self.sock.flush();
+    }
+}
+
+/// A masked client frame with FIN set (`opcode` 0x1 text, 0x2 binary, ...).
+pub fn masked_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let mask = [0x37u8, 0xfa, 0x21, 0x3d];
+    let mut out = vec![0x80 | opcode];
+    match payload.len() {
+        n if n < 126 => out.push(0x80 | n as u8),
+        n if n <= 0xffff => {
+            out.push(0x80 | 126);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            out.push(0x80 | 127);
+            out.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    out.extend_from_slice(&mask);
+    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    out
+}
+
+/// Publishes through a fresh connection and checks the relay is still serving normally:
+/// a WebSocket subscriber on a new connection receives the message.
+pub fn assert_relay_still_serves(relay: &Relay) {
+    for topic in topics_on_each_shard("still-serving") {
+        let mut ws = relay.ws();
+        ws.subscribe(&[&topic], serde_json::json!({}));
+        let receipt = relay.publish(&topic, r#"{"alive":true}"#);
+        let got = ws.recv_delivery();
+        assert_eq!(got["message_id"], receipt["message_id"]);
+        assert_eq!(got["payload"], serde_json::json!({"alive": true}));
+    }
+}

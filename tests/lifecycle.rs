@@ -1,0 +1,196 @@
+//! The process: start-up, graceful shutdown on SIGTERM, configuration errors and the
+//! `token` subcommand.
+
+mod common;
+
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::json;
+
+#[test]
+fn sigterm_closes_websockets_with_1001_answers_parked_polls_and_exits_0() {
+    let mut relay = Relay::start();
+    let topics = topics_on_each_shard("shutdown");
+
+    // Several WebSocket sessions, so both shards hold some.
+    let mut sockets: Vec<Ws> = (0..4).map(|_| relay.ws()).collect();
+    for ws in &mut sockets {
+        ws.subscribe(&[&topics[0], &topics[1]], json!({}));
+    }
+    // Parked polls, each on a connection proven open by a first request.
+    let polls: Vec<_> = (0..2)
+        .map(|_| {
+            let mut http = relay.http();
+            http.request("GET", "/health", &[], b"").assert_status(200);
+            let token = rw_token();
+            http.send_request(
+                "GET",
+                &format!("/api/v1/poll?topics={},{}&timeout=60", topics[0], topics[1]),
+                &[auth_header(&token).as_pair()],
+                b"",
+            );
+            http.set_read_timeout(Duration::from_secs(20));
+            thread::spawn(move || {
+                let started = Instant::now();
+                let resp = http.try_read_response(true);
+                (resp, started.elapsed())
+            })
+        })
+        .collect();
+    // Let the polls reach the relay and park (not an assertion: they are answered at
+    // shutdown either way, and the 60 s timeout is far away).
+    thread::sleep(Duration::from_millis(300));
+
+    let signalled = Instant::now();
+    relay.terminate();
+
+    for ws in &mut sockets {
+        ws.set_read_timeout(Duration::from_secs(10));
+        ws.expect_close(1001);
+    }
+    for poll in polls {
+        let (resp, elapsed) = poll.join().unwrap();
+        let resp = resp.unwrap_or_else(|e| panic!("parked poll not answered: {e}"));
+        resp.assert_status(200);
+        assert_eq!(resp.json()["messages"], json!([]));
+        assert!(
+            elapsed < Duration::from_secs(15),
+            "poll answered after {elapsed:?}"
+        );
+    }
+    let status = relay
+        .wait_exit(Duration::from_secs(10))
+        .unwrap_or_else(|| panic!("relay still running 10 s after SIGTERM\n{}", relay.output()));
+    let took = signalled.elapsed();
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "exit status {status:?}\n{}",
+        relay.output()
+    );
+    assert!(took < Duration::from_secs(7), "shutdown took {took:?}");
+}
+
+#[test]
+fn idle_relay_exits_0_on_sigterm_and_stops_listening() {
+    let mut relay = Relay::start();
+    relay.request("GET", "/health", &[], b"").assert_status(200);
+    relay.terminate();
+    let status = relay
+        .wait_exit(Duration::from_secs(10))
+        .expect("relay still running 10 s after SIGTERM");
+    assert_eq!(status.code(), Some(0), "{}", relay.output());
+    assert!(
+        std::net::TcpStream::connect(relay.addr).is_err(),
+        "still accepting after exit"
+    );
+}
+
+#[test]
+fn bad_port_value_exits_2_naming_the_key() {
+    let (status, _out, err) = run_binary(
+        &[],
+        &[
+            ("PULSAR_SERVER_HTTP_PORT", "notanumber"),
+            ("PULSAR_JWT_SECRET_KEY", SECRET),
+        ],
+    );
+    assert_eq!(status.code(), Some(2), "stderr: {err}");
+    assert!(err.contains("server.http_port"), "stderr: {err}");
+}
+
+#[test]
+fn public_bind_without_secret_exits_2() {
+    let (status, out, err) = run_binary(
+        &[],
+        &[
+            ("PULSAR_SERVER_HOST", "0.0.0.0"),
+            ("PULSAR_SERVER_HTTP_PORT", "0"),
+        ],
+    );
+    assert_eq!(status.code(), Some(2), "stdout: {out}\nstderr: {err}");
+    assert!(err.contains("jwt.secret_key"), "stderr: {err}");
+    assert!(!out.contains("listening"), "it listened: {out}");
+
+    // A short secret is refused as well.
+    let (status, _, err) = run_binary(
+        &[],
+        &[
+            ("PULSAR_SERVER_HOST", "0.0.0.0"),
+            ("PULSAR_SERVER_HTTP_PORT", "0"),
+            ("PULSAR_JWT_SECRET_KEY", "short"),
+        ],
+    );
+    assert_eq!(status.code(), Some(2), "stderr: {err}");
+    assert!(err.contains("jwt.secret_key"), "stderr: {err}");
+}
+
+#[test]
+fn unknown_config_key_and_bad_arguments_exit_2() {
+    let (status, _, err) = run_binary(
+        &[],
+        &[
+            ("PULSAR_SERVER_HTTP_PROT", "0"),
+            ("PULSAR_JWT_SECRET_KEY", SECRET),
+        ],
+    );
+    assert_eq!(status.code(), Some(2), "stderr: {err}");
+    assert!(err.to_lowercase().contains("http_prot"), "stderr: {err}");
+
+    let (status, _, err) = run_binary(&["--frobnicate"], &[]);
+    assert_eq!(status.code(), Some(2), "stderr: {err}");
+}
+
+#[test]
+fn token_subcommand_mints_a_token_the_relay_accepts() {
+    let relay = Relay::start();
+    let (status, out, err) = run_binary(
+        &[
+            "token",
+            "--sub",
+            "alice",
+            "--permissions",
+            "read,write",
+            "--ttl",
+            "1h",
+        ],
+        &[("PULSAR_JWT_SECRET_KEY", SECRET)],
+    );
+    assert_eq!(status.code(), Some(0), "stderr: {err}");
+    let token = out.trim().to_string();
+    assert_eq!(token.split('.').count(), 3, "not a JWT: {out:?}");
+
+    let topic = topic_on("minted", 0);
+    let mut ws = Ws::connect(relay.addr, &token);
+    ws.subscribe(&[&topic], json!({}));
+    let resp = relay.request(
+        "POST",
+        "/api/v1/messages",
+        &[auth_header(&token).as_pair()],
+        format!(r#"{{"topic":"{topic}","payload":"from alice"}}"#).as_bytes(),
+    );
+    resp.assert_status(201);
+    assert_eq!(ws.recv_delivery()["message_id"], resp.json()["message_id"]);
+
+    // Read-only by default: publishing with it is refused.
+    let (status, out, _) = run_binary(
+        &["token", "--sub", "bob"],
+        &[("PULSAR_JWT_SECRET_KEY", SECRET)],
+    );
+    assert_eq!(status.code(), Some(0));
+    let reader = out.trim();
+    relay
+        .request(
+            "POST",
+            "/api/v1/messages",
+            &[auth_header(reader).as_pair()],
+            format!(r#"{{"topic":"{topic}","payload":1}}"#).as_bytes(),
+        )
+        .assert_error(403, "PERMISSION_DENIED");
+
+    // Without a secret there is nothing to sign with.
+    let (status, _, err) = run_binary(&["token", "--sub", "carol"], &[]);
+    assert_eq!(status.code(), Some(2), "stderr: {err}");
+}
