@@ -1,0 +1,402 @@
+//! The command line: `pulsar-loadgen SCENARIO --flag value …`, parsed by hand into
+//! [`Options`], with the usage text that doubles as the tool's documentation.
+
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use crate::cpu::cores;
+use crate::http::Target;
+use crate::token;
+
+pub const USAGE: &str = "\
+pulsar-loadgen: load generator for Pulsar Relay
+
+usage: pulsar-loadgen SCENARIO [--flag value ...]
+
+scenarios:
+  publish      HTTP producers on keep-alive connections: closed loop (as fast as the relay
+               answers) or, with --rate, open loop on a fixed schedule.
+  fanout       --subscribers WebSocket clients over --topics and a publisher at --rate:
+               deliveries/s, and losses (expected vs received per subscriber).
+  e2e          publish -> WebSocket receive latency; the intended send time travels in the
+               payload and latency counts from it (coordinated-omission corrected).
+  connections  ramp to --count idle WebSocket connections and hold them: handshake latency
+               and, with --server-pid, the relay's RSS per connection.
+  poll         --consumers long-poll clients (GET /api/v1/poll, since cursors) fed by a
+               publisher at --rate: messages/s and poll latency.
+
+common flags:
+  --url URL           relay address (default http://127.0.0.1:8080)
+  --token JWT         token with read and write permissions, or
+  --secret KEY        HS256 secret to mint one (default: $PULSAR_JWT_SECRET_KEY)
+  --duration D        measured phase (default 10s; D is 500ms, 10s, 2m or bare seconds)
+  --warmup D          load before measuring, not counted (default 2s)
+  --threads N         worker threads (default: one per core)
+  --server-pid PID    the relay's pid: its CPU use (and RSS for connections) in the summary
+  --json FILE         machine-readable summary
+  --hgrm FILE         the headline latency as an HdrHistogram percentile distribution (ms)
+  --topic-prefix P    topics are P-0, P-1, ... (default loadgen-<unix ms>, fresh per run)
+
+scenario flags (defaults in brackets):
+  publish      --connections N [64]  --rate MSGS/S [closed loop]  --bulk N [single POSTs]
+               --payload-bytes N [100]  --topics N [1]
+  fanout       --subscribers N [100]  --topics N [1]  --rate MSGS/S [1000]
+               --connections N [2] (publisher)  --payload-bytes N [0 = just the stamp]
+  e2e          --subscribers N [1]  --topics N [1]  --rate MSGS/S [1000]
+               --connections N [2]  --payload-bytes N [0]
+  connections  --count N [1000]  --rate HANDSHAKES/S [as fast as possible]
+               (--duration is the hold after the ramp; the relay's RSS is read before the
+               ramp and after the warm-up that follows it)
+  poll         --consumers N [4]  --topics N [1]  --rate MSGS/S [1000]  --connections N [2]
+               --poll-timeout SECS [5]  --payload-bytes N [0]
+
+Subscriber and consumer i take topic i mod --topics. --rate is messages per second in
+total. The summary goes to stdout; runs longer than 3 s print a progress line to stderr
+every second.
+
+examples:
+  pulsar-loadgen publish --secret $KEY --connections 64 --duration 10s --server-pid $PID
+  pulsar-loadgen publish --secret $KEY --rate 20000 --bulk 100 --json publish.json
+  pulsar-loadgen fanout --secret $KEY --subscribers 10000 --rate 100
+  pulsar-loadgen e2e --secret $KEY --subscribers 1000 --rate 10000 --hgrm e2e.hgrm
+  pulsar-loadgen connections --secret $KEY --count 19000 --server-pid $PID
+  pulsar-loadgen poll --secret $KEY --consumers 8 --rate 5000";
+
+/// Settings every scenario has.
+pub struct Common {
+    pub target: Target,
+    pub token: String,
+    pub duration: Duration,
+    pub warmup: Duration,
+    pub threads: usize,
+    pub server_pid: Option<u32>,
+    pub json: Option<PathBuf>,
+    pub hgrm: Option<PathBuf>,
+    pub topic_prefix: String,
+}
+
+impl Common {
+    pub fn topics(&self, n: usize) -> Vec<String> {
+        (0..n)
+            .map(|i| format!("{}-{i}", self.topic_prefix))
+            .collect()
+    }
+}
+
+/// The publishing side shared by the scenarios that publish.
+pub struct Load {
+    pub topics: usize,
+    pub rate: Option<f64>,
+    pub connections: usize,
+    pub payload_bytes: usize,
+}
+
+pub enum Scenario {
+    Publish {
+        load: Load,
+        bulk: Option<usize>,
+    },
+    Fanout {
+        load: Load,
+        subscribers: usize,
+    },
+    E2e {
+        load: Load,
+        subscribers: usize,
+    },
+    Connections {
+        count: usize,
+        rate: Option<f64>,
+    },
+    Poll {
+        load: Load,
+        consumers: usize,
+        poll_timeout: u64,
+    },
+}
+
+pub struct Options {
+    pub common: Common,
+    pub scenario: Scenario,
+}
+
+pub enum Parsed {
+    Help,
+    Run(Box<Options>),
+}
+
+pub fn parse(args: Vec<String>) -> Result<Parsed, String> {
+    let mut it = args.into_iter();
+    let name = match it.next() {
+        None => return Err("no scenario given".into()),
+        Some(s) if matches!(s.as_str(), "-h" | "--help" | "help") => return Ok(Parsed::Help),
+        Some(s) => s,
+    };
+    let mut flags = Flags::collect(it)?;
+    if flags.help {
+        return Ok(Parsed::Help);
+    }
+    let scenario = match name.as_str() {
+        "publish" => {
+            let load = flags.load(64, None, 100)?;
+            let bulk = flags.opt::<usize>("--bulk")?;
+            if bulk.is_some_and(|n| n == 0 || n > 100_000) {
+                return Err("--bulk must be from 1 to 100000 messages".into());
+            }
+            Scenario::Publish { load, bulk }
+        }
+        "fanout" => Scenario::Fanout {
+            load: flags.load(2, Some(1000.0), 0)?,
+            subscribers: flags.positive("--subscribers", 100)?,
+        },
+        "e2e" => Scenario::E2e {
+            load: flags.load(2, Some(1000.0), 0)?,
+            subscribers: flags.positive("--subscribers", 1)?,
+        },
+        "connections" => Scenario::Connections {
+            count: flags.positive("--count", 1000)?,
+            rate: flags.rate()?,
+        },
+        "poll" => Scenario::Poll {
+            load: flags.load(2, Some(1000.0), 0)?,
+            consumers: flags.positive("--consumers", 4)?,
+            poll_timeout: flags.positive("--poll-timeout", 5)? as u64,
+        },
+        other => return Err(format!("unknown scenario {other:?}")),
+    };
+    let common = flags.common()?;
+    flags.finish(&name)?;
+    Ok(Parsed::Run(Box::new(Options { common, scenario })))
+}
+
+/// `--flag value` pairs, each taken once by the parser; leftovers are errors.
+struct Flags {
+    pairs: Vec<(String, String)>,
+    help: bool,
+}
+
+impl Flags {
+    fn collect(mut it: impl Iterator<Item = String>) -> Result<Flags, String> {
+        let mut pairs: Vec<(String, String)> = Vec::new();
+        let mut help = false;
+        while let Some(flag) = it.next() {
+            if flag == "-h" || flag == "--help" {
+                help = true;
+                continue;
+            }
+            if !flag.starts_with("--") {
+                return Err(format!(
+                    "unexpected argument {flag:?} (flags look like --name value)"
+                ));
+            }
+            let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
+            if pairs.iter().any(|(f, _)| *f == flag) {
+                return Err(format!("{flag} given twice"));
+            }
+            pairs.push((flag, value));
+        }
+        Ok(Flags { pairs, help })
+    }
+
+    fn take(&mut self, flag: &str) -> Option<String> {
+        let i = self.pairs.iter().position(|(f, _)| f == flag)?;
+        Some(self.pairs.remove(i).1)
+    }
+
+    fn opt<T: FromStr>(&mut self, flag: &str) -> Result<Option<T>, String> {
+        match self.take(flag) {
+            None => Ok(None),
+            Some(v) => v
+                .parse()
+                .map(Some)
+                .map_err(|_| format!("{flag}: {v:?} is not a valid number")),
+        }
+    }
+
+    fn positive(&mut self, flag: &str, default: usize) -> Result<usize, String> {
+        match self.opt::<usize>(flag)? {
+            Some(0) => Err(format!("{flag} must be at least 1")),
+            Some(n) => Ok(n),
+            None => Ok(default),
+        }
+    }
+
+    fn rate(&mut self) -> Result<Option<f64>, String> {
+        match self.opt::<f64>("--rate")? {
+            Some(r) if !(r.is_finite() && r > 0.0) => Err("--rate must be above 0".into()),
+            other => Ok(other),
+        }
+    }
+
+    fn duration(&mut self, flag: &str, default: Duration) -> Result<Duration, String> {
+        match self.take(flag) {
+            None => Ok(default),
+            Some(v) => parse_duration(&v).ok_or_else(|| {
+                format!("{flag}: {v:?} is not a duration (like 500ms, 10s, 2m, or bare seconds)")
+            }),
+        }
+    }
+
+    fn load(
+        &mut self,
+        connections: usize,
+        rate: Option<f64>,
+        payload: usize,
+    ) -> Result<Load, String> {
+        Ok(Load {
+            topics: self.positive("--topics", 1)?,
+            rate: self.rate()?.or(rate),
+            connections: self.positive("--connections", connections)?,
+            payload_bytes: self.opt("--payload-bytes")?.unwrap_or(payload),
+        })
+    }
+
+    fn common(&mut self) -> Result<Common, String> {
+        let target = Target::parse(
+            &self
+                .take("--url")
+                .unwrap_or_else(|| "http://127.0.0.1:8080".into()),
+        )?;
+        let duration = self.duration("--duration", Duration::from_secs(10))?;
+        let warmup = self.duration("--warmup", Duration::from_secs(2))?;
+        if duration.is_zero() {
+            return Err("--duration must be above 0".into());
+        }
+        let token = match (self.take("--token"), self.take("--secret")) {
+            (Some(_), Some(_)) => return Err("give --token or --secret, not both".into()),
+            (Some(t), None) => t,
+            (None, secret) => {
+                let secret = secret
+                    .or_else(|| std::env::var("PULSAR_JWT_SECRET_KEY").ok())
+                    .filter(|s| !s.is_empty())
+                    .ok_or("a token is needed: give --token JWT or --secret KEY (or set PULSAR_JWT_SECRET_KEY)")?;
+                token::mint(&secret, duration + warmup + Duration::from_secs(3600))?
+            }
+        };
+        let topic_prefix = match self.take("--topic-prefix") {
+            Some(p) => p,
+            None => format!(
+                "loadgen-{}",
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis())
+            ),
+        };
+        if topic_prefix.is_empty()
+            || topic_prefix.len() > 200
+            || !topic_prefix
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_.:-".contains(&b))
+        {
+            return Err(
+                "--topic-prefix: 1-200 characters of ASCII letters, digits and _ . : -".into(),
+            );
+        }
+        Ok(Common {
+            target,
+            token,
+            duration,
+            warmup,
+            threads: self.positive("--threads", cores())?,
+            server_pid: self.opt("--server-pid")?,
+            json: self.take("--json").map(PathBuf::from),
+            hgrm: self.take("--hgrm").map(PathBuf::from),
+            topic_prefix,
+        })
+    }
+
+    fn finish(self, scenario: &str) -> Result<(), String> {
+        match self.pairs.first() {
+            None => Ok(()),
+            Some((flag, _)) => Err(format!("{flag} is not a flag of `{scenario}`")),
+        }
+    }
+}
+
+/// `500ms`, `10s`, `2m`, `1h`, `1.5s` or bare seconds.
+pub fn parse_duration(text: &str) -> Option<Duration> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let n: f64 = number.parse().ok()?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "" | "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return None,
+    };
+    (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(args: &[&str]) -> Result<Options, String> {
+        match parse(args.iter().map(|s| s.to_string()).collect())? {
+            Parsed::Run(o) => Ok(*o),
+            Parsed::Help => Err("help".into()),
+        }
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_duration("10s"), Some(Duration::from_secs(10)));
+        assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
+        assert_eq!(parse_duration("3"), Some(Duration::from_secs(3)));
+        assert_eq!(parse_duration("1.5s"), Some(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("10x"), None);
+        assert_eq!(parse_duration("s"), None);
+    }
+
+    #[test]
+    fn publish_flags() {
+        let o = run(&[
+            "publish",
+            "--token",
+            "t",
+            "--rate",
+            "500",
+            "--bulk",
+            "10",
+            "--topics",
+            "3",
+            "--duration",
+            "1s",
+            "--warmup",
+            "0",
+        ])
+        .unwrap();
+        match o.scenario {
+            Scenario::Publish { load, bulk } => {
+                assert_eq!(load.rate, Some(500.0));
+                assert_eq!(bulk, Some(10));
+                assert_eq!(load.topics, 3);
+                assert_eq!(load.connections, 64);
+            }
+            _ => panic!("not publish"),
+        }
+        assert_eq!(o.common.duration, Duration::from_secs(1));
+        assert_eq!(
+            o.common.topics(2)[1],
+            format!("{}-1", o.common.topic_prefix)
+        );
+    }
+
+    #[test]
+    fn errors_are_clear() {
+        let err = |args: &[&str]| run(args).err().unwrap();
+        assert!(err(&["publish", "--token", "t", "--subscribers", "3"]).contains("--subscribers"));
+        assert!(err(&["publish", "--token", "t", "--rate", "fast"]).contains("--rate"));
+        assert!(err(&["publish", "--token"]).contains("needs a value"));
+        assert!(err(&["bogus"]).contains("unknown scenario"));
+        assert!(err(&["fanout", "--token", "t", "--subscribers", "0"]).contains("at least 1"));
+        assert!(err(&["e2e", "--token", "t", "--token", "u"]).contains("twice"));
+        assert_eq!(err(&["poll", "--token", "t", "--help"]), "help");
+    }
+}

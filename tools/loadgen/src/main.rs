@@ -1,0 +1,62 @@
+//! `pulsar-loadgen`: the load generator of Pulsar Relay. Parses the command line, runs one
+//! scenario, prints its summary and writes the `--json` / `--hgrm` files.
+//!
+//! Exit codes: 0 when the run completed (errors it counted are in the summary), 1 when it
+//! could not run (relay unreachable, setup refused), 2 for a bad command line.
+
+mod args;
+mod clock;
+mod cpu;
+mod http;
+mod poller;
+mod progress;
+mod publisher;
+mod report;
+mod scenario;
+mod token;
+mod ws;
+
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let options = match args::parse(std::env::args().skip(1).collect()) {
+        Ok(args::Parsed::Help) => {
+            println!("{}", args::USAGE);
+            return ExitCode::SUCCESS;
+        }
+        Ok(args::Parsed::Run(options)) => options,
+        Err(e) => {
+            eprintln!("pulsar-loadgen: {e}\n(pulsar-loadgen --help lists the scenarios and flags)");
+            return ExitCode::from(2);
+        }
+    };
+    raise_file_limit();
+    let summary = match scenario::run(&options) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("pulsar-loadgen: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let _ = summary.print(&mut std::io::stdout().lock());
+    let common = &options.common;
+    if let Err(e) = summary.write_files(common.json.as_deref(), common.hgrm.as_deref()) {
+        eprintln!("pulsar-loadgen: {e}");
+        return ExitCode::from(1);
+    }
+    ExitCode::SUCCESS
+}
+
+/// Thousands of sockets need more than the usual soft limit of 1024 descriptors; the hard
+/// limit is ours to take.
+fn raise_file_limit() {
+    // SAFETY: getrlimit/setrlimit read and write the struct they are given.
+    unsafe {
+        let mut limit: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}

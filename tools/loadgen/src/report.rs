@@ -1,0 +1,313 @@
+//! Results: latency histograms, the summary table on stdout, and the `--json` and
+//! `--hgrm` files.
+//!
+//! Latencies are recorded in microseconds (3 significant digits, up to an hour) and shown
+//! in milliseconds. The `.hgrm` file is HdrHistogram's classic percentile-distribution
+//! text, byte-compatible with `outputPercentileDistribution(out, 1000.0)` of the Java
+//! library, so the usual plotters read it.
+
+use std::io::{self, Write};
+use std::path::Path;
+
+use hdrhistogram::Histogram;
+use serde_json::{json, Map, Value};
+
+use crate::cpu::{cores, CpuUse};
+
+const SIGNIFICANT_DIGITS: u8 = 3;
+const MAX_MICROS: u64 = 3_600_000_000;
+
+/// A latency distribution; each worker thread fills its own, merged at the end.
+pub struct Latency(Histogram<u64>);
+
+impl Latency {
+    pub fn new() -> Latency {
+        Latency(
+            Histogram::new_with_bounds(1, MAX_MICROS, SIGNIFICANT_DIGITS)
+                .expect("constant histogram bounds are valid"),
+        )
+    }
+
+    pub fn record_ns(&mut self, ns: u64) {
+        self.0.saturating_record(ns / 1000);
+    }
+
+    pub fn merge(&mut self, other: &Latency) {
+        self.0
+            .add(&other.0)
+            .expect("histograms built by Latency::new have the same bounds");
+    }
+
+    fn ms(&self, quantile: f64) -> f64 {
+        if self.0.is_empty() {
+            return 0.0;
+        }
+        self.0.value_at_quantile(quantile) as f64 / 1000.0
+    }
+
+    fn max_ms(&self) -> f64 {
+        if self.0.is_empty() {
+            return 0.0;
+        }
+        self.0.max() as f64 / 1000.0
+    }
+
+    fn json(&self) -> Value {
+        json!({
+            "p50": self.ms(0.5),
+            "p90": self.ms(0.9),
+            "p99": self.ms(0.99),
+            "p999": self.ms(0.999),
+            "max": self.max_ms(),
+            "mean": if self.0.is_empty() { 0.0 } else { (self.0.mean()).round() / 1000.0 },
+        })
+    }
+
+    /// The percentile distribution in HdrHistogram's text format, values in milliseconds.
+    pub fn write_hgrm(&self, out: &mut impl Write) -> io::Result<()> {
+        let h = &self.0;
+        let scale = 1000.0;
+        writeln!(
+            out,
+            "{:>12} {:>14} {:>10} {:>14}\n",
+            "Value", "Percentile", "TotalCount", "1/(1-Percentile)"
+        )?;
+        let mut total = 0u64;
+        for step in h.iter_quantiles(5) {
+            total += step.count_since_last_iteration();
+            let value = step.value_iterated_to() as f64 / scale;
+            let q = step.quantile_iterated_to();
+            if q < 1.0 {
+                writeln!(
+                    out,
+                    "{value:12.3} {q:2.12} {total:10} {:14.2}",
+                    1.0 / (1.0 - q)
+                )?;
+            } else {
+                writeln!(out, "{value:12.3} {q:2.12} {total:10}")?;
+            }
+        }
+        let (mean, stdev, max) = if h.is_empty() {
+            (0.0, 0.0, 0.0)
+        } else {
+            (h.mean() / scale, h.stdev() / scale, h.max() as f64 / scale)
+        };
+        // Sub-buckets cover 2 × 10^digits values at full precision, rounded up to a power
+        // of two (what the histogram computes internally but does not expose).
+        let sub_buckets = (2 * 10u64.pow(u32::from(SIGNIFICANT_DIGITS))).next_power_of_two();
+        writeln!(
+            out,
+            "#[Mean    = {mean:12.3}, StdDeviation   = {stdev:12.3}]"
+        )?;
+        writeln!(
+            out,
+            "#[Max     = {max:12.3}, Total count    = {:12}]",
+            h.len()
+        )?;
+        writeln!(
+            out,
+            "#[Buckets = {:12}, SubBuckets     = {sub_buckets:12}]",
+            h.buckets()
+        )
+    }
+}
+
+/// One line of the summary table.
+pub struct Row {
+    pub name: &'static str,
+    pub count: u64,
+    pub errors: u64,
+    /// Per second over the measured phase (or what the scenario says it is).
+    pub rate: f64,
+    pub latency: Latency,
+}
+
+impl Row {
+    fn json(&self) -> Value {
+        json!({
+            "count": self.count,
+            "errors": self.errors,
+            "rate": round2(self.rate),
+            "latency_ms": self.latency.json(),
+        })
+    }
+}
+
+pub struct Summary {
+    pub scenario: &'static str,
+    /// What ran, in words: connections, rate, topics.
+    pub setup: String,
+    pub measured_s: f64,
+    pub warmup_s: f64,
+    /// The first row is the scenario's headline: the top-level JSON fields (but `errors`,
+    /// which sums every row) and `--hgrm`.
+    pub rows: Vec<Row>,
+    /// Scenario-specific results, printed under the table and added to the JSON.
+    pub extras: Vec<(&'static str, Value)>,
+    pub cpu: CpuUse,
+    pub server_pid: Option<u32>,
+    pub first_error: Option<String>,
+}
+
+impl Summary {
+    pub fn print(&self, out: &mut impl Write) -> io::Result<()> {
+        writeln!(out, "pulsar-loadgen {}: {}", self.scenario, self.setup)?;
+        writeln!(
+            out,
+            "measured {:.1} s after a {:.1} s warm-up; latencies in ms\n",
+            self.measured_s, self.warmup_s
+        )?;
+        writeln!(
+            out,
+            "{:<10} {:>10} {:>12} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9}",
+            "", "count", "rate/s", "errors", "p50", "p90", "p99", "p99.9", "max"
+        )?;
+        for row in &self.rows {
+            let l = &row.latency;
+            writeln!(
+                out,
+                "{:<10} {:>10} {:>12.1} {:>8} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>9.3}",
+                row.name,
+                row.count,
+                row.rate,
+                row.errors,
+                l.ms(0.5),
+                l.ms(0.9),
+                l.ms(0.99),
+                l.ms(0.999),
+                l.max_ms()
+            )?;
+        }
+        if !self.extras.is_empty() {
+            writeln!(out)?;
+            let fields: Vec<String> = self
+                .extras
+                .iter()
+                .map(|(k, v)| format!("{k} {v}"))
+                .collect();
+            writeln!(out, "{}", fields.join(", "))?;
+        }
+        let mut cpu = format!(
+            "cpu (cores busy, {} on this machine): loadgen {:.2}",
+            cores(),
+            self.cpu.loadgen
+        );
+        match (self.cpu.server, self.server_pid) {
+            (Some(s), Some(pid)) => cpu.push_str(&format!(", server {s:.2} (pid {pid})")),
+            (None, Some(pid)) => cpu.push_str(&format!(", server pid {pid} not readable")),
+            _ => cpu.push_str(", server not measured (give --server-pid)"),
+        }
+        writeln!(out, "{cpu}")?;
+        if let Some(e) = &self.first_error {
+            writeln!(out, "first error: {e}")?;
+        }
+        Ok(())
+    }
+
+    pub fn json(&self) -> Value {
+        let head = &self.rows[0];
+        let mut map = Map::new();
+        map.insert("scenario".into(), json!(self.scenario));
+        map.insert("setup".into(), json!(self.setup));
+        map.insert("count".into(), json!(head.count));
+        // Everything that went wrong in the run, whichever row it shows in.
+        let errors: u64 = self.rows.iter().map(|r| r.errors).sum();
+        map.insert("errors".into(), json!(errors));
+        map.insert("duration_s".into(), json!(round2(self.measured_s)));
+        map.insert("warmup_s".into(), json!(round2(self.warmup_s)));
+        map.insert("rate".into(), json!(round2(head.rate)));
+        map.insert("latency_ms".into(), head.latency.json());
+        let rows: Map<String, Value> = self
+            .rows
+            .iter()
+            .map(|r| (r.name.to_string(), r.json()))
+            .collect();
+        map.insert("rows".into(), Value::Object(rows));
+        for (k, v) in &self.extras {
+            map.insert((*k).into(), v.clone());
+        }
+        map.insert(
+            "cpu".into(),
+            json!({
+                "cores": cores(),
+                "loadgen_cores": round2(self.cpu.loadgen),
+                "server_cores": self.cpu.server.map(round2),
+            }),
+        );
+        map.insert("first_error".into(), json!(self.first_error));
+        Value::Object(map)
+    }
+
+    pub fn write_files(&self, json_path: Option<&Path>, hgrm: Option<&Path>) -> Result<(), String> {
+        if let Some(path) = json_path {
+            let mut text =
+                serde_json::to_string_pretty(&self.json()).expect("JSON values serialize");
+            text.push('\n');
+            std::fs::write(path, text)
+                .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        }
+        if let Some(path) = hgrm {
+            let mut text = Vec::new();
+            self.rows[0]
+                .latency
+                .write_hgrm(&mut text)
+                .expect("writing to memory cannot fail");
+            std::fs::write(path, text)
+                .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        }
+        Ok(())
+    }
+}
+
+fn round2(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hgrm_has_the_classic_shape() {
+        let mut l = Latency::new();
+        for us in 1..=1000u64 {
+            l.record_ns(us * 1000);
+        }
+        let mut out = Vec::new();
+        l.write_hgrm(&mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines[0],
+            "       Value     Percentile TotalCount 1/(1-Percentile)"
+        );
+        assert_eq!(lines[1], "");
+        assert_eq!(
+            lines[2],
+            "       0.001 0.000000000000          1           1.00"
+        );
+        let last = lines[lines.len() - 4];
+        assert_eq!(last, "       1.000 1.000000000000       1000");
+        assert_eq!(
+            lines[lines.len() - 3],
+            "#[Mean    =        0.500, StdDeviation   =        0.289]"
+        );
+        assert_eq!(
+            lines[lines.len() - 2],
+            "#[Max     =        1.000, Total count    =         1000]"
+        );
+        assert!(lines[lines.len() - 1].starts_with("#[Buckets = "));
+        assert!(lines[lines.len() - 1].ends_with("SubBuckets     =         2048]"));
+    }
+
+    #[test]
+    fn merged_histograms_count_everything() {
+        let mut a = Latency::new();
+        let mut b = Latency::new();
+        a.record_ns(1_000_000);
+        b.record_ns(3_000_000);
+        a.merge(&b);
+        assert_eq!(a.0.len(), 2);
+        assert!((a.ms(1.0) - 3.0).abs() < 0.01);
+    }
+}

@@ -1,0 +1,253 @@
+//! Every scenario, run briefly against a real relay: the `--json` summary must show the
+//! load arrived and nothing was lost (an idle machine loses nothing at these rates).
+//!
+//! The relay binary belongs to another package, so Cargo does not hand us its path: it is
+//! taken from the workspace's target directory and built first when it is not there.
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+
+use serde_json::Value;
+
+const SECRET: &str = "pulsar-loadgen-test-secret-0123456789abcdef";
+const LOADGEN: &str = env!("CARGO_BIN_EXE_pulsar-loadgen");
+
+fn relay_binary() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| root.join("target"));
+        let bin = target.join("debug/pulsar-relay");
+        if !bin.exists() {
+            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+            let status = Command::new(cargo)
+                .args(["build", "-p", "pulsar-relay", "--bin", "pulsar-relay"])
+                .current_dir(&root)
+                .status()
+                .expect("cannot run cargo to build pulsar-relay");
+            assert!(status.success(), "building pulsar-relay failed");
+        }
+        bin
+    })
+}
+
+/// A relay on an ephemeral port, killed on drop.
+struct Relay {
+    child: Child,
+    url: String,
+}
+
+impl Relay {
+    fn start() -> Relay {
+        let mut cmd = Command::new(relay_binary());
+        for (key, _) in std::env::vars() {
+            if key.starts_with("PULSAR_") {
+                cmd.env_remove(key);
+            }
+        }
+        let mut child = cmd
+            .env("PULSAR_SERVER_HTTP_PORT", "0")
+            .env("PULSAR_SERVER_SHARDS", "2")
+            .env("PULSAR_JWT_SECRET_KEY", SECRET)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("cannot spawn pulsar-relay");
+        let mut lines = BufReader::new(child.stdout.take().expect("piped")).lines();
+        let url = loop {
+            match lines.next() {
+                Some(Ok(line)) => {
+                    if let Some(rest) = line.strip_prefix("pulsar-relay listening on ") {
+                        break rest.split(' ').next().expect("a URL").to_string();
+                    }
+                }
+                _ => {
+                    let mut err = String::new();
+                    let _ = child.stderr.take().expect("piped").read_to_string(&mut err);
+                    let _ = child.kill();
+                    panic!("pulsar-relay did not start: {err}");
+                }
+            }
+        };
+        // Keep draining stdout so the relay never blocks on a full pipe.
+        std::thread::spawn(move || lines.for_each(drop));
+        Relay { child, url }
+    }
+
+    fn pid(&self) -> String {
+        self.child.id().to_string()
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn loadgen(args: &[&str]) -> Output {
+    Command::new(LOADGEN)
+        .args(args)
+        .env_remove("PULSAR_JWT_SECRET_KEY")
+        .output()
+        .expect("cannot run pulsar-loadgen")
+}
+
+/// Runs a scenario against `relay` with the test's secret and returns its JSON summary.
+fn run(relay: &Relay, scenario: &str, args: &[&str]) -> Value {
+    let dir = std::env::temp_dir().join(format!(
+        "pulsar-loadgen-test-{}-{scenario}-{}",
+        std::process::id(),
+        args.join("_").replace(['/', ' '], "")
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let json = dir.join("summary.json");
+    let pid = relay.pid();
+    let mut all = vec![
+        scenario,
+        "--url",
+        &relay.url,
+        "--secret",
+        SECRET,
+        "--warmup",
+        "300ms",
+        "--duration",
+        "1s",
+        "--server-pid",
+        &pid,
+        "--json",
+        json.to_str().unwrap(),
+    ];
+    all.extend_from_slice(args);
+    let out = loadgen(&all);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "{scenario} failed:\n{stdout}\n{stderr}"
+    );
+    assert!(stdout.contains("p99.9"), "no summary table:\n{stdout}");
+    let text = std::fs::read_to_string(&json).expect("--json file written");
+    let _ = std::fs::remove_dir_all(&dir);
+    serde_json::from_str(&text).expect("--json output is JSON")
+}
+
+fn u(v: &Value, key: &str) -> u64 {
+    v[key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{key} missing in {v:#}"))
+}
+
+#[test]
+fn publish_closed_loop() {
+    let relay = Relay::start();
+    let v = run(&relay, "publish", &["--connections", "4", "--topics", "3"]);
+    assert_eq!(v["scenario"], "publish");
+    assert!(u(&v, "count") > 0, "{v:#}");
+    assert_eq!(u(&v, "errors"), 0, "{v:#}");
+    assert!(v["latency_ms"]["p99"].as_f64().unwrap() > 0.0);
+    assert!(v["cpu"]["server_cores"].as_f64().is_some(), "{v:#}");
+}
+
+#[test]
+fn publish_bulk_open_loop_keeps_its_rate() {
+    let relay = Relay::start();
+    let v = run(
+        &relay,
+        "publish",
+        &["--connections", "2", "--rate", "2000", "--bulk", "10"],
+    );
+    assert_eq!(u(&v, "errors"), 0, "{v:#}");
+    // 1 s measured at 2000 msg/s, in bulks of 10 on a fixed schedule.
+    let count = u(&v, "count");
+    assert!((1900..=2100).contains(&count), "{v:#}");
+}
+
+#[test]
+fn fanout_loses_nothing() {
+    let relay = Relay::start();
+    let v = run(
+        &relay,
+        "fanout",
+        &["--subscribers", "20", "--topics", "2", "--rate", "200"],
+    );
+    let published = u(&v, "published");
+    assert!(published > 0, "{v:#}");
+    assert_eq!(u(&v, "expected"), published * 10, "{v:#}");
+    assert_eq!(u(&v, "delivered"), u(&v, "expected"), "{v:#}");
+    assert_eq!(u(&v, "lost"), 0, "{v:#}");
+    assert_eq!(u(&v, "errors"), 0, "{v:#}");
+}
+
+#[test]
+fn e2e_measures_latency_and_writes_hgrm() {
+    let relay = Relay::start();
+    let hgrm =
+        std::env::temp_dir().join(format!("pulsar-loadgen-test-{}.hgrm", std::process::id()));
+    let v = run(
+        &relay,
+        "e2e",
+        &[
+            "--subscribers",
+            "2",
+            "--rate",
+            "500",
+            "--hgrm",
+            hgrm.to_str().unwrap(),
+        ],
+    );
+    assert!(u(&v, "count") > 0, "{v:#}");
+    assert_eq!(u(&v, "errors"), 0, "{v:#}");
+    assert_eq!(u(&v, "lost"), 0, "{v:#}");
+    let text = std::fs::read_to_string(&hgrm).expect("--hgrm file written");
+    let _ = std::fs::remove_file(&hgrm);
+    assert!(text.starts_with("       Value     Percentile TotalCount 1/(1-Percentile)\n\n"));
+    assert!(
+        text.contains(&format!("Total count    = {:>12}]", u(&v, "count"))),
+        "{text}"
+    );
+}
+
+#[test]
+fn connections_reach_the_count() {
+    let relay = Relay::start();
+    let v = run(&relay, "connections", &["--count", "300"]);
+    assert_eq!(u(&v, "connections"), 300, "{v:#}");
+    assert_eq!(u(&v, "count"), 300, "{v:#}");
+    assert_eq!(u(&v, "errors"), 0, "{v:#}");
+    assert!(v["server_rss_after_kib"].as_u64().is_some(), "{v:#}");
+}
+
+#[test]
+fn poll_receives_everything_published() {
+    let relay = Relay::start();
+    let v = run(
+        &relay,
+        "poll",
+        &["--consumers", "2", "--topics", "2", "--rate", "500"],
+    );
+    let published = u(&v, "published");
+    assert!(published > 0, "{v:#}");
+    assert_eq!(u(&v, "received"), published, "{v:#}");
+    assert_eq!(u(&v, "lost"), 0, "{v:#}");
+    assert_eq!(u(&v, "errors"), 0, "{v:#}");
+}
+
+#[test]
+fn bad_command_lines_exit_2_and_unreachable_relays_exit_1() {
+    let out = loadgen(&["publish", "--conections", "4", "--secret", SECRET]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--conections"));
+    let out = loadgen(&["publish", "--url", "http://127.0.0.1:1", "--secret", SECRET]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot connect"));
+    let out = loadgen(&["--help"]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("connections"));
+}
