@@ -266,7 +266,10 @@ fn ack_then_poll_with_client_id_resumes_after_it() {
             json!({"message_ids": [id_of(&r[2])], "client_id": client}),
         );
         resp.assert_status(200);
-        assert_eq!(resp.json(), json!({"acknowledged": 1, "unknown": []}));
+        assert_eq!(
+            resp.json(),
+            json!({"acknowledged": 1, "unknown": [], "ambiguous": []})
+        );
 
         let rest = messages(&relay.poll(&format!("topics={topic}&client_id={client}&timeout=1")));
         assert_eq!(ids(&rest), [id_of(&r[3]), id_of(&r[4])], "{topic}");
@@ -277,7 +280,10 @@ fn ack_then_poll_with_client_id_resumes_after_it() {
             &relay,
             json!({"message_ids": [id_of(&r[4]), future], "client_id": client, "topic": topic}),
         );
-        assert_eq!(resp.json(), json!({"acknowledged": 1, "unknown": [future]}));
+        assert_eq!(
+            resp.json(),
+            json!({"acknowledged": 1, "unknown": [future], "ambiguous": []})
+        );
 
         // Only what comes next is delivered now.
         let six = http.publish(&topic, "6");
@@ -348,7 +354,10 @@ fn http_ack_without_topic_only_acknowledges_the_topic_that_holds_the_message() {
         &relay,
         json!({"message_ids": [id_of(&a1)], "client_id": client}),
     );
-    assert_eq!(resp.json(), json!({"acknowledged": 1, "unknown": []}));
+    assert_eq!(
+        resp.json(),
+        json!({"acknowledged": 1, "unknown": [], "ambiguous": []})
+    );
 
     let rest = messages(&relay.poll(&format!("topics={a},{b}&client_id={client}&timeout=1")));
     let mut got: Vec<String> = rest

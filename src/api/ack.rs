@@ -1,10 +1,14 @@
 //! Acknowledgements: `POST /api/v1/ack`, and the shared path WebSocket `ack` frames use.
 //!
-//! An ack advances a durable consumer's position (token subject + `client_id`) in the
-//! topic that holds the message, on that topic's owner. Acks are cumulative per topic.
-//! When the caller does not name the topic, the owners are asked to find it.
+//! An ack advances a durable consumer's position (token subject + `client_id`) in one
+//! topic, on that topic's owner. Acks are cumulative per topic. Message IDs are unique in
+//! the relay (one ID clock per shard), so the topic need not be named: the owners are asked
+//! which of the consumer's topics hold the ID in their hot ring, and for IDs the rings no
+//! longer hold, the persistent tier settles it. An ID held by no topic is unknown.
 
+use std::collections::HashMap;
 use std::rc::Rc;
+use std::sync::Arc;
 
 use serde::Deserialize;
 
@@ -14,9 +18,16 @@ use crate::auth::Principal;
 use crate::http::Response;
 use crate::shard::owner::{Op, OpResult};
 use crate::shard::{spawn_local, Shard};
-use crate::topic::{consumer_key, owner_of, valid_topic_name, ConsumerKey, MessageId};
+use crate::topic::{consumer_key, owner_of, valid_topic_name, ConsumerKey, Located, MessageId};
 
 const MAX_IDS: usize = 1000;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AckOutcome {
+    Acked,
+    Unknown,
+    Ambiguous,
+}
 
 #[derive(Deserialize)]
 struct AckBody {
@@ -25,15 +36,86 @@ struct AckBody {
     topic: Option<String>,
 }
 
-/// Acknowledges `ids` for `consumer`. `topics` lists candidate topics (grouped to their
-/// owners); `None` asks every shard. Returns, per ID, whether some topic took it.
+/// Acknowledges `ids` for `consumer` in `topic`, or, without one, in whichever of
+/// `candidates` (all the consumer's topics when `None`) holds each ID.
 pub async fn acknowledge(
     shard: &Rc<Shard>,
     consumer: &ConsumerKey,
     ids: &[MessageId],
-    topics: Option<Vec<Box<str>>>,
-) -> Vec<bool> {
-    let targets: Vec<(usize, Option<Vec<Box<str>>>)> = match topics {
+    topic: Option<Box<str>>,
+    candidates: Option<Vec<Box<str>>>,
+) -> Vec<AckOutcome> {
+    let mut outcomes = vec![AckOutcome::Unknown; ids.len()];
+    // Which ID indexes go to which topic.
+    let mut per_topic: HashMap<Arc<str>, Vec<usize>> = HashMap::new();
+    match topic {
+        Some(topic) => {
+            per_topic.insert(Arc::from(topic), (0..ids.len()).collect());
+        }
+        None => {
+            let located = locate(shard, consumer, ids, candidates).await;
+            for (i, found) in located.into_iter().enumerate() {
+                let holders = if found.held.is_empty() {
+                    confirm_in_store(shard, &found.maybe, ids[i]).await
+                } else {
+                    found.held
+                };
+                match holders.len() {
+                    0 => {}
+                    1 => per_topic
+                        .entry(Arc::clone(&holders[0]))
+                        .or_default()
+                        .push(i),
+                    _ => outcomes[i] = AckOutcome::Ambiguous,
+                }
+            }
+        }
+    }
+    let mut calls = Vec::new();
+    for (topic, indexes) in per_topic {
+        let op = Op::Ack {
+            consumer: consumer.clone(),
+            topic: Box::from(&*topic),
+            ids: indexes.iter().map(|&i| ids[i]).collect(),
+        };
+        let shard = Rc::clone(shard);
+        let owner = owner_of(&topic, shard.count);
+        calls.push((
+            indexes,
+            spawn_local(async move { shard.call(owner, op).await }),
+        ));
+    }
+    for (indexes, call) in calls {
+        if let OpResult::Acked(flags) = call.await {
+            for (i, taken) in indexes.into_iter().zip(flags) {
+                if taken {
+                    outcomes[i] = AckOutcome::Acked;
+                }
+            }
+        }
+    }
+    outcomes
+}
+
+/// The topics among `maybe` whose stream holds `id` (an unreachable store holds nothing).
+async fn confirm_in_store(shard: &Shard, maybe: &[Arc<str>], id: MessageId) -> Vec<Arc<str>> {
+    let mut holders = Vec::new();
+    for topic in maybe {
+        if shard.store.contains(topic, id).await == Ok(true) {
+            holders.push(Arc::clone(topic));
+        }
+    }
+    holders
+}
+
+/// Per ID, where it is among `candidates` (else the consumer's topics), on every owner.
+async fn locate(
+    shard: &Rc<Shard>,
+    consumer: &ConsumerKey,
+    ids: &[MessageId],
+    candidates: Option<Vec<Box<str>>>,
+) -> Vec<Located> {
+    let targets: Vec<(usize, Option<Vec<Box<str>>>)> = match candidates {
         None => (0..shard.count).map(|owner| (owner, None)).collect(),
         Some(list) => {
             let mut grouped: Vec<(usize, Option<Vec<Box<str>>>)> = Vec::new();
@@ -49,7 +131,7 @@ pub async fn acknowledge(
     };
     let mut calls = Vec::new();
     for (owner, topics) in targets {
-        let op = Op::Ack {
+        let op = Op::Locate {
             consumer: consumer.clone(),
             ids: ids.to_vec(),
             topics,
@@ -57,15 +139,16 @@ pub async fn acknowledge(
         let shard = Rc::clone(shard);
         calls.push(spawn_local(async move { shard.call(owner, op).await }));
     }
-    let mut taken = vec![false; ids.len()];
+    let mut merged: Vec<Located> = (0..ids.len()).map(|_| Located::default()).collect();
     for call in calls {
-        if let OpResult::Acked(flags) = call.await {
-            for (t, f) in taken.iter_mut().zip(flags) {
-                *t |= f;
+        if let OpResult::Located(found) = call.await {
+            for (all, some) in merged.iter_mut().zip(found) {
+                all.held.extend(some.held);
+                all.maybe.extend(some.maybe);
             }
         }
     }
-    taken
+    merged
 }
 
 pub async fn http_ack(
@@ -104,8 +187,8 @@ pub async fn http_ack(
             })
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let topics = match body.topic {
-        Some(topic) if valid_topic_name(&topic) => Some(vec![topic.into_boxed_str()]),
+    let topic = match body.topic {
+        Some(topic) if valid_topic_name(&topic) => Some(topic.into_boxed_str()),
         Some(_) => {
             return Err(ApiError::invalid(
                 "INVALID_TOPIC",
@@ -114,17 +197,19 @@ pub async fn http_ack(
         }
         None => None,
     };
-    let taken = acknowledge(shard, &consumer, &ids, topics).await;
-    let unknown: Vec<&String> = body
-        .message_ids
-        .iter()
-        .zip(&taken)
-        .filter(|(_, t)| !**t)
-        .map(|(id, _)| id)
-        .collect();
+    let outcomes = acknowledge(shard, &consumer, &ids, topic, None).await;
+    let with = |wanted: AckOutcome| -> Vec<&String> {
+        body.message_ids
+            .iter()
+            .zip(&outcomes)
+            .filter(|(_, o)| **o == wanted)
+            .map(|(id, _)| id)
+            .collect()
+    };
     let reply = serde_json::json!({
-        "acknowledged": taken.iter().filter(|t| **t).count(),
-        "unknown": unknown,
+        "acknowledged": outcomes.iter().filter(|o| **o == AckOutcome::Acked).count(),
+        "unknown": with(AckOutcome::Unknown),
+        "ambiguous": with(AckOutcome::Ambiguous),
     });
     Ok(Response::json(
         200,

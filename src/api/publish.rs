@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use serde::de::{IgnoredAny, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer};
+use serde_json::error::Category;
 use serde_json::value::RawValue;
 
 use super::error::ApiError;
@@ -100,6 +101,15 @@ fn offset_in(body: &[u8], part: &str) -> Range<usize> {
 }
 
 fn parse_message(body: &[u8], raw: &str) -> Result<Parsed, ApiError> {
+    let msg: RawMessage<'_> = serde_json::from_str(raw).map_err(|e| match e.classify() {
+        Category::Syntax | Category::Eof => {
+            ApiError::invalid("INVALID_JSON", format!("the body is not valid JSON: {e}"))
+        }
+        _ => ApiError::invalid(
+            "INVALID_MESSAGE",
+            format!("message must be a JSON object: {e}"),
+        ),
+    })?;
     // serde's derived structs also accept arrays; a message must be an object.
     if !raw.trim_start().starts_with('{') {
         return Err(ApiError::invalid(
@@ -107,12 +117,6 @@ fn parse_message(body: &[u8], raw: &str) -> Result<Parsed, ApiError> {
             "message must be a JSON object",
         ));
     }
-    let msg: RawMessage<'_> = serde_json::from_str(raw).map_err(|e| {
-        ApiError::invalid(
-            "INVALID_MESSAGE",
-            format!("message must be a JSON object: {e}"),
-        )
-    })?;
 
     let topic_raw = msg
         .topic
@@ -422,6 +426,9 @@ mod tests {
     fn each_bad_field_has_its_code() {
         let cases = [
             (r#"[1]"#, "INVALID_MESSAGE"),
+            (r#"topic=t&payload=1"#, "INVALID_JSON"),
+            (r#"{"topic":"t","payload":"#, "INVALID_JSON"),
+            ("", "INVALID_JSON"),
             (r#"{"payload":1}"#, "MISSING_FIELD"),
             (r#"{"topic":5,"payload":1}"#, "INVALID_TOPIC"),
             (r#"{"topic":"a b","payload":1}"#, "INVALID_TOPIC"),

@@ -42,6 +42,10 @@ impl Subscriptions {
         }
     }
 
+    pub fn contains(&self, topic: &str) -> bool {
+        self.by_topic.contains_key(topic)
+    }
+
     pub fn topics(&self) -> impl Iterator<Item = &Arc<str>> {
         self.by_topic.keys()
     }

@@ -18,10 +18,11 @@ use std::task::Poll;
 use futures_lite::AsyncWrite;
 use serde::{Deserialize, Serialize};
 
+use super::ack::{self, AckOutcome};
 use super::conn::{poll_read_into, Conn, Event};
 use super::error::ApiError;
 use super::subscriptions::{ReplayProblem, Subscriptions};
-use super::{ack, parse_client_id, parse_topics};
+use super::{parse_client_id, parse_topics};
 use crate::auth::{AuthError, Permission, Principal};
 use crate::http::Request;
 use crate::shard::conns::ConnCtl;
@@ -402,7 +403,8 @@ impl Session {
             cmd.topics.iter().map(String::as_str),
             cfg.limits.max_topics_per_request,
         )?;
-        if self.subs.len() + topics.len() > cfg.limits.max_topics_per_request {
+        let new = topics.iter().filter(|t| !self.subs.contains(t)).count();
+        if self.subs.len() + new > cfg.limits.max_topics_per_request {
             return Err(ApiError::invalid(
                 "TOO_MANY_TOPICS",
                 format!(
@@ -514,27 +516,25 @@ impl Session {
                 format!("{:?} is not a message ID (ms-seq)", cmd.message_id),
             )
         })?;
-        let candidates: Vec<Box<str>> = match cmd.topic {
-            Some(topic) => parse_topics([topic.as_str()], 1)?
-                .iter()
-                .map(|t| Box::from(&**t))
-                .collect(),
-            None => self.subs.topics().map(|t| Box::from(&**t)).collect(),
+        let topic = match cmd.topic {
+            Some(topic) => Some(Box::from(&*parse_topics([topic.as_str()], 1)?[0])),
+            None => None,
         };
-        if candidates.is_empty() {
-            return Err(ApiError::invalid(
-                "UNKNOWN_MESSAGE",
-                "no subscribed topic holds this message",
-            ));
-        }
-        let taken = ack::acknowledge(&self.shard, consumer, &[id], Some(candidates)).await;
-        if taken.first().copied().unwrap_or(false) {
-            Ok(())
-        } else {
-            Err(ApiError::invalid(
+        let candidates: Vec<Box<str>> = self.subs.topics().map(|t| Box::from(&**t)).collect();
+        let outcome = ack::acknowledge(&self.shard, consumer, &[id], topic, Some(candidates)).await;
+        match outcome.first() {
+            Some(AckOutcome::Acked) => Ok(()),
+            Some(AckOutcome::Ambiguous) => Err(ApiError::invalid(
+                "AMBIGUOUS_MESSAGE",
+                format!(
+                    "several subscribed topics hold message {}; name it with `topic`",
+                    cmd.message_id
+                ),
+            )),
+            _ => Err(ApiError::invalid(
                 "UNKNOWN_MESSAGE",
                 format!("no subscribed topic holds message {}", cmd.message_id),
-            ))
+            )),
         }
     }
 }

@@ -339,7 +339,11 @@ async fn shard_main(
         auth,
         process: Arc::clone(&process),
         mesh,
-        topics: RefCell::new(TopicTable::new(limits, persistent)),
+        topics: RefCell::new(TopicTable::new(
+            limits,
+            persistent,
+            crate::topic::IdClock::new(id, count),
+        )),
         subscribers: RefCell::new(LocalSubscribers::default()),
         store,
         recovered: Cell::new(!persistent),
@@ -361,6 +365,8 @@ async fn shard_main(
         spawn_local(recover(Rc::clone(&shard))).detach();
     }
     let housekeeping = spawn_local(housekeeping(Rc::clone(&shard)));
+    // The memory backend has nothing to wait for; Valkey's state is then kept by the tick.
+    process.store_ok[id].store(!persistent, Ordering::Release);
     process.serving[id].store(true, Ordering::Release);
     accept_loop(&shard, listener).await;
     process.serving[id].store(false, Ordering::Release);

@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use crate::store::{Store, StoreError, Ticket};
 use crate::topic::{
-    ConsumerKey, Cursor, Draft, Message, MessageId, ShardSet, Snapshot, TopicTable,
+    ConsumerKey, Cursor, Draft, Located, Message, MessageId, ShardSet, Snapshot, TopicTable,
 };
 
 /// One message of a publish request, as byte ranges into the request body so that the
@@ -39,11 +39,17 @@ pub enum Op {
         consumer: Option<ConsumerKey>,
         limit: usize,
     },
-    Ack {
+    /// Which topics hold each of `ids`, among `topics` (`None`: every topic the consumer
+    /// reads here).
+    Locate {
         consumer: ConsumerKey,
         ids: Vec<MessageId>,
-        /// Restrict to these topics; `None` means every topic the consumer reads here.
         topics: Option<Vec<Box<str>>>,
+    },
+    Ack {
+        consumer: ConsumerKey,
+        topic: Box<str>,
+        ids: Vec<MessageId>,
     },
 }
 
@@ -57,7 +63,9 @@ pub struct Receipt {
 pub enum OpResult {
     Published(Result<Vec<Receipt>, StoreError>),
     Subscribed(Snapshot),
-    /// For each acknowledged ID, whether a topic on this shard took it.
+    /// Per ID, where it is or may be.
+    Located(Vec<Located>),
+    /// For each acknowledged ID, whether the topic took it.
     Acked(Vec<bool>),
 }
 
@@ -119,14 +127,23 @@ pub fn apply(
             }
             OpResult::Subscribed(snapshot)
         }
-        Op::Ack {
+        Op::Locate {
             consumer,
             ids,
             topics,
+        } => OpResult::Located(
+            ids.iter()
+                .map(|id| table.locate(&consumer, *id, topics.as_deref()))
+                .collect(),
+        ),
+        Op::Ack {
+            consumer,
+            topic,
+            ids,
         } => OpResult::Acked(
             ids.iter()
-                .map(|id| match table.ack(&consumer, *id, topics.as_deref()) {
-                    Some((topic, moved)) => {
+                .map(|id| match table.ack(&consumer, &topic, *id) {
+                    Some(moved) => {
                         if moved {
                             store.save_position(&topic, &consumer, *id);
                         }

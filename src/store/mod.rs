@@ -231,6 +231,25 @@ impl Store {
         Ok((messages, more))
     }
 
+    /// Whether `topic`'s stream holds `id` (false without a persistent tier).
+    pub async fn contains(&self, topic: &str, id: MessageId) -> Result<bool, StoreError> {
+        let Some(v) = &self.valkey else {
+            return Ok(false);
+        };
+        let id = id.to_string();
+        let cmd = redis::cmd("XRANGE")
+            .arg(v.stream_key(topic))
+            .arg(&id)
+            .arg(&id)
+            .clone();
+        match v.link.read(&cmd).await? {
+            Value::Array(entries) => Ok(!entries.is_empty()),
+            other => Err(StoreError::Unavailable(
+                resp::server_error(&other).unwrap_or_else(|| "unexpected XRANGE reply".into()),
+            )),
+        }
+    }
+
     /// Reads the last ID and consumer positions of every topic this shard owns.
     pub async fn recover(&self, shard: usize, shards: usize) -> Result<Vec<Recovered>, StoreError> {
         let Some(v) = &self.valkey else {

@@ -20,19 +20,6 @@ impl MessageId {
         MessageId { ms, seq }
     }
 
-    /// The next ID after `self` at wall-clock time `now_ms`. If the clock went back (or did
-    /// not move), the sequence part carries the order, so IDs never repeat or go backwards.
-    pub fn next(self, now_ms: u64) -> MessageId {
-        if now_ms > self.ms {
-            MessageId { ms: now_ms, seq: 0 }
-        } else {
-            MessageId {
-                ms: self.ms,
-                seq: self.seq + 1,
-            }
-        }
-    }
-
     /// Parses `ms-seq` (both parts plain decimal); a bare `ms` means `ms-0`, as in Valkey.
     pub fn parse(text: &str) -> Option<MessageId> {
         let (ms, seq) = match text.split_once('-') {
@@ -56,6 +43,54 @@ fn parse_decimal(text: &str) -> Option<u64> {
 impl fmt::Display for MessageId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}-{}", self.ms, self.seq)
+    }
+}
+
+/// Assigns the IDs of every topic one shard owns.
+///
+/// One clock per shard makes IDs unique across the shard's topics, and the sequence part
+/// `k * shards + shard` keeps shards apart, so a message ID alone names one message
+/// relay-wide (an ack needs no topic). Per topic, IDs still strictly increase.
+#[derive(Clone, Debug)]
+pub struct IdClock {
+    shard: u64,
+    shards: u64,
+    ms: u64,
+    k: u64,
+}
+
+impl IdClock {
+    pub fn new(shard: usize, shards: usize) -> Self {
+        IdClock {
+            shard: shard as u64,
+            shards: shards.max(1) as u64,
+            ms: 0,
+            k: 0,
+        }
+    }
+
+    /// The next ID at wall-clock time `now_ms`; if the clock went back (or did not move),
+    /// the sequence part carries the order.
+    pub fn next(&mut self, now_ms: u64) -> MessageId {
+        if now_ms > self.ms {
+            self.ms = now_ms;
+            self.k = 0;
+        } else {
+            self.k += 1;
+        }
+        MessageId {
+            ms: self.ms,
+            seq: self.k * self.shards + self.shard,
+        }
+    }
+
+    /// Makes every later ID greater than `id` (IDs found in storage after a restart).
+    pub fn advance_past(&mut self, id: MessageId) {
+        let k = id.seq / self.shards;
+        if (id.ms, k) > (self.ms, self.k) {
+            self.ms = id.ms;
+            self.k = k;
+        }
     }
 }
 
@@ -86,11 +121,30 @@ mod tests {
     use super::*;
 
     #[test]
-    fn next_moves_with_the_clock_and_never_backwards() {
-        let id = MessageId::new(1000, 5);
-        assert_eq!(id.next(1001), MessageId::new(1001, 0));
-        assert_eq!(id.next(1000), MessageId::new(1000, 6));
-        assert_eq!(id.next(10), MessageId::new(1000, 6), "clock went back");
+    fn clock_ids_are_unique_across_shards_and_increase() {
+        let mut a = IdClock::new(0, 2);
+        let mut b = IdClock::new(1, 2);
+        let ids: Vec<MessageId> = vec![a.next(10), a.next(10), b.next(10), b.next(10), a.next(9)];
+        assert_eq!(ids[0], MessageId::new(10, 0));
+        assert_eq!(ids[1], MessageId::new(10, 2));
+        assert_eq!(ids[2], MessageId::new(10, 1));
+        assert_eq!(ids[3], MessageId::new(10, 3));
+        assert_eq!(ids[4], MessageId::new(10, 4), "clock went back");
+        let mut unique = ids.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), ids.len());
+    }
+
+    #[test]
+    fn clock_continues_past_stored_ids() {
+        let mut c = IdClock::new(1, 2);
+        c.advance_past(MessageId::new(50, 6));
+        let next = c.next(40);
+        assert!(next > MessageId::new(50, 6), "{next}");
+        assert_eq!(next.seq % 2, 1, "keeps its shard's residue");
+        c.advance_past(MessageId::new(1, 0));
+        assert!(c.next(40) > next, "an older stored ID changes nothing");
     }
 
     #[test]

@@ -14,7 +14,7 @@ pub mod subscribers;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-pub use id::{Cursor, MessageId};
+pub use id::{Cursor, IdClock, MessageId};
 pub use message::{Draft, Message};
 use ring::Ring;
 
@@ -82,6 +82,13 @@ struct Topic {
     has_older: bool,
 }
 
+/// The answer of [`TopicTable::locate`].
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Located {
+    pub held: Vec<Arc<str>>,
+    pub maybe: Vec<Arc<str>>,
+}
+
 /// Limits of the hot tier on one shard.
 #[derive(Clone, Copy, Debug)]
 pub struct RingLimits {
@@ -113,6 +120,7 @@ pub struct HistoryRange {
 
 pub struct TopicTable {
     topics: HashMap<Arc<str>, Topic>,
+    clock: IdClock,
     bytes: usize,
     limits: RingLimits,
     /// A persistent tier holds what the rings evicted.
@@ -120,9 +128,10 @@ pub struct TopicTable {
 }
 
 impl TopicTable {
-    pub fn new(limits: RingLimits, persistent: bool) -> Self {
+    pub fn new(limits: RingLimits, persistent: bool, clock: IdClock) -> Self {
         TopicTable {
             topics: HashMap::new(),
+            clock,
             bytes: 0,
             limits,
             persistent,
@@ -137,6 +146,7 @@ impl TopicTable {
         last_id: MessageId,
         positions: Vec<(ConsumerKey, MessageId)>,
     ) {
+        self.clock.advance_past(last_id);
         let topic = self.topic_mut(name);
         topic.last_id = topic.last_id.max(last_id);
         topic.has_older |= last_id > MessageId::ZERO;
@@ -166,8 +176,8 @@ impl TopicTable {
     /// shards that must receive it.
     pub fn publish(&mut self, draft: &Draft<'_>, now_ms: u64) -> (Arc<Message>, ShardSet) {
         let per_topic = self.limits.messages_per_topic;
+        let id = self.clock.next(now_ms);
         let topic = self.topic_mut(draft.topic);
-        let id = topic.last_id.next(now_ms);
         topic.last_id = id;
         topic.last_publish_ms = now_ms;
         let msg = Arc::new(Message::build(id, Arc::clone(&topic.name), now_ms, draft));
@@ -277,50 +287,57 @@ impl TopicTable {
         }
     }
 
-    /// Advances a consumer's position to `id` on the first of `candidates` (all of this
-    /// shard's topics the consumer reads, when `None`) that holds `id`. Acks are
-    /// cumulative: they acknowledge everything before `id` in that topic too. Returns the
-    /// topic that took the ack, and whether the position moved.
-    pub fn ack(
-        &mut self,
+    /// Where `id` may be, among `candidates` (all of this shard's topics the consumer
+    /// reads, when `None`): the topics whose ring holds it, and the topics that may hold it
+    /// beyond their ring (after the consumer's position, up to the topic's last ID, older
+    /// than the ring; only the persistent tier can tell).
+    pub fn locate(
+        &self,
         consumer: &str,
         id: MessageId,
         candidates: Option<&[Box<str>]>,
-    ) -> Option<(Arc<str>, bool)> {
-        let names: Vec<Arc<str>> = match candidates {
-            Some(list) => list
-                .iter()
-                .filter_map(|n| self.topics.get_key_value(&**n).map(|(k, _)| Arc::clone(k)))
-                .collect(),
+    ) -> Located {
+        let topics: Vec<&Topic> = match candidates {
+            Some(list) => list.iter().filter_map(|n| self.topics.get(&**n)).collect(),
             None => self
                 .topics
                 .values()
                 .filter(|t| t.positions.contains_key(consumer))
-                .map(|t| Arc::clone(&t.name))
                 .collect(),
         };
-        let sole = names.len() == 1;
-        for name in names {
-            let Some(topic) = self.topics.get_mut(&name) else {
-                continue;
-            };
-            // An ID no longer in the ring can still be acknowledged when only one topic
-            // could have produced it.
-            let holds = topic.ring.contains(id) || (sole && id <= topic.last_id);
-            if !holds {
-                continue;
+        let mut found = Located::default();
+        for t in topics {
+            if t.ring.contains(id) {
+                found.held.push(Arc::clone(&t.name));
+            } else if self.persistent
+                && t.has_older
+                && id <= t.last_id
+                && t.ring.oldest_id().is_none_or(|oldest| id < oldest)
+                && t.positions.get(consumer).is_none_or(|p| *p < id)
+            {
+                found.maybe.push(Arc::clone(&t.name));
             }
-            let position = topic
-                .positions
-                .entry(consumer.into())
-                .or_insert(MessageId::ZERO);
-            let moved = id > *position;
-            if moved {
-                *position = id;
-            }
-            return Some((name, moved));
         }
-        None
+        found
+    }
+
+    /// Advances a consumer's position in `topic` to `id`. Acks are cumulative: they
+    /// acknowledge everything before `id` in that topic too. `None` if the topic never had
+    /// a message with an ID that high; otherwise whether the position moved.
+    pub fn ack(&mut self, consumer: &str, topic: &str, id: MessageId) -> Option<bool> {
+        let topic = self.topics.get_mut(topic)?;
+        if id > topic.last_id || id == MessageId::ZERO {
+            return None;
+        }
+        let position = topic
+            .positions
+            .entry(consumer.into())
+            .or_insert(MessageId::ZERO);
+        let moved = id > *position;
+        if moved {
+            *position = id;
+        }
+        Some(moved)
     }
 
     pub fn len(&self) -> usize {
@@ -347,6 +364,7 @@ mod tests {
                 max_bytes,
             },
             persistent,
+            IdClock::new(0, 1),
         )
     }
 
@@ -392,7 +410,11 @@ mod tests {
         let b = publish(&mut t, "x", 5).id;
         let c = publish(&mut t, "x", 4).id;
         assert!(a < b && b < c, "{a} {b} {c}");
-        assert_eq!(publish(&mut t, "y", 5).id, MessageId::new(5, 0));
+        let other = publish(&mut t, "y", 5).id;
+        assert!(
+            other > c,
+            "one clock for all of the shard's topics: IDs are unique"
+        );
     }
 
     #[test]
@@ -474,16 +496,27 @@ mod tests {
         let (again, created) = t.subscribe("x", 0, &Cursor::Live, Some("c"), 5, 100);
         assert_eq!(ids(&again), [a, b]);
         assert_eq!(created, None);
-        assert_eq!(t.ack("c", a, None), Some((Arc::from("x"), true)));
+        assert_eq!(t.locate("c", a, None).held, [Arc::<str>::from("x")]);
         assert_eq!(
-            t.ack("c", a, None),
-            Some((Arc::from("x"), false)),
-            "idempotent"
+            t.locate("other", a, None),
+            Located::default(),
+            "not this consumer's topic"
         );
+        assert_eq!(
+            t.locate("c", MessageId::new(3, 7), None),
+            Located::default(),
+            "no such ID"
+        );
+        assert_eq!(t.ack("c", "x", a), Some(true));
+        assert_eq!(t.ack("c", "x", a), Some(false), "idempotent");
         let (resumed, _) = t.subscribe("x", 0, &Cursor::Live, Some("c"), 6, 100);
         assert_eq!(ids(&resumed), [b]);
-        assert_eq!(t.ack("c", MessageId::new(99, 0), None), None, "unknown ID");
-        assert_eq!(t.ack("other", a, None), None, "not this consumer's topic");
+        assert_eq!(
+            t.ack("c", "x", MessageId::new(99, 0)),
+            None,
+            "beyond the topic's last ID"
+        );
+        assert_eq!(t.ack("c", "nope", a), None, "unknown topic");
     }
 
     #[test]
