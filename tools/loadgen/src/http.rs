@@ -5,10 +5,13 @@
 //! steady run allocates nothing per request. Responses are parsed in place. Pipelining
 //! falls out of it: queue several requests, the responses come back in order.
 
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::os::fd::{AsRawFd, RawFd};
 use std::time::Duration;
+
+pub use crate::buf::Fill;
+use crate::buf::ReadBuf;
 
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -100,22 +103,13 @@ pub struct HttpConn {
     stream: TcpStream,
     out: Vec<u8>,
     written: usize,
-    buf: Vec<u8>,
-    start: usize,
-    end: usize,
+    input: ReadBuf,
 }
 
 /// One parsed response; the body borrows the connection's buffer.
 pub struct Response<'a> {
     pub status: u16,
     pub body: &'a [u8],
-}
-
-pub enum Fill {
-    /// Read what there was (possibly nothing).
-    Open,
-    /// The server closed the connection.
-    Closed,
 }
 
 impl HttpConn {
@@ -128,9 +122,7 @@ impl HttpConn {
             stream,
             out: Vec::with_capacity(16 * 1024),
             written: 0,
-            buf: vec![0; 64 * 1024],
-            start: 0,
-            end: 0,
+            input: ReadBuf::new(64 * 1024),
         })
     }
 
@@ -165,41 +157,12 @@ impl HttpConn {
 
     /// Reads everything available into the input buffer.
     pub fn fill(&mut self) -> io::Result<Fill> {
-        loop {
-            if self.start == self.end {
-                self.start = 0;
-                self.end = 0;
-            }
-            if self.end == self.buf.len() {
-                if self.start > 0 {
-                    self.buf.copy_within(self.start..self.end, 0);
-                    self.end -= self.start;
-                    self.start = 0;
-                } else {
-                    // One response larger than the buffer (a big poll reply): grow.
-                    self.buf.resize(self.buf.len() * 2, 0);
-                }
-            }
-            match self.stream.read(&mut self.buf[self.end..]) {
-                Ok(0) => return Ok(Fill::Closed),
-                Ok(n) => {
-                    self.end += n;
-                    // A short read took everything there was; epoll is level-triggered,
-                    // so asking again would only cost a syscall that says WouldBlock.
-                    if self.end < self.buf.len() {
-                        return Ok(Fill::Open);
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Fill::Open),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
+        self.input.fill(&mut self.stream)
     }
 
     /// Takes the next complete response from the input buffer, if there is one.
     pub fn next_response(&mut self) -> Result<Option<Response<'_>>, String> {
-        let data = &self.buf[self.start..self.end];
+        let data = self.input.data();
         let mut headers = [httparse::EMPTY_HEADER; 32];
         let mut parsed = httparse::Response::new(&mut headers);
         let head_len = match parsed.parse(data) {
@@ -222,11 +185,10 @@ impl HttpConn {
         if data.len() < head_len + body_len {
             return Ok(None);
         }
-        let body_at = self.start + head_len;
-        self.start = body_at + body_len;
+        let whole = self.input.take(head_len + body_len);
         Ok(Some(Response {
             status,
-            body: &self.buf[body_at..body_at + body_len],
+            body: &whole[head_len..],
         }))
     }
 }

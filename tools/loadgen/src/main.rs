@@ -5,6 +5,7 @@
 //! could not run (relay unreachable, setup refused), 2 for a bad command line.
 
 mod args;
+mod buf;
 mod clock;
 mod cpu;
 mod http;

@@ -6,7 +6,6 @@
 //! port, so beyond it connections are spread over 127.0.0.1, 127.0.0.2, … (all loopback).
 
 use std::net::{IpAddr, Ipv4Addr};
-use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,14 +19,14 @@ use crate::cpu::{rss_kib, CpuSample};
 use crate::poller::Poller;
 use crate::progress::Live;
 use crate::report::{Latency, Row, Summary};
-use crate::ws::{self, Drained, Ws};
+use crate::ws::{self, Drained, WsConn};
 
 /// Ephemeral ports per source address left to other programs.
 const PORT_MARGIN: usize = 1000;
 /// A thread gives up after this many failed handshakes in a row.
 const FAILURE_STREAK: u32 = 10;
-/// Idle connections read only pings: a small read chunk keeps the client's memory low.
-const READ_BUFFER: usize = 4096;
+/// Idle connections read only pings: a small input buffer keeps the client's memory low.
+const READ_BUFFER: usize = 1024;
 
 struct Ramped {
     latency: Latency,
@@ -236,7 +235,7 @@ impl Worker {
                 return;
             }
         };
-        let mut open: Vec<Option<Ws>> = Vec::with_capacity(self.numbers.len());
+        let mut open: Vec<Option<WsConn>> = Vec::with_capacity(self.numbers.len());
         let mut streak = 0;
         for &n in &self.numbers {
             if let Some(rate) = self.rate {
@@ -245,10 +244,10 @@ impl Worker {
             let source = (!self.sources.is_empty()).then(|| self.sources[n % self.sources.len()]);
             let began = now_ns();
             let result = ws::open(&self.target, &self.token, source, READ_BUFFER)
-                .and_then(|ws| ws::into_nonblocking(&ws).map(|()| ws))
+                .and_then(|ws| ws.set_nonblocking().map(|()| ws))
                 .and_then(|ws| {
                     poller
-                        .add(ws.get_ref().as_raw_fd(), open.len(), false)
+                        .add(ws.fd(), open.len(), false)
                         .map(|()| ws)
                         .map_err(|e| format!("epoll: {e}"))
                 });
@@ -281,8 +280,8 @@ impl Worker {
             for k in 0..ready {
                 let slot = &mut open[poller.event(k).token];
                 if let Some(ws) = slot.as_mut() {
-                    if let Drained::Closed(_) = ws::drain(ws, |_| {}) {
-                        poller.delete(ws.get_ref().as_raw_fd());
+                    if let Drained::Closed(_) = ws.drain(|_| {}) {
+                        poller.delete(ws.fd());
                         *slot = None;
                         dropped += 1;
                         self.live.add(0, 1);

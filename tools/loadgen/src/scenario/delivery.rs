@@ -5,7 +5,6 @@
 //! against what the publisher got acknowledged. `fanout` is about the delivery rate and
 //! losses with many subscribers, `e2e` about the latency with few; the defaults differ.
 
-use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -21,11 +20,11 @@ use crate::poller::Poller;
 use crate::progress::{watch, Live};
 use crate::publisher;
 use crate::report::{Latency, Row, Summary};
-use crate::ws::{self, Drained, Ws};
+use crate::ws::{self, Drained, WsConn};
 
 /// After the publisher is done, how long stragglers may take to arrive.
 const STRAGGLERS_NS: u64 = 2_000_000_000;
-/// tungstenite's read chunk per subscriber: deliveries are small and subscribers many.
+/// Input buffer per subscriber: room for a burst of small deliveries per read.
 const READ_BUFFER: usize = 16 * 1024;
 
 #[derive(Clone, Copy, PartialEq)]
@@ -214,7 +213,7 @@ struct Setup {
 
 struct Sub {
     number: usize,
-    ws: Option<Ws>,
+    ws: Option<WsConn>,
     received: u64,
 }
 
@@ -240,10 +239,10 @@ impl Setup {
         let poller = Poller::new().map_err(|e| format!("epoll: {e}"))?;
         for (number, topic) in &self.subscribers {
             let mut ws = ws::open(&self.target, &self.token, None, READ_BUFFER)?;
-            ws::subscribe(&mut ws, topic)?;
-            ws::into_nonblocking(&ws)?;
+            ws.subscribe(topic)?;
+            ws.set_nonblocking()?;
             poller
-                .add(ws.get_ref().as_raw_fd(), subs.len(), false)
+                .add(ws.fd(), subs.len(), false)
                 .map_err(|e| format!("epoll: {e}"))?;
             subs.push(Sub {
                 number: *number,
@@ -279,7 +278,7 @@ fn receive(mut poller: Poller, subs: &mut [Sub], window: &Window, live: &Live) -
                 continue;
             };
             let mut got = 0u64;
-            let drained = ws::drain(ws, |frame| {
+            let drained = ws.drain(|frame| {
                 if !frame.starts_with(br#"{"type":"message""#) {
                     return;
                 }
@@ -295,7 +294,7 @@ fn receive(mut poller: Poller, subs: &mut [Sub], window: &Window, live: &Live) -
             batch += got;
             if let Drained::Closed(why) = drained {
                 if let Some(ws) = sub.ws.take() {
-                    poller.delete(ws.get_ref().as_raw_fd());
+                    poller.delete(ws.fd());
                 }
                 part.dropped += 1;
                 part.first_error
