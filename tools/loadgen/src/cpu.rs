@@ -28,6 +28,25 @@ fn process_cpu_ns(pid: u32) -> Option<u64> {
     Some((utime + stime) * 1_000_000_000 / ticks)
 }
 
+/// CPU time all processes have used (user, nice, system, irq, softirq, steal), from the
+/// first line of /proc/stat, in nanoseconds: what the loadgen and the relay did not use of
+/// it was used by something else on the machine.
+fn machine_cpu_ns() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().next()?.strip_prefix("cpu ")?;
+    let ticks: Vec<u64> = line
+        .split_whitespace()
+        .map(|f| f.parse().unwrap_or(0))
+        .collect();
+    let busy = [0, 1, 2, 5, 6, 7]
+        .iter()
+        .map(|&i| ticks.get(i).copied().unwrap_or(0))
+        .sum::<u64>();
+    // SAFETY: sysconf has no memory arguments.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Some(busy * 1_000_000_000 / hz)
+}
+
 /// Resident set size of a process in KiB (VmRSS in /proc/PID/status).
 pub fn rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -44,6 +63,7 @@ pub struct CpuSample {
     at: u64,
     own: u64,
     server: Option<u64>,
+    machine: Option<u64>,
 }
 
 impl CpuSample {
@@ -52,18 +72,21 @@ impl CpuSample {
             at: now_ns(),
             own: own_cpu_ns(),
             server: server_pid.and_then(process_cpu_ns),
+            machine: machine_cpu_ns(),
         }
     }
 
     /// CPU used between `self` and `later`, in cores (1.0 = one core busy all the time).
     pub fn until(&self, later: &CpuSample) -> CpuUse {
         let wall = later.at.saturating_sub(self.at).max(1) as f64;
+        let cores = |a: Option<u64>, b: Option<u64>| match (a, b) {
+            (Some(a), Some(b)) => Some(b.saturating_sub(a) as f64 / wall),
+            _ => None,
+        };
         CpuUse {
             loadgen: later.own.saturating_sub(self.own) as f64 / wall,
-            server: match (self.server, later.server) {
-                (Some(a), Some(b)) => Some(b.saturating_sub(a) as f64 / wall),
-                _ => None,
-            },
+            server: cores(self.server, later.server),
+            machine: cores(self.machine, later.machine),
         }
     }
 }
@@ -72,6 +95,8 @@ impl CpuSample {
 pub struct CpuUse {
     pub loadgen: f64,
     pub server: Option<f64>,
+    /// Every process on the machine, the two above included.
+    pub machine: Option<f64>,
 }
 
 pub fn cores() -> usize {

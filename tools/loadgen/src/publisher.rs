@@ -58,6 +58,9 @@ pub struct Outcome {
     pub messages: u64,
     pub errors: u64,
     pub published: Vec<u64>,
+    /// Per topic, messages sent but never answered (connection lost, or no answer before
+    /// the drain ended): the relay may or may not have published them.
+    pub unconfirmed: Vec<u64>,
     pub first_error: Option<String>,
 }
 
@@ -68,6 +71,7 @@ impl Outcome {
             messages: 0,
             errors: 0,
             published: vec![0; topics],
+            unconfirmed: vec![0; topics],
             first_error: None,
         }
     }
@@ -77,6 +81,9 @@ impl Outcome {
         self.messages += other.messages;
         self.errors += other.errors;
         for (a, b) in self.published.iter_mut().zip(other.published) {
+            *a += b;
+        }
+        for (a, b) in self.unconfirmed.iter_mut().zip(other.unconfirmed) {
             *a += b;
         }
         if self.first_error.is_none() {
@@ -92,6 +99,10 @@ impl Outcome {
 
     pub fn published_total(&self) -> u64 {
         self.published.iter().sum()
+    }
+
+    pub fn unconfirmed_total(&self) -> u64 {
+        self.unconfirmed.iter().sum()
     }
 }
 
@@ -456,8 +467,13 @@ impl Worker {
         }
     }
 
+    /// Books a request that got no answer.
     fn failed(&mut self, p: Pending, why: impl FnOnce() -> String) {
         self.out.note(why);
+        let topics = self.shared.topics.len();
+        for k in 0..p.messages as usize {
+            self.out.unconfirmed[(p.first_topic + k) % topics] += 1;
+        }
         self.errors += p.messages;
         if self.window.measured(p.intended) {
             self.out.errors += p.messages;

@@ -197,6 +197,13 @@ impl Summary {
             (None, Some(pid)) => cpu.push_str(&format!(", server pid {pid} not readable")),
             _ => cpu.push_str(", server not measured (give --server-pid)"),
         }
+        if let Some(machine) = self.cpu.machine {
+            let others = machine - self.cpu.loadgen - self.cpu.server.unwrap_or(0.0);
+            cpu.push_str(&format!(", machine {machine:.2}"));
+            if self.cpu.server.is_some() {
+                cpu.push_str(&format!(" (other processes {:.2})", others.max(0.0)));
+            }
+        }
         writeln!(out, "{cpu}")?;
         if let Some(e) = &self.first_error {
             writeln!(out, "first error: {e}")?;
@@ -232,6 +239,7 @@ impl Summary {
                 "cores": cores(),
                 "loadgen_cores": round2(self.cpu.loadgen),
                 "server_cores": self.cpu.server.map(round2),
+                "machine_cores": self.cpu.machine.map(round2),
             }),
         );
         map.insert("first_error".into(), json!(self.first_error));

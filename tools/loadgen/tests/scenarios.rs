@@ -217,7 +217,13 @@ fn e2e_measures_latency_and_writes_hgrm() {
 #[test]
 fn connections_reach_the_count() {
     let relay = Relay::start();
-    let v = run(&relay, "connections", &["--count", "300"]);
+    // Three source addresses: connections bind to 127.0.0.1, .2 and .3 in turn.
+    let v = run(
+        &relay,
+        "connections",
+        &["--count", "300", "--source-addresses", "3"],
+    );
+    assert_eq!(u(&v, "source_addresses"), 3, "{v:#}");
     assert_eq!(u(&v, "connections"), 300, "{v:#}");
     assert_eq!(u(&v, "count"), 300, "{v:#}");
     assert_eq!(u(&v, "errors"), 0, "{v:#}");

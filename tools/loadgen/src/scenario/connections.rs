@@ -15,7 +15,7 @@ use serde_json::json;
 use super::plural;
 use crate::args::Common;
 use crate::clock::{now_ns, sleep_until};
-use crate::cpu::{rss_kib, CpuSample};
+use crate::cpu::{cores, rss_kib, CpuSample};
 use crate::poller::Poller;
 use crate::progress::Live;
 use crate::report::{Latency, Row, Summary};
@@ -35,9 +35,20 @@ struct Ramped {
     first_error: Option<String>,
 }
 
-pub fn run(common: &Common, count: usize, rate: Option<f64>) -> Result<Summary, String> {
-    let sources = source_addresses(common, count)?;
-    let threads = common.threads.min(count);
+pub fn run(
+    common: &Common,
+    count: usize,
+    rate: Option<f64>,
+    wanted_sources: Option<usize>,
+) -> Result<Summary, String> {
+    let sources = source_addresses(
+        common.target.addr.ip(),
+        count,
+        wanted_sources,
+        ephemeral_ports(),
+    )?;
+    // Blocking handshakes mostly wait for the relay: one thread per core overlaps them.
+    let threads = common.threads.unwrap_or_else(cores).min(count);
     let live = Live::new();
     let rss_before = common.server_pid.and_then(rss_kib);
     let cpu_start = CpuSample::take(common.server_pid);
@@ -180,22 +191,21 @@ pub fn run(common: &Common, count: usize, rate: Option<f64>) -> Result<Summary, 
     })
 }
 
-/// Source addresses to spread `count` connections over; empty = let the kernel choose.
-fn source_addresses(common: &Common, count: usize) -> Result<Vec<IpAddr>, String> {
-    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|text| {
-            let mut it = text.split_whitespace().map(|n| n.parse::<usize>().ok());
-            let (lo, hi) = (it.next()??, it.next()??);
-            Some(hi.saturating_sub(lo) + 1)
-        })
-        .unwrap_or(28_000);
-    let per_address = range.saturating_sub(PORT_MARGIN).max(1000);
-    if count <= per_address {
-        return Ok(Vec::new());
-    }
-    let addresses = count.div_ceil(per_address);
-    match common.target.addr.ip() {
+/// Source addresses to spread `count` connections over (empty: let the kernel choose):
+/// `wanted` of them, or as many as the ephemeral port range needs.
+fn source_addresses(
+    target: IpAddr,
+    count: usize,
+    wanted: Option<usize>,
+    port_range: usize,
+) -> Result<Vec<IpAddr>, String> {
+    let per_address = port_range.saturating_sub(PORT_MARGIN).max(1000);
+    let addresses = match wanted {
+        Some(n) => n,
+        None if count <= per_address => return Ok(Vec::new()),
+        None => count.div_ceil(per_address),
+    };
+    match target {
         IpAddr::V4(ip) if ip.is_loopback() && addresses <= 254 => Ok((1..=addresses as u8)
             .map(|last| IpAddr::V4(Ipv4Addr::new(127, 0, 0, last)))
             .collect()),
@@ -204,6 +214,18 @@ fn source_addresses(common: &Common, count: usize) -> Result<Vec<IpAddr>, String
              that is only done for a relay on 127.0.0.1 (any 127.0.0.x is local)"
         )),
     }
+}
+
+/// Ports in the kernel's ephemeral range (what one source address has toward one port).
+fn ephemeral_ports() -> usize {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|text| {
+            let mut it = text.split_whitespace().map(|n| n.parse::<usize>().ok());
+            let (lo, hi) = (it.next()??, it.next()??);
+            Some(hi.saturating_sub(lo) + 1)
+        })
+        .unwrap_or(28_000)
 }
 
 struct Worker {
@@ -290,5 +312,34 @@ impl Worker {
             }
         }
         let _ = self.held.send(dropped);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LOCAL: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+
+    #[test]
+    fn one_address_while_ports_last() {
+        assert!(source_addresses(LOCAL, 19_000, None, 28_232)
+            .unwrap()
+            .is_empty());
+    }
+
+    #[test]
+    fn more_addresses_when_ports_run_short() {
+        let got = source_addresses(LOCAL, 60_000, None, 28_232).unwrap();
+        let want: Vec<IpAddr> = (1..=3)
+            .map(|i| IpAddr::V4(Ipv4Addr::new(127, 0, 0, i)))
+            .collect();
+        assert_eq!(got, want);
+        assert_eq!(
+            source_addresses(LOCAL, 10, Some(2), 28_232).unwrap().len(),
+            2
+        );
+        let remote = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1));
+        assert!(source_addresses(remote, 60_000, None, 28_232).is_err());
     }
 }

@@ -51,7 +51,7 @@ pub fn run(
     kind: Kind,
 ) -> Result<Summary, String> {
     let topics = common.topics(load.topics);
-    let threads = common.threads.min(subscribers);
+    let threads = common.threads().min(subscribers);
     let live = Live::new();
     let (ready_tx, ready_rx) = unbounded::<Result<(), String>>();
     let (window_tx, window_rx) = bounded::<Window>(threads);
@@ -139,7 +139,9 @@ pub fn run(
             let want = published.published[i % topics.len()];
             delivered += got;
             lost += want.saturating_sub(got);
-            duplicates += got.saturating_sub(want);
+            // Unconfirmed publishes may have been delivered; only beyond them is a
+            // delivery a duplicate.
+            duplicates += got.saturating_sub(want + published.unconfirmed[i % topics.len()]);
         }
         if first_error.is_none() {
             first_error = part.first_error;
@@ -162,6 +164,7 @@ pub fn run(
         plural(load.connections, "connection")
     );
     let published_total = published.published_total();
+    let unconfirmed = published.unconfirmed_total();
     Ok(Summary {
         scenario,
         setup,
@@ -188,6 +191,7 @@ pub fn run(
             ("expected", json!(expected)),
             ("delivered", json!(delivered)),
             ("lost", json!(lost)),
+            ("unconfirmed", json!(unconfirmed)),
             ("duplicates", json!(duplicates)),
             ("dropped_subscribers", json!(dropped)),
             ("subscribers", json!(subscribers)),

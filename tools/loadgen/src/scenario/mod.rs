@@ -19,7 +19,11 @@ pub fn run(options: &Options) -> Result<Summary, String> {
         Scenario::E2e { load, subscribers } => {
             delivery::run(common, load, *subscribers, delivery::Kind::E2e)
         }
-        Scenario::Connections { count, rate } => connections::run(common, *count, *rate),
+        Scenario::Connections {
+            count,
+            rate,
+            sources,
+        } => connections::run(common, *count, *rate, *sources),
         Scenario::Poll {
             load,
             consumers,

@@ -62,7 +62,7 @@ pub fn run(
     poll_timeout: u64,
 ) -> Result<Summary, String> {
     let topics = common.topics(load.topics);
-    let threads = common.threads.min(consumers);
+    let threads = common.threads().min(consumers);
     let live = Live::new();
     let (ready_tx, ready_rx) = unbounded::<Result<(), String>>();
     let (window_tx, window_rx) = bounded::<Window>(threads);
@@ -154,7 +154,9 @@ pub fn run(
             let want = published.published[i % topics.len()];
             received += got;
             lost += want.saturating_sub(got);
-            duplicates += got.saturating_sub(want);
+            // Unconfirmed publishes may have been delivered; only beyond them is a
+            // delivery a duplicate.
+            duplicates += got.saturating_sub(want + published.unconfirmed[i % topics.len()]);
         }
         if first_error.is_none() {
             first_error = part.first_error;
@@ -166,6 +168,7 @@ pub fn run(
 
     let secs = window.measured_secs();
     let published_total = published.published_total();
+    let unconfirmed = published.unconfirmed_total();
     let setup = format!(
         "{} over {} (poll timeout {poll_timeout} s), publisher at {} on {}",
         plural(consumers, "consumer"),
@@ -207,6 +210,7 @@ pub fn run(
             ("delivered", json!(received)),
             ("received", json!(received)),
             ("lost", json!(lost)),
+            ("unconfirmed", json!(unconfirmed)),
             ("duplicates", json!(duplicates)),
             ("empty_polls", json!(empty)),
             ("consumers", json!(consumers)),
