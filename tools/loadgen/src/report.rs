@@ -183,6 +183,7 @@ impl Summary {
             let fields: Vec<String> = self
                 .extras
                 .iter()
+                .filter(|(_, v)| !v.is_null())
                 .map(|(k, v)| format!("{k} {v}"))
                 .collect();
             writeln!(out, "{}", fields.join(", "))?;
@@ -201,7 +202,10 @@ impl Summary {
             let others = machine - self.cpu.loadgen - self.cpu.server.unwrap_or(0.0);
             cpu.push_str(&format!(", machine {machine:.2}"));
             if self.cpu.server.is_some() {
-                cpu.push_str(&format!(" (other processes {:.2})", others.max(0.0)));
+                cpu.push_str(&format!(
+                    " (interrupts and other processes {:.2})",
+                    others.max(0.0)
+                ));
             }
         }
         writeln!(out, "{cpu}")?;

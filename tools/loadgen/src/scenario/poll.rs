@@ -6,23 +6,19 @@
 //! connections each, like the publisher.
 
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{feeding_publisher, plural, rate_words};
+use super::{plural, rate_words, settle, start_feeding, Crew, Tally};
 use crate::args::{Common, Load};
-use crate::clock::{now_ns, sleep_until, Window};
-use crate::http::{Fill, HttpConn, Target};
+use crate::clock::{now_ns, Window};
+use crate::http::{Fill, HttpConn};
 use crate::poller::Poller;
 use crate::progress::{watch, Live};
-use crate::publisher;
 use crate::report::{Latency, Row, Summary};
 
-const STRAGGLERS_NS: u64 = 2_000_000_000;
 /// Messages per poll reply at most (the relay's maximum).
 const LIMIT: u32 = 1000;
 
@@ -64,86 +60,66 @@ pub fn run(
     let topics = common.topics(load.topics);
     let threads = common.threads().min(consumers);
     let live = Live::new();
-    let (ready_tx, ready_rx) = unbounded::<Result<(), String>>();
-    let (window_tx, window_rx) = bounded::<Window>(threads);
-    let (part_tx, part_rx) = unbounded::<Part>();
-    let mut handles: Vec<JoinHandle<()>> = Vec::new();
-    for t in 0..threads {
-        let setup = Setup {
-            target: common.target.clone(),
-            token: common.token.clone(),
-            consumers: (t..consumers)
+    let crew = Crew::launch(
+        threads,
+        "consumers",
+        |t| {
+            let mine: Vec<(usize, String)> = (t..consumers)
                 .step_by(threads)
                 .map(|i| (i, topics[i % topics.len()].clone()))
-                .collect(),
-            poll_timeout,
-            live: Arc::clone(&live),
-            ready: ready_tx.clone(),
-            window: window_rx.clone(),
-            done: part_tx.clone(),
-        };
-        handles.push(
-            std::thread::Builder::new()
-                .name(format!("consumers-{t}"))
-                .spawn(move || setup.run())
-                .map_err(|e| format!("cannot start a thread: {e}"))?,
-        );
-    }
-    drop((ready_tx, part_tx));
-    let mut failure = None;
-    for _ in 0..threads {
-        match ready_rx.recv() {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => failure = failure.or(Some(e)),
-            Err(_) => failure = failure.or(Some("a consumer thread died".into())),
-        }
-    }
-    if let Some(e) = failure {
-        drop(window_tx);
-        for h in handles {
-            let _ = h.join();
-        }
-        return Err(e);
-    }
+                .collect();
+            let (target, live) = (common.target.clone(), live.clone());
+            let suffix = format!(
+                " HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\n\r\n",
+                target.host, common.token
+            )
+            .into_bytes();
+            Box::new(move || {
+                let poller = Poller::new().map_err(|e| format!("epoll: {e}"))?;
+                let mut list = Vec::with_capacity(mine.len());
+                for (number, topic) in mine {
+                    let conn = HttpConn::connect(target.addr)
+                        .map_err(|e| format!("cannot connect to {}: {e}", target.addr))?;
+                    poller
+                        .add(conn.fd(), list.len(), false)
+                        .map_err(|e| format!("epoll: {e}"))?;
+                    list.push(Consumer {
+                        number,
+                        conn: Some(conn),
+                        prefix: format!(
+                            "GET /api/v1/poll?topics={topic}&timeout={poll_timeout}&limit={LIMIT}&since="
+                        )
+                        .into_bytes(),
+                        suffix: suffix.clone(),
+                        cursor: "earliest".into(),
+                        sent_at: 0,
+                        received: 0,
+                        write_interest: false,
+                    });
+                }
+                Ok(Consumers {
+                    poller,
+                    list,
+                    live,
+                })
+            })
+        },
+        consume,
+    )?
+    .all_ready()?;
 
     let window = Window::starting_soon(common.warmup, common.duration);
-    for _ in 0..threads {
-        window_tx
-            .send(window)
-            .expect("consumer threads wait for the window");
-    }
-    let plan = feeding_publisher(common, load, &topics);
-    let publisher = match publisher::start(&plan, window, Live::new()) {
-        Ok(p) => p,
-        Err(e) => {
-            live.stop();
-            return Err(e);
-        }
-    };
+    crew.go(window);
+    let publisher = start_feeding(common, load, &topics, window, &live)?;
     let cpu = watch(&window, &live, "msgs", common.server_pid);
     let published = publisher.join();
-
-    let mut per_topic = vec![0u64; topics.len()];
-    for i in 0..consumers {
-        per_topic[i % topics.len()] += 1;
-    }
-    let expected: u64 = published
-        .published
-        .iter()
-        .zip(&per_topic)
-        .map(|(p, c)| p * c)
-        .sum();
-    let give_up = now_ns() + STRAGGLERS_NS;
-    while live.ops() < expected && now_ns() < give_up {
-        sleep_until(now_ns() + 5_000_000);
-    }
-    live.stop();
+    settle(&live, Tally::expected(&published, consumers));
 
     let (mut delivery, mut poll) = (Latency::new(), Latency::new());
     let (mut measured, mut polls, mut empty, mut errors) = (0, 0, 0, 0);
-    let (mut received, mut lost, mut duplicates) = (0, 0, 0);
+    let mut tally = Tally::default();
     let mut first_error = published.first_error.clone();
-    for part in part_rx.iter() {
+    for part in crew.parts() {
         delivery.merge(&part.delivery);
         poll.merge(&part.poll);
         measured += part.measured_messages;
@@ -151,19 +127,9 @@ pub fn run(
         empty += part.empty_polls;
         errors += part.errors;
         for (i, got) in part.received {
-            let want = published.published[i % topics.len()];
-            received += got;
-            lost += want.saturating_sub(got);
-            // Unconfirmed publishes may have been delivered; only beyond them is a
-            // delivery a duplicate.
-            duplicates += got.saturating_sub(want + published.unconfirmed[i % topics.len()]);
+            tally.add(&published, i, got);
         }
-        if first_error.is_none() {
-            first_error = part.first_error;
-        }
-    }
-    for h in handles {
-        let _ = h.join();
+        first_error = first_error.or(part.first_error);
     }
 
     let secs = window.measured_secs();
@@ -185,7 +151,7 @@ pub fn run(
             Row {
                 name: "delivery",
                 count: measured,
-                errors: lost,
+                errors: tally.lost,
                 rate: measured as f64 / secs,
                 latency: delivery,
             },
@@ -206,12 +172,12 @@ pub fn run(
         ],
         extras: vec![
             ("published", json!(published_total)),
-            ("expected", json!(expected)),
-            ("delivered", json!(received)),
-            ("received", json!(received)),
-            ("lost", json!(lost)),
+            ("expected", json!(tally.expected)),
+            ("delivered", json!(tally.received)),
+            ("received", json!(tally.received)),
+            ("lost", json!(tally.lost)),
             ("unconfirmed", json!(unconfirmed)),
-            ("duplicates", json!(duplicates)),
+            ("duplicates", json!(tally.duplicates)),
             ("empty_polls", json!(empty)),
             ("consumers", json!(consumers)),
             ("topics", json!(topics.len())),
@@ -223,15 +189,11 @@ pub fn run(
     })
 }
 
-struct Setup {
-    target: Target,
-    token: String,
-    consumers: Vec<(usize, String)>,
-    poll_timeout: u64,
+/// One thread's consumers, connected.
+struct Consumers {
+    poller: Poller,
+    list: Vec<Consumer>,
     live: Arc<Live>,
-    ready: Sender<Result<(), String>>,
-    window: Receiver<Window>,
-    done: Sender<Part>,
 }
 
 struct Consumer {
@@ -244,56 +206,6 @@ struct Consumer {
     sent_at: u64,
     received: u64,
     write_interest: bool,
-}
-
-impl Setup {
-    fn run(self) {
-        let mut consumers = Vec::with_capacity(self.consumers.len());
-        let poller = match self.connect_all(&mut consumers) {
-            Ok(p) => p,
-            Err(e) => {
-                let _ = self.ready.send(Err(e));
-                return;
-            }
-        };
-        let _ = self.ready.send(Ok(()));
-        let Ok(window) = self.window.recv() else {
-            return;
-        };
-        let part = consume(poller, &mut consumers, &window, &self.live);
-        let _ = self.done.send(part);
-    }
-
-    fn connect_all(&self, consumers: &mut Vec<Consumer>) -> Result<Poller, String> {
-        let poller = Poller::new().map_err(|e| format!("epoll: {e}"))?;
-        let suffix = format!(
-            " HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\n\r\n",
-            self.target.host, self.token
-        )
-        .into_bytes();
-        for (number, topic) in &self.consumers {
-            let conn = HttpConn::connect(self.target.addr)
-                .map_err(|e| format!("cannot connect to {}: {e}", self.target.addr))?;
-            poller
-                .add(conn.fd(), consumers.len(), false)
-                .map_err(|e| format!("epoll: {e}"))?;
-            consumers.push(Consumer {
-                number: *number,
-                conn: Some(conn),
-                prefix: format!(
-                    "GET /api/v1/poll?topics={topic}&timeout={}&limit={LIMIT}&since=",
-                    self.poll_timeout
-                )
-                .into_bytes(),
-                suffix: suffix.clone(),
-                cursor: "earliest".into(),
-                sent_at: 0,
-                received: 0,
-                write_interest: false,
-            });
-        }
-        Ok(poller)
-    }
 }
 
 impl Consumer {
@@ -319,7 +231,13 @@ impl Consumer {
     }
 }
 
-fn consume(mut poller: Poller, consumers: &mut [Consumer], window: &Window, live: &Live) -> Part {
+/// Polls until the run stops.
+fn consume(mut state: Consumers, window: &Window) -> Part {
+    let Consumers {
+        poller,
+        list: consumers,
+        live,
+    } = &mut state;
     let mut part = Part {
         delivery: Latency::new(),
         poll: Latency::new(),
@@ -331,8 +249,8 @@ fn consume(mut poller: Poller, consumers: &mut [Consumer], window: &Window, live
         first_error: None,
     };
     for (i, c) in consumers.iter_mut().enumerate() {
-        if let Err(e) = c.send_poll(&poller, i) {
-            fail(c, &poller, &mut part, e);
+        if let Err(e) = c.send_poll(poller, i) {
+            fail(c, poller, &mut part, e);
         }
     }
     while !live.stopped() {
@@ -351,8 +269,8 @@ fn consume(mut poller: Poller, consumers: &mut [Consumer], window: &Window, live
                 continue;
             }
             if event.writable {
-                if let Err(e) = c.flush(&poller, event.token) {
-                    fail(c, &poller, &mut part, e);
+                if let Err(e) = c.flush(poller, event.token) {
+                    fail(c, poller, &mut part, e);
                     continue;
                 }
             }
@@ -360,12 +278,12 @@ fn consume(mut poller: Poller, consumers: &mut [Consumer], window: &Window, live
                 match answer(c, window, &mut part) {
                     Ok(Some(got)) => {
                         batch += got;
-                        if let Err(e) = c.send_poll(&poller, event.token) {
-                            fail(c, &poller, &mut part, e);
+                        if let Err(e) = c.send_poll(poller, event.token) {
+                            fail(c, poller, &mut part, e);
                         }
                     }
                     Ok(None) => {}
-                    Err(e) => fail(c, &poller, &mut part, e),
+                    Err(e) => fail(c, poller, &mut part, e),
                 }
             }
         }
