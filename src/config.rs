@@ -53,6 +53,8 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// Empty allows any origin.
     pub allowed_origins: Vec<String>,
+    /// `GET /metrics` without a token; otherwise it needs the `admin` permission.
+    pub metrics_public: bool,
 }
 
 impl Default for ServerConfig {
@@ -66,6 +68,7 @@ impl Default for ServerConfig {
             idle_timeout: Duration::from_secs(120),
             shutdown_grace: Duration::from_secs(5),
             allowed_origins: Vec::new(),
+            metrics_public: true,
         }
     }
 }
@@ -350,6 +353,7 @@ const SECTIONS: &[(&str, &[(&str, EnvKind)])] = &[
             ("idle_timeout", Scalar),
             ("shutdown_grace", Scalar),
             ("allowed_origins", List),
+            ("metrics_public", Scalar),
         ],
     ),
     (

@@ -3,12 +3,13 @@
 //! The modules follow the data path of a message:
 //! `shard` (executors, listeners, cross-shard mesh) → `http` / `ws` (wire codecs) →
 //! `api` (routes, sessions, errors) → `topic` (ownership, IDs, hot ring) → `store`
-//! (the Valkey persistent tier). `auth` and `config` serve all of them.
+//! (the Valkey persistent tier). `auth`, `config` and `metrics` serve all of them.
 
 pub mod api;
 pub mod auth;
 pub mod config;
 pub mod http;
+pub mod metrics;
 pub mod shard;
 pub mod store;
 pub mod topic;

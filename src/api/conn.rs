@@ -14,6 +14,7 @@ use std::task::Poll;
 
 use futures_lite::{AsyncRead, AsyncWriteExt};
 
+use crate::metrics::{self, ShardMetrics};
 use crate::shard::conns::ConnCtl;
 use crate::shard::{Shard, TcpStream};
 
@@ -113,18 +114,23 @@ impl Conn {
     /// Waits for bytes from the peer or for the connection's signal, whichever is first.
     pub async fn read_or_wake(&mut self) -> io::Result<Event> {
         let Conn {
-            stream, ctl, rbuf, ..
+            stream,
+            ctl,
+            rbuf,
+            shard,
+            ..
         } = self;
         poll_fn(|cx| {
             if ctl.signal.poll_wait(cx).is_ready() {
                 return Poll::Ready(Ok(Event::Woken));
             }
-            poll_read_into(stream, rbuf, cx)
+            poll_read_into(stream, rbuf, &shard.metrics, cx)
         })
         .await
     }
 
     pub async fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
+        metrics::add(&self.shard.metrics.bytes_out, bytes.len() as u64);
         self.stream.write_all(bytes).await
     }
 
@@ -154,12 +160,14 @@ impl Conn {
 pub fn poll_read_into(
     stream: &mut TcpStream,
     rbuf: &mut ReadBuf,
+    metrics: &ShardMetrics,
     cx: &mut std::task::Context<'_>,
 ) -> Poll<io::Result<Event>> {
     match Pin::new(stream).poll_read(cx, rbuf.spare()) {
         Poll::Ready(Ok(0)) => Poll::Ready(Ok(Event::Eof)),
         Poll::Ready(Ok(n)) => {
             rbuf.end += n;
+            metrics::add(&metrics.bytes_in, n as u64);
             Poll::Ready(Ok(Event::Data))
         }
         Poll::Ready(Err(e)) => Poll::Ready(Err(e)),

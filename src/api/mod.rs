@@ -15,9 +15,11 @@ mod ws_session;
 use std::io;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::time::Instant;
 
 use crate::auth::{AuthError, Permission, Principal};
 use crate::http::{encode, Limits, Method, Request, RequestDecoder, Response};
+use crate::metrics;
 use crate::shard::{now_ms, Shard, TcpStream};
 use crate::topic::valid_topic_name;
 use conn::{Conn, Event};
@@ -82,9 +84,24 @@ async fn http_loop(conn: &mut Conn) -> io::Result<()> {
                 continue_sent = false;
                 let keep_alive = req.keep_alive && !conn.ctl.closing();
                 let head_only = req.method == Method::Head;
-                match route(conn, req, &mut auth).await {
-                    Outcome::Reply(resp) => encode(&resp, head_only, keep_alive, &mut out),
+                let label = route_label(&req.path);
+                let started = Instant::now();
+                let outcome = route(conn, req, &mut auth).await;
+                let metrics = &conn.shard.metrics;
+                match outcome {
+                    Outcome::Reply(resp) => {
+                        metrics.count_request(label, resp.status);
+                        if matches!(
+                            (label, resp.status),
+                            ("publish", 201) | ("publish_bulk", 207)
+                        ) {
+                            let micros = started.elapsed().as_micros() as u64;
+                            metrics.publish_latency.borrow_mut().record(micros);
+                        }
+                        encode(&resp, head_only, keep_alive, &mut out)
+                    }
                     Outcome::Upgrade(upgrade) => {
+                        metrics.count_request(label, 101);
                         if !out.is_empty() {
                             conn.write_all(&out).await?;
                         }
@@ -188,7 +205,38 @@ async fn route(conn: &mut Conn, req: Request, auth: &mut AuthCache) -> Outcome {
             Err(e) => Outcome::from(Err(e)),
         },
         ("/ws", _) => not_allowed("GET"),
+        ("/metrics", Get) => {
+            if !shard.config.server.metrics_public {
+                if let Err(e) = auth.principal(&shard, &req, Permission::Admin) {
+                    return Outcome::from(Err(e));
+                }
+            }
+            let text = metrics::render(&shard.scrape_all().await, shard.store.is_persistent());
+            Outcome::Reply(Response {
+                status: 200,
+                headers: Vec::new(),
+                body: text.into_bytes(),
+                content_type: Some("text/plain; version=0.0.4; charset=utf-8"),
+            })
+        }
+        ("/metrics", _) => not_allowed("GET"),
         (path, _) => Outcome::from(Err(ApiError::not_found(path))),
+    }
+}
+
+/// The `route` label of request metrics: a fixed set, so that scanners probing random
+/// paths cannot grow the metrics.
+fn route_label(path: &str) -> &'static str {
+    match path {
+        "/health" => "health",
+        "/ready" => "ready",
+        "/metrics" => "metrics",
+        "/api/v1/messages" => "publish",
+        "/api/v1/messages/bulk" => "publish_bulk",
+        "/api/v1/poll" => "poll",
+        "/api/v1/ack" => "ack",
+        "/ws" => "ws",
+        _ => "other",
     }
 }
 

@@ -14,6 +14,7 @@ use super::subscriptions::{ReplayProblem, Subscriptions};
 use super::{parse_client_id, parse_topics};
 use crate::auth::Principal;
 use crate::http::{Request, Response};
+use crate::metrics::{self, ShardMetrics};
 use crate::shard::conns::ConnCtl;
 use crate::shard::now_ms;
 use crate::topic::subscribers::Sink;
@@ -128,6 +129,7 @@ pub async fn poll(
     }
 
     if sink.messages.borrow().is_empty() {
+        let _waiting = metrics::Gauge::inc(&shard.metrics.polls_waiting);
         conn.ctl.set_deadline(now_ms() + timeout * 1000);
         let request_budget =
             shard.config.limits.max_header_bytes + shard.config.limits.max_body_bytes;
@@ -158,6 +160,7 @@ pub async fn poll(
     drop(subs);
 
     let messages = sink.messages.take();
+    record_deliveries(&shard.metrics, &messages);
     let size: usize = messages.iter().map(|m| m.json().len() + 1).sum();
     let mut body = Vec::with_capacity(size + 40);
     body.extend_from_slice(b"{\"messages\":[");
@@ -170,4 +173,13 @@ pub async fn poll(
     body.extend_from_slice(b"],\"has_more\":");
     body.extend_from_slice(if sink.more.get() { b"true}" } else { b"false}" });
     Ok(Response::json(200, body))
+}
+
+fn record_deliveries(m: &ShardMetrics, messages: &[Arc<Message>]) {
+    metrics::add(&m.delivered, messages.len() as u64);
+    let now = std::time::Instant::now();
+    let mut latency = m.delivery_latency.borrow_mut();
+    for at in messages.iter().filter_map(|msg| msg.accepted_at) {
+        latency.record(now.saturating_duration_since(at).as_micros() as u64);
+    }
 }

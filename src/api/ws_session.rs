@@ -14,6 +14,7 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::task::Poll;
+use std::time::Instant;
 
 use futures_lite::AsyncWrite;
 use serde::{Deserialize, Serialize};
@@ -25,6 +26,7 @@ use super::subscriptions::{ReplayProblem, Subscriptions};
 use super::{parse_client_id, parse_topics};
 use crate::auth::{AuthError, Permission, Principal};
 use crate::http::Request;
+use crate::metrics::{self, ShardMetrics};
 use crate::shard::conns::ConnCtl;
 use crate::shard::{now_ms, Shard};
 use crate::topic::message::rfc3339;
@@ -134,9 +136,12 @@ impl Outbound {
     }
 
     /// Moves queued frames into `wbuf` (up to a batch); false when nothing was queued.
-    fn fill(&self, wbuf: &mut Vec<u8>) -> bool {
+    fn fill(&self, wbuf: &mut Vec<u8>, metrics: &ShardMetrics) -> bool {
         let mut frames = self.frames.borrow_mut();
         let mut any = false;
+        let now = Instant::now();
+        let mut delivered = 0;
+        let mut latency = metrics.delivery_latency.borrow_mut();
         while wbuf.len() < WRITE_BATCH {
             let Some(frame) = frames.pop_front() else {
                 break;
@@ -145,6 +150,10 @@ impl Outbound {
             match frame {
                 Frame::Message { msg, replay } => {
                     wbuf.extend_from_slice(msg.ws_frame());
+                    delivered += 1;
+                    if let Some(at) = msg.accepted_at {
+                        latency.record(now.saturating_duration_since(at).as_micros() as u64);
+                    }
                     if !replay {
                         self.live_bytes
                             .set(self.live_bytes.get() - msg.ws_frame().len());
@@ -153,6 +162,7 @@ impl Outbound {
                 Frame::Control(bytes) => wbuf.extend_from_slice(&bytes),
             }
         }
+        metrics::add(&metrics.delivered, delivered);
         any
     }
 }
@@ -209,10 +219,8 @@ pub async fn run(conn: &mut Conn, up: Upgrade) -> io::Result<()> {
     conn.write_all(&head).await?;
 
     let shard = Rc::clone(&conn.shard);
+    let _open = metrics::Gauge::inc(&shard.metrics.websocket_connections);
     let cfg = &shard.config;
-    let _ = conn
-        .stream
-        .set_write_timeout(Some(cfg.server.write_timeout));
     let ping_every = cfg.delivery.ws_ping_interval.as_millis() as u64;
     let dead_after = cfg.delivery.ws_pong_timeout.as_millis() as u64;
     let out = Rc::new(Outbound {
@@ -261,7 +269,9 @@ pub async fn run(conn: &mut Conn, up: Upgrade) -> io::Result<()> {
             }
         }
         if out.overflow.get() {
-            out.frames.borrow_mut().clear();
+            let dropped = out.frames.borrow_mut().drain(..).count();
+            metrics::add(&shard.metrics.dropped, dropped as u64);
+            metrics::add(&shard.metrics.slow_consumer_disconnects, 1);
             let reason = format!("slow consumer: more than {} bytes queued", out.limit);
             return close(conn, &out, &mut wbuf, SLOW_CONSUMER, &reason).await;
         }
@@ -298,20 +308,28 @@ pub async fn run(conn: &mut Conn, up: Upgrade) -> io::Result<()> {
 /// attention: new bytes, end of stream, or the signal (new frames, deadline, shutdown).
 async fn drive(conn: &mut Conn, out: &Outbound, wbuf: &mut Vec<u8>) -> io::Result<Event> {
     let Conn {
-        stream, ctl, rbuf, ..
+        stream,
+        ctl,
+        rbuf,
+        shard,
+        ..
     } = conn;
+    let metrics = &shard.metrics;
     let mut written = 0;
     let event = poll_fn(|cx| {
         loop {
             if written == wbuf.len() {
                 wbuf.clear();
                 written = 0;
-                if !out.fill(wbuf) {
+                if !out.fill(wbuf, metrics) {
                     break;
                 }
             }
             match Pin::new(&mut *stream).poll_write(cx, &wbuf[written..]) {
-                Poll::Ready(Ok(n)) => written += n,
+                Poll::Ready(Ok(n)) => {
+                    written += n;
+                    metrics::add(&metrics.bytes_out, n as u64);
+                }
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Pending => break,
             }
@@ -319,7 +337,7 @@ async fn drive(conn: &mut Conn, out: &Outbound, wbuf: &mut Vec<u8>) -> io::Resul
         if ctl.signal.poll_wait(cx).is_ready() {
             return Poll::Ready(Ok(Event::Woken));
         }
-        poll_read_into(stream, rbuf, cx)
+        poll_read_into(stream, rbuf, metrics, cx)
     })
     .await;
     // Keep unwritten bytes at the front for the next round.

@@ -39,10 +39,25 @@ const CHANNEL_CAPACITY: usize = 4096;
 
 /// Everything that crosses shards.
 pub enum Envelope {
-    Call { from: usize, id: u64, op: Op },
-    Reply { id: u64, result: OpResult },
+    Call {
+        from: usize,
+        id: u64,
+        op: Op,
+    },
+    Reply {
+        id: u64,
+        result: OpResult,
+    },
     Deliver(Arc<Message>),
-    DropInterest { from: usize, topic: Arc<str> },
+    DropInterest {
+        from: usize,
+        topic: Arc<str>,
+    },
+    /// A metrics scrape; answered with `OpResult::Metrics`.
+    Scrape {
+        from: usize,
+        id: u64,
+    },
 }
 
 /// The channel ends one shard takes into its executor.
@@ -187,18 +202,23 @@ impl Mesh {
 
     /// Sends `op` to shard `to` and waits for its reply.
     pub async fn call(&self, to: usize, op: Op) -> OpResult {
+        self.request(to, |from, id| Envelope::Call { from, id, op })
+            .await
+    }
+
+    /// Asks shard `to` for its metrics.
+    pub async fn scrape(&self, to: usize) -> OpResult {
+        self.request(to, |from, id| Envelope::Scrape { from, id })
+            .await
+    }
+
+    /// Sends the envelope built for a fresh call ID and waits for the reply to it.
+    async fn request(&self, to: usize, envelope: impl FnOnce(usize, u64) -> Envelope) -> OpResult {
         let id = self.next_call.get();
         self.next_call.set(id + 1);
         let slot = Rc::new(Slot::default());
         self.calls.borrow_mut().insert(id, Rc::clone(&slot));
-        self.send(
-            to,
-            Envelope::Call {
-                from: self.me,
-                id,
-                op,
-            },
-        );
+        self.send(to, envelope(self.me, id));
         let guard = CallGuard { mesh: self, id };
         let result = slot.take().await;
         drop(guard);

@@ -33,6 +33,7 @@ pub use glommio::timer::sleep;
 
 use crate::auth::Authenticator;
 use crate::config::Config;
+use crate::metrics::{self, ShardMetrics};
 use crate::store::{self, Store};
 use crate::topic::subscribers::LocalSubscribers;
 use crate::topic::{Message, RingLimits, ShardSet, TopicTable};
@@ -92,6 +93,7 @@ pub struct Shard {
     pub topics: RefCell<TopicTable>,
     pub subscribers: RefCell<LocalSubscribers>,
     pub store: Store,
+    pub metrics: Rc<ShardMetrics>,
     /// The owned topics' last IDs have been read back from the persistent tier (always
     /// true for the memory backend); publishes wait for it.
     recovered: Cell<bool>,
@@ -120,15 +122,25 @@ impl Shard {
             from,
             op,
             now_ms(),
-            |msg, shards| self.fan_out(msg, shards),
+            |msg, shards| {
+                metrics::add(&self.metrics.published, 1);
+                self.fan_out(msg, shards)
+            },
         )
+    }
+
+    /// Hands a message to this shard's subscribers.
+    fn deliver_locally(&self, msg: &Arc<Message>, now_ms: u64) {
+        if !self.subscribers.borrow().deliver(msg, now_ms) {
+            metrics::add(&self.metrics.expired, 1);
+        }
     }
 
     /// Sends a new message once to each interested shard; local subscribers get it directly.
     fn fan_out(&self, msg: &Arc<Message>, shards: ShardSet) {
         for shard in shards.iter() {
             if shard == self.id {
-                self.subscribers.borrow().deliver(msg, msg.timestamp_ms);
+                self.deliver_locally(msg, msg.timestamp_ms);
             } else {
                 self.mesh.send(shard, Envelope::Deliver(Arc::clone(msg)));
             }
@@ -148,6 +160,32 @@ impl Shard {
                 },
             );
         }
+    }
+
+    /// Every shard's metrics, this one's included, indexed by shard.
+    pub async fn scrape_all(&self) -> Vec<metrics::Snapshot> {
+        let mut all = Vec::with_capacity(self.count);
+        for shard in 0..self.count {
+            if shard == self.id {
+                all.push(self.metrics_snapshot());
+            } else if let OpResult::Metrics(snapshot) = self.mesh.scrape(shard).await {
+                all.push(*snapshot);
+            }
+        }
+        all
+    }
+
+    fn metrics_snapshot(&self) -> metrics::Snapshot {
+        let topics = self.topics.borrow();
+        self.metrics.snapshot(metrics::Gauges {
+            connections: self.conns.live() as u64,
+            topics: topics.len() as u64,
+            hot_tier_bytes: topics.bytes() as u64,
+            mesh_backlog: (0..self.count).map(|s| self.mesh.backlog(s) as u64).sum(),
+            valkey_backlog: self.store.pending_writes() as u64,
+            valkey_up: self.store.link_up(),
+            ..metrics::Gauges::default()
+        })
     }
 
     pub fn is_shutting_down(&self) -> bool {
@@ -170,7 +208,11 @@ impl Shard {
                 }
             }
             Envelope::Reply { id, result } => self.mesh.complete(id, result),
-            Envelope::Deliver(msg) => self.subscribers.borrow().deliver(&msg, now_ms()),
+            Envelope::Deliver(msg) => self.deliver_locally(&msg, now_ms()),
+            Envelope::Scrape { from, id } => {
+                let result = OpResult::Metrics(Box::new(self.metrics_snapshot()));
+                self.mesh.send(from, Envelope::Reply { id, result });
+            }
             Envelope::DropInterest { from, topic } => {
                 self.topics.borrow_mut().drop_interest(&topic, from)
             }
@@ -330,7 +372,8 @@ async fn shard_main(
         messages_per_topic: config.storage.hot_tier_messages_per_topic,
         max_bytes: config.storage.hot_tier_max_bytes as usize,
     };
-    let (store, link) = Store::for_shard(&config, id);
+    let metrics = Rc::new(ShardMetrics::default());
+    let (store, link) = Store::for_shard(&config, id, &metrics);
     let persistent = store.is_persistent();
     let shard = Rc::new(Shard {
         id,
@@ -346,6 +389,7 @@ async fn shard_main(
         )),
         subscribers: RefCell::new(LocalSubscribers::default()),
         store,
+        metrics,
         recovered: Cell::new(!persistent),
         conns: ConnTable::default(),
         stop_accepting: Signal::default(),

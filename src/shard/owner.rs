@@ -12,6 +12,7 @@
 use std::ops::Range;
 use std::sync::Arc;
 
+use crate::metrics;
 use crate::store::{Store, StoreError, Ticket};
 use crate::topic::{
     ConsumerKey, Cursor, Draft, Located, Message, MessageId, ShardSet, Snapshot, TopicTable,
@@ -67,6 +68,8 @@ pub enum OpResult {
     Located(Vec<Located>),
     /// For each acknowledged ID, whether the topic took it.
     Acked(Vec<bool>),
+    /// A shard's metrics, answering a scrape (not a topic operation).
+    Metrics(Box<metrics::Snapshot>),
 }
 
 /// Runs `op` against the owner's table. `fanout` receives every new message with the set

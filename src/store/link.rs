@@ -21,6 +21,7 @@ use redis::Value;
 
 use super::resp;
 use crate::config::ValkeyConfig;
+use crate::metrics::{self, ShardMetrics};
 use crate::shard::signal::{Signal, Slot};
 use crate::shard::{now_ms, sleep, TcpStream};
 
@@ -68,10 +69,11 @@ pub struct Link {
     /// The sentinel value seen on the first connection; a different one later means the
     /// server lost its data in between.
     epoch: RefCell<Option<Vec<u8>>>,
+    metrics: Rc<ShardMetrics>,
 }
 
 impl Link {
-    pub fn new(cfg: ValkeyConfig, shard: usize) -> Rc<Link> {
+    pub fn new(cfg: ValkeyConfig, shard: usize, metrics: Rc<ShardMetrics>) -> Rc<Link> {
         let sentinel_key = format!("{}:{{relay}}:epoch", cfg.key_prefix);
         Rc::new(Link {
             cfg,
@@ -82,6 +84,7 @@ impl Link {
             wake: Signal::default(),
             up: Cell::new(false),
             epoch: RefCell::new(None),
+            metrics,
         })
     }
 
@@ -271,6 +274,7 @@ impl Link {
             for req in &batch {
                 packed.extend_from_slice(&req.packed);
             }
+            let started = std::time::Instant::now();
             let outcome = self
                 .with_timeout(self.cfg.command_timeout, async {
                     stream
@@ -286,9 +290,17 @@ impl Link {
                 .await;
             match outcome {
                 Ok(replies) => {
+                    let micros = started.elapsed().as_micros() as u64;
+                    let mut latency = self.metrics.valkey_latency.borrow_mut();
                     for (req, value) in batch.into_iter().zip(replies) {
                         if req.retry {
                             self.pending_writes.set(self.pending_writes.get() - 1);
+                            latency.record(micros);
+                            if resp::server_error(&value).is_some() {
+                                metrics::add(&self.metrics.valkey_errors, 1);
+                            } else {
+                                metrics::add(&self.metrics.valkey_writes, 1);
+                            }
                         }
                         if let Some(reply) = req.reply {
                             reply.fill(Ok(value));
@@ -296,6 +308,7 @@ impl Link {
                     }
                 }
                 Err(err) => {
+                    metrics::add(&self.metrics.valkey_errors, 1);
                     // Unanswered writes go back to the front, in their order.
                     let mut queue = self.queue.borrow_mut();
                     for req in batch.into_iter().rev() {

@@ -27,6 +27,7 @@ use std::sync::Arc;
 use redis::Value;
 
 use crate::config::{AckMode, Backend, Config};
+use crate::metrics::ShardMetrics;
 use crate::shard::now_ms;
 use crate::topic::message::Draft;
 use crate::topic::{owner_of, HistoryRange, Message, MessageId};
@@ -116,11 +117,15 @@ impl Store {
     }
 
     /// The store for one shard; for Valkey also the link driver, to be spawned.
-    pub fn for_shard(config: &Config, shard: usize) -> (Store, Option<Rc<Link>>) {
+    pub fn for_shard(
+        config: &Config,
+        shard: usize,
+        metrics: &Rc<ShardMetrics>,
+    ) -> (Store, Option<Rc<Link>>) {
         if config.storage.backend == Backend::Memory {
             return (Store::memory(), None);
         }
-        let link = Link::new(config.valkey.clone(), shard);
+        let link = Link::new(config.valkey.clone(), shard, Rc::clone(metrics));
         let store = Store {
             valkey: Some(Valkey {
                 link: Rc::clone(&link),
@@ -298,6 +303,10 @@ impl Store {
             )),
             _ => Ok(()),
         }
+    }
+
+    pub fn link_up(&self) -> bool {
+        self.valkey.as_ref().is_some_and(|v| v.link.is_up())
     }
 
     pub fn pending_writes(&self) -> usize {
@@ -492,6 +501,7 @@ mod tests {
                 ..Default::default()
             },
             0,
+            &Rc::new(ShardMetrics::default()),
         );
         let v = store.valkey.as_ref().unwrap();
         assert_eq!(v.stream_key("a.b"), "pulsar:{a.b}:s");

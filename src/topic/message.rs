@@ -8,6 +8,7 @@
 
 use std::ops::Range;
 use std::sync::Arc;
+use std::time::Instant;
 
 use super::id::MessageId;
 use crate::ws::frame::{encode_header, OpCode};
@@ -28,6 +29,9 @@ pub struct Message {
     pub topic: Arc<str>,
     pub timestamp_ms: u64,
     pub expires_at_ms: Option<u64>,
+    /// When the owner accepted it (live messages only; history read back from storage has
+    /// none), for the delivery-latency histogram.
+    pub accepted_at: Option<Instant>,
     frame: Box<[u8]>,
     json_start: usize,
     payload: Range<usize>,
@@ -89,6 +93,7 @@ impl Message {
             topic,
             timestamp_ms: now_ms,
             expires_at_ms: draft.ttl_ms.map(|ttl| now_ms.saturating_add(ttl)),
+            accepted_at: None,
             frame: frame.into_boxed_slice(),
             json_start,
             payload,

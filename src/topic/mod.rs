@@ -180,7 +180,9 @@ impl TopicTable {
         let topic = self.topic_mut(draft.topic);
         topic.last_id = id;
         topic.last_publish_ms = now_ms;
-        let msg = Arc::new(Message::build(id, Arc::clone(&topic.name), now_ms, draft));
+        let mut msg = Message::build(id, Arc::clone(&topic.name), now_ms, draft);
+        msg.accepted_at = Some(std::time::Instant::now());
+        let msg = Arc::new(msg);
         let added = msg.footprint();
         topic.ring.push(Arc::clone(&msg));
         let mut freed = 0;

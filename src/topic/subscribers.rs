@@ -104,15 +104,17 @@ impl LocalSubscribers {
         false
     }
 
-    pub fn deliver(&self, msg: &Arc<Message>, now_ms: u64) {
+    /// Hands `msg` to every local subscription of its topic; false if it had expired.
+    pub fn deliver(&self, msg: &Arc<Message>, now_ms: u64) -> bool {
         if msg.is_expired(now_ms) {
-            return;
+            return false;
         }
         if let Some(list) = self.by_topic.get(&msg.topic) {
             for sub in list {
                 sub.deliver(msg);
             }
         }
+        true
     }
 
     pub fn topics(&self) -> usize {

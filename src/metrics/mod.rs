@@ -1,0 +1,499 @@
+//! Metrics: per-shard counters and latency histograms, merged only when scraped.
+//!
+//! Each shard owns one [`ShardMetrics`] and updates it with plain `Cell` arithmetic on its
+//! own thread: no atomics, no locks on the hot path. `GET /metrics` asks every shard for a
+//! [`Snapshot`] through the mesh, merges them and renders the Prometheus text format
+//! (<https://prometheus.io/docs/instrumenting/exposition_formats/>). Histograms are
+//! HdrHistograms in microseconds, exposed as Prometheus histograms with fixed buckets.
+
+use std::cell::{Cell, RefCell};
+use std::fmt::Write;
+
+use hdrhistogram::Histogram;
+
+/// Bucket upper bounds in seconds, from 50 µs to 10 s.
+const BUCKETS: [f64; 17] = [
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5, 5.0, 10.0,
+];
+
+/// Largest recordable latency (µs); longer ones are clamped to it.
+const MAX_MICROS: u64 = 3_600_000_000;
+
+/// A latency distribution in microseconds, with an exact sum for `_sum`.
+#[derive(Clone)]
+pub struct Latency {
+    hist: Histogram<u64>,
+    sum_micros: u64,
+}
+
+impl Latency {
+    fn new() -> Self {
+        Latency {
+            hist: Histogram::new_with_bounds(1, MAX_MICROS, 2).expect("static histogram bounds"),
+            sum_micros: 0,
+        }
+    }
+
+    pub fn record(&mut self, micros: u64) {
+        let micros = micros.clamp(1, MAX_MICROS);
+        // Within bounds by the clamp above, so recording cannot fail.
+        let _ = self.hist.record(micros);
+        self.sum_micros += micros;
+    }
+
+    fn merge(&mut self, other: &Latency) {
+        let _ = self.hist.add(&other.hist);
+        self.sum_micros += other.sum_micros;
+    }
+
+    pub fn count(&self) -> u64 {
+        self.hist.len()
+    }
+
+    /// The latency at quantile `q` (0..=1), in microseconds.
+    pub fn quantile_micros(&self, q: f64) -> u64 {
+        self.hist.value_at_quantile(q)
+    }
+}
+
+/// Requests answered, by route and status.
+type RequestCounts = Vec<(&'static str, u16, u64)>;
+
+/// One shard's instruments. Only its own shard touches it.
+pub struct ShardMetrics {
+    pub published: Cell<u64>,
+    pub delivered: Cell<u64>,
+    pub expired: Cell<u64>,
+    pub dropped: Cell<u64>,
+    pub bytes_in: Cell<u64>,
+    pub bytes_out: Cell<u64>,
+    pub slow_consumer_disconnects: Cell<u64>,
+    pub websocket_connections: Cell<u64>,
+    pub polls_waiting: Cell<u64>,
+    pub valkey_writes: Cell<u64>,
+    pub valkey_errors: Cell<u64>,
+    requests: RefCell<RequestCounts>,
+    pub publish_latency: RefCell<Latency>,
+    pub delivery_latency: RefCell<Latency>,
+    pub valkey_latency: RefCell<Latency>,
+}
+
+impl Default for ShardMetrics {
+    fn default() -> Self {
+        ShardMetrics {
+            published: Cell::new(0),
+            delivered: Cell::new(0),
+            expired: Cell::new(0),
+            dropped: Cell::new(0),
+            bytes_in: Cell::new(0),
+            bytes_out: Cell::new(0),
+            slow_consumer_disconnects: Cell::new(0),
+            websocket_connections: Cell::new(0),
+            polls_waiting: Cell::new(0),
+            valkey_writes: Cell::new(0),
+            valkey_errors: Cell::new(0),
+            requests: RefCell::new(Vec::new()),
+            publish_latency: RefCell::new(Latency::new()),
+            delivery_latency: RefCell::new(Latency::new()),
+            valkey_latency: RefCell::new(Latency::new()),
+        }
+    }
+}
+
+pub fn add(cell: &Cell<u64>, n: u64) {
+    cell.set(cell.get().wrapping_add(n));
+}
+
+/// Holds a gauge one higher for as long as it lives (an open session, a parked poll).
+pub struct Gauge<'a>(&'a Cell<u64>);
+
+impl<'a> Gauge<'a> {
+    pub fn inc(cell: &'a Cell<u64>) -> Self {
+        add(cell, 1);
+        Gauge(cell)
+    }
+}
+
+impl Drop for Gauge<'_> {
+    fn drop(&mut self) {
+        self.0.set(self.0.get().saturating_sub(1));
+    }
+}
+
+impl ShardMetrics {
+    pub fn count_request(&self, route: &'static str, status: u16) {
+        let mut requests = self.requests.borrow_mut();
+        match requests
+            .iter_mut()
+            .find(|(r, s, _)| *r == route && *s == status)
+        {
+            Some((_, _, n)) => *n += 1,
+            None => requests.push((route, status, 1)),
+        }
+    }
+
+    /// A copy to send to the scraping shard; `gauges` are read by the caller from the
+    /// state it owns (topics, rings, queues).
+    pub fn snapshot(&self, gauges: Gauges) -> Snapshot {
+        Snapshot {
+            counters: Counters {
+                published: self.published.get(),
+                delivered: self.delivered.get(),
+                expired: self.expired.get(),
+                dropped: self.dropped.get(),
+                bytes_in: self.bytes_in.get(),
+                bytes_out: self.bytes_out.get(),
+                slow_consumer_disconnects: self.slow_consumer_disconnects.get(),
+                valkey_writes: self.valkey_writes.get(),
+                valkey_errors: self.valkey_errors.get(),
+            },
+            gauges: Gauges {
+                websocket_connections: self.websocket_connections.get(),
+                polls_waiting: self.polls_waiting.get(),
+                ..gauges
+            },
+            requests: self.requests.borrow().clone(),
+            publish_latency: self.publish_latency.borrow().clone(),
+            delivery_latency: self.delivery_latency.borrow().clone(),
+            valkey_latency: self.valkey_latency.borrow().clone(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Default, Debug)]
+pub struct Counters {
+    pub published: u64,
+    pub delivered: u64,
+    pub expired: u64,
+    pub dropped: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub slow_consumer_disconnects: u64,
+    pub valkey_writes: u64,
+    pub valkey_errors: u64,
+}
+
+#[derive(Clone, Copy, Default, Debug)]
+pub struct Gauges {
+    pub connections: u64,
+    pub websocket_connections: u64,
+    pub polls_waiting: u64,
+    pub topics: u64,
+    pub hot_tier_bytes: u64,
+    pub mesh_backlog: u64,
+    pub valkey_backlog: u64,
+    pub valkey_up: bool,
+}
+
+/// One shard's metrics at one instant; crosses shards by value.
+#[derive(Clone)]
+pub struct Snapshot {
+    pub counters: Counters,
+    pub gauges: Gauges,
+    pub requests: RequestCounts,
+    pub publish_latency: Latency,
+    pub delivery_latency: Latency,
+    pub valkey_latency: Latency,
+}
+
+/// A metric's name, help text and where its value comes from.
+type Series<From, To> = (&'static str, &'static str, fn(&From) -> To);
+
+/// Picks one latency histogram out of a snapshot.
+type LatencyOf = for<'a> fn(&'a Snapshot) -> &'a Latency;
+
+/// Renders all shards' snapshots (index = shard) as Prometheus text. Counters are summed;
+/// gauges are reported per shard where the shard matters (queues), summed otherwise.
+pub fn render(shards: &[Snapshot], persistent: bool) -> String {
+    let mut out = String::with_capacity(8 * 1024);
+    let total = |f: fn(&Counters) -> u64| shards.iter().map(|s| f(&s.counters)).sum::<u64>();
+    let counters: [Series<Counters, u64>; 7] = [
+        (
+            "pulsar_messages_published_total",
+            "Messages accepted from producers.",
+            |c| c.published,
+        ),
+        (
+            "pulsar_messages_delivered_total",
+            "Messages written to subscribers (one per subscriber).",
+            |c| c.delivered,
+        ),
+        (
+            "pulsar_messages_expired_total",
+            "Messages not delivered because their TTL had passed.",
+            |c| c.expired,
+        ),
+        (
+            "pulsar_messages_dropped_total",
+            "Queued messages discarded when a slow consumer was disconnected.",
+            |c| c.dropped,
+        ),
+        (
+            "pulsar_bytes_received_total",
+            "Bytes read from client connections.",
+            |c| c.bytes_in,
+        ),
+        (
+            "pulsar_bytes_sent_total",
+            "Bytes written to client connections.",
+            |c| c.bytes_out,
+        ),
+        (
+            "pulsar_slow_consumer_disconnects_total",
+            "WebSocket clients cut off for exceeding delivery.max_outbound_bytes.",
+            |c| c.slow_consumer_disconnects,
+        ),
+    ];
+    for (name, help, field) in counters {
+        header(&mut out, name, help, "counter");
+        let _ = writeln!(out, "{name} {}", total(field));
+    }
+
+    header(
+        &mut out,
+        "pulsar_http_requests_total",
+        "HTTP requests answered, by route and status.",
+        "counter",
+    );
+    let mut requests: RequestCounts = Vec::new();
+    for snapshot in shards {
+        for &(route, status, n) in &snapshot.requests {
+            match requests
+                .iter_mut()
+                .find(|(r, s, _)| *r == route && *s == status)
+            {
+                Some((_, _, total)) => *total += n,
+                None => requests.push((route, status, n)),
+            }
+        }
+    }
+    requests.sort_unstable();
+    for (route, status, n) in requests {
+        let _ = writeln!(
+            out,
+            "pulsar_http_requests_total{{route=\"{route}\",status=\"{status}\"}} {n}"
+        );
+    }
+
+    let gauges: [Series<Gauges, u64>; 5] = [
+        ("pulsar_connections", "Open client connections.", |g| {
+            g.connections
+        }),
+        (
+            "pulsar_websocket_connections",
+            "Open WebSocket sessions.",
+            |g| g.websocket_connections,
+        ),
+        (
+            "pulsar_polls_waiting",
+            "Long-poll requests waiting for messages.",
+            |g| g.polls_waiting,
+        ),
+        (
+            "pulsar_topics",
+            "Topics known to their owner shards.",
+            |g| g.topics,
+        ),
+        (
+            "pulsar_hot_tier_bytes",
+            "Bytes held by the hot-tier rings.",
+            |g| g.hot_tier_bytes,
+        ),
+    ];
+    for (name, help, field) in gauges {
+        header(&mut out, name, help, "gauge");
+        for (shard, s) in shards.iter().enumerate() {
+            let _ = writeln!(out, "{name}{{shard=\"{shard}\"}} {}", field(&s.gauges));
+        }
+    }
+    header(
+        &mut out,
+        "pulsar_mesh_backlog",
+        "Cross-shard messages waiting for channel space.",
+        "gauge",
+    );
+    for (shard, s) in shards.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "pulsar_mesh_backlog{{shard=\"{shard}\"}} {}",
+            s.gauges.mesh_backlog
+        );
+    }
+
+    if persistent {
+        header(
+            &mut out,
+            "pulsar_valkey_writes_total",
+            "Writes Valkey confirmed.",
+            "counter",
+        );
+        let _ = writeln!(
+            out,
+            "pulsar_valkey_writes_total {}",
+            total(|c| c.valkey_writes)
+        );
+        header(
+            &mut out,
+            "pulsar_valkey_errors_total",
+            "Valkey connection failures and refused writes.",
+            "counter",
+        );
+        let _ = writeln!(
+            out,
+            "pulsar_valkey_errors_total {}",
+            total(|c| c.valkey_errors)
+        );
+        header(
+            &mut out,
+            "pulsar_valkey_backlog",
+            "Writes waiting for Valkey.",
+            "gauge",
+        );
+        for (shard, s) in shards.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "pulsar_valkey_backlog{{shard=\"{shard}\"}} {}",
+                s.gauges.valkey_backlog
+            );
+        }
+        header(
+            &mut out,
+            "pulsar_valkey_up",
+            "1 while the shard's Valkey connection is up.",
+            "gauge",
+        );
+        for (shard, s) in shards.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "pulsar_valkey_up{{shard=\"{shard}\"}} {}",
+                u8::from(s.gauges.valkey_up)
+            );
+        }
+    }
+
+    let histograms: [(&str, &str, LatencyOf); 3] = [
+        (
+            "pulsar_publish_latency_seconds",
+            "Publish request received to acknowledged.",
+            |s| &s.publish_latency,
+        ),
+        (
+            "pulsar_delivery_latency_seconds",
+            "Message accepted by its owner to written to a subscriber's socket.",
+            |s| &s.delivery_latency,
+        ),
+        (
+            "pulsar_valkey_write_latency_seconds",
+            "Round trip of the Valkey pipeline that carried a write.",
+            |s| &s.valkey_latency,
+        ),
+    ];
+    for (name, help, field) in histograms {
+        if !persistent && name.starts_with("pulsar_valkey") {
+            continue;
+        }
+        let mut merged = Latency::new();
+        for s in shards {
+            merged.merge(field(s));
+        }
+        header(&mut out, name, help, "histogram");
+        for bound in BUCKETS {
+            let micros = (bound * 1e6) as u64;
+            let count = if merged.count() == 0 {
+                0
+            } else {
+                merged.hist.count_between(0, micros)
+            };
+            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {count}");
+        }
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", merged.count());
+        let _ = writeln!(out, "{name}_sum {}", merged.sum_micros as f64 / 1e6);
+        let _ = writeln!(out, "{name}_count {}", merged.count());
+    }
+    out
+}
+
+fn header(out: &mut String, name: &str, help: &str, kind: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn value(text: &str, series: &str) -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+            .unwrap_or_else(|| panic!("no series {series} in\n{text}"))
+            .parse()
+            .unwrap()
+    }
+
+    #[test]
+    fn counters_are_summed_over_shards_and_gauges_kept_per_shard() {
+        let a = ShardMetrics::default();
+        let b = ShardMetrics::default();
+        add(&a.published, 3);
+        add(&b.published, 4);
+        a.count_request("publish", 201);
+        b.count_request("publish", 201);
+        b.count_request("publish", 422);
+        let snaps = [
+            a.snapshot(Gauges {
+                topics: 2,
+                ..Gauges::default()
+            }),
+            b.snapshot(Gauges {
+                topics: 5,
+                ..Gauges::default()
+            }),
+        ];
+        let text = render(&snaps, false);
+        assert_eq!(value(&text, "pulsar_messages_published_total"), 7.0);
+        assert_eq!(
+            value(
+                &text,
+                r#"pulsar_http_requests_total{route="publish",status="201"}"#
+            ),
+            2.0
+        );
+        assert_eq!(
+            value(
+                &text,
+                r#"pulsar_http_requests_total{route="publish",status="422"}"#
+            ),
+            1.0
+        );
+        assert_eq!(value(&text, r#"pulsar_topics{shard="0"}"#), 2.0);
+        assert_eq!(value(&text, r#"pulsar_topics{shard="1"}"#), 5.0);
+        assert!(
+            !text.contains("pulsar_valkey"),
+            "no Valkey series for the memory backend"
+        );
+    }
+
+    #[test]
+    fn histograms_have_cumulative_buckets_sum_and_count() {
+        let m = ShardMetrics::default();
+        for micros in [40, 400, 4_000, 40_000] {
+            m.publish_latency.borrow_mut().record(micros);
+        }
+        let text = render(&[m.snapshot(Gauges::default())], true);
+        let bucket = |le: &str| {
+            value(
+                &text,
+                &format!("pulsar_publish_latency_seconds_bucket{{le=\"{le}\"}}"),
+            )
+        };
+        assert_eq!(bucket("0.00005"), 1.0);
+        assert_eq!(bucket("0.0005"), 2.0);
+        assert_eq!(bucket("0.005"), 3.0);
+        assert_eq!(bucket("0.05"), 4.0);
+        assert_eq!(bucket("+Inf"), 4.0);
+        assert_eq!(value(&text, "pulsar_publish_latency_seconds_count"), 4.0);
+        assert!((value(&text, "pulsar_publish_latency_seconds_sum") - 0.04444).abs() < 1e-9);
+        assert!(text.contains("pulsar_valkey_write_latency_seconds_count 0"));
+    }
+}

@@ -1,0 +1,144 @@
+//! `GET /metrics`: Prometheus text that promtool accepts, with counters that follow the
+//! traffic, merged over both shards.
+
+mod common;
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use common::*;
+use serde_json::json;
+
+fn scrape(relay: &Relay) -> String {
+    let resp = relay.request("GET", "/metrics", &[], b"");
+    resp.assert_status(200);
+    assert!(
+        resp.header("content-type")
+            .is_some_and(|t| t.starts_with("text/plain; version=0.0.4")),
+        "content type: {:?}",
+        resp.header("content-type")
+    );
+    resp.text()
+}
+
+/// The value of one series (name with labels, exactly as exposed).
+fn value(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no series {series} in\n{text}"))
+        .parse()
+        .unwrap()
+}
+
+fn promtool() -> std::path::PathBuf {
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join("promtool"))
+            .find(|p| p.is_file())
+    });
+    found.expect(
+        "promtool not found: run ./tools/test.sh (it installs Debian's `prometheus` package) \
+         or install promtool",
+    )
+}
+
+#[test]
+fn metrics_follow_traffic_and_pass_promtool() {
+    let relay = Relay::start();
+    let topics = topics_on_each_shard("metrics");
+    let mut ws = relay.ws();
+    let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+    ws.subscribe(&names, json!({}));
+    let mut http = relay.http();
+    for topic in &topics {
+        for i in 0..3 {
+            http.publish(topic, &i.to_string());
+        }
+    }
+    for _ in 0..6 {
+        ws.recv_delivery();
+    }
+    let bad = relay.request(
+        "POST",
+        "/api/v1/messages",
+        &[auth_header(&rw_token()).as_pair()],
+        br#"{"topic":"a b","payload":1}"#,
+    );
+    bad.assert_status(422);
+
+    let text = scrape(&relay);
+    assert_eq!(value(&text, "pulsar_messages_published_total"), 6.0);
+    assert_eq!(value(&text, "pulsar_messages_delivered_total"), 6.0);
+    assert_eq!(
+        value(
+            &text,
+            r#"pulsar_http_requests_total{route="publish",status="201"}"#
+        ),
+        6.0
+    );
+    assert_eq!(
+        value(
+            &text,
+            r#"pulsar_http_requests_total{route="publish",status="422"}"#
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(&text, "pulsar_publish_latency_seconds_count"),
+        6.0,
+        "one latency sample per acknowledged publish"
+    );
+    assert_eq!(value(&text, "pulsar_delivery_latency_seconds_count"), 6.0);
+    let sessions = value(&text, r#"pulsar_websocket_connections{shard="0"}"#)
+        + value(&text, r#"pulsar_websocket_connections{shard="1"}"#);
+    assert_eq!(sessions, 1.0);
+    let topics_known =
+        value(&text, r#"pulsar_topics{shard="0"}"#) + value(&text, r#"pulsar_topics{shard="1"}"#);
+    assert_eq!(topics_known, 2.0);
+    assert!(value(&text, "pulsar_bytes_received_total") > 0.0);
+    assert!(
+        !text.contains("pulsar_valkey"),
+        "memory backend: no Valkey series"
+    );
+
+    let mut check = Command::new(promtool())
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    check
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = check.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics failed:\n{}{}\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn metrics_can_require_an_admin_token() {
+    let relay = Relay::start_with(&[("PULSAR_SERVER_METRICS_PUBLIC", "false")]);
+    relay
+        .request("GET", "/metrics", &[], b"")
+        .assert_error(401, "AUTH_REQUIRED");
+    relay
+        .request(
+            "GET",
+            "/metrics",
+            &[auth_header(&rw_token()).as_pair()],
+            b"",
+        )
+        .assert_error(403, "PERMISSION_DENIED");
+    let admin = token("ops", pulsar_relay::auth::Permissions::ADMIN);
+    relay
+        .request("GET", "/metrics", &[auth_header(&admin).as_pair()], b"")
+        .assert_status(200);
+}
