@@ -28,11 +28,11 @@ if [ "$backend" = valkey ]; then
   data=$(mktemp -d)
   "$valkey" "$PWD/valkey.conf" --port 16400 --dir "$data" --save "" >/dev/null & pids+=($!)
   sleep 0.5
-  env_args+=(PULSAR_STORAGE_BACKEND=valkey PULSAR_VALKEY_PORT=16400)
+  env_args+=(PULSAR_STORAGE_BACKEND=valkey PULSAR_VALKEY_HOST=127.0.0.1 PULSAR_VALKEY_PORT=16400)
   [ -n "${ACK:-}" ] && env_args+=(PULSAR_STORAGE_ACK=$ACK)
 fi
 env "${env_args[@]}" "$relay" >/dev/null & pids+=($!)
-sleep 1
+for _ in $(seq 100); do curl -sf "http://127.0.0.1:$relay_port/ready" >/dev/null && break; sleep 0.1; done
 token=$(PULSAR_JWT_SECRET_KEY=$secret "$relay" token --sub bench --permissions write --ttl 1h)
 threads=2
 rate() { grep "Requests/sec" | awk '{print $2}'; }
