@@ -43,15 +43,17 @@ scenario flags (defaults in brackets):
   publish      --connections N [64]  --rate MSGS/S [closed loop]  --bulk N [single POSTs]
                --payload-bytes N [100]  --topics N [1]
   fanout       --subscribers N [100]  --topics N [1]  --rate MSGS/S [1000]
-               --connections N [2] (publisher)  --payload-bytes N [0 = just the stamp]
+               --connections N [rate/1000, 2 to 64] (publisher)
+               --payload-bytes N [0 = just the stamp]
   e2e          --subscribers N [1]  --topics N [1]  --rate MSGS/S [1000]
-               --connections N [2]  --payload-bytes N [0]
+               --connections N [rate/1000, 2 to 64]  --payload-bytes N [0]
   connections  --count N [1000]  --rate HANDSHAKES/S [as fast as possible]
                --source-addresses N [as many as the ephemeral port range needs]
                (connection i binds to 127.0.0.(1 + i mod N) before connecting)
                (--duration is the hold after the ramp; the relay's RSS is read before the
                ramp and after the warm-up that follows it)
-  poll         --consumers N [4]  --topics N [1]  --rate MSGS/S [1000]  --connections N [2]
+  poll         --consumers N [4]  --topics N [1]  --rate MSGS/S [1000]
+               --connections N [rate/1000, 2 to 64]
                --poll-timeout SECS [5]  --payload-bytes N [0]
 
 Subscriber and consumer i take topic i mod --topics. --rate is messages per second in
@@ -152,7 +154,7 @@ pub fn parse(args: Vec<String>) -> Result<Parsed, String> {
     }
     let scenario = match name.as_str() {
         "publish" => {
-            let load = flags.load(64, None, 100)?;
+            let load = flags.load(Some(64), None, 100)?;
             let bulk = flags.opt::<usize>("--bulk")?;
             if bulk.is_some_and(|n| n == 0 || n > 100_000) {
                 return Err("--bulk must be from 1 to 100000 messages".into());
@@ -160,11 +162,11 @@ pub fn parse(args: Vec<String>) -> Result<Parsed, String> {
             Scenario::Publish { load, bulk }
         }
         "fanout" => Scenario::Fanout {
-            load: flags.load(2, Some(1000.0), 0)?,
+            load: flags.load(None, Some(1000.0), 0)?,
             subscribers: flags.positive("--subscribers", 100)?,
         },
         "e2e" => Scenario::E2e {
-            load: flags.load(2, Some(1000.0), 0)?,
+            load: flags.load(None, Some(1000.0), 0)?,
             subscribers: flags.positive("--subscribers", 1)?,
         },
         "connections" => Scenario::Connections {
@@ -178,7 +180,7 @@ pub fn parse(args: Vec<String>) -> Result<Parsed, String> {
             },
         },
         "poll" => Scenario::Poll {
-            load: flags.load(2, Some(1000.0), 0)?,
+            load: flags.load(None, Some(1000.0), 0)?,
             consumers: flags.positive("--consumers", 4)?,
             poll_timeout: flags.positive("--poll-timeout", 5)? as u64,
         },
@@ -257,16 +259,21 @@ impl Flags {
         }
     }
 
+    /// The publishing flags; without `--connections`, `connections` or else one per
+    /// 1000 msg/s of the rate (2 to 64): the relay answers a connection's requests one
+    /// after another, so a few connections cannot carry a high rate without queueing.
     fn load(
         &mut self,
-        connections: usize,
+        connections: Option<usize>,
         rate: Option<f64>,
         payload: usize,
     ) -> Result<Load, String> {
+        let rate = self.rate()?.or(rate);
+        let per_rate = (rate.unwrap_or(0.0) / 1000.0).ceil().clamp(2.0, 64.0) as usize;
         Ok(Load {
             topics: self.positive("--topics", 1)?,
-            rate: self.rate()?.or(rate),
-            connections: self.positive("--connections", connections)?,
+            rate,
+            connections: self.positive("--connections", connections.unwrap_or(per_rate))?,
             payload_bytes: self.opt("--payload-bytes")?.unwrap_or(payload),
         })
     }
@@ -404,6 +411,11 @@ mod tests {
             _ => panic!("not publish"),
         }
         assert_eq!(o.common.duration, Duration::from_secs(1));
+        let e2e = run(&["e2e", "--token", "t", "--rate", "10000"]).unwrap();
+        match e2e.scenario {
+            Scenario::E2e { load, .. } => assert_eq!(load.connections, 10),
+            _ => panic!("not e2e"),
+        }
         assert_eq!(
             o.common.topics(2)[1],
             format!("{}-1", o.common.topic_prefix)
