@@ -273,15 +273,17 @@ pub fn start(plan: &Plan, window: Window, live: Arc<Live>) -> Result<Publisher, 
                 .map_err(|e| format!("epoll: {e}"))?;
         }
         let worker = Worker {
-            out: Outcome::new(shared.topics.len()),
+            books: Books {
+                out: Outcome::new(shared.topics.len()),
+                ops: 0,
+                errors: 0,
+            },
             shared: Arc::clone(&shared),
             window,
             poller,
             slots,
             scratch: Vec::with_capacity(64 * 1024),
             live: Arc::clone(&live),
-            ops: 0,
-            errors: 0,
         };
         let handle = std::thread::Builder::new()
             .name(format!("publisher-{t}"))
@@ -315,9 +317,13 @@ struct Worker {
     poller: Poller,
     slots: Vec<Slot>,
     scratch: Vec<u8>,
-    out: Outcome,
+    books: Books,
     live: Arc<Live>,
-    /// Not yet added to `live`.
+}
+
+/// What a worker has booked: its outcome, and the counts not yet added to `Live`.
+struct Books {
+    out: Outcome,
     ops: u64,
     errors: u64,
 }
@@ -352,13 +358,13 @@ impl Worker {
                 }
                 self.flush(i);
             }
-            self.live.add(self.ops, self.errors);
-            (self.ops, self.errors) = (0, 0);
+            self.live.add(self.books.ops, self.books.errors);
+            (self.books.ops, self.books.errors) = (0, 0);
             let timeout = Duration::from_nanos(wake.saturating_sub(now_ns()));
             let ready = match self.poller.wait(Some(timeout)) {
                 Ok(n) => n,
                 Err(e) => {
-                    self.out.note(|| format!("epoll_wait: {e}"));
+                    self.books.out.note(|| format!("epoll_wait: {e}"));
                     break;
                 }
             };
@@ -378,8 +384,8 @@ impl Worker {
                 self.failed(p, || "no answer within 5 s of the end of the run".into());
             }
         }
-        self.live.add(self.ops, self.errors);
-        self.out
+        self.live.add(self.books.ops, self.books.errors);
+        self.books.out
     }
 
     /// Queues every request of slot `i` that is due; returns when the next one is due.
@@ -448,12 +454,9 @@ impl Worker {
                 return self.broken(i, "a response nobody asked for".into());
             };
             let now = now_ns();
-            account(
+            self.books.account(
                 &self.shared,
                 &self.window,
-                &mut self.out,
-                &mut self.ops,
-                &mut self.errors,
                 pending,
                 response.status,
                 response.body,
@@ -469,14 +472,15 @@ impl Worker {
 
     /// Books a request that got no answer.
     fn failed(&mut self, p: Pending, why: impl FnOnce() -> String) {
-        self.out.note(why);
+        let books = &mut self.books;
+        books.out.note(why);
         let topics = self.shared.topics.len();
         for k in 0..p.messages as usize {
-            self.out.unconfirmed[(p.first_topic + k) % topics] += 1;
+            books.out.unconfirmed[(p.first_topic + k) % topics] += 1;
         }
-        self.errors += p.messages;
+        books.errors += p.messages;
         if self.window.measured(p.intended) {
-            self.out.errors += p.messages;
+            books.out.errors += p.messages;
         }
     }
 
@@ -488,7 +492,7 @@ impl Worker {
             self.failed(p, || why.clone());
         }
         if !had_requests {
-            self.out.note(|| why.clone());
+            self.books.out.note(|| why.clone());
         }
         let slot = &mut self.slots[i];
         if let Some(old) = slot.conn.take() {
@@ -507,59 +511,59 @@ impl Worker {
     }
 }
 
-/// Books one answered request.
-#[allow(clippy::too_many_arguments)]
-fn account(
-    shared: &Shared,
-    window: &Window,
-    out: &mut Outcome,
-    ops: &mut u64,
-    errors: &mut u64,
-    p: Pending,
-    status: u16,
-    body: &[u8],
-    now: u64,
-) {
-    let topics = shared.topics.len();
-    let (accepted, rejected) = match (shared.bulk, status) {
-        (None, 200..=299) => {
-            out.published[p.first_topic] += 1;
-            (1, 0)
-        }
-        (Some(_), 200..=299) => {
-            let accepted = number_after(body, br#""accepted":"#).unwrap_or(0);
-            let rejected = p.messages.saturating_sub(accepted);
-            if rejected == 0 {
-                for k in 0..p.messages as usize {
-                    out.published[(p.first_topic + k) % topics] += 1;
-                }
-            } else {
-                // Item k of the results is message k of the request, topic first + k.
-                let mut rest = body;
-                let mut k = 0;
-                while let Some(at) = find(rest, br#""status":""#) {
-                    rest = &rest[at + 10..];
-                    if rest.starts_with(b"accepted") {
+impl Books {
+    /// Books one answered request.
+    fn account(
+        &mut self,
+        shared: &Shared,
+        window: &Window,
+        p: Pending,
+        status: u16,
+        body: &[u8],
+        now: u64,
+    ) {
+        let out = &mut self.out;
+        let topics = shared.topics.len();
+        let (accepted, rejected) = match (shared.bulk, status) {
+            (None, 200..=299) => {
+                out.published[p.first_topic] += 1;
+                (1, 0)
+            }
+            (Some(_), 200..=299) => {
+                let accepted = number_after(body, br#""accepted":"#).unwrap_or(0);
+                let rejected = p.messages.saturating_sub(accepted);
+                if rejected == 0 {
+                    for k in 0..p.messages as usize {
                         out.published[(p.first_topic + k) % topics] += 1;
                     }
-                    k += 1;
+                } else {
+                    // Item k of the results is message k of the request, topic first + k.
+                    let mut rest = body;
+                    let mut k = 0;
+                    while let Some(at) = find(rest, br#""status":""#) {
+                        rest = &rest[at + 10..];
+                        if rest.starts_with(b"accepted") {
+                            out.published[(p.first_topic + k) % topics] += 1;
+                        }
+                        k += 1;
+                    }
+                    out.note(|| format!("bulk item rejected: {}", excerpt(body)));
                 }
-                out.note(|| format!("bulk item rejected: {}", excerpt(body)));
+                (accepted, rejected)
             }
-            (accepted, rejected)
-        }
-        _ => {
-            out.note(|| format!("HTTP {status}: {}", excerpt(body)));
-            (0, p.messages)
-        }
-    };
-    *ops += accepted;
-    *errors += rejected;
-    if window.measured(p.intended) {
-        out.messages += accepted;
-        out.errors += rejected;
-        if rejected == 0 {
-            out.latency.record_ns(now.saturating_sub(p.intended));
+            _ => {
+                out.note(|| format!("HTTP {status}: {}", excerpt(body)));
+                (0, p.messages)
+            }
+        };
+        self.ops += accepted;
+        self.errors += rejected;
+        if window.measured(p.intended) {
+            out.messages += accepted;
+            out.errors += rejected;
+            if rejected == 0 {
+                out.latency.record_ns(now.saturating_sub(p.intended));
+            }
         }
     }
 }
