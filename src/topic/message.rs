@@ -166,6 +166,24 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
     (year, month, day)
 }
 
+/// A message on topic `t` published at `ms` (its ID is `ms-0`), for tests of the modules
+/// that store and route messages.
+#[cfg(test)]
+pub(crate) fn test_message(ms: u64, ttl_ms: Option<u64>) -> Arc<Message> {
+    let draft = Draft {
+        topic: "t",
+        payload: b"{}",
+        metadata: None,
+        ttl_ms,
+    };
+    Arc::new(Message::build(
+        MessageId::new(ms, 0),
+        Arc::from("t"),
+        ms,
+        &draft,
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -86,21 +86,10 @@ impl Ring {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::topic::message::Draft;
+    use crate::topic::message::test_message;
 
     fn msg(ms: u64, ttl_ms: Option<u64>) -> Arc<Message> {
-        let draft = Draft {
-            topic: "t",
-            payload: b"{}",
-            metadata: None,
-            ttl_ms,
-        };
-        Arc::new(Message::build(
-            MessageId::new(ms, 0),
-            Arc::from("t"),
-            ms,
-            &draft,
-        ))
+        test_message(ms, ttl_ms)
     }
 
     #[test]

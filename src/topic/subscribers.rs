@@ -125,7 +125,7 @@ impl LocalSubscribers {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::topic::message::Draft;
+    use crate::topic::message::{test_message, Draft};
     use std::cell::RefCell;
 
     #[derive(Default)]
@@ -137,18 +137,7 @@ mod tests {
     }
 
     fn msg(ms: u64) -> Arc<Message> {
-        let draft = Draft {
-            topic: "t",
-            payload: b"1",
-            metadata: None,
-            ttl_ms: None,
-        };
-        Arc::new(Message::build(
-            MessageId::new(ms, 0),
-            Arc::from("t"),
-            ms,
-            &draft,
-        ))
+        test_message(ms, None)
     }
 
     #[test]
