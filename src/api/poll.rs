@@ -122,10 +122,12 @@ pub async fn poll(
     {
         match pending.problem {
             Some(ReplayProblem::Store(e)) => return Err(e.into()),
-            Some(ReplayProblem::Truncated) => sink.more.set(true),
-            None => {}
+            Some(ReplayProblem::Truncated) => {
+                sink.more.set(true);
+                pending.sub.finish_truncated(&pending.backlog);
+            }
+            None => pending.sub.finish_replay(&pending.backlog),
         }
-        pending.sub.finish_replay(&pending.backlog);
     }
 
     if sink.messages.borrow().is_empty() {

@@ -474,7 +474,11 @@ impl Session {
         self.out.replaying.set(true);
         let mut incomplete = Vec::new();
         for p in &pending {
-            p.sub.finish_replay(&p.backlog);
+            if p.problem.is_some() {
+                p.sub.finish_truncated(&p.backlog);
+            } else {
+                p.sub.finish_replay(&p.backlog);
+            }
             if let Some(problem) = &p.problem {
                 incomplete.push((Arc::clone(&p.sub.topic), p.sub.cursor(), problem.clone()));
             }

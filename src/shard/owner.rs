@@ -92,6 +92,7 @@ pub fn apply(
             } else {
                 Err(StoreError::Recovering)
             };
+            let durable = store.durable_upto();
             let published = admitted.map(|()| {
                 let body = &batch.body[..];
                 batch
@@ -105,7 +106,7 @@ pub fn apply(
                             metadata: span.metadata.clone().map(|r| &body[r]),
                             ttl_ms: span.ttl_ms,
                         };
-                        let (msg, interested) = table.publish(&draft, now_ms);
+                        let (msg, interested) = table.publish(&draft, now_ms, durable);
                         fanout(&msg, interested);
                         tickets.extend(store.append(&msg));
                         Receipt {

@@ -43,6 +43,8 @@ impl Signal {
 /// A one-shot reply slot for a cross-shard call, completed by the mesh receive loop.
 pub struct Slot<T> {
     value: Cell<Option<T>>,
+    /// Filled at some point (stays true after the value was taken).
+    done: Cell<bool>,
     signal: Signal,
 }
 
@@ -50,6 +52,7 @@ impl<T> Default for Slot<T> {
     fn default() -> Self {
         Slot {
             value: Cell::new(None),
+            done: Cell::new(false),
             signal: Signal::default(),
         }
     }
@@ -58,7 +61,12 @@ impl<T> Default for Slot<T> {
 impl<T> Slot<T> {
     pub fn fill(&self, value: T) {
         self.value.set(Some(value));
+        self.done.set(true);
         self.signal.raise();
+    }
+
+    pub fn is_done(&self) -> bool {
+        self.done.get()
     }
 
     pub async fn take(&self) -> T {

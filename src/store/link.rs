@@ -56,6 +56,7 @@ struct Request {
 
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
+const IDLE_PING: Duration = Duration::from_secs(1);
 
 pub struct Link {
     cfg: ValkeyConfig,
@@ -199,7 +200,7 @@ impl Link {
             })
             .await?;
         let _ = stream.set_nodelay(true);
-        let mut buf = Vec::new();
+        let mut buf = Replies::default();
         let limit = self.cfg.connect_timeout;
         if !self.cfg.password.is_empty() {
             let mut auth = redis::cmd("AUTH");
@@ -233,7 +234,7 @@ impl Link {
     async fn check_sentinel(
         &self,
         stream: &mut TcpStream,
-        buf: &mut Vec<u8>,
+        buf: &mut Replies,
     ) -> Result<(), LinkError> {
         let limit = self.cfg.connect_timeout;
         let candidate = format!("{:x}-{}", now_ms(), self.shard);
@@ -262,11 +263,30 @@ impl Link {
     }
 
     async fn serve(&self, stream: &mut TcpStream) -> LinkError {
-        let mut rbuf = Vec::new();
+        let mut replies_in = Replies::default();
         let mut packed = Vec::new();
         loop {
             if self.queue.borrow().is_empty() {
-                self.wake.wait().await;
+                // An idle connection is checked with a PING, so a dead Valkey shows on
+                // /ready even when nothing is written.
+                let woken = future::or(
+                    async {
+                        self.wake.wait().await;
+                        true
+                    },
+                    async {
+                        sleep(IDLE_PING).await;
+                        false
+                    },
+                )
+                .await;
+                if !woken && self.queue.borrow().is_empty() {
+                    self.queue.borrow_mut().push_back(Request {
+                        packed: redis::cmd("PING").get_packed_command(),
+                        reply: None,
+                        retry: false,
+                    });
+                }
                 continue;
             }
             let batch: Vec<Request> = self.queue.borrow_mut().drain(..).collect();
@@ -283,7 +303,7 @@ impl Link {
                         .map_err(|e| LinkError::Io(e.to_string()))?;
                     let mut replies = Vec::with_capacity(batch.len());
                     for _ in 0..batch.len() {
-                        replies.push(read_value(stream, &mut rbuf).await?);
+                        replies.push(replies_in.next(stream).await?);
                     }
                     Ok(replies)
                 })
@@ -337,33 +357,55 @@ fn lost_data(shard: usize) {
 /// Sends one command and reads its reply (used during the handshake).
 async fn roundtrip(
     stream: &mut TcpStream,
-    buf: &mut Vec<u8>,
+    replies: &mut Replies,
     cmd: &redis::Cmd,
 ) -> Result<Value, LinkError> {
     stream
         .write_all(&cmd.get_packed_command())
         .await
         .map_err(|e| LinkError::Io(e.to_string()))?;
-    read_value(stream, buf).await
+    replies.next(stream).await
 }
 
-/// Reads one complete reply, keeping any bytes after it in `buf`.
-async fn read_value(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<Value, LinkError> {
-    let mut chunk = [0u8; 16 * 1024];
-    loop {
-        if let Some(len) = resp::frame_len(buf).map_err(LinkError::Protocol)? {
-            let value = redis::parse_redis_value(&buf[..len])
-                .map_err(|_| LinkError::Protocol("unparsable reply"))?;
-            buf.drain(..len);
-            return Ok(value);
+/// The reply side of a connection: bytes read ahead, and the parser.
+#[derive(Default)]
+struct Replies {
+    buf: Vec<u8>,
+    /// Start of the first unparsed reply in `buf`; consumed bytes are dropped in bulk, not
+    /// reply by reply, so a pipeline of N replies costs O(N), not O(N²), in moves.
+    pos: usize,
+    parser: redis::Parser,
+}
+
+impl Replies {
+    async fn next(&mut self, stream: &mut TcpStream) -> Result<Value, LinkError> {
+        let mut chunk = [0u8; 16 * 1024];
+        loop {
+            let pending = &self.buf[self.pos..];
+            if let Some(len) = resp::frame_len(pending).map_err(LinkError::Protocol)? {
+                let value = self
+                    .parser
+                    .parse_value(&pending[..len])
+                    .map_err(|_| LinkError::Protocol("unparsable reply"))?;
+                self.pos += len;
+                if self.pos == self.buf.len() {
+                    self.buf.clear();
+                    self.pos = 0;
+                }
+                return Ok(value);
+            }
+            if self.pos > 0 {
+                self.buf.drain(..self.pos);
+                self.pos = 0;
+            }
+            let n = stream
+                .read(&mut chunk)
+                .await
+                .map_err(|e| LinkError::Io(e.to_string()))?;
+            if n == 0 {
+                return Err(LinkError::Io("connection closed by Valkey".into()));
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
         }
-        let n = stream
-            .read(&mut chunk)
-            .await
-            .map_err(|e| LinkError::Io(e.to_string()))?;
-        if n == 0 {
-            return Err(LinkError::Io("connection closed by Valkey".into()));
-        }
-        buf.extend_from_slice(&chunk[..n]);
     }
 }

@@ -18,8 +18,8 @@
 pub mod link;
 pub mod resp;
 
-use std::cell::RefCell;
-use std::collections::HashMap;
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -99,9 +99,15 @@ struct Valkey {
     retention_ms: u64,
     /// When each topic's stream was last trimmed by time.
     trimmed: RefCell<HashMap<Arc<str>, u64>>,
+    /// Stream writes not yet answered, oldest first. The link answers in order and IDs
+    /// of one shard only grow, so the front tells how far writes are confirmed.
+    unconfirmed: RefCell<VecDeque<(MessageId, Reply)>>,
+    confirmed: Cell<MessageId>,
 }
 
 const TRIM_EVERY_MS: u64 = 10_000;
+/// Stream entries read per XRANGE round trip during a replay.
+const HISTORY_PAGE: usize = 1000;
 
 pub struct Store {
     valkey: Option<Valkey>,
@@ -134,6 +140,8 @@ impl Store {
                 max_len: config.storage.max_messages_per_topic,
                 retention_ms: config.storage.persistent_tier_retention.as_millis() as u64,
                 trimmed: RefCell::new(HashMap::new()),
+                unconfirmed: RefCell::new(VecDeque::new()),
+                confirmed: Cell::new(MessageId::ZERO),
             }),
             persisted_acks: config.ack_mode() == AckMode::Persisted,
         };
@@ -173,9 +181,27 @@ impl Store {
         if let Some(at) = msg.expires_at_ms {
             cmd.arg("l").arg(at.saturating_sub(msg.timestamp_ms));
         }
-        let reply = v.link.write(&cmd, self.persisted_acks);
+        let reply = v.link.write(&cmd, true)?;
+        v.unconfirmed
+            .borrow_mut()
+            .push_back((msg.id, Rc::clone(&reply)));
         v.trim_by_time(&msg.topic, &key);
-        reply.map(Ticket)
+        self.persisted_acks.then_some(Ticket(reply))
+    }
+
+    /// The newest of this shard's message IDs up to which Valkey has answered every
+    /// write; `None` without a persistent tier (everything in memory is all there is).
+    pub fn durable_upto(&self) -> Option<MessageId> {
+        let v = self.valkey.as_ref()?;
+        let mut unconfirmed = v.unconfirmed.borrow_mut();
+        while let Some((id, reply)) = unconfirmed.front() {
+            if !reply.is_done() {
+                break;
+            }
+            v.confirmed.set(*id);
+            unconfirmed.pop_front();
+        }
+        Some(v.confirmed.get())
     }
 
     pub fn save_position(&self, topic: &str, consumer: &str, id: MessageId) {
@@ -190,7 +216,9 @@ impl Store {
     }
 
     /// Messages of `topic` in `range` from the stream, oldest first, expired ones skipped,
-    /// at most `limit`; the flag says whether the range held more.
+    /// at most `limit`; the flag says whether the range held more. Expired entries do not
+    /// count against `limit`: pages are read until `limit` live messages are found or the
+    /// range ends, so a run of expired entries cannot stall a reader.
     pub async fn history(
         &self,
         topic: &Arc<str>,
@@ -200,40 +228,56 @@ impl Store {
         let Some(v) = &self.valkey else {
             return Ok((Vec::new(), false));
         };
-        let start = match range.after {
-            Some(id) => format!("({id}"),
-            None => "-".to_string(),
-        };
         let end = if range.until_inclusive {
             range.until.to_string()
         } else {
             format!("({}", range.until)
         };
-        let cmd = redis::cmd("XRANGE")
-            .arg(v.stream_key(topic))
-            .arg(start)
-            .arg(end)
-            .arg("COUNT")
-            .arg(limit + 1)
-            .clone();
-        let reply = v.link.read(&cmd).await?;
-        let entries = match reply {
-            Value::Array(entries) => entries,
-            other => {
-                return Err(StoreError::Unavailable(
-                    resp::server_error(&other).unwrap_or_else(|| "unexpected XRANGE reply".into()),
-                ))
-            }
-        };
-        let more = entries.len() > limit;
+        let page = (limit + 1).max(HISTORY_PAGE);
+        let mut after = range.after;
+        let mut messages = Vec::new();
         let now = now_ms();
-        let messages = entries
-            .iter()
-            .take(limit)
-            .filter_map(|entry| entry_to_message(topic, entry))
-            .filter(|m| !m.is_expired(now))
-            .collect();
-        Ok((messages, more))
+        loop {
+            let start = match after {
+                Some(id) => format!("({id}"),
+                None => "-".to_string(),
+            };
+            let cmd = redis::cmd("XRANGE")
+                .arg(v.stream_key(topic))
+                .arg(start)
+                .arg(&end)
+                .arg("COUNT")
+                .arg(page)
+                .clone();
+            let entries = match v.link.read(&cmd).await? {
+                Value::Array(entries) => entries,
+                other => {
+                    return Err(StoreError::Unavailable(
+                        resp::server_error(&other)
+                            .unwrap_or_else(|| "unexpected XRANGE reply".into()),
+                    ))
+                }
+            };
+            let page_start = after;
+            for entry in &entries {
+                let Some(msg) = entry_to_message(topic, entry) else {
+                    // Not one of ours (no payload): step over it.
+                    after = entry_id(entry).or(after);
+                    continue;
+                };
+                after = Some(msg.id);
+                if msg.is_expired(now) {
+                    continue;
+                }
+                if messages.len() == limit {
+                    return Ok((messages, true));
+                }
+                messages.push(msg);
+            }
+            if entries.len() < page || after == page_start {
+                return Ok((messages, false));
+            }
+        }
     }
 
     /// Whether `topic`'s stream holds `id` (false without a persistent tier).
@@ -384,6 +428,13 @@ impl Valkey {
             positions,
         })
     }
+}
+
+fn entry_id(entry: &Value) -> Option<MessageId> {
+    let Value::Array(parts) = entry else {
+        return None;
+    };
+    MessageId::parse(std::str::from_utf8(resp::bytes(parts.first()?)?).ok()?)
 }
 
 /// Rebuilds a message from a stream entry `[id, [field, value, …]]`.

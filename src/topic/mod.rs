@@ -82,6 +82,16 @@ struct Topic {
     has_older: bool,
 }
 
+/// Whether the ring's oldest message may go: it exists and is persisted (or there is no
+/// persistent tier).
+fn evictable(ring: &Ring, durable: Option<MessageId>) -> bool {
+    match (ring.oldest_id(), durable) {
+        (None, _) => false,
+        (Some(_), None) => true,
+        (Some(oldest), Some(upto)) => oldest <= upto,
+    }
+}
+
 /// The answer of [`TopicTable::locate`].
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Located {
@@ -121,6 +131,8 @@ pub struct HistoryRange {
 pub struct TopicTable {
     topics: HashMap<Arc<str>, Topic>,
     clock: IdClock,
+    /// The persistent tier's confirmed watermark at the last publish.
+    durable: Option<MessageId>,
     bytes: usize,
     limits: RingLimits,
     /// A persistent tier holds what the rings evicted.
@@ -132,6 +144,7 @@ impl TopicTable {
         TopicTable {
             topics: HashMap::new(),
             clock,
+            durable: None,
             bytes: 0,
             limits,
             persistent,
@@ -174,7 +187,17 @@ impl TopicTable {
 
     /// Assigns the next ID, appends to the ring and returns the message together with the
     /// shards that must receive it.
-    pub fn publish(&mut self, draft: &Draft<'_>, now_ms: u64) -> (Arc<Message>, ShardSet) {
+    ///
+    /// `durable` is how far the persistent tier has confirmed this shard's writes (`None`
+    /// without one): a message newer than that is not evicted, since it would then be in
+    /// neither tier and a replay would skip it.
+    pub fn publish(
+        &mut self,
+        draft: &Draft<'_>,
+        now_ms: u64,
+        durable: Option<MessageId>,
+    ) -> (Arc<Message>, ShardSet) {
+        self.durable = durable;
         let per_topic = self.limits.messages_per_topic;
         let id = self.clock.next(now_ms);
         let topic = self.topic_mut(draft.topic);
@@ -186,7 +209,7 @@ impl TopicTable {
         let added = msg.footprint();
         topic.ring.push(Arc::clone(&msg));
         let mut freed = 0;
-        while topic.ring.len() > per_topic {
+        while topic.ring.len() > per_topic && evictable(&topic.ring, durable) {
             freed += topic.ring.pop_oldest();
             topic.has_older = true;
         }
@@ -213,7 +236,7 @@ impl TopicTable {
             let Some(topic) = self.topics.get_mut(&name) else {
                 continue;
             };
-            while self.bytes > target && !topic.ring.is_empty() {
+            while self.bytes > target && evictable(&topic.ring, self.durable) {
                 self.bytes -= topic.ring.pop_oldest();
                 topic.has_older = true;
             }
@@ -377,7 +400,7 @@ mod tests {
             metadata: None,
             ttl_ms: None,
         };
-        t.publish(&draft, now).0
+        t.publish(&draft, now, None).0
     }
 
     fn ids(snapshot: &Snapshot) -> Vec<MessageId> {
@@ -429,9 +452,9 @@ mod tests {
             metadata: None,
             ttl_ms: None,
         };
-        assert_eq!(t.publish(&draft, 1).1.iter().collect::<Vec<_>>(), [1]);
+        assert_eq!(t.publish(&draft, 1, None).1.iter().collect::<Vec<_>>(), [1]);
         t.drop_interest("x", 1);
-        assert!(t.publish(&draft, 2).1.is_empty());
+        assert!(t.publish(&draft, 2, None).1.is_empty());
     }
 
     #[test]
@@ -456,6 +479,27 @@ mod tests {
         let (all, _) = t.subscribe("x", 0, &Cursor::Earliest, None, 10, 100);
         assert_eq!(all.backlog.len(), 3);
         assert_eq!(all.backlog[0].id, MessageId::new(3, 0));
+    }
+
+    #[test]
+    fn unpersisted_messages_are_not_evicted() {
+        let mut t = table(2, 1 << 20, true);
+        let draft = Draft {
+            topic: "x",
+            payload: b"{}",
+            metadata: None,
+            ttl_ms: None,
+        };
+        let first = t.publish(&draft, 1, Some(MessageId::ZERO)).0.id;
+        for ms in 2..=4 {
+            t.publish(&draft, ms, Some(MessageId::ZERO));
+        }
+        let (all, _) = t.subscribe("x", 0, &Cursor::Earliest, None, 10, 100);
+        assert_eq!(all.backlog.len(), 4, "nothing confirmed: the ring keeps all");
+        t.publish(&draft, 5, Some(first));
+        let (all, _) = t.subscribe("x", 0, &Cursor::Earliest, None, 10, 100);
+        assert_eq!(all.backlog.len(), 4, "only the confirmed one could go");
+        assert!(all.backlog.iter().all(|m| m.id != first));
     }
 
     #[test]

@@ -67,6 +67,16 @@ impl Subscription {
         self.replaying.set(false);
     }
 
+    /// Hands over a backlog that stops short of the live edge (more was retained than a
+    /// replay may carry). Live messages must not follow it, or the cursor would jump over
+    /// the rest: they are dropped, and the subscription stays out of live delivery.
+    pub fn finish_truncated(&self, backlog: &[Arc<Message>]) {
+        for msg in backlog {
+            self.offer(msg);
+        }
+        self.held.take();
+    }
+
     fn deliver(&self, msg: &Arc<Message>) {
         if self.replaying.get() {
             self.held.borrow_mut().push(Arc::clone(msg));
@@ -155,6 +165,19 @@ mod tests {
         index.deliver(&msg(4), 0);
         index.deliver(&msg(5), 0);
         assert_eq!(*sink.0.borrow(), [2, 3, 4, 5]);
+    }
+
+    #[test]
+    fn a_truncated_replay_does_not_jump_to_live_messages() {
+        let sink = Rc::new(Collect::default());
+        let sub = Subscription::new(Arc::from("t"), MessageId::ZERO, sink.clone());
+        let mut index = LocalSubscribers::default();
+        index.add(Rc::clone(&sub));
+        index.deliver(&msg(9), 0);
+        sub.finish_truncated(&[msg(2), msg(3)]);
+        index.deliver(&msg(10), 0);
+        assert_eq!(*sink.0.borrow(), [2, 3]);
+        assert_eq!(sub.cursor(), MessageId::new(3, 0), "resume point");
     }
 
     #[test]
