@@ -102,6 +102,29 @@ impl From<Permission> for Permissions {
     }
 }
 
+/// `*`-only glob matching (no other metacharacters), iterative with one backtrack point,
+/// so a hostile pattern cannot make it exponential.
+fn glob_match(pattern: &[u8], text: &[u8]) -> bool {
+    let (mut p, mut t) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while t < text.len() {
+        if p < pattern.len() && pattern[p] == b'*' {
+            star = Some((p, t));
+            p += 1;
+        } else if p < pattern.len() && pattern[p] == text[t] {
+            p += 1;
+            t += 1;
+        } else if let Some((sp, st)) = star {
+            p = sp + 1;
+            t = st + 1;
+            star = Some((sp, st + 1));
+        } else {
+            return false;
+        }
+    }
+    pattern[p..].iter().all(|&b| b == b'*')
+}
+
 /// The last second of the year 9999: a later `exp` is refused as nonsense.
 pub const MAX_EXPIRY: u64 = 253_402_300_799;
 
@@ -113,12 +136,21 @@ pub struct Principal {
     /// Unix seconds (`exp`), at most [`MAX_EXPIRY`], so that millisecond arithmetic on it
     /// cannot overflow.
     pub expires_at: u64,
-    /// The optional `topics` claim: topic patterns the token is limited to. Carried, not yet
-    /// enforced.
+    /// The optional `topics` claim: topic patterns the token is limited to (`*` matches
+    /// any run of characters: `jobs.*`, `alerts`). `None` = every topic.
     pub topics: Option<Vec<String>>,
 }
 
 impl Principal {
+    /// Whether the token's `topics` claim (if any) lets it use `topic`.
+    pub fn may_use(&self, topic: &str) -> bool {
+        self.topics.as_ref().is_none_or(|patterns| {
+            patterns
+                .iter()
+                .any(|p| glob_match(p.as_bytes(), topic.as_bytes()))
+        })
+    }
+
     pub fn require(&self, permission: Permission) -> Result<(), AuthError> {
         if self.permissions.contains(permission.into()) {
             Ok(())
@@ -625,6 +657,31 @@ WfEPHEyfibBgHg11aYqJDCPL80bWsmx3m89ZfeDcwgmdNmjmJnJvzDikEA==
             );
         }
         assert_eq!(Permission::from_name("Read"), None);
+    }
+
+    #[test]
+    fn topic_patterns() {
+        let mut p = Principal {
+            subject: "s".into(),
+            permissions: Permissions::READ,
+            expires_at: 0,
+            topics: None,
+        };
+        assert!(p.may_use("anything"));
+        p.topics = Some(vec!["jobs.*".into(), "alerts".into(), "a*b*c".into()]);
+        for ok in ["jobs.1", "jobs.a.b", "alerts", "abc", "a-b-c", "aXbYc"] {
+            assert!(p.may_use(ok), "{ok}");
+        }
+        for denied in ["jobs", "job.1", "alerts2", "xalerts", "ab", "acb"] {
+            assert!(!p.may_use(denied), "{denied}");
+        }
+        p.topics = Some(Vec::new());
+        assert!(!p.may_use("jobs.1"), "an empty list allows nothing");
+        assert!(glob_match(b"*", b""));
+        assert!(!glob_match(
+            &[b'*'; 40].iter().chain(b"x").copied().collect::<Vec<_>>(),
+            &[b'a'; 40]
+        ));
     }
 
     #[test]

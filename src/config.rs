@@ -239,6 +239,15 @@ pub struct LimitsConfig {
     pub max_ws_message_bytes: usize,
     /// 0 = only the OS file limit.
     pub max_connections: usize,
+    /// Messages per second one token subject may publish (per shard); 0 = unlimited.
+    pub publish_rate: u64,
+    /// Request-body bytes per second one token subject may publish (per shard); 0 = unlimited.
+    #[serde(with = "size")]
+    pub publish_bytes_rate: usize,
+    /// Frames per second one WebSocket client may send; 0 = unlimited.
+    pub ws_frame_rate: u64,
+    /// Deepest JSON nesting accepted in a payload or metadata.
+    pub max_json_depth: usize,
 }
 
 impl Default for LimitsConfig {
@@ -251,6 +260,10 @@ impl Default for LimitsConfig {
             max_topics_per_request: 100,
             max_ws_message_bytes: 1 << 20,
             max_connections: 0,
+            publish_rate: 0,
+            publish_bytes_rate: 0,
+            ws_frame_rate: 200,
+            max_json_depth: 64,
         }
     }
 }
@@ -403,6 +416,10 @@ const SECTIONS: &[(&str, &[(&str, EnvKind)])] = &[
             ("max_topics_per_request", Scalar),
             ("max_ws_message_bytes", Scalar),
             ("max_connections", Scalar),
+            ("publish_rate", Scalar),
+            ("publish_bytes_rate", Scalar),
+            ("ws_frame_rate", Scalar),
+            ("max_json_depth", Scalar),
         ],
     ),
     (

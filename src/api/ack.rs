@@ -188,7 +188,12 @@ pub async fn http_ack(
         })
         .collect::<Result<Vec<_>, _>>()?;
     let topic = match body.topic {
-        Some(topic) if valid_topic_name(&topic) => Some(topic.into_boxed_str()),
+        Some(topic) if valid_topic_name(&topic) => {
+            if !principal.may_use(&topic) {
+                return Err(ApiError::topic_forbidden(&topic));
+            }
+            Some(topic.into_boxed_str())
+        }
         Some(_) => {
             return Err(ApiError::invalid(
                 "INVALID_TOPIC",

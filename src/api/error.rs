@@ -31,6 +31,15 @@ impl ApiError {
         Self::new(422, code, detail)
     }
 
+    /// The token's `topics` claim does not cover `topic`.
+    pub fn topic_forbidden(topic: &str) -> Self {
+        Self::new(
+            403,
+            "TOPIC_FORBIDDEN",
+            format!("this token may not use topic {topic:?}"),
+        )
+    }
+
     pub fn not_found(path: &str) -> Self {
         Self::new(404, "NOT_FOUND", format!("no route for {path}"))
     }

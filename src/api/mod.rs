@@ -6,7 +6,9 @@
 
 mod ack;
 pub mod conn;
+mod cors;
 pub mod error;
+pub mod limits;
 mod poll;
 mod publish;
 mod subscriptions;
@@ -86,10 +88,20 @@ async fn http_loop(conn: &mut Conn) -> io::Result<()> {
                 let head_only = req.method == Method::Head;
                 let label = route_label(&req.path);
                 let started = Instant::now();
-                let outcome = route(conn, req, &mut auth).await;
+                let cors = cors::allow_origin(&conn.shard.config.server.allowed_origins, &req);
+                let outcome = match cors::preflight(&conn.shard.config.server.allowed_origins, &req)
+                {
+                    Some(resp) => Outcome::Reply(resp),
+                    None => route(conn, req, &mut auth).await,
+                };
                 let metrics = &conn.shard.metrics;
                 match outcome {
-                    Outcome::Reply(resp) => {
+                    Outcome::Reply(mut resp) => {
+                        if let Some(origin) = cors {
+                            resp = resp
+                                .with_header("Access-Control-Allow-Origin", origin)
+                                .with_header("Vary", "Origin");
+                        }
                         metrics.count_request(label, resp.status);
                         if matches!(
                             (label, resp.status),
@@ -328,6 +340,14 @@ fn parse_topics<'a>(
         ));
     }
     Ok(topics)
+}
+
+/// Every topic must be covered by the token's `topics` claim; nothing happens otherwise.
+fn permit_topics(principal: &Principal, topics: &[Arc<str>]) -> Result<(), ApiError> {
+    match topics.iter().find(|t| !principal.may_use(t)) {
+        Some(denied) => Err(ApiError::topic_forbidden(denied)),
+        None => Ok(()),
+    }
 }
 
 /// Client IDs share the topic alphabet, at most 128 characters.

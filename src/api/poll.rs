@@ -11,7 +11,7 @@ use std::sync::Arc;
 use super::conn::{Conn, Event};
 use super::error::ApiError;
 use super::subscriptions::{ReplayProblem, Subscriptions};
-use super::{parse_client_id, parse_topics};
+use super::{parse_client_id, parse_topics, permit_topics};
 use crate::auth::Principal;
 use crate::http::{Request, Response};
 use crate::metrics::{self, ShardMetrics};
@@ -79,6 +79,7 @@ pub async fn poll(
         topics_param.split(',').map(str::trim),
         shard.config.limits.max_topics_per_request,
     )?;
+    permit_topics(principal, &topics)?;
     let max_timeout = shard.config.delivery.max_poll_timeout.as_secs().max(1);
     let timeout = number_param(
         req,

@@ -17,6 +17,7 @@ use serde_json::error::Category;
 use serde_json::value::RawValue;
 
 use super::error::ApiError;
+use super::limits::too_deep;
 use crate::auth::Principal;
 use crate::http::Response;
 use crate::shard::owner::{DraftSpan, Op, OpResult, PublishBatch, Receipt};
@@ -93,6 +94,25 @@ struct Parsed {
     escaped_topic: Option<String>,
 }
 
+impl Parsed {
+    fn topic<'a>(&'a self, body: &'a [u8]) -> &'a str {
+        match &self.escaped_topic {
+            Some(name) => name,
+            // Validated as a topic name (ASCII) when parsed.
+            None => std::str::from_utf8(&body[self.span.topic.clone()]).unwrap_or_default(),
+        }
+    }
+
+    /// The token's `topics` claim must allow the topic.
+    fn permitted(self, body: &[u8], principal: &Principal) -> Result<Parsed, ApiError> {
+        if principal.may_use(self.topic(body)) {
+            Ok(self)
+        } else {
+            Err(ApiError::topic_forbidden(self.topic(body)))
+        }
+    }
+}
+
 const MAX_TTL_SECS: u64 = 100 * 365 * 24 * 3600;
 
 fn offset_in(body: &[u8], part: &str) -> Range<usize> {
@@ -100,7 +120,7 @@ fn offset_in(body: &[u8], part: &str) -> Range<usize> {
     start..start + part.len()
 }
 
-fn parse_message(body: &[u8], raw: &str) -> Result<Parsed, ApiError> {
+fn parse_message(body: &[u8], raw: &str, max_depth: usize) -> Result<Parsed, ApiError> {
     let msg: RawMessage<'_> = serde_json::from_str(raw).map_err(|e| match e.classify() {
         Category::Syntax | Category::Eof => {
             ApiError::invalid("INVALID_JSON", format!("the body is not valid JSON: {e}"))
@@ -138,6 +158,16 @@ fn parse_message(body: &[u8], raw: &str) -> Result<Parsed, ApiError> {
     let payload = msg
         .payload
         .ok_or_else(|| ApiError::invalid("MISSING_FIELD", "`payload` is required"))?;
+    if too_deep(payload.get().as_bytes(), max_depth)
+        || msg
+            .metadata
+            .is_some_and(|m| too_deep(m.get().as_bytes(), max_depth))
+    {
+        return Err(ApiError::invalid(
+            "JSON_TOO_DEEP",
+            format!("`payload` and `metadata` may nest at most {max_depth} levels"),
+        ));
+    }
 
     let ttl_ms = match msg.ttl.map(RawValue::get) {
         None | Some("null") => None,
@@ -231,10 +261,14 @@ async fn publish_to(
 
 pub async fn single(
     shard: &Rc<Shard>,
-    _principal: &Principal,
+    principal: &Principal,
     mut body: Vec<u8>,
 ) -> Result<Response, ApiError> {
-    let parsed = parse_message(&body, body_str(&body)?)?;
+    let depth = shard.config.limits.max_json_depth;
+    let parsed = parse_message(&body, body_str(&body)?, depth)?.permitted(&body, principal)?;
+    shard
+        .publish_rates
+        .charge(&principal.subject, 1, body.len())?;
     let spans = finish_spans(&mut body, vec![parsed]);
     let topic = String::from_utf8_lossy(&body[spans[0].topic.clone()]).into_owned();
     let owner = owner_of(&topic, shard.count);
@@ -250,7 +284,7 @@ pub async fn single(
 
 pub async fn bulk(
     shard: &Rc<Shard>,
-    _principal: &Principal,
+    principal: &Principal,
     mut body: Vec<u8>,
 ) -> Result<Response, ApiError> {
     let max = shard.config.limits.max_bulk_messages;
@@ -275,7 +309,10 @@ pub async fn bulk(
     }
     let results: Vec<Result<Parsed, ApiError>> = items
         .iter()
-        .map(|raw| parse_message(&body, raw.get()))
+        .map(|raw| {
+            parse_message(&body, raw.get(), shard.config.limits.max_json_depth)
+                .and_then(|p| p.permitted(&body, principal))
+        })
         .collect();
     drop(items);
 
@@ -290,6 +327,10 @@ pub async fn bulk(
             Err(e) => outcomes.push(Err(e)),
         }
     }
+    // A whole batch is refused (nothing published) when the subject is over its rate.
+    shard
+        .publish_rates
+        .charge(&principal.subject, parsed.len(), body.len())?;
     let spans = finish_spans(&mut body, parsed);
     let topics: Vec<String> = spans
         .iter()
@@ -391,7 +432,7 @@ mod tests {
 
     fn parse(text: &str) -> Result<(Parsed, Vec<u8>), ApiError> {
         let body = text.as_bytes().to_vec();
-        let p = parse_message(&body, std::str::from_utf8(&body).unwrap())?;
+        let p = parse_message(&body, std::str::from_utf8(&body).unwrap(), 3)?;
         Ok((p, body))
     }
 
@@ -448,6 +489,11 @@ mod tests {
             (
                 r#"{"topic":"t","topic":"u","payload":1}"#,
                 "INVALID_MESSAGE",
+            ),
+            (r#"{"topic":"t","payload":[[[[1]]]]}"#, "JSON_TOO_DEEP"),
+            (
+                r#"{"topic":"t","payload":1,"metadata":{"a":{}}}"#,
+                "INVALID_METADATA",
             ),
         ];
         for (text, code) in cases {

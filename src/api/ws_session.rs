@@ -22,8 +22,9 @@ use serde::{Deserialize, Serialize};
 use super::ack::{self, AckOutcome};
 use super::conn::{poll_read_into, Conn, Event};
 use super::error::ApiError;
+use super::limits::{self, Bucket};
 use super::subscriptions::{ReplayProblem, Subscriptions};
-use super::{parse_client_id, parse_topics};
+use super::{parse_client_id, parse_topics, permit_topics};
 use crate::auth::{AuthError, Permission, Principal};
 use crate::http::Request;
 use crate::metrics::{self, ShardMetrics};
@@ -33,7 +34,9 @@ use crate::topic::message::rfc3339;
 use crate::topic::subscribers::Sink;
 use crate::topic::{consumer_key, ConsumerKey, Cursor, Message, MessageId};
 use crate::ws::frame::{close_frame, ping_frame, pong_frame, text_frame, FrameDecoder, Incoming};
-use crate::ws::{handshake, GOING_AWAY, POLICY_VIOLATION, SLOW_CONSUMER};
+use crate::ws::{
+    handshake, GOING_AWAY, POLICY_VIOLATION, RATE_LIMITED, SLOW_CONSUMER, TOKEN_EXPIRED,
+};
 
 /// Invalid commands tolerated per session before it is closed as abusive.
 const MAX_INVALID_FRAMES: u32 = 100;
@@ -208,6 +211,11 @@ struct UnsubscribeCmd {
 }
 
 #[derive(Deserialize)]
+struct AuthCmd {
+    token: String,
+}
+
+#[derive(Deserialize)]
 struct AckCmd {
     message_id: String,
     topic: Option<String>,
@@ -243,13 +251,32 @@ pub async fn run(conn: &mut Conn, up: Upgrade) -> io::Result<()> {
     let mut decoder = FrameDecoder::new(cfg.limits.max_ws_message_bytes);
     let mut wbuf = Vec::new();
     let mut last_heard = now_ms();
-    conn.ctl.set_deadline(last_heard + ping_every);
+    let mut next_ping = last_heard + ping_every;
+    let leeway = cfg.jwt.leeway.as_millis() as u64;
+    let frame_rate = cfg.limits.ws_frame_rate;
+    let mut frames_allowed = (frame_rate > 0).then(|| Bucket::new(frame_rate, Instant::now()));
+    let mut over_rate = 0u64;
 
     loop {
         loop {
             match decoder.decode(conn.rbuf.filled()) {
                 Ok(Some((incoming, used))) => {
                     conn.rbuf.consume(used);
+                    let counted = !matches!(incoming, Incoming::Pong | Incoming::Close { .. });
+                    if let (true, Some(bucket)) = (counted, frames_allowed.as_mut()) {
+                        if let Err(wait) = bucket.take(1.0, Instant::now()) {
+                            // Refused frames are not processed; a client that keeps
+                            // sending a second's worth past the limit is cut off.
+                            over_rate += 1;
+                            if over_rate > frame_rate {
+                                let reason = "too many frames per second";
+                                return close(conn, &out, &mut wbuf, RATE_LIMITED, reason).await;
+                            }
+                            let err = limits::rate_limited(wait, "frame rate limit exceeded");
+                            out.push_json(&err.to_ws_json());
+                            continue;
+                        }
+                    }
                     match incoming {
                         Incoming::Text(text) => session.command(&text).await,
                         Incoming::Binary(_) => session.reject(ApiError::invalid(
@@ -288,14 +315,22 @@ pub async fn run(conn: &mut Conn, up: Upgrade) -> io::Result<()> {
         if conn.ctl.closing() {
             return close(conn, &out, &mut wbuf, GOING_AWAY, "server shutting down").await;
         }
+        let expires = session.principal.expires_at.saturating_mul(1000) + leeway;
         if conn.ctl.take_timeout() {
             let now = now_ms();
-            if now.saturating_sub(last_heard) >= dead_after {
-                return Ok(());
+            if now >= expires {
+                let reason = "token expired: send an auth frame before expiry, or reconnect";
+                return close(conn, &out, &mut wbuf, TOKEN_EXPIRED, reason).await;
             }
-            out.push_control(ping_frame(b""));
-            conn.ctl.set_deadline(now + ping_every);
+            if now >= next_ping {
+                if now.saturating_sub(last_heard) >= dead_after {
+                    return Ok(());
+                }
+                out.push_control(ping_frame(b""));
+                next_ping = now + ping_every;
+            }
         }
+        conn.ctl.set_deadline(next_ping.min(expires));
         match drive(conn, &out, &mut wbuf).await? {
             Event::Data => last_heard = now_ms(),
             Event::Eof => return Ok(()),
@@ -399,6 +434,7 @@ impl Session {
                     Ok(cmd) => self.ack(cmd).await,
                     Err(e) => Err(e),
                 },
+                "auth" => parse::<AuthCmd>(text).and_then(|cmd| self.reauthenticate(cmd)),
                 "ping" => {
                     let pong = format!(r#"{{"type":"pong","timestamp":"{}"}}"#, rfc3339(now_ms()));
                     self.out.push_json(pong.as_bytes());
@@ -406,7 +442,7 @@ impl Session {
                 }
                 other => Err(ApiError::invalid(
                     "UNKNOWN_TYPE",
-                    format!("unknown frame type {other:?}; expected subscribe, unsubscribe, ack or ping"),
+                    format!("unknown frame type {other:?}; expected subscribe, unsubscribe, ack, auth or ping"),
                 )),
             },
         };
@@ -415,12 +451,35 @@ impl Session {
         }
     }
 
+    /// Replaces the session's token before it expires. The subject must stay the same:
+    /// durable consumer positions and subscriptions belong to it.
+    fn reauthenticate(&mut self, cmd: AuthCmd) -> Result<(), ApiError> {
+        let principal = self.shard.auth.verify(&cmd.token)?;
+        principal.require(Permission::Read)?;
+        if principal.subject != self.principal.subject {
+            return Err(ApiError::new(
+                403,
+                "AUTH_SUBJECT_MISMATCH",
+                "a session cannot change its subject; open a new connection",
+            ));
+        }
+        if let Some(denied) = self.subs.topics().find(|t| !principal.may_use(t)) {
+            return Err(ApiError::topic_forbidden(denied));
+        }
+        let expires = rfc3339(principal.expires_at.saturating_mul(1000));
+        self.principal = principal;
+        let reply = format!(r#"{{"type":"authenticated","expires_at":"{expires}"}}"#);
+        self.out.push_json(reply.as_bytes());
+        Ok(())
+    }
+
     async fn subscribe(&mut self, cmd: SubscribeCmd) -> Result<(), ApiError> {
         let cfg = &self.shard.config;
         let topics = parse_topics(
             cmd.topics.iter().map(String::as_str),
             cfg.limits.max_topics_per_request,
         )?;
+        permit_topics(&self.principal, &topics)?;
         let new = topics.iter().filter(|t| !self.subs.contains(t)).count();
         if self.subs.len() + new > cfg.limits.max_topics_per_request {
             return Err(ApiError::invalid(
@@ -539,7 +598,11 @@ impl Session {
             )
         })?;
         let topic = match cmd.topic {
-            Some(topic) => Some(Box::from(&*parse_topics([topic.as_str()], 1)?[0])),
+            Some(topic) => {
+                let topic = parse_topics([topic.as_str()], 1)?;
+                permit_topics(&self.principal, &topic)?;
+                Some(Box::from(&*topic[0]))
+            }
             None => None,
         };
         let candidates: Vec<Box<str>> = self.subs.topics().map(|t| Box::from(&**t)).collect();

@@ -31,6 +31,7 @@ pub use glommio::net::TcpStream;
 pub use glommio::spawn_local;
 pub use glommio::timer::sleep;
 
+use crate::api::limits::PublishRates;
 use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::metrics::{self, ShardMetrics};
@@ -94,6 +95,8 @@ pub struct Shard {
     pub subscribers: RefCell<LocalSubscribers>,
     pub store: Store,
     pub metrics: Rc<ShardMetrics>,
+    /// Publish rate buckets of the token subjects seen on this shard.
+    pub publish_rates: PublishRates,
     /// The owned topics' last IDs have been read back from the persistent tier (always
     /// true for the memory backend); publishes wait for it.
     recovered: Cell<bool>,
@@ -375,6 +378,10 @@ async fn shard_main(
     let metrics = Rc::new(ShardMetrics::default());
     let (store, link) = Store::for_shard(&config, id, &metrics);
     let persistent = store.is_persistent();
+    let publish_rates = PublishRates::new(
+        config.limits.publish_rate,
+        config.limits.publish_bytes_rate as u64,
+    );
     let shard = Rc::new(Shard {
         id,
         count,
@@ -388,6 +395,7 @@ async fn shard_main(
             crate::topic::IdClock::new(id, count),
         )),
         subscribers: RefCell::new(LocalSubscribers::default()),
+        publish_rates,
         store,
         metrics,
         recovered: Cell::new(!persistent),

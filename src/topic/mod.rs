@@ -495,7 +495,11 @@ mod tests {
             t.publish(&draft, ms, Some(MessageId::ZERO));
         }
         let (all, _) = t.subscribe("x", 0, &Cursor::Earliest, None, 10, 100);
-        assert_eq!(all.backlog.len(), 4, "nothing confirmed: the ring keeps all");
+        assert_eq!(
+            all.backlog.len(),
+            4,
+            "nothing confirmed: the ring keeps all"
+        );
         t.publish(&draft, 5, Some(first));
         let (all, _) = t.subscribe("x", 0, &Cursor::Earliest, None, 10, 100);
         assert_eq!(all.backlog.len(), 4, "only the confirmed one could go");

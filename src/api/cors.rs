@@ -1,0 +1,67 @@
+//! CORS for browser producers and consumers: preflight answers and the
+//! `Access-Control-Allow-Origin` header, driven by `server.allowed_origins`.
+//!
+//! Tokens travel in the `Authorization` header, not in cookies, so allowing an origin
+//! grants it nothing a token does not: an empty list therefore allows every origin (`*`).
+//! WebSocket upgrades are checked against the same list in `ws_session`.
+
+use crate::http::{Method, Request, Response};
+
+use super::error::ApiError;
+
+const ALLOW_HEADERS: &str = "Authorization, Content-Type, Idempotency-Key";
+const MAX_AGE_SECS: &str = "600";
+
+/// The methods a path accepts, for `Allow` and `Access-Control-Allow-Methods`.
+pub fn methods_of(path: &str) -> Option<&'static str> {
+    Some(match path {
+        "/health" | "/ready" => "GET, HEAD, OPTIONS",
+        "/metrics" | "/api/v1/poll" | "/ws" => "GET, OPTIONS",
+        "/api/v1/messages" | "/api/v1/messages/bulk" | "/api/v1/ack" => "POST, OPTIONS",
+        _ => return None,
+    })
+}
+
+/// The `Access-Control-Allow-Origin` value for a request from an allowed origin.
+pub fn allow_origin(allowed: &[String], req: &Request) -> Option<String> {
+    let origin = req.header("origin")?;
+    if allowed.is_empty() {
+        Some("*".to_string())
+    } else {
+        allowed
+            .iter()
+            .any(|a| a == origin)
+            .then(|| origin.to_string())
+    }
+}
+
+/// The answer to an `OPTIONS` request, or `None` for any other method.
+pub fn preflight(allowed: &[String], req: &Request) -> Option<Response> {
+    if req.method != Method::Options {
+        return None;
+    }
+    let Some(methods) = methods_of(&req.path) else {
+        return Some(ApiError::not_found(&req.path).into_response());
+    };
+    let Some(origin) = req.header("origin") else {
+        // A plain OPTIONS: say what the path accepts.
+        return Some(Response::empty(204).with_header("Allow", methods));
+    };
+    if allow_origin(allowed, req).is_none() {
+        return Some(
+            ApiError::new(
+                403,
+                "ORIGIN_NOT_ALLOWED",
+                format!("origin {origin:?} is not in server.allowed_origins"),
+            )
+            .into_response(),
+        );
+    }
+    // The Access-Control-Allow-Origin header is added by the caller, as on every response.
+    Some(
+        Response::empty(204)
+            .with_header("Access-Control-Allow-Methods", methods)
+            .with_header("Access-Control-Allow-Headers", ALLOW_HEADERS)
+            .with_header("Access-Control-Max-Age", MAX_AGE_SECS),
+    )
+}

@@ -1,0 +1,294 @@
+//! Security features against the real binary: the `topics` claim, CORS, WebSocket token
+//! expiry and re-authentication, publish and frame rate limits, JSON depth.
+
+mod common;
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use common::*;
+use serde_json::{json, Value};
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// A token signed with the test secret carrying arbitrary claims.
+fn token_with(claims: Value) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
+fn restricted_token() -> String {
+    token_with(json!({
+        "sub": "restricted",
+        "permissions": ["read", "write"],
+        "exp": now_secs() + 3600,
+        "topics": ["jobs.*", "alerts"],
+    }))
+}
+
+fn publish_with(relay: &Relay, token: &str, body: &str) -> Response {
+    relay.request(
+        "POST",
+        "/api/v1/messages",
+        &[auth_header(token).as_pair()],
+        body.as_bytes(),
+    )
+}
+
+#[test]
+fn topics_claim_limits_publish_poll_subscribe_and_ack() {
+    let relay = Relay::start();
+    let token = restricted_token();
+    publish_with(&relay, &token, r#"{"topic":"jobs.1","payload":1}"#).assert_status(201);
+    publish_with(&relay, &token, r#"{"topic":"alerts","payload":1}"#).assert_status(201);
+    publish_with(&relay, &token, r#"{"topic":"secrets","payload":1}"#)
+        .assert_error(403, "TOPIC_FORBIDDEN");
+
+    let bulk = relay.request(
+        "POST",
+        "/api/v1/messages/bulk",
+        &[auth_header(&token).as_pair()],
+        br#"{"messages":[{"topic":"jobs.2","payload":1},{"topic":"secrets","payload":2}]}"#,
+    );
+    bulk.assert_status(207);
+    let body = bulk.json();
+    assert_eq!(
+        body["summary"],
+        json!({"total": 2, "accepted": 1, "rejected": 1})
+    );
+    assert_eq!(body["results"][1]["error"]["code"], "TOPIC_FORBIDDEN");
+
+    // Nothing reached the forbidden topic.
+    let seen = relay.poll("topics=secrets&since=earliest&timeout=1");
+    seen.assert_status(200);
+    assert_eq!(seen.json()["messages"], json!([]));
+
+    let mut http = relay.http();
+    http.request(
+        "GET",
+        "/api/v1/poll?topics=jobs.1,secrets&since=earliest&timeout=1",
+        &[auth_header(&token).as_pair()],
+        b"",
+    )
+    .assert_error(403, "TOPIC_FORBIDDEN");
+
+    let mut ws = Ws::connect(relay.addr, &token);
+    ws.send_json(&json!({"type": "subscribe", "topics": ["jobs.1", "secrets"]}));
+    let err = ws.expect_error("TOPIC_FORBIDDEN");
+    assert!(
+        err["message"].as_str().unwrap().contains("secrets"),
+        "{err}"
+    );
+    // Nothing was subscribed: the allowed topic of the refused request delivers nothing.
+    relay.publish("jobs.1", "2");
+    assert!(ws.collect_until_pong().is_empty());
+    ws.subscribe(&["jobs.1"], json!({}));
+    relay.publish("jobs.1", "3");
+    assert_eq!(ws.recv_delivery()["payload"], 3);
+}
+
+#[test]
+fn cors_preflight_and_allow_origin() {
+    let relay = Relay::start_with(&[("PULSAR_SERVER_ALLOWED_ORIGINS", "https://app.example")]);
+    let preflight = relay.request(
+        "OPTIONS",
+        "/api/v1/messages",
+        &[
+            ("Origin", "https://app.example"),
+            ("Access-Control-Request-Method", "POST"),
+            (
+                "Access-Control-Request-Headers",
+                "authorization, content-type",
+            ),
+        ],
+        b"",
+    );
+    preflight.assert_status(204);
+    assert_eq!(
+        preflight.header("access-control-allow-origin"),
+        Some("https://app.example")
+    );
+    assert!(preflight
+        .header("access-control-allow-methods")
+        .is_some_and(|m| m.contains("POST")));
+    assert!(preflight
+        .header("access-control-allow-headers")
+        .is_some_and(|h| h.contains("Authorization")));
+
+    relay
+        .request(
+            "OPTIONS",
+            "/api/v1/messages",
+            &[("Origin", "https://evil.example")],
+            b"",
+        )
+        .assert_error(403, "ORIGIN_NOT_ALLOWED");
+
+    let token = rw_token();
+    let allowed = relay.request(
+        "POST",
+        "/api/v1/messages",
+        &[
+            auth_header(&token).as_pair(),
+            ("Origin", "https://app.example"),
+        ],
+        br#"{"topic":"t","payload":1}"#,
+    );
+    allowed.assert_status(201);
+    assert_eq!(
+        allowed.header("access-control-allow-origin"),
+        Some("https://app.example")
+    );
+    let other = relay.request(
+        "POST",
+        "/api/v1/messages",
+        &[
+            auth_header(&token).as_pair(),
+            ("Origin", "https://evil.example"),
+        ],
+        br#"{"topic":"t","payload":1}"#,
+    );
+    assert_eq!(other.header("access-control-allow-origin"), None);
+
+    let open = Relay::start();
+    let any = open.request("GET", "/health", &[("Origin", "https://x.example")], b"");
+    assert_eq!(any.header("access-control-allow-origin"), Some("*"));
+}
+
+#[test]
+fn websocket_closes_with_4001_when_its_token_expires_unless_renewed() {
+    let relay = Relay::start_with(&[("PULSAR_JWT_LEEWAY", "0s")]);
+    let short = |secs: u64| {
+        token_with(json!({
+            "sub": "tester",
+            "permissions": ["read"],
+            "exp": now_secs() + secs,
+        }))
+    };
+    let mut ws = Ws::connect(relay.addr, &short(2));
+    ws.set_read_timeout(Duration::from_secs(6));
+    let started = Instant::now();
+    let reason = ws.expect_close(4001);
+    assert!(reason.contains("expired"), "{reason}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+
+    let mut renewed = Ws::connect(relay.addr, &short(2));
+    renewed.send_json(&json!({"type": "auth", "token": short(60)}));
+    renewed.expect_type("authenticated");
+    std::thread::sleep(Duration::from_millis(3500));
+    // Still open: a ping is answered.
+    renewed.send_json(&json!({"type": "ping"}));
+    renewed.expect_type("pong");
+
+    // Another subject cannot take over the session.
+    let other = token("someone-else", pulsar_relay::auth::Permissions::READ);
+    renewed.send_json(&json!({"type": "auth", "token": other}));
+    renewed.expect_error("AUTH_SUBJECT_MISMATCH");
+    renewed.send_json(&json!({"type": "auth", "token": "garbage"}));
+    renewed.expect_error("INVALID_TOKEN");
+}
+
+#[test]
+fn publish_rate_limit_answers_429_with_retry_after() {
+    let relay = Relay::start_with(&[
+        ("PULSAR_LIMITS_PUBLISH_RATE", "5"),
+        ("PULSAR_SERVER_SHARDS", "1"),
+    ]);
+    let mut http = relay.http();
+    let producer = rw_token();
+    let mut statuses = Vec::new();
+    for i in 0..8 {
+        let resp = http.request(
+            "POST",
+            "/api/v1/messages",
+            &[auth_header(&producer).as_pair()],
+            format!(r#"{{"topic":"rl","payload":{i}}}"#).as_bytes(),
+        );
+        if resp.status == 429 {
+            assert_eq!(resp.code(), "RATE_LIMITED");
+            assert!(resp.header("retry-after").is_some());
+        }
+        statuses.push(resp.status);
+    }
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 201).count(),
+        5,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 429).count(),
+        3,
+        "{statuses:?}"
+    );
+    // Refused publishes changed nothing.
+    let got = relay.poll("topics=rl&since=earliest&timeout=1").json();
+    assert_eq!(got["messages"].as_array().unwrap().len(), 5);
+    // Another subject has its own bucket.
+    let other = token("other", pulsar_relay::auth::Permissions::WRITE);
+    http.request(
+        "POST",
+        "/api/v1/messages",
+        &[auth_header(&other).as_pair()],
+        br#"{"topic":"rl","payload":9}"#,
+    )
+    .assert_status(201);
+}
+
+#[test]
+fn websocket_frame_flood_is_refused_then_closed() {
+    let relay = Relay::start_with(&[("PULSAR_LIMITS_WS_FRAME_RATE", "10")]);
+    let mut ws = relay.ws();
+    for _ in 0..15 {
+        ws.send_json(&json!({"type": "ping"}));
+    }
+    let mut pongs = 0;
+    let mut limited = 0;
+    for _ in 0..15 {
+        let frame = ws.recv_json();
+        match frame["type"].as_str() {
+            Some("pong") => pongs += 1,
+            Some("error") if frame["code"] == "RATE_LIMITED" => limited += 1,
+            _ => panic!("unexpected frame {frame}"),
+        }
+    }
+    assert_eq!((pongs, limited), (10, 5));
+    for _ in 0..30 {
+        ws.send_json(&json!({"type": "ping"}));
+    }
+    // Refusals (error frames, perhaps a pong after a refill) come first, then the close.
+    loop {
+        match ws.next_message() {
+            tungstenite::Message::Close(Some(frame)) => {
+                assert_eq!(u16::from(frame.code), 4008, "{:?}", frame.reason);
+                break;
+            }
+            tungstenite::Message::Text(_) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn deeply_nested_payloads_are_refused() {
+    let relay = Relay::start();
+    let deep = format!(
+        r#"{{"topic":"deep","payload":{}1{}}}"#,
+        "[".repeat(100),
+        "]".repeat(100)
+    );
+    publish_with(&relay, &rw_token(), &deep).assert_error(422, "JSON_TOO_DEEP");
+    let ok = format!(
+        r#"{{"topic":"deep","payload":{}1{}}}"#,
+        "[".repeat(60),
+        "]".repeat(60)
+    );
+    publish_with(&relay, &rw_token(), &ok).assert_status(201);
+}
