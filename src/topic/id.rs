@@ -20,6 +20,19 @@ impl MessageId {
         MessageId { ms, seq }
     }
 
+    /// Length of the `ms-seq` text.
+    pub fn text_len(self) -> usize {
+        decimal_len(self.ms) + 1 + decimal_len(self.seq)
+    }
+
+    /// Appends the `ms-seq` text without an intermediate string (hot path: every message's
+    /// frame carries its ID).
+    pub fn push_text(self, out: &mut Vec<u8>) {
+        push_decimal(self.ms, out);
+        out.push(b'-');
+        push_decimal(self.seq, out);
+    }
+
     /// Parses `ms-seq` (both parts plain decimal); a bare `ms` means `ms-0`, as in Valkey.
     pub fn parse(text: &str) -> Option<MessageId> {
         let (ms, seq) = match text.split_once('-') {
@@ -31,6 +44,24 @@ impl MessageId {
             seq: parse_decimal(seq)?,
         })
     }
+}
+
+fn decimal_len(n: u64) -> usize {
+    n.checked_ilog10().map_or(1, |d| d as usize + 1)
+}
+
+fn push_decimal(mut n: u64, out: &mut Vec<u8>) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
 }
 
 fn parse_decimal(text: &str) -> Option<u64> {
@@ -153,6 +184,21 @@ mod tests {
         assert_eq!(id, MessageId::new(1731000000123, 7));
         assert_eq!(id.to_string(), "1731000000123-7");
         assert_eq!(MessageId::parse("42"), Some(MessageId::new(42, 0)));
+    }
+
+    #[test]
+    fn pushed_text_matches_display() {
+        for id in [
+            MessageId::new(0, 0),
+            MessageId::new(9, 10),
+            MessageId::new(1_795_775_969_418, 3),
+            MessageId::new(u64::MAX, u64::MAX),
+        ] {
+            let mut out = Vec::new();
+            id.push_text(&mut out);
+            assert_eq!(out, id.to_string().as_bytes());
+            assert_eq!(id.text_len(), out.len());
+        }
     }
 
     #[test]

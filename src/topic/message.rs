@@ -42,7 +42,6 @@ const TIMESTAMP_LEN: usize = "2025-10-09T12:00:00.123Z".len();
 
 impl Message {
     pub fn build(id: MessageId, topic: Arc<str>, now_ms: u64, draft: &Draft<'_>) -> Message {
-        let id_text = id.to_string();
         let metadata_len = draft.metadata.map_or(4, <[u8]>::len);
         // Topic names are restricted to characters that need no JSON escaping (API layer).
         let parts: [&[u8]; 6] = [
@@ -54,7 +53,7 @@ impl Message {
             b"}",
         ];
         let json_len = parts.iter().map(|p| p.len()).sum::<usize>()
-            + id_text.len()
+            + id.text_len()
             + topic.len()
             + draft.payload.len()
             + TIMESTAMP_LEN
@@ -64,7 +63,7 @@ impl Message {
         encode_header(OpCode::Text, json_len, &mut frame);
         let json_start = frame.len();
         frame.extend_from_slice(parts[0]);
-        frame.extend_from_slice(id_text.as_bytes());
+        id.push_text(&mut frame);
         frame.extend_from_slice(parts[1]);
         frame.extend_from_slice(topic.as_bytes());
         frame.extend_from_slice(parts[2]);
@@ -136,14 +135,28 @@ pub fn push_rfc3339(unix_ms: u64, out: &mut Vec<u8>) {
     let secs = unix_ms / 1000;
     let (year, month, day) = civil_from_days((secs / 86_400) as i64);
     let rem = secs % 86_400;
-    let text = format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60,
-        unix_ms % 1000
-    );
-    out.extend_from_slice(text.as_bytes());
+    // Fixed width (the frame length is computed from it): years past 9999 are clamped.
+    let fields: [(u64, usize, u8); 7] = [
+        (year.clamp(0, 9999) as u64, 4, b'-'),
+        (u64::from(month), 2, b'-'),
+        (u64::from(day), 2, b'T'),
+        (rem / 3600, 2, b':'),
+        (rem / 60 % 60, 2, b':'),
+        (rem % 60, 2, b'.'),
+        (unix_ms % 1000, 3, b'Z'),
+    ];
+    for (value, width, separator) in fields {
+        push_padded(value, width, out);
+        out.push(separator);
+    }
+}
+
+fn push_padded(value: u64, width: usize, out: &mut Vec<u8>) {
+    let mut divisor = 10u64.pow(width as u32 - 1);
+    while divisor > 0 {
+        out.push(b'0' + (value / divisor % 10) as u8);
+        divisor /= 10;
+    }
 }
 
 pub fn rfc3339(unix_ms: u64) -> String {

@@ -68,7 +68,7 @@ impl Ring {
             Some(id) => self.messages.partition_point(|m| m.id <= id),
             None => 0,
         };
-        let mut out = Vec::new();
+        let mut out = Vec::with_capacity(limit.min(self.messages.len() - start));
         let mut live = self
             .messages
             .range(start..)
