@@ -146,7 +146,7 @@ impl Link {
                 }
                 Err(err) => {
                     // Log the first failure and then every 20th, not every retry.
-                    if failures % 20 == 0 {
+                    if failures.is_multiple_of(20) {
                         eprintln!(
                             "shard {}: cannot connect to Valkey at {}:{}: {err}; retrying",
                             self.shard, self.cfg.host, self.cfg.port
