@@ -45,4 +45,8 @@ fi
 PULSAR_TEST_VALKEY_SERVER=$(find_valkey)
 export PULSAR_TEST_VALKEY_SERVER
 echo "tools/test.sh: using $("$PULSAR_TEST_VALKEY_SERVER" --version | head -n1)"
-cargo test --workspace --all-targets "$@"
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+cargo test --workspace --all-targets "$@" 2>&1 | tee "$log"
+# One closing line for the whole run (cargo prints one per test binary).
+awk '/^test result:/ { p += $4; f += $6 } END { printf "%d passed, %d failed\n", p, f }' "$log"
