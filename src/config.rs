@@ -239,6 +239,10 @@ pub struct LimitsConfig {
     pub max_ws_message_bytes: usize,
     /// 0 = only the OS file limit.
     pub max_connections: usize,
+    /// Open connections one source IP may hold; 0 = unlimited.
+    pub max_connections_per_ip: u32,
+    /// WebSocket sessions one token subject may hold; 0 = unlimited.
+    pub max_websockets_per_subject: u32,
     /// Messages per second one token subject may publish (per shard); 0 = unlimited.
     pub publish_rate: u64,
     /// Request-body bytes per second one token subject may publish (per shard); 0 = unlimited.
@@ -260,6 +264,8 @@ impl Default for LimitsConfig {
             max_topics_per_request: 100,
             max_ws_message_bytes: 1 << 20,
             max_connections: 0,
+            max_connections_per_ip: 0,
+            max_websockets_per_subject: 0,
             publish_rate: 0,
             publish_bytes_rate: 0,
             ws_frame_rate: 200,
@@ -416,6 +422,8 @@ const SECTIONS: &[(&str, &[(&str, EnvKind)])] = &[
             ("max_topics_per_request", Scalar),
             ("max_ws_message_bytes", Scalar),
             ("max_connections", Scalar),
+            ("max_connections_per_ip", Scalar),
+            ("max_websockets_per_subject", Scalar),
             ("publish_rate", Scalar),
             ("publish_bytes_rate", Scalar),
             ("ws_frame_rate", Scalar),

@@ -292,3 +292,65 @@ fn deeply_nested_payloads_are_refused() {
     );
     publish_with(&relay, &rw_token(), &ok).assert_status(201);
 }
+
+/// Retries `attempt` until it returns true or `timeout` passes (a released slot travels
+/// to its owner shard through the mesh, so it comes back a moment after a close).
+fn eventually(timeout: Duration, mut attempt: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if attempt() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+#[test]
+fn connections_per_ip_are_capped_across_shards() {
+    let relay = Relay::start_with(&[("PULSAR_LIMITS_MAX_CONNECTIONS_PER_IP", "3")]);
+    let mut held: Vec<Http> = (0..3).map(|_| relay.http()).collect();
+    for http in &mut held {
+        http.request("GET", "/health", &[], b"").assert_status(200);
+    }
+    relay
+        .request("GET", "/health", &[], b"")
+        .assert_error(503, "TOO_MANY_CONNECTIONS");
+    drop(held.pop());
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            relay.request("GET", "/health", &[], b"").status == 200
+        }),
+        "a closed connection's slot comes back"
+    );
+}
+
+#[test]
+fn websockets_per_subject_are_capped() {
+    let relay = Relay::start_with(&[("PULSAR_LIMITS_MAX_WEBSOCKETS_PER_SUBJECT", "2")]);
+    let first = relay.ws();
+    let _second = relay.ws();
+    let request = || {
+        use tungstenite::client::IntoClientRequest;
+        format!("ws://{}/ws?token={}", relay.addr, rw_token())
+            .into_client_request()
+            .unwrap()
+    };
+    match Ws::connect_request(relay.addr, request()) {
+        WsConnect::Refused(status) => assert_eq!(status, 429),
+        WsConnect::Open(_) => panic!("a third session was accepted"),
+    }
+    // Another subject is not affected.
+    let _other = Ws::connect(
+        relay.addr,
+        &token("other", pulsar_relay::auth::Permissions::READ),
+    );
+    first.close();
+    assert!(
+        eventually(Duration::from_secs(5), || matches!(
+            Ws::connect_request(relay.addr, request()),
+            WsConnect::Open(_)
+        )),
+        "a closed session's slot comes back"
+    );
+}

@@ -22,6 +22,7 @@ use std::time::Instant;
 use crate::auth::{AuthError, Permission, Principal};
 use crate::http::{encode, Limits, Method, Request, RequestDecoder, Response};
 use crate::metrics;
+use crate::shard::quota::QuotaKey;
 use crate::shard::{now_ms, Shard, TcpStream};
 use crate::topic::valid_topic_name;
 use conn::{Conn, Event};
@@ -31,20 +32,26 @@ use error::ApiError;
 pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
     let _ = stream.set_nodelay(true);
     let _ = stream.set_write_timeout(Some(shard.config.server.write_timeout));
+    let per_ip = shard.config.limits.max_connections_per_ip;
+    let _slot = match stream.peer_addr() {
+        Ok(peer) if per_ip > 0 => {
+            match shard.acquire_quota(QuotaKey::Ip(peer.ip()), per_ip).await {
+                Some(slot) => Some(slot),
+                None => return refuse(stream, "this address holds too many connections").await,
+            }
+        }
+        _ => None,
+    };
     let mut conn = Conn::new(shard, stream);
     // An I/O error here means the peer went away; there is nobody left to tell.
     let _ = http_loop(&mut conn).await;
 }
 
-/// Answers a connection over `limits.max_connections` with 503 and closes it.
-pub async fn refuse(mut stream: TcpStream) {
+/// Answers a connection over a connection limit with 503 and closes it.
+pub async fn refuse(mut stream: TcpStream, why: &str) {
     use futures_lite::AsyncWriteExt;
-    let err = ApiError::new(
-        503,
-        "TOO_MANY_CONNECTIONS",
-        "the relay is at its connection limit; retry later",
-    )
-    .with_header("Retry-After", "1");
+    let err = ApiError::new(503, "TOO_MANY_CONNECTIONS", format!("{why}; retry later"))
+        .with_header("Retry-After", "1");
     let mut out = Vec::new();
     encode(&err.into_response(), false, false, &mut out);
     let _ = stream.write_all(&out).await;
@@ -212,7 +219,7 @@ async fn route(conn: &mut Conn, req: Request, auth: &mut AuthCache) -> Outcome {
             result.into()
         }
         ("/api/v1/ack", _) => not_allowed("POST"),
-        ("/ws", Get) => match ws_session::upgrade(&shard, &req) {
+        ("/ws", Get) => match ws_session::upgrade(&shard, &req).await {
             Ok(upgrade) => Outcome::Upgrade(upgrade),
             Err(e) => Outcome::from(Err(e)),
         },

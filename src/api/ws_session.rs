@@ -29,6 +29,7 @@ use crate::auth::{AuthError, Permission, Principal};
 use crate::http::Request;
 use crate::metrics::{self, ShardMetrics};
 use crate::shard::conns::ConnCtl;
+use crate::shard::quota::{QuotaKey, QuotaSlot};
 use crate::shard::{now_ms, Shard};
 use crate::topic::message::rfc3339;
 use crate::topic::subscribers::Sink;
@@ -47,10 +48,12 @@ pub struct Upgrade {
     accept_key: String,
     protocol: Option<&'static str>,
     principal: Principal,
+    /// The subject's WebSocket quota slot, held for the session's life.
+    _slot: Option<QuotaSlot>,
 }
 
 /// Validates the upgrade request and its token; errors become an HTTP response.
-pub fn upgrade(shard: &Shard, req: &Request) -> Result<Upgrade, ApiError> {
+pub async fn upgrade(shard: &Rc<Shard>, req: &Request) -> Result<Upgrade, ApiError> {
     let allowed = &shard.config.server.allowed_origins;
     if let Some(origin) = req.header("origin") {
         if !allowed.is_empty() && !allowed.iter().any(|a| a == origin) {
@@ -81,10 +84,26 @@ pub fn upgrade(shard: &Shard, req: &Request) -> Result<Upgrade, ApiError> {
     principal.require(Permission::Read)?;
     let protocol =
         (from_protocol.is_some() && protocols.iter().any(|p| p == "bearer")).then_some("bearer");
+    let per_subject = shard.config.limits.max_websockets_per_subject;
+    let slot = if per_subject > 0 {
+        let key = QuotaKey::Subject(principal.subject.as_str().into());
+        let slot = shard.acquire_quota(key, per_subject).await.ok_or_else(|| {
+            ApiError::new(
+                429,
+                "TOO_MANY_CONNECTIONS",
+                format!("this token's subject already holds {per_subject} WebSocket sessions"),
+            )
+            .with_header("Retry-After", "1")
+        })?;
+        Some(slot)
+    } else {
+        None
+    };
     Ok(Upgrade {
         accept_key,
         protocol,
         principal,
+        _slot: slot,
     })
 }
 

@@ -31,6 +31,7 @@ use glommio::channels::shared_channel::{
 use glommio::{GlommioError, ResourceType};
 
 use super::owner::{Op, OpResult};
+use super::quota::QuotaKey;
 use super::signal::{Signal, Slot};
 use crate::topic::Message;
 
@@ -58,6 +59,15 @@ pub enum Envelope {
         from: usize,
         id: u64,
     },
+    /// A connection-quota slot request to the key's owner; answered with
+    /// `OpResult::Admitted`.
+    Admit {
+        from: usize,
+        id: u64,
+        key: QuotaKey,
+        limit: u32,
+    },
+    Release(QuotaKey),
 }
 
 /// The channel ends one shard takes into its executor.
@@ -204,6 +214,17 @@ impl Mesh {
     pub async fn call(&self, to: usize, op: Op) -> OpResult {
         self.request(to, |from, id| Envelope::Call { from, id, op })
             .await
+    }
+
+    /// Asks the owner of a quota key for a slot.
+    pub async fn admit(&self, to: usize, key: QuotaKey, limit: u32) -> OpResult {
+        self.request(to, |from, id| Envelope::Admit {
+            from,
+            id,
+            key,
+            limit,
+        })
+        .await
     }
 
     /// Asks shard `to` for its metrics.

@@ -13,6 +13,7 @@ pub mod conns;
 pub mod listener;
 pub mod mesh;
 pub mod owner;
+pub mod quota;
 pub mod signal;
 
 use std::cell::{Cell, RefCell};
@@ -41,6 +42,7 @@ use crate::topic::{Message, RingLimits, ShardSet, TopicTable};
 use conns::ConnTable;
 use mesh::{Envelope, Mesh, MeshEnds};
 use owner::{Op, OpResult};
+use quota::{QuotaKey, QuotaSlot, Quotas};
 use signal::Signal;
 
 /// Wall-clock milliseconds since the Unix epoch.
@@ -97,6 +99,8 @@ pub struct Shard {
     pub metrics: Rc<ShardMetrics>,
     /// Publish rate buckets of the token subjects seen on this shard.
     pub publish_rates: PublishRates,
+    /// Connection counts of the quota keys this shard owns.
+    quotas: Quotas,
     /// The owned topics' last IDs have been read back from the persistent tier (always
     /// true for the memory backend); publishes wait for it.
     recovered: Cell<bool>,
@@ -165,6 +169,29 @@ impl Shard {
         }
     }
 
+    /// A connection slot for `key`, if fewer than `limit` are held process-wide.
+    pub async fn acquire_quota(self: &Rc<Self>, key: QuotaKey, limit: u32) -> Option<QuotaSlot> {
+        let owner = key.owner(self.count);
+        let admitted = if owner == self.id {
+            self.quotas.admit(key.clone(), limit)
+        } else {
+            matches!(
+                self.mesh.admit(owner, key.clone(), limit).await,
+                OpResult::Admitted(true)
+            )
+        };
+        admitted.then(|| QuotaSlot::new(Rc::clone(self), key))
+    }
+
+    fn release_quota(&self, key: QuotaKey) {
+        let owner = key.owner(self.count);
+        if owner == self.id {
+            self.quotas.release(&key);
+        } else {
+            self.mesh.send(owner, Envelope::Release(key));
+        }
+    }
+
     /// Every shard's metrics, this one's included, indexed by shard.
     pub async fn scrape_all(&self) -> Vec<metrics::Snapshot> {
         let mut all = Vec::with_capacity(self.count);
@@ -216,6 +243,16 @@ impl Shard {
                 let result = OpResult::Metrics(Box::new(self.metrics_snapshot()));
                 self.mesh.send(from, Envelope::Reply { id, result });
             }
+            Envelope::Admit {
+                from,
+                id,
+                key,
+                limit,
+            } => {
+                let result = OpResult::Admitted(self.quotas.admit(key, limit));
+                self.mesh.send(from, Envelope::Reply { id, result });
+            }
+            Envelope::Release(key) => self.quotas.release(&key),
             Envelope::DropInterest { from, topic } => {
                 self.topics.borrow_mut().drop_interest(&topic, from)
             }
@@ -396,6 +433,7 @@ async fn shard_main(
         )),
         subscribers: RefCell::new(LocalSubscribers::default()),
         publish_rates,
+        quotas: Quotas::default(),
         store,
         metrics,
         recovered: Cell::new(!persistent),
@@ -437,7 +475,8 @@ async fn accept_loop(shard: &Rc<Shard>, listener: glommio::net::TcpListener) {
             Some(Ok(stream)) => {
                 let max = shard.config.limits.max_connections;
                 if max > 0 && shard.process.connections.load(Ordering::Relaxed) >= max {
-                    spawn_local(crate::api::refuse(stream)).detach();
+                    let why = "the relay is at its connection limit";
+                    spawn_local(crate::api::refuse(stream, why)).detach();
                 } else {
                     spawn_local(crate::api::serve(Rc::clone(shard), stream)).detach();
                 }

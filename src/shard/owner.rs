@@ -70,6 +70,8 @@ pub enum OpResult {
     Acked(Vec<bool>),
     /// A shard's metrics, answering a scrape (not a topic operation).
     Metrics(Box<metrics::Snapshot>),
+    /// Whether a connection-quota slot was granted (not a topic operation).
+    Admitted(bool),
 }
 
 /// Runs `op` against the owner's table. `fanout` receives every new message with the set
