@@ -287,6 +287,19 @@ pub struct DeliveryConfig {
     pub ws_pong_timeout: Duration,
     #[serde(with = "duration")]
     pub max_poll_timeout: Duration,
+    /// What happens to a WebSocket consumer over `max_outbound_bytes`.
+    pub slow_consumer: SlowConsumer,
+}
+
+/// What the relay does with a WebSocket consumer that falls `max_outbound_bytes` behind.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SlowConsumer {
+    /// Close it with code 4000 (it can reconnect and resume with `since` / `client_id`).
+    #[default]
+    Disconnect,
+    /// Drop its oldest queued messages and tell it with a `MESSAGES_DROPPED` error frame.
+    DropOldest,
 }
 
 impl Default for DeliveryConfig {
@@ -296,6 +309,7 @@ impl Default for DeliveryConfig {
             ws_ping_interval: Duration::from_secs(30),
             ws_pong_timeout: Duration::from_secs(60),
             max_poll_timeout: Duration::from_secs(60),
+            slow_consumer: SlowConsumer::Disconnect,
         }
     }
 }
@@ -437,6 +451,7 @@ const SECTIONS: &[(&str, &[(&str, EnvKind)])] = &[
             ("ws_ping_interval", Scalar),
             ("ws_pong_timeout", Scalar),
             ("max_poll_timeout", Scalar),
+            ("slow_consumer", Scalar),
         ],
     ),
 ];

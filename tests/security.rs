@@ -354,3 +354,62 @@ fn websockets_per_subject_are_capped() {
         "a closed session's slot comes back"
     );
 }
+
+#[test]
+fn drop_oldest_sheds_messages_and_tells_the_slow_consumer() {
+    let relay = Relay::start_with(&[
+        ("PULSAR_DELIVERY_MAX_OUTBOUND_BYTES", "64KiB"),
+        ("PULSAR_DELIVERY_SLOW_CONSUMER", "drop_oldest"),
+    ]);
+    let mut slow = relay.ws();
+    slow.subscribe(&["firehose"], json!({}));
+    // ~24 MB, far more than the loopback socket buffers can absorb while it does not read.
+    let payload = format!("\"{}\"", "x".repeat(1000));
+    let batch = format!(
+        r#"{{"messages":[{}]}}"#,
+        vec![format!(r#"{{"topic":"firehose","payload":{payload}}}"#); 100].join(",")
+    );
+    let mut http = relay.http();
+    let token = rw_token();
+    for _ in 0..240 {
+        http.request(
+            "POST",
+            "/api/v1/messages/bulk",
+            &[auth_header(&token).as_pair()],
+            batch.as_bytes(),
+        )
+        .assert_status(207);
+    }
+    slow.set_read_timeout(Duration::from_secs(10));
+    let mut dropped = 0;
+    let mut last_id = (0, 0);
+    let mut received = 0;
+    while received < 24_000 {
+        let frame = slow.recv_json();
+        match frame["type"].as_str() {
+            Some("message") => {
+                let id = parse_id(id_of(&frame));
+                assert!(id > last_id, "order kept across drops");
+                last_id = id;
+                received += 1;
+            }
+            Some("error") => {
+                assert_eq!(frame["code"], "MESSAGES_DROPPED", "{frame}");
+                dropped += frame["count"].as_u64().unwrap();
+            }
+            other => panic!("unexpected {other:?}: {frame}"),
+        }
+        if dropped > 0 && received + dropped as usize >= 24_000 {
+            break;
+        }
+    }
+    assert!(dropped > 0, "nothing was dropped");
+    assert_eq!(
+        received as u64 + dropped,
+        24_000,
+        "every message delivered or reported"
+    );
+    // Still connected and served.
+    slow.send_json(&json!({"type": "ping"}));
+    slow.expect_type("pong");
+}

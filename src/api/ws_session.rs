@@ -26,6 +26,7 @@ use super::limits::{self, Bucket};
 use super::subscriptions::{ReplayProblem, Subscriptions};
 use super::{parse_client_id, parse_topics, permit_topics};
 use crate::auth::{AuthError, Permission, Principal};
+use crate::config::SlowConsumer;
 use crate::http::Request;
 use crate::metrics::{self, ShardMetrics};
 use crate::shard::conns::ConnCtl;
@@ -121,6 +122,10 @@ struct Outbound {
     frames: RefCell<VecDeque<Frame>>,
     live_bytes: Cell<usize>,
     limit: usize,
+    /// `delivery.slow_consumer: drop_oldest`: shed old messages instead of disconnecting.
+    drop_oldest: bool,
+    /// Messages shed since the client was last told.
+    dropped: Cell<u64>,
     overflow: Cell<bool>,
     replaying: Cell<bool>,
     ctl: Rc<ConnCtl>,
@@ -132,18 +137,40 @@ impl Sink for Outbound {
             return;
         }
         let replay = self.replaying.get();
+        let mut frames = self.frames.borrow_mut();
         if !replay {
             let bytes = self.live_bytes.get() + msg.ws_frame().len();
             self.live_bytes.set(bytes);
             if bytes > self.limit {
-                self.overflow.set(true);
+                if self.drop_oldest {
+                    self.shed(&mut frames);
+                } else {
+                    self.overflow.set(true);
+                }
             }
         }
-        self.frames.borrow_mut().push_back(Frame::Message {
+        frames.push_back(Frame::Message {
             msg: Arc::clone(msg),
             replay,
         });
         self.ctl.signal.raise();
+    }
+}
+
+impl Outbound {
+    /// Drops the oldest queued live messages until the queue is back under its limit.
+    fn shed(&self, frames: &mut VecDeque<Frame>) {
+        let mut dropped = 0;
+        frames.retain(|frame| match frame {
+            Frame::Message { msg, replay: false } if self.live_bytes.get() > self.limit => {
+                self.live_bytes
+                    .set(self.live_bytes.get() - msg.ws_frame().len());
+                dropped += 1;
+                false
+            }
+            _ => true,
+        });
+        self.dropped.set(self.dropped.get() + dropped);
     }
 }
 
@@ -254,6 +281,8 @@ pub async fn run(conn: &mut Conn, up: Upgrade) -> io::Result<()> {
         frames: RefCell::new(VecDeque::new()),
         live_bytes: Cell::new(0),
         limit: cfg.delivery.max_outbound_bytes,
+        drop_oldest: cfg.delivery.slow_consumer == SlowConsumer::DropOldest,
+        dropped: Cell::new(0),
         overflow: Cell::new(false),
         replaying: Cell::new(false),
         ctl: Rc::clone(&conn.ctl),
@@ -313,6 +342,15 @@ pub async fn run(conn: &mut Conn, up: Upgrade) -> io::Result<()> {
                 Ok(None) => break,
                 Err(e) => return close(conn, &out, &mut wbuf, e.close_code(), e.reason()).await,
             }
+        }
+        let shed = out.dropped.replace(0);
+        if shed > 0 {
+            metrics::add(&shard.metrics.dropped, shed);
+            let notice = format!(
+                r#"{{"type":"error","code":"MESSAGES_DROPPED","count":{shed},"message":"this connection fell more than {} bytes behind; the oldest {shed} queued messages were dropped"}}"#,
+                out.limit
+            );
+            out.push_json(notice.as_bytes());
         }
         if out.overflow.get() {
             let dropped = out.frames.borrow_mut().drain(..).count();
