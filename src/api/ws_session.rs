@@ -126,6 +126,10 @@ struct Outbound {
     drop_oldest: bool,
     /// Messages shed since the client was last told.
     dropped: Cell<u64>,
+    /// Every queued byte: live, replayed and control frames. Over `limit`, the session
+    /// stops reading client frames (so commands cannot pile up replies and replays in a
+    /// client that does not read) until the queue drains.
+    queued: Cell<usize>,
     overflow: Cell<bool>,
     replaying: Cell<bool>,
     ctl: Rc<ConnCtl>,
@@ -149,6 +153,7 @@ impl Sink for Outbound {
                 }
             }
         }
+        self.queued.set(self.queued.get() + msg.ws_frame().len());
         frames.push_back(Frame::Message {
             msg: Arc::clone(msg),
             replay,
@@ -165,6 +170,7 @@ impl Outbound {
             Frame::Message { msg, replay: false } if self.live_bytes.get() > self.limit => {
                 self.live_bytes
                     .set(self.live_bytes.get() - msg.ws_frame().len());
+                self.queued.set(self.queued.get() - msg.ws_frame().len());
                 dropped += 1;
                 false
             }
@@ -176,8 +182,13 @@ impl Outbound {
 
 impl Outbound {
     fn push_control(&self, bytes: Vec<u8>) {
+        self.queued.set(self.queued.get() + bytes.len());
         self.frames.borrow_mut().push_back(Frame::Control(bytes));
         self.ctl.signal.raise();
+    }
+
+    fn backlogged(&self) -> bool {
+        self.queued.get() > self.limit
     }
 
     fn push_json(&self, json: &[u8]) {
@@ -199,6 +210,7 @@ impl Outbound {
             match frame {
                 Frame::Message { msg, replay } => {
                     wbuf.extend_from_slice(msg.ws_frame());
+                    self.queued.set(self.queued.get() - msg.ws_frame().len());
                     delivered += 1;
                     if let Some(at) = msg.accepted_at {
                         latency.record(now.saturating_duration_since(at).as_micros() as u64);
@@ -208,7 +220,10 @@ impl Outbound {
                             .set(self.live_bytes.get() - msg.ws_frame().len());
                     }
                 }
-                Frame::Control(bytes) => wbuf.extend_from_slice(&bytes),
+                Frame::Control(bytes) => {
+                    wbuf.extend_from_slice(&bytes);
+                    self.queued.set(self.queued.get() - bytes.len());
+                }
             }
         }
         metrics::add(&metrics.delivered, delivered);
@@ -283,6 +298,7 @@ pub async fn run(conn: &mut Conn, up: Upgrade) -> io::Result<()> {
         limit: cfg.delivery.max_outbound_bytes,
         drop_oldest: cfg.delivery.slow_consumer == SlowConsumer::DropOldest,
         dropped: Cell::new(0),
+        queued: Cell::new(0),
         overflow: Cell::new(false),
         replaying: Cell::new(false),
         ctl: Rc::clone(&conn.ctl),
@@ -306,7 +322,7 @@ pub async fn run(conn: &mut Conn, up: Upgrade) -> io::Result<()> {
     let mut over_rate = 0u64;
 
     loop {
-        loop {
+        while !out.backlogged() {
             match decoder.decode(conn.rbuf.filled()) {
                 Ok(Some((incoming, used))) => {
                     conn.rbuf.consume(used);
@@ -388,7 +404,8 @@ pub async fn run(conn: &mut Conn, up: Upgrade) -> io::Result<()> {
             }
         }
         conn.ctl.set_deadline(next_ping.min(expires));
-        match drive(conn, &out, &mut wbuf).await? {
+        let read = !out.backlogged();
+        match drive(conn, &out, &mut wbuf, read).await? {
             Event::Data => last_heard = now_ms(),
             Event::Eof => return Ok(()),
             Event::Woken => {}
@@ -398,7 +415,15 @@ pub async fn run(conn: &mut Conn, up: Upgrade) -> io::Result<()> {
 
 /// Writes what is queued and reads what arrives until one of them needs the session's
 /// attention: new bytes, end of stream, or the signal (new frames, deadline, shutdown).
-async fn drive(conn: &mut Conn, out: &Outbound, wbuf: &mut Vec<u8>) -> io::Result<Event> {
+///
+/// With `read` false (the outbound queue is over its limit) nothing is read: the client
+/// is back-pressured through TCP, and the call returns once the queue is under the limit.
+async fn drive(
+    conn: &mut Conn,
+    out: &Outbound,
+    wbuf: &mut Vec<u8>,
+    read: bool,
+) -> io::Result<Event> {
     let Conn {
         stream,
         ctl,
@@ -429,6 +454,13 @@ async fn drive(conn: &mut Conn, out: &Outbound, wbuf: &mut Vec<u8>) -> io::Resul
         if ctl.signal.poll_wait(cx).is_ready() {
             return Poll::Ready(Ok(Event::Woken));
         }
+        if !read {
+            return if out.backlogged() {
+                Poll::Pending
+            } else {
+                Poll::Ready(Ok(Event::Woken))
+            };
+        }
         poll_read_into(stream, rbuf, metrics, cx)
     })
     .await;
@@ -450,7 +482,7 @@ async fn close(
 ) -> io::Result<()> {
     out.push_control(close_frame(code, reason));
     while !wbuf.is_empty() || !out.frames.borrow().is_empty() {
-        let event = drive(conn, out, wbuf).await?;
+        let event = drive(conn, out, wbuf, true).await?;
         // Nothing the peer sends now matters; don't let it pile up.
         let unread = conn.rbuf.filled().len();
         conn.rbuf.consume(unread);
