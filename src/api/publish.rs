@@ -12,7 +12,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use serde::de::{IgnoredAny, MapAccess, Visitor};
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::error::Category;
 use serde_json::value::RawValue;
 
@@ -23,7 +23,7 @@ use crate::http::Response;
 use crate::shard::owner::{DraftSpan, Op, OpResult, PublishBatch, Receipt};
 use crate::shard::Shard;
 use crate::topic::message::rfc3339;
-use crate::topic::{owner_of, valid_topic_name};
+use crate::topic::{owner_of, valid_topic_name, MessageId};
 
 #[derive(Deserialize)]
 struct RawMessage<'a> {
@@ -375,55 +375,103 @@ pub async fn bulk(
         }
     }
 
-    let mut out = Vec::with_capacity(outcomes.len());
-    let (mut accepted, mut rejected) = (0usize, 0usize);
+    let mut results = Vec::with_capacity(outcomes.len());
     let mut k = 0;
-    for outcome in outcomes {
-        match outcome {
+    for outcome in &outcomes {
+        results.push(match outcome {
             Ok(()) => {
-                let topic = &topics[k];
-                match &receipts[k] {
-                    Ok(r) => {
-                        accepted += 1;
-                        out.push(serde_json::json!({
-                            "message_id": r.id.to_string(),
-                            "topic": topic,
-                            "timestamp": rfc3339(r.timestamp_ms),
-                            "status": "accepted",
-                            "error": null,
-                        }));
-                    }
-                    Err((code, detail)) => {
-                        rejected += 1;
-                        out.push(serde_json::json!({
-                            "message_id": null,
-                            "topic": topic,
-                            "status": "rejected",
-                            "error": {"code": code, "detail": detail},
-                        }));
-                    }
-                }
+                let topic = Some(topics[k].as_str());
+                let result = match &receipts[k] {
+                    Ok(r) => ItemResult {
+                        message_id: Some(Shown(r.id)),
+                        topic,
+                        timestamp: Some(Shown(Rfc3339(r.timestamp_ms))),
+                        status: "accepted",
+                        error: None,
+                    },
+                    Err((code, detail)) => ItemResult::rejected(topic, code, detail),
+                };
                 k += 1;
+                result
             }
-            Err(e) => {
-                rejected += 1;
-                out.push(serde_json::json!({
-                    "message_id": null,
-                    "topic": null,
-                    "status": "rejected",
-                    "error": {"code": e.code, "detail": e.detail},
-                }));
-            }
-        }
+            Err(e) => ItemResult::rejected(None, e.code, &e.detail),
+        });
     }
-    let body = serde_json::json!({
-        "results": out,
-        "summary": {"total": accepted + rejected, "accepted": accepted, "rejected": rejected},
-    });
+    let accepted = results.iter().filter(|r| r.error.is_none()).count();
+    let reply = BulkReply {
+        summary: Summary {
+            total: results.len(),
+            accepted,
+            rejected: results.len() - accepted,
+        },
+        results,
+    };
     Ok(Response::json(
         207,
-        serde_json::to_vec(&body).unwrap_or_default(),
+        serde_json::to_vec(&reply).unwrap_or_default(),
     ))
+}
+
+/// The 207 body, serialized straight from borrowed data: a bulk of a thousand items must
+/// not build a thousand JSON maps first.
+#[derive(Serialize)]
+struct BulkReply<'a> {
+    results: Vec<ItemResult<'a>>,
+    summary: Summary,
+}
+
+#[derive(Serialize)]
+struct Summary {
+    total: usize,
+    accepted: usize,
+    rejected: usize,
+}
+
+#[derive(Serialize)]
+struct ItemResult<'a> {
+    message_id: Option<Shown<MessageId>>,
+    topic: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    timestamp: Option<Shown<Rfc3339>>,
+    status: &'static str,
+    error: Option<ItemError<'a>>,
+}
+
+impl<'a> ItemResult<'a> {
+    fn rejected(topic: Option<&'a str>, code: &'a str, detail: &'a str) -> Self {
+        ItemResult {
+            message_id: None,
+            topic,
+            timestamp: None,
+            status: "rejected",
+            error: Some(ItemError { code, detail }),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct ItemError<'a> {
+    code: &'a str,
+    detail: &'a str,
+}
+
+/// Serializes a value through its `Display`, written straight into the output.
+struct Shown<T>(T);
+
+impl<T: fmt::Display> Serialize for Shown<T> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&self.0)
+    }
+}
+
+struct Rfc3339(u64);
+
+impl fmt::Display for Rfc3339 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut text = Vec::with_capacity(24);
+        crate::topic::message::push_rfc3339(self.0, &mut text);
+        f.write_str(std::str::from_utf8(&text).unwrap_or_default())
+    }
 }
 
 #[cfg(test)]
