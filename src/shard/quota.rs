@@ -57,7 +57,8 @@ impl Quotas {
         }
     }
 
-    pub fn held(&self, key: &QuotaKey) -> u32 {
+    #[cfg(test)]
+    fn held(&self, key: &QuotaKey) -> u32 {
         self.counts.borrow().get(key).copied().unwrap_or(0)
     }
 }
