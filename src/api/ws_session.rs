@@ -487,9 +487,12 @@ async fn close(
         let unread = conn.rbuf.filled().len();
         conn.rbuf.consume(unread);
         if let Event::Eof = event {
-            break;
+            return Ok(());
         }
     }
+    // Closing the socket with the peer's frames unread would send a reset, which can
+    // destroy the close frame before the peer reads it: half-close, then drain briefly.
+    conn.linger().await;
     Ok(())
 }
 
