@@ -288,7 +288,7 @@ fn bearer(req: &Request) -> Option<&str> {
 #[derive(Default)]
 struct AuthCache {
     token: String,
-    principal: Option<Principal>,
+    principal: Option<Rc<Principal>>,
 }
 
 impl AuthCache {
@@ -297,18 +297,18 @@ impl AuthCache {
         shard: &Shard,
         req: &Request,
         needed: Permission,
-    ) -> Result<Principal, ApiError> {
+    ) -> Result<Rc<Principal>, ApiError> {
         let token = bearer(req).ok_or(AuthError::Missing)?;
         let cached = match &self.principal {
             Some(p) if self.token == token && p.expires_at.saturating_mul(1000) > now_ms() => {
-                p.clone()
+                Rc::clone(p)
             }
             _ => {
                 self.principal = None;
-                let p = shard.auth.verify(token)?;
+                let p = Rc::new(shard.auth.verify(token)?);
                 self.token.clear();
                 self.token.push_str(token);
-                self.principal = Some(p.clone());
+                self.principal = Some(Rc::clone(&p));
                 p
             }
         };
