@@ -62,7 +62,7 @@ pub fn encode(resp: &Response, head_only: bool, keep_alive: bool, out: &mut Vec<
     out.reserve(160 + body_len);
 
     out.extend_from_slice(b"HTTP/1.1 ");
-    push_decimal(out, usize::from(status));
+    push_decimal(out, u64::from(status));
     out.push(b' ');
     out.extend_from_slice(reason_phrase(status).as_bytes());
     out.extend_from_slice(b"\r\nDate: ");
@@ -70,7 +70,7 @@ pub fn encode(resp: &Response, head_only: bool, keep_alive: bool, out: &mut Vec<
     out.extend_from_slice(b"\r\n");
     if !informational_or_no_content {
         out.extend_from_slice(b"Content-Length: ");
-        push_decimal(out, resp.body.len());
+        push_decimal(out, resp.body.len() as u64);
         out.extend_from_slice(b"\r\n");
     }
     if let Some(content_type) = resp.content_type {
@@ -105,7 +105,9 @@ pub(crate) fn push_header(out: &mut Vec<u8>, name: &str, value: &str) {
     out.extend_from_slice(b"\r\n");
 }
 
-fn push_decimal(out: &mut Vec<u8>, mut n: usize) {
+/// Appends `n` in decimal without formatting machinery (response heads and message IDs
+/// are written on every request and every message).
+pub(crate) fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
     let mut digits = [0u8; 20];
     let mut start = digits.len();
     loop {

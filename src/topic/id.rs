@@ -6,6 +6,8 @@
 
 use std::fmt;
 
+use crate::http::response::push_decimal;
+
 /// A stream ID. Ordering is the delivery order within a topic.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct MessageId {
@@ -28,9 +30,9 @@ impl MessageId {
     /// Appends the `ms-seq` text without an intermediate string (hot path: every message's
     /// frame carries its ID).
     pub fn push_text(self, out: &mut Vec<u8>) {
-        push_decimal(self.ms, out);
+        push_decimal(out, self.ms);
         out.push(b'-');
-        push_decimal(self.seq, out);
+        push_decimal(out, self.seq);
     }
 
     /// Parses `ms-seq` (both parts plain decimal); a bare `ms` means `ms-0`, as in Valkey.
@@ -48,20 +50,6 @@ impl MessageId {
 
 fn decimal_len(n: u64) -> usize {
     n.checked_ilog10().map_or(1, |d| d as usize + 1)
-}
-
-fn push_decimal(mut n: u64, out: &mut Vec<u8>) {
-    let mut digits = [0u8; 20];
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[i..]);
 }
 
 fn parse_decimal(text: &str) -> Option<u64> {
