@@ -65,10 +65,7 @@ pub fn run(
         threads,
         "subscribers",
         |t| {
-            let mine: Vec<(usize, String)> = (t..subscribers)
-                .step_by(threads)
-                .map(|i| (i, topics[i % topics.len()].clone()))
-                .collect();
+            let mine = super::clients_of(t, threads, subscribers, &topics);
             let (target, token, live) = (common.target.clone(), common.token.clone(), live.clone());
             Box::new(move || {
                 let poller = Poller::new().map_err(|e| format!("epoll: {e}"))?;

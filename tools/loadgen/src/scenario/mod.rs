@@ -211,3 +211,17 @@ fn start_feeding(
     };
     publisher::start(&plan, window, Live::new()).inspect_err(|_| receivers.stop())
 }
+
+/// The clients worker thread `t` of `threads` runs, numbered, with their topics: client
+/// `i` goes to thread `i mod threads` and reads topic `i mod topics`.
+pub fn clients_of(
+    t: usize,
+    threads: usize,
+    clients: usize,
+    topics: &[String],
+) -> Vec<(usize, String)> {
+    (t..clients)
+        .step_by(threads)
+        .map(|i| (i, topics[i % topics.len()].clone()))
+        .collect()
+}

@@ -64,10 +64,7 @@ pub fn run(
         threads,
         "consumers",
         |t| {
-            let mine: Vec<(usize, String)> = (t..consumers)
-                .step_by(threads)
-                .map(|i| (i, topics[i % topics.len()].clone()))
-                .collect();
+            let mine = super::clients_of(t, threads, consumers, &topics);
             let (target, live) = (common.target.clone(), live.clone());
             let suffix = format!(
                 " HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\n\r\n",
