@@ -139,6 +139,12 @@ pub struct Principal {
     /// The optional `topics` claim: topic patterns the token is limited to (`*` matches
     /// any run of characters: `jobs.*`, `alerts`). `None` = every topic.
     pub topics: Option<Vec<String>>,
+    /// The `username` claim of tokens issued to user accounts by `/auth/login`: such a
+    /// token speaks for the account `subject`, whose stored state (active, permissions)
+    /// overrides the claims. Tokens without it are service tokens, trusted as signed.
+    pub username: Option<String>,
+    /// The `jti` claim: what `/auth/logout` puts on the deny-list.
+    pub jti: Option<String>,
 }
 
 impl Principal {
@@ -398,6 +404,8 @@ impl Authenticator {
             permissions,
             expires_at,
             topics,
+            username: optional_text(&claims, "username")?,
+            jti: optional_text(&claims, "jti")?,
         })
     }
 
@@ -433,6 +441,15 @@ impl Authenticator {
         }
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, encoding)
             .map_err(|err| format!("cannot sign token: {err}"))
+    }
+}
+
+/// An optional string claim; present but not a string is an invalid token.
+fn optional_text(claims: &Map<String, Value>, name: &str) -> Result<Option<String>, AuthError> {
+    match claims.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(text)) => Ok(Some(text.clone())),
+        Some(_) => Err(invalid(&format!("`{name}` must be a string"))),
     }
 }
 
@@ -666,6 +683,8 @@ WfEPHEyfibBgHg11aYqJDCPL80bWsmx3m89ZfeDcwgmdNmjmJnJvzDikEA==
             permissions: Permissions::READ,
             expires_at: 0,
             topics: None,
+            username: None,
+            jti: None,
         };
         assert!(p.may_use("anything"));
         p.topics = Some(vec!["jobs.*".into(), "alerts".into(), "a*b*c".into()]);
@@ -691,6 +710,8 @@ WfEPHEyfibBgHg11aYqJDCPL80bWsmx3m89ZfeDcwgmdNmjmJnJvzDikEA==
             permissions: Permissions::READ | Permissions::ADMIN,
             expires_at: 0,
             topics: None,
+            username: None,
+            jti: None,
         };
         assert_eq!(principal.require(Permission::Read), Ok(()));
         assert_eq!(principal.require(Permission::Admin), Ok(()));

@@ -31,6 +31,10 @@ pub struct Config {
     pub limits: LimitsConfig,
     #[serde(deserialize_with = "section")]
     pub delivery: DeliveryConfig,
+    #[serde(deserialize_with = "section")]
+    pub accounts: AccountsConfig,
+    #[serde(deserialize_with = "section")]
+    pub bootstrap: BootstrapConfig,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
@@ -55,6 +59,20 @@ pub struct ServerConfig {
     pub allowed_origins: Vec<String>,
     /// `GET /metrics` without a token; otherwise it needs the `admin` permission.
     pub metrics_public: bool,
+    /// Whether topic names are shared by every token or scoped per token subject.
+    pub topic_namespace: TopicNamespace,
+}
+
+/// How bare topic names map to topics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TopicNamespace {
+    /// One topic per name, whoever publishes or subscribes.
+    #[default]
+    Global,
+    /// Each token subject (user account) has its own topics, as in the original Python relay:
+    /// `jobs` of one account and `jobs` of another are different topics.
+    PerUser,
 }
 
 impl Default for ServerConfig {
@@ -69,6 +87,7 @@ impl Default for ServerConfig {
             shutdown_grace: Duration::from_secs(5),
             allowed_origins: Vec::new(),
             metrics_public: true,
+            topic_namespace: TopicNamespace::Global,
         }
     }
 }
@@ -291,6 +310,51 @@ pub struct DeliveryConfig {
     pub slow_consumer: SlowConsumer,
 }
 
+/// User accounts and the tokens `/auth/login` issues (the original relay's auth API).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AccountsConfig {
+    /// Lifetime of access tokens from `/auth/login` and `/auth/token/refresh`.
+    #[serde(with = "duration")]
+    pub access_token_ttl: Duration,
+    /// Absolute lifetime of a refresh token (rotation does not extend a chain's tokens).
+    #[serde(with = "duration")]
+    pub refresh_token_ttl: Duration,
+    /// `/auth/login` and `/auth/token/refresh` attempts per minute per client address and
+    /// shard; 0 = unlimited.
+    pub login_rate: u32,
+}
+
+impl Default for AccountsConfig {
+    fn default() -> Self {
+        AccountsConfig {
+            access_token_ttl: Duration::from_secs(600),
+            refresh_token_ttl: Duration::from_secs(90 * 24 * 3600),
+            login_rate: 5,
+        }
+    }
+}
+
+/// The administrator account created (or whose password is reset) at start-up; usually set
+/// through `PULSAR_BOOTSTRAP_ADMIN_USERNAME` / `_PASSWORD` / `_EMAIL`, as for the original relay.
+#[derive(Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BootstrapConfig {
+    pub admin_username: String,
+    pub admin_password: String,
+    pub admin_email: String,
+}
+
+impl fmt::Debug for BootstrapConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BootstrapConfig")
+            .field("admin_username", &self.admin_username)
+            .field("admin_password", &"<redacted>")
+            .field("admin_email", &self.admin_email)
+            .finish()
+    }
+}
+
 /// What the relay does with a WebSocket consumer that falls `max_outbound_bytes` behind.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -387,6 +451,7 @@ const SECTIONS: &[(&str, &[(&str, EnvKind)])] = &[
             ("shutdown_grace", Scalar),
             ("allowed_origins", List),
             ("metrics_public", Scalar),
+            ("topic_namespace", Scalar),
         ],
     ),
     (
@@ -452,6 +517,22 @@ const SECTIONS: &[(&str, &[(&str, EnvKind)])] = &[
             ("ws_pong_timeout", Scalar),
             ("max_poll_timeout", Scalar),
             ("slow_consumer", Scalar),
+        ],
+    ),
+    (
+        "accounts",
+        &[
+            ("access_token_ttl", Scalar),
+            ("refresh_token_ttl", Scalar),
+            ("login_rate", Scalar),
+        ],
+    ),
+    (
+        "bootstrap",
+        &[
+            ("admin_username", Text),
+            ("admin_password", Text),
+            ("admin_email", Text),
         ],
     ),
 ];
@@ -1344,9 +1425,23 @@ mod tests {
     }
 
     #[test]
-    fn env_outside_our_sections_is_ignored() {
+    fn bootstrap_admin_comes_from_the_original_relays_variables() {
         let config = from_env(&[
             ("PULSAR_BOOTSTRAP_ADMIN_USERNAME", "admin"),
+            ("PULSAR_BOOTSTRAP_ADMIN_PASSWORD", "s3cret-pass"),
+            ("PULSAR_SERVER_TOPIC_NAMESPACE", "per_user"),
+        ])
+        .unwrap();
+        assert_eq!(config.bootstrap.admin_username, "admin");
+        assert_eq!(config.bootstrap.admin_password, "s3cret-pass");
+        assert_eq!(config.server.topic_namespace, TopicNamespace::PerUser);
+        assert!(!format!("{config:?}").contains("s3cret-pass"));
+    }
+
+    #[test]
+    fn env_outside_our_sections_is_ignored() {
+        let config = from_env(&[
+            ("PULSAR_RATE_LIMIT_STORAGE_URI", "memory://"),
             ("PULSAR_LOG", "debug"),
             ("PULSAR", "x"),
             ("HOME", "/root"),

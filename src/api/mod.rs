@@ -20,11 +20,12 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::auth::{AuthError, Permission, Principal};
+use crate::config::TopicNamespace;
 use crate::http::{encode, Limits, Method, Request, RequestDecoder, Response};
 use crate::metrics;
 use crate::shard::quota::QuotaKey;
 use crate::shard::{now_ms, Shard, TcpStream};
-use crate::topic::valid_topic_name;
+use crate::topic::{valid_namespace, valid_topic_name};
 use conn::{Conn, Event};
 use error::ApiError;
 
@@ -347,6 +348,24 @@ fn parse_topics<'a>(
         ));
     }
     Ok(topics)
+}
+
+/// The topic a bare, already validated `name` means for `principal`: the name itself, or
+/// with `server.topic_namespace: per_user` that name in the principal's own namespace. Every
+/// handler that takes a topic name from a request goes through here.
+fn topic_key(shard: &Shard, principal: &Principal, name: &str) -> Result<Arc<str>, ApiError> {
+    match shard.config.server.topic_namespace {
+        TopicNamespace::Global => Ok(Arc::from(name)),
+        TopicNamespace::PerUser if valid_namespace(&principal.subject) => {
+            Ok(crate::topic::topic_key(Some(&principal.subject), name))
+        }
+        TopicNamespace::PerUser => Err(ApiError::new(
+            403,
+            "INVALID_SUBJECT",
+            "with per-user topic namespaces a token subject must be 1-200 printable ASCII \
+             characters without braces, quotes or backslashes",
+        )),
+    }
 }
 
 /// Every topic must be covered by the token's `topics` claim; nothing happens otherwise.

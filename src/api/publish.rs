@@ -19,11 +19,12 @@ use serde_json::value::RawValue;
 use super::error::ApiError;
 use super::limits::too_deep;
 use crate::auth::Principal;
+use crate::config::TopicNamespace;
 use crate::http::Response;
 use crate::shard::owner::{DraftSpan, Op, OpResult, PublishBatch, Receipt};
 use crate::shard::Shard;
 use crate::topic::message::rfc3339;
-use crate::topic::{owner_of, valid_topic_name, MessageId};
+use crate::topic::{display_name, owner_of, valid_topic_name, MessageId};
 
 #[derive(Deserialize)]
 struct RawMessage<'a> {
@@ -103,13 +104,22 @@ impl Parsed {
         }
     }
 
-    /// The token's `topics` claim must allow the topic.
-    fn permitted(self, body: &[u8], principal: &Principal) -> Result<Parsed, ApiError> {
-        if principal.may_use(self.topic(body)) {
-            Ok(self)
-        } else {
-            Err(ApiError::topic_forbidden(self.topic(body)))
+    /// The token's `topics` claim must allow the topic; the name becomes the topic's key
+    /// (see `api::topic_key`).
+    fn scoped(
+        mut self,
+        body: &[u8],
+        shard: &Shard,
+        principal: &Principal,
+    ) -> Result<Parsed, ApiError> {
+        let name = self.topic(body);
+        if !principal.may_use(name) {
+            return Err(ApiError::topic_forbidden(name));
         }
+        if shard.config.server.topic_namespace != TopicNamespace::Global {
+            self.escaped_topic = Some(super::topic_key(shard, principal, name)?.to_string());
+        }
+        Ok(self)
     }
 }
 
@@ -265,7 +275,7 @@ pub async fn single(
     mut body: Vec<u8>,
 ) -> Result<Response, ApiError> {
     let depth = shard.config.limits.max_json_depth;
-    let parsed = parse_message(&body, body_str(&body)?, depth)?.permitted(&body, principal)?;
+    let parsed = parse_message(&body, body_str(&body)?, depth)?.scoped(&body, shard, principal)?;
     shard
         .publish_rates
         .charge(&principal.subject, 1, body.len())?;
@@ -278,7 +288,7 @@ pub async fn single(
         .ok_or_else(|| ApiError::new(500, "INTERNAL", "the topic owner returned no receipt"))?;
     Ok(Response::json(
         201,
-        receipt_json(&topic, receipt).into_bytes(),
+        receipt_json(display_name(&topic), receipt).into_bytes(),
     ))
 }
 
@@ -311,7 +321,7 @@ pub async fn bulk(
         .iter()
         .map(|raw| {
             parse_message(&body, raw.get(), shard.config.limits.max_json_depth)
-                .and_then(|p| p.permitted(&body, principal))
+                .and_then(|p| p.scoped(&body, shard, principal))
         })
         .collect();
     drop(items);
@@ -380,7 +390,7 @@ pub async fn bulk(
     for outcome in &outcomes {
         results.push(match outcome {
             Ok(()) => {
-                let topic = Some(topics[k].as_str());
+                let topic = Some(display_name(&topics[k]));
                 let result = match &receipts[k] {
                     Ok(r) => ItemResult {
                         message_id: Some(Shown(r.id)),

@@ -371,7 +371,7 @@ impl Valkey {
         let key = std::str::from_utf8(key).ok()?;
         let rest = key.strip_prefix(&self.prefix)?.strip_prefix(":{")?;
         let (topic, suffix) = rest.rsplit_once("}:")?;
-        (matches!(suffix, "s" | "c") && crate::topic::valid_topic_name(topic))
+        (matches!(suffix, "s" | "c") && crate::topic::valid_topic_key(topic))
             .then(|| topic.to_string())
     }
 

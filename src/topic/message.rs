@@ -43,6 +43,7 @@ const TIMESTAMP_LEN: usize = "2025-10-09T12:00:00.123Z".len();
 impl Message {
     pub fn build(id: MessageId, topic: Arc<str>, now_ms: u64, draft: &Draft<'_>) -> Message {
         let metadata_len = draft.metadata.map_or(4, <[u8]>::len);
+        let name = super::display_name(&topic);
         // Topic names are restricted to characters that need no JSON escaping (API layer).
         let parts: [&[u8]; 6] = [
             br#"{"type":"message","message_id":""#,
@@ -54,7 +55,7 @@ impl Message {
         ];
         let json_len = parts.iter().map(|p| p.len()).sum::<usize>()
             + id.text_len()
-            + topic.len()
+            + name.len()
             + draft.payload.len()
             + TIMESTAMP_LEN
             + metadata_len;
@@ -65,7 +66,7 @@ impl Message {
         frame.extend_from_slice(parts[0]);
         id.push_text(&mut frame);
         frame.extend_from_slice(parts[1]);
-        frame.extend_from_slice(topic.as_bytes());
+        frame.extend_from_slice(name.as_bytes());
         frame.extend_from_slice(parts[2]);
         let payload_start = frame.len();
         frame.extend_from_slice(draft.payload);

@@ -38,6 +38,40 @@ pub fn valid_topic_name(topic: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':'))
 }
 
+/// Joins a namespace (a token subject, with `server.topic_namespace: per_user`) to a bare
+/// topic name in a topic key; bare names never contain it.
+pub const NAMESPACE_SEPARATOR: char = '/';
+
+/// The key of topic `name` in `namespace` (`None`: the global namespace).
+pub fn topic_key(namespace: Option<&str>, name: &str) -> Arc<str> {
+    match namespace {
+        None => Arc::from(name),
+        Some(ns) => Arc::from(format!("{ns}{NAMESPACE_SEPARATOR}{name}")),
+    }
+}
+
+/// The bare name a topic key shows on the wire: consumers in a namespace never see it.
+pub fn display_name(key: &str) -> &str {
+    key.rsplit(NAMESPACE_SEPARATOR).next().unwrap_or(key)
+}
+
+/// Namespaces are token subjects; these keep a key printable and its Valkey hash tag
+/// (`{…}`) intact.
+pub fn valid_namespace(ns: &str) -> bool {
+    (1..=200).contains(&ns.len())
+        && ns
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && !matches!(b, b'{' | b'}' | b'"' | b'\\'))
+}
+
+/// A topic key: a valid name, optionally behind a valid namespace.
+pub fn valid_topic_key(key: &str) -> bool {
+    match key.rsplit_once(NAMESPACE_SEPARATOR) {
+        Some((ns, name)) => valid_namespace(ns) && valid_topic_name(name),
+        None => valid_topic_name(key),
+    }
+}
+
 /// A set of shard indexes (the shards with local subscribers for a topic).
 #[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
 pub struct ShardSet(u128);
@@ -381,6 +415,25 @@ impl TopicTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn namespaced_keys_show_their_bare_name() {
+        let key = topic_key(Some("3f2a-uuid"), "jobs");
+        assert_eq!(&*key, "3f2a-uuid/jobs");
+        assert_eq!(display_name(&key), "jobs");
+        assert_eq!(display_name("jobs"), "jobs");
+        assert!(valid_topic_key(&key));
+        assert!(valid_topic_key("jobs.a"));
+        assert!(
+            !valid_topic_key("a/b/"),
+            "the bare part must be a valid name"
+        );
+        assert!(
+            !valid_topic_key("{x}/jobs"),
+            "braces would break the Valkey hash tag"
+        );
+        assert!(!valid_topic_key("/jobs"));
+    }
 
     fn table(per_topic: usize, max_bytes: usize, persistent: bool) -> TopicTable {
         TopicTable::new(
