@@ -179,12 +179,21 @@ pub enum AuthError {
     /// Signature fine, claims not: missing, of the wrong type, or naming an unknown permission.
     InvalidClaims(String),
     Forbidden(Permission),
+    /// The token's `jti` was logged out.
+    Revoked,
+    /// An account token whose account no longer exists.
+    UnknownUser,
+    /// An account token whose account is deactivated.
+    Inactive,
+    /// Account state is still being loaded at start-up.
+    AccountsLoading,
 }
 
 impl AuthError {
     pub fn status(&self) -> u16 {
         match self {
-            AuthError::Forbidden(_) => 403,
+            AuthError::Forbidden(_) | AuthError::Inactive => 403,
+            AuthError::AccountsLoading => 503,
             _ => 401,
         }
     }
@@ -197,6 +206,10 @@ impl AuthError {
             }
             AuthError::Expired => "TOKEN_EXPIRED",
             AuthError::Forbidden(_) => "PERMISSION_DENIED",
+            AuthError::Revoked => "TOKEN_REVOKED",
+            AuthError::UnknownUser => "USER_NOT_FOUND",
+            AuthError::Inactive => "USER_INACTIVE",
+            AuthError::AccountsLoading => "ACCOUNTS_LOADING",
         }
     }
 
@@ -210,6 +223,12 @@ impl AuthError {
             AuthError::InvalidClaims(why) => format!("Invalid token claims: {why}"),
             AuthError::Forbidden(permission) => {
                 format!("Permission '{}' required", permission.as_str())
+            }
+            AuthError::Revoked => "Token has been revoked".to_owned(),
+            AuthError::UnknownUser => "User not found".to_owned(),
+            AuthError::Inactive => "User is inactive".to_owned(),
+            AuthError::AccountsLoading => {
+                "user accounts are still loading; retry shortly".to_owned()
             }
         }
     }
@@ -417,6 +436,38 @@ impl Authenticator {
         permissions: Permissions,
         ttl: Duration,
     ) -> Result<String, String> {
+        self.sign(subject, permissions, ttl, Map::new())
+    }
+
+    /// Mints an access token for a user account, with the original relay's claims: `sub`
+    /// (the user ID), `username`, `permissions`, `iat`, `exp` and a fresh `jti` (32 hex
+    /// digits), which `/auth/logout` can deny.
+    pub fn mint_account(
+        &self,
+        user_id: &str,
+        username: &str,
+        permissions: Permissions,
+        ttl: Duration,
+        jti: &str,
+    ) -> Result<String, String> {
+        let mut extra = Map::new();
+        extra.insert("username".to_owned(), Value::from(username));
+        extra.insert("jti".to_owned(), Value::from(jti));
+        self.sign(user_id, permissions, ttl, extra)
+    }
+
+    /// Whether this authenticator holds a signing key (HS256), so accounts can log in.
+    pub fn can_mint(&self) -> bool {
+        self.inner.encoding.is_some()
+    }
+
+    fn sign(
+        &self,
+        subject: &str,
+        permissions: Permissions,
+        ttl: Duration,
+        extra: Map<String, Value>,
+    ) -> Result<String, String> {
         let keys = &*self.inner;
         let Some(encoding) = &keys.encoding else {
             return Err(
@@ -438,6 +489,9 @@ impl Authenticator {
         }
         if !keys.audience.is_empty() {
             claims["aud"] = Value::from(keys.audience.as_str());
+        }
+        if let Value::Object(map) = &mut claims {
+            map.extend(extra);
         }
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, encoding)
             .map_err(|err| format!("cannot sign token: {err}"))

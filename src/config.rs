@@ -724,6 +724,7 @@ impl Config {
                 ),
             ));
         }
+        self.validate_accounts()?;
         if self.storage.ack == Some(AckMode::Persisted) && self.storage.backend == Backend::Memory {
             return Err(ConfigError::at(
                 "storage.ack",
@@ -748,6 +749,53 @@ impl Config {
     }
 }
 
+impl Config {
+    fn validate_accounts(&self) -> Result<(), ConfigError> {
+        if self.accounts.access_token_ttl < Duration::from_secs(60) {
+            return Err(ConfigError::at(
+                "accounts.access_token_ttl",
+                "must be at least 1m (the Python client renews tokens with less than 5 minutes left)",
+            ));
+        }
+        if self.accounts.refresh_token_ttl < self.accounts.access_token_ttl {
+            return Err(ConfigError::at(
+                "accounts.refresh_token_ttl",
+                "must be at least accounts.access_token_ttl",
+            ));
+        }
+        let b = &self.bootstrap;
+        match (b.admin_username.is_empty(), b.admin_password.is_empty()) {
+            (true, true) => return Ok(()),
+            (false, true) => {
+                return Err(ConfigError::at(
+                    "bootstrap.admin_password",
+                    "is required with bootstrap.admin_username (PULSAR_BOOTSTRAP_ADMIN_PASSWORD)",
+                ))
+            }
+            (true, false) => {
+                return Err(ConfigError::at(
+                    "bootstrap.admin_username",
+                    "is required with bootstrap.admin_password (PULSAR_BOOTSTRAP_ADMIN_USERNAME)",
+                ))
+            }
+            (false, false) => {}
+        }
+        if !(3..=50).contains(&b.admin_username.chars().count()) {
+            return Err(ConfigError::at(
+                "bootstrap.admin_username",
+                "must be 3 to 50 characters",
+            ));
+        }
+        if b.admin_password.chars().count() < 8 || b.admin_password.len() > 1024 {
+            return Err(ConfigError::at(
+                "bootstrap.admin_password",
+                "must be 8 to 1024 characters",
+            ));
+        }
+        Ok(())
+    }
+}
+
 fn is_loopback(host: &str) -> bool {
     let bare = host.trim_start_matches('[').trim_end_matches(']');
     bare.eq_ignore_ascii_case("localhost")
@@ -755,7 +803,7 @@ fn is_loopback(host: &str) -> bool {
 }
 
 /// Reads the `PULSAR_<SECTION>_<KEY>` variables. Those whose section is not one of ours
-/// belong to someone else (`PULSAR_LOG`, bootstrap settings) and are skipped.
+/// belong to someone else (`PULSAR_LOG`, the original relay's `PULSAR_RATE_LIMIT_STORAGE_URI`) and are skipped.
 fn read_env(env: impl IntoIterator<Item = (String, String)>) -> Result<Vec<Override>, ConfigError> {
     let mut overrides: Vec<Override> = Vec::new();
     for (var, raw) in env {

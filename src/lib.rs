@@ -5,6 +5,7 @@
 //! `api` (routes, sessions, errors) → `topic` (ownership, IDs, hot ring) → `store`
 //! (the Valkey persistent tier). `auth`, `config` and `metrics` serve all of them.
 
+pub mod account;
 pub mod api;
 pub mod auth;
 pub mod config;

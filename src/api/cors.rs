@@ -18,7 +18,12 @@ pub fn methods_of(path: &str) -> Option<&'static str> {
         "/health" | "/ready" => "GET, HEAD, OPTIONS",
         "/metrics" | "/api/v1/poll" | "/ws" => "GET, OPTIONS",
         "/api/v1/messages" | "/api/v1/messages/bulk" | "/api/v1/ack" => "POST, OPTIONS",
-        _ => return None,
+        p if p.starts_with("/auth/users/") => "PATCH, DELETE, OPTIONS",
+        p if p.starts_with("/auth/sessions/") => "DELETE, OPTIONS",
+        p => match super::auth_methods(p)? {
+            "POST" => "POST, OPTIONS",
+            _ => "GET, OPTIONS",
+        },
     })
 }
 

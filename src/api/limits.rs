@@ -1,5 +1,5 @@
-//! Fairness limits: token buckets for publish rates and WebSocket frame rates, and the JSON
-//! nesting check.
+//! Fairness limits: token buckets for publish rates and WebSocket frame rates, per-address
+//! login attempts, and the JSON nesting check.
 //!
 //! Publish buckets are kept per token subject **on each shard**, not on one shard per
 //! subject: checking them costs no cross-shard hop and no lock on the request path. The
@@ -7,8 +7,9 @@
 //! configured rate (README "Security" says so). Buckets of subjects idle for a minute are
 //! dropped, so the table stays as small as the set of active producers.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use super::error::ApiError;
@@ -134,6 +135,58 @@ impl PublishRates {
                 .flatten()
                 .any(|bucket| bucket.idle_since(now) < IDLE_BUCKET)
         });
+    }
+}
+
+/// Addresses tracked per login window and shard; beyond, new addresses are refused until
+/// the window turns (an attacker with that many addresses is not slowed by a per-address
+/// limit anyway, and the map stays bounded).
+const MAX_LOGIN_ADDRESSES: usize = 100_000;
+
+/// Password-login and token-refresh attempts per client address and minute on one shard,
+/// in fixed windows as the original relay counts them.
+pub struct LoginRates {
+    per_minute: u32,
+    window: Cell<u64>,
+    attempts: RefCell<HashMap<IpAddr, u32>>,
+}
+
+impl LoginRates {
+    pub fn new(per_minute: u32) -> Self {
+        LoginRates {
+            per_minute,
+            window: Cell::new(0),
+            attempts: RefCell::new(HashMap::new()),
+        }
+    }
+
+    /// Counts one attempt from `addr`; 429 when the address used up this minute's.
+    pub fn charge(&self, addr: IpAddr, now_ms: u64) -> Result<(), ApiError> {
+        if self.per_minute == 0 {
+            return Ok(());
+        }
+        let minute = now_ms / 60_000;
+        let mut attempts = self.attempts.borrow_mut();
+        if self.window.replace(minute) != minute {
+            attempts.clear();
+        }
+        let limited = || {
+            rate_limited(
+                Duration::from_millis(60_000 - now_ms % 60_000),
+                &format!("Rate limit exceeded: {} per 1 minute", self.per_minute),
+            )
+        };
+        let full = attempts.len() >= MAX_LOGIN_ADDRESSES;
+        let count = match attempts.get_mut(&addr) {
+            Some(count) => count,
+            None if full => return Err(limited()),
+            None => attempts.entry(addr).or_insert(0),
+        };
+        if *count >= self.per_minute {
+            return Err(limited());
+        }
+        *count += 1;
+        Ok(())
     }
 }
 

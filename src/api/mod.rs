@@ -4,6 +4,7 @@
 //! everything before doing any work, then reach topic owners only through `Shard::call`.
 //! The wire formats come from `http` and `ws`; this module owns what the bytes mean.
 
+pub mod accounts;
 mod ack;
 pub mod conn;
 mod cors;
@@ -21,6 +22,7 @@ use std::time::Instant;
 
 use crate::auth::{AuthError, Permission, Principal};
 use crate::config::TopicNamespace;
+use crate::http::request::path_segment;
 use crate::http::{encode, Limits, Method, Request, RequestDecoder, Response};
 use crate::metrics;
 use crate::shard::quota::QuotaKey;
@@ -240,8 +242,94 @@ async fn route(conn: &mut Conn, req: Request, auth: &mut AuthCache) -> Outcome {
             })
         }
         ("/metrics", _) => not_allowed("GET"),
+        (path, _) if path.starts_with("/auth/") => auth_route(conn, req, auth).await,
         (path, _) => Outcome::from(Err(ApiError::not_found(path))),
     }
+}
+
+/// The original relay's `/auth/*` endpoints (see `accounts`).
+async fn auth_route(conn: &mut Conn, req: Request, auth: &mut AuthCache) -> Outcome {
+    use Method::*;
+    let shard = Rc::clone(&conn.shard);
+    let path = req.path.as_str();
+    let result = match (path, req.method) {
+        ("/auth/login", Post) => {
+            let peer = conn.stream.peer_addr().ok().map(|a| a.ip());
+            accounts::login(&shard, peer, &req.body).await
+        }
+        ("/auth/token/refresh", Post) => {
+            let peer = conn.stream.peer_addr().ok().map(|a| a.ip());
+            accounts::refresh(&shard, peer, &req.body).await
+        }
+        ("/auth/token/revoke", Post) => accounts::revoke(&shard, &req.body).await,
+        ("/auth/logout", Post) => match auth.authenticated(&shard, &req) {
+            Ok(principal) => accounts::logout(&shard, &principal).await,
+            Err(e) => Err(e),
+        },
+        ("/auth/me", Get) => auth
+            .authenticated(&shard, &req)
+            .map(|principal| accounts::me(&shard, &principal, Vec::new())),
+        ("/auth/register", Post) => match auth.principal(&shard, &req, Permission::Admin) {
+            Ok(_) => accounts::register(&shard, &req.body).await,
+            Err(e) => Err(e),
+        },
+        ("/auth/users", Get) => auth
+            .principal(&shard, &req, Permission::Admin)
+            .and_then(|_| accounts::list_users(&shard)),
+        ("/auth/users/stats", Get) => auth
+            .principal(&shard, &req, Permission::Admin)
+            .and_then(|_| accounts::user_stats(&shard)),
+        ("/auth/sessions", Get) => match auth.authenticated(&shard, &req) {
+            Ok(principal) => accounts::sessions(&shard, &principal).await,
+            Err(e) => Err(e),
+        },
+        (path, method) => {
+            if let Some(id) = path_param(path, "/auth/users/") {
+                match (method, auth.principal(&shard, &req, Permission::Admin)) {
+                    (_, Err(e)) => Err(e),
+                    (Patch, Ok(_)) => accounts::patch_user(&shard, &id, &req.body).await,
+                    (Delete, Ok(principal)) => accounts::delete_user(&shard, &principal, &id).await,
+                    _ => return not_allowed("PATCH, DELETE"),
+                }
+            } else if let Some(jti) = path_param(path, "/auth/sessions/") {
+                match (method, auth.authenticated(&shard, &req)) {
+                    (_, Err(e)) => Err(e),
+                    (Delete, Ok(principal)) => {
+                        accounts::end_session(&shard, &principal, &jti).await
+                    }
+                    _ => return not_allowed("DELETE"),
+                }
+            } else {
+                match auth_methods(path) {
+                    Some(allow) => return not_allowed(allow),
+                    None => Err(ApiError::not_found(path)),
+                }
+            }
+        }
+    };
+    result.into()
+}
+
+/// The methods of the fixed `/auth/*` paths, for 405 answers.
+fn auth_methods(path: &str) -> Option<&'static str> {
+    match path {
+        "/auth/login"
+        | "/auth/token/refresh"
+        | "/auth/token/revoke"
+        | "/auth/logout"
+        | "/auth/register" => Some("POST"),
+        "/auth/me" | "/auth/users" | "/auth/users/stats" | "/auth/sessions" => Some("GET"),
+        _ => None,
+    }
+}
+
+/// The one percent-decoded segment after `prefix`, if the path is exactly that.
+fn path_param(path: &str, prefix: &str) -> Option<String> {
+    let rest = path.strip_prefix(prefix)?;
+    if rest.is_empty() || rest.contains('/') {
+        return None;
+    }
+    Some(path_segment(rest).into_owned())
 }
 
 /// The `route` label of request metrics: a fixed set, so that scanners probing random
@@ -256,6 +344,7 @@ fn route_label(path: &str) -> &'static str {
         "/api/v1/poll" => "poll",
         "/api/v1/ack" => "ack",
         "/ws" => "ws",
+        p if p.starts_with("/auth/") => "auth",
         _ => "other",
     }
 }
@@ -275,6 +364,15 @@ fn ready(shard: &Shard) -> Response {
         ),
         Err(failing) => ApiError::new(503, "NOT_READY", failing).into_response(),
     }
+}
+
+/// Verifies a token and checks it against account state (see [`crate::account::Replica::admit`]).
+fn verify_token(shard: &Shard, token: &str) -> Result<Principal, ApiError> {
+    let mut principal = shard.auth.verify(token)?;
+    if let Some(current) = shard.accounts.borrow().admit(&principal, now_ms())? {
+        principal.permissions = current;
+    }
+    Ok(principal)
 }
 
 /// Extracts the bearer token of a request from the `Authorization` header.
@@ -299,6 +397,14 @@ impl AuthCache {
         req: &Request,
         needed: Permission,
     ) -> Result<Rc<Principal>, ApiError> {
+        let principal = self.authenticated(shard, req)?;
+        principal.require(needed)?;
+        Ok(principal)
+    }
+
+    /// Any valid token, checked against account state (deny-list, account active) on every
+    /// request: a logout or deactivation applies to connections already open.
+    fn authenticated(&mut self, shard: &Shard, req: &Request) -> Result<Rc<Principal>, ApiError> {
         let token = bearer(req).ok_or(AuthError::Missing)?;
         let cached = match &self.principal {
             Some(p) if self.token == token && p.expires_at.saturating_mul(1000) > now_ms() => {
@@ -313,8 +419,13 @@ impl AuthCache {
                 p
             }
         };
-        cached.require(needed)?;
-        Ok(cached)
+        match shard.accounts.borrow().admit(&cached, now_ms())? {
+            None => Ok(cached),
+            Some(current) => Ok(Rc::new(Principal {
+                permissions: current,
+                ..Principal::clone(&cached)
+            })),
+        }
     }
 }
 

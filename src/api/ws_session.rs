@@ -81,7 +81,7 @@ pub async fn upgrade(shard: &Rc<Shard>, req: &Request) -> Result<Upgrade, ApiErr
         .or_else(|| super::bearer(req).map(str::to_string))
         .or(from_protocol.clone())
         .ok_or(AuthError::Missing)?;
-    let principal = shard.auth.verify(&token)?;
+    let principal = super::verify_token(shard, &token)?;
     principal.require(Permission::Read)?;
     let protocol =
         (from_protocol.is_some() && protocols.iter().any(|p| p == "bearer")).then_some("bearer");
@@ -546,7 +546,7 @@ impl Session {
     /// Replaces the session's token before it expires. The subject must stay the same:
     /// durable consumer positions and subscriptions belong to it.
     fn reauthenticate(&mut self, cmd: AuthCmd) -> Result<(), ApiError> {
-        let principal = self.shard.auth.verify(&cmd.token)?;
+        let principal = super::verify_token(&self.shard, &cmd.token)?;
         principal.require(Permission::Read)?;
         if principal.subject != self.principal.subject {
             return Err(ApiError::new(

@@ -87,15 +87,31 @@ impl Request {
     /// The first query parameter with this (decoded) name, percent-decoded with `+` as space.
     /// Invalid UTF-8 after decoding is replaced with U+FFFD: callers validate values anyway.
     pub fn query_param(&self, name: &str) -> Option<String> {
-        self.query.as_deref()?.split('&').find_map(|pair| {
-            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-            (percent_decode(key) == name).then(|| percent_decode(value).into_owned())
-        })
+        form_pairs(self.query.as_deref()?)
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.into_owned())
     }
 }
 
-fn percent_decode(text: &str) -> Cow<'_, str> {
-    if !text.bytes().any(|b| b == b'%' || b == b'+') {
+/// The decoded `name=value` pairs of a query string or an
+/// `application/x-www-form-urlencoded` body, in order.
+pub fn form_pairs(text: &str) -> impl Iterator<Item = (Cow<'_, str>, Cow<'_, str>)> {
+    text.split('&').filter(|pair| !pair.is_empty()).map(|pair| {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        (percent_decode(key, true), percent_decode(value, true))
+    })
+}
+
+/// A percent-decoded path segment (`+` stays a plus sign in paths).
+pub fn path_segment(text: &str) -> Cow<'_, str> {
+    percent_decode(text, false)
+}
+
+fn percent_decode(text: &str, plus_is_space: bool) -> Cow<'_, str> {
+    if !text
+        .bytes()
+        .any(|b| b == b'%' || (plus_is_space && b == b'+'))
+    {
         return Cow::Borrowed(text);
     }
     let bytes = text.as_bytes();
@@ -103,7 +119,7 @@ fn percent_decode(text: &str) -> Cow<'_, str> {
     let mut i = 0;
     while let Some(&b) = bytes.get(i) {
         match b {
-            b'+' => out.push(b' '),
+            b'+' if plus_is_space => out.push(b' '),
             b'%' => {
                 let hi = bytes.get(i + 1).and_then(|&c| hex_value(c));
                 let lo = bytes.get(i + 2).and_then(|&c| hex_value(c));

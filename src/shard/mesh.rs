@@ -33,6 +33,7 @@ use glommio::{GlommioError, ResourceType};
 use super::owner::{Op, OpResult};
 use super::quota::QuotaKey;
 use super::signal::{Signal, Slot};
+use crate::account::{AccountSync, DirectoryOp};
 use crate::topic::Message;
 
 /// Channel slots per ordered shard pair.
@@ -68,6 +69,15 @@ pub enum Envelope {
         limit: u32,
     },
     Release(QuotaKey),
+    /// An account operation for the directory (shard 0); answered with
+    /// `OpResult::Directory`.
+    Directory {
+        from: usize,
+        id: u64,
+        op: DirectoryOp,
+    },
+    /// A change of account state for this shard's replica.
+    Accounts(Arc<AccountSync>),
 }
 
 /// The channel ends one shard takes into its executor.
@@ -225,6 +235,12 @@ impl Mesh {
             limit,
         })
         .await
+    }
+
+    /// Runs an account operation on the directory shard.
+    pub async fn directory(&self, to: usize, op: DirectoryOp) -> OpResult {
+        self.request(to, |from, id| Envelope::Directory { from, id, op })
+            .await
     }
 
     /// Asks shard `to` for its metrics.

@@ -32,7 +32,9 @@ pub use glommio::net::TcpStream;
 pub use glommio::spawn_local;
 pub use glommio::timer::sleep;
 
-use crate::api::limits::PublishRates;
+use crate::account::directory::Applied;
+use crate::account::{self, AccountError, AccountSync, Directory, DirectoryOp, DirectoryReply};
+use crate::api::limits::{LoginRates, PublishRates};
 use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::metrics::{self, ShardMetrics};
@@ -64,6 +66,8 @@ pub struct Process {
     draining: AtomicUsize,
     /// Open client connections, all shards together (for `limits.max_connections`).
     pub connections: AtomicUsize,
+    /// The directory shard has loaded the user accounts.
+    pub accounts_ready: AtomicBool,
     pub local_addr: SocketAddr,
 }
 
@@ -82,6 +86,9 @@ impl Process {
                 "valkey: shard {shard} cannot use Valkey (unreachable, or still recovering its topics)"
             ));
         }
+        if !self.accounts_ready.load(Ordering::Acquire) {
+            return Err("accounts: the user accounts are still loading".to_owned());
+        }
         Ok(())
     }
 }
@@ -99,17 +106,77 @@ pub struct Shard {
     pub metrics: Rc<ShardMetrics>,
     /// Publish rate buckets of the token subjects seen on this shard.
     pub publish_rates: PublishRates,
+    /// Login and token-refresh attempts of the client addresses seen on this shard.
+    pub login_rates: LoginRates,
     /// Connection counts of the quota keys this shard owns.
     quotas: Quotas,
     /// The owned topics' last IDs have been read back from the persistent tier (always
     /// true for the memory backend); publishes wait for it.
     recovered: Cell<bool>,
     pub conns: ConnTable,
+    /// This shard's read copy of the user accounts and the logout deny-list.
+    pub accounts: RefCell<account::Replica>,
+    /// The authoritative account state: on [`DIRECTORY_SHARD`] only, once loaded.
+    directory: RefCell<Option<Directory>>,
     stop_accepting: Signal,
     shutting_down: Cell<bool>,
 }
 
+/// The shard that holds the account directory.
+pub const DIRECTORY_SHARD: usize = 0;
+
+/// Runs CPU-heavy work (password hashing) on glommio's blocking thread pool, so that the
+/// shard's executor keeps serving while it runs.
+pub async fn blocking<R: Send + 'static>(work: impl FnOnce() -> R + Send + 'static) -> R {
+    glommio::executor().spawn_blocking(work).await
+}
+
 impl Shard {
+    /// Runs an account operation on the directory shard and returns its answer; by then
+    /// this shard's replica already reflects the change.
+    pub async fn directory(&self, op: DirectoryOp) -> DirectoryReply {
+        if self.id == DIRECTORY_SHARD {
+            let (reply, tickets) = self.apply_directory(op);
+            settle_directory(reply, tickets).await
+        } else {
+            match self.mesh.directory(DIRECTORY_SHARD, op).await {
+                OpResult::Directory(reply) => reply,
+                _ => DirectoryReply::Failed(AccountError::Unavailable),
+            }
+        }
+    }
+
+    /// Applies an account operation here (the directory shard): replicas first, then the
+    /// persistent tier's writes, whose tickets the reply waits for.
+    fn apply_directory(&self, op: DirectoryOp) -> (DirectoryReply, Vec<store::Ticket>) {
+        let applied = match self.directory.borrow_mut().as_mut() {
+            Some(dir) => dir.apply(op, now_ms()),
+            None => {
+                return (
+                    DirectoryReply::Failed(AccountError::Unavailable),
+                    Vec::new(),
+                )
+            }
+        };
+        let Applied {
+            reply,
+            syncs,
+            writes,
+        } = applied;
+        for sync in syncs {
+            self.broadcast_accounts(sync);
+        }
+        (reply, self.store.write_accounts(writes))
+    }
+
+    fn broadcast_accounts(&self, sync: AccountSync) {
+        self.accounts.borrow_mut().apply(&sync);
+        let sync = Arc::new(sync);
+        for shard in (0..self.count).filter(|s| *s != self.id) {
+            self.mesh.send(shard, Envelope::Accounts(Arc::clone(&sync)));
+        }
+    }
+
     /// Runs `op` on the shard that owns the topic: here, or through the mesh.
     pub async fn call(&self, owner: usize, op: Op) -> OpResult {
         if owner == self.id {
@@ -256,6 +323,16 @@ impl Shard {
             Envelope::DropInterest { from, topic } => {
                 self.topics.borrow_mut().drop_interest(&topic, from)
             }
+            Envelope::Directory { from, id, op } => {
+                let (reply, tickets) = self.apply_directory(op);
+                let shard = Rc::clone(self);
+                spawn_local(async move {
+                    let result = OpResult::Directory(settle_directory(reply, tickets).await);
+                    shard.mesh.send(from, Envelope::Reply { id, result });
+                })
+                .detach();
+            }
+            Envelope::Accounts(sync) => self.accounts.borrow_mut().apply(&sync),
         }
     }
 
@@ -307,6 +384,7 @@ impl Runtime {
             store_ok: (0..shards).map(|_| AtomicBool::new(false)).collect(),
             draining: AtomicUsize::new(shards),
             connections: AtomicUsize::new(0),
+            accounts_ready: AtomicBool::new(false),
             local_addr,
         });
         Ok(Runtime {
@@ -419,6 +497,7 @@ async fn shard_main(
         config.limits.publish_rate,
         config.limits.publish_bytes_rate as u64,
     );
+    let login_rates = LoginRates::new(config.accounts.login_rate);
     let shard = Rc::new(Shard {
         id,
         count,
@@ -433,11 +512,14 @@ async fn shard_main(
         )),
         subscribers: RefCell::new(LocalSubscribers::default()),
         publish_rates,
+        login_rates,
         quotas: Quotas::default(),
         store,
         metrics,
         recovered: Cell::new(!persistent),
         conns: ConnTable::default(),
+        accounts: RefCell::new(account::Replica::default()),
+        directory: RefCell::new(None),
         stop_accepting: Signal::default(),
         shutting_down: Cell::new(false),
     });
@@ -453,6 +535,9 @@ async fn shard_main(
     if let Some(link) = link {
         spawn_local(link.run()).detach();
         spawn_local(recover(Rc::clone(&shard))).detach();
+    }
+    if id == DIRECTORY_SHARD {
+        spawn_local(open_directory(Rc::clone(&shard))).detach();
     }
     let housekeeping = spawn_local(housekeeping(Rc::clone(&shard)));
     // The memory backend has nothing to wait for; Valkey's state is then kept by the tick.
@@ -526,15 +611,72 @@ async fn recover(shard: Rc<Shard>) {
     }
 }
 
+/// A directory write failed to persist: the change happened in memory but may not survive
+/// a restart, so the caller is told it did not succeed.
+async fn settle_directory(reply: DirectoryReply, tickets: Vec<store::Ticket>) -> DirectoryReply {
+    for ticket in tickets {
+        if ticket.wait().await.is_err() {
+            return DirectoryReply::Failed(AccountError::Unavailable);
+        }
+    }
+    reply
+}
+
+/// Loads the accounts (retrying until Valkey answers), ensures the bootstrap administrator,
+/// and hands every shard its replica.
+async fn open_directory(shard: Rc<Shard>) {
+    let started = now_ms();
+    let mut logged = false;
+    let loaded = loop {
+        match shard.store.load_accounts().await {
+            Ok(loaded) => break loaded,
+            Err(e) => {
+                if !logged && now_ms() - started > 2000 {
+                    eprintln!("accounts: waiting for Valkey to load user accounts: {e}");
+                    logged = true;
+                }
+                sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    let refresh_ttl = shard.config.accounts.refresh_token_ttl.as_millis() as u64;
+    let dir = Directory::restore(loaded.users, loaded.tokens, loaded.denied, refresh_ttl);
+    let snapshot = dir.snapshot();
+    *shard.directory.borrow_mut() = Some(dir);
+    shard.broadcast_accounts(snapshot);
+    if let Err(e) = crate::api::accounts::ensure_bootstrap_admin(&shard).await {
+        eprintln!("accounts: bootstrap administrator not set up: {e}");
+    }
+    shard.process.accounts_ready.store(true, Ordering::Release);
+}
+
+/// How often expired refresh tokens and deny-list entries are dropped.
+const ACCOUNT_SWEEP_MS: u64 = 60_000;
+
+fn sweep_accounts(shard: &Shard, now: u64) {
+    shard.accounts.borrow_mut().sweep(now);
+    let writes = match shard.directory.borrow_mut().as_mut() {
+        Some(dir) => dir.sweep(now),
+        None => return,
+    };
+    drop(shard.store.write_accounts(writes));
+    shard.store.prune_denied(now);
+}
+
 /// The shard's coarse clock: connection deadlines, and the shutdown sequence.
 async fn housekeeping(shard: Rc<Shard>) {
     let grace = shard.config.server.shutdown_grace;
     let mut shutdown_started: Option<u64> = None;
     let mut drained = false;
+    let mut swept = now_ms();
     loop {
         sleep(conns::TICK).await;
         let now = now_ms();
         shard.conns.tick(now);
+        if now.saturating_sub(swept) >= ACCOUNT_SWEEP_MS {
+            swept = now;
+            sweep_accounts(&shard, now);
+        }
         let store_ok = shard.recovered.get() && shard.store.health().is_ok();
         shard.process.store_ok[shard.id].store(store_ok, Ordering::Release);
         if shutdown_started.is_none() && shard.process.shutdown.load(Ordering::Acquire) {

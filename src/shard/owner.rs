@@ -72,6 +72,8 @@ pub enum OpResult {
     Metrics(Box<metrics::Snapshot>),
     /// Whether a connection-quota slot was granted (not a topic operation).
     Admitted(bool),
+    /// The directory's answer to an account operation (not a topic operation).
+    Directory(crate::account::DirectoryReply),
 }
 
 /// Runs `op` against the owner's table. `fanout` receives every new message with the set

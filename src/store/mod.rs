@@ -15,6 +15,7 @@
 //!   acknowledged message ID.
 //! - `<prefix>:{relay}:epoch` — sentinel that reveals a Valkey that lost its data.
 
+pub mod accounts;
 pub mod link;
 pub mod resp;
 
