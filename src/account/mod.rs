@@ -82,6 +82,8 @@ pub enum AccountSync {
     UserRemoved(String),
     /// A token ID refused until the given Unix milliseconds (its expiry).
     Denied(String, u64),
+    /// Start-up is complete (bootstrap administrator included): logins may be answered.
+    Ready,
 }
 
 /// Most deny-list entries; `/auth/logout` answers 503 beyond (entries leave at their
@@ -109,8 +111,8 @@ impl Replica {
                     self.put(Arc::clone(user));
                 }
                 self.denied = denied.iter().cloned().collect();
-                self.loaded = true;
             }
+            AccountSync::Ready => self.loaded = true,
             AccountSync::User(user) => self.put(Arc::clone(user)),
             AccountSync::UserRemoved(id) => {
                 if let Some(user) = self.users.remove(id) {
@@ -282,6 +284,8 @@ mod tests {
             users: vec![user("a", true, Permissions::READ)],
             denied: Vec::new(),
         });
+        assert_eq!(r.admit(&alice, 0), Err(AuthError::AccountsLoading));
+        r.apply(&AccountSync::Ready);
         assert_eq!(r.admit(&alice, 0), Ok(None));
         r.apply(&AccountSync::User(user("a", true, Permissions::WRITE)));
         assert_eq!(r.admit(&alice, 0), Ok(Some(Permissions::WRITE)));

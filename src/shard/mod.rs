@@ -647,6 +647,7 @@ async fn open_directory(shard: Rc<Shard>) {
     if let Err(e) = crate::api::accounts::ensure_bootstrap_admin(&shard).await {
         eprintln!("accounts: bootstrap administrator not set up: {e}");
     }
+    shard.broadcast_accounts(AccountSync::Ready);
     shard.process.accounts_ready.store(true, Ordering::Release);
 }
 

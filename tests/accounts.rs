@@ -1,0 +1,491 @@
+//! User accounts of the original relay's API against the real binary: password login,
+//! rotating refresh tokens, logout, `/auth/me`, admin user management, the login limit,
+//! and (with a real valkey-server) accounts surviving a restart. Expected statuses and
+//! `detail` texts are the ones the Python client and the reference §13 rely on.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use pulsar_relay::auth::Permissions;
+use serde_json::{json, Value};
+
+const ADMIN: &str = "admin";
+const ADMIN_PASSWORD: &str = "12345678";
+
+/// A relay with the bootstrap administrator, ready to answer logins.
+fn start(extra: &[(&str, &str)]) -> Relay {
+    let mut env = vec![
+        ("PULSAR_BOOTSTRAP_ADMIN_USERNAME", ADMIN),
+        ("PULSAR_BOOTSTRAP_ADMIN_PASSWORD", ADMIN_PASSWORD),
+        ("PULSAR_ACCOUNTS_LOGIN_RATE", "0"),
+    ];
+    env.extend_from_slice(extra);
+    let relay = Relay::start_with(&env);
+    relay.wait_ready(Duration::from_secs(10));
+    relay
+}
+
+fn form_login(relay: &Relay, username: &str, password: &str) -> Response {
+    let body = format!("username={username}&password={password}&grant_type=password");
+    relay.request(
+        "POST",
+        "/auth/login",
+        &[("Content-Type", "application/x-www-form-urlencoded")],
+        body.as_bytes(),
+    )
+}
+
+/// Logs in and returns (access token, refresh token).
+fn login(relay: &Relay, username: &str, password: &str) -> (String, String) {
+    let resp = form_login(relay, username, password);
+    resp.assert_status(200);
+    let body = resp.json();
+    assert_eq!(body["token_type"], "bearer");
+    assert_eq!(body["expires_in"], 600);
+    assert!(body["refresh_token_secondary"].is_null());
+    (
+        body["access_token"].as_str().unwrap().to_owned(),
+        body["refresh_token"].as_str().unwrap().to_owned(),
+    )
+}
+
+fn call(relay: &Relay, method: &str, path: &str, token: &str, body: &Value) -> Response {
+    let auth = auth_header(token);
+    let text = if body.is_null() {
+        Vec::new()
+    } else {
+        body.to_string().into_bytes()
+    };
+    relay.request(method, path, &[auth.as_pair()], &text)
+}
+
+fn refresh(relay: &Relay, refresh_token: &str) -> Response {
+    relay.request(
+        "POST",
+        "/auth/token/refresh",
+        &[("Content-Type", "application/json")],
+        json!({ "refresh_token": refresh_token })
+            .to_string()
+            .as_bytes(),
+    )
+}
+
+fn publish_as(relay: &Relay, token: &str, topic: &str) -> Response {
+    call(
+        relay,
+        "POST",
+        "/api/v1/messages",
+        token,
+        &json!({"topic": topic, "payload": {"n": 1}}),
+    )
+}
+
+fn detail(resp: &Response) -> String {
+    resp.json()["detail"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+fn register(relay: &Relay, admin: &str, username: &str, permissions: &[&str]) -> Value {
+    let resp = call(
+        relay,
+        "POST",
+        "/auth/register",
+        admin,
+        &json!({"username": username, "password": format!("pw-{username}-123"),
+                "email": null, "permissions": permissions}),
+    );
+    resp.assert_status(201);
+    resp.json()
+}
+
+#[test]
+fn password_login_issues_tokens_the_relay_accepts() {
+    let relay = start(&[]);
+    let (access, _) = login(&relay, ADMIN, ADMIN_PASSWORD);
+    publish_as(&relay, &access, "jobs").assert_status(201);
+
+    let me = call(&relay, "GET", "/auth/me", &access, &Value::Null);
+    me.assert_status(200);
+    let me = me.json();
+    assert_eq!(me["username"], ADMIN);
+    assert_eq!(me["email"], "admin@example.com");
+    assert_eq!(me["is_active"], true);
+    assert_eq!(me["permissions"], json!(["read", "write", "admin"]));
+    assert_eq!(me["user_id"].as_str().unwrap().len(), 36);
+
+    let wrong = form_login(&relay, ADMIN, "not-the-password");
+    wrong.assert_error(401, "INVALID_CREDENTIALS");
+    assert!(detail(&wrong).contains("Incorrect username or password"));
+    assert_eq!(wrong.header("WWW-Authenticate"), Some("Bearer"));
+    form_login(&relay, "nobody", "whatever-it-is").assert_error(401, "INVALID_CREDENTIALS");
+
+    // The OAuth2 password form only: JSON and other grants are refused.
+    relay
+        .request(
+            "POST",
+            "/auth/login",
+            &[("Content-Type", "application/json")],
+            br#"{"username":"admin","password":"12345678"}"#,
+        )
+        .assert_error(422, "MISSING_FIELD");
+    relay
+        .request(
+            "POST",
+            "/auth/login",
+            &[],
+            b"username=admin&password=12345678&grant_type=client_credentials",
+        )
+        .assert_error(422, "UNSUPPORTED_GRANT_TYPE");
+    // Percent-encoded form values decode.
+    login(&relay, "%61dmin", "1234%35678");
+
+    relay
+        .request("GET", "/auth/me", &[], b"")
+        .assert_error(401, "AUTH_REQUIRED");
+    let bad = call(&relay, "GET", "/auth/me", "not-a-jwt", &Value::Null);
+    assert_eq!(bad.status, 401);
+    relay
+        .request("GET", "/auth/login", &[], b"")
+        .assert_error(405, "METHOD_NOT_ALLOWED");
+
+    // A service token (no account) still works, and /auth/me describes it from its claims.
+    let service = call(&relay, "GET", "/auth/me", &rw_token(), &Value::Null);
+    service.assert_status(200);
+    assert_eq!(service.json()["permissions"], json!(["read", "write"]));
+}
+
+#[test]
+fn refresh_tokens_rotate_and_a_replay_ends_the_chain() {
+    let relay = start(&[]);
+    let (_, first) = login(&relay, ADMIN, ADMIN_PASSWORD);
+    let (_, other_login) = login(&relay, ADMIN, ADMIN_PASSWORD);
+
+    let rotated = refresh(&relay, &first);
+    rotated.assert_status(200);
+    let body = rotated.json();
+    let second = body["refresh_token"].as_str().unwrap().to_owned();
+    assert_ne!(second, first);
+    let access = body["access_token"].as_str().unwrap();
+    publish_as(&relay, access, "jobs").assert_status(201);
+
+    // Someone replays the spent token: refused, and the legitimate successor dies with it.
+    let replay = refresh(&relay, &first);
+    replay.assert_error(401, "INVALID_REFRESH_TOKEN");
+    assert_eq!(detail(&replay), "invalid refresh token");
+    refresh(&relay, &second).assert_error(401, "INVALID_REFRESH_TOKEN");
+    // Another login's chain is untouched.
+    refresh(&relay, &other_login).assert_status(200);
+
+    refresh(&relay, "no-dot-here").assert_error(401, "INVALID_REFRESH_TOKEN");
+    relay
+        .request("POST", "/auth/token/refresh", &[], b"{}")
+        .assert_error(422, "INVALID_BODY");
+}
+
+#[test]
+fn revoke_needs_the_secret_and_can_end_a_chain() {
+    let relay = start(&[]);
+    let (_, token) = login(&relay, ADMIN, ADMIN_PASSWORD);
+    let jti = token.split('.').next().unwrap();
+    let revoke = |body: Value| {
+        relay.request(
+            "POST",
+            "/auth/token/revoke",
+            &[],
+            body.to_string().as_bytes(),
+        )
+    };
+    // A forged secret or an unknown ID: 204, and the token is untouched.
+    revoke(json!({"refresh_token": format!("{jti}.{}", "0".repeat(64))})).assert_status(204);
+    revoke(json!({"refresh_token": "00000000-0000-4000-8000-000000000000.abc"})).assert_status(204);
+    revoke(json!({"refresh_token": "malformed"})).assert_error(400, "MALFORMED_REFRESH_TOKEN");
+    let next = refresh(&relay, &token);
+    next.assert_status(200);
+    let next = next.json()["refresh_token"].as_str().unwrap().to_owned();
+    revoke(json!({"refresh_token": next, "revoke_chain": true})).assert_status(204);
+    refresh(&relay, &next).assert_error(401, "INVALID_REFRESH_TOKEN");
+}
+
+#[test]
+fn logout_denies_the_token_on_http_and_websocket() {
+    let relay = start(&[]);
+    let (access, _) = login(&relay, ADMIN, ADMIN_PASSWORD);
+    let (other, _) = login(&relay, ADMIN, ADMIN_PASSWORD);
+    call(&relay, "POST", "/auth/logout", &access, &Value::Null).assert_status(204);
+
+    let after = publish_as(&relay, &access, "jobs");
+    after.assert_error(401, "TOKEN_REVOKED");
+    assert!(detail(&after).contains("revoked"));
+    // Every shard knows: try several connections (they spread over the shards).
+    for _ in 0..6 {
+        call(&relay, "GET", "/auth/me", &access, &Value::Null).assert_error(401, "TOKEN_REVOKED");
+    }
+    let req = tungstenite::client::IntoClientRequest::into_client_request(format!(
+        "ws://{}/ws?token={access}",
+        relay.addr
+    ))
+    .unwrap();
+    match Ws::connect_request(relay.addr, req) {
+        WsConnect::Refused(status) => assert_eq!(status, 401),
+        WsConnect::Open(_) => panic!("a logged-out token opened a WebSocket"),
+    }
+    // Other tokens of the same account are unaffected; a token without jti logs out as a no-op.
+    publish_as(&relay, &other, "jobs").assert_status(201);
+    call(&relay, "POST", "/auth/logout", &rw_token(), &Value::Null).assert_status(204);
+    publish_as(&relay, &rw_token(), "jobs").assert_status(201);
+}
+
+#[test]
+fn administrators_manage_users_and_changes_apply_at_once() {
+    let relay = start(&[]);
+    let (admin, _) = login(&relay, ADMIN, ADMIN_PASSWORD);
+
+    let bob = register(&relay, &admin, "bob", &["read", "write"]);
+    let bob_id = bob["user_id"].as_str().unwrap().to_owned();
+    assert_eq!(bob["permissions"], json!(["read", "write"]));
+    assert!(bob["email"].is_null());
+    let (bob_token, _) = login(&relay, "bob", "pw-bob-123");
+
+    // Registration rules.
+    let dup = call(
+        &relay,
+        "POST",
+        "/auth/register",
+        &admin,
+        &json!({"username": "bob", "password": "another-pass"}),
+    );
+    dup.assert_error(400, "USERNAME_TAKEN");
+    assert!(detail(&dup).contains("already exists"));
+    for (body, code) in [
+        (
+            json!({"username": "ab", "password": "long-enough"}),
+            "INVALID_USERNAME",
+        ),
+        (
+            json!({"username": "carol", "password": "short"}),
+            "INVALID_PASSWORD",
+        ),
+        (
+            json!({"username": "carol", "password": "long-enough", "permissions": ["root"]}),
+            "INVALID_PERMISSIONS",
+        ),
+        (json!({"password": "long-enough"}), "MISSING_FIELD"),
+    ] {
+        call(&relay, "POST", "/auth/register", &admin, &body).assert_error(422, code);
+    }
+    call(
+        &relay,
+        "POST",
+        "/auth/register",
+        &bob_token,
+        &json!({"username": "carol", "password": "long-enough"}),
+    )
+    .assert_error(403, "PERMISSION_DENIED");
+
+    let users = call(&relay, "GET", "/auth/users", &admin, &Value::Null);
+    users.assert_status(200);
+    let names: Vec<String> = users
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["username"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(names, ["admin", "bob"]);
+    let stats = call(&relay, "GET", "/auth/users/stats", &admin, &Value::Null);
+    assert_eq!(stats.json()["total_users"], 2);
+    call(&relay, "GET", "/auth/users", &bob_token, &Value::Null)
+        .assert_error(403, "PERMISSION_DENIED");
+
+    let path = format!("/auth/users/{bob_id}");
+    // An empty patch changes nothing.
+    let same = call(&relay, "PATCH", &path, &admin, &json!({}));
+    same.assert_status(200);
+    assert_eq!(same.json()["permissions"], json!(["read", "write"]));
+    // Taking `write` away applies to tokens already issued.
+    call(
+        &relay,
+        "PATCH",
+        &path,
+        &admin,
+        &json!({"permissions": ["read"]}),
+    )
+    .assert_status(200);
+    publish_as(&relay, &bob_token, "jobs").assert_error(403, "PERMISSION_DENIED");
+    // A new password works at once, the old one no longer.
+    call(
+        &relay,
+        "PATCH",
+        &path,
+        &admin,
+        &json!({"password": "brand-new-pass"}),
+    )
+    .assert_status(200);
+    form_login(&relay, "bob", "pw-bob-123").assert_error(401, "INVALID_CREDENTIALS");
+    login(&relay, "bob", "brand-new-pass");
+    // Deactivation: no login, and existing tokens stop.
+    call(&relay, "PATCH", &path, &admin, &json!({"is_active": false})).assert_status(200);
+    let inactive = form_login(&relay, "bob", "brand-new-pass");
+    inactive.assert_error(403, "USER_INACTIVE");
+    assert_eq!(detail(&inactive), "User account is inactive");
+    let stopped = call(&relay, "GET", "/auth/me", &bob_token, &Value::Null);
+    stopped.assert_error(403, "USER_INACTIVE");
+    assert_eq!(detail(&stopped), "User is inactive");
+
+    // Deletion.
+    let me = call(&relay, "GET", "/auth/me", &admin, &Value::Null).json();
+    let own = format!("/auth/users/{}", me["user_id"].as_str().unwrap());
+    let self_delete = call(&relay, "DELETE", &own, &admin, &Value::Null);
+    self_delete.assert_error(400, "CANNOT_DELETE_SELF");
+    assert_eq!(detail(&self_delete), "Cannot delete your own user account");
+    call(&relay, "DELETE", &path, &admin, &Value::Null).assert_status(204);
+    let gone = call(&relay, "GET", "/auth/me", &bob_token, &Value::Null);
+    gone.assert_error(401, "USER_NOT_FOUND");
+    for method in ["DELETE", "PATCH"] {
+        let missing = call(&relay, method, &path, &admin, &json!({}));
+        missing.assert_error(404, "USER_NOT_FOUND");
+        assert!(detail(&missing).contains("not found"));
+    }
+}
+
+#[test]
+fn sessions_list_and_end_the_callers_refresh_tokens() {
+    let relay = start(&[]);
+    let (access, refresh_token) = login(&relay, ADMIN, ADMIN_PASSWORD);
+    let sessions = call(&relay, "GET", "/auth/sessions", &access, &Value::Null);
+    sessions.assert_status(200);
+    let list = sessions.json();
+    let jti = refresh_token.split('.').next().unwrap();
+    assert!(
+        list.as_array().unwrap().iter().any(|s| s["jti"] == jti),
+        "{list}"
+    );
+    assert_eq!(list[0]["client_hint"], "password-login");
+    call(
+        &relay,
+        "DELETE",
+        &format!("/auth/sessions/{jti}"),
+        &access,
+        &Value::Null,
+    )
+    .assert_status(204);
+    refresh(&relay, &refresh_token).assert_error(401, "INVALID_REFRESH_TOKEN");
+    call(
+        &relay,
+        "DELETE",
+        &format!("/auth/sessions/{jti}"),
+        &access,
+        &Value::Null,
+    )
+    .assert_error(404, "SESSION_NOT_FOUND");
+}
+
+#[test]
+fn logins_are_limited_per_address() {
+    // One shard, so that the per-shard window is the whole relay's.
+    let relay = start(&[
+        ("PULSAR_ACCOUNTS_LOGIN_RATE", "5"),
+        ("PULSAR_SERVER_SHARDS", "1"),
+    ]);
+    for _ in 0..5 {
+        assert_ne!(form_login(&relay, ADMIN, "wrong-password").status, 429);
+    }
+    let limited = form_login(&relay, ADMIN, ADMIN_PASSWORD);
+    limited.assert_error(429, "RATE_LIMITED");
+    assert!(detail(&limited).contains("5 per 1 minute"));
+    assert!(limited.header("Retry-After").is_some());
+    // Publishing is not a login: unaffected.
+    publish_as(&relay, &token("svc", Permissions::WRITE), "jobs").assert_status(201);
+}
+
+#[test]
+fn bootstrap_settings_are_checked_at_start() {
+    for (env, key) in [
+        (
+            vec![("PULSAR_BOOTSTRAP_ADMIN_USERNAME", "admin")],
+            "bootstrap.admin_password",
+        ),
+        (
+            vec![
+                ("PULSAR_BOOTSTRAP_ADMIN_USERNAME", "admin"),
+                ("PULSAR_BOOTSTRAP_ADMIN_PASSWORD", "short"),
+            ],
+            "bootstrap.admin_password",
+        ),
+    ] {
+        let (status, _, stderr) = run_binary(&[], &env);
+        assert_eq!(status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains(key), "{stderr}");
+    }
+}
+
+#[test]
+fn accounts_survive_a_restart_with_valkey() {
+    let valkey = Valkey::start();
+    let mut relay = Relay::start_on_valkey(
+        &valkey,
+        &[
+            ("PULSAR_BOOTSTRAP_ADMIN_USERNAME", ADMIN),
+            ("PULSAR_BOOTSTRAP_ADMIN_PASSWORD", ADMIN_PASSWORD),
+        ],
+    );
+    relay.wait_ready(Duration::from_secs(10));
+    let (admin, admin_refresh) = login(&relay, ADMIN, ADMIN_PASSWORD);
+    let admin_id = call(&relay, "GET", "/auth/me", &admin, &Value::Null).json()["user_id"].clone();
+    register(&relay, &admin, "bob", &["read"]);
+    let (bob, _) = login(&relay, "bob", "pw-bob-123");
+    call(&relay, "POST", "/auth/logout", &bob, &Value::Null).assert_status(204);
+    relay.kill9();
+
+    // A new relay on the same Valkey, with a changed bootstrap password.
+    let relay = Relay::start_on_valkey(
+        &valkey,
+        &[
+            ("PULSAR_BOOTSTRAP_ADMIN_USERNAME", ADMIN),
+            ("PULSAR_BOOTSTRAP_ADMIN_PASSWORD", "a-new-admin-password"),
+        ],
+    );
+    relay.wait_ready(Duration::from_secs(10));
+    form_login(&relay, ADMIN, ADMIN_PASSWORD).assert_error(401, "INVALID_CREDENTIALS");
+    let (admin2, _) = login(&relay, ADMIN, "a-new-admin-password");
+    let me = call(&relay, "GET", "/auth/me", &admin2, &Value::Null).json();
+    assert_eq!(
+        me["user_id"], admin_id,
+        "the bootstrap account is the same account"
+    );
+    login(&relay, "bob", "pw-bob-123");
+    call(&relay, "GET", "/auth/me", &bob, &Value::Null).assert_error(401, "TOKEN_REVOKED");
+    refresh(&relay, &admin_refresh).assert_status(200);
+    refresh(&relay, &admin_refresh).assert_error(401, "INVALID_REFRESH_TOKEN");
+}
+
+/// A user record whose hash was made by the original relay (argon2-cffi, m=65536,t=3,p=4)
+/// logs in: operators can carry password hashes over.
+#[test]
+fn password_hashes_of_the_original_relay_verify() {
+    let valkey = Valkey::start();
+    let record = json!({
+        "user_id": "5b1c2f0e-6a43-4c43-9b7e-0d6f7a1e2b3c",
+        "username": "galaxy",
+        "email": null,
+        "password_hash": "$argon2id$v=19$m=65536,t=3,p=4$qY0tUjdAM4NUViPTttHLIQ$PZAXEDvHE0Ik3miWxyqw6y9a67a0Xt+0UZ0KsxJi94k",
+        "is_active": true,
+        "created_at_ms": 1_700_000_000_000u64,
+        "permissions": ["read", "write"],
+    });
+    valkey.command(&[
+        "HSET",
+        "pulsar:{accounts}:users",
+        "5b1c2f0e-6a43-4c43-9b7e-0d6f7a1e2b3c",
+        &record.to_string(),
+    ]);
+    let relay = Relay::start_on_valkey(&valkey, &[]);
+    relay.wait_ready(Duration::from_secs(10));
+    let (access, _) = login(&relay, "galaxy", "12345678");
+    publish_as(&relay, &access, "jobs").assert_status(201);
+    form_login(&relay, "galaxy", "12345679").assert_error(401, "INVALID_CREDENTIALS");
+}
