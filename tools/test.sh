@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The project's test command (README "Quick start"; CI runs exactly this).
 #
-# Runs the unit tests and the integration tests. Integration tests spawn the real relay
+# Runs the unit tests and the integration tests, then the Python compatibility job
+# (tests/compat/run.sh). Integration tests spawn the real relay
 # binary on ephemeral loopback ports, and the persistence tests start their own
 # valkey-server processes (own port, own data directory). This script makes sure a
 # valkey-server exists: one on PATH (valkey-server, or Debian's redis-server 7+), else the
@@ -47,6 +48,23 @@ export PULSAR_TEST_VALKEY_SERVER
 echo "tools/test.sh: using $("$PULSAR_TEST_VALKEY_SERVER" --version | head -n1)"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
-cargo test --workspace --all-targets "$@" 2>&1 | tee "$log"
-# One closing line for the whole run (cargo prints one per test binary).
-awk '/^test result:/ { p += $4; f += $6 } END { printf "%d passed, %d failed\n", p, f }' "$log"
+rust_status=0
+cargo test --workspace --all-targets "$@" 2>&1 | tee "$log" || rust_status=$?
+# The Python compatibility job: the original relay's PyPI client (pulsar-relay-client) against
+# the binary cargo just built, on its own Valkey. It makes its own virtualenv
+# (target/compat-venv) and ends with `python: N passed, N failed`.
+python_status=0
+PULSAR_RELAY_BIN="${CARGO_TARGET_DIR:-$PWD/target}/debug/pulsar-relay" tests/compat/run.sh 2>&1 \
+  | tee -a "$log" || python_status=$?
+# Closing lines: the Rust tests (cargo prints one line per test binary), then the whole run.
+# A suite whose command failed without a failing test (a build error, a crash) counts one.
+awk -v rust_status="$rust_status" -v python_status="$python_status" '
+  /^test result:/ { rust_passed += $4; rust_failed += $6 }
+  /^python: [0-9]+ passed, [0-9]+ failed/ { python_passed = $2; python_failed = $4 }
+  END {
+    if (rust_status != 0 && rust_failed == 0) rust_failed = 1
+    if (python_status != 0 && python_failed == 0) python_failed = 1
+    printf "rust: %d passed, %d failed\n", rust_passed, rust_failed
+    printf "%d passed, %d failed\n", rust_passed + python_passed, rust_failed + python_failed
+  }' "$log"
+[ "$rust_status" -eq 0 ] && [ "$python_status" -eq 0 ]
