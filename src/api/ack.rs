@@ -192,7 +192,7 @@ pub async fn http_ack(
             if !principal.may_use(&topic) {
                 return Err(ApiError::topic_forbidden(&topic));
             }
-            Some(topic.into_boxed_str())
+            Some(Box::from(&*super::topic_key(shard, principal, &topic)?))
         }
         Some(_) => {
             return Err(ApiError::invalid(

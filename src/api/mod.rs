@@ -479,6 +479,21 @@ fn topic_key(shard: &Shard, principal: &Principal, name: &str) -> Result<Arc<str
     }
 }
 
+/// Validated names (claim already checked) as the topic keys they mean for `principal`.
+fn scope_topics(
+    shard: &Shard,
+    principal: &Principal,
+    names: Vec<Arc<str>>,
+) -> Result<Vec<Arc<str>>, ApiError> {
+    if shard.config.server.topic_namespace == TopicNamespace::Global {
+        return Ok(names);
+    }
+    names
+        .iter()
+        .map(|name| topic_key(shard, principal, name))
+        .collect()
+}
+
 /// Every topic must be covered by the token's `topics` claim; nothing happens otherwise.
 fn permit_topics(principal: &Principal, topics: &[Arc<str>]) -> Result<(), ApiError> {
     match topics.iter().find(|t| !principal.may_use(t)) {

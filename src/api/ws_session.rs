@@ -24,7 +24,7 @@ use super::conn::{poll_read_into, Conn, Event};
 use super::error::ApiError;
 use super::limits::{self, Bucket};
 use super::subscriptions::{ReplayProblem, Subscriptions};
-use super::{parse_client_id, parse_topics, permit_topics};
+use super::{parse_client_id, parse_topics, permit_topics, scope_topics};
 use crate::auth::{AuthError, Permission, Principal};
 use crate::config::SlowConsumer;
 use crate::http::Request;
@@ -34,7 +34,7 @@ use crate::shard::quota::{QuotaKey, QuotaSlot};
 use crate::shard::{now_ms, Shard};
 use crate::topic::message::rfc3339;
 use crate::topic::subscribers::Sink;
-use crate::topic::{consumer_key, ConsumerKey, Cursor, Message, MessageId};
+use crate::topic::{consumer_key, display_name, ConsumerKey, Cursor, Message, MessageId};
 use crate::ws::frame::{close_frame, ping_frame, pong_frame, text_frame, FrameDecoder, Incoming};
 use crate::ws::{
     handshake, GOING_AWAY, POLICY_VIOLATION, RATE_LIMITED, SLOW_CONSUMER, TOKEN_EXPIRED,
@@ -572,6 +572,7 @@ impl Session {
             cfg.limits.max_topics_per_request,
         )?;
         permit_topics(&self.principal, &topics)?;
+        let topics = scope_topics(&self.shard, &self.principal, topics)?;
         let new = topics.iter().filter(|t| !self.subs.contains(t)).count();
         if self.subs.len() + new > cfg.limits.max_topics_per_request {
             return Err(ApiError::invalid(
@@ -616,7 +617,7 @@ impl Session {
             .await;
         let reply = Reply {
             kind: "subscribed",
-            topics: topics.iter().map(|t| &**t).collect(),
+            topics: topics.iter().map(|t| display_name(t)).collect(),
             session_id: Some(&self.session_id),
             timestamp: Some(rfc3339(now_ms())),
         };
@@ -637,8 +638,9 @@ impl Session {
         self.out.replaying.set(false);
         // A replay that could not be completed must not silently continue with a gap:
         // the topic is dropped and the client told where to resume.
-        for (topic, cursor, problem) in incomplete {
-            self.subs.remove(&topic);
+        for (key, cursor, problem) in incomplete {
+            self.subs.remove(&key);
+            let topic = display_name(&key);
             let resume = if cursor == MessageId::ZERO {
                 "earliest".to_string()
             } else {
@@ -662,12 +664,13 @@ impl Session {
 
     fn unsubscribe(&mut self, cmd: UnsubscribeCmd) -> Result<(), ApiError> {
         let topics = parse_topics(cmd.topics.iter().map(String::as_str), usize::MAX)?;
+        let topics = scope_topics(&self.shard, &self.principal, topics)?;
         for topic in &topics {
             self.subs.remove(topic);
         }
         let reply = Reply {
             kind: "unsubscribed",
-            topics: topics.iter().map(|t| &**t).collect(),
+            topics: topics.iter().map(|t| display_name(t)).collect(),
             session_id: None,
             timestamp: None,
         };
@@ -693,6 +696,7 @@ impl Session {
             Some(topic) => {
                 let topic = parse_topics([topic.as_str()], 1)?;
                 permit_topics(&self.principal, &topic)?;
+                let topic = scope_topics(&self.shard, &self.principal, topic)?;
                 Some(Box::from(&*topic[0]))
             }
             None => None,
