@@ -1847,7 +1847,7 @@ fn forged_expired_and_malformed_tokens_get_401_on_http_and_on_the_upgrade() {
     // (there is no publish frame): a made-up one is refused as an unknown type.
     let mut ws = Ws::connect(relay.addr, &reader);
     ws.send_json(&json!({"type": "publish", "topic": topic, "payload": 1}));
-    ws.expect_error("UNKNOWN_TYPE");
+    ws.expect_error("UNKNOWN_MESSAGE_TYPE");
     ws.close();
 
     // Renewing a live session's token with a bad one (`auth` frame) is refused with the

@@ -362,7 +362,7 @@ fn bad_frames_get_error_frames_and_the_session_survives() {
         ("this is not json".into(), "INVALID_JSON"),
         ("{\"type\":\"subscribe\"".into(), "INVALID_JSON"),
         (json!({"topics": [topic]}).to_string(), "MISSING_TYPE"),
-        (json!({"type": "dance"}).to_string(), "UNKNOWN_TYPE"),
+        (json!({"type": "dance"}).to_string(), "UNKNOWN_MESSAGE_TYPE"),
         (json!({"type": "subscribe"}).to_string(), "INVALID_FRAME"),
         (
             json!({"type": "subscribe", "topics": topic}).to_string(),

@@ -533,7 +533,7 @@ impl Session {
                     Ok(())
                 }
                 other => Err(ApiError::invalid(
-                    "UNKNOWN_TYPE",
+                    "UNKNOWN_MESSAGE_TYPE",
                     format!("unknown frame type {other:?}; expected subscribe, unsubscribe, ack, auth or ping"),
                 )),
             },
