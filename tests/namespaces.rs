@@ -73,6 +73,26 @@ fn each_subject_has_its_own_topics_with_bare_names() {
 }
 
 #[test]
+fn long_polls_read_their_own_namespace() {
+    let relay = Relay::start_with(&[PER_USER]);
+    let alice = token("alice", Permissions::READ | Permissions::WRITE);
+    let bob = token("bob", Permissions::READ | Permissions::WRITE);
+    publish(&relay, &bob, "jobs", 1);
+    publish(&relay, &alice, "jobs", 2);
+    let resp = relay.request(
+        "GET",
+        "/api/v1/poll?topics=jobs&since=earliest&timeout=1",
+        &[auth_header(&alice).as_pair()],
+        b"",
+    );
+    resp.assert_status(200);
+    let messages = resp.json()["messages"].clone();
+    assert_eq!(messages.as_array().unwrap().len(), 1, "{messages}");
+    assert_eq!(messages[0]["payload"]["n"], 2);
+    assert_eq!(messages[0]["topic"], "jobs");
+}
+
+#[test]
 fn global_namespace_shares_topics() {
     let relay = Relay::start();
     let alice = token("alice", Permissions::READ | Permissions::WRITE);

@@ -16,8 +16,10 @@ const MAX_AGE_SECS: &str = "600";
 pub fn methods_of(path: &str) -> Option<&'static str> {
     Some(match path {
         "/health" | "/ready" => "GET, HEAD, OPTIONS",
-        "/metrics" | "/api/v1/poll" | "/ws" => "GET, OPTIONS",
-        "/api/v1/messages" | "/api/v1/messages/bulk" | "/api/v1/ack" => "POST, OPTIONS",
+        "/metrics" | "/api/v1/poll" | "/messages/poll/stats" | "/ws" => "GET, OPTIONS",
+        "/api/v1/messages" | "/api/v1/messages/bulk" | "/api/v1/ack" | "/messages/poll" => {
+            "POST, OPTIONS"
+        }
         p if p.starts_with("/auth/users/") => "PATCH, DELETE, OPTIONS",
         p if p.starts_with("/auth/sessions/") => "DELETE, OPTIONS",
         p => match super::auth_methods(p)? {

@@ -6,6 +6,7 @@
 
 pub mod accounts;
 mod ack;
+mod compat_poll;
 pub mod conn;
 mod cors;
 pub mod error;
@@ -214,6 +215,16 @@ async fn route(conn: &mut Conn, req: Request, auth: &mut AuthCache) -> Outcome {
             Err(e) => Outcome::from(Err(e)),
         },
         ("/api/v1/poll", _) => not_allowed("GET"),
+        ("/messages/poll", Post) => match auth.principal(&shard, &req, Permission::Read) {
+            Ok(principal) => compat_poll::poll(conn, &principal, &req.body).await.into(),
+            Err(e) => Outcome::from(Err(e)),
+        },
+        ("/messages/poll", _) => not_allowed("POST"),
+        ("/messages/poll/stats", Get) => match auth.principal(&shard, &req, Permission::Read) {
+            Ok(_) => Outcome::Reply(compat_poll::stats(&shard).await),
+            Err(e) => Outcome::from(Err(e)),
+        },
+        ("/messages/poll/stats", _) => not_allowed("GET"),
         ("/api/v1/ack", Post) => {
             let result = match auth.principal(&shard, &req, Permission::Read) {
                 Ok(principal) => ack::http_ack(&shard, &principal, &req.body).await,
@@ -342,6 +353,8 @@ fn route_label(path: &str) -> &'static str {
         "/api/v1/messages" => "publish",
         "/api/v1/messages/bulk" => "publish_bulk",
         "/api/v1/poll" => "poll",
+        "/messages/poll" => "poll_compat",
+        "/messages/poll/stats" => "poll_stats",
         "/api/v1/ack" => "ack",
         "/ws" => "ws",
         p if p.starts_with("/auth/") => "auth",

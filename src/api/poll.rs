@@ -1,4 +1,5 @@
-//! Long-poll delivery: `GET /api/v1/poll`.
+//! Long-poll delivery: `GET /api/v1/poll`, and the collecting, parking and answering that
+//! the original relay's `POST /messages/poll` (`compat_poll`) shares with it.
 //!
 //! A poll subscribes like a WebSocket does (same snapshot-then-live seam), answers at once
 //! when something is already there, and otherwise parks on the connection's signal until
@@ -11,18 +12,18 @@ use std::sync::Arc;
 use super::conn::{Conn, Event};
 use super::error::ApiError;
 use super::subscriptions::{ReplayProblem, Subscriptions};
-use super::{parse_client_id, parse_topics, permit_topics};
+use super::{parse_client_id, parse_topics, permit_topics, scope_topics};
 use crate::auth::Principal;
 use crate::http::{Request, Response};
 use crate::metrics::{self, ShardMetrics};
 use crate::shard::conns::ConnCtl;
-use crate::shard::now_ms;
+use crate::shard::{now_ms, Shard};
 use crate::topic::subscribers::Sink;
-use crate::topic::{consumer_key, Cursor, Message};
+use crate::topic::{consumer_key, ConsumerKey, Cursor, Message};
 
 const DEFAULT_LIMIT: usize = 100;
 const MAX_LIMIT: usize = 1000;
-const DEFAULT_TIMEOUT_SECS: u64 = 30;
+pub(super) const DEFAULT_TIMEOUT_SECS: u64 = 30;
 
 struct PollSink {
     messages: RefCell<Vec<Arc<Message>>>,
@@ -80,6 +81,7 @@ pub async fn poll(
         shard.config.limits.max_topics_per_request,
     )?;
     permit_topics(principal, &topics)?;
+    let topics = scope_topics(&shard, principal, topics)?;
     let max_timeout = shard.config.delivery.max_poll_timeout.as_secs().max(1);
     let timeout = number_param(
         req,
@@ -109,37 +111,82 @@ pub async fn poll(
         Some(id) => Some(consumer_key(&principal.subject, parse_client_id(&id)?)),
     };
 
-    let sink = Rc::new(PollSink {
-        messages: RefCell::new(Vec::new()),
-        limit,
-        more: Cell::new(false),
-        ctl: Rc::clone(&conn.ctl),
-    });
-    let as_sink: Rc<dyn Sink> = sink.clone();
-    let mut subs = Subscriptions::new(Rc::clone(&shard));
-    for pending in subs
-        .add(&topics, &cursor, consumer.as_ref(), &as_sink, limit)
-        .await
-    {
-        match pending.problem {
-            Some(ReplayProblem::Store(e)) => return Err(e.into()),
-            Some(ReplayProblem::Truncated) => {
-                sink.more.set(true);
-                pending.sub.finish_truncated(&pending.backlog);
-            }
-            None => pending.sub.finish_replay(&pending.backlog),
+    let mut collected = Collected::new(conn, limit);
+    let each = topics.iter().map(|topic| (topic, &cursor));
+    collected.subscribe(each, consumer.as_ref(), limit).await?;
+    collected.wait(conn, timeout).await;
+    Ok(collected.into_response(false))
+}
+
+/// What one poll request collects: its subscriptions and the messages they delivered. Both
+/// poll endpoints subscribe through it, park in [`Collected::wait`] and answer with
+/// [`Collected::into_response`].
+pub(super) struct Collected {
+    shard: Rc<Shard>,
+    sink: Rc<PollSink>,
+    subs: Subscriptions,
+}
+
+impl Collected {
+    /// Keeps at most `limit` messages; later ones only set `has_more`. The sink drops a
+    /// suffix, so what is kept of each topic is that topic's oldest messages, in order.
+    pub(super) fn new(conn: &Conn, limit: usize) -> Self {
+        let shard = Rc::clone(&conn.shard);
+        Collected {
+            sink: Rc::new(PollSink {
+                messages: RefCell::new(Vec::new()),
+                limit,
+                more: Cell::new(false),
+                ctl: Rc::clone(&conn.ctl),
+            }),
+            subs: Subscriptions::new(Rc::clone(&shard)),
+            shard,
         }
     }
 
-    if sink.messages.borrow().is_empty() {
-        let _waiting = metrics::Gauge::inc(&shard.metrics.polls_waiting);
-        conn.ctl.set_deadline(now_ms() + timeout * 1000);
-        let request_budget =
-            shard.config.limits.max_header_bytes + shard.config.limits.max_body_bytes;
-        loop {
-            if !sink.messages.borrow().is_empty() || conn.ctl.closing() {
-                break;
+    /// Subscribes each topic from its cursor and hands over the replays (at most
+    /// `replay_limit` messages per topic). A topic that had more stays at its last
+    /// replayed message and marks the answer as having more.
+    pub(super) async fn subscribe<'a>(
+        &mut self,
+        topics: impl IntoIterator<Item = (&'a Arc<str>, &'a Cursor)>,
+        consumer: Option<&ConsumerKey>,
+        replay_limit: usize,
+    ) -> Result<(), ApiError> {
+        let sink: Rc<dyn Sink> = self.sink.clone();
+        for pending in self
+            .subs
+            .add_each(topics, consumer, &sink, replay_limit)
+            .await
+        {
+            match pending.problem {
+                Some(ReplayProblem::Store(e)) => return Err(e.into()),
+                Some(ReplayProblem::Truncated) => {
+                    self.sink.more.set(true);
+                    pending.sub.finish_truncated(&pending.backlog);
+                }
+                None => pending.sub.finish_replay(&pending.backlog),
             }
+        }
+        Ok(())
+    }
+
+    /// How many messages were collected so far.
+    pub(super) fn len(&self) -> usize {
+        self.sink.messages.borrow().len()
+    }
+
+    /// Unless something was collected already, parks until the first message, the timeout
+    /// (seconds), the client leaving or shutdown.
+    pub(super) async fn wait(&self, conn: &mut Conn, timeout_secs: u64) {
+        if self.len() > 0 {
+            return;
+        }
+        let _waiting = metrics::Gauge::inc(&self.shard.metrics.polls_waiting);
+        conn.ctl.set_deadline(now_ms() + timeout_secs * 1000);
+        let limits = &self.shard.config.limits;
+        let request_budget = limits.max_header_bytes + limits.max_body_bytes;
+        while self.len() == 0 && !conn.ctl.closing() {
             // Keep reading while parked so a vanished client is noticed; bytes of a
             // pipelined next request stay buffered (up to one request's worth).
             let event = if conn.rbuf.filled().len() < request_budget {
@@ -160,22 +207,29 @@ pub async fn poll(
         }
         conn.ctl.clear_deadline();
     }
-    drop(subs);
 
-    let messages = sink.messages.take();
-    record_deliveries(&shard.metrics, &messages);
-    let size: usize = messages.iter().map(|m| m.json().len() + 1).sum();
-    let mut body = Vec::with_capacity(size + 40);
-    body.extend_from_slice(b"{\"messages\":[");
-    for (i, msg) in messages.iter().enumerate() {
-        if i > 0 {
-            body.push(b',');
+    /// Ends the subscriptions and answers `{"messages":[…],"has_more":…}` with each
+    /// message's delivery JSON; `has_more` is set when a replay or the sink was cut short,
+    /// or when the caller says so (`more`).
+    pub(super) fn into_response(self, more: bool) -> Response {
+        let Collected { shard, sink, subs } = self;
+        drop(subs);
+        let messages = sink.messages.take();
+        record_deliveries(&shard.metrics, &messages);
+        let size: usize = messages.iter().map(|m| m.json().len() + 1).sum();
+        let mut body = Vec::with_capacity(size + 40);
+        body.extend_from_slice(b"{\"messages\":[");
+        for (i, msg) in messages.iter().enumerate() {
+            if i > 0 {
+                body.push(b',');
+            }
+            body.extend_from_slice(msg.json());
         }
-        body.extend_from_slice(msg.json());
+        body.extend_from_slice(b"],\"has_more\":");
+        let has_more = more || sink.more.get();
+        body.extend_from_slice(if has_more { b"true}" } else { b"false}" });
+        Response::json(200, body)
     }
-    body.extend_from_slice(b"],\"has_more\":");
-    body.extend_from_slice(if sink.more.get() { b"true}" } else { b"false}" });
-    Ok(Response::json(200, body))
 }
 
 fn record_deliveries(m: &ShardMetrics, messages: &[Arc<Message>]) {

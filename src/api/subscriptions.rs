@@ -54,9 +54,7 @@ impl Subscriptions {
         self.by_topic.len()
     }
 
-    /// Subscribes to every topic (skipping ones already subscribed): registers each locally
-    /// first, so nothing published from now on is missed, then asks the owners, all at once,
-    /// for their snapshots.
+    /// Subscribes to every topic from the same cursor; see [`Subscriptions::add_each`].
     pub async fn add(
         &mut self,
         topics: &[Arc<str>],
@@ -65,15 +63,29 @@ impl Subscriptions {
         sink: &Rc<dyn Sink>,
         limit: usize,
     ) -> Vec<Pending> {
-        let start_after = match cursor {
-            Cursor::After(id) => *id,
-            Cursor::Live | Cursor::Earliest => MessageId::ZERO,
-        };
+        let each = topics.iter().map(|topic| (topic, cursor));
+        self.add_each(each, consumer, sink, limit).await
+    }
+
+    /// Subscribes to every topic, each from its own cursor (skipping ones already
+    /// subscribed): registers each locally first, so nothing published from now on is
+    /// missed, then asks the owners, all at once, for their snapshots.
+    pub async fn add_each<'a>(
+        &mut self,
+        topics: impl IntoIterator<Item = (&'a Arc<str>, &'a Cursor)>,
+        consumer: Option<&ConsumerKey>,
+        sink: &Rc<dyn Sink>,
+        limit: usize,
+    ) -> Vec<Pending> {
         let mut calls = Vec::new();
-        for topic in topics {
+        for (topic, cursor) in topics {
             if self.by_topic.contains_key(topic) {
                 continue;
             }
+            let start_after = match cursor {
+                Cursor::After(id) => *id,
+                Cursor::Live | Cursor::Earliest => MessageId::ZERO,
+            };
             let sub = Subscription::new(Arc::clone(topic), start_after, Rc::clone(sink));
             self.shard.subscribers.borrow_mut().add(Rc::clone(&sub));
             self.by_topic.insert(Arc::clone(topic), Rc::clone(&sub));

@@ -180,6 +180,7 @@ pub struct Gauges {
     pub websocket_connections: u64,
     pub polls_waiting: u64,
     pub topics: u64,
+    pub subscribed_topics: u64,
     pub hot_tier_bytes: u64,
     pub mesh_backlog: u64,
     pub valkey_backlog: u64,
@@ -276,7 +277,7 @@ pub fn render(shards: &[Snapshot], persistent: bool) -> String {
         );
     }
 
-    let gauges: [Series<Gauges, u64>; 5] = [
+    let gauges: [Series<Gauges, u64>; 6] = [
         ("pulsar_connections", "Open client connections.", |g| {
             g.connections
         }),
@@ -294,6 +295,11 @@ pub fn render(shards: &[Snapshot], persistent: bool) -> String {
             "pulsar_topics",
             "Topics known to their owner shards.",
             |g| g.topics,
+        ),
+        (
+            "pulsar_subscribed_topics",
+            "Topics with subscribers (WebSocket sessions, parked polls) on the shard.",
+            |g| g.subscribed_topics,
         ),
         (
             "pulsar_hot_tier_bytes",

@@ -277,6 +277,7 @@ impl Shard {
         self.metrics.snapshot(metrics::Gauges {
             connections: self.conns.live() as u64,
             topics: topics.len() as u64,
+            subscribed_topics: self.subscribers.borrow().topics() as u64,
             hot_tier_bytes: topics.bytes() as u64,
             mesh_backlog: (0..self.count).map(|s| self.mesh.backlog(s) as u64).sum(),
             valkey_backlog: self.store.pending_writes() as u64,
