@@ -12,6 +12,7 @@
 use std::ops::Range;
 use std::sync::Arc;
 
+use super::idempotency::Claim;
 use crate::metrics;
 use crate::store::{Store, StoreError, Ticket};
 use crate::topic::{
@@ -72,6 +73,10 @@ pub enum OpResult {
     Metrics(Box<metrics::Snapshot>),
     /// Whether a connection-quota slot was granted (not a topic operation).
     Admitted(bool),
+    /// The owner's answer to an idempotency-key claim (not a topic operation).
+    Claim(Claim),
+    /// An idempotency key's answer is recorded (not a topic operation).
+    Recorded,
 }
 
 /// Runs `op` against the owner's table. `fanout` receives every new message with the set
