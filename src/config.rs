@@ -271,6 +271,9 @@ pub struct LimitsConfig {
     pub ws_frame_rate: u64,
     /// Deepest JSON nesting accepted in a payload or metadata.
     pub max_json_depth: usize,
+    /// How long a publish's `Idempotency-Key` keeps answering retries with the first answer.
+    #[serde(with = "duration")]
+    pub idempotency_window: Duration,
 }
 
 impl Default for LimitsConfig {
@@ -289,6 +292,7 @@ impl Default for LimitsConfig {
             publish_bytes_rate: 0,
             ws_frame_rate: 200,
             max_json_depth: 64,
+            idempotency_window: Duration::from_secs(600),
         }
     }
 }
@@ -507,6 +511,7 @@ const SECTIONS: &[(&str, &[(&str, EnvKind)])] = &[
             ("publish_bytes_rate", Scalar),
             ("ws_frame_rate", Scalar),
             ("max_json_depth", Scalar),
+            ("idempotency_window", Scalar),
         ],
     ),
     (
@@ -663,6 +668,7 @@ impl Config {
             ),
             ("delivery.ws_ping_interval", self.delivery.ws_ping_interval),
             ("delivery.ws_pong_timeout", self.delivery.ws_pong_timeout),
+            ("limits.idempotency_window", self.limits.idempotency_window),
         ];
         if let Some((key, _)) = timers.iter().find(|(_, d)| d.is_zero()) {
             return Err(ConfigError::at(*key, "must be longer than zero"));

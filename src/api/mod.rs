@@ -10,6 +10,7 @@ mod compat_poll;
 pub mod conn;
 mod cors;
 pub mod error;
+mod idempotency;
 pub mod limits;
 mod poll;
 mod publish;
@@ -196,7 +197,7 @@ async fn route(conn: &mut Conn, req: Request, auth: &mut AuthCache) -> Outcome {
         ("/ready", _) => not_allowed("GET, HEAD"),
         ("/api/v1/messages", Post) => {
             let result = match auth.principal(&shard, &req, Permission::Write) {
-                Ok(principal) => publish::single(&shard, &principal, req.body).await,
+                Ok(principal) => publish::single(&shard, &conn.ctl, &principal, req).await,
                 Err(e) => Err(e),
             };
             result.into()
@@ -204,7 +205,7 @@ async fn route(conn: &mut Conn, req: Request, auth: &mut AuthCache) -> Outcome {
         ("/api/v1/messages", _) => not_allowed("POST"),
         ("/api/v1/messages/bulk", Post) => {
             let result = match auth.principal(&shard, &req, Permission::Write) {
-                Ok(principal) => publish::bulk(&shard, &principal, req.body).await,
+                Ok(principal) => publish::bulk(&shard, &conn.ctl, &principal, req).await,
                 Err(e) => Err(e),
             };
             result.into()

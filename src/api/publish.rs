@@ -4,6 +4,9 @@
 //! located, validated and passed to the owner as byte ranges of the same buffer, so the
 //! producer's JSON is never re-encoded (number formatting and key order survive) and never
 //! copied before the owner writes it into the delivery frame.
+//!
+//! A request with an `Idempotency-Key` is resolved by `idempotency` once it is fully
+//! validated: only a first request publishes, and its answer is recorded before it is sent.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -17,10 +20,13 @@ use serde_json::error::Category;
 use serde_json::value::RawValue;
 
 use super::error::ApiError;
+use super::idempotency::{self, Begin};
 use super::limits::too_deep;
 use crate::auth::Principal;
 use crate::config::TopicNamespace;
-use crate::http::Response;
+use crate::http::{Request, Response};
+use crate::shard::conns::ConnCtl;
+use crate::shard::idempotency::Endpoint;
 use crate::shard::owner::{DraftSpan, Op, OpResult, PublishBatch, Receipt};
 use crate::shard::Shard;
 use crate::topic::message::rfc3339;
@@ -271,11 +277,19 @@ async fn publish_to(
 
 pub async fn single(
     shard: &Rc<Shard>,
+    ctl: &ConnCtl,
     principal: &Principal,
-    mut body: Vec<u8>,
+    req: Request,
 ) -> Result<Response, ApiError> {
+    let key = idempotency::key_of(&req)?;
+    let mut body = req.body;
     let depth = shard.config.limits.max_json_depth;
     let parsed = parse_message(&body, body_str(&body)?, depth)?.scoped(&body, shard, principal)?;
+    let held = match idempotency::begin(shard, ctl, principal, Endpoint::Single, key, &body).await?
+    {
+        Begin::Replay(response) => return Ok(response),
+        Begin::Publish(held) => held,
+    };
     shard
         .publish_rates
         .charge(&principal.subject, 1, body.len())?;
@@ -286,17 +300,24 @@ pub async fn single(
     let receipt = receipts
         .first()
         .ok_or_else(|| ApiError::new(500, "INTERNAL", "the topic owner returned no receipt"))?;
-    Ok(Response::json(
+    let response = Response::json(
         201,
         receipt_json(display_name(&topic), receipt).into_bytes(),
-    ))
+    );
+    if let Some(held) = held {
+        held.record(&response).await;
+    }
+    Ok(response)
 }
 
 pub async fn bulk(
     shard: &Rc<Shard>,
+    ctl: &ConnCtl,
     principal: &Principal,
-    mut body: Vec<u8>,
+    req: Request,
 ) -> Result<Response, ApiError> {
+    let key = idempotency::key_of(&req)?;
+    let mut body = req.body;
     let max = shard.config.limits.max_bulk_messages;
     let text = body_str(&body)?;
     let outer: RawBulk<'_> = serde_json::from_str(text).map_err(|e| {
@@ -337,6 +358,10 @@ pub async fn bulk(
             Err(e) => outcomes.push(Err(e)),
         }
     }
+    let held = match idempotency::begin(shard, ctl, principal, Endpoint::Bulk, key, &body).await? {
+        Begin::Replay(response) => return Ok(response),
+        Begin::Publish(held) => held,
+    };
     // A whole batch is refused (nothing published) when the subject is over its rate.
     shard
         .publish_rates
@@ -416,10 +441,12 @@ pub async fn bulk(
         },
         results,
     };
-    Ok(Response::json(
-        207,
-        serde_json::to_vec(&reply).unwrap_or_default(),
-    ))
+    let response = Response::json(207, serde_json::to_vec(&reply).unwrap_or_default());
+    // An answer that published nothing is not recorded: a retry may still publish.
+    if let Some(held) = held.filter(|_| accepted > 0) {
+        held.record(&response).await;
+    }
+    Ok(response)
 }
 
 /// The 207 body, serialized straight from borrowed data: a bulk of a thousand items must

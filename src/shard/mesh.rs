@@ -30,6 +30,7 @@ use glommio::channels::shared_channel::{
 };
 use glommio::{GlommioError, ResourceType};
 
+use super::idempotency::{Recorded, Scope};
 use super::owner::{Op, OpResult};
 use super::quota::QuotaKey;
 use super::signal::{Signal, Slot};
@@ -78,6 +79,29 @@ pub enum Envelope {
     },
     /// A change of account state for this shard's replica.
     Accounts(Arc<AccountSync>),
+    /// An idempotency-key claim to the key's owner; answered with `OpResult::Claim`, for a
+    /// key being published only once that publish recorded its answer or gave up.
+    Claim {
+        from: usize,
+        id: u64,
+        scope: Arc<Scope>,
+        body_hash: u64,
+    },
+    /// A claimed key's answer, to keep (and with `persist` to write to Valkey); answered
+    /// with `OpResult::Recorded`.
+    Record {
+        from: usize,
+        id: u64,
+        scope: Arc<Scope>,
+        claim: u64,
+        record: Arc<Recorded>,
+        persist: bool,
+    },
+    /// A claimed key given up because its publish failed.
+    ReleaseKey {
+        scope: Arc<Scope>,
+        claim: u64,
+    },
 }
 
 /// The channel ends one shard takes into its executor.
@@ -241,6 +265,37 @@ impl Mesh {
     pub async fn directory(&self, to: usize, op: DirectoryOp) -> OpResult {
         self.request(to, |from, id| Envelope::Directory { from, id, op })
             .await
+    }
+
+    /// Claims an idempotency key at its owner (the reply may wait for another request).
+    pub async fn claim(&self, to: usize, scope: Arc<Scope>, body_hash: u64) -> OpResult {
+        self.request(to, |from, id| Envelope::Claim {
+            from,
+            id,
+            scope,
+            body_hash,
+        })
+        .await
+    }
+
+    /// Hands a claimed key's answer to its owner.
+    pub async fn record(
+        &self,
+        to: usize,
+        scope: Arc<Scope>,
+        claim: u64,
+        record: Arc<Recorded>,
+        persist: bool,
+    ) -> OpResult {
+        self.request(to, |from, id| Envelope::Record {
+            from,
+            id,
+            scope,
+            claim,
+            record,
+            persist,
+        })
+        .await
     }
 
     /// Asks shard `to` for its metrics.

@@ -1,15 +1,17 @@
 //! The runtime: one pinned glommio executor per shard, and what each shard owns.
 //!
 //! A [`Shard`] owns, and is the only thread to touch: its listener and the connections it
-//! accepted, the topics hashed to it ([`TopicTable`]), its local subscriber index, and its
-//! ends of the mesh. Nothing here is behind a lock; state shared with other shards is sent
-//! to its owner through [`mesh`]. The only process-wide state is [`Process`]: atomics that
-//! the main thread and `/ready` read (shutdown flag, per-shard readiness).
+//! accepted, the topics hashed to it ([`TopicTable`]), the publish idempotency keys hashed
+//! to it ([`idempotency::Table`]), its local subscriber index, and its ends of the mesh.
+//! Nothing here is behind a lock; state shared with other shards is sent to its owner
+//! through [`mesh`]. The only process-wide state is [`Process`]: atomics that the main
+//! thread and `/ready` read (shutdown flag, per-shard readiness).
 //!
 //! glommio stays behind this module: the protocol code sees `Shard`, `TcpStream` and the
 //! spawn/sleep calls re-exported here, so the runtime could be swapped without touching it.
 
 pub mod conns;
+pub mod idempotency;
 pub mod listener;
 pub mod mesh;
 pub mod owner;
@@ -42,10 +44,11 @@ use crate::store::{self, Store};
 use crate::topic::subscribers::LocalSubscribers;
 use crate::topic::{Message, RingLimits, ShardSet, TopicTable};
 use conns::ConnTable;
+use idempotency::{Claim, Recorded, Scope, Waiter};
 use mesh::{Envelope, Mesh, MeshEnds};
 use owner::{Op, OpResult};
 use quota::{QuotaKey, QuotaSlot, Quotas};
-use signal::Signal;
+use signal::{Signal, Slot};
 
 /// Wall-clock milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
@@ -110,6 +113,8 @@ pub struct Shard {
     pub login_rates: LoginRates,
     /// Connection counts of the quota keys this shard owns.
     quotas: Quotas,
+    /// The idempotency keys this shard owns.
+    idempotency: RefCell<idempotency::Table<Waiter>>,
     /// The owned topics' last IDs have been read back from the persistent tier (always
     /// true for the memory backend); publishes wait for it.
     recovered: Cell<bool>,
@@ -259,6 +264,93 @@ impl Shard {
         }
     }
 
+    /// Claims an idempotency key at its owner. The claim of a key being published is
+    /// answered only once that publish recorded its answer or gave the key up; callers
+    /// bound the wait.
+    pub async fn claim_key(&self, scope: Arc<Scope>, body_hash: u64) -> Claim {
+        let owner = scope.owner(self.count);
+        if owner != self.id {
+            return match self.mesh.claim(owner, scope, body_hash).await {
+                OpResult::Claim(claim) => claim,
+                _ => Claim::Busy,
+            };
+        }
+        let slot = Rc::new(Slot::default());
+        let waiter = Waiter::Local(Rc::clone(&slot));
+        let answer = self
+            .idempotency
+            .borrow_mut()
+            .claim(scope, body_hash, now_ms(), waiter);
+        match answer {
+            Some(claim) => claim,
+            None => slot.take().await,
+        }
+    }
+
+    /// Records the answer of a claimed key at its owner (and with `persist` in Valkey,
+    /// through the owner's link) and hands it to the duplicates waiting for it. Returns
+    /// once the answer is kept; with persisted acks, once Valkey confirmed it.
+    pub async fn record_key(
+        &self,
+        scope: Arc<Scope>,
+        claim: u64,
+        record: Arc<Recorded>,
+        persist: bool,
+    ) {
+        let owner = scope.owner(self.count);
+        if owner != self.id {
+            self.mesh.record(owner, scope, claim, record, persist).await;
+        } else if let Some(ticket) = self.keep_record(&scope, claim, record, persist) {
+            // A refused write leaves the answer in memory only; the publish stands.
+            let _ = ticket.wait().await;
+        }
+    }
+
+    fn keep_record(
+        &self,
+        scope: &Scope,
+        claim: u64,
+        record: Arc<Recorded>,
+        persist: bool,
+    ) -> Option<store::Ticket> {
+        let kept =
+            self.idempotency
+                .borrow_mut()
+                .record(scope, claim, Arc::clone(&record), now_ms());
+        let (waiters, answer) = kept?;
+        self.answer_waiters(waiters, &answer);
+        let window = self.config.limits.idempotency_window;
+        persist
+            .then(|| self.store.put_idempotent(scope, &record.encode(), window))
+            .flatten()
+    }
+
+    /// Gives a claimed key up (its publish failed), so that a retry can publish.
+    pub fn release_key(&self, scope: Arc<Scope>, claim: u64) {
+        let owner = scope.owner(self.count);
+        if owner == self.id {
+            let waiters = self.idempotency.borrow_mut().release(&scope, claim);
+            self.answer_waiters(waiters, &Claim::Released);
+        } else {
+            self.mesh.send(owner, Envelope::ReleaseKey { scope, claim });
+        }
+    }
+
+    fn answer_waiters(&self, waiters: Vec<Waiter>, answer: &Claim) {
+        for waiter in waiters {
+            match waiter {
+                Waiter::Local(slot) => slot.fill(answer.clone()),
+                Waiter::Remote { shard, call } => self.mesh.send(
+                    shard,
+                    Envelope::Reply {
+                        id: call,
+                        result: OpResult::Claim(answer.clone()),
+                    },
+                ),
+            }
+        }
+    }
+
     /// Every shard's metrics, this one's included, indexed by shard.
     pub async fn scrape_all(&self) -> Vec<metrics::Snapshot> {
         let mut all = Vec::with_capacity(self.count);
@@ -321,6 +413,51 @@ impl Shard {
                 self.mesh.send(from, Envelope::Reply { id, result });
             }
             Envelope::Release(key) => self.quotas.release(&key),
+            Envelope::Claim {
+                from,
+                id,
+                scope,
+                body_hash,
+            } => {
+                let waiter = Waiter::Remote {
+                    shard: from,
+                    call: id,
+                };
+                let answer =
+                    self.idempotency
+                        .borrow_mut()
+                        .claim(scope, body_hash, now_ms(), waiter);
+                if let Some(claim) = answer {
+                    let result = OpResult::Claim(claim);
+                    self.mesh.send(from, Envelope::Reply { id, result });
+                }
+            }
+            Envelope::Record {
+                from,
+                id,
+                scope,
+                claim,
+                record,
+                persist,
+            } => {
+                let ticket = self.keep_record(&scope, claim, record, persist);
+                let shard = Rc::clone(self);
+                let reply = move || {
+                    let result = OpResult::Recorded;
+                    shard.mesh.send(from, Envelope::Reply { id, result });
+                };
+                match ticket {
+                    None => reply(),
+                    Some(ticket) => {
+                        spawn_local(async move {
+                            let _ = ticket.wait().await;
+                            reply();
+                        })
+                        .detach();
+                    }
+                }
+            }
+            Envelope::ReleaseKey { scope, claim } => self.release_key(scope, claim),
             Envelope::DropInterest { from, topic } => {
                 self.topics.borrow_mut().drop_interest(&topic, from)
             }
@@ -499,6 +636,10 @@ async fn shard_main(
         config.limits.publish_bytes_rate as u64,
     );
     let login_rates = LoginRates::new(config.accounts.login_rate);
+    let idempotency = idempotency::Table::new(
+        config.limits.idempotency_window.as_millis() as u64,
+        idempotency::Bounds::DEFAULT,
+    );
     let shard = Rc::new(Shard {
         id,
         count,
@@ -515,6 +656,7 @@ async fn shard_main(
         publish_rates,
         login_rates,
         quotas: Quotas::default(),
+        idempotency: RefCell::new(idempotency),
         store,
         metrics,
         recovered: Cell::new(!persistent),
@@ -679,6 +821,7 @@ async fn housekeeping(shard: Rc<Shard>) {
             swept = now;
             sweep_accounts(&shard, now);
         }
+        shard.idempotency.borrow_mut().sweep(now);
         let store_ok = shard.recovered.get() && shard.store.health().is_ok();
         shard.process.store_ok[shard.id].store(store_ok, Ordering::Release);
         if shutdown_started.is_none() && shard.process.shutdown.load(Ordering::Acquire) {

@@ -12,6 +12,7 @@
 use std::ops::Range;
 use std::sync::Arc;
 
+use super::idempotency::Claim;
 use crate::metrics;
 use crate::store::{Store, StoreError, Ticket};
 use crate::topic::{
@@ -74,6 +75,10 @@ pub enum OpResult {
     Admitted(bool),
     /// The directory's answer to an account operation (not a topic operation).
     Directory(crate::account::DirectoryReply),
+    /// The owner's answer to an idempotency-key claim (not a topic operation).
+    Claim(Claim),
+    /// An idempotency key's answer is recorded (not a topic operation).
+    Recorded,
 }
 
 /// Runs `op` against the owner's table. `fanout` receives every new message with the set

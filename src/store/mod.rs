@@ -14,6 +14,8 @@
 //! - `<prefix>:{<topic>}:c` — hash of durable consumer positions: consumer key → last
 //!   acknowledged message ID.
 //! - `<prefix>:{relay}:epoch` — sentinel that reveals a Valkey that lost its data.
+//! - `<prefix>:idem:{<subject>}:<endpoint>:<key>` — the first answer to a publish with an
+//!   `Idempotency-Key` (see `shard::idempotency::Recorded`), expiring with the window.
 
 pub mod accounts;
 pub mod link;
@@ -24,11 +26,13 @@ use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::time::Duration;
 
 use redis::Value;
 
 use crate::config::{AckMode, Backend, Config};
 use crate::metrics::ShardMetrics;
+use crate::shard::idempotency::Scope;
 use crate::shard::now_ms;
 use crate::topic::message::Draft;
 use crate::topic::{owner_of, HistoryRange, Message, MessageId};
@@ -216,6 +220,35 @@ impl Store {
         }
     }
 
+    /// Queues `SET <idempotency key> <value> PX <window>`, written by the key's owner
+    /// shard; with persisted acks, the ticket to wait for.
+    pub fn put_idempotent(&self, scope: &Scope, value: &[u8], window: Duration) -> Option<Ticket> {
+        let v = self.valkey.as_ref()?;
+        let cmd = redis::cmd("SET")
+            .arg(v.idempotency_key(scope))
+            .arg(value)
+            .arg("PX")
+            .arg(window.as_millis() as u64)
+            .clone();
+        v.link.write(&cmd, self.persisted_acks).map(Ticket)
+    }
+
+    /// The answer recorded in Valkey for an idempotency key, if any (always `None` without
+    /// a persistent tier). Any shard may read it.
+    pub async fn idempotent(&self, scope: &Scope) -> Result<Option<Vec<u8>>, StoreError> {
+        let Some(v) = &self.valkey else {
+            return Ok(None);
+        };
+        let cmd = redis::cmd("GET").arg(v.idempotency_key(scope)).clone();
+        match v.link.read(&cmd).await? {
+            Value::BulkString(value) => Ok(Some(value)),
+            Value::Nil => Ok(None),
+            other => Err(StoreError::Unavailable(
+                resp::server_error(&other).unwrap_or_else(|| "unexpected GET reply".into()),
+            )),
+        }
+    }
+
     /// Messages of `topic` in `range` from the stream, oldest first, expired ones skipped,
     /// at most `limit`; the flag says whether the range held more. Expired entries do not
     /// count against `limit`: pages are read until `limit` live messages are found or the
@@ -366,6 +399,16 @@ impl Valkey {
 
     fn positions_key(&self, topic: &str) -> String {
         format!("{}:{{{topic}}}:c", self.prefix)
+    }
+
+    fn idempotency_key(&self, scope: &Scope) -> String {
+        format!(
+            "{}:idem:{{{}}}:{}:{}",
+            self.prefix,
+            scope.subject,
+            scope.endpoint.name(),
+            scope.key
+        )
     }
 
     fn topic_of(&self, key: &[u8]) -> Option<String> {

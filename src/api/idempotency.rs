@@ -1,0 +1,225 @@
+//! The `Idempotency-Key` header of `POST /api/v1/messages` and `/api/v1/messages/bulk`: a
+//! retried publish gets the first publish's answer instead of publishing again.
+//!
+//! After the request is fully validated, the key is claimed at its owner shard (state and
+//! bounds: `shard::idempotency`). Claimed: this request publishes, then records its answer
+//! before answering the producer, or on any error gives the key up so that a retry can
+//! publish (dropping the [`Held`] claim does that). Published already: the recorded status
+//! and body are answered verbatim, with `Idempotent-Replayed: true`. Being published by
+//! another request: this one waits, holding no lock, until that request recorded (same
+//! answer) or gave up (claim again); at most [`MAX_WAIT_MS`] and not past shutdown, after
+//! which it gets 503 with `Retry-After` (the Python client retries 5xx). A key reused with a
+//! different body (compared by a 64-bit hash) is 422 `IDEMPOTENCY_KEY_REUSED`.
+//!
+//! With Valkey, a claimed key is first looked up there, so that a retry after a relay
+//! restart (or after the key's memory entry was evicted) gets the first answer; answers
+//! are written there by the key's owner with the window as TTL. What remains: if the relay
+//! dies after publishing and before the answer is recorded, or Valkey cannot be read, a
+//! retry publishes again (at-least-once). Recording before answering the producer (with
+//! persisted acks: until Valkey confirmed) keeps that window small.
+//!
+//! A request without the header takes none of these steps. This module does not parse or
+//! publish messages (`publish` does).
+
+use std::rc::Rc;
+use std::sync::Arc;
+
+use futures_lite::future;
+
+use super::error::ApiError;
+use crate::auth::Principal;
+use crate::http::{Request, Response};
+use crate::shard::conns::ConnCtl;
+use crate::shard::idempotency::{body_hash, Claim, Endpoint, Recorded, Scope};
+use crate::shard::{now_ms, Shard};
+
+/// The longest key accepted (the Python client sends 32 hex digits).
+const MAX_KEY_LEN: usize = 255;
+
+/// The longest a duplicate waits for the first request with its key.
+const MAX_WAIT_MS: u64 = 10_000;
+
+/// The request's `Idempotency-Key`, if it has one: 1 to [`MAX_KEY_LEN`] visible ASCII
+/// characters, at most one header.
+pub fn key_of(req: &Request) -> Result<Option<Box<str>>, ApiError> {
+    let mut keys = req
+        .headers
+        .iter()
+        .filter(|(name, _)| name.eq_ignore_ascii_case("idempotency-key"));
+    let Some((_, key)) = keys.next() else {
+        return Ok(None);
+    };
+    let valid = (1..=MAX_KEY_LEN).contains(&key.len()) && key.bytes().all(|b| b.is_ascii_graphic());
+    if valid && keys.next().is_none() {
+        Ok(Some(key.as_str().into()))
+    } else {
+        Err(ApiError::invalid(
+            "INVALID_IDEMPOTENCY_KEY",
+            format!(
+                "`Idempotency-Key` must be one header of 1 to {MAX_KEY_LEN} visible ASCII characters"
+            ),
+        ))
+    }
+}
+
+/// What a validated publish does next.
+pub enum Begin {
+    /// Publish, then hand the answer to the claim (none without a key).
+    Publish(Option<Held>),
+    /// The key was published already: its answer.
+    Replay(Response),
+}
+
+/// Resolves the key of a validated publish whose request body is `body`.
+pub async fn begin(
+    shard: &Rc<Shard>,
+    ctl: &ConnCtl,
+    principal: &Principal,
+    endpoint: Endpoint,
+    key: Option<Box<str>>,
+    body: &[u8],
+) -> Result<Begin, ApiError> {
+    let Some(key) = key else {
+        return Ok(Begin::Publish(None));
+    };
+    let scope = Arc::new(Scope {
+        subject: principal.subject.as_str().into(),
+        endpoint,
+        key,
+    });
+    let body_hash = body_hash(body);
+    let claim = loop {
+        match claim_waiting(shard, ctl, &scope, body_hash).await? {
+            Claim::Claimed(claim) => break claim,
+            Claim::Done(record) => return Ok(Begin::Replay(replay(&record))),
+            Claim::Released => continue,
+            Claim::Reused => return Err(reused()),
+            Claim::Busy => {
+                return Err(ApiError::new(
+                    503,
+                    "IDEMPOTENCY_BUSY",
+                    "too many publishes with an Idempotency-Key are in flight; retry later",
+                )
+                .with_header("Retry-After", "1"))
+            }
+        }
+    };
+    let held = Held {
+        shard: Rc::clone(shard),
+        scope,
+        claim,
+        body_hash,
+        armed: true,
+    };
+    // Not found, or Valkey unreadable: publish (at-least-once across a restart).
+    match shard.store.idempotent(&held.scope).await {
+        Ok(Some(value)) => match Recorded::decode(&value) {
+            Some(record) => held.adopt(record).await,
+            None => Ok(Begin::Publish(Some(held))),
+        },
+        _ => Ok(Begin::Publish(Some(held))),
+    }
+}
+
+/// Claims the key, waiting while another request publishes with it.
+async fn claim_waiting(
+    shard: &Shard,
+    ctl: &ConnCtl,
+    scope: &Arc<Scope>,
+    body_hash: u64,
+) -> Result<Claim, ApiError> {
+    let claim = shard.claim_key(Arc::clone(scope), body_hash);
+    futures_lite::pin!(claim);
+    ctl.set_deadline(now_ms() + MAX_WAIT_MS);
+    let outcome = loop {
+        let answered = future::or(async { Some(claim.as_mut().await) }, async {
+            ctl.signal.wait().await;
+            None
+        })
+        .await;
+        match answered {
+            Some(claim) => break Ok(claim),
+            None if ctl.closing() => break Err(in_flight("the relay is shutting down")),
+            None if ctl.take_timeout() => {
+                break Err(in_flight(
+                    "another request with this Idempotency-Key is still being published",
+                ))
+            }
+            None => {}
+        }
+    };
+    ctl.clear_deadline();
+    outcome
+}
+
+/// A claimed key. Dropping it unrecorded gives the key up, so that every error path (and a
+/// cancelled request) lets a retry publish.
+pub struct Held {
+    shard: Rc<Shard>,
+    scope: Arc<Scope>,
+    claim: u64,
+    body_hash: u64,
+    armed: bool,
+}
+
+impl Held {
+    /// Records `response` as the key's answer, before it goes to the producer.
+    pub async fn record(mut self, response: &Response) {
+        let record = Recorded {
+            status: response.status,
+            body_hash: self.body_hash,
+            body: response.body.clone(),
+        };
+        let persist = self.shard.store.is_persistent();
+        self.keep(Arc::new(record), persist).await;
+    }
+
+    /// An answer found in Valkey becomes the key's answer in memory too.
+    async fn adopt(mut self, record: Recorded) -> Result<Begin, ApiError> {
+        let record = Arc::new(record);
+        self.keep(Arc::clone(&record), false).await;
+        if record.body_hash == self.body_hash {
+            Ok(Begin::Replay(replay(&record)))
+        } else {
+            Err(reused())
+        }
+    }
+
+    async fn keep(&mut self, record: Arc<Recorded>, persist: bool) {
+        let scope = Arc::clone(&self.scope);
+        self.shard
+            .record_key(scope, self.claim, record, persist)
+            .await;
+        // Disarmed only now: a release sent after a record is ignored by the owner.
+        self.armed = false;
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if self.armed {
+            self.shard.release_key(Arc::clone(&self.scope), self.claim);
+        }
+    }
+}
+
+fn replay(record: &Recorded) -> Response {
+    Response::json(record.status, record.body.clone()).with_header("Idempotent-Replayed", "true")
+}
+
+fn reused() -> ApiError {
+    ApiError::invalid(
+        "IDEMPOTENCY_KEY_REUSED",
+        "this Idempotency-Key was used for a request with another body; \
+         a new request needs a new key",
+    )
+}
+
+fn in_flight(why: &str) -> ApiError {
+    ApiError::new(
+        503,
+        "IDEMPOTENCY_KEY_IN_FLIGHT",
+        format!("{why}; retry later"),
+    )
+    .with_header("Retry-After", "1")
+}
