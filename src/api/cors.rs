@@ -18,7 +18,7 @@ pub fn methods_of(path: &str) -> Option<&'static str> {
         "/health" | "/ready" => "GET, HEAD, OPTIONS",
         "/metrics" | "/api/v1/poll" | "/ws" => "GET, OPTIONS",
         "/api/v1/messages" | "/api/v1/messages/bulk" | "/api/v1/ack" => "POST, OPTIONS",
-        _ => return None,
+        _ => return super::topics::methods_of(path),
     })
 }
 

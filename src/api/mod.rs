@@ -12,6 +12,7 @@ pub mod limits;
 mod poll;
 mod publish;
 mod subscriptions;
+mod topics;
 mod ws_session;
 
 use std::io;
@@ -240,6 +241,9 @@ async fn route(conn: &mut Conn, req: Request, auth: &mut AuthCache) -> Outcome {
             })
         }
         ("/metrics", _) => not_allowed("GET"),
+        (path, _) if path.starts_with(topics::PREFIX) => {
+            topics::route(&shard, &req, auth).await.into()
+        }
         (path, _) => Outcome::from(Err(ApiError::not_found(path))),
     }
 }
@@ -256,6 +260,7 @@ fn route_label(path: &str) -> &'static str {
         "/api/v1/poll" => "poll",
         "/api/v1/ack" => "ack",
         "/ws" => "ws",
+        _ if path.starts_with(topics::PREFIX) => "topics",
         _ => "other",
     }
 }
@@ -293,12 +298,20 @@ struct AuthCache {
 }
 
 impl AuthCache {
+    /// The request's principal, which must hold `needed`.
     fn principal(
         &mut self,
         shard: &Shard,
         req: &Request,
         needed: Permission,
     ) -> Result<Rc<Principal>, ApiError> {
+        let principal = self.authenticated(shard, req)?;
+        principal.require(needed)?;
+        Ok(principal)
+    }
+
+    /// The request's principal, whatever its permissions (routes any valid token may use).
+    fn authenticated(&mut self, shard: &Shard, req: &Request) -> Result<Rc<Principal>, ApiError> {
         let token = bearer(req).ok_or(AuthError::Missing)?;
         let cached = match &self.principal {
             Some(p) if self.token == token && p.expires_at.saturating_mul(1000) > now_ms() => {
@@ -313,7 +326,6 @@ impl AuthCache {
                 p
             }
         };
-        cached.require(needed)?;
         Ok(cached)
     }
 }

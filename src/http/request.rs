@@ -89,13 +89,24 @@ impl Request {
     pub fn query_param(&self, name: &str) -> Option<String> {
         self.query.as_deref()?.split('&').find_map(|pair| {
             let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-            (percent_decode(key) == name).then(|| percent_decode(value).into_owned())
+            (percent_decode(key, true) == name).then(|| percent_decode(value, true).into_owned())
         })
     }
 }
 
-fn percent_decode(text: &str) -> Cow<'_, str> {
-    if !text.bytes().any(|b| b == b'%' || b == b'+') {
+/// One segment of a request path (the text between two `/`), percent-decoded; `+` stays
+/// itself, as it does in paths. Split the path first: an encoded `/` (`%2F`) is data.
+/// Invalid UTF-8 after decoding is replaced with U+FFFD, as for query parameters.
+pub fn decode_path_segment(segment: &str) -> Cow<'_, str> {
+    percent_decode(segment, false)
+}
+
+/// Decodes `%XX` escapes, and `+` as a space when `plus_is_space` (query strings).
+fn percent_decode(text: &str, plus_is_space: bool) -> Cow<'_, str> {
+    if !text
+        .bytes()
+        .any(|b| b == b'%' || (plus_is_space && b == b'+'))
+    {
         return Cow::Borrowed(text);
     }
     let bytes = text.as_bytes();
@@ -103,7 +114,7 @@ fn percent_decode(text: &str) -> Cow<'_, str> {
     let mut i = 0;
     while let Some(&b) = bytes.get(i) {
         match b {
-            b'+' => out.push(b' '),
+            b'+' if plus_is_space => out.push(b' '),
             b'%' => {
                 let hi = bytes.get(i + 1).and_then(|&c| hex_value(c));
                 let lo = bytes.get(i + 2).and_then(|&c| hex_value(c));
@@ -817,6 +828,15 @@ mod tests {
         assert_eq!(req.query_param("f_g").as_deref(), Some("ok"));
         assert_eq!(req.query_param("bad").as_deref(), Some("\u{FFFD}"));
         assert_eq!(req.query_param("zzz"), None);
+    }
+
+    #[test]
+    fn path_segments_are_decoded_without_plus_as_space() {
+        assert_eq!(decode_path_segment("jobs%3Aa"), "jobs:a");
+        assert_eq!(decode_path_segment("a+b"), "a+b");
+        assert_eq!(decode_path_segment("a%2Fb"), "a/b");
+        assert_eq!(decode_path_segment("%zz"), "%zz");
+        assert!(matches!(decode_path_segment("plain"), Cow::Borrowed(_)));
     }
 
     #[test]

@@ -8,6 +8,9 @@
 //! Persistence plugs in here: a publish is admitted only if the store's backlog has room
 //! (so a refused publish changes nothing), every new message is queued for its stream, and
 //! with persisted acks the caller gets tickets to await before answering the producer.
+//!
+//! Topic records (the Topics API) are kept here too: created explicitly or by the first
+//! publish, changed and deleted only by the owner, and written through to the store.
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -15,7 +18,8 @@ use std::sync::Arc;
 use crate::metrics;
 use crate::store::{Store, StoreError, Ticket};
 use crate::topic::{
-    ConsumerKey, Cursor, Draft, Located, Message, MessageId, ShardSet, Snapshot, TopicTable,
+    ConsumerKey, Cursor, Draft, HistoryPage, Located, Message, MessageId, Order, ShardSet,
+    Snapshot, TopicRecord, TopicTable,
 };
 
 /// One message of a publish request, as byte ranges into the request body so that the
@@ -30,6 +34,23 @@ pub struct DraftSpan {
 pub struct PublishBatch {
     pub body: Arc<Vec<u8>>,
     pub items: Vec<DraftSpan>,
+    /// Who publishes, as byte ranges into `body` (appended to it by the API layer, so the
+    /// batch carries them without an allocation of their own): the owner of any topic
+    /// record the batch creates.
+    pub publisher: PublisherSpan,
+}
+
+/// The publisher's token subject and the name a created record's description shows.
+#[derive(Clone)]
+pub struct PublisherSpan {
+    pub subject: Range<usize>,
+    pub name: Range<usize>,
+}
+
+/// Who asks to change or delete a topic record.
+pub struct Actor {
+    pub subject: Box<str>,
+    pub admin: bool,
 }
 
 pub enum Op {
@@ -52,6 +73,54 @@ pub enum Op {
         topic: Box<str>,
         ids: Vec<MessageId>,
     },
+    /// Gives `topic` this record unless it has one.
+    CreateTopic {
+        topic: Arc<str>,
+        record: TopicRecord,
+    },
+    GetTopic {
+        topic: Arc<str>,
+    },
+    /// Sets the description (`None` leaves it as it is).
+    UpdateTopic {
+        topic: Arc<str>,
+        description: Option<String>,
+        actor: Actor,
+    },
+    /// Deletes the record, the retained messages and the consumer positions.
+    DeleteTopic {
+        topic: Arc<str>,
+        actor: Actor,
+    },
+    /// One page of history; needs a record.
+    TopicHistory {
+        topic: Arc<str>,
+        order: Order,
+        cursor: Option<MessageId>,
+        limit: usize,
+    },
+    /// The records this shard holds that `owner_id` owns, at most `limit` (sent to every
+    /// shard, each answering for its own table).
+    ListTopics {
+        owner_id: Box<str>,
+        limit: usize,
+    },
+    /// How many records this shard holds (sent to every shard).
+    CountTopics,
+}
+
+/// What a topic-record operation found or did.
+#[derive(Debug)]
+pub enum RecordAnswer {
+    Created(TopicRecord),
+    /// A create found this record already there.
+    Exists(TopicRecord),
+    /// The record as it is (after an update).
+    Found(TopicRecord),
+    Deleted,
+    Missing,
+    /// The caller is neither the record's owner nor an admin.
+    Forbidden,
 }
 
 /// What a publish returns per message: the ID and the owner's timestamp.
@@ -72,6 +141,12 @@ pub enum OpResult {
     Metrics(Box<metrics::Snapshot>),
     /// Whether a connection-quota slot was granted (not a topic operation).
     Admitted(bool),
+    Record(Result<RecordAnswer, StoreError>),
+    /// `None`: the topic has no record.
+    History(Result<Option<HistoryPage>, StoreError>),
+    /// Topic keys and records of one shard.
+    Records(Result<Vec<(Arc<str>, TopicRecord)>, StoreError>),
+    RecordCount(Result<usize, StoreError>),
 }
 
 /// Runs `op` against the owner's table. `fanout` receives every new message with the set
@@ -97,13 +172,15 @@ pub fn apply(
             let durable = store.durable_upto();
             let published = admitted.map(|()| {
                 let body = &batch.body[..];
+                let text = |range: &Range<usize>| {
+                    std::str::from_utf8(&body[range.clone()]).unwrap_or_default()
+                };
                 batch
                     .items
                     .iter()
                     .map(|span| {
                         let draft = Draft {
-                            topic: std::str::from_utf8(&body[span.topic.clone()])
-                                .unwrap_or_default(),
+                            topic: text(&span.topic),
                             payload: &body[span.payload.clone()],
                             metadata: span.metadata.clone().map(|r| &body[r]),
                             ttl_ms: span.ttl_ms,
@@ -111,6 +188,13 @@ pub fn apply(
                         let (msg, interested) = table.publish(&draft, now_ms, durable);
                         fanout(&msg, interested);
                         tickets.extend(store.append(&msg));
+                        let created = table.ensure_record(draft.topic, || {
+                            let who = &batch.publisher;
+                            TopicRecord::auto_created(text(&who.subject), text(&who.name), now_ms)
+                        });
+                        if let Some(record) = created {
+                            tickets.extend(store.save_topic(draft.topic, record));
+                        }
                         Receipt {
                             id: msg.id,
                             timestamp_ms: msg.timestamp_ms,
@@ -159,8 +243,86 @@ pub fn apply(
                 })
                 .collect(),
         ),
+        Op::CreateTopic { .. }
+        | Op::GetTopic { .. }
+        | Op::UpdateTopic { .. }
+        | Op::DeleteTopic { .. }
+        | Op::TopicHistory { .. }
+        | Op::ListTopics { .. }
+        | Op::CountTopics
+            if !recovered =>
+        {
+            recovering(&op)
+        }
+        Op::CreateTopic { topic, record } => OpResult::Record(
+            store.admit(1).map(|()| match table.create_record(&topic, record) {
+                Ok(created) => {
+                    tickets.extend(store.save_topic(&topic, created));
+                    RecordAnswer::Created(created.clone())
+                }
+                Err(existing) => RecordAnswer::Exists(existing.clone()),
+            }),
+        ),
+        Op::GetTopic { topic } => OpResult::Record(Ok(table
+            .record(&topic)
+            .map_or(RecordAnswer::Missing, |r| RecordAnswer::Found(r.clone())))),
+        Op::UpdateTopic {
+            topic,
+            description,
+            actor,
+        } => OpResult::Record(store.admit(1).map(|()| {
+            let Some(record) = table.record_mut(&topic) else {
+                return RecordAnswer::Missing;
+            };
+            if !record.may_be_changed_by(&actor.subject, actor.admin) {
+                return RecordAnswer::Forbidden;
+            }
+            if let Some(text) = description {
+                record.description = Some(text);
+                tickets.extend(store.save_topic(&topic, record));
+            }
+            RecordAnswer::Found(record.clone())
+        })),
+        Op::DeleteTopic { topic, actor } => OpResult::Record(store.admit(1).map(|()| {
+            match table.record(&topic) {
+                None => RecordAnswer::Missing,
+                Some(record) if !record.may_be_changed_by(&actor.subject, actor.admin) => {
+                    RecordAnswer::Forbidden
+                }
+                Some(_) => {
+                    table.delete(&topic);
+                    tickets.extend(store.delete_topic(&topic));
+                    RecordAnswer::Deleted
+                }
+            }
+        })),
+        Op::TopicHistory {
+            topic,
+            order,
+            cursor,
+            limit,
+        } => OpResult::History(Ok(table.history_page(&topic, order, cursor, limit, now_ms))),
+        Op::ListTopics { owner_id, limit } => OpResult::Records(Ok(table
+            .records()
+            .filter(|(_, r)| *r.owner_id == *owner_id)
+            .take(limit)
+            .map(|(key, r)| (Arc::clone(key), r.clone()))
+            .collect())),
+        Op::CountTopics => OpResult::RecordCount(Ok(table.records().count())),
     };
     (result, tickets)
+}
+
+/// The answer to a topic-record operation while the shard still reads its topics back
+/// from the persistent tier: their records may not be there yet.
+fn recovering(op: &Op) -> OpResult {
+    let e = StoreError::Recovering;
+    match op {
+        Op::TopicHistory { .. } => OpResult::History(Err(e)),
+        Op::ListTopics { .. } => OpResult::Records(Err(e)),
+        Op::CountTopics => OpResult::RecordCount(Err(e)),
+        _ => OpResult::Record(Err(e)),
+    }
 }
 
 /// Waits for the writes a result depends on; a failed write fails the whole publish,
@@ -174,6 +336,7 @@ pub async fn settle(result: OpResult, tickets: Vec<Ticket>) -> OpResult {
     }
     match (result, failure) {
         (OpResult::Published(_), Some(e)) => OpResult::Published(Err(e)),
+        (OpResult::Record(_), Some(e)) => OpResult::Record(Err(e)),
         (result, _) => result,
     }
 }
