@@ -278,8 +278,7 @@ async fn publish_to(
         items,
         publisher,
     };
-    match shard.call(owner, Op::Publish(batch)).await
-    {
+    match shard.call(owner, Op::Publish(batch)).await {
         OpResult::Published(receipts) => receipts.map_err(ApiError::from),
         _ => Err(ApiError::new(
             500,

@@ -22,13 +22,12 @@ use super::{topic_key, AuthCache};
 use crate::auth::{Permission, Principal};
 use crate::http::request::decode_path_segment;
 use crate::http::{Method, Request, Response};
-use crate::shard::owner::{Actor, Op, OpResult, RecordAnswer};
+use crate::shard::owner::{Actor, Op, OpResult, RecordAnswer, RecordOp};
 use crate::shard::{now_ms, Shard};
 use crate::topic::message::rfc3339;
 use crate::topic::record::MAX_DESCRIPTION_CHARS;
 use crate::topic::{
-    display_name, owner_of, valid_topic_name, HistoryPage, Message, MessageId, Order,
-    TopicRecord,
+    display_name, owner_of, valid_topic_name, HistoryPage, Message, MessageId, Order, TopicRecord,
 };
 
 pub const PREFIX: &str = "/api/v1/topics";
@@ -242,22 +241,20 @@ async fn create(shard: &Shard, principal: &Principal, body: &[u8]) -> Result<Res
     }
     let key = topic_key(shard, principal, name)?;
     let record = TopicRecord::new(&principal.subject, now_ms(), description);
-    let op = Op::CreateTopic {
+    let op = Op::Record(RecordOp::Create {
         topic: Arc::clone(&key),
         record,
-    };
+    });
     match record_op(shard, &key, op).await? {
         RecordAnswer::Created(record) => Ok(record_response(201, &key, &record)),
-        RecordAnswer::Exists(record) if record.owner_id == principal.subject => {
-            Err(ApiError::new(
-                400,
-                "TOPIC_EXISTS",
-                format!(
-                    "Topic '{name}' already exists for owner {}",
-                    record.owner_id
-                ),
-            ))
-        }
+        RecordAnswer::Exists(record) if record.owner_id == principal.subject => Err(ApiError::new(
+            400,
+            "TOPIC_EXISTS",
+            format!(
+                "Topic '{name}' already exists for owner {}",
+                record.owner_id
+            ),
+        )),
         RecordAnswer::Exists(_) => Err(ApiError::new(
             409,
             "TOPIC_OWNED_BY_ANOTHER",
@@ -271,9 +268,11 @@ async fn create(shard: &Shard, principal: &Principal, body: &[u8]) -> Result<Res
 /// use, oldest first, at most [`MAX_LISTED_TOPICS`].
 async fn list(shard: &Shard, principal: &Principal) -> Result<Response, ApiError> {
     let answers = shard
-        .call_all(|| Op::ListTopics {
-            owner_id: principal.subject.as_str().into(),
-            limit: MAX_LISTED_TOPICS,
+        .call_all(|| {
+            Op::Record(RecordOp::List {
+                owner_id: principal.subject.as_str().into(),
+                limit: MAX_LISTED_TOPICS,
+            })
         })
         .await;
     let mut owned = Vec::new();
@@ -301,7 +300,7 @@ async fn list(shard: &Shard, principal: &Principal) -> Result<Response, ApiError
 /// `GET /api/v1/topics/stats` (admin): records over all shards.
 async fn stats(shard: &Shard) -> Result<Response, ApiError> {
     let mut total = 0;
-    for answer in shard.call_all(|| Op::CountTopics).await {
+    for answer in shard.call_all(|| Op::Record(RecordOp::Count)).await {
         match answer {
             OpResult::RecordCount(count) => total += count?,
             _ => return Err(unexpected()),
@@ -316,9 +315,9 @@ async fn stats(shard: &Shard) -> Result<Response, ApiError> {
 /// `GET /api/v1/topics/{name}`.
 async fn detail(shard: &Shard, principal: &Principal, name: &str) -> Result<Response, ApiError> {
     let key = addressed(shard, principal, name)?;
-    let op = Op::GetTopic {
+    let op = Op::Record(RecordOp::Get {
         topic: Arc::clone(&key),
-    };
+    });
     match record_op(shard, &key, op).await? {
         RecordAnswer::Found(record) => Ok(record_response(200, &key, &record)),
         RecordAnswer::Missing => Err(topic_not_found(name)),
@@ -343,11 +342,11 @@ async fn update(
 ) -> Result<Response, ApiError> {
     let description = description_field(&json_object(body)?)?;
     let key = addressed(shard, principal, name)?;
-    let op = Op::UpdateTopic {
+    let op = Op::Record(RecordOp::Update {
         topic: Arc::clone(&key),
         description,
         actor: actor(principal),
-    };
+    });
     match record_op(shard, &key, op).await? {
         RecordAnswer::Found(record) => Ok(record_response(200, &key, &record)),
         RecordAnswer::Missing => Err(topic_not_found(name)),
@@ -360,10 +359,10 @@ async fn update(
 /// and the consumer positions.
 async fn delete(shard: &Shard, principal: &Principal, name: &str) -> Result<Response, ApiError> {
     let key = addressed(shard, principal, name)?;
-    let op = Op::DeleteTopic {
+    let op = Op::Record(RecordOp::Delete {
         topic: Arc::clone(&key),
         actor: actor(principal),
-    };
+    });
     match record_op(shard, &key, op).await? {
         RecordAnswer::Deleted => Ok(Response::empty(204)),
         RecordAnswer::Missing => Err(topic_not_found(name)),
@@ -446,21 +445,21 @@ async fn history(
         Ok(page) => page,
         Err(e) => {
             // A missing topic is reported before bad parameters.
-            let op = Op::GetTopic {
+            let op = Op::Record(RecordOp::Get {
                 topic: Arc::clone(&key),
-            };
+            });
             return match record_op(shard, &key, op).await? {
                 RecordAnswer::Missing => Err(topic_not_found(name)),
                 _ => Err(e),
             };
         }
     };
-    let op = Op::TopicHistory {
+    let op = Op::Record(RecordOp::History {
         topic: Arc::clone(&key),
         order,
         cursor,
         limit,
-    };
+    });
     let page = match shard.call(owner, op).await {
         OpResult::History(Ok(Some(page))) => page,
         OpResult::History(Ok(None)) => return Err(topic_not_found(name)),
@@ -496,10 +495,7 @@ async fn complete(
             let mut messages = page.ring;
             let room = limit.saturating_sub(messages.len());
             if room > 0 {
-                let older = shard
-                    .store
-                    .history_newest_first(key, &span, room)
-                    .await?;
+                let older = shard.store.history_newest_first(key, &span, room).await?;
                 messages.extend(older);
             }
             Ok(messages)
@@ -610,7 +606,10 @@ mod tests {
 
     #[test]
     fn datetimes_have_both_python_forms() {
-        assert_eq!(iso8601(1_731_000_000_123, "Z"), "2024-11-07T17:20:00.123000Z");
+        assert_eq!(
+            iso8601(1_731_000_000_123, "Z"),
+            "2024-11-07T17:20:00.123000Z"
+        );
         assert_eq!(
             iso8601(1_731_000_000_123, "+00:00"),
             "2024-11-07T17:20:00.123000+00:00"

@@ -73,27 +73,32 @@ pub enum Op {
         topic: Box<str>,
         ids: Vec<MessageId>,
     },
+    /// Topic records and history pages (the Topics API).
+    Record(RecordOp),
+}
+
+pub enum RecordOp {
     /// Gives `topic` this record unless it has one.
-    CreateTopic {
+    Create {
         topic: Arc<str>,
         record: TopicRecord,
     },
-    GetTopic {
+    Get {
         topic: Arc<str>,
     },
     /// Sets the description (`None` leaves it as it is).
-    UpdateTopic {
+    Update {
         topic: Arc<str>,
         description: Option<String>,
         actor: Actor,
     },
     /// Deletes the record, the retained messages and the consumer positions.
-    DeleteTopic {
+    Delete {
         topic: Arc<str>,
         actor: Actor,
     },
     /// One page of history; needs a record.
-    TopicHistory {
+    History {
         topic: Arc<str>,
         order: Order,
         cursor: Option<MessageId>,
@@ -101,12 +106,12 @@ pub enum Op {
     },
     /// The records this shard holds that `owner_id` owns, at most `limit` (sent to every
     /// shard, each answering for its own table).
-    ListTopics {
+    List {
         owner_id: Box<str>,
         limit: usize,
     },
     /// How many records this shard holds (sent to every shard).
-    CountTopics,
+    Count,
 }
 
 /// What a topic-record operation found or did.
@@ -243,30 +248,39 @@ pub fn apply(
                 })
                 .collect(),
         ),
-        Op::CreateTopic { .. }
-        | Op::GetTopic { .. }
-        | Op::UpdateTopic { .. }
-        | Op::DeleteTopic { .. }
-        | Op::TopicHistory { .. }
-        | Op::ListTopics { .. }
-        | Op::CountTopics
-            if !recovered =>
-        {
-            recovering(&op)
+        Op::Record(op) if !recovered => recovering(&op),
+        Op::Record(op) => apply_to_records(table, store, op, now_ms, &mut tickets),
+    };
+    (result, tickets)
+}
+
+/// The topic-record operations (Topics API). Changes are written through to the store;
+/// their tickets go to `tickets`.
+fn apply_to_records(
+    table: &mut TopicTable,
+    store: &Store,
+    op: RecordOp,
+    now_ms: u64,
+    tickets: &mut Vec<Ticket>,
+) -> OpResult {
+    match op {
+        RecordOp::Create { topic, record } => {
+            OpResult::Record(
+                store
+                    .admit(1)
+                    .map(|()| match table.create_record(&topic, record) {
+                        Ok(created) => {
+                            tickets.extend(store.save_topic(&topic, created));
+                            RecordAnswer::Created(created.clone())
+                        }
+                        Err(existing) => RecordAnswer::Exists(existing.clone()),
+                    }),
+            )
         }
-        Op::CreateTopic { topic, record } => OpResult::Record(
-            store.admit(1).map(|()| match table.create_record(&topic, record) {
-                Ok(created) => {
-                    tickets.extend(store.save_topic(&topic, created));
-                    RecordAnswer::Created(created.clone())
-                }
-                Err(existing) => RecordAnswer::Exists(existing.clone()),
-            }),
-        ),
-        Op::GetTopic { topic } => OpResult::Record(Ok(table
+        RecordOp::Get { topic } => OpResult::Record(Ok(table
             .record(&topic)
             .map_or(RecordAnswer::Missing, |r| RecordAnswer::Found(r.clone())))),
-        Op::UpdateTopic {
+        RecordOp::Update {
             topic,
             description,
             actor,
@@ -283,8 +297,8 @@ pub fn apply(
             }
             RecordAnswer::Found(record.clone())
         })),
-        Op::DeleteTopic { topic, actor } => OpResult::Record(store.admit(1).map(|()| {
-            match table.record(&topic) {
+        RecordOp::Delete { topic, actor } => {
+            OpResult::Record(store.admit(1).map(|()| match table.record(&topic) {
                 None => RecordAnswer::Missing,
                 Some(record) if !record.may_be_changed_by(&actor.subject, actor.admin) => {
                     RecordAnswer::Forbidden
@@ -294,39 +308,41 @@ pub fn apply(
                     tickets.extend(store.delete_topic(&topic));
                     RecordAnswer::Deleted
                 }
-            }
-        })),
-        Op::TopicHistory {
+            }))
+        }
+        RecordOp::History {
             topic,
             order,
             cursor,
             limit,
         } => OpResult::History(Ok(table.history_page(&topic, order, cursor, limit, now_ms))),
-        Op::ListTopics { owner_id, limit } => OpResult::Records(Ok(table
+        RecordOp::List { owner_id, limit } => OpResult::Records(Ok(table
             .records()
             .filter(|(_, r)| *r.owner_id == *owner_id)
             .take(limit)
             .map(|(key, r)| (Arc::clone(key), r.clone()))
             .collect())),
-        Op::CountTopics => OpResult::RecordCount(Ok(table.records().count())),
-    };
-    (result, tickets)
+        RecordOp::Count => OpResult::RecordCount(Ok(table.records().count())),
+    }
 }
 
 /// The answer to a topic-record operation while the shard still reads its topics back
 /// from the persistent tier: their records may not be there yet.
-fn recovering(op: &Op) -> OpResult {
+fn recovering(op: &RecordOp) -> OpResult {
     let e = StoreError::Recovering;
     match op {
-        Op::TopicHistory { .. } => OpResult::History(Err(e)),
-        Op::ListTopics { .. } => OpResult::Records(Err(e)),
-        Op::CountTopics => OpResult::RecordCount(Err(e)),
-        _ => OpResult::Record(Err(e)),
+        RecordOp::History { .. } => OpResult::History(Err(e)),
+        RecordOp::List { .. } => OpResult::Records(Err(e)),
+        RecordOp::Count => OpResult::RecordCount(Err(e)),
+        RecordOp::Create { .. }
+        | RecordOp::Get { .. }
+        | RecordOp::Update { .. }
+        | RecordOp::Delete { .. } => OpResult::Record(Err(e)),
     }
 }
 
-/// Waits for the writes a result depends on; a failed write fails the whole publish,
-/// since its producer must not be told the messages are safe.
+/// Waits for the writes a result depends on; a failed write fails the whole publish (or
+/// record change), since its caller must not be told it is safe.
 pub async fn settle(result: OpResult, tickets: Vec<Ticket>) -> OpResult {
     let mut failure = None;
     for ticket in tickets {

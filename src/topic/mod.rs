@@ -129,13 +129,11 @@ impl Topic {
             return None;
         }
         let (until, until_inclusive) = self.ring_boundary();
-        after
-            .is_none_or(|s| s < until)
-            .then_some(HistoryRange {
-                after,
-                until,
-                until_inclusive,
-            })
+        after.is_none_or(|s| s < until).then_some(HistoryRange {
+            after,
+            until,
+            until_inclusive,
+        })
     }
 
     /// Where the ring starts: its oldest message (exclusive for a stream read), or, when
@@ -785,7 +783,10 @@ mod tests {
         let mut t = table(100, 1 << 20, false);
         t.subscribe("x", 0, &Cursor::Live, None, 0, 10);
         publish(&mut t, "x", 1);
-        assert!(t.record("x").is_none(), "neither subscribers nor the table make one");
+        assert!(
+            t.record("x").is_none(),
+            "neither subscribers nor the table make one"
+        );
         assert!(t.history_page("x", Order::Desc, None, 10, 2).is_none());
         let first = t.create_record("x", record()).unwrap().clone();
         assert_eq!(t.create_record("x", record()).unwrap_err(), &first);
@@ -806,7 +807,10 @@ mod tests {
         let m: Vec<_> = (1..=5).map(|i| publish(&mut t, "x", i).id).collect();
         let page = |order, cursor, limit| {
             let p = t.history_page("x", order, cursor, limit, 10).unwrap();
-            assert!(p.stream.is_none(), "memory backend: the ring is all there is");
+            assert!(
+                p.stream.is_none(),
+                "memory backend: the ring is all there is"
+            );
             p.ring.iter().map(|m| m.id).collect::<Vec<_>>()
         };
         assert_eq!(page(Order::Desc, None, 2), [m[4], m[3]]);

@@ -144,12 +144,17 @@ mod tests {
         }
         let ids = |v: Vec<Arc<Message>>| v.iter().map(|m| m.id.ms).collect::<Vec<_>>();
         assert_eq!(ids(ring.read_before(None, 0, 3)), [5, 4, 3]);
-        assert_eq!(ids(ring.read_before(Some(MessageId::new(3, 0)), 0, 10)), [2, 1]);
+        assert_eq!(
+            ids(ring.read_before(Some(MessageId::new(3, 0)), 0, 10)),
+            [2, 1]
+        );
         assert_eq!(
             ids(ring.read_before(Some(MessageId::new(3, 1)), 0, 10)),
             [3, 2, 1]
         );
-        assert!(ring.read_before(Some(MessageId::new(1, 0)), 0, 10).is_empty());
+        assert!(ring
+            .read_before(Some(MessageId::new(1, 0)), 0, 10)
+            .is_empty());
     }
 
     #[test]
