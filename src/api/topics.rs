@@ -27,7 +27,8 @@ use crate::shard::{now_ms, Shard};
 use crate::topic::message::rfc3339;
 use crate::topic::record::MAX_DESCRIPTION_CHARS;
 use crate::topic::{
-    display_name, owner_of, valid_topic_name, HistoryPage, Message, MessageId, Order, TopicRecord,
+    by_age, display_name, owner_of, valid_topic_name, HistoryPage, Message, MessageId, Order,
+    TopicRecord,
 };
 
 pub const PREFIX: &str = "/api/v1/topics";
@@ -267,26 +268,21 @@ async fn create(shard: &Shard, principal: &Principal, body: &[u8]) -> Result<Res
 /// `GET /api/v1/topics`: the caller's own topics (owner = its subject) that its token may
 /// use, oldest first, at most [`MAX_LISTED_TOPICS`].
 async fn list(shard: &Shard, principal: &Principal) -> Result<Response, ApiError> {
-    let answers = shard
-        .call_all(|| {
-            Op::Record(RecordOp::List {
-                owner_id: principal.subject.as_str().into(),
-                limit: MAX_LISTED_TOPICS,
-            })
-        })
-        .await;
-    let mut owned = Vec::new();
-    for answer in answers {
-        match answer {
+    let mut owned: Vec<(Arc<str>, TopicRecord)> = Vec::new();
+    // Shard by shard, merged and cut as they come: never more than two shards' worth held.
+    for s in 0..shard.count {
+        let op = Op::Record(RecordOp::List {
+            owner_id: principal.subject.as_str().into(),
+            limit: MAX_LISTED_TOPICS,
+        });
+        match shard.call(s, op).await {
             OpResult::Records(records) => owned.extend(records?),
             _ => return Err(unexpected()),
         }
+        owned.retain(|(key, _)| principal.may_use(display_name(key)));
+        owned.sort_unstable_by(|a, b| by_age((&a.0, &a.1), (&b.0, &b.1)));
+        owned.truncate(MAX_LISTED_TOPICS);
     }
-    owned.retain(|(key, _)| principal.may_use(display_name(key)));
-    owned.sort_unstable_by(|(a_key, a), (b_key, b)| {
-        (a.created_at_ms, a_key).cmp(&(b.created_at_ms, b_key))
-    });
-    owned.truncate(MAX_LISTED_TOPICS);
     let shown: Vec<TopicPublic<'_>> = owned
         .iter()
         .map(|(key, record)| TopicPublic::of(key, record))

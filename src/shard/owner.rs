@@ -104,7 +104,7 @@ pub enum RecordOp {
         cursor: Option<MessageId>,
         limit: usize,
     },
-    /// The records this shard holds that `owner_id` owns, at most `limit` (sent to every
+    /// The oldest `limit` records this shard holds that `owner_id` owns (sent to every
     /// shard, each answering for its own table).
     List {
         owner_id: Box<str>,
@@ -316,12 +316,9 @@ fn apply_to_records(
             cursor,
             limit,
         } => OpResult::History(Ok(table.history_page(&topic, order, cursor, limit, now_ms))),
-        RecordOp::List { owner_id, limit } => OpResult::Records(Ok(table
-            .records()
-            .filter(|(_, r)| *r.owner_id == *owner_id)
-            .take(limit)
-            .map(|(key, r)| (Arc::clone(key), r.clone()))
-            .collect())),
+        RecordOp::List { owner_id, limit } => {
+            OpResult::Records(Ok(table.owned_by(&owner_id, limit)))
+        }
         RecordOp::Count => OpResult::RecordCount(Ok(table.records().count())),
     }
 }

@@ -156,6 +156,11 @@ fn evictable(ring: &Ring, durable: Option<MessageId>) -> bool {
     }
 }
 
+/// The order of topic listings: by creation time, then by key.
+pub fn by_age(a: (&Arc<str>, &TopicRecord), b: (&Arc<str>, &TopicRecord)) -> std::cmp::Ordering {
+    (a.1.created_at_ms, a.0).cmp(&(b.1.created_at_ms, b.0))
+}
+
 /// `span` cut to what lies strictly before `cursor`; `None` when nothing can.
 fn below(span: HistoryRange, cursor: Option<MessageId>) -> Option<HistoryRange> {
     match cursor {
@@ -520,6 +525,20 @@ impl TopicTable {
             .filter_map(|t| t.record.as_ref().map(|r| (&t.name, r)))
     }
 
+    /// The oldest `limit` records `owner_id` owns here, oldest first (see [`by_age`]).
+    pub fn owned_by(&self, owner_id: &str, limit: usize) -> Vec<(Arc<str>, TopicRecord)> {
+        let mut owned: Vec<(&Arc<str>, &TopicRecord)> = self
+            .records()
+            .filter(|(_, r)| r.owner_id == owner_id)
+            .collect();
+        owned.sort_unstable_by(|a, b| by_age((a.0, a.1), (b.0, b.1)));
+        owned
+            .into_iter()
+            .take(limit)
+            .map(|(key, r)| (Arc::clone(key), r.clone()))
+            .collect()
+    }
+
     /// A page of at most `limit` live messages of `name` after (`Asc`) or before (`Desc`)
     /// the exclusive `cursor`; `None` when the topic has no record.
     pub fn history_page(
@@ -798,6 +817,25 @@ mod tests {
         publish(&mut t, "y", 3);
         assert!(t.ensure_record("y", record).is_some());
         assert_eq!(t.records().count(), 2);
+    }
+
+    #[test]
+    fn owned_records_are_listed_oldest_first_and_bounded() {
+        let mut t = table(100, 1 << 20, false);
+        for (name, owner, at) in [("c", "alice", 3), ("a", "alice", 5), ("b", "bob", 1)] {
+            t.create_record(name, TopicRecord::new(owner, at, None))
+                .unwrap();
+        }
+        t.create_record("d", TopicRecord::new("alice", 3, None))
+            .unwrap();
+        let names = |limit| {
+            t.owned_by("alice", limit)
+                .into_iter()
+                .map(|(key, _)| key.to_string())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(names(10), ["c", "d", "a"], "by time, then by name");
+        assert_eq!(names(2), ["c", "d"]);
     }
 
     #[test]
