@@ -22,10 +22,11 @@ pub fn methods_of(path: &str) -> Option<&'static str> {
         }
         p if p.starts_with("/auth/users/") => "PATCH, DELETE, OPTIONS",
         p if p.starts_with("/auth/sessions/") => "DELETE, OPTIONS",
-        p => match super::auth_methods(p)? {
+        p if p.starts_with("/auth/") => match super::auth_methods(p)? {
             "POST" => "POST, OPTIONS",
             _ => "GET, OPTIONS",
         },
+        _ => return super::topics::methods_of(path),
     })
 }
 

@@ -15,6 +15,7 @@ pub mod limits;
 mod poll;
 mod publish;
 mod subscriptions;
+mod topics;
 mod ws_session;
 
 use std::io;
@@ -24,7 +25,7 @@ use std::time::Instant;
 
 use crate::auth::{AuthError, Permission, Principal};
 use crate::config::TopicNamespace;
-use crate::http::request::path_segment;
+use crate::http::request::decode_path_segment;
 use crate::http::{encode, Limits, Method, Request, RequestDecoder, Response};
 use crate::metrics;
 use crate::shard::quota::QuotaKey;
@@ -255,6 +256,9 @@ async fn route(conn: &mut Conn, req: Request, auth: &mut AuthCache) -> Outcome {
         }
         ("/metrics", _) => not_allowed("GET"),
         (path, _) if path.starts_with("/auth/") => auth_route(conn, req, auth).await,
+        (path, _) if path.starts_with(topics::PREFIX) => {
+            topics::route(&shard, &req, auth).await.into()
+        }
         (path, _) => Outcome::from(Err(ApiError::not_found(path))),
     }
 }
@@ -341,7 +345,7 @@ fn path_param(path: &str, prefix: &str) -> Option<String> {
     if rest.is_empty() || rest.contains('/') {
         return None;
     }
-    Some(path_segment(rest).into_owned())
+    Some(decode_path_segment(rest).into_owned())
 }
 
 /// The `route` label of request metrics: a fixed set, so that scanners probing random
@@ -359,6 +363,7 @@ fn route_label(path: &str) -> &'static str {
         "/api/v1/ack" => "ack",
         "/ws" => "ws",
         p if p.starts_with("/auth/") => "auth",
+        _ if path.starts_with(topics::PREFIX) => "topics",
         _ => "other",
     }
 }
@@ -405,6 +410,7 @@ struct AuthCache {
 }
 
 impl AuthCache {
+    /// The request's principal, which must hold `needed`.
     fn principal(
         &mut self,
         shard: &Shard,

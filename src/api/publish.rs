@@ -27,7 +27,7 @@ use crate::config::TopicNamespace;
 use crate::http::{Request, Response};
 use crate::shard::conns::ConnCtl;
 use crate::shard::idempotency::Endpoint;
-use crate::shard::owner::{DraftSpan, Op, OpResult, PublishBatch, Receipt};
+use crate::shard::owner::{DraftSpan, Op, OpResult, PublishBatch, PublisherSpan, Receipt};
 use crate::shard::Shard;
 use crate::topic::message::rfc3339;
 use crate::topic::{display_name, owner_of, valid_topic_name, MessageId};
@@ -241,6 +241,22 @@ fn finish_spans(body: &mut Vec<u8>, parsed: Vec<Parsed>) -> Vec<DraftSpan> {
         .collect()
 }
 
+/// Appends who publishes to the body, for the owner to name in a topic record the publish
+/// creates: the subject, and the account's username when the token carries one.
+fn sign(body: &mut Vec<u8>, principal: &Principal) -> PublisherSpan {
+    let mut append = |text: &str| {
+        let start = body.len();
+        body.extend_from_slice(text.as_bytes());
+        start..body.len()
+    };
+    let subject = append(&principal.subject);
+    let name = match &principal.username {
+        Some(username) => append(username),
+        None => subject.clone(),
+    };
+    PublisherSpan { subject, name }
+}
+
 fn body_str(body: &[u8]) -> Result<&str, ApiError> {
     std::str::from_utf8(body)
         .map_err(|_| ApiError::invalid("INVALID_JSON", "the body is not valid UTF-8"))
@@ -261,11 +277,14 @@ async fn publish_to(
     owner: usize,
     body: Arc<Vec<u8>>,
     items: Vec<DraftSpan>,
+    publisher: PublisherSpan,
 ) -> Result<Vec<Receipt>, ApiError> {
-    match shard
-        .call(owner, Op::Publish(PublishBatch { body, items }))
-        .await
-    {
+    let batch = PublishBatch {
+        body,
+        items,
+        publisher,
+    };
+    match shard.call(owner, Op::Publish(batch)).await {
         OpResult::Published(receipts) => receipts.map_err(ApiError::from),
         _ => Err(ApiError::new(
             500,
@@ -294,9 +313,10 @@ pub async fn single(
         .publish_rates
         .charge(&principal.subject, 1, body.len())?;
     let spans = finish_spans(&mut body, vec![parsed]);
+    let publisher = sign(&mut body, principal);
     let topic = String::from_utf8_lossy(&body[spans[0].topic.clone()]).into_owned();
     let owner = owner_of(&topic, shard.count);
-    let receipts = publish_to(shard, owner, Arc::new(body), spans).await?;
+    let receipts = publish_to(shard, owner, Arc::new(body), spans, publisher).await?;
     let receipt = receipts
         .first()
         .ok_or_else(|| ApiError::new(500, "INTERNAL", "the topic owner returned no receipt"))?;
@@ -367,6 +387,7 @@ pub async fn bulk(
         .publish_rates
         .charge(&principal.subject, parsed.len(), body.len())?;
     let spans = finish_spans(&mut body, parsed);
+    let publisher = sign(&mut body, principal);
     let topics: Vec<String> = spans
         .iter()
         .map(|s| String::from_utf8_lossy(&body[s.topic.clone()]).into_owned())
@@ -388,9 +409,12 @@ pub async fn bulk(
         }
         let shard = Rc::clone(shard);
         let body = Arc::clone(&body);
+        let publisher = publisher.clone();
         calls.push((
             keys,
-            crate::shard::spawn_local(async move { publish_to(&shard, owner, body, spans).await }),
+            crate::shard::spawn_local(async move {
+                publish_to(&shard, owner, body, spans, publisher).await
+            }),
         ));
     }
     let mut receipts: Vec<Result<Receipt, (&'static str, String)>> =

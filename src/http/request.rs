@@ -102,11 +102,14 @@ pub fn form_pairs(text: &str) -> impl Iterator<Item = (Cow<'_, str>, Cow<'_, str
     })
 }
 
-/// A percent-decoded path segment (`+` stays a plus sign in paths).
-pub fn path_segment(text: &str) -> Cow<'_, str> {
-    percent_decode(text, false)
+/// One segment of a request path (the text between two `/`), percent-decoded; `+` stays
+/// itself, as it does in paths. Split the path first: an encoded `/` (`%2F`) is data.
+/// Invalid UTF-8 after decoding is replaced with U+FFFD, as for query parameters.
+pub fn decode_path_segment(segment: &str) -> Cow<'_, str> {
+    percent_decode(segment, false)
 }
 
+/// Decodes `%XX` escapes, and `+` as a space when `plus_is_space` (query strings).
 fn percent_decode(text: &str, plus_is_space: bool) -> Cow<'_, str> {
     if !text
         .bytes()
@@ -833,6 +836,15 @@ mod tests {
         assert_eq!(req.query_param("f_g").as_deref(), Some("ok"));
         assert_eq!(req.query_param("bad").as_deref(), Some("\u{FFFD}"));
         assert_eq!(req.query_param("zzz"), None);
+    }
+
+    #[test]
+    fn path_segments_are_decoded_without_plus_as_space() {
+        assert_eq!(decode_path_segment("jobs%3Aa"), "jobs:a");
+        assert_eq!(decode_path_segment("a+b"), "a+b");
+        assert_eq!(decode_path_segment("a%2Fb"), "a/b");
+        assert_eq!(decode_path_segment("%zz"), "%zz");
+        assert!(matches!(decode_path_segment("plain"), Cow::Borrowed(_)));
     }
 
     #[test]

@@ -351,6 +351,16 @@ impl Shard {
         }
     }
 
+    /// Runs the op `make` builds on every shard, this one included, for questions each
+    /// shard answers about its own table; the results are in shard order.
+    pub async fn call_all(&self, make: impl Fn() -> Op) -> Vec<OpResult> {
+        let mut all = Vec::with_capacity(self.count);
+        for shard in 0..self.count {
+            all.push(self.call(shard, make()).await);
+        }
+        all
+    }
+
     /// Every shard's metrics, this one's included, indexed by shard.
     pub async fn scrape_all(&self) -> Vec<metrics::Snapshot> {
         let mut all = Vec::with_capacity(self.count);
@@ -734,6 +744,9 @@ async fn recover(shard: Rc<Shard>) {
                 let mut table = shard.topics.borrow_mut();
                 for t in topics {
                     table.restore(&t.topic, t.last_id, t.positions);
+                    if let Some(record) = t.record {
+                        table.restore_record(&t.topic, record);
+                    }
                 }
                 shard.recovered.set(true);
                 return;

@@ -8,6 +8,9 @@
 //! Persistence plugs in here: a publish is admitted only if the store's backlog has room
 //! (so a refused publish changes nothing), every new message is queued for its stream, and
 //! with persisted acks the caller gets tickets to await before answering the producer.
+//!
+//! Topic records (the Topics API) are kept here too: created explicitly or by the first
+//! publish, changed and deleted only by the owner, and written through to the store.
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -16,7 +19,8 @@ use super::idempotency::Claim;
 use crate::metrics;
 use crate::store::{Store, StoreError, Ticket};
 use crate::topic::{
-    ConsumerKey, Cursor, Draft, Located, Message, MessageId, ShardSet, Snapshot, TopicTable,
+    ConsumerKey, Cursor, Draft, HistoryPage, Located, Message, MessageId, Order, ShardSet,
+    Snapshot, TopicRecord, TopicTable,
 };
 
 /// One message of a publish request, as byte ranges into the request body so that the
@@ -31,6 +35,23 @@ pub struct DraftSpan {
 pub struct PublishBatch {
     pub body: Arc<Vec<u8>>,
     pub items: Vec<DraftSpan>,
+    /// Who publishes, as byte ranges into `body` (appended to it by the API layer, so the
+    /// batch carries them without an allocation of their own): the owner of any topic
+    /// record the batch creates.
+    pub publisher: PublisherSpan,
+}
+
+/// The publisher's token subject and the name a created record's description shows.
+#[derive(Clone)]
+pub struct PublisherSpan {
+    pub subject: Range<usize>,
+    pub name: Range<usize>,
+}
+
+/// Who asks to change or delete a topic record.
+pub struct Actor {
+    pub subject: Box<str>,
+    pub admin: bool,
 }
 
 pub enum Op {
@@ -53,6 +74,59 @@ pub enum Op {
         topic: Box<str>,
         ids: Vec<MessageId>,
     },
+    /// Topic records and history pages (the Topics API).
+    Record(RecordOp),
+}
+
+pub enum RecordOp {
+    /// Gives `topic` this record unless it has one.
+    Create {
+        topic: Arc<str>,
+        record: TopicRecord,
+    },
+    Get {
+        topic: Arc<str>,
+    },
+    /// Sets the description (`None` leaves it as it is).
+    Update {
+        topic: Arc<str>,
+        description: Option<String>,
+        actor: Actor,
+    },
+    /// Deletes the record, the retained messages and the consumer positions.
+    Delete {
+        topic: Arc<str>,
+        actor: Actor,
+    },
+    /// One page of history; needs a record.
+    History {
+        topic: Arc<str>,
+        order: Order,
+        cursor: Option<MessageId>,
+        limit: usize,
+    },
+    /// The oldest `limit` records this shard holds that `owner_id` owns (sent to every
+    /// shard, each answering for its own table).
+    List {
+        owner_id: Box<str>,
+        limit: usize,
+    },
+    /// How many records this shard holds (sent to every shard).
+    Count,
+}
+
+/// What a topic-record operation found or did.
+#[derive(Debug)]
+pub enum RecordAnswer {
+    Created(TopicRecord),
+    /// A create found this record already there.
+    Exists(TopicRecord),
+    /// The record as it is (after an update).
+    Found(TopicRecord),
+    Deleted,
+    Missing,
+    /// The caller is neither the record's owner nor an admin.
+    Forbidden,
 }
 
 /// What a publish returns per message: the ID and the owner's timestamp.
@@ -79,6 +153,12 @@ pub enum OpResult {
     Claim(Claim),
     /// An idempotency key's answer is recorded (not a topic operation).
     Recorded,
+    Record(Result<RecordAnswer, StoreError>),
+    /// `None`: the topic has no record.
+    History(Result<Option<HistoryPage>, StoreError>),
+    /// Topic keys and records of one shard.
+    Records(Result<Vec<(Arc<str>, TopicRecord)>, StoreError>),
+    RecordCount(Result<usize, StoreError>),
 }
 
 /// Runs `op` against the owner's table. `fanout` receives every new message with the set
@@ -104,13 +184,15 @@ pub fn apply(
             let durable = store.durable_upto();
             let published = admitted.map(|()| {
                 let body = &batch.body[..];
+                let text = |range: &Range<usize>| {
+                    std::str::from_utf8(&body[range.clone()]).unwrap_or_default()
+                };
                 batch
                     .items
                     .iter()
                     .map(|span| {
                         let draft = Draft {
-                            topic: std::str::from_utf8(&body[span.topic.clone()])
-                                .unwrap_or_default(),
+                            topic: text(&span.topic),
                             payload: &body[span.payload.clone()],
                             metadata: span.metadata.clone().map(|r| &body[r]),
                             ttl_ms: span.ttl_ms,
@@ -118,6 +200,13 @@ pub fn apply(
                         let (msg, interested) = table.publish(&draft, now_ms, durable);
                         fanout(&msg, interested);
                         tickets.extend(store.append(&msg));
+                        let created = table.ensure_record(draft.topic, || {
+                            let who = &batch.publisher;
+                            TopicRecord::auto_created(text(&who.subject), text(&who.name), now_ms)
+                        });
+                        if let Some(record) = created {
+                            tickets.extend(store.save_topic(draft.topic, record));
+                        }
                         Receipt {
                             id: msg.id,
                             timestamp_ms: msg.timestamp_ms,
@@ -166,12 +255,98 @@ pub fn apply(
                 })
                 .collect(),
         ),
+        Op::Record(op) if !recovered => recovering(&op),
+        Op::Record(op) => apply_to_records(table, store, op, now_ms, &mut tickets),
     };
     (result, tickets)
 }
 
-/// Waits for the writes a result depends on; a failed write fails the whole publish,
-/// since its producer must not be told the messages are safe.
+/// The topic-record operations (Topics API). Changes are written through to the store;
+/// their tickets go to `tickets`.
+fn apply_to_records(
+    table: &mut TopicTable,
+    store: &Store,
+    op: RecordOp,
+    now_ms: u64,
+    tickets: &mut Vec<Ticket>,
+) -> OpResult {
+    match op {
+        RecordOp::Create { topic, record } => {
+            OpResult::Record(
+                store
+                    .admit(1)
+                    .map(|()| match table.create_record(&topic, record) {
+                        Ok(created) => {
+                            tickets.extend(store.save_topic(&topic, created));
+                            RecordAnswer::Created(created.clone())
+                        }
+                        Err(existing) => RecordAnswer::Exists(existing.clone()),
+                    }),
+            )
+        }
+        RecordOp::Get { topic } => OpResult::Record(Ok(table
+            .record(&topic)
+            .map_or(RecordAnswer::Missing, |r| RecordAnswer::Found(r.clone())))),
+        RecordOp::Update {
+            topic,
+            description,
+            actor,
+        } => OpResult::Record(store.admit(1).map(|()| {
+            let Some(record) = table.record_mut(&topic) else {
+                return RecordAnswer::Missing;
+            };
+            if !record.may_be_changed_by(&actor.subject, actor.admin) {
+                return RecordAnswer::Forbidden;
+            }
+            if let Some(text) = description {
+                record.description = Some(text);
+                tickets.extend(store.save_topic(&topic, record));
+            }
+            RecordAnswer::Found(record.clone())
+        })),
+        RecordOp::Delete { topic, actor } => {
+            OpResult::Record(store.admit(1).map(|()| match table.record(&topic) {
+                None => RecordAnswer::Missing,
+                Some(record) if !record.may_be_changed_by(&actor.subject, actor.admin) => {
+                    RecordAnswer::Forbidden
+                }
+                Some(_) => {
+                    table.delete(&topic);
+                    tickets.extend(store.delete_topic(&topic));
+                    RecordAnswer::Deleted
+                }
+            }))
+        }
+        RecordOp::History {
+            topic,
+            order,
+            cursor,
+            limit,
+        } => OpResult::History(Ok(table.history_page(&topic, order, cursor, limit, now_ms))),
+        RecordOp::List { owner_id, limit } => {
+            OpResult::Records(Ok(table.owned_by(&owner_id, limit)))
+        }
+        RecordOp::Count => OpResult::RecordCount(Ok(table.records().count())),
+    }
+}
+
+/// The answer to a topic-record operation while the shard still reads its topics back
+/// from the persistent tier: their records may not be there yet.
+fn recovering(op: &RecordOp) -> OpResult {
+    let e = StoreError::Recovering;
+    match op {
+        RecordOp::History { .. } => OpResult::History(Err(e)),
+        RecordOp::List { .. } => OpResult::Records(Err(e)),
+        RecordOp::Count => OpResult::RecordCount(Err(e)),
+        RecordOp::Create { .. }
+        | RecordOp::Get { .. }
+        | RecordOp::Update { .. }
+        | RecordOp::Delete { .. } => OpResult::Record(Err(e)),
+    }
+}
+
+/// Waits for the writes a result depends on; a failed write fails the whole publish (or
+/// record change), since its caller must not be told it is safe.
 pub async fn settle(result: OpResult, tickets: Vec<Ticket>) -> OpResult {
     let mut failure = None;
     for ticket in tickets {
@@ -181,6 +356,7 @@ pub async fn settle(result: OpResult, tickets: Vec<Ticket>) -> OpResult {
     }
     match (result, failure) {
         (OpResult::Published(_), Some(e)) => OpResult::Published(Err(e)),
+        (OpResult::Record(_), Some(e)) => OpResult::Record(Err(e)),
         (result, _) => result,
     }
 }

@@ -13,6 +13,9 @@
 //!   topic.
 //! - `<prefix>:{<topic>}:c` — hash of durable consumer positions: consumer key → last
 //!   acknowledged message ID.
+//! - `<prefix>:{<topic>}:t` — the topic's record (Topics API): fields `topic_id`,
+//!   `topic_name` (bare name), `owner_id`, `created_at` (ms) and, when set,
+//!   `description`. Deleting a topic deletes all three keys.
 //! - `<prefix>:{relay}:epoch` — sentinel that reveals a Valkey that lost its data.
 //! - `<prefix>:idem:{<subject>}:<endpoint>:<key>` — the first answer to a publish with an
 //!   `Idempotency-Key` (see `shard::idempotency::Recorded`), expiring with the window.
@@ -35,7 +38,7 @@ use crate::metrics::ShardMetrics;
 use crate::shard::idempotency::Scope;
 use crate::shard::now_ms;
 use crate::topic::message::Draft;
-use crate::topic::{owner_of, HistoryRange, Message, MessageId};
+use crate::topic::{display_name, owner_of, HistoryRange, Message, MessageId, TopicRecord};
 use link::{Link, LinkError, Reply};
 
 /// Why the persistent tier could not take or give something.
@@ -94,6 +97,7 @@ pub struct Recovered {
     pub topic: String,
     pub last_id: MessageId,
     pub positions: Vec<(Box<str>, MessageId)>,
+    pub record: Option<TopicRecord>,
 }
 
 struct Valkey {
@@ -259,30 +263,64 @@ impl Store {
         range: &HistoryRange,
         limit: usize,
     ) -> Result<(Vec<Arc<Message>>, bool), StoreError> {
+        self.read_range(topic, range, limit, Direction::Forward)
+            .await
+    }
+
+    /// Like [`Store::history`], newest first (a descending history page).
+    pub async fn history_newest_first(
+        &self,
+        topic: &Arc<str>,
+        range: &HistoryRange,
+        limit: usize,
+    ) -> Result<Vec<Arc<Message>>, StoreError> {
+        let (messages, _) = self
+            .read_range(topic, range, limit, Direction::Backward)
+            .await?;
+        Ok(messages)
+    }
+
+    /// Reads `range` page by page (`XRANGE` forward, `XREVRANGE` backward), each page
+    /// starting exclusively after the last entry of the one before.
+    async fn read_range(
+        &self,
+        topic: &Arc<str>,
+        range: &HistoryRange,
+        limit: usize,
+        direction: Direction,
+    ) -> Result<(Vec<Arc<Message>>, bool), StoreError> {
         let Some(v) = &self.valkey else {
             return Ok((Vec::new(), false));
         };
-        let end = if range.until_inclusive {
+        let exclusive = |id: MessageId| format!("({id}");
+        let low = range.after.map_or_else(|| "-".to_string(), exclusive);
+        let high = if range.until_inclusive {
             range.until.to_string()
         } else {
-            format!("({}", range.until)
+            exclusive(range.until)
         };
         let page = (limit + 1).max(HISTORY_PAGE);
-        let mut after = range.after;
+        // The last entry read: where the next page starts.
+        let mut last: Option<MessageId> = None;
         let mut messages = Vec::new();
         let now = now_ms();
         loop {
-            let start = match after {
-                Some(id) => format!("({id}"),
-                None => "-".to_string(),
+            let cmd = match direction {
+                Direction::Forward => redis::cmd("XRANGE")
+                    .arg(v.stream_key(topic))
+                    .arg(last.map_or_else(|| low.clone(), exclusive))
+                    .arg(&high)
+                    .arg("COUNT")
+                    .arg(page)
+                    .clone(),
+                Direction::Backward => redis::cmd("XREVRANGE")
+                    .arg(v.stream_key(topic))
+                    .arg(last.map_or_else(|| high.clone(), exclusive))
+                    .arg(&low)
+                    .arg("COUNT")
+                    .arg(page)
+                    .clone(),
             };
-            let cmd = redis::cmd("XRANGE")
-                .arg(v.stream_key(topic))
-                .arg(start)
-                .arg(&end)
-                .arg("COUNT")
-                .arg(page)
-                .clone();
             let entries = match v.link.read(&cmd).await? {
                 Value::Array(entries) => entries,
                 other => {
@@ -292,14 +330,14 @@ impl Store {
                     ))
                 }
             };
-            let page_start = after;
+            let page_start = last;
             for entry in &entries {
                 let Some(msg) = entry_to_message(topic, entry) else {
                     // Not one of ours (no payload): step over it.
-                    after = entry_id(entry).or(after);
+                    last = entry_id(entry).or(last);
                     continue;
                 };
-                after = Some(msg.id);
+                last = Some(msg.id);
                 if msg.is_expired(now) {
                     continue;
                 }
@@ -308,10 +346,40 @@ impl Store {
                 }
                 messages.push(msg);
             }
-            if entries.len() < page || after == page_start {
+            if entries.len() < page || last == page_start {
                 return Ok((messages, false));
             }
         }
+    }
+
+    /// Queues the write of a topic's record; with persisted acks, the ticket to wait for.
+    pub fn save_topic(&self, topic: &str, record: &TopicRecord) -> Option<Ticket> {
+        let v = self.valkey.as_ref()?;
+        let mut cmd = redis::cmd("HSET");
+        cmd.arg(v.record_key(topic))
+            .arg("topic_id")
+            .arg(&record.topic_id)
+            .arg("topic_name")
+            .arg(display_name(topic))
+            .arg("owner_id")
+            .arg(&record.owner_id)
+            .arg("created_at")
+            .arg(record.created_at_ms);
+        if let Some(description) = &record.description {
+            cmd.arg("description").arg(description);
+        }
+        v.link.write(&cmd, self.persisted_acks).map(Ticket)
+    }
+
+    /// Queues the deletion of everything kept for `topic`: record, stream and positions.
+    pub fn delete_topic(&self, topic: &str) -> Option<Ticket> {
+        let v = self.valkey.as_ref()?;
+        let cmd = redis::cmd("DEL")
+            .arg(v.record_key(topic))
+            .arg(v.stream_key(topic))
+            .arg(v.positions_key(topic))
+            .clone();
+        v.link.write(&cmd, self.persisted_acks).map(Ticket)
     }
 
     /// Whether `topic`'s stream holds `id` (false without a persistent tier).
@@ -411,11 +479,15 @@ impl Valkey {
         )
     }
 
+    fn record_key(&self, topic: &str) -> String {
+        format!("{}:{{{topic}}}:t", self.prefix)
+    }
+
     fn topic_of(&self, key: &[u8]) -> Option<String> {
         let key = std::str::from_utf8(key).ok()?;
         let rest = key.strip_prefix(&self.prefix)?.strip_prefix(":{")?;
         let (topic, suffix) = rest.rsplit_once("}:")?;
-        (matches!(suffix, "s" | "c") && crate::topic::valid_topic_key(topic))
+        (matches!(suffix, "s" | "c" | "t") && crate::topic::valid_topic_key(topic))
             .then(|| topic.to_string())
     }
 
@@ -466,12 +538,49 @@ impl Valkey {
                 .collect(),
             _ => Vec::new(),
         };
+        let record = redis::cmd("HGETALL").arg(self.record_key(topic)).clone();
+        let record = match self.link.read(&record).await? {
+            Value::Array(fields) => record_from_fields(&fields),
+            _ => None,
+        };
         Ok(Recovered {
             topic: topic.to_string(),
             last_id,
             positions,
+            record,
         })
     }
+}
+
+#[derive(Clone, Copy)]
+enum Direction {
+    Forward,
+    Backward,
+}
+
+/// Rebuilds a record from its hash (`HGETALL` reply); `None` without an ID and owner.
+fn record_from_fields(fields: &[Value]) -> Option<TopicRecord> {
+    let (mut topic_id, mut owner_id, mut created_at_ms, mut description) = (None, None, 0, None);
+    for kv in fields.chunks(2) {
+        let (Some(name), Some(value)) = (resp::bytes(&kv[0]), kv.get(1).and_then(resp::bytes))
+        else {
+            continue;
+        };
+        let text = String::from_utf8_lossy(value).into_owned();
+        match name {
+            b"topic_id" => topic_id = Some(text),
+            b"owner_id" => owner_id = Some(text),
+            b"created_at" => created_at_ms = text.parse().unwrap_or(0),
+            b"description" => description = Some(text),
+            _ => {}
+        }
+    }
+    Some(TopicRecord {
+        topic_id: topic_id?,
+        owner_id: owner_id?,
+        created_at_ms,
+        description,
+    })
 }
 
 fn entry_id(entry: &Value) -> Option<MessageId> {
@@ -580,6 +689,30 @@ mod tests {
     }
 
     #[test]
+    fn records_come_back_from_their_hash() {
+        let bulk = |s: &str| Value::BulkString(s.as_bytes().to_vec());
+        let fields: Vec<Value> = [
+            ("topic_id", "6f1c"),
+            ("topic_name", "jobs"),
+            ("owner_id", "alice"),
+            ("created_at", "1731000000123"),
+            ("description", "d"),
+        ]
+        .iter()
+        .flat_map(|(k, v)| [bulk(k), bulk(v)])
+        .collect();
+        let record = record_from_fields(&fields).unwrap();
+        assert_eq!(record.topic_id, "6f1c");
+        assert_eq!(record.owner_id, "alice");
+        assert_eq!(record.created_at_ms, 1_731_000_000_123);
+        assert_eq!(record.description.as_deref(), Some("d"));
+        assert!(
+            record_from_fields(&fields[2..]).is_none(),
+            "no topic_id: not a record"
+        );
+    }
+
+    #[test]
     fn entries_without_payload_are_skipped() {
         let topic: Arc<str> = Arc::from("jobs");
         assert!(entry_to_message(&topic, &entry("1-0", &[("t", "1")])).is_none());
@@ -602,6 +735,8 @@ mod tests {
         assert_eq!(v.stream_key("a.b"), "pulsar:{a.b}:s");
         assert_eq!(v.topic_of(b"pulsar:{a.b}:s").as_deref(), Some("a.b"));
         assert_eq!(v.topic_of(b"pulsar:{a.b}:c").as_deref(), Some("a.b"));
+        assert_eq!(v.topic_of(b"pulsar:{u/a.b}:t").as_deref(), Some("u/a.b"));
+        assert_eq!(v.record_key("u/a.b"), "pulsar:{u/a.b}:t");
         assert_eq!(v.topic_of(b"pulsar:{relay}:epoch"), None);
         assert_eq!(v.topic_of(b"other:{a}:s"), None);
     }

@@ -8,6 +8,7 @@
 
 pub mod id;
 pub mod message;
+pub mod record;
 pub mod ring;
 pub mod subscribers;
 
@@ -16,6 +17,7 @@ use std::sync::Arc;
 
 pub use id::{Cursor, IdClock, MessageId};
 pub use message::{Draft, Message};
+pub use record::TopicRecord;
 use ring::Ring;
 
 /// The shard that owns `topic`. FNV-1a is stable across builds and platforms, unlike the
@@ -114,6 +116,34 @@ struct Topic {
     /// Messages older than the ring's oldest may exist (evicted, or from before a
     /// restart): only then is the persistent tier worth asking.
     has_older: bool,
+    /// What the Topics API shows; `None` until the topic is created or first published
+    /// to (subscribers alone do not make one).
+    record: Option<TopicRecord>,
+}
+
+impl Topic {
+    /// The span of the stream older than the ring that a reader starting after `after`
+    /// still needs (`None` when the ring covers it, or there is no persistent tier).
+    fn older_than_ring(&self, persistent: bool, after: Option<MessageId>) -> Option<HistoryRange> {
+        if !persistent || !self.has_older {
+            return None;
+        }
+        let (until, until_inclusive) = self.ring_boundary();
+        after.is_none_or(|s| s < until).then_some(HistoryRange {
+            after,
+            until,
+            until_inclusive,
+        })
+    }
+
+    /// Where the ring starts: its oldest message (exclusive for a stream read), or, when
+    /// the ring is empty, the topic's last ID (inclusive).
+    fn ring_boundary(&self) -> (MessageId, bool) {
+        match self.ring.oldest_id() {
+            Some(oldest) => (oldest, false),
+            None => (self.last_id, true),
+        }
+    }
 }
 
 /// Whether the ring's oldest message may go: it exists and is persisted (or there is no
@@ -123,6 +153,24 @@ fn evictable(ring: &Ring, durable: Option<MessageId>) -> bool {
         (None, _) => false,
         (Some(_), None) => true,
         (Some(oldest), Some(upto)) => oldest <= upto,
+    }
+}
+
+/// The order of topic listings: by creation time, then by key.
+pub fn by_age(a: (&Arc<str>, &TopicRecord), b: (&Arc<str>, &TopicRecord)) -> std::cmp::Ordering {
+    (a.1.created_at_ms, a.0).cmp(&(b.1.created_at_ms, b.0))
+}
+
+/// `span` cut to what lies strictly before `cursor`; `None` when nothing can.
+fn below(span: HistoryRange, cursor: Option<MessageId>) -> Option<HistoryRange> {
+    match cursor {
+        Some(MessageId::ZERO) => None,
+        Some(c) if c <= span.until => Some(HistoryRange {
+            until: c,
+            until_inclusive: false,
+            ..span
+        }),
+        _ => Some(span),
     }
 }
 
@@ -160,6 +208,27 @@ pub struct HistoryRange {
     pub after: Option<MessageId>,
     pub until: MessageId,
     pub until_inclusive: bool,
+}
+
+/// Which way a history page runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Order {
+    /// Oldest first; a cursor means "strictly newer than".
+    Asc,
+    /// Newest first; a cursor means "strictly older than".
+    Desc,
+}
+
+/// One page of a topic's history as the owner can give it: the part its ring holds, and
+/// the span of the stream the requesting shard must read to complete it.
+#[derive(Debug)]
+pub struct HistoryPage {
+    /// In page order, at most the page size.
+    pub ring: Vec<Arc<Message>>,
+    /// Older than everything in the ring. With [`Order::Asc`] its messages come before
+    /// `ring` (and the page is cut to size after them); with [`Order::Desc`] they fill
+    /// what room `ring` left, newest first.
+    pub stream: Option<HistoryRange>,
 }
 
 pub struct TopicTable {
@@ -213,6 +282,7 @@ impl TopicTable {
                     positions: HashMap::new(),
                     last_publish_ms: 0,
                     has_older: false,
+                    record: None,
                 },
             );
         }
@@ -318,20 +388,7 @@ impl TopicTable {
             None => start,
         };
         let (backlog, truncated) = topic.ring.read_after(start, now_ms, limit);
-        let history = match topic.ring.oldest_id() {
-            _ if !persistent || !topic.has_older => None,
-            Some(oldest) if start.is_none_or(|s| s < oldest) => Some(HistoryRange {
-                after: start,
-                until: oldest,
-                until_inclusive: false,
-            }),
-            None if start.is_none_or(|s| s < head) => Some(HistoryRange {
-                after: start,
-                until: head,
-                until_inclusive: true,
-            }),
-            _ => None,
-        };
+        let history = topic.older_than_ring(persistent, start);
         let snapshot = Snapshot {
             backlog,
             truncated,
@@ -397,6 +454,120 @@ impl TopicTable {
             *position = id;
         }
         Some(moved)
+    }
+
+    /// The record of `name`, if it has one.
+    pub fn record(&self, name: &str) -> Option<&TopicRecord> {
+        self.topics.get(name)?.record.as_ref()
+    }
+
+    /// Gives `name` the record `make` builds if it has none yet (a publish creating its
+    /// topic); returns the new record.
+    pub fn ensure_record(
+        &mut self,
+        name: &str,
+        make: impl FnOnce() -> TopicRecord,
+    ) -> Option<&TopicRecord> {
+        let topic = self.topics.get_mut(name)?;
+        if topic.record.is_some() {
+            return None;
+        }
+        Some(topic.record.insert(make()))
+    }
+
+    /// Creates the record of `name`; `Err` with the existing one if it already has one.
+    pub fn create_record(
+        &mut self,
+        name: &str,
+        record: TopicRecord,
+    ) -> Result<&TopicRecord, &TopicRecord> {
+        let topic = self.topic_mut(name);
+        match topic.record {
+            Some(ref existing) => Err(existing),
+            None => Ok(topic.record.insert(record)),
+        }
+    }
+
+    /// The record of `name` for changing it.
+    pub fn record_mut(&mut self, name: &str) -> Option<&mut TopicRecord> {
+        self.topics.get_mut(name)?.record.as_mut()
+    }
+
+    /// Reinstates a record found in the persistent tier at start-up.
+    pub fn restore_record(&mut self, name: &str, record: TopicRecord) {
+        self.topic_mut(name).record = Some(record);
+    }
+
+    /// Deletes the topic: its record, its retained messages and its consumer positions.
+    /// Subscribers stay registered (the entry survives while there are any) and IDs keep
+    /// growing: the shard's clock is not reset. False when `name` has no record.
+    pub fn delete(&mut self, name: &str) -> bool {
+        let Some(topic) = self.topics.get_mut(name) else {
+            return false;
+        };
+        if topic.record.take().is_none() {
+            return false;
+        }
+        self.bytes -= topic.ring.bytes();
+        topic.ring = Ring::default();
+        topic.has_older = false;
+        topic.positions = HashMap::new();
+        if topic.interested.is_empty() {
+            self.topics.remove(name);
+        }
+        true
+    }
+
+    /// Every topic of this shard that has a record, with it.
+    pub fn records(&self) -> impl Iterator<Item = (&Arc<str>, &TopicRecord)> {
+        self.topics
+            .values()
+            .filter_map(|t| t.record.as_ref().map(|r| (&t.name, r)))
+    }
+
+    /// The oldest `limit` records `owner_id` owns here, oldest first (see [`by_age`]).
+    pub fn owned_by(&self, owner_id: &str, limit: usize) -> Vec<(Arc<str>, TopicRecord)> {
+        let mut owned: Vec<(&Arc<str>, &TopicRecord)> = self
+            .records()
+            .filter(|(_, r)| r.owner_id == owner_id)
+            .collect();
+        owned.sort_unstable_by(|a, b| by_age((a.0, a.1), (b.0, b.1)));
+        owned
+            .into_iter()
+            .take(limit)
+            .map(|(key, r)| (Arc::clone(key), r.clone()))
+            .collect()
+    }
+
+    /// A page of at most `limit` live messages of `name` after (`Asc`) or before (`Desc`)
+    /// the exclusive `cursor`; `None` when the topic has no record.
+    pub fn history_page(
+        &self,
+        name: &str,
+        order: Order,
+        cursor: Option<MessageId>,
+        limit: usize,
+        now_ms: u64,
+    ) -> Option<HistoryPage> {
+        let topic = self.topics.get(name)?;
+        topic.record.as_ref()?;
+        Some(match order {
+            Order::Asc => HistoryPage {
+                ring: topic.ring.read_after(cursor, now_ms, limit).0,
+                stream: topic.older_than_ring(self.persistent, cursor),
+            },
+            Order::Desc => {
+                let ring = topic.ring.read_before(cursor, now_ms, limit);
+                let stream = if ring.len() < limit {
+                    topic
+                        .older_than_ring(self.persistent, None)
+                        .and_then(|span| below(span, cursor))
+                } else {
+                    None
+                };
+                HistoryPage { ring, stream }
+            }
+        })
     }
 
     pub fn len(&self) -> usize {
@@ -620,6 +791,144 @@ mod tests {
             "beyond the topic's last ID"
         );
         assert_eq!(t.ack("c", "nope", a), None, "unknown topic");
+    }
+
+    fn record() -> TopicRecord {
+        TopicRecord::new("alice", 1, None)
+    }
+
+    #[test]
+    fn records_are_created_once_and_only_on_request() {
+        let mut t = table(100, 1 << 20, false);
+        t.subscribe("x", 0, &Cursor::Live, None, 0, 10);
+        publish(&mut t, "x", 1);
+        assert!(
+            t.record("x").is_none(),
+            "neither subscribers nor the table make one"
+        );
+        assert!(t.history_page("x", Order::Desc, None, 10, 2).is_none());
+        let first = t.create_record("x", record()).unwrap().clone();
+        assert_eq!(t.create_record("x", record()).unwrap_err(), &first);
+        assert!(
+            t.ensure_record("x", record).is_none(),
+            "an existing record stays"
+        );
+        assert!(t.ensure_record("y", record).is_none(), "no such topic");
+        publish(&mut t, "y", 3);
+        assert!(t.ensure_record("y", record).is_some());
+        assert_eq!(t.records().count(), 2);
+    }
+
+    #[test]
+    fn owned_records_are_listed_oldest_first_and_bounded() {
+        let mut t = table(100, 1 << 20, false);
+        for (name, owner, at) in [("c", "alice", 3), ("a", "alice", 5), ("b", "bob", 1)] {
+            t.create_record(name, TopicRecord::new(owner, at, None))
+                .unwrap();
+        }
+        t.create_record("d", TopicRecord::new("alice", 3, None))
+            .unwrap();
+        let names = |limit| {
+            t.owned_by("alice", limit)
+                .into_iter()
+                .map(|(key, _)| key.to_string())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(names(10), ["c", "d", "a"], "by time, then by name");
+        assert_eq!(names(2), ["c", "d"]);
+    }
+
+    #[test]
+    fn history_pages_run_both_ways_from_exclusive_cursors() {
+        let mut t = table(100, 1 << 20, false);
+        t.create_record("x", record()).unwrap();
+        let m: Vec<_> = (1..=5).map(|i| publish(&mut t, "x", i).id).collect();
+        let page = |order, cursor, limit| {
+            let p = t.history_page("x", order, cursor, limit, 10).unwrap();
+            assert!(
+                p.stream.is_none(),
+                "memory backend: the ring is all there is"
+            );
+            p.ring.iter().map(|m| m.id).collect::<Vec<_>>()
+        };
+        assert_eq!(page(Order::Desc, None, 2), [m[4], m[3]]);
+        assert_eq!(page(Order::Desc, Some(m[3]), 2), [m[2], m[1]]);
+        assert_eq!(page(Order::Asc, None, 2), [m[0], m[1]]);
+        assert_eq!(page(Order::Asc, Some(m[1]), 10), &m[2..]);
+        assert!(page(Order::Desc, Some(m[0]), 10).is_empty());
+    }
+
+    #[test]
+    fn history_pages_name_the_stream_span_older_than_the_ring() {
+        let mut t = table(2, 1 << 20, true);
+        t.create_record("x", record()).unwrap();
+        let m: Vec<_> = (1..=4)
+            .map(|i| {
+                let draft = Draft {
+                    topic: "x",
+                    payload: b"{}",
+                    metadata: None,
+                    ttl_ms: None,
+                };
+                t.publish(&draft, i, Some(MessageId::new(i, 0))).0.id
+            })
+            .collect();
+        // The ring holds m[2], m[3]; m[0], m[1] are only in the stream.
+        let desc = t.history_page("x", Order::Desc, None, 3, 10).unwrap();
+        assert_eq!(desc.ring.len(), 2);
+        assert_eq!(
+            desc.stream,
+            Some(HistoryRange {
+                after: None,
+                until: m[2],
+                until_inclusive: false
+            })
+        );
+        let full = t.history_page("x", Order::Desc, None, 2, 10).unwrap();
+        assert_eq!(full.stream, None, "the ring filled the page");
+        let older = t.history_page("x", Order::Desc, Some(m[1]), 3, 10).unwrap();
+        assert!(older.ring.is_empty());
+        assert_eq!(older.stream.unwrap().until, m[1]);
+        let asc = t.history_page("x", Order::Asc, Some(m[0]), 3, 10).unwrap();
+        assert_eq!(asc.ring.len(), 2);
+        assert_eq!(
+            asc.stream,
+            Some(HistoryRange {
+                after: Some(m[0]),
+                until: m[2],
+                until_inclusive: false
+            })
+        );
+        let in_ring = t.history_page("x", Order::Asc, Some(m[2]), 3, 10).unwrap();
+        assert_eq!(in_ring.stream, None);
+    }
+
+    #[test]
+    fn delete_drops_messages_and_positions_but_keeps_subscribers() {
+        let mut t = table(100, 1 << 20, false);
+        t.create_record("x", record()).unwrap();
+        t.subscribe("x", 1, &Cursor::Live, Some("c"), 0, 10);
+        let last = publish(&mut t, "x", 1).id;
+        assert!(t.delete("x"));
+        assert!(!t.delete("x"), "already gone");
+        assert_eq!(t.bytes(), 0);
+        assert!(t.record("x").is_none());
+        let draft = Draft {
+            topic: "x",
+            payload: b"{}",
+            metadata: None,
+            ttl_ms: None,
+        };
+        let (msg, interested) = t.publish(&draft, 1, None);
+        assert!(msg.id > last, "IDs never go backwards");
+        assert_eq!(interested.iter().collect::<Vec<_>>(), [1]);
+        t.create_record("x", record()).unwrap();
+        let page = t.history_page("x", Order::Asc, None, 10, 2).unwrap();
+        assert_eq!(page.ring.len(), 1, "only what came after the delete");
+
+        t.create_record("lonely", record()).unwrap();
+        assert!(t.delete("lonely"));
+        assert_eq!(t.len(), 1, "an entry nobody subscribes to goes entirely");
     }
 
     #[test]

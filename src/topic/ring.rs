@@ -81,6 +81,27 @@ impl Ring {
         }
         (out, false)
     }
+
+    /// Messages strictly before `before` (all of them for `None`), newest first, skipping
+    /// expired ones, at most `limit`.
+    pub fn read_before(
+        &self,
+        before: Option<MessageId>,
+        now_ms: u64,
+        limit: usize,
+    ) -> Vec<Arc<Message>> {
+        let end = match before {
+            Some(id) => self.messages.partition_point(|m| m.id < id),
+            None => self.messages.len(),
+        };
+        self.messages
+            .range(..end)
+            .rev()
+            .filter(|m| !m.is_expired(now_ms))
+            .take(limit)
+            .cloned()
+            .collect()
+    }
 }
 
 #[cfg(test)]
@@ -116,6 +137,27 @@ mod tests {
     }
 
     #[test]
+    fn read_before_is_exclusive_and_newest_first() {
+        let mut ring = Ring::default();
+        for ms in 1..=5 {
+            ring.push(msg(ms, None));
+        }
+        let ids = |v: Vec<Arc<Message>>| v.iter().map(|m| m.id.ms).collect::<Vec<_>>();
+        assert_eq!(ids(ring.read_before(None, 0, 3)), [5, 4, 3]);
+        assert_eq!(
+            ids(ring.read_before(Some(MessageId::new(3, 0)), 0, 10)),
+            [2, 1]
+        );
+        assert_eq!(
+            ids(ring.read_before(Some(MessageId::new(3, 1)), 0, 10)),
+            [3, 2, 1]
+        );
+        assert!(ring
+            .read_before(Some(MessageId::new(1, 0)), 0, 10)
+            .is_empty());
+    }
+
+    #[test]
     fn expired_messages_are_not_read() {
         let mut ring = Ring::default();
         ring.push(msg(1, Some(10)));
@@ -123,6 +165,7 @@ mod tests {
         let (page, _) = ring.read_after(None, 100, 10);
         assert_eq!(page.len(), 1);
         assert_eq!(page[0].id.ms, 2);
+        assert_eq!(ring.read_before(None, 100, 10).len(), 1);
     }
 
     #[test]

@@ -1,0 +1,614 @@
+//! The Topics API of the original relay: `/api/v1/topics` (create, list), `/stats`,
+//! `/{name}` (detail, update, delete) and `/{name}/messages` (history pages).
+//!
+//! Owns the wire shapes of these endpoints and their validation. Records and retained
+//! messages belong to each topic's owner shard and are reached only through `owner::Op`s
+//! (`Shard::call`, or `Shard::call_all` for questions every shard answers about its own
+//! table); history older than the owner's ring is read from the persistent tier here, on
+//! the requesting shard, as subscriptions do. Must not touch a `TopicTable` directly.
+//!
+//! Topic names in requests are bare names resolved through `super::topic_key` (so
+//! `server.topic_namespace` applies); responses always show the bare name.
+
+use std::borrow::Cow;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use super::error::ApiError;
+use super::{topic_key, AuthCache};
+use crate::auth::{Permission, Principal};
+use crate::http::request::decode_path_segment;
+use crate::http::{Method, Request, Response};
+use crate::shard::owner::{Actor, Op, OpResult, RecordAnswer, RecordOp};
+use crate::shard::{now_ms, Shard};
+use crate::topic::message::rfc3339;
+use crate::topic::record::MAX_DESCRIPTION_CHARS;
+use crate::topic::{
+    by_age, display_name, owner_of, valid_topic_name, HistoryPage, Message, MessageId, Order,
+    TopicRecord,
+};
+
+pub const PREFIX: &str = "/api/v1/topics";
+
+/// Most records `GET /api/v1/topics` returns (oldest first): each shard sends at most this
+/// many, and the merged list is cut to it.
+pub const MAX_LISTED_TOPICS: usize = 10_000;
+
+const DEFAULT_PAGE: usize = 10;
+/// Larger `limit`s are silently lowered to this, as the original relay does.
+const MAX_PAGE: u64 = 100;
+
+/// What a path under [`PREFIX`] addresses.
+enum Target<'a> {
+    Collection,
+    Stats,
+    Topic(Cow<'a, str>),
+    Messages(Cow<'a, str>),
+}
+
+impl<'a> Target<'a> {
+    /// `None` for a path that is no route. `GET …/stats` is the statistics (as upstream,
+    /// where that route is declared first); other methods on it address a topic `stats`.
+    fn parse(path: &'a str, method: Method) -> Option<Target<'a>> {
+        let rest = path.strip_prefix(PREFIX)?;
+        if rest.is_empty() {
+            return Some(Target::Collection);
+        }
+        let mut segments = rest.strip_prefix('/')?.split('/');
+        let name = segments.next().filter(|s| !s.is_empty())?;
+        let target = match (segments.next(), segments.next()) {
+            (None, _) if name == "stats" && method == Method::Get => Target::Stats,
+            (None, _) => Target::Topic(decode_path_segment(name)),
+            (Some("messages"), None) => Target::Messages(decode_path_segment(name)),
+            _ => return None,
+        };
+        Some(target)
+    }
+
+    /// The methods the target accepts, for `Allow`.
+    fn allow(&self) -> &'static str {
+        match self {
+            Target::Collection => "GET, POST",
+            Target::Stats | Target::Topic(_) => "GET, PUT, DELETE",
+            Target::Messages(_) => "GET",
+        }
+    }
+}
+
+/// The methods a path under [`PREFIX`] accepts, for CORS preflights.
+pub fn methods_of(path: &str) -> Option<&'static str> {
+    Some(match Target::parse(path, Method::Options)? {
+        Target::Collection => "GET, POST, OPTIONS",
+        Target::Stats | Target::Topic(_) => "GET, PUT, DELETE, OPTIONS",
+        Target::Messages(_) => "GET, OPTIONS",
+    })
+}
+
+/// Serves a request whose path starts with [`PREFIX`].
+pub async fn route(
+    shard: &Rc<Shard>,
+    req: &Request,
+    auth: &mut AuthCache,
+) -> Result<Response, ApiError> {
+    let target =
+        Target::parse(&req.path, req.method).ok_or_else(|| ApiError::not_found(&req.path))?;
+    let needed = match (&target, req.method) {
+        (Target::Collection, Method::Post) => Some(Permission::Write),
+        (Target::Stats, Method::Get) => Some(Permission::Admin),
+        (Target::Collection | Target::Topic(_) | Target::Messages(_), Method::Get)
+        | (Target::Topic(_), Method::Put | Method::Delete) => None,
+        _ => return Err(ApiError::method_not_allowed(target.allow())),
+    };
+    let principal = match needed {
+        Some(permission) => auth.principal(shard, req, permission)?,
+        None => auth.authenticated(shard, req)?,
+    };
+    match (target, req.method) {
+        (Target::Collection, Method::Post) => create(shard, &principal, &req.body).await,
+        (Target::Collection, _) => list(shard, &principal).await,
+        (Target::Stats, _) => stats(shard).await,
+        (Target::Topic(name), Method::Put) => update(shard, &principal, &name, &req.body).await,
+        (Target::Topic(name), Method::Delete) => delete(shard, &principal, &name).await,
+        (Target::Topic(name), _) => detail(shard, &principal, &name).await,
+        (Target::Messages(name), _) => history(shard, &principal, &name, req).await,
+    }
+}
+
+/// `TopicPublic` of the original relay.
+#[derive(Serialize)]
+struct TopicPublic<'a> {
+    topic_id: &'a str,
+    topic_name: &'a str,
+    owner_id: &'a str,
+    created_at: String,
+    description: Option<&'a str>,
+}
+
+impl<'a> TopicPublic<'a> {
+    fn of(key: &'a str, record: &'a TopicRecord) -> Self {
+        TopicPublic {
+            topic_id: &record.topic_id,
+            topic_name: display_name(key),
+            owner_id: &record.owner_id,
+            created_at: iso8601(record.created_at_ms, "Z"),
+            description: record.description.as_deref(),
+        }
+    }
+}
+
+fn record_response(status: u16, key: &str, record: &TopicRecord) -> Response {
+    Response::json(
+        status,
+        serde_json::to_vec(&TopicPublic::of(key, record)).unwrap_or_default(),
+    )
+}
+
+/// `unix_ms` as ISO 8601 UTC with microseconds and the given zone suffix: `Z` (how the
+/// original relay's models print datetimes) or `+00:00` (Python's `isoformat()`, how its
+/// stored messages come back).
+fn iso8601(unix_ms: u64, zone: &str) -> String {
+    let mut text = rfc3339(unix_ms);
+    text.pop(); // the `Z`
+    text.push_str("000");
+    text.push_str(zone);
+    text
+}
+
+fn unexpected() -> ApiError {
+    ApiError::new(500, "INTERNAL", "unexpected reply from the topic owner")
+}
+
+fn topic_not_found(name: &str) -> ApiError {
+    ApiError::new(404, "TOPIC_NOT_FOUND", format!("Topic '{name}' not found"))
+}
+
+/// The key of a topic named in a path. A name that is not a valid topic name, or that the
+/// token's `topics` claim does not cover, is reported like a missing topic: nothing is
+/// revealed about topics the caller may not see.
+fn addressed(shard: &Shard, principal: &Principal, name: &str) -> Result<Arc<str>, ApiError> {
+    if !valid_topic_name(name) || !principal.may_use(name) {
+        return Err(topic_not_found(name));
+    }
+    topic_key(shard, principal, name)
+}
+
+async fn record_op(shard: &Shard, key: &str, op: Op) -> Result<RecordAnswer, ApiError> {
+    match shard.call(owner_of(key, shard.count), op).await {
+        OpResult::Record(answer) => answer.map_err(ApiError::from),
+        _ => Err(unexpected()),
+    }
+}
+
+fn actor(principal: &Principal) -> Actor {
+    Actor {
+        subject: principal.subject.as_str().into(),
+        admin: principal.require(Permission::Admin).is_ok(),
+    }
+}
+
+/// The body as a JSON object (unknown fields are the caller's business to ignore).
+fn json_object(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(fields)) => Ok(fields),
+        Ok(_) => Err(ApiError::invalid(
+            "INVALID_BODY",
+            "the body must be a JSON object",
+        )),
+        Err(e) => Err(ApiError::invalid(
+            "INVALID_JSON",
+            format!("the body is not valid JSON: {e}"),
+        )),
+    }
+}
+
+/// `description`: absent or `null` is `None`; otherwise a string of at most 500 characters.
+fn description_field(fields: &Map<String, Value>) -> Result<Option<String>, ApiError> {
+    match fields.get("description") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(text)) if text.chars().count() <= MAX_DESCRIPTION_CHARS => {
+            Ok(Some(text.clone()))
+        }
+        Some(_) => Err(ApiError::invalid(
+            "INVALID_DESCRIPTION",
+            format!("`description` must be a string of at most {MAX_DESCRIPTION_CHARS} characters, or null"),
+        )),
+    }
+}
+
+/// `POST /api/v1/topics`.
+async fn create(shard: &Shard, principal: &Principal, body: &[u8]) -> Result<Response, ApiError> {
+    let fields = json_object(body)?;
+    let name = match fields.get("topic_name") {
+        None | Some(Value::Null) => {
+            return Err(ApiError::invalid(
+                "MISSING_FIELD",
+                "`topic_name` is required",
+            ))
+        }
+        Some(Value::String(name)) if valid_topic_name(name) => name.as_str(),
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "INVALID_TOPIC",
+                "`topic_name` must be 1-255 characters of ASCII letters, digits and _ - . :",
+            ))
+        }
+    };
+    let description = description_field(&fields)?;
+    if !principal.may_use(name) {
+        return Err(ApiError::topic_forbidden(name));
+    }
+    let key = topic_key(shard, principal, name)?;
+    let record = TopicRecord::new(&principal.subject, now_ms(), description);
+    let op = Op::Record(RecordOp::Create {
+        topic: Arc::clone(&key),
+        record,
+    });
+    match record_op(shard, &key, op).await? {
+        RecordAnswer::Created(record) => Ok(record_response(201, &key, &record)),
+        RecordAnswer::Exists(record) if record.owner_id == principal.subject => Err(ApiError::new(
+            400,
+            "TOPIC_EXISTS",
+            format!(
+                "Topic '{name}' already exists for owner {}",
+                record.owner_id
+            ),
+        )),
+        RecordAnswer::Exists(_) => Err(ApiError::new(
+            409,
+            "TOPIC_OWNED_BY_ANOTHER",
+            format!("Topic '{name}' already exists and belongs to another owner"),
+        )),
+        _ => Err(unexpected()),
+    }
+}
+
+/// `GET /api/v1/topics`: the caller's own topics (owner = its subject) that its token may
+/// use, oldest first, at most [`MAX_LISTED_TOPICS`].
+async fn list(shard: &Shard, principal: &Principal) -> Result<Response, ApiError> {
+    let mut owned: Vec<(Arc<str>, TopicRecord)> = Vec::new();
+    // Shard by shard, merged and cut as they come: never more than two shards' worth held.
+    for s in 0..shard.count {
+        let op = Op::Record(RecordOp::List {
+            owner_id: principal.subject.as_str().into(),
+            limit: MAX_LISTED_TOPICS,
+        });
+        match shard.call(s, op).await {
+            OpResult::Records(records) => owned.extend(records?),
+            _ => return Err(unexpected()),
+        }
+        owned.retain(|(key, _)| principal.may_use(display_name(key)));
+        owned.sort_unstable_by(|a, b| by_age((&a.0, &a.1), (&b.0, &b.1)));
+        owned.truncate(MAX_LISTED_TOPICS);
+    }
+    let shown: Vec<TopicPublic<'_>> = owned
+        .iter()
+        .map(|(key, record)| TopicPublic::of(key, record))
+        .collect();
+    Ok(Response::json(
+        200,
+        serde_json::to_vec(&shown).unwrap_or_default(),
+    ))
+}
+
+/// `GET /api/v1/topics/stats` (admin): records over all shards.
+async fn stats(shard: &Shard) -> Result<Response, ApiError> {
+    let mut total = 0;
+    for answer in shard.call_all(|| Op::Record(RecordOp::Count)).await {
+        match answer {
+            OpResult::RecordCount(count) => total += count?,
+            _ => return Err(unexpected()),
+        }
+    }
+    Ok(Response::json(
+        200,
+        format!(r#"{{"total_topics":{total}}}"#).into_bytes(),
+    ))
+}
+
+/// `GET /api/v1/topics/{name}`.
+async fn detail(shard: &Shard, principal: &Principal, name: &str) -> Result<Response, ApiError> {
+    let key = addressed(shard, principal, name)?;
+    let op = Op::Record(RecordOp::Get {
+        topic: Arc::clone(&key),
+    });
+    match record_op(shard, &key, op).await? {
+        RecordAnswer::Found(record) => Ok(record_response(200, &key, &record)),
+        RecordAnswer::Missing => Err(topic_not_found(name)),
+        _ => Err(unexpected()),
+    }
+}
+
+fn not_owner(name: &str) -> ApiError {
+    ApiError::new(
+        403,
+        "NOT_TOPIC_OWNER",
+        format!("only the owner of topic '{name}' or an admin may change it"),
+    )
+}
+
+/// `PUT /api/v1/topics/{name}`: `{"description": str | null}`, null leaving it unchanged.
+async fn update(
+    shard: &Shard,
+    principal: &Principal,
+    name: &str,
+    body: &[u8],
+) -> Result<Response, ApiError> {
+    let description = description_field(&json_object(body)?)?;
+    let key = addressed(shard, principal, name)?;
+    let op = Op::Record(RecordOp::Update {
+        topic: Arc::clone(&key),
+        description,
+        actor: actor(principal),
+    });
+    match record_op(shard, &key, op).await? {
+        RecordAnswer::Found(record) => Ok(record_response(200, &key, &record)),
+        RecordAnswer::Missing => Err(topic_not_found(name)),
+        RecordAnswer::Forbidden => Err(not_owner(name)),
+        _ => Err(unexpected()),
+    }
+}
+
+/// `DELETE /api/v1/topics/{name}`: the record, the retained messages (ring and stream)
+/// and the consumer positions.
+async fn delete(shard: &Shard, principal: &Principal, name: &str) -> Result<Response, ApiError> {
+    let key = addressed(shard, principal, name)?;
+    let op = Op::Record(RecordOp::Delete {
+        topic: Arc::clone(&key),
+        actor: actor(principal),
+    });
+    match record_op(shard, &key, op).await? {
+        RecordAnswer::Deleted => Ok(Response::empty(204)),
+        RecordAnswer::Missing => Err(topic_not_found(name)),
+        RecordAnswer::Forbidden => Err(not_owner(name)),
+        _ => Err(unexpected()),
+    }
+}
+
+/// The query of a history request. Parameter errors that the original relay reports only
+/// once it found the topic (400s) are kept aside until the record was checked.
+struct HistoryQuery {
+    page: Result<(usize, Order, Option<MessageId>), ApiError>,
+    cursor_text: Option<String>,
+}
+
+fn history_query(req: &Request) -> Result<HistoryQuery, ApiError> {
+    let limit = match req.query_param("limit") {
+        None => Ok(DEFAULT_PAGE),
+        Some(text) => parse_limit(&text)?,
+    };
+    let order = match req.query_param("order").as_deref() {
+        None | Some("desc") => Ok(Order::Desc),
+        Some("asc") => Ok(Order::Asc),
+        Some(_) => Err(ApiError::new(
+            400,
+            "INVALID_ORDER",
+            "Order must be 'asc' or 'desc'",
+        )),
+    };
+    let cursor_text = req.query_param("cursor").filter(|c| !c.is_empty());
+    let cursor = match &cursor_text {
+        None => Ok(None),
+        Some(text) => MessageId::parse(text).map(Some).ok_or_else(|| {
+            ApiError::new(
+                400,
+                "INVALID_CURSOR",
+                "`cursor` must be a message ID (<ms>-<seq>), as given by `next_cursor`",
+            )
+        }),
+    };
+    let page = limit.and_then(|limit| Ok((limit, order?, cursor?)));
+    Ok(HistoryQuery { page, cursor_text })
+}
+
+/// `limit`: not an integer is 422 (outer error); below 1 is 400 (inner); above 100 is
+/// lowered to 100.
+fn parse_limit(text: &str) -> Result<Result<usize, ApiError>, ApiError> {
+    let (negative, digits) = match text.strip_prefix('-') {
+        Some(digits) => (true, digits),
+        None => (false, text.strip_prefix('+').unwrap_or(text)),
+    };
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(ApiError::invalid(
+            "INVALID_LIMIT",
+            "`limit` must be an integer",
+        ));
+    }
+    if negative || digits.bytes().all(|b| b == b'0') {
+        return Ok(Err(ApiError::new(
+            400,
+            "INVALID_LIMIT",
+            "Limit must be at least 1",
+        )));
+    }
+    let limit = digits.parse::<u64>().unwrap_or(u64::MAX).min(MAX_PAGE);
+    Ok(Ok(limit as usize))
+}
+
+/// `GET /api/v1/topics/{name}/messages?limit&order&cursor`.
+async fn history(
+    shard: &Shard,
+    principal: &Principal,
+    name: &str,
+    req: &Request,
+) -> Result<Response, ApiError> {
+    let query = history_query(req)?;
+    let key = addressed(shard, principal, name)?;
+    let owner = owner_of(&key, shard.count);
+    let (limit, order, cursor) = match query.page {
+        Ok(page) => page,
+        Err(e) => {
+            // A missing topic is reported before bad parameters.
+            let op = Op::Record(RecordOp::Get {
+                topic: Arc::clone(&key),
+            });
+            return match record_op(shard, &key, op).await? {
+                RecordAnswer::Missing => Err(topic_not_found(name)),
+                _ => Err(e),
+            };
+        }
+    };
+    let op = Op::Record(RecordOp::History {
+        topic: Arc::clone(&key),
+        order,
+        cursor,
+        limit,
+    });
+    let page = match shard.call(owner, op).await {
+        OpResult::History(Ok(Some(page))) => page,
+        OpResult::History(Ok(None)) => return Err(topic_not_found(name)),
+        OpResult::History(Err(e)) => return Err(e.into()),
+        _ => return Err(unexpected()),
+    };
+    let messages = complete(shard, &key, order, limit, page).await?;
+    Ok(Response::json(
+        200,
+        page_json(&messages, limit, order, query.cursor_text.as_deref()),
+    ))
+}
+
+/// Joins the owner's ring part with the stream part older than the ring, read here.
+async fn complete(
+    shard: &Shard,
+    key: &Arc<str>,
+    order: Order,
+    limit: usize,
+    page: HistoryPage,
+) -> Result<Vec<Arc<Message>>, ApiError> {
+    let Some(span) = page.stream else {
+        return Ok(page.ring);
+    };
+    match order {
+        Order::Asc => {
+            let (mut messages, _) = shard.store.history(key, &span, limit).await?;
+            let room = limit.saturating_sub(messages.len());
+            messages.extend(page.ring.into_iter().take(room));
+            Ok(messages)
+        }
+        Order::Desc => {
+            let mut messages = page.ring;
+            let room = limit.saturating_sub(messages.len());
+            if room > 0 {
+                let older = shard.store.history_newest_first(key, &span, room).await?;
+                messages.extend(older);
+            }
+            Ok(messages)
+        }
+    }
+}
+
+/// The original relay's `PaginatedMessagesResponse`, items in its stored-message shape
+/// (payload and metadata copied verbatim; metadata `{}` when there is none).
+fn page_json(
+    messages: &[Arc<Message>],
+    limit: usize,
+    order: Order,
+    cursor: Option<&str>,
+) -> Vec<u8> {
+    let size: usize = messages.iter().map(|m| m.json().len() + 40).sum();
+    let mut body = Vec::with_capacity(size + 160);
+    body.extend_from_slice(b"{\"messages\":[");
+    for (i, msg) in messages.iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(b"{\"message_id\":\"");
+        msg.id.push_text(&mut body);
+        body.extend_from_slice(b"\",\"topic\":\"");
+        // Topic names need no JSON escaping (their alphabet is checked on the way in).
+        body.extend_from_slice(display_name(&msg.topic).as_bytes());
+        body.extend_from_slice(b"\",\"payload\":");
+        body.extend_from_slice(msg.payload());
+        body.extend_from_slice(b",\"timestamp\":\"");
+        body.extend_from_slice(iso8601(msg.timestamp_ms, "+00:00").as_bytes());
+        body.extend_from_slice(b"\",\"metadata\":");
+        body.extend_from_slice(msg.metadata().unwrap_or(b"{}"));
+        body.push(b'}');
+    }
+    let order = match order {
+        Order::Asc => "asc",
+        Order::Desc => "desc",
+    };
+    let text = |value: Option<&str>| {
+        value.map_or_else(|| "null".to_string(), |v| Value::from(v).to_string())
+    };
+    let next_cursor = messages.last().map(|m| m.id.to_string());
+    body.extend_from_slice(
+        format!(
+            r#"],"total":{},"limit":{limit},"order":"{order}","cursor":{},"next_cursor":{}}}"#,
+            messages.len(),
+            text(cursor),
+            text(next_cursor.as_deref()),
+        )
+        .as_bytes(),
+    );
+    body
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_map_to_targets() {
+        let name = |t: Option<Target<'_>>| match t {
+            Some(Target::Topic(n)) => format!("topic {n}"),
+            Some(Target::Messages(n)) => format!("messages {n}"),
+            Some(Target::Collection) => "collection".into(),
+            Some(Target::Stats) => "stats".into(),
+            None => "none".into(),
+        };
+        let get = |path| name(Target::parse(path, Method::Get));
+        assert_eq!(get("/api/v1/topics"), "collection");
+        assert_eq!(get("/api/v1/topics/stats"), "stats");
+        assert_eq!(
+            name(Target::parse("/api/v1/topics/stats", Method::Delete)),
+            "topic stats"
+        );
+        assert_eq!(get("/api/v1/topics/a%3Ab"), "topic a:b");
+        assert_eq!(get("/api/v1/topics/a%2Fb/messages"), "messages a/b");
+        for none in [
+            "/api/v1/topicsx",
+            "/api/v1/topics/",
+            "/api/v1/topics//messages",
+            "/api/v1/topics/a/b",
+            "/api/v1/topics/a/messages/x",
+        ] {
+            assert_eq!(get(none), "none", "{none}");
+        }
+    }
+
+    #[test]
+    fn limits_are_validated_like_the_original() {
+        let ok = |t: &str| parse_limit(t).unwrap().unwrap();
+        let status = |t: &str| match parse_limit(t) {
+            Err(e) => e.status,
+            Ok(Err(e)) => e.status,
+            Ok(Ok(_)) => 200,
+        };
+        assert_eq!(ok("5"), 5);
+        assert_eq!(ok("+7"), 7);
+        assert_eq!(ok("150"), 100);
+        assert_eq!(ok("99999999999999999999999"), 100);
+        for bad in ["0", "-1", "-0", "-99999999999999999999"] {
+            assert_eq!(status(bad), 400, "{bad}");
+        }
+        for bad in ["", "x", "1.5", "1e3", "--1", " 1"] {
+            assert_eq!(status(bad), 422, "{bad}");
+        }
+    }
+
+    #[test]
+    fn datetimes_have_both_python_forms() {
+        assert_eq!(
+            iso8601(1_731_000_000_123, "Z"),
+            "2024-11-07T17:20:00.123000Z"
+        );
+        assert_eq!(
+            iso8601(1_731_000_000_123, "+00:00"),
+            "2024-11-07T17:20:00.123000+00:00"
+        );
+    }
+}
