@@ -116,6 +116,11 @@ fn password_login_issues_tokens_the_relay_accepts() {
     assert_eq!(me["is_active"], true);
     assert_eq!(me["permissions"], json!(["read", "write", "admin"]));
     assert_eq!(me["user_id"].as_str().unwrap().len(), 36);
+    assert_eq!(
+        me["owned_topics"],
+        json!(["jobs"]),
+        "publishing created the topic"
+    );
 
     let wrong = form_login(&relay, ADMIN, "not-the-password");
     wrong.assert_error(401, "INVALID_CREDENTIALS");
@@ -184,6 +189,41 @@ fn refresh_tokens_rotate_and_a_replay_ends_the_chain() {
     relay
         .request("POST", "/auth/token/refresh", &[], b"{}")
         .assert_error(422, "INVALID_BODY");
+}
+
+#[test]
+fn concurrent_rotations_of_one_token_have_exactly_one_winner() {
+    let relay = start(&[]);
+    let (_, token) = login(&relay, ADMIN, ADMIN_PASSWORD);
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(8));
+    let statuses: Vec<u16> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..8)
+            .map(|_| {
+                let (barrier, relay, token) = (barrier.clone(), &relay, &token);
+                s.spawn(move || {
+                    let mut http = relay.http();
+                    barrier.wait();
+                    http.request(
+                        "POST",
+                        "/auth/token/refresh",
+                        &[],
+                        json!({ "refresh_token": token }).to_string().as_bytes(),
+                    )
+                    .status
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        1,
+        "{statuses:?}"
+    );
+    assert!(
+        statuses.iter().all(|s| *s == 200 || *s == 401),
+        "{statuses:?}"
+    );
 }
 
 #[test]
@@ -296,6 +336,10 @@ fn administrators_manage_users_and_changes_apply_at_once() {
         .map(|u| u["username"].as_str().unwrap().to_owned())
         .collect();
     assert_eq!(names, ["admin", "bob"]);
+    publish_as(&relay, &admin, "admins-topic").assert_status(201);
+    let users = call(&relay, "GET", "/auth/users", &admin, &Value::Null).json();
+    assert_eq!(users[0]["owned_topics"], json!(["admins-topic"]), "{users}");
+    assert_eq!(users[1]["owned_topics"], json!([]));
     let stats = call(&relay, "GET", "/auth/users/stats", &admin, &Value::Null);
     assert_eq!(stats.json()["total_users"], 2);
     call(&relay, "GET", "/auth/users", &bob_token, &Value::Null)

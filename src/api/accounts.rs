@@ -6,6 +6,7 @@
 //! follow the original (reference §7), since its Python client reads them; errors still
 //! carry our stable `code` beside the `detail`.
 
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::rc::Rc;
 
@@ -22,6 +23,7 @@ use crate::auth::{Permission, Permissions, Principal};
 use crate::http::request::form_pairs;
 use crate::http::Response;
 use crate::shard::{blocking, now_ms, Shard};
+use crate::topic::display_name;
 use crate::topic::message::rfc3339;
 
 /// `POST /auth/login`: an OAuth2 password form (`username`, `password`, optional
@@ -175,7 +177,8 @@ pub async fn logout(shard: &Rc<Shard>, principal: &Principal) -> Result<Response
 }
 
 /// `GET /auth/me`. A service token (not issued to an account) is described from its claims.
-pub fn me(shard: &Shard, principal: &Principal, owned_topics: Vec<String>) -> Response {
+pub async fn me(shard: &Shard, principal: &Principal) -> Result<Response, ApiError> {
+    let owned_topics = owned_topics(shard, &principal.subject).await?;
     let user = principal
         .username
         .as_ref()
@@ -192,7 +195,16 @@ pub fn me(shard: &Shard, principal: &Principal, owned_topics: Vec<String>) -> Re
             "owned_topics": owned_topics,
         }),
     };
-    Response::json(200, body.to_string().into_bytes())
+    Ok(Response::json(200, body.to_string().into_bytes()))
+}
+
+/// The names of the topics `user_id` created (`owned_topics` of the original's users).
+async fn owned_topics(shard: &Shard, user_id: &str) -> Result<Vec<String>, ApiError> {
+    let records = super::topics::gather(shard, Some(user_id), |_| true).await?;
+    Ok(records
+        .iter()
+        .map(|(key, _)| display_name(key).to_owned())
+        .collect())
 }
 
 /// `POST /auth/register` (admin).
@@ -245,14 +257,21 @@ pub async fn register(shard: &Rc<Shard>, body: &[u8]) -> Result<Response, ApiErr
 }
 
 /// `GET /auth/users` (admin).
-pub fn list_users(shard: &Shard) -> Result<Response, ApiError> {
+pub async fn list_users(shard: &Shard) -> Result<Response, ApiError> {
     ensure_loaded(shard)?;
+    let mut owned: HashMap<String, Vec<String>> = HashMap::new();
+    for (key, record) in super::topics::gather(shard, None, |_| true).await? {
+        owned
+            .entry(record.owner_id.to_string())
+            .or_default()
+            .push(display_name(&key).to_owned());
+    }
     let users: Vec<Value> = shard
         .accounts
         .borrow()
         .users()
         .iter()
-        .map(|u| user_json(u, Vec::new()))
+        .map(|u| user_json(u, owned.remove(&u.user_id).unwrap_or_default()))
         .collect();
     Ok(Response::json(
         200,
@@ -320,7 +339,9 @@ pub async fn patch_user(
     {
         DirectoryReply::User(user) => Ok(Response::json(
             200,
-            user_json(&user, Vec::new()).to_string().into_bytes(),
+            user_json(&user, owned_topics(shard, &user.user_id).await?)
+                .to_string()
+                .into_bytes(),
         )),
         DirectoryReply::Failed(AccountError::UserNotFound(id)) => Err(user_not_found(&id)),
         other => Err(unexpected(other)),

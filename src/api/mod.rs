@@ -282,16 +282,18 @@ async fn auth_route(conn: &mut Conn, req: Request, auth: &mut AuthCache) -> Outc
             Ok(principal) => accounts::logout(&shard, &principal).await,
             Err(e) => Err(e),
         },
-        ("/auth/me", Get) => auth
-            .authenticated(&shard, &req)
-            .map(|principal| accounts::me(&shard, &principal, Vec::new())),
+        ("/auth/me", Get) => match auth.authenticated(&shard, &req) {
+            Ok(principal) => accounts::me(&shard, &principal).await,
+            Err(e) => Err(e),
+        },
         ("/auth/register", Post) => match auth.principal(&shard, &req, Permission::Admin) {
             Ok(_) => accounts::register(&shard, &req.body).await,
             Err(e) => Err(e),
         },
-        ("/auth/users", Get) => auth
-            .principal(&shard, &req, Permission::Admin)
-            .and_then(|_| accounts::list_users(&shard)),
+        ("/auth/users", Get) => match auth.principal(&shard, &req, Permission::Admin) {
+            Ok(_) => accounts::list_users(&shard).await,
+            Err(e) => Err(e),
+        },
         ("/auth/users/stats", Get) => auth
             .principal(&shard, &req, Permission::Admin)
             .and_then(|_| accounts::user_stats(&shard)),

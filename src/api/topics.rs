@@ -268,21 +268,10 @@ async fn create(shard: &Shard, principal: &Principal, body: &[u8]) -> Result<Res
 /// `GET /api/v1/topics`: the caller's own topics (owner = its subject) that its token may
 /// use, oldest first, at most [`MAX_LISTED_TOPICS`].
 async fn list(shard: &Shard, principal: &Principal) -> Result<Response, ApiError> {
-    let mut owned: Vec<(Arc<str>, TopicRecord)> = Vec::new();
-    // Shard by shard, merged and cut as they come: never more than two shards' worth held.
-    for s in 0..shard.count {
-        let op = Op::Record(RecordOp::List {
-            owner_id: principal.subject.as_str().into(),
-            limit: MAX_LISTED_TOPICS,
-        });
-        match shard.call(s, op).await {
-            OpResult::Records(records) => owned.extend(records?),
-            _ => return Err(unexpected()),
-        }
-        owned.retain(|(key, _)| principal.may_use(display_name(key)));
-        owned.sort_unstable_by(|a, b| by_age((&a.0, &a.1), (&b.0, &b.1)));
-        owned.truncate(MAX_LISTED_TOPICS);
-    }
+    let owned = gather(shard, Some(&principal.subject), |key| {
+        principal.may_use(display_name(key))
+    })
+    .await?;
     let shown: Vec<TopicPublic<'_>> = owned
         .iter()
         .map(|(key, record)| TopicPublic::of(key, record))
@@ -291,6 +280,31 @@ async fn list(shard: &Shard, principal: &Principal) -> Result<Response, ApiError
         200,
         serde_json::to_vec(&shown).unwrap_or_default(),
     ))
+}
+
+/// The records of every shard owned by `owner_id` (any owner with `None`) whose key passes
+/// `keep`, oldest first, at most [`MAX_LISTED_TOPICS`]. Merged and cut shard by shard, so
+/// never more than two shards' worth is held.
+pub(super) async fn gather(
+    shard: &Shard,
+    owner_id: Option<&str>,
+    keep: impl Fn(&str) -> bool,
+) -> Result<Vec<(Arc<str>, TopicRecord)>, ApiError> {
+    let mut owned: Vec<(Arc<str>, TopicRecord)> = Vec::new();
+    for s in 0..shard.count {
+        let op = Op::Record(RecordOp::List {
+            owner_id: owner_id.map(Box::from),
+            limit: MAX_LISTED_TOPICS,
+        });
+        match shard.call(s, op).await {
+            OpResult::Records(records) => owned.extend(records?),
+            _ => return Err(unexpected()),
+        }
+        owned.retain(|(key, _)| keep(key));
+        owned.sort_unstable_by(|a, b| by_age((&a.0, &a.1), (&b.0, &b.1)));
+        owned.truncate(MAX_LISTED_TOPICS);
+    }
+    Ok(owned)
 }
 
 /// `GET /api/v1/topics/stats` (admin): records over all shards.

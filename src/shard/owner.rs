@@ -105,10 +105,10 @@ pub enum RecordOp {
         cursor: Option<MessageId>,
         limit: usize,
     },
-    /// The oldest `limit` records this shard holds that `owner_id` owns (sent to every
-    /// shard, each answering for its own table).
+    /// The oldest `limit` records this shard holds that `owner_id` owns, or of any owner
+    /// with `None` (sent to every shard, each answering for its own table).
     List {
-        owner_id: Box<str>,
+        owner_id: Option<Box<str>>,
         limit: usize,
     },
     /// How many records this shard holds (sent to every shard).
@@ -324,7 +324,7 @@ fn apply_to_records(
             limit,
         } => OpResult::History(Ok(table.history_page(&topic, order, cursor, limit, now_ms))),
         RecordOp::List { owner_id, limit } => {
-            OpResult::Records(Ok(table.owned_by(&owner_id, limit)))
+            OpResult::Records(Ok(table.owned_by(owner_id.as_deref(), limit)))
         }
         RecordOp::Count => OpResult::RecordCount(Ok(table.records().count())),
     }

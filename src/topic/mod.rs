@@ -526,10 +526,10 @@ impl TopicTable {
     }
 
     /// The oldest `limit` records `owner_id` owns here, oldest first (see [`by_age`]).
-    pub fn owned_by(&self, owner_id: &str, limit: usize) -> Vec<(Arc<str>, TopicRecord)> {
+    pub fn owned_by(&self, owner_id: Option<&str>, limit: usize) -> Vec<(Arc<str>, TopicRecord)> {
         let mut owned: Vec<(&Arc<str>, &TopicRecord)> = self
             .records()
-            .filter(|(_, r)| r.owner_id == owner_id)
+            .filter(|(_, r)| owner_id.is_none_or(|o| *r.owner_id == *o))
             .collect();
         owned.sort_unstable_by(|a, b| by_age((a.0, a.1), (b.0, b.1)));
         owned
