@@ -1436,10 +1436,22 @@ mod tests {
                     continue;
                 }
                 let var = format!("PULSAR_{section}_{key}").to_ascii_uppercase();
-                let config = Config::from_yaml("", vec![(var, "0x1F".to_owned())])
+                // Long enough for a bootstrap password, short enough for a username.
+                let text = "0x1F-0x1F";
+                let mut env = vec![(var, text.to_owned())];
+                // The bootstrap name and password go together.
+                if *section == "bootstrap" {
+                    for partner in ["admin_username", "admin_password"] {
+                        if partner != *key {
+                            let var = format!("PULSAR_BOOTSTRAP_{partner}").to_ascii_uppercase();
+                            env.push((var, "partner-value".to_owned()));
+                        }
+                    }
+                }
+                let config = Config::from_yaml("", env)
                     .unwrap_or_else(|err| panic!("{section}.{key}: {err}"));
                 let tree = serde_yaml::to_value(&config).unwrap();
-                assert_eq!(tree[*section][*key], Value::from("0x1F"), "{section}.{key}");
+                assert_eq!(tree[*section][*key], Value::from(text), "{section}.{key}");
             }
         }
     }

@@ -16,12 +16,12 @@ pub mod password;
 pub mod refresh;
 
 use std::collections::HashMap;
-use std::io::Read;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::auth::{AuthError, Permission, Permissions, Principal};
+use crate::auth::{hex, AuthError, Permission, Permissions, Principal};
+pub use crate::auth::{random_bytes, uuid4};
 pub use directory::{AccountError, Directory, DirectoryOp, DirectoryReply, UserPatch};
 
 /// A user account. Stored as JSON (`store::accounts`); `password_hash` is a PHC string,
@@ -195,41 +195,6 @@ impl Replica {
 /// would not let it read or write).
 pub fn admin_permissions() -> Permissions {
     Permissions::from(Permission::Admin) | Permission::Read.into() | Permission::Write.into()
-}
-
-/// `N` bytes from the operating system's CSPRNG.
-pub fn random_bytes<const N: usize>() -> [u8; N] {
-    let mut bytes = [0u8; N];
-    // getrandom(2) via ring; /dev/urandom as the fallback it never needs on Linux ≥ 3.17.
-    if ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes).is_err() {
-        let _ = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes));
-    }
-    bytes
-}
-
-pub fn hex(bytes: &[u8]) -> String {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    bytes
-        .iter()
-        .flat_map(|b| [HEX[usize::from(b >> 4)], HEX[usize::from(b & 0xf)]])
-        .map(char::from)
-        .collect()
-}
-
-/// A random (version 4) UUID in its hyphenated text form.
-pub fn uuid4() -> String {
-    let mut b = random_bytes::<16>();
-    b[6] = (b[6] & 0x0f) | 0x40;
-    b[8] = (b[8] & 0x3f) | 0x80;
-    let h = hex(&b);
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..]
-    )
 }
 
 pub fn sha256_hex(data: &[u8]) -> String {

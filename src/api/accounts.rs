@@ -476,7 +476,7 @@ pub async fn ensure_bootstrap_admin(shard: &Rc<Shard>) -> Result<(), String> {
 /// The login answer: a fresh access token for `user` and the given refresh token.
 fn token_response(shard: &Shard, user: &User, refresh: String) -> Result<Response, ApiError> {
     let ttl = shard.config.accounts.access_token_ttl;
-    let jti = crate::account::hex(&crate::account::random_bytes::<16>());
+    let jti = crate::auth::hex(&crate::auth::random_bytes::<16>());
     let access = shard
         .auth
         .mint_account(&user.user_id, &user.username, user.permissions, ttl, &jti)

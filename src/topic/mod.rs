@@ -829,7 +829,7 @@ mod tests {
         t.create_record("d", TopicRecord::new("alice", 3, None))
             .unwrap();
         let names = |limit| {
-            t.owned_by("alice", limit)
+            t.owned_by(Some("alice"), limit)
                 .into_iter()
                 .map(|(key, _)| key.to_string())
                 .collect::<Vec<_>>()

@@ -1,12 +1,9 @@
 //! Topic records: the metadata the Topics API shows for a topic (its ID, owner, creation
-//! time and description), and the random UUIDs that identify them.
+//! time and description).
 //!
 //! A record lives in its topic's entry of the owner shard's [`super::TopicTable`] and is
 //! changed only there; this module just defines it. Where it is persisted is `store`'s
 //! business, how it looks on the wire the API's.
-
-use std::hash::{BuildHasher, Hasher};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Longest description a record may carry, in characters (as the original relay counts).
 pub const MAX_DESCRIPTION_CHARS: usize = 500;
@@ -25,7 +22,7 @@ impl TopicRecord {
     /// A new record with a fresh ID.
     pub fn new(owner_id: &str, created_at_ms: u64, description: Option<String>) -> Self {
         TopicRecord {
-            topic_id: uuid4(),
+            topic_id: crate::auth::uuid4(),
             owner_id: owner_id.to_owned(),
             created_at_ms,
             description,
@@ -48,53 +45,6 @@ impl TopicRecord {
     }
 }
 
-/// A random (version 4) UUID in its hyphenated lower-case text form.
-pub fn uuid4() -> String {
-    let mut bytes = [0u8; 16];
-    random_bytes(&mut bytes);
-    bytes[6] = (bytes[6] & 0x0f) | 0x40;
-    bytes[8] = (bytes[8] & 0x3f) | 0x80;
-    let mut text = String::with_capacity(36);
-    for (i, byte) in bytes.iter().enumerate() {
-        if matches!(i, 4 | 6 | 8 | 10) {
-            text.push('-');
-        }
-        text.push(char::from(HEX[usize::from(byte >> 4)]));
-        text.push(char::from(HEX[usize::from(byte & 0xf)]));
-    }
-    text
-}
-
-const HEX: &[u8; 16] = b"0123456789abcdef";
-
-/// Fills `out` from the kernel's CSPRNG (getrandom(2): no file descriptor, does not block
-/// once the kernel's pool is initialised, which it is long before a relay runs).
-fn random_bytes(out: &mut [u8]) {
-    let mut filled = 0;
-    while filled < out.len() {
-        let rest = &mut out[filled..];
-        // SAFETY: getrandom writes at most `rest.len()` bytes into `rest`.
-        let n = unsafe { libc::getrandom(rest.as_mut_ptr().cast(), rest.len(), 0) };
-        if n > 0 {
-            filled += n as usize;
-        } else if std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
-            return fallback_bytes(rest);
-        }
-    }
-}
-
-/// Unpredictable enough to keep IDs unique should getrandom(2) ever fail: std's
-/// randomly keyed hasher over a process-wide counter.
-fn fallback_bytes(out: &mut [u8]) {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    for chunk in out.chunks_mut(8) {
-        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-        hasher.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
-        let word = hasher.finish().to_le_bytes();
-        chunk.copy_from_slice(&word[..chunk.len()]);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -111,18 +61,10 @@ mod tests {
 
     #[test]
     fn uuids_are_version_4_and_differ() {
-        let a = uuid4();
-        let b = uuid4();
+        let a = crate::auth::uuid4();
+        let b = TopicRecord::auto_created("alice", "Alice", 5).topic_id;
         assert!(is_uuid4(&a), "{a}");
         assert!(is_uuid4(&b), "{b}");
-        assert_ne!(a, b);
-    }
-
-    #[test]
-    fn fallback_bytes_differ_between_calls() {
-        let (mut a, mut b) = ([0u8; 16], [0u8; 16]);
-        fallback_bytes(&mut a);
-        fallback_bytes(&mut b);
         assert_ne!(a, b);
     }
 
