@@ -11,7 +11,7 @@ use std::net::IpAddr;
 use std::rc::Rc;
 
 use serde::Deserialize;
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
 use super::error::ApiError;
 use crate::account::password::{self, MAX_PASSWORD_BYTES, MIN_PASSWORD_CHARS};
@@ -209,7 +209,7 @@ async fn owned_topics(shard: &Shard, user_id: &str) -> Result<Vec<String>, ApiEr
 
 /// `POST /auth/register` (admin).
 pub async fn register(shard: &Rc<Shard>, body: &[u8]) -> Result<Response, ApiError> {
-    let fields = json_object(body)?;
+    let fields = super::json_object(body)?;
     let username = match fields.get("username") {
         Some(Value::String(name)) => valid_username(name)?,
         _ => {
@@ -294,7 +294,7 @@ pub async fn patch_user(
     user_id: &str,
     body: &[u8],
 ) -> Result<Response, ApiError> {
-    let fields = json_object(body)?;
+    let fields = super::json_object(body)?;
     let mut patch = UserPatch {
         email: optional_email(fields.get("email"))?,
         ..UserPatch::default()
@@ -545,20 +545,6 @@ async fn hash_password(pass: String) -> Result<String, ApiError> {
     blocking(move || password::hash(&pass))
         .await
         .map_err(|e| ApiError::new(500, "INTERNAL", e))
-}
-
-fn json_object(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
-    match serde_json::from_slice(body) {
-        Ok(Value::Object(map)) => Ok(map),
-        Ok(_) => Err(ApiError::invalid(
-            "INVALID_BODY",
-            "the body must be a JSON object",
-        )),
-        Err(e) => Err(ApiError::invalid(
-            "INVALID_JSON",
-            format!("the body is not valid JSON: {e}"),
-        )),
-    }
 }
 
 fn valid_username(name: &str) -> Result<String, ApiError> {

@@ -501,6 +501,22 @@ fn topic_key(shard: &Shard, principal: &Principal, name: &str) -> Result<Arc<str
     }
 }
 
+/// The body as a JSON object, for the management endpoints (unknown fields are the
+/// caller's business to ignore).
+fn json_object(body: &[u8]) -> Result<serde_json::Map<String, serde_json::Value>, ApiError> {
+    match serde_json::from_slice(body) {
+        Ok(serde_json::Value::Object(fields)) => Ok(fields),
+        Ok(_) => Err(ApiError::invalid(
+            "INVALID_BODY",
+            "the body must be a JSON object",
+        )),
+        Err(e) => Err(ApiError::invalid(
+            "INVALID_JSON",
+            format!("the body is not valid JSON: {e}"),
+        )),
+    }
+}
+
 /// Validated names (claim already checked) as the topic keys they mean for `principal`.
 fn scope_topics(
     shard: &Shard,

@@ -189,21 +189,6 @@ fn actor(principal: &Principal) -> Actor {
     }
 }
 
-/// The body as a JSON object (unknown fields are the caller's business to ignore).
-fn json_object(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
-    match serde_json::from_slice::<Value>(body) {
-        Ok(Value::Object(fields)) => Ok(fields),
-        Ok(_) => Err(ApiError::invalid(
-            "INVALID_BODY",
-            "the body must be a JSON object",
-        )),
-        Err(e) => Err(ApiError::invalid(
-            "INVALID_JSON",
-            format!("the body is not valid JSON: {e}"),
-        )),
-    }
-}
-
 /// `description`: absent or `null` is `None`; otherwise a string of at most 500 characters.
 fn description_field(fields: &Map<String, Value>) -> Result<Option<String>, ApiError> {
     match fields.get("description") {
@@ -220,7 +205,7 @@ fn description_field(fields: &Map<String, Value>) -> Result<Option<String>, ApiE
 
 /// `POST /api/v1/topics`.
 async fn create(shard: &Shard, principal: &Principal, body: &[u8]) -> Result<Response, ApiError> {
-    let fields = json_object(body)?;
+    let fields = super::json_object(body)?;
     let name = match fields.get("topic_name") {
         None | Some(Value::Null) => {
             return Err(ApiError::invalid(
@@ -350,7 +335,7 @@ async fn update(
     name: &str,
     body: &[u8],
 ) -> Result<Response, ApiError> {
-    let description = description_field(&json_object(body)?)?;
+    let description = description_field(&super::json_object(body)?)?;
     let key = addressed(shard, principal, name)?;
     let op = Op::Record(RecordOp::Update {
         topic: Arc::clone(&key),

@@ -49,25 +49,6 @@ impl TopicRecord {
 mod tests {
     use super::*;
 
-    fn is_uuid4(text: &str) -> bool {
-        let groups: Vec<&str> = text.split('-').collect();
-        groups.iter().map(|g| g.len()).eq([8, 4, 4, 4, 12])
-            && text
-                .bytes()
-                .all(|b| b == b'-' || b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-            && groups[2].starts_with('4')
-            && matches!(groups[3].as_bytes()[0], b'8' | b'9' | b'a' | b'b')
-    }
-
-    #[test]
-    fn uuids_are_version_4_and_differ() {
-        let a = crate::auth::uuid4();
-        let b = TopicRecord::auto_created("alice", "Alice", 5).topic_id;
-        assert!(is_uuid4(&a), "{a}");
-        assert!(is_uuid4(&b), "{b}");
-        assert_ne!(a, b);
-    }
-
     #[test]
     fn only_the_owner_or_an_admin_may_change_a_record() {
         let record = TopicRecord::auto_created("alice", "Alice", 5);
