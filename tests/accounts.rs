@@ -166,8 +166,10 @@ fn password_login_issues_tokens_the_relay_accepts() {
 #[test]
 fn refresh_tokens_rotate_and_a_replay_ends_the_chain() {
     let relay = start(&[]);
-    let (_, first) = login(&relay, ADMIN, ADMIN_PASSWORD);
-    let (_, other_login) = login(&relay, ADMIN, ADMIN_PASSWORD);
+    let (access_a, first) = login(&relay, ADMIN, ADMIN_PASSWORD);
+    let (access_b, other_login) = login(&relay, ADMIN, ADMIN_PASSWORD);
+    // Same account, same second: only the jti tells them apart (and lets logout pick one).
+    assert_ne!(access_a, access_b);
 
     let rotated = refresh(&relay, &first);
     rotated.assert_status(200);
