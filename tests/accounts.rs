@@ -535,3 +535,45 @@ fn password_hashes_of_the_original_relay_verify() {
     publish_as(&relay, &access, "jobs").assert_status(201);
     form_login(&relay, "galaxy", "12345679").assert_error(401, "INVALID_CREDENTIALS");
 }
+
+#[test]
+fn open_websockets_end_when_access_is_withdrawn() {
+    let relay = start(&[]);
+    let (admin, _) = login(&relay, ADMIN, ADMIN_PASSWORD);
+    register(&relay, &admin, "bob", &["read", "write"]);
+    let bob_id = call(&relay, "GET", "/auth/users", &admin, &Value::Null).json()[1]["user_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (bob, _) = login(&relay, "bob", "pw-bob-123");
+    let (bob_again, _) = login(&relay, "bob", "pw-bob-123");
+
+    // Logging one token out ends its sessions, not those of the account's other tokens.
+    let mut logged_out = Ws::connect(relay.addr, &bob);
+    let mut other = Ws::connect(relay.addr, &bob_again);
+    logged_out.subscribe(&["jobs"], Value::Null);
+    other.subscribe(&["jobs"], Value::Null);
+    call(&relay, "POST", "/auth/logout", &bob, &Value::Null).assert_status(204);
+    let reason = logged_out.expect_close(4003);
+    assert!(reason.contains("revoked"), "{reason}");
+    assert!(other.collect_until_pong().is_empty());
+
+    // Taking `write` away keeps a reader; taking `read` away ends it.
+    let path = format!("/auth/users/{bob_id}");
+    call(&relay, "PATCH", &path, &admin, &json!({"permissions": ["read"]})).assert_status(200);
+    assert!(other.collect_until_pong().is_empty());
+    publish_as(&relay, &admin, "jobs").assert_status(201);
+    assert_eq!(other.recv_delivery()["topic"], "jobs", "still subscribed");
+    call(&relay, "PATCH", &path, &admin, &json!({"permissions": ["write"]})).assert_status(200);
+    assert!(other.expect_close(4003).contains("read"));
+
+    // Deactivation and deletion end sessions too.
+    call(&relay, "PATCH", &path, &admin, &json!({"permissions": ["read"]})).assert_status(200);
+    let mut again = Ws::connect(relay.addr, &bob_again);
+    call(&relay, "PATCH", &path, &admin, &json!({"is_active": false})).assert_status(200);
+    assert!(again.expect_close(4003).contains("inactive"));
+    call(&relay, "PATCH", &path, &admin, &json!({"is_active": true})).assert_status(200);
+    let mut last = Ws::connect(relay.addr, &bob_again);
+    call(&relay, "DELETE", &path, &admin, &Value::Null).assert_status(204);
+    assert!(last.expect_close(4003).contains("not found"));
+}

@@ -50,6 +50,7 @@ pub enum DirectoryOp {
     /// Puts an access token's `jti` on the deny-list until `until_ms`.
     Deny {
         jti: String,
+        subject: String,
         until_ms: u64,
     },
 }
@@ -210,7 +211,11 @@ impl Directory {
                     None => Applied::failed(AccountError::SessionNotFound),
                 }
             }
-            DirectoryOp::Deny { jti, until_ms } => self.deny(jti, until_ms, now_ms),
+            DirectoryOp::Deny {
+                jti,
+                subject,
+                until_ms,
+            } => self.deny(jti, subject, until_ms, now_ms),
         }
     }
 
@@ -327,7 +332,7 @@ impl Directory {
             .tokens(issued)
     }
 
-    fn deny(&mut self, jti: String, until_ms: u64, now_ms: u64) -> Applied {
+    fn deny(&mut self, jti: String, subject: String, until_ms: u64, now_ms: u64) -> Applied {
         if until_ms <= now_ms || self.denied.contains_key(&jti) {
             return Applied::reply(DirectoryReply::Done);
         }
@@ -337,7 +342,11 @@ impl Directory {
         self.denied.insert(jti.clone(), until_ms);
         Applied {
             reply: DirectoryReply::Done,
-            syncs: vec![AccountSync::Denied(jti.clone(), until_ms)],
+            syncs: vec![AccountSync::Denied {
+                jti: jti.clone(),
+                subject,
+                until_ms,
+            }],
             writes: vec![AccountWrite::Deny(jti, until_ms)],
         }
     }
@@ -468,6 +477,7 @@ mod tests {
         let applied = d.apply(
             DirectoryOp::Deny {
                 jti: "j".into(),
+                subject: "u".into(),
                 until_ms: 100,
             },
             1,
@@ -477,6 +487,7 @@ mod tests {
             .apply(
                 DirectoryOp::Deny {
                     jti: "old".into(),
+                    subject: "u".into(),
                     until_ms: 1,
                 },
                 1,

@@ -80,10 +80,26 @@ pub enum AccountSync {
     },
     User(Arc<User>),
     UserRemoved(String),
-    /// A token ID refused until the given Unix milliseconds (its expiry).
-    Denied(String, u64),
+    /// A token ID refused until `until_ms` (its expiry); `subject` is the token's.
+    Denied {
+        jti: String,
+        subject: String,
+        until_ms: u64,
+    },
     /// Start-up is complete (bootstrap administrator included): logins may be answered.
     Ready,
+}
+
+impl AccountSync {
+    /// The token subject (user ID) whose sessions the change may end.
+    pub fn subject(&self) -> Option<&str> {
+        match self {
+            AccountSync::User(user) => Some(&user.user_id),
+            AccountSync::UserRemoved(id) => Some(id),
+            AccountSync::Denied { subject, .. } => Some(subject),
+            AccountSync::Snapshot { .. } | AccountSync::Ready => None,
+        }
+    }
 }
 
 /// Most deny-list entries; `/auth/logout` answers 503 beyond (entries leave at their
@@ -119,8 +135,8 @@ impl Replica {
                     self.by_name.remove(&user.username);
                 }
             }
-            AccountSync::Denied(jti, until) => {
-                self.denied.insert(jti.clone(), *until);
+            AccountSync::Denied { jti, until_ms, .. } => {
+                self.denied.insert(jti.clone(), *until_ms);
             }
         }
     }
@@ -266,7 +282,11 @@ mod tests {
     #[test]
     fn denied_token_ids_are_refused_until_they_expire() {
         let mut r = Replica::default();
-        r.apply(&AccountSync::Denied("j1".into(), 1000));
+        r.apply(&AccountSync::Denied {
+            jti: "j1".into(),
+            subject: "svc".into(),
+            until_ms: 1000,
+        });
         let svc = principal("svc", None, Some("j1"));
         assert_eq!(r.admit(&svc, 999), Err(AuthError::Revoked));
         assert_eq!(r.admit(&svc, 1000), Ok(None));

@@ -170,7 +170,12 @@ pub async fn logout(shard: &Rc<Shard>, principal: &Principal) -> Result<Response
     };
     let until_ms =
         principal.expires_at.saturating_mul(1000) + shard.config.jwt.leeway.as_millis() as u64;
-    match shard.directory(DirectoryOp::Deny { jti, until_ms }).await {
+    let deny = DirectoryOp::Deny {
+        jti,
+        subject: principal.subject.clone(),
+        until_ms,
+    };
+    match shard.directory(deny).await {
         DirectoryReply::Done => Ok(Response::empty(204)),
         other => Err(unexpected(other)),
     }

@@ -37,7 +37,8 @@ use crate::topic::subscribers::Sink;
 use crate::topic::{consumer_key, display_name, ConsumerKey, Cursor, Message, MessageId};
 use crate::ws::frame::{close_frame, ping_frame, pong_frame, text_frame, FrameDecoder, Incoming};
 use crate::ws::{
-    handshake, GOING_AWAY, POLICY_VIOLATION, RATE_LIMITED, SLOW_CONSUMER, TOKEN_EXPIRED,
+    handshake, ACCESS_REVOKED, GOING_AWAY, POLICY_VIOLATION, RATE_LIMITED, SLOW_CONSUMER,
+    TOKEN_EXPIRED,
 };
 
 /// Invalid commands tolerated per session before it is closed as abusive.
@@ -312,6 +313,11 @@ pub async fn run(conn: &mut Conn, up: Upgrade) -> io::Result<()> {
         session_id: session_id(shard.id),
         invalid_frames: 0,
     };
+    // Sessions of account tokens, and of tokens that can be logged out, end when their
+    // access is withdrawn; other service tokens are not watched (and cost nothing here).
+    let watched = session.principal.username.is_some() || session.principal.jti.is_some();
+    let _watch = watched.then(|| shard.watch_account(&session.principal.subject, &conn.ctl));
+    let mut account_checked = shard.account_generation();
     let mut decoder = FrameDecoder::new(cfg.limits.max_ws_message_bytes);
     let mut wbuf = Vec::new();
     let mut last_heard = now_ms();
@@ -387,6 +393,12 @@ pub async fn run(conn: &mut Conn, up: Upgrade) -> io::Result<()> {
         }
         if conn.ctl.closing() {
             return close(conn, &out, &mut wbuf, GOING_AWAY, "server shutting down").await;
+        }
+        if watched && account_checked != shard.account_generation() {
+            account_checked = shard.account_generation();
+            if let Err(why) = session.recheck_access() {
+                return close(conn, &out, &mut wbuf, ACCESS_REVOKED, &why).await;
+            }
         }
         let expires = session.principal.expires_at.saturating_mul(1000) + leeway;
         if conn.ctl.take_timeout() {
@@ -507,6 +519,23 @@ fn session_id(shard: usize) -> String {
 }
 
 impl Session {
+    /// Checks the session's token against the account state again (after a change): `Err`
+    /// with the reason when the session must end; changed permissions apply at once.
+    fn recheck_access(&mut self) -> Result<(), String> {
+        let current = self
+            .shard
+            .accounts
+            .borrow()
+            .admit(&self.principal, now_ms())
+            .map_err(|e| e.detail())?;
+        if let Some(permissions) = current {
+            self.principal.permissions = permissions;
+        }
+        self.principal
+            .require(Permission::Read)
+            .map_err(|e| e.detail())
+    }
+
     fn reject(&mut self, err: ApiError) {
         self.invalid_frames += 1;
         self.out.push_json(&err.to_ws_json());

@@ -19,10 +19,11 @@ pub mod quota;
 pub mod signal;
 
 use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::io;
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::os::fd::{FromRawFd, IntoRawFd};
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -43,7 +44,7 @@ use crate::metrics::{self, ShardMetrics};
 use crate::store::{self, Store};
 use crate::topic::subscribers::LocalSubscribers;
 use crate::topic::{Message, RingLimits, ShardSet, TopicTable};
-use conns::ConnTable;
+use conns::{ConnCtl, ConnTable};
 use idempotency::{Claim, Recorded, Scope, Waiter};
 use mesh::{Envelope, Mesh, MeshEnds};
 use owner::{Op, OpResult};
@@ -123,8 +124,32 @@ pub struct Shard {
     pub accounts: RefCell<account::Replica>,
     /// The authoritative account state: on [`DIRECTORY_SHARD`] only, once loaded.
     directory: RefCell<Option<Directory>>,
+    /// Counts account changes applied to the replica.
+    account_generation: Cell<u64>,
+    /// Open sessions per token subject that account changes must reach (see
+    /// [`Shard::watch_account`]); as many entries as such sessions.
+    account_watchers: RefCell<HashMap<String, Vec<Weak<ConnCtl>>>>,
     stop_accepting: Signal,
     shutting_down: Cell<bool>,
+}
+
+/// A session's registration for account changes (see [`Shard::watch_account`]).
+pub struct AccountWatch {
+    shard: Rc<Shard>,
+    subject: String,
+    ctl: Weak<ConnCtl>,
+}
+
+impl Drop for AccountWatch {
+    fn drop(&mut self) {
+        let mut watchers = self.shard.account_watchers.borrow_mut();
+        if let Some(list) = watchers.get_mut(&self.subject) {
+            list.retain(|w| !w.ptr_eq(&self.ctl));
+            if list.is_empty() {
+                watchers.remove(&self.subject);
+            }
+        }
+    }
 }
 
 /// The shard that holds the account directory.
@@ -175,11 +200,49 @@ impl Shard {
     }
 
     fn broadcast_accounts(&self, sync: AccountSync) {
-        self.accounts.borrow_mut().apply(&sync);
+        self.apply_account_sync(&sync);
         let sync = Arc::new(sync);
         for shard in (0..self.count).filter(|s| *s != self.id) {
             self.mesh.send(shard, Envelope::Accounts(Arc::clone(&sync)));
         }
+    }
+
+    /// Updates the replica and wakes the sessions of the subject the change concerns, so
+    /// that a logout or a deactivation ends them now rather than at their token's expiry.
+    fn apply_account_sync(&self, sync: &AccountSync) {
+        self.accounts.borrow_mut().apply(sync);
+        self.account_generation
+            .set(self.account_generation.get().wrapping_add(1));
+        let Some(subject) = sync.subject() else {
+            return;
+        };
+        if let Some(watchers) = self.account_watchers.borrow().get(subject) {
+            for ctl in watchers.iter().filter_map(Weak::upgrade) {
+                ctl.signal.raise();
+            }
+        }
+    }
+
+    /// Registers a long-lived session (WebSocket) whose access depends on account state;
+    /// it is woken by every change for `subject` until the guard is dropped. Sessions
+    /// compare [`Shard::account_generation`] to know when to check their token again.
+    pub fn watch_account(self: &Rc<Self>, subject: &str, ctl: &Rc<ConnCtl>) -> AccountWatch {
+        let ctl = Rc::downgrade(ctl);
+        self.account_watchers
+            .borrow_mut()
+            .entry(subject.to_owned())
+            .or_default()
+            .push(Weak::clone(&ctl));
+        AccountWatch {
+            shard: Rc::clone(self),
+            subject: subject.to_owned(),
+            ctl,
+        }
+    }
+
+    /// Changes as account state changes (any subject): a cheap "anything new?" check.
+    pub fn account_generation(&self) -> u64 {
+        self.account_generation.get()
     }
 
     /// Runs `op` on the shard that owns the topic: here, or through the mesh.
@@ -480,7 +543,7 @@ impl Shard {
                 })
                 .detach();
             }
-            Envelope::Accounts(sync) => self.accounts.borrow_mut().apply(&sync),
+            Envelope::Accounts(sync) => self.apply_account_sync(&sync),
         }
     }
 
@@ -673,6 +736,8 @@ async fn shard_main(
         conns: ConnTable::default(),
         accounts: RefCell::new(account::Replica::default()),
         directory: RefCell::new(None),
+        account_generation: Cell::new(0),
+        account_watchers: RefCell::new(HashMap::new()),
         stop_accepting: Signal::default(),
         shutting_down: Cell::new(false),
     });

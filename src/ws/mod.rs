@@ -26,5 +26,8 @@ pub const INTERNAL: u16 = 1011;
 pub const SLOW_CONSUMER: u16 = 4000;
 /// Application code: the token the connection was authorised with has expired.
 pub const TOKEN_EXPIRED: u16 = 4001;
+/// Application code: the session's access was withdrawn (its token logged out, its account
+/// deactivated or deleted, or its `read` permission taken away); a new token is needed.
+pub const ACCESS_REVOKED: u16 = 4003;
 /// Application code: the client exceeded its message-rate limit.
 pub const RATE_LIMITED: u16 = 4008;
