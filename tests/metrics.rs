@@ -101,6 +101,12 @@ fn metrics_follow_traffic_and_pass_promtool() {
         "memory backend: no Valkey series"
     );
 
+    promtool_accepts(&text);
+}
+
+/// `promtool check metrics` passes `text` (lint included).
+#[track_caller]
+fn promtool_accepts(text: &str) {
     let mut check = Command::new(promtool())
         .args(["check", "metrics"])
         .stdin(Stdio::piped())
@@ -121,6 +127,26 @@ fn metrics_follow_traffic_and_pass_promtool() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+#[test]
+fn valkey_series_follow_writes_and_pass_promtool() {
+    let valkey = Valkey::start();
+    let relay = Relay::start_on_valkey(&valkey, &[]);
+    relay.wait_ready(std::time::Duration::from_secs(10));
+    let mut http = relay.http();
+    for topic in topics_on_each_shard("persisted") {
+        http.publish(&topic, "1");
+    }
+    let text = scrape(&relay);
+    assert!(
+        value(&text, "pulsar_valkey_writes_total") >= 2.0,
+        "both stream writes counted:\n{text}"
+    );
+    assert_eq!(value(&text, r#"pulsar_valkey_up{shard="0"}"#), 1.0);
+    assert_eq!(value(&text, r#"pulsar_valkey_up{shard="1"}"#), 1.0);
+    assert!(value(&text, "pulsar_valkey_write_latency_seconds_count") >= 2.0);
+    promtool_accepts(&text);
 }
 
 #[test]
