@@ -560,15 +560,36 @@ fn open_websockets_end_when_access_is_withdrawn() {
 
     // Taking `write` away keeps a reader; taking `read` away ends it.
     let path = format!("/auth/users/{bob_id}");
-    call(&relay, "PATCH", &path, &admin, &json!({"permissions": ["read"]})).assert_status(200);
+    call(
+        &relay,
+        "PATCH",
+        &path,
+        &admin,
+        &json!({"permissions": ["read"]}),
+    )
+    .assert_status(200);
     assert!(other.collect_until_pong().is_empty());
     publish_as(&relay, &admin, "jobs").assert_status(201);
     assert_eq!(other.recv_delivery()["topic"], "jobs", "still subscribed");
-    call(&relay, "PATCH", &path, &admin, &json!({"permissions": ["write"]})).assert_status(200);
+    call(
+        &relay,
+        "PATCH",
+        &path,
+        &admin,
+        &json!({"permissions": ["write"]}),
+    )
+    .assert_status(200);
     assert!(other.expect_close(4003).contains("read"));
 
     // Deactivation and deletion end sessions too.
-    call(&relay, "PATCH", &path, &admin, &json!({"permissions": ["read"]})).assert_status(200);
+    call(
+        &relay,
+        "PATCH",
+        &path,
+        &admin,
+        &json!({"permissions": ["read"]}),
+    )
+    .assert_status(200);
     let mut again = Ws::connect(relay.addr, &bob_again);
     call(&relay, "PATCH", &path, &admin, &json!({"is_active": false})).assert_status(200);
     assert!(again.expect_close(4003).contains("inactive"));

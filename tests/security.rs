@@ -147,6 +147,11 @@ fn cors_preflight_and_allow_origin() {
         allowed.header("access-control-allow-origin"),
         Some("https://app.example")
     );
+    assert_eq!(
+        allowed.header("access-control-expose-headers"),
+        Some("Idempotent-Replayed, Retry-After"),
+        "browser producers can see idempotent replays and back-off hints"
+    );
     let other = relay.request(
         "POST",
         "/api/v1/messages",

@@ -11,6 +11,8 @@ use super::error::ApiError;
 
 const ALLOW_HEADERS: &str = "Authorization, Content-Type, Idempotency-Key";
 const MAX_AGE_SECS: &str = "600";
+/// Response headers browser code may read besides the CORS-safelisted ones.
+pub const EXPOSE_HEADERS: &str = "Idempotent-Replayed, Retry-After";
 
 /// The methods a path accepts, for `Allow` and `Access-Control-Allow-Methods`.
 pub fn methods_of(path: &str) -> Option<&'static str> {

@@ -113,6 +113,7 @@ async fn http_loop(conn: &mut Conn) -> io::Result<()> {
                         if let Some(origin) = cors {
                             resp = resp
                                 .with_header("Access-Control-Allow-Origin", origin)
+                                .with_header("Access-Control-Expose-Headers", cors::EXPOSE_HEADERS)
                                 .with_header("Vary", "Origin");
                         }
                         metrics.count_request(label, resp.status);
