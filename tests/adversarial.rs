@@ -2469,3 +2469,101 @@ fn deeply_nested_json_is_refused_everywhere_without_hurting_the_relay() {
     assert_topic_untouched(&relay, &topic);
     baseline.assert_recovered(&relay, 20);
 }
+
+#[test]
+fn the_original_relays_endpoints_refuse_garbage_and_change_nothing() {
+    let relay = Relay::start_with(&[
+        ("PULSAR_BOOTSTRAP_ADMIN_USERNAME", "admin"),
+        ("PULSAR_BOOTSTRAP_ADMIN_PASSWORD", "admin-password"),
+        ("PULSAR_ACCOUNTS_LOGIN_RATE", "0"),
+    ]);
+    relay.wait_ready(PROMPT);
+    let baseline = Baseline::take(&relay);
+    let root = token(
+        "root",
+        Permissions::READ | Permissions::WRITE | Permissions::ADMIN,
+    );
+    let auth = auth_header(&root);
+    let mut rng = Rng::new(6);
+    let abyss = "[".repeat(200_000);
+    let long = "x".repeat(100_000);
+    let mut bodies: Vec<Vec<u8>> = vec![
+        Vec::new(),
+        b"\xff\xfe\x00garbage".to_vec(),
+        abyss.clone().into_bytes(),
+        b"null".to_vec(),
+        b"[]".to_vec(),
+        b"\"text\"".to_vec(),
+        b"1e999".to_vec(),
+        br#"{"topics":"jobs","since":[],"timeout":1e999}"#.to_vec(),
+        br#"{"topics":[1,2],"since":{"a":1},"timeout":"x"}"#.to_vec(),
+        format!(r#"{{"topics":["{long}"],"timeout":1}}"#).into_bytes(),
+        br#"{"refresh_token":{"a":1},"revoke_chain":"yes"}"#.to_vec(),
+        format!(r#"{{"refresh_token":"{long}.{long}"}}"#).into_bytes(),
+        br#"{"username":["a"],"password":12345678,"permissions":"admin"}"#.to_vec(),
+        format!(r#"{{"username":"{long}","password":"{long}"}}"#).into_bytes(),
+        br#"{"topic_name":"bad name!","description":7}"#.to_vec(),
+        format!(r#"{{"topic_name":"ok-name","description":"{long}"}}"#).into_bytes(),
+        br#"{"email":5,"is_active":"no","permissions":["root"],"password":"short"}"#.to_vec(),
+        b"username=&password=&grant_type=%ZZ%".to_vec(),
+        format!("username={long}&password=%00%ff").into_bytes(),
+    ];
+    for _ in 0..20 {
+        let n = rng.below(2000) as usize;
+        bodies.push(rng.bytes(n));
+    }
+    let routes: [(&str, &str, bool); 10] = [
+        ("POST", "/auth/login", false),
+        ("POST", "/auth/token/refresh", false),
+        ("POST", "/auth/token/revoke", false),
+        ("POST", "/auth/register", true),
+        (
+            "PATCH",
+            "/auth/users/00000000-0000-4000-8000-000000000000",
+            true,
+        ),
+        ("POST", "/messages/poll", true),
+        ("POST", "/api/v1/topics", true),
+        ("PUT", "/api/v1/topics/jobs", true),
+        ("DELETE", "/api/v1/topics/%ff%00", true),
+        (
+            "GET",
+            "/api/v1/topics/jobs/messages?limit=%ff&order=sideways&cursor=-",
+            true,
+        ),
+    ];
+    let mut http = relay.http();
+    for (method, path, authed) in routes {
+        for body in &bodies {
+            let headers: Vec<(&str, &str)> = if authed { vec![auth.as_pair()] } else { vec![] };
+            let resp = http.request(method, path, &headers, body);
+            assert!(
+                (400..500).contains(&resp.status),
+                "{method} {path} with {:?}: {} {}",
+                String::from_utf8_lossy(&body[..body.len().min(60)]),
+                resp.status,
+                resp.text()
+            );
+            let error = resp.json();
+            assert!(
+                error["code"].is_string() && error["detail"].is_string(),
+                "{error}"
+            );
+        }
+    }
+    // Nothing was created by any of it.
+    let users = http.request("GET", "/auth/users", &[auth.as_pair()], b"");
+    assert_eq!(
+        users.json().as_array().map(Vec::len),
+        Some(1),
+        "only the bootstrap admin"
+    );
+    let topics = http.request("GET", "/api/v1/topics", &[auth.as_pair()], b"");
+    assert_eq!(
+        topics.json(),
+        json!([]),
+        "no topic records for the attacker"
+    );
+    drop(http);
+    baseline.assert_recovered(&relay, 20);
+}
