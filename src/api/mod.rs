@@ -28,6 +28,7 @@ use crate::config::TopicNamespace;
 use crate::http::request::decode_path_segment;
 use crate::http::{encode, Limits, Method, Request, RequestDecoder, Response};
 use crate::metrics;
+use crate::shard::owner::Publisher;
 use crate::shard::quota::QuotaKey;
 use crate::shard::{now_ms, Shard, TcpStream};
 use crate::topic::{valid_namespace, valid_topic_name};
@@ -199,7 +200,10 @@ async fn route(conn: &mut Conn, req: Request, auth: &mut AuthCache) -> Outcome {
         ("/ready", _) => not_allowed("GET, HEAD"),
         ("/api/v1/messages", Post) => {
             let result = match auth.principal(&shard, &req, Permission::Write) {
-                Ok(principal) => publish::single(&shard, &conn.ctl, &principal, req).await,
+                Ok(principal) => {
+                    let publisher = auth.publisher(&principal);
+                    publish::single(&shard, &conn.ctl, &principal, publisher, req).await
+                }
                 Err(e) => Err(e),
             };
             result.into()
@@ -207,7 +211,10 @@ async fn route(conn: &mut Conn, req: Request, auth: &mut AuthCache) -> Outcome {
         ("/api/v1/messages", _) => not_allowed("POST"),
         ("/api/v1/messages/bulk", Post) => {
             let result = match auth.principal(&shard, &req, Permission::Write) {
-                Ok(principal) => publish::bulk(&shard, &conn.ctl, &principal, req).await,
+                Ok(principal) => {
+                    let publisher = auth.publisher(&principal);
+                    publish::bulk(&shard, &conn.ctl, &principal, publisher, req).await
+                }
                 Err(e) => Err(e),
             };
             result.into()
@@ -410,6 +417,8 @@ fn bearer(req: &Request) -> Option<&str> {
 struct AuthCache {
     token: String,
     principal: Option<Rc<Principal>>,
+    /// The cached principal as a publisher, made on its first publish.
+    publisher: Option<Arc<Publisher>>,
 }
 
 impl AuthCache {
@@ -425,6 +434,22 @@ impl AuthCache {
         Ok(principal)
     }
 
+    /// Who publishes with the cached token (its subject, and its account's username when it
+    /// has one), shared by every publish on this connection.
+    fn publisher(&mut self, principal: &Principal) -> Arc<Publisher> {
+        let publisher = self.publisher.get_or_insert_with(|| {
+            Arc::new(Publisher {
+                subject: principal.subject.as_str().into(),
+                name: principal
+                    .username
+                    .as_deref()
+                    .unwrap_or(&principal.subject)
+                    .into(),
+            })
+        });
+        Arc::clone(publisher)
+    }
+
     /// Any valid token, checked against account state (deny-list, account active) on every
     /// request: a logout or deactivation applies to connections already open.
     fn authenticated(&mut self, shard: &Shard, req: &Request) -> Result<Rc<Principal>, ApiError> {
@@ -435,6 +460,7 @@ impl AuthCache {
             }
             _ => {
                 self.principal = None;
+                self.publisher = None;
                 let p = Rc::new(shard.auth.verify(token)?);
                 self.token.clear();
                 self.token.push_str(token);

@@ -27,7 +27,7 @@ use crate::config::TopicNamespace;
 use crate::http::{Request, Response};
 use crate::shard::conns::ConnCtl;
 use crate::shard::idempotency::Endpoint;
-use crate::shard::owner::{DraftSpan, Op, OpResult, PublishBatch, PublisherSpan, Receipt};
+use crate::shard::owner::{DraftSpan, Op, OpResult, PublishBatch, Publisher, Receipt};
 use crate::shard::Shard;
 use crate::topic::message::rfc3339;
 use crate::topic::{display_name, owner_of, valid_topic_name, MessageId};
@@ -241,22 +241,6 @@ fn finish_spans(body: &mut Vec<u8>, parsed: Vec<Parsed>) -> Vec<DraftSpan> {
         .collect()
 }
 
-/// Appends who publishes to the body, for the owner to name in a topic record the publish
-/// creates: the subject, and the account's username when the token carries one.
-fn sign(body: &mut Vec<u8>, principal: &Principal) -> PublisherSpan {
-    let mut append = |text: &str| {
-        let start = body.len();
-        body.extend_from_slice(text.as_bytes());
-        start..body.len()
-    };
-    let subject = append(&principal.subject);
-    let name = match &principal.username {
-        Some(username) => append(username),
-        None => subject.clone(),
-    };
-    PublisherSpan { subject, name }
-}
-
 fn body_str(body: &[u8]) -> Result<&str, ApiError> {
     std::str::from_utf8(body)
         .map_err(|_| ApiError::invalid("INVALID_JSON", "the body is not valid UTF-8"))
@@ -277,7 +261,7 @@ async fn publish_to(
     owner: usize,
     body: Arc<Vec<u8>>,
     items: Vec<DraftSpan>,
-    publisher: PublisherSpan,
+    publisher: Arc<Publisher>,
 ) -> Result<Vec<Receipt>, ApiError> {
     let batch = PublishBatch {
         body,
@@ -298,6 +282,7 @@ pub async fn single(
     shard: &Rc<Shard>,
     ctl: &ConnCtl,
     principal: &Principal,
+    publisher: Arc<Publisher>,
     req: Request,
 ) -> Result<Response, ApiError> {
     let key = idempotency::key_of(&req)?;
@@ -313,7 +298,6 @@ pub async fn single(
         .publish_rates
         .charge(&principal.subject, 1, body.len())?;
     let spans = finish_spans(&mut body, vec![parsed]);
-    let publisher = sign(&mut body, principal);
     let topic = String::from_utf8_lossy(&body[spans[0].topic.clone()]).into_owned();
     let owner = owner_of(&topic, shard.count);
     let receipts = publish_to(shard, owner, Arc::new(body), spans, publisher).await?;
@@ -334,6 +318,7 @@ pub async fn bulk(
     shard: &Rc<Shard>,
     ctl: &ConnCtl,
     principal: &Principal,
+    publisher: Arc<Publisher>,
     req: Request,
 ) -> Result<Response, ApiError> {
     let key = idempotency::key_of(&req)?;
@@ -387,7 +372,6 @@ pub async fn bulk(
         .publish_rates
         .charge(&principal.subject, parsed.len(), body.len())?;
     let spans = finish_spans(&mut body, parsed);
-    let publisher = sign(&mut body, principal);
     let topics: Vec<String> = spans
         .iter()
         .map(|s| String::from_utf8_lossy(&body[s.topic.clone()]).into_owned())
@@ -409,7 +393,7 @@ pub async fn bulk(
         }
         let shard = Rc::clone(shard);
         let body = Arc::clone(&body);
-        let publisher = publisher.clone();
+        let publisher = Arc::clone(&publisher);
         calls.push((
             keys,
             crate::shard::spawn_local(async move {

@@ -35,17 +35,17 @@ pub struct DraftSpan {
 pub struct PublishBatch {
     pub body: Arc<Vec<u8>>,
     pub items: Vec<DraftSpan>,
-    /// Who publishes, as byte ranges into `body` (appended to it by the API layer, so the
-    /// batch carries them without an allocation of their own): the owner of any topic
-    /// record the batch creates.
-    pub publisher: PublisherSpan,
+    /// Who publishes: the owner of any topic record the batch creates.
+    pub publisher: Arc<Publisher>,
 }
 
-/// The publisher's token subject and the name a created record's description shows.
-#[derive(Clone)]
-pub struct PublisherSpan {
-    pub subject: Range<usize>,
-    pub name: Range<usize>,
+/// The publisher's token subject and the name a created record's description shows. Made
+/// once per verified token and shared (see `api::AuthCache`), so that a publish carries it
+/// without allocating.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Publisher {
+    pub subject: Box<str>,
+    pub name: Box<str>,
 }
 
 /// Who asks to change or delete a topic record.
@@ -202,7 +202,7 @@ pub fn apply(
                         tickets.extend(store.append(&msg));
                         let created = table.ensure_record(draft.topic, || {
                             let who = &batch.publisher;
-                            TopicRecord::auto_created(text(&who.subject), text(&who.name), now_ms)
+                            TopicRecord::auto_created(&who.subject, &who.name, now_ms)
                         });
                         if let Some(record) = created {
                             tickets.extend(store.save_topic(draft.topic, record));
