@@ -298,16 +298,16 @@ pub async fn single(
         .publish_rates
         .charge(&principal.subject, 1, body.len())?;
     let spans = finish_spans(&mut body, vec![parsed]);
-    let topic = String::from_utf8_lossy(&body[spans[0].topic.clone()]).into_owned();
-    let owner = owner_of(&topic, shard.count);
-    let receipts = publish_to(shard, owner, Arc::new(body), spans, publisher).await?;
+    let topic_bytes = spans[0].topic.clone();
+    let body = Arc::new(body);
+    // Validated (or appended) as UTF-8 when parsed.
+    let topic = std::str::from_utf8(&body[topic_bytes]).unwrap_or_default();
+    let owner = owner_of(topic, shard.count);
+    let receipts = publish_to(shard, owner, Arc::clone(&body), spans, publisher).await?;
     let receipt = receipts
         .first()
         .ok_or_else(|| ApiError::new(500, "INTERNAL", "the topic owner returned no receipt"))?;
-    let response = Response::json(
-        201,
-        receipt_json(display_name(&topic), receipt).into_bytes(),
-    );
+    let response = Response::json(201, receipt_json(display_name(topic), receipt).into_bytes());
     if let Some(held) = held {
         held.record(&response).await;
     }
