@@ -43,18 +43,21 @@ fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::
     <&RawValue>::deserialize(d).map(Some)
 }
 
-/// A validated poll request.
-struct PollRequest {
+/// A validated poll request (public for the fuzz targets).
+#[derive(Debug)]
+pub struct PollRequest {
     /// Bare names, deduplicated, in request order.
-    topics: Vec<std::sync::Arc<str>>,
+    pub topics: Vec<std::sync::Arc<str>>,
     /// Cursor per bare name; empty when `since` was absent, `null` or `{}`. Bounded by the
     /// body size limit.
-    since: HashMap<String, String>,
-    timeout_secs: u64,
+    pub since: HashMap<String, String>,
+    pub timeout_secs: u64,
 }
 
 impl PollRequest {
-    fn parse(body: &[u8], max_topics: usize, max_timeout: u64) -> Result<Self, ApiError> {
+    /// Validates a `POST /messages/poll` body: at most `max_topics` topics, a timeout of 1
+    /// to 60 seconds shortened to `max_timeout`.
+    pub fn parse(body: &[u8], max_topics: usize, max_timeout: u64) -> Result<Self, ApiError> {
         let text = std::str::from_utf8(body)
             .map_err(|_| ApiError::invalid("INVALID_JSON", "the body is not valid UTF-8"))?;
         let raw: RawPoll<'_> = serde_json::from_str(text).map_err(|e| {

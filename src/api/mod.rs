@@ -6,14 +6,14 @@
 
 pub mod accounts;
 mod ack;
-mod compat_poll;
+pub mod compat_poll;
 pub mod conn;
 mod cors;
 pub mod error;
 mod idempotency;
 pub mod limits;
 mod poll;
-mod publish;
+pub mod publish;
 mod subscriptions;
 mod topics;
 mod ws_session;

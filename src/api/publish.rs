@@ -129,7 +129,40 @@ impl Parsed {
     }
 }
 
-const MAX_TTL_SECS: u64 = 100 * 365 * 24 * 3600;
+/// The longest `ttl` accepted, in seconds (a century).
+pub const MAX_TTL_SECS: u64 = 100 * 365 * 24 * 3600;
+
+/// A publish body as the validator accepted it, borrowing from the body: what
+/// `POST /api/v1/messages` (and each bulk item) publishes. Public for the fuzz targets.
+#[derive(Debug)]
+pub struct ValidMessage<'a> {
+    pub topic: Cow<'a, str>,
+    /// Raw JSON text of the payload, exactly as sent.
+    pub payload: &'a str,
+    /// Raw JSON text of the metadata object, if any.
+    pub metadata: Option<&'a str>,
+    pub ttl_ms: Option<u64>,
+}
+
+/// Validates one message object (`text`, a part of `body`) the way the publish endpoints
+/// do, without publishing it.
+pub fn validate_message<'a>(
+    body: &'a [u8],
+    text: &'a str,
+    max_depth: usize,
+) -> Result<ValidMessage<'a>, ApiError> {
+    let parsed = parse_message(body, text, max_depth)?;
+    let slice = |range: Range<usize>| std::str::from_utf8(&body[range]).unwrap_or_default();
+    Ok(ValidMessage {
+        topic: match parsed.escaped_topic {
+            Some(name) => Cow::Owned(name),
+            None => Cow::Borrowed(slice(parsed.span.topic)),
+        },
+        payload: slice(parsed.span.payload),
+        metadata: parsed.span.metadata.map(slice),
+        ttl_ms: parsed.span.ttl_ms,
+    })
+}
 
 fn offset_in(body: &[u8], part: &str) -> Range<usize> {
     let start = part.as_ptr() as usize - body.as_ptr() as usize;
