@@ -1,12 +1,14 @@
 //! Request-body validators of the API, called directly: the publish message validator
-//! (`api::publish::validate_message`, also used for each bulk item) and the original relay's
-//! long-poll body (`api::compat_poll::PollRequest::parse`).
+//! (`api::publish::validate_message`, also used for each bulk item), the original relay's
+//! long-poll body (`api::compat_poll::PollRequest::parse`) and WebSocket client frames
+//! (`api::ws_command::parse`).
 //!
-//! Input: a selector byte (even: publish, odd: poll), a limits byte, then the body. The
+//! Input: a selector byte (modulo 3: publish, poll, WebSocket frame), a limits byte, then
+//! the body. The
 //! oracle: a body either gets a 422 with one of the codes the README lists for that
 //! endpoint, or is accepted, and then everything it accepted satisfies the documented
 //! rules, re-checked here independently (topic names, JSON of payload and metadata, TTL
-//! range, topic count and uniqueness, timeout range, cursors as strings).
+//! range, topic count and uniqueness, timeout range; a frame's `type` and topic lists).
 #![no_main]
 
 use std::collections::{BTreeMap, HashSet};
@@ -14,6 +16,7 @@ use std::collections::{BTreeMap, HashSet};
 use libfuzzer_sys::fuzz_target;
 use pulsar_relay::api::compat_poll::PollRequest;
 use pulsar_relay::api::publish::{validate_message, MAX_TTL_SECS};
+use pulsar_relay::api::ws_command::{self, Command};
 use pulsar_relay::topic::valid_topic_name;
 use serde_json::value::RawValue;
 
@@ -24,16 +27,62 @@ fuzz_target!(|data: &[u8]| {
     let Some((&[selector, limits], body)) = data.split_first_chunk::<2>() else {
         return;
     };
-    if selector % 2 == 0 {
-        publish(body, usize::from(limits % 70));
-    } else {
-        poll(
+    match selector % 3 {
+        0 => publish(body, usize::from(limits % 70)),
+        1 => poll(
             body,
             usize::from(limits % 8) + 1,
             u64::from(limits / 8 % 70) + 1,
-        );
+        ),
+        _ => frame(body),
     }
 });
+
+fn frame(text: &[u8]) {
+    // Text frames reach the parser only after the frame decoder checked their UTF-8.
+    if std::str::from_utf8(text).is_err() {
+        return;
+    }
+    match ws_command::parse(text) {
+        Err(e) => {
+            assert_eq!(e.status, 422, "{e:?}");
+            assert!(
+                [
+                    "INVALID_JSON",
+                    "MISSING_TYPE",
+                    "UNKNOWN_MESSAGE_TYPE",
+                    "INVALID_FRAME"
+                ]
+                .contains(&e.code),
+                "{e:?}"
+            );
+        }
+        Ok(command) => {
+            let object: BTreeMap<String, &RawValue> =
+                serde_json::from_slice(text).expect("an accepted frame is a JSON object");
+            let kind: String = serde_json::from_str(object["type"].get()).unwrap();
+            let topics =
+                || -> Vec<String> { serde_json::from_str(object["topics"].get()).unwrap() };
+            match command {
+                Command::Subscribe(cmd) => {
+                    assert_eq!(kind, "subscribe");
+                    assert_eq!(cmd.topics, topics());
+                }
+                Command::Unsubscribe(cmd) => {
+                    assert_eq!(kind, "unsubscribe");
+                    assert_eq!(cmd.topics, topics());
+                }
+                Command::Ack(cmd) => {
+                    assert_eq!(kind, "ack");
+                    let id: String = serde_json::from_str(object["message_id"].get()).unwrap();
+                    assert_eq!(cmd.message_id, id);
+                }
+                Command::Auth(_) => assert_eq!(kind, "auth"),
+                Command::Ping => assert_eq!(kind, "ping"),
+            }
+        }
+    }
+}
 
 fn publish(body: &[u8], max_depth: usize) {
     let Ok(text) = std::str::from_utf8(body) else {

@@ -16,6 +16,7 @@ mod poll;
 pub mod publish;
 mod subscriptions;
 mod topics;
+pub mod ws_command;
 mod ws_session;
 
 use std::io;

@@ -17,13 +17,14 @@ use std::task::Poll;
 use std::time::Instant;
 
 use futures_lite::AsyncWrite;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use super::ack::{self, AckOutcome};
 use super::conn::{poll_read_into, Conn, Event};
 use super::error::ApiError;
 use super::limits::{self, Bucket};
 use super::subscriptions::{ReplayProblem, Subscriptions};
+use super::ws_command::{self, AckCmd, AuthCmd, Command, SubscribeCmd, UnsubscribeCmd};
 use super::{parse_client_id, parse_topics, permit_topics, scope_topics};
 use crate::auth::{AuthError, Permission, Principal};
 use crate::config::SlowConsumer;
@@ -252,35 +253,6 @@ struct Reply<'a> {
     session_id: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     timestamp: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct Tagged {
-    #[serde(rename = "type")]
-    kind: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct SubscribeCmd {
-    topics: Vec<String>,
-    client_id: Option<String>,
-    since: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct UnsubscribeCmd {
-    topics: Vec<String>,
-}
-
-#[derive(Deserialize)]
-struct AuthCmd {
-    token: String,
-}
-
-#[derive(Deserialize)]
-struct AckCmd {
-    message_id: String,
-    topic: Option<String>,
 }
 
 pub async fn run(conn: &mut Conn, up: Upgrade) -> io::Result<()> {
@@ -542,30 +514,17 @@ impl Session {
     }
 
     async fn command(&mut self, text: &[u8]) {
-        let result = match serde_json::from_slice::<Tagged>(text) {
-            Err(_) => Err(ApiError::invalid("INVALID_JSON", "frames must be JSON objects with a `type`")),
-            Ok(Tagged { kind: None }) => Err(ApiError::invalid("MISSING_TYPE", "the frame has no `type`")),
-            Ok(Tagged { kind: Some(kind) }) => match kind.as_str() {
-                "subscribe" => match parse::<SubscribeCmd>(text) {
-                    Ok(cmd) => self.subscribe(cmd).await,
-                    Err(e) => Err(e),
-                },
-                "unsubscribe" => parse::<UnsubscribeCmd>(text).and_then(|cmd| self.unsubscribe(cmd)),
-                "ack" => match parse::<AckCmd>(text) {
-                    Ok(cmd) => self.ack(cmd).await,
-                    Err(e) => Err(e),
-                },
-                "auth" => parse::<AuthCmd>(text).and_then(|cmd| self.reauthenticate(cmd)),
-                "ping" => {
-                    let pong = format!(r#"{{"type":"pong","timestamp":"{}"}}"#, rfc3339(now_ms()));
-                    self.out.push_json(pong.as_bytes());
-                    Ok(())
-                }
-                other => Err(ApiError::invalid(
-                    "UNKNOWN_MESSAGE_TYPE",
-                    format!("unknown frame type {other:?}; expected subscribe, unsubscribe, ack, auth or ping"),
-                )),
-            },
+        let result = match ws_command::parse(text) {
+            Err(e) => Err(e),
+            Ok(Command::Subscribe(cmd)) => self.subscribe(cmd).await,
+            Ok(Command::Unsubscribe(cmd)) => self.unsubscribe(cmd),
+            Ok(Command::Ack(cmd)) => self.ack(cmd).await,
+            Ok(Command::Auth(cmd)) => self.reauthenticate(cmd),
+            Ok(Command::Ping) => {
+                let pong = format!(r#"{{"type":"pong","timestamp":"{}"}}"#, rfc3339(now_ms()));
+                self.out.push_json(pong.as_bytes());
+                Ok(())
+            }
         };
         if let Err(e) = result {
             self.reject(e);
@@ -747,8 +706,4 @@ impl Session {
             )),
         }
     }
-}
-
-fn parse<'a, T: Deserialize<'a>>(text: &'a [u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(text).map_err(|e| ApiError::invalid("INVALID_FRAME", e.to_string()))
 }
