@@ -321,7 +321,8 @@ pub struct AccountsConfig {
     /// Lifetime of access tokens from `/auth/login` and `/auth/token/refresh`.
     #[serde(with = "duration")]
     pub access_token_ttl: Duration,
-    /// Absolute lifetime of a refresh token (rotation does not extend a chain's tokens).
+    /// Lifetime of each refresh token from its issue; the token a refresh returns starts a
+    /// fresh one, so only a chain left unused this long ends.
     #[serde(with = "duration")]
     pub refresh_token_ttl: Duration,
     /// `/auth/login` and `/auth/token/refresh` attempts per minute per client address and
