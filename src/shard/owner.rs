@@ -197,15 +197,18 @@ pub fn apply(
                             metadata: span.metadata.clone().map(|r| &body[r]),
                             ttl_ms: span.ttl_ms,
                         };
-                        let (msg, interested) = table.publish(&draft, now_ms, durable);
-                        fanout(&msg, interested);
+                        let published = table.publish(&draft, now_ms, durable);
+                        let msg = published.msg;
+                        fanout(&msg, published.interested);
                         tickets.extend(store.append(&msg));
-                        let created = table.ensure_record(draft.topic, || {
-                            let who = &batch.publisher;
-                            TopicRecord::auto_created(&who.subject, &who.name, now_ms)
-                        });
-                        if let Some(record) = created {
-                            tickets.extend(store.save_topic(draft.topic, record));
+                        if published.unrecorded {
+                            let created = table.ensure_record(draft.topic, || {
+                                let who = &batch.publisher;
+                                TopicRecord::auto_created(&who.subject, &who.name, now_ms)
+                            });
+                            if let Some(record) = created {
+                                tickets.extend(store.save_topic(draft.topic, record));
+                            }
                         }
                         Receipt {
                             id: msg.id,

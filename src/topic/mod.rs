@@ -210,6 +210,16 @@ pub struct HistoryRange {
     pub until_inclusive: bool,
 }
 
+/// What [`TopicTable::publish`] did.
+pub struct Published {
+    pub msg: Arc<Message>,
+    /// The shards with subscribers for the topic.
+    pub interested: ShardSet,
+    /// The topic has no record yet: the publisher's should be made
+    /// ([`TopicTable::ensure_record`]); known here without a second lookup per message.
+    pub unrecorded: bool,
+}
+
 /// Which way a history page runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Order {
@@ -290,7 +300,7 @@ impl TopicTable {
     }
 
     /// Assigns the next ID, appends to the ring and returns the message together with the
-    /// shards that must receive it.
+    /// shards that must receive it (and whether the topic still lacks its record).
     ///
     /// `durable` is how far the persistent tier has confirmed this shard's writes (`None`
     /// without one): a message newer than that is not evicted, since it would then be in
@@ -300,7 +310,7 @@ impl TopicTable {
         draft: &Draft<'_>,
         now_ms: u64,
         durable: Option<MessageId>,
-    ) -> (Arc<Message>, ShardSet) {
+    ) -> Published {
         self.durable = durable;
         let per_topic = self.limits.messages_per_topic;
         let id = self.clock.next(now_ms);
@@ -318,11 +328,16 @@ impl TopicTable {
             topic.has_older = true;
         }
         let interested = topic.interested;
+        let unrecorded = topic.record.is_none();
         self.bytes = self.bytes + added - freed;
         if self.bytes > self.limits.max_bytes {
             self.evict_to_budget();
         }
-        (msg, interested)
+        Published {
+            msg,
+            interested,
+            unrecorded,
+        }
     }
 
     /// Frees ring space until the shard is under 90% of its byte budget, oldest messages of
@@ -624,7 +639,7 @@ mod tests {
             metadata: None,
             ttl_ms: None,
         };
-        t.publish(&draft, now, None).0
+        t.publish(&draft, now, None).msg
     }
 
     fn ids(snapshot: &Snapshot) -> Vec<MessageId> {
@@ -676,9 +691,15 @@ mod tests {
             metadata: None,
             ttl_ms: None,
         };
-        assert_eq!(t.publish(&draft, 1, None).1.iter().collect::<Vec<_>>(), [1]);
+        assert_eq!(
+            t.publish(&draft, 1, None)
+                .interested
+                .iter()
+                .collect::<Vec<_>>(),
+            [1]
+        );
         t.drop_interest("x", 1);
-        assert!(t.publish(&draft, 2, None).1.is_empty());
+        assert!(t.publish(&draft, 2, None).interested.is_empty());
     }
 
     #[test]
@@ -714,7 +735,7 @@ mod tests {
             metadata: None,
             ttl_ms: None,
         };
-        let first = t.publish(&draft, 1, Some(MessageId::ZERO)).0.id;
+        let first = t.publish(&draft, 1, Some(MessageId::ZERO)).msg.id;
         for ms in 2..=4 {
             t.publish(&draft, ms, Some(MessageId::ZERO));
         }
@@ -870,7 +891,7 @@ mod tests {
                     metadata: None,
                     ttl_ms: None,
                 };
-                t.publish(&draft, i, Some(MessageId::new(i, 0))).0.id
+                t.publish(&draft, i, Some(MessageId::new(i, 0))).msg.id
             })
             .collect();
         // The ring holds m[2], m[3]; m[0], m[1] are only in the stream.
@@ -919,7 +940,9 @@ mod tests {
             metadata: None,
             ttl_ms: None,
         };
-        let (msg, interested) = t.publish(&draft, 1, None);
+        let Published {
+            msg, interested, ..
+        } = t.publish(&draft, 1, None);
         assert!(msg.id > last, "IDs never go backwards");
         assert_eq!(interested.iter().collect::<Vec<_>>(), [1]);
         t.create_record("x", record()).unwrap();
