@@ -90,35 +90,6 @@ fn publish_n_as(relay: &Relay, token: &str, topic: &str, n: usize) -> Vec<String
         .collect()
 }
 
-/// Runs `poll` while another connection publishes `payload` to `topic` every 100 ms (from
-/// 200 ms on) until the poll answered; returns the answer and the IDs published.
-fn poll_while_publishing(
-    relay: &Relay,
-    topic: &str,
-    payload: &'static str,
-    poll: impl FnOnce() -> Response,
-) -> (Response, Vec<String>) {
-    let stop = Arc::new(AtomicBool::new(false));
-    let publisher = {
-        let addr = relay.addr;
-        let topic = topic.to_string();
-        let stop = Arc::clone(&stop);
-        thread::spawn(move || {
-            let mut http = Http::connect(addr);
-            let mut published = Vec::new();
-            thread::sleep(Duration::from_millis(200));
-            while !stop.load(Ordering::Acquire) && published.len() < 100 {
-                published.push(id_of(&http.publish(&topic, payload)).to_string());
-                thread::sleep(Duration::from_millis(100));
-            }
-            published
-        })
-    };
-    let resp = poll();
-    stop.store(true, Ordering::Release);
-    (resp, publisher.join().unwrap())
-}
-
 #[test]
 fn invalid_requests_are_422_and_lax_timeouts_are_accepted() {
     let relay = Relay::start();

@@ -3,9 +3,6 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::thread;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -113,29 +110,13 @@ fn parked_poll_wakes_up_on_publish_from_another_connection() {
     for topic in topics_on_each_shard("poll-wake") {
         // Older history must not satisfy a poll without `since`.
         relay.publish(&topic, r#""old""#);
-        let stop = Arc::new(AtomicBool::new(false));
-        let publisher = {
-            let addr = relay.addr;
-            let topic = topic.clone();
-            let stop = Arc::clone(&stop);
-            thread::spawn(move || {
-                // Publish until the poll answers: whichever message is the first after the
-                // poll registered wakes it.
-                let mut http = Http::connect(addr);
-                let mut receipts = Vec::new();
-                thread::sleep(Duration::from_millis(200));
-                while !stop.load(Ordering::Acquire) && receipts.len() < 100 {
-                    receipts.push(id_of(&http.publish(&topic, r#""new""#)).to_string());
-                    thread::sleep(Duration::from_millis(100));
-                }
-                receipts
-            })
-        };
+        // Publish until the poll answers: whichever message is the first after the poll
+        // registered wakes it.
         let started = Instant::now();
-        let resp = relay.poll(&format!("topics={topic}&timeout=20"));
+        let (resp, published) = poll_while_publishing(&relay, &topic, r#""new""#, || {
+            relay.poll(&format!("topics={topic}&timeout=20"))
+        });
         let elapsed = started.elapsed();
-        stop.store(true, Ordering::Release);
-        let published = publisher.join().unwrap();
         let got = messages(&resp);
         assert!(
             !got.is_empty(),
@@ -154,25 +135,10 @@ fn poll_on_several_topics_wakes_for_either_owner() {
     let relay = Relay::start();
     let topics = topics_on_each_shard("poll-multi");
     for (k, target) in topics.iter().enumerate() {
-        let stop = Arc::new(AtomicBool::new(false));
-        let publisher = {
-            let addr = relay.addr;
-            let target = target.clone();
-            let stop = Arc::clone(&stop);
-            thread::spawn(move || {
-                let mut http = Http::connect(addr);
-                thread::sleep(Duration::from_millis(200));
-                let mut n = 0;
-                while !stop.load(Ordering::Acquire) && n < 100 {
-                    http.publish(&target, &format!(r#"{{"k":{k}}}"#));
-                    n += 1;
-                    thread::sleep(Duration::from_millis(100));
-                }
-            })
-        };
-        let resp = relay.poll(&format!("topics={},{}&timeout=20", topics[0], topics[1]));
-        stop.store(true, Ordering::Release);
-        publisher.join().unwrap();
+        let payload = format!(r#"{{"k":{k}}}"#);
+        let (resp, _) = poll_while_publishing(&relay, target, &payload, || {
+            relay.poll(&format!("topics={},{}&timeout=20", topics[0], topics[1]))
+        });
         let got = messages(&resp);
         assert!(!got.is_empty(), "poll on both topics missed {target}");
         assert!(got.iter().all(|m| m["topic"] == target.as_str()), "{got:?}");

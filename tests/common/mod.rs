@@ -10,6 +10,7 @@
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -809,6 +810,36 @@ pub fn assert_relay_still_serves(relay: &Relay) {
         assert_eq!(got["message_id"], receipt["message_id"]);
         assert_eq!(got["payload"], serde_json::json!({"alive": true}));
     }
+}
+
+/// Runs `poll` while another connection publishes `payload` to `topic` every 100 ms (from
+/// 200 ms on) until the poll answered; returns the answer and the IDs published.
+pub fn poll_while_publishing(
+    relay: &Relay,
+    topic: &str,
+    payload: &str,
+    poll: impl FnOnce() -> Response,
+) -> (Response, Vec<String>) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let publisher = {
+        let addr = relay.addr;
+        let topic = topic.to_string();
+        let payload = payload.to_string();
+        let stop = Arc::clone(&stop);
+        thread::spawn(move || {
+            let mut http = Http::connect(addr);
+            let mut published = Vec::new();
+            thread::sleep(Duration::from_millis(200));
+            while !stop.load(Ordering::Acquire) && published.len() < 100 {
+                published.push(id_of(&http.publish(&topic, &payload)).to_string());
+                thread::sleep(Duration::from_millis(100));
+            }
+            published
+        })
+    };
+    let resp = poll();
+    stop.store(true, Ordering::Release);
+    (resp, publisher.join().unwrap())
 }
 
 // ---------------------------------------------------------------------------------------
