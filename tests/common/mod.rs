@@ -885,32 +885,22 @@ impl Relay {
     /// Polls `GET /ready` until it answers 200; panics after `timeout`.
     #[track_caller]
     pub fn wait_ready(&self, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let resp = self.ready();
-            if resp.status == 200 {
-                return;
-            }
-            if Instant::now() >= deadline {
-                panic!(
-                    "/ready is still {} after {timeout:?}: {}\n{}",
-                    resp.status,
-                    resp.text(),
-                    self.output()
-                );
-            }
-            thread::sleep(Duration::from_millis(25));
-        }
+        self.wait_ready_status(200, timeout);
     }
 
     /// Polls `GET /ready` until it answers 503 and returns that response; panics after
     /// `timeout`.
     #[track_caller]
     pub fn wait_not_ready(&self, timeout: Duration) -> Response {
+        self.wait_ready_status(503, timeout)
+    }
+
+    #[track_caller]
+    fn wait_ready_status(&self, status: u16, timeout: Duration) -> Response {
         let deadline = Instant::now() + timeout;
         loop {
             let resp = self.ready();
-            if resp.status == 503 {
+            if resp.status == status {
                 return resp;
             }
             if Instant::now() >= deadline {
