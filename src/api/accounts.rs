@@ -474,7 +474,7 @@ pub async fn ensure_bootstrap_admin(shard: &Rc<Shard>) -> Result<(), String> {
             );
             Ok(())
         }
-        other => Err(format!("{other:?}")),
+        other => Err(unexpected(other).detail),
     }
 }
 
@@ -634,10 +634,16 @@ fn unexpected(reply: DirectoryReply) -> ApiError {
             "the account directory could not complete the change (loading, or Valkey unavailable); retry",
         )
         .with_header("Retry-After", "1"),
-        other => ApiError::new(
+        // Only the failure is described: other answers may carry a refresh token.
+        DirectoryReply::Failed(e) => ApiError::new(
             500,
             "INTERNAL",
-            format!("unexpected answer from the account directory: {other:?}"),
+            format!("unexpected failure in the account directory: {e:?}"),
+        ),
+        _ => ApiError::new(
+            500,
+            "INTERNAL",
+            "unexpected answer from the account directory",
         ),
     }
 }
