@@ -144,3 +144,42 @@ fn namespaced_streams_survive_a_restart() {
         .collect();
     assert_eq!(replayed, [1, 3], "only alice's messages, in order");
 }
+
+#[test]
+fn acks_name_topics_in_their_own_namespace() {
+    let relay = Relay::start_with(&[PER_USER]);
+    let alice = token("alice", Permissions::READ | Permissions::WRITE);
+    let get = |query: &str| {
+        let resp = relay.request(
+            "GET",
+            &format!("/api/v1/poll?{query}"),
+            &[auth_header(&alice).as_pair()],
+            b"",
+        );
+        resp.assert_status(200);
+        resp.json()["messages"].as_array().unwrap().clone()
+    };
+    let first = publish(&relay, &alice, "jobs", 1);
+    publish(&relay, &alice, "jobs", 2);
+    assert_eq!(
+        get("topics=jobs&client_id=c1&since=earliest&timeout=1").len(),
+        2
+    );
+    let ack = relay.request(
+        "POST",
+        "/api/v1/ack",
+        &[auth_header(&alice).as_pair()],
+        json!({"message_ids": [id_of(&first)], "client_id": "c1", "topic": "jobs"})
+            .to_string()
+            .as_bytes(),
+    );
+    ack.assert_status(200);
+    assert_eq!(ack.json()["acknowledged"], 1, "{}", ack.text());
+    let rest = get("topics=jobs&client_id=c1&timeout=1");
+    assert_eq!(
+        rest.len(),
+        1,
+        "the ack moved alice's position in alice's jobs"
+    );
+    assert_eq!(rest[0]["payload"]["n"], 2);
+}
