@@ -528,7 +528,11 @@ mod confined {
 
     fn confine(cmd: &mut Command, filter: &seccomp::Filter, uid: Option<u32>) {
         use std::os::unix::process::CommandExt;
-        if let Some(uid) = uid {
+        // Changing user takes root; an unprivileged run keeps its own (the filter is the
+        // part under test, the user is the deployment's choice).
+        // SAFETY: geteuid has no preconditions.
+        let root = unsafe { libc::geteuid() } == 0;
+        if let Some(uid) = uid.filter(|_| root) {
             // std drops the supplementary groups, then sets the group and the user, before the
             // closure below runs: the filter goes on last, as systemd does.
             cmd.uid(uid).gid(uid);
