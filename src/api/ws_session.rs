@@ -543,7 +543,10 @@ impl Session {
                 "a session cannot change its subject; open a new connection",
             ));
         }
-        if let Some(denied) = self.subs.topics().find(|t| !principal.may_use(t)) {
+        // Subscriptions are held by topic key (namespaced in `per_user`); the claim and
+        // the consumer speak of bare names.
+        let mut subscribed = self.subs.topics().map(|key| display_name(key));
+        if let Some(denied) = subscribed.find(|name| !principal.may_use(name)) {
             return Err(ApiError::topic_forbidden(denied));
         }
         let expires = rfc3339(principal.expires_at.saturating_mul(1000));
@@ -690,7 +693,15 @@ impl Session {
             None => None,
         };
         let candidates: Vec<Box<str>> = self.subs.topics().map(|t| Box::from(&**t)).collect();
-        let outcome = ack::acknowledge(&self.shard, consumer, &[id], topic, Some(candidates)).await;
+        let outcome = ack::acknowledge(
+            &self.shard,
+            &self.principal,
+            consumer,
+            &[id],
+            topic,
+            Some(candidates),
+        )
+        .await;
         match outcome.first() {
             Some(AckOutcome::Acked) => Ok(()),
             Some(AckOutcome::Ambiguous) => Err(ApiError::invalid(
