@@ -421,9 +421,15 @@ fn malformed_framing_is_rejected_and_the_connection_closed() {
         ),
         (
             "unsupported Transfer-Encoding",
-            format!("{publish_head}Transfer-Encoding: gzip\r\n\r\n").into_bytes(),
+            format!("{publish_head}Transfer-Encoding: gzip, chunked\r\n\r\n").into_bytes(),
             501,
             "UNSUPPORTED_TRANSFER_ENCODING",
+        ),
+        (
+            "Transfer-Encoding not ending in chunked",
+            format!("{publish_head}Transfer-Encoding: gzip\r\n\r\n").into_bytes(),
+            400,
+            "BAD_TRANSFER_ENCODING",
         ),
         (
             "bad chunk size",

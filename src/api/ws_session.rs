@@ -67,7 +67,7 @@ pub async fn upgrade(shard: &Rc<Shard>, req: &Request) -> Result<Upgrade, ApiErr
             ));
         }
     }
-    let accept_key = handshake::accept(&req.headers, true).map_err(|e| {
+    let accept_key = handshake::accept(&req.headers, true, req.version_minor).map_err(|e| {
         let mut err = ApiError::new(e.status(), e.code(), e.detail());
         if e.status() == 426 {
             err = err.with_header("Sec-WebSocket-Version", "13");
