@@ -157,6 +157,12 @@ impl Principal {
         })
     }
 
+    /// Whether the token carries a `topics` claim and it covers `topic`: an explicit grant
+    /// of that name, which a token without the claim (allowed every topic) does not hold.
+    pub fn scoped_to(&self, topic: &str) -> bool {
+        self.topics.is_some() && self.may_use(topic)
+    }
+
     pub fn require(&self, permission: Permission) -> Result<(), AuthError> {
         if self.permissions.contains(permission.into()) {
             Ok(())
@@ -772,12 +778,15 @@ WfEPHEyfibBgHg11aYqJDCPL80bWsmx3m89ZfeDcwgmdNmjmJnJvzDikEA==
             jti: None,
         };
         assert!(p.may_use("anything"));
+        assert!(!p.scoped_to("anything"), "no claim grants no name");
         p.topics = Some(vec!["jobs.*".into(), "alerts".into(), "a*b*c".into()]);
         for ok in ["jobs.1", "jobs.a.b", "alerts", "abc", "a-b-c", "aXbYc"] {
             assert!(p.may_use(ok), "{ok}");
+            assert!(p.scoped_to(ok), "{ok}");
         }
         for denied in ["jobs", "job.1", "alerts2", "xalerts", "ab", "acb"] {
             assert!(!p.may_use(denied), "{denied}");
+            assert!(!p.scoped_to(denied), "{denied}");
         }
         p.topics = Some(Vec::new());
         assert!(!p.may_use("jobs.1"), "an empty list allows nothing");

@@ -952,8 +952,8 @@ fn smuggling_shapes_are_refused_and_the_smuggled_request_never_runs() {
         (
             "Transfer-Encoding: chunked, identity",
             post("Transfer-Encoding: chunked, identity\r\n", "0\r\n\r\n"),
-            501,
-            "UNSUPPORTED_TRANSFER_ENCODING",
+            400,
+            "BAD_TRANSFER_ENCODING",
         ),
         (
             "Transfer-Encoding: identity, chunked",
@@ -964,8 +964,8 @@ fn smuggling_shapes_are_refused_and_the_smuggled_request_never_runs() {
         (
             "Transfer-Encoding: xchunked",
             post("Transfer-Encoding: xchunked\r\n", "0\r\n\r\n"),
-            501,
-            "UNSUPPORTED_TRANSFER_ENCODING",
+            400,
+            "BAD_TRANSFER_ENCODING",
         ),
         (
             "Transfer-Encoding: chunked twice",
@@ -973,8 +973,8 @@ fn smuggling_shapes_are_refused_and_the_smuggled_request_never_runs() {
                 "Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n",
                 "0\r\n\r\n",
             ),
-            501,
-            "UNSUPPORTED_TRANSFER_ENCODING",
+            400,
+            "BAD_TRANSFER_ENCODING",
         ),
         (
             "Transfer-Encoding with a space before the colon",

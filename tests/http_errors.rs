@@ -421,9 +421,15 @@ fn malformed_framing_is_rejected_and_the_connection_closed() {
         ),
         (
             "unsupported Transfer-Encoding",
-            format!("{publish_head}Transfer-Encoding: gzip\r\n\r\n").into_bytes(),
+            format!("{publish_head}Transfer-Encoding: gzip, chunked\r\n\r\n").into_bytes(),
             501,
             "UNSUPPORTED_TRANSFER_ENCODING",
+        ),
+        (
+            "Transfer-Encoding not ending in chunked",
+            format!("{publish_head}Transfer-Encoding: gzip\r\n\r\n").into_bytes(),
+            400,
+            "BAD_TRANSFER_ENCODING",
         ),
         (
             "bad chunk size",
@@ -716,11 +722,16 @@ fn connections_over_the_limit_get_503() {
         })
         .collect();
     let mut extra = relay.http();
-    extra.send_raw(&encode_request("GET", "/health", &[], b""));
+    extra.send_raw(&encode_request("GET", "/api/v1/topics", &[], b""));
     let resp = extra.read_response(true);
     resp.assert_error(503, "TOO_MANY_CONNECTIONS");
     assert!(resp.header("retry-after").is_some(), "{:?}", resp.headers);
     extra.assert_closed();
+    // Health checks still get through, one request per connection.
+    let mut health = relay.http();
+    health.send_raw(&encode_request("GET", "/health", &[], b""));
+    health.read_response(true).assert_status(200);
+    health.assert_closed();
     // The open ones keep working.
     for http in &mut open {
         http.request("GET", "/health", &[], b"").assert_status(200);
@@ -729,8 +740,8 @@ fn connections_over_the_limit_get_503() {
     drop(open.pop());
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let resp = relay.request("GET", "/health", &[], b"");
-        if resp.status == 200 {
+        let resp = relay.request("GET", "/api/v1/topics", &[], b"");
+        if resp.status == 401 {
             break;
         }
         resp.assert_error(503, "TOO_MANY_CONNECTIONS");

@@ -44,6 +44,12 @@ fn user(sub: &str) -> String {
     token(sub, Permissions::READ | Permissions::WRITE)
 }
 
+/// A token whose `topics` claim covers every name: with the (default) `global` namespace,
+/// owning a topic lets such a token change and delete it; owning alone does not.
+fn manager(sub: &str) -> String {
+    token_with(sub, &["read", "write"], json!({"topics": ["*"]}))
+}
+
 fn admin() -> String {
     token(
         "root",
@@ -178,7 +184,7 @@ fn assert_datetime(text: &Value, zone: &str) {
 #[test]
 fn create_detail_list_update_and_delete_a_topic() {
     let relay = Relay::start();
-    let alice = user("alice");
+    let alice = manager("alice");
     let resp = create(
         &relay,
         &alice,
@@ -206,9 +212,11 @@ fn create_detail_list_update_and_delete_a_topic() {
     let got = detail(&relay, &alice, "jobs");
     got.assert_status(200);
     assert_eq!(got.json(), record);
-    // Any valid token may read a record, whatever its permissions.
+    // Any token with `read` may read a record; one without gets 403 (the record names
+    // its owner).
+    assert_eq!(detail(&relay, &read_token(), "jobs").json(), record);
     let nobody = token("nobody", Permissions::default());
-    assert_eq!(detail(&relay, &nobody, "jobs").json(), record);
+    detail(&relay, &nobody, "jobs").assert_error(403, "PERMISSION_DENIED");
 
     let plain = created(&relay, &alice, "plain");
     assert_eq!(plain["description"], Value::Null, "emitted as null");
@@ -740,7 +748,7 @@ fn history_preserves_payload_bytes_and_metadata_strings_and_hides_expired_messag
 #[test]
 fn delete_removes_the_messages_and_ids_keep_growing() {
     let relay = Relay::start();
-    let alice = user("alice");
+    let alice = manager("alice");
     let topic = "short-lived";
     let old = publish_ns(&relay, &alice, topic, 0..3);
     let mut ws = relay.ws();
@@ -816,7 +824,7 @@ fn walk(relay: &Relay, token: &str, topic: &str, order: &str, size: usize) -> Ve
 fn records_and_history_survive_a_relay_restart() {
     let valkey = Valkey::start();
     let relay = start_on(&valkey, &[]);
-    let alice = user("alice");
+    let alice = manager("alice");
     let topics = topics_on_each_shard("kept");
     let mut records = Vec::new();
     for topic in &topics {
@@ -931,7 +939,7 @@ fn history_pages_cross_from_the_valkey_stream_into_the_ring_without_gap_or_dupli
 fn delete_removes_the_stream_the_positions_and_the_record_from_valkey() {
     let valkey = Valkey::start();
     let relay = start_on(&valkey, &[]);
-    let alice = user("alice");
+    let alice = manager("alice");
     let topic = topic_on("erased", 0);
     publish_ns(&relay, &alice, &topic, 0..3);
     // A durable consumer position, so that the positions hash exists.

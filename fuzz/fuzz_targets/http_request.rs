@@ -7,11 +7,12 @@
 //! `consumed` bytes after each request, stop at the first error), three ways: whole, cut into
 //! three pieces at the input's cut points, and (short streams) one byte at a time. All three
 //! must give the same requests, the same `consumed` values and the same ending. Every request
-//! is checked against the limits and the framing it claims.
+//! is checked against the limits and the framing it claims, against the line-ending rule (no
+//! bare LF in a head), the `Host` rules, and a model of the request target's forms.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use pulsar_relay::http::{HttpError, Limits, Request, RequestDecoder};
+use pulsar_relay::http::{HttpError, Limits, Method, Request, RequestDecoder};
 
 mod split;
 
@@ -127,6 +128,8 @@ fn check_request(limits: &Limits, buf: &[u8], req: &Request, consumed: usize) {
         !close && (req.version_minor == 1 || keep_alive)
     );
 
+    check_head(buf, req, consumed);
+
     let chunked = req.header("transfer-encoding").is_some();
     if !chunked {
         // Content-Length framing: the body is the last bytes consumed, verbatim, and the
@@ -150,8 +153,9 @@ fn check_request(limits: &Limits, buf: &[u8], req: &Request, consumed: usize) {
     }
 
     if let Some(query) = &req.query {
-        // A parameter whose name needs no decoding is found under that name.
-        for pair in query.split('&') {
+        // A parameter (a non-empty `&`-separated item) whose name needs no decoding is found
+        // under that name.
+        for pair in query.split('&').filter(|pair| !pair.is_empty()) {
             let key = pair.split_once('=').map_or(pair, |(key, _)| key);
             let decoded = req.query_param(key);
             if !key.contains(['%', '+']) {
@@ -159,6 +163,87 @@ fn check_request(limits: &Limits, buf: &[u8], req: &Request, consumed: usize) {
             }
         }
     }
+}
+
+/// The head's line endings, its `Host` fields and its target, each against a rule stated
+/// independently of the decoder.
+fn check_head(buf: &[u8], req: &Request, consumed: usize) {
+    // Leading empty lines are CRLFs; the head then ends at the first empty line.
+    let mut start = 0;
+    while buf[start..consumed].starts_with(b"\r\n") {
+        start += 2;
+    }
+    let head_end = start
+        + buf[start..consumed]
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .expect("a decoded head ends with an empty line")
+        + 4;
+    let head = &buf[..head_end];
+    for (i, &b) in head.iter().enumerate() {
+        assert!(b != b'\n' || (i > 0 && head[i - 1] == b'\r'), "bare LF at {i}");
+    }
+
+    // RFC 9112 §3.2: one Host on HTTP/1.1, never two, never an invalid one.
+    let hosts: Vec<&str> = req
+        .headers
+        .iter()
+        .filter(|(name, _)| name == "host")
+        .map(|(_, value)| value.as_str())
+        .collect();
+    assert!(hosts.len() <= 1, "{hosts:?}");
+    assert!(req.version_minor == 0 || hosts.len() == 1, "HTTP/1.1 without Host");
+    for host in hosts {
+        assert!(plausible_host(host), "{host:?}");
+    }
+
+    // The target: a path as sent, or an http(s) URI reduced to its path, or `*` (OPTIONS).
+    let line_end = start + head[start..].windows(2).position(|w| w == b"\r\n").unwrap();
+    let line = String::from_utf8_lossy(&head[start..line_end]);
+    let target = line.split(' ').nth(1).expect("a request line has a target");
+    let (path, query) = match target.split_once('?') {
+        Some((path, query)) => (path, Some(query)),
+        None => (target, None),
+    };
+    let lower = target.to_ascii_lowercase();
+    if target.starts_with('/') {
+        assert_eq!((req.path.as_str(), req.query.as_deref()), (path, query));
+    } else if lower.starts_with("http://") || lower.starts_with("https://") {
+        let after_scheme = &target[target.find("://").unwrap() + 3..];
+        let rest = &after_scheme[after_scheme.find(['/', '?']).unwrap_or(after_scheme.len())..];
+        let (path, query) = match rest.split_once('?') {
+            Some((path, query)) => (path, Some(query)),
+            None => (rest, None),
+        };
+        let path = if path.is_empty() { "/" } else { path };
+        assert_eq!((req.path.as_str(), req.query.as_deref()), (path, query));
+    } else {
+        assert_eq!((target, req.method), ("*", Method::Options));
+        assert_eq!(req.path, "*");
+    }
+}
+
+/// A necessary condition for a valid `Host` (RFC 3986 `host [":" port]`): visible ASCII
+/// without user info, path or whitespace; after an IP literal or a name, only `:digits`.
+fn plausible_host(value: &str) -> bool {
+    if value
+        .bytes()
+        .any(|b| !b.is_ascii_graphic() || b"@/?#\\\"<>^`{|}".contains(&b))
+    {
+        return false;
+    }
+    let port = match value.strip_prefix('[') {
+        Some(literal) => match literal.split_once(']') {
+            Some((_, port)) => port,
+            None => return false,
+        },
+        None => match value.rfind(':') {
+            Some(i) if value[..i].contains(':') => return false,
+            Some(i) => &value[i..],
+            None => "",
+        },
+    };
+    port.is_empty() || port[1..].bytes().all(|b| b.is_ascii_digit()) && port.starts_with(':')
 }
 
 fn check_error(limits: &Limits, err: &HttpError) {

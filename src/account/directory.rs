@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::refresh::{Changes, RefreshError, RefreshToken, RefreshTokens};
-use super::{AccountSync, User, MAX_DENIED, MAX_USERS};
+use super::{AccountSync, DeniedToken, DenyList, User, MAX_DENIED, MAX_USERS};
 use crate::auth::Permissions;
 
 pub enum DirectoryOp {
@@ -47,7 +47,7 @@ pub enum DirectoryOp {
         user_id: String,
         jti: String,
     },
-    /// Puts an access token's `jti` on the deny-list until `until_ms`.
+    /// Puts an access token (its subject's `jti`) on the deny-list until `until_ms`.
     Deny {
         jti: String,
         subject: String,
@@ -100,14 +100,14 @@ pub enum AccountWrite {
     RemoveUser(String),
     SaveToken(RefreshToken),
     RemoveToken(String),
-    Deny(String, u64),
+    Deny(DeniedToken),
 }
 
 pub struct Directory {
     users: HashMap<String, Arc<User>>,
     by_name: HashMap<String, String>,
     refresh: RefreshTokens,
-    denied: HashMap<String, u64>,
+    denied: DenyList,
     refresh_ttl_ms: u64,
 }
 
@@ -145,14 +145,14 @@ impl Directory {
     pub fn restore(
         users: Vec<User>,
         tokens: Vec<RefreshToken>,
-        denied: Vec<(String, u64)>,
+        denied: Vec<DeniedToken>,
         refresh_ttl_ms: u64,
     ) -> Directory {
         let mut dir = Directory {
             users: HashMap::new(),
             by_name: HashMap::new(),
             refresh: RefreshTokens::default(),
-            denied: denied.into_iter().collect(),
+            denied: DenyList::from_entries(denied),
             refresh_ttl_ms,
         };
         for user in users {
@@ -170,7 +170,7 @@ impl Directory {
     pub fn snapshot(&self) -> AccountSync {
         AccountSync::Snapshot {
             users: self.users.values().cloned().collect(),
-            denied: self.denied.iter().map(|(j, u)| (j.clone(), *u)).collect(),
+            denied: self.denied.entries(),
         }
     }
 
@@ -221,7 +221,7 @@ impl Directory {
 
     /// Forgets expired refresh tokens and deny-list entries.
     pub fn sweep(&mut self, now_ms: u64) -> Vec<AccountWrite> {
-        self.denied.retain(|_, until| *until > now_ms);
+        self.denied.sweep(now_ms);
         let changes = self.refresh.sweep(now_ms);
         Applied::reply(DirectoryReply::Done).tokens(changes).writes
     }
@@ -333,21 +333,26 @@ impl Directory {
     }
 
     fn deny(&mut self, jti: String, subject: String, until_ms: u64, now_ms: u64) -> Applied {
-        if until_ms <= now_ms || self.denied.contains_key(&jti) {
+        if until_ms <= now_ms || self.denied.contains(Some(&subject), &jti) {
             return Applied::reply(DirectoryReply::Done);
         }
         if self.denied.len() >= MAX_DENIED {
             return Applied::failed(AccountError::Full("the logout deny-list"));
         }
-        self.denied.insert(jti.clone(), until_ms);
+        let entry = DeniedToken {
+            subject: Some(subject.clone()),
+            jti: jti.clone(),
+            until_ms,
+        };
+        self.denied.insert(entry.clone());
         Applied {
             reply: DirectoryReply::Done,
             syncs: vec![AccountSync::Denied {
-                jti: jti.clone(),
+                jti,
                 subject,
                 until_ms,
             }],
-            writes: vec![AccountWrite::Deny(jti, until_ms)],
+            writes: vec![AccountWrite::Deny(entry)],
         }
     }
 }

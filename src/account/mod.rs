@@ -11,6 +11,7 @@
 //! This module does no I/O and no password hashing on its own: persistence is `store`'s,
 //! and the Argon2 work (`password`) is run off the executors by the API layer.
 
+pub mod denylist;
 pub mod directory;
 pub mod password;
 pub mod refresh;
@@ -22,6 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::auth::{hex, AuthError, Permission, Permissions, Principal};
 pub use crate::auth::{random_bytes, uuid4};
+pub use denylist::{DeniedToken, DenyList};
 pub use directory::{AccountError, Directory, DirectoryOp, DirectoryReply, UserPatch};
 
 /// A user account. Stored as JSON (`store::accounts`); `password_hash` is a PHC string,
@@ -76,11 +78,11 @@ pub enum AccountSync {
     /// Everything, once at start-up (after loading from the persistent tier).
     Snapshot {
         users: Vec<Arc<User>>,
-        denied: Vec<(String, u64)>,
+        denied: Vec<DeniedToken>,
     },
     User(Arc<User>),
     UserRemoved(String),
-    /// A token ID refused until `until_ms` (its expiry); `subject` is the token's.
+    /// The token `jti` of `subject`, refused until `until_ms` (its expiry).
     Denied {
         jti: String,
         subject: String,
@@ -114,7 +116,7 @@ pub struct Replica {
     loaded: bool,
     users: HashMap<String, Arc<User>>,
     by_name: HashMap<String, String>,
-    denied: HashMap<String, u64>,
+    denied: DenyList,
 }
 
 impl Replica {
@@ -126,7 +128,7 @@ impl Replica {
                 for user in users {
                     self.put(Arc::clone(user));
                 }
-                self.denied = denied.iter().cloned().collect();
+                self.denied = DenyList::from_entries(denied.iter().cloned());
             }
             AccountSync::Ready => self.loaded = true,
             AccountSync::User(user) => self.put(Arc::clone(user)),
@@ -135,8 +137,16 @@ impl Replica {
                     self.by_name.remove(&user.username);
                 }
             }
-            AccountSync::Denied { jti, until_ms, .. } => {
-                self.denied.insert(jti.clone(), *until_ms);
+            AccountSync::Denied {
+                jti,
+                subject,
+                until_ms,
+            } => {
+                self.denied.insert(DeniedToken {
+                    subject: Some(subject.clone()),
+                    jti: jti.clone(),
+                    until_ms: *until_ms,
+                });
             }
         }
     }
@@ -173,10 +183,11 @@ impl Replica {
 
     /// Drops deny-list entries whose tokens have expired anyway.
     pub fn sweep(&mut self, now_ms: u64) {
-        self.denied.retain(|_, until| *until > now_ms);
+        self.denied.sweep(now_ms);
     }
 
-    /// Checks a verified token against account state: a logged-out `jti` is refused; a
+    /// Checks a verified token against account state: a logged-out token (its subject's
+    /// `jti`) is refused; a
     /// token issued to an account (it has a `username` claim) needs that account to exist
     /// and be active, and carries the account's current permissions rather than the ones
     /// frozen into the token (returned when they differ).
@@ -186,7 +197,7 @@ impl Replica {
         now_ms: u64,
     ) -> Result<Option<Permissions>, AuthError> {
         if let Some(jti) = &principal.jti {
-            if self.denied.get(jti).is_some_and(|until| *until > now_ms) {
+            if self.denied.denies(&principal.subject, jti, now_ms) {
                 return Err(AuthError::Revoked);
             }
         }
@@ -290,6 +301,8 @@ mod tests {
         let svc = principal("svc", None, Some("j1"));
         assert_eq!(r.admit(&svc, 999), Err(AuthError::Revoked));
         assert_eq!(r.admit(&svc, 1000), Ok(None));
+        let other = principal("other", None, Some("j1"));
+        assert_eq!(r.admit(&other, 999), Ok(None), "another subject's j1");
         r.sweep(1000);
         assert!(r.denied.is_empty());
     }

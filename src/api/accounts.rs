@@ -162,11 +162,18 @@ pub async fn revoke(shard: &Rc<Shard>, body: &[u8]) -> Result<Response, ApiError
     }
 }
 
-/// `POST /auth/logout`: the access token's `jti` is refused from now until it expires,
-/// on HTTP and WebSocket alike. A token without `jti` cannot be denied (204 all the same).
+/// `POST /auth/logout`: the access token (its subject's `jti`) is refused from now until
+/// it expires, on HTTP and WebSocket alike. A token without `jti` cannot be told apart from
+/// the subject's other tokens, so it cannot be logged out: 400 says so (the original relay
+/// answered 204 and left it valid).
 pub async fn logout(shard: &Rc<Shard>, principal: &Principal) -> Result<Response, ApiError> {
     let Some(jti) = principal.jti.clone() else {
-        return Ok(Response::empty(204));
+        return Err(ApiError::new(
+            400,
+            "TOKEN_NOT_REVOCABLE",
+            "this token has no `jti` claim, so it cannot be logged out; it stays valid until \
+             it expires (issue tokens with a `jti`, or rotate the signing key)",
+        ));
     };
     let until_ms =
         principal.expires_at.saturating_mul(1000) + shard.config.jwt.leeway.as_millis() as u64;

@@ -18,7 +18,9 @@ use crate::auth::Principal;
 use crate::http::Response;
 use crate::shard::owner::{Op, OpResult};
 use crate::shard::{spawn_local, Shard};
-use crate::topic::{consumer_key, owner_of, valid_topic_name, ConsumerKey, Located, MessageId};
+use crate::topic::{
+    consumer_key, display_name, owner_of, valid_topic_name, ConsumerKey, Located, MessageId,
+};
 
 const MAX_IDS: usize = 1000;
 
@@ -37,9 +39,13 @@ struct AckBody {
 }
 
 /// Acknowledges `ids` for `consumer` in `topic`, or, without one, in whichever of
-/// `candidates` (all the consumer's topics when `None`) holds each ID.
+/// `candidates` (all the consumer's topics when `None`) holds each ID. Topics the token's
+/// `topics` claim does not cover are never candidates: the consumer's positions there may
+/// stem from another token of its subject, and this one may neither move them nor learn
+/// which IDs they hold (such an ID is as unknown as one that does not exist).
 pub async fn acknowledge(
     shard: &Rc<Shard>,
+    principal: &Principal,
     consumer: &ConsumerKey,
     ids: &[MessageId],
     topic: Option<Box<str>>,
@@ -54,7 +60,10 @@ pub async fn acknowledge(
         }
         None => {
             let located = locate(shard, consumer, ids, candidates).await;
-            for (i, found) in located.into_iter().enumerate() {
+            let permitted = |key: &Arc<str>| principal.may_use(display_name(key));
+            for (i, mut found) in located.into_iter().enumerate() {
+                found.held.retain(permitted);
+                found.maybe.retain(permitted);
                 let holders = if found.held.is_empty() {
                     confirm_in_store(shard, &found.maybe, ids[i]).await
                 } else {
@@ -202,7 +211,7 @@ pub async fn http_ack(
         }
         None => None,
     };
-    let outcomes = acknowledge(shard, &consumer, &ids, topic, None).await;
+    let outcomes = acknowledge(shard, principal, &consumer, &ids, topic, None).await;
     let with = |wanted: AckOutcome| -> Vec<&String> {
         body.message_ids
             .iter()

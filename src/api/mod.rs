@@ -29,6 +29,7 @@ use crate::config::TopicNamespace;
 use crate::http::request::decode_path_segment;
 use crate::http::{encode, Limits, Method, Request, RequestDecoder, Response};
 use crate::metrics;
+use crate::shard::budget::Admission;
 use crate::shard::owner::Publisher;
 use crate::shard::quota::QuotaKey;
 use crate::shard::{now_ms, Shard, TcpStream};
@@ -36,8 +37,9 @@ use crate::topic::{valid_namespace, valid_topic_name};
 use conn::{Conn, Event};
 use error::ApiError;
 
-/// Serves one accepted connection until it closes.
-pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
+/// Serves one accepted connection until it closes; a probe (a connection beyond the
+/// connection cap) only for one health-check or metrics request.
+pub async fn serve(shard: Rc<Shard>, stream: TcpStream, admission: Admission) {
     let _ = stream.set_nodelay(true);
     let _ = stream.set_write_timeout(Some(shard.config.server.write_timeout));
     let per_ip = shard.config.limits.max_connections_per_ip;
@@ -51,8 +53,30 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
         _ => None,
     };
     let mut conn = Conn::new(shard, stream);
+    let probe = match admission {
+        Admission::Probe(slot) => Some(slot),
+        Admission::Serve | Admission::Shed => None,
+    };
     // An I/O error here means the peer went away; there is nobody left to tell.
-    let _ = http_loop(&mut conn).await;
+    let _ = http_loop(&mut conn, probe.is_some()).await;
+}
+
+/// How long a probe may take to send its request: a health checker sends it at once.
+const PROBE_WAIT_MS: u64 = 1000;
+
+/// The paths a connection beyond the cap is served for: what operators watch a loaded
+/// relay with.
+fn serves_over_capacity(path: &str) -> bool {
+    matches!(path, "/health" | "/ready" | "/metrics")
+}
+
+fn over_capacity() -> ApiError {
+    ApiError::new(
+        503,
+        "TOO_MANY_CONNECTIONS",
+        "the relay is at its connection limit; retry later",
+    )
+    .with_header("Retry-After", "1")
 }
 
 /// Answers a connection over a connection limit with 503 and closes it.
@@ -78,15 +102,23 @@ impl From<Result<Response, ApiError>> for Outcome {
     }
 }
 
-async fn http_loop(conn: &mut Conn) -> io::Result<()> {
+/// The request loop; a `probe` connection gets [`PROBE_WAIT_MS`] for one request, which is
+/// served only if [`serves_over_capacity`].
+async fn http_loop(conn: &mut Conn, probe: bool) -> io::Result<()> {
     let cfg = &conn.shard.config;
     let limits = Limits {
         max_header_bytes: cfg.limits.max_header_bytes,
         max_headers: cfg.limits.max_headers,
         max_body_bytes: cfg.limits.max_body_bytes,
     };
-    let read_timeout = cfg.server.read_timeout.as_millis() as u64;
-    let idle_timeout = cfg.server.idle_timeout.as_millis() as u64;
+    let (read_timeout, idle_timeout) = if probe {
+        (PROBE_WAIT_MS, PROBE_WAIT_MS)
+    } else {
+        (
+            cfg.server.read_timeout.as_millis() as u64,
+            cfg.server.idle_timeout.as_millis() as u64,
+        )
+    };
     let mut decoder = RequestDecoder::new(limits);
     let mut auth = AuthCache::default();
     let mut out = Vec::new();
@@ -99,15 +131,18 @@ async fn http_loop(conn: &mut Conn) -> io::Result<()> {
                 conn.ctl.clear_deadline();
                 request_started = false;
                 continue_sent = false;
-                let keep_alive = req.keep_alive && !conn.ctl.closing();
+                let keep_alive = req.keep_alive && !conn.ctl.closing() && !probe;
                 let head_only = req.method == Method::Head;
                 let label = route_label(&req.path);
                 let started = Instant::now();
                 let cors = cors::allow_origin(&conn.shard.config.server.allowed_origins, &req);
-                let outcome = match cors::preflight(&conn.shard.config.server.allowed_origins, &req)
-                {
-                    Some(resp) => Outcome::Reply(resp),
-                    None => route(conn, req, &mut auth).await,
+                let outcome = if probe && !serves_over_capacity(&req.path) {
+                    Outcome::Reply(over_capacity().into_response())
+                } else {
+                    match cors::preflight(&conn.shard.config.server.allowed_origins, &req) {
+                        Some(resp) => Outcome::Reply(resp),
+                        None => route(conn, req, &mut auth).await,
+                    }
                 };
                 let metrics = &conn.shard.metrics;
                 match outcome {
@@ -172,7 +207,9 @@ async fn http_loop(conn: &mut Conn) -> io::Result<()> {
             Event::Eof => return Ok(()),
             Event::Woken => {
                 if conn.ctl.take_timeout() {
-                    if request_started {
+                    // A probe that sent no request in time is simply closed: lingering would
+                    // keep its slot from the next health check.
+                    if request_started && !probe {
                         let err = ApiError::new(
                             408,
                             "REQUEST_TIMEOUT",

@@ -19,7 +19,8 @@ use serde_json::{Map, Value};
 
 use super::error::ApiError;
 use super::{topic_key, AuthCache};
-use crate::auth::{Permission, Principal};
+use crate::auth::{AuthError, Permission, Principal};
+use crate::config::TopicNamespace;
 use crate::http::request::decode_path_segment;
 use crate::http::{Method, Request, Response};
 use crate::shard::owner::{Actor, Op, OpResult, RecordAnswer, RecordOp};
@@ -98,7 +99,9 @@ pub async fn route(
     let needed = match (&target, req.method) {
         (Target::Collection, Method::Post) => Some(Permission::Write),
         (Target::Stats, Method::Get) => Some(Permission::Admin),
-        (Target::Collection | Target::Topic(_) | Target::Messages(_), Method::Get)
+        (Target::Messages(_), Method::Get) => Some(Permission::Read),
+        // A record's owner may see it without `read`: checked once the record is found.
+        (Target::Collection | Target::Topic(_), Method::Get)
         | (Target::Topic(_), Method::Put | Method::Delete) => None,
         _ => return Err(ApiError::method_not_allowed(target.allow())),
     };
@@ -185,7 +188,39 @@ async fn record_op(shard: &Shard, key: &str, op: Op) -> Result<RecordAnswer, Api
 fn actor(principal: &Principal) -> Actor {
     Actor {
         subject: principal.subject.as_str().into(),
-        admin: principal.require(Permission::Admin).is_ok(),
+        admin: is_admin(principal),
+    }
+}
+
+fn is_admin(principal: &Principal) -> bool {
+    principal.require(Permission::Admin).is_ok()
+}
+
+/// Whether `principal` may change or delete topic `name` if it owns the record (an admin
+/// may in any case). In `per_user` every name is the caller's own, so owning is enough, as
+/// in the original relay. In `global` a name is shared by every token and its owner is
+/// merely whoever created it first, explicitly or by publishing: any `write` token could
+/// squat a name and then delete what others publish there. So a non-admin owner also needs
+/// a `topics` claim that covers the name: the identity provider made it responsible for
+/// that name.
+fn may_manage(shard: &Shard, principal: &Principal, name: &str) -> bool {
+    is_admin(principal)
+        || match shard.config.server.topic_namespace {
+            TopicNamespace::PerUser => true,
+            TopicNamespace::Global => principal.scoped_to(name),
+        }
+}
+
+/// The answer to a change or delete that `principal` may not make to any record of `key`:
+/// only whether the topic exists is reported.
+async fn refuse_change(shard: &Shard, key: &Arc<str>, name: &str) -> Result<Response, ApiError> {
+    let op = Op::Record(RecordOp::Get {
+        topic: Arc::clone(key),
+    });
+    match record_op(shard, key, op).await? {
+        RecordAnswer::Missing => Err(topic_not_found(name)),
+        RecordAnswer::Found(_) => Err(not_owner(name)),
+        _ => Err(unexpected()),
     }
 }
 
@@ -314,6 +349,14 @@ async fn detail(shard: &Shard, principal: &Principal, name: &str) -> Result<Resp
         topic: Arc::clone(&key),
     });
     match record_op(shard, &key, op).await? {
+        // Other tokens' records name their owner (and its username in an auto-created
+        // description): they are for tokens that may read the topic.
+        RecordAnswer::Found(record)
+            if record.owner_id != principal.subject
+                && principal.require(Permission::Read).is_err() =>
+        {
+            Err(AuthError::Forbidden(Permission::Read).into())
+        }
         RecordAnswer::Found(record) => Ok(record_response(200, &key, &record)),
         RecordAnswer::Missing => Err(topic_not_found(name)),
         _ => Err(unexpected()),
@@ -324,7 +367,10 @@ fn not_owner(name: &str) -> ApiError {
     ApiError::new(
         403,
         "NOT_TOPIC_OWNER",
-        format!("only the owner of topic '{name}' or an admin may change it"),
+        format!(
+            "only an admin, or the owner of topic '{name}' (with `server.topic_namespace: \
+             global`: whose token's `topics` claim covers the name), may change it"
+        ),
     )
 }
 
@@ -337,6 +383,9 @@ async fn update(
 ) -> Result<Response, ApiError> {
     let description = description_field(&super::json_object(body)?)?;
     let key = addressed(shard, principal, name)?;
+    if !may_manage(shard, principal, name) {
+        return refuse_change(shard, &key, name).await;
+    }
     let op = Op::Record(RecordOp::Update {
         topic: Arc::clone(&key),
         description,
@@ -354,6 +403,9 @@ async fn update(
 /// and the consumer positions.
 async fn delete(shard: &Shard, principal: &Principal, name: &str) -> Result<Response, ApiError> {
     let key = addressed(shard, principal, name)?;
+    if !may_manage(shard, principal, name) {
+        return refuse_change(shard, &key, name).await;
+    }
     let op = Op::Record(RecordOp::Delete {
         topic: Arc::clone(&key),
         actor: actor(principal),

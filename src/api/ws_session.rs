@@ -67,7 +67,7 @@ pub async fn upgrade(shard: &Rc<Shard>, req: &Request) -> Result<Upgrade, ApiErr
             ));
         }
     }
-    let accept_key = handshake::accept(&req.headers, true).map_err(|e| {
+    let accept_key = handshake::accept(&req.headers, true, req.version_minor).map_err(|e| {
         let mut err = ApiError::new(e.status(), e.code(), e.detail());
         if e.status() == 426 {
             err = err.with_header("Sec-WebSocket-Version", "13");
@@ -543,7 +543,10 @@ impl Session {
                 "a session cannot change its subject; open a new connection",
             ));
         }
-        if let Some(denied) = self.subs.topics().find(|t| !principal.may_use(t)) {
+        // Subscriptions are held by topic key (namespaced in `per_user`); the claim and
+        // the consumer speak of bare names.
+        let mut subscribed = self.subs.topics().map(|key| display_name(key));
+        if let Some(denied) = subscribed.find(|name| !principal.may_use(name)) {
             return Err(ApiError::topic_forbidden(denied));
         }
         let expires = rfc3339(principal.expires_at.saturating_mul(1000));
@@ -690,7 +693,15 @@ impl Session {
             None => None,
         };
         let candidates: Vec<Box<str>> = self.subs.topics().map(|t| Box::from(&**t)).collect();
-        let outcome = ack::acknowledge(&self.shard, consumer, &[id], topic, Some(candidates)).await;
+        let outcome = ack::acknowledge(
+            &self.shard,
+            &self.principal,
+            consumer,
+            &[id],
+            topic,
+            Some(candidates),
+        )
+        .await;
         match outcome.first() {
             Some(AckOutcome::Acked) => Ok(()),
             Some(AckOutcome::Ambiguous) => Err(ApiError::invalid(

@@ -1,4 +1,5 @@
-//! HTTP/1.1 server codec: request decoding ([`request`]) and response encoding ([`response`]).
+//! HTTP/1.1 server codec: request decoding ([`request`], with the target and `Host` rules in
+//! [`target`]) and response encoding ([`response`]).
 //!
 //! Owns only the wire format. It does no I/O and keeps no sockets: the connection code in
 //! `shard` owns the socket and its buffers, feeds bytes in and writes the encoded bytes out.
@@ -6,6 +7,7 @@
 
 pub mod request;
 pub mod response;
+pub mod target;
 
 pub use request::{HttpError, Limits, Method, Request, RequestDecoder};
 pub use response::{encode, error_body, http_date, reason_phrase, Response};

@@ -12,6 +12,14 @@
 //! Choices the route layer can rely on:
 //! - A version other than HTTP/1.0 or HTTP/1.1 (including the HTTP/2 preface) is
 //!   505 `HTTP_VERSION_NOT_SUPPORTED`; a request line that is not HTTP at all is 400.
+//! - Every line of a head, of a chunked body and of its trailers ends with CRLF: a bare LF
+//!   is 400 everywhere (RFC 9112 §2.2 allows either rule; one rule for all parts means no two
+//!   readers of the stream can disagree on where a line ends).
+//! - `path` starts with `/` (or is `*` for OPTIONS): an absolute-form target
+//!   (`http://host/path`) is reduced to its path; other forms are 400 `INVALID_TARGET`
+//!   (`target`).
+//! - An HTTP/1.1 request has exactly one `Host` field, and no request has two or an invalid
+//!   one: 400 `INVALID_HOST` otherwise (RFC 9112 §3.2).
 //! - A request with neither Content-Length nor Transfer-Encoding has an empty body
 //!   (RFC 9112 §6.3), so there is no 411: the route layer rejects a missing body itself.
 //! - Transfer-Encoding on an HTTP/1.0 request is 400 (RFC 9112 §6.1 calls its framing faulty).
@@ -176,8 +184,16 @@ pub enum HttpError {
     InvalidContentLength,
     /// Both Transfer-Encoding and Content-Length: the classic request-smuggling shape.
     AmbiguousLength,
-    /// Transfer-Encoding other than exactly `chunked`.
+    /// Transfer codings we do not implement before a final `chunked` (`gzip, chunked`).
     UnsupportedTransferEncoding,
+    /// Transfer-Encoding whose last coding is not `chunked`, or with `chunked` twice: the
+    /// body length cannot be determined (RFC 9112 §6.3).
+    BadTransferEncoding(&'static str),
+    /// A request target that is neither origin-form, absolute-form (http/https) nor `*`
+    /// for OPTIONS.
+    InvalidTarget(&'static str),
+    /// `Host` missing on HTTP/1.1, repeated, or not `host[:port]`.
+    InvalidHost(&'static str),
     BadChunkedEncoding(&'static str),
     /// An HTTP version other than 1.0 and 1.1, e.g. the HTTP/2 connection preface.
     VersionNotSupported,
@@ -192,6 +208,9 @@ impl HttpError {
             | HttpError::InvalidHeaderValue(_)
             | HttpError::InvalidContentLength
             | HttpError::AmbiguousLength
+            | HttpError::BadTransferEncoding(_)
+            | HttpError::InvalidTarget(_)
+            | HttpError::InvalidHost(_)
             | HttpError::BadChunkedEncoding(_) => 400,
             HttpError::UnsupportedTransferEncoding => 501,
             HttpError::VersionNotSupported => 505,
@@ -209,6 +228,9 @@ impl HttpError {
             HttpError::InvalidContentLength => "INVALID_CONTENT_LENGTH",
             HttpError::AmbiguousLength => "AMBIGUOUS_LENGTH",
             HttpError::UnsupportedTransferEncoding => "UNSUPPORTED_TRANSFER_ENCODING",
+            HttpError::BadTransferEncoding(_) => "BAD_TRANSFER_ENCODING",
+            HttpError::InvalidTarget(_) => "INVALID_TARGET",
+            HttpError::InvalidHost(_) => "INVALID_HOST",
             HttpError::BadChunkedEncoding(_) => "BAD_CHUNKED_ENCODING",
             HttpError::VersionNotSupported => "HTTP_VERSION_NOT_SUPPORTED",
         }
@@ -236,6 +258,9 @@ impl HttpError {
             HttpError::UnsupportedTransferEncoding => {
                 "only Transfer-Encoding: chunked is supported".to_owned()
             }
+            HttpError::BadTransferEncoding(why) => format!("bad Transfer-Encoding: {why}"),
+            HttpError::InvalidTarget(why) => format!("invalid request target: {why}"),
+            HttpError::InvalidHost(why) => format!("invalid Host: {why}"),
             HttpError::BadChunkedEncoding(why) => format!("bad chunked encoding: {why}"),
             HttpError::VersionNotSupported => "only HTTP/1.0 and HTTP/1.1 are supported".to_owned(),
         }
@@ -373,6 +398,11 @@ fn parse_head(buf: &[u8], limits: &Limits) -> Result<Option<PendingBody>, HttpEr
         let mut parsed = httparse::Request::new(slots);
         match parsed.parse(window) {
             Ok(httparse::Status::Complete(head_len)) => {
+                if has_bare_lf(&window[..head_len]) {
+                    return Err(HttpError::Malformed(
+                        "bare LF in the head (lines end with CRLF)",
+                    ));
+                }
                 build_head(&parsed, head_len, limits).map(Some)
             }
             Ok(httparse::Status::Partial) if buf.len() >= limits.max_header_bytes => {
@@ -421,16 +451,28 @@ fn httparse_reason(err: httparse::Error) -> &'static str {
     }
 }
 
+/// Whether a line in `bytes` ends with LF alone. httparse accepts that in heads (RFC 9112
+/// §2.2 allows it); this decoder does not, anywhere.
+fn has_bare_lf(bytes: &[u8]) -> bool {
+    let mut previous = 0u8;
+    for &b in bytes {
+        if b == b'\n' && previous != b'\r' {
+            return true;
+        }
+        previous = b;
+    }
+    false
+}
+
 fn build_head(
     parsed: &httparse::Request<'_, '_>,
     head_len: usize,
     limits: &Limits,
 ) -> Result<PendingBody, HttpError> {
-    let target = parsed.path.unwrap_or_default();
-    let (path, query) = match target.split_once('?') {
-        Some((path, query)) => (path.to_owned(), Some(query.to_owned())),
-        None => (target.to_owned(), None),
-    };
+    let method = Method::from_token(parsed.method.unwrap_or_default());
+    let (path, query) =
+        super::target::path_and_query(parsed.path.unwrap_or_default(), method == Method::Options)
+            .map_err(HttpError::InvalidTarget)?;
     let version_minor = parsed.version.unwrap_or(1);
 
     let mut headers = Vec::with_capacity(parsed.headers.len());
@@ -438,7 +480,10 @@ fn build_head(
     let mut content_length_invalid = false;
     let mut transfer_encoding = false;
     let mut codings = 0usize;
+    let mut chunked_codings = 0usize;
     let mut last_coding_chunked = false;
+    let mut hosts = 0usize;
+    let mut host_valid = true;
     let mut connection_close = false;
     let mut connection_keep_alive = false;
     let mut expect_continue = false;
@@ -470,6 +515,7 @@ fn build_head(
                     if !coding.is_empty() {
                         codings += 1;
                         last_coding_chunked = coding.eq_ignore_ascii_case("chunked");
+                        chunked_codings += usize::from(last_coding_chunked);
                     }
                 }
             }
@@ -480,6 +526,10 @@ fn build_head(
                 }
             }
             "expect" => expect_continue = value.eq_ignore_ascii_case("100-continue"),
+            "host" => {
+                hosts += 1;
+                host_valid &= super::target::valid_host(value);
+            }
             _ => {}
         }
         headers.push((name, value.to_owned()));
@@ -494,7 +544,17 @@ fn build_head(
         return Err(HttpError::InvalidContentLength);
     }
     let framing = if transfer_encoding {
-        if codings != 1 || !last_coding_chunked {
+        if !last_coding_chunked {
+            return Err(HttpError::BadTransferEncoding(
+                "chunked must be the final transfer coding",
+            ));
+        }
+        if chunked_codings > 1 {
+            return Err(HttpError::BadTransferEncoding(
+                "chunked is applied more than once",
+            ));
+        }
+        if codings > 1 {
             return Err(HttpError::UnsupportedTransferEncoding);
         }
         if version_minor == 0 {
@@ -514,6 +574,18 @@ fn build_head(
         Framing::Length(usize::try_from(declared).map_err(|_| too_large)?)
     };
 
+    if hosts > 1 {
+        return Err(HttpError::InvalidHost("more than one Host field"));
+    }
+    if !host_valid {
+        return Err(HttpError::InvalidHost("the value is not host[:port]"));
+    }
+    if hosts == 0 && version_minor == 1 {
+        return Err(HttpError::InvalidHost(
+            "an HTTP/1.1 request needs a Host field",
+        ));
+    }
+
     let keep_alive = if version_minor == 0 {
         connection_keep_alive && !connection_close
     } else {
@@ -521,9 +593,9 @@ fn build_head(
     };
     Ok(PendingBody {
         head: Head {
-            method: Method::from_token(parsed.method.unwrap_or_default()),
-            path,
-            query,
+            method,
+            path: path.to_owned(),
+            query: query.map(str::to_owned),
             headers,
             keep_alive,
             version_minor,
@@ -690,6 +762,9 @@ impl PendingBody {
         let window = &rest[..rest.len().min(byte_budget)];
         with_header_slots(slot_budget, |slots| {
             match httparse::parse_headers(window, slots) {
+                Ok(httparse::Status::Complete((len, _))) if has_bare_lf(&window[..len]) => Err(
+                    HttpError::BadChunkedEncoding("bare LF in the trailer section"),
+                ),
                 Ok(httparse::Status::Complete((len, _))) => Ok(Some(self.pos + len)),
                 Ok(httparse::Status::Partial) if rest.len() >= byte_budget => {
                     Err(HttpError::HeadersTooLarge {
@@ -773,11 +848,11 @@ mod tests {
 
     #[test]
     fn path_is_not_percent_decoded_and_query_is_optional() {
-        let (req, _) = decode_one(LIMITS, b"GET /a%20b HTTP/1.1\r\n\r\n");
+        let (req, _) = decode_one(LIMITS, b"GET /a%20b HTTP/1.1\r\nHost: h\r\n\r\n");
         assert_eq!(req.path, "/a%20b");
         assert_eq!(req.query, None);
         assert_eq!(req.query_param("a"), None);
-        let (req, _) = decode_one(LIMITS, b"GET /x? HTTP/1.1\r\n\r\n");
+        let (req, _) = decode_one(LIMITS, b"GET /x? HTTP/1.1\r\nHost: h\r\n\r\n");
         assert_eq!(req.query.as_deref(), Some(""));
     }
 
@@ -795,7 +870,7 @@ mod tests {
             ("get", Method::Other),
         ];
         for (token, method) in cases {
-            let raw = format!("{token} / HTTP/1.1\r\n\r\n");
+            let raw = format!("{token} / HTTP/1.1\r\nHost: h\r\n\r\n");
             assert_eq!(
                 decode_one(LIMITS, raw.as_bytes()).0.method,
                 method,
@@ -808,7 +883,7 @@ mod tests {
     fn header_lookup_is_case_insensitive_and_returns_the_first() {
         let (req, _) = decode_one(
             LIMITS,
-            b"GET / HTTP/1.1\r\nX-A: one\r\nx-a: two\r\nAuthorization: Bearer t\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: h\r\nX-A: one\r\nx-a: two\r\nAuthorization: Bearer t\r\n\r\n",
         );
         assert_eq!(req.header("X-A"), Some("one"));
         assert_eq!(req.header("authorization"), Some("Bearer t"));
@@ -818,7 +893,10 @@ mod tests {
 
     #[test]
     fn utf8_header_values_are_kept() {
-        let (req, _) = decode_one(LIMITS, "GET / HTTP/1.1\r\nX-Name: café\r\n\r\n".as_bytes());
+        let (req, _) = decode_one(
+            LIMITS,
+            "GET / HTTP/1.1\r\nHost: h\r\nX-Name: café\r\n\r\n".as_bytes(),
+        );
         assert_eq!(req.header("x-name"), Some("café"));
     }
 
@@ -826,7 +904,7 @@ mod tests {
     fn query_params_are_decoded() {
         let (req, _) = decode_one(
             LIMITS,
-            b"GET /p?a=1&b=x+y%20z&a=2&c&d=%zz%4&e=%E2%82%AC&f%5Fg=ok&bad=%FF HTTP/1.1\r\n\r\n",
+            b"GET /p?a=1&b=x+y%20z&a=2&c&d=%zz%4&e=%E2%82%AC&f%5Fg=ok&bad=%FF HTTP/1.1\r\nHost: h\r\n\r\n",
         );
         assert_eq!(req.query_param("a").as_deref(), Some("1"));
         assert_eq!(req.query_param("b").as_deref(), Some("x y z"));
@@ -859,7 +937,7 @@ mod tests {
 
     #[test]
     fn leading_empty_lines_are_skipped() {
-        let raw = b"\r\n\r\nGET / HTTP/1.1\r\n\r\n";
+        let raw = b"\r\n\r\nGET / HTTP/1.1\r\nHost: h\r\n\r\n";
         let (req, consumed) = decode_one(LIMITS, raw);
         assert_eq!(consumed, raw.len());
         assert_eq!(req.method, Method::Get);
@@ -867,7 +945,7 @@ mod tests {
 
     #[test]
     fn content_length_body_split_at_every_byte() {
-        let raw = b"POST /m HTTP/1.1\r\nContent-Length: 11\r\n\r\nhello world";
+        let raw = b"POST /m HTTP/1.1\r\nHost: h\r\nContent-Length: 11\r\n\r\nhello world";
         let head_len = raw.len() - 11;
         let mut dec = decoder();
         for end in 0..raw.len() {
@@ -882,7 +960,7 @@ mod tests {
 
     #[test]
     fn pipelined_requests_are_decoded_in_turn() {
-        let raw = b"POST /a HTTP/1.1\r\nContent-Length: 3\r\n\r\nabcGET /b HTTP/1.1\r\n\r\nPOST /c HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nxy\r\n0\r\n\r\nGET /d";
+        let raw = b"POST /a HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\n\r\nabcGET /b HTTP/1.1\r\nHost: h\r\n\r\nPOST /c HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nxy\r\n0\r\n\r\nGET /d";
         let mut dec = decoder();
         let mut buf: &[u8] = raw;
         let mut seen = Vec::new();
@@ -901,7 +979,7 @@ mod tests {
         assert_eq!(buf, b"GET /d");
     }
 
-    const CHUNKED: &[u8] = b"POST /m HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5;name=value\r\nhello\r\n1 ; ext\r\n,\r\n00A\r\n world!!!!\r\n0\r\nX-Trailer: t\r\n\r\n";
+    const CHUNKED: &[u8] = b"POST /m HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n5;name=value\r\nhello\r\n1 ; ext\r\n,\r\n00A\r\n world!!!!\r\n0\r\nX-Trailer: t\r\n\r\n";
 
     #[test]
     fn chunked_body_split_at_every_byte() {
@@ -917,7 +995,7 @@ mod tests {
     #[test]
     fn chunked_body_in_one_piece_is_followed_by_the_next_request() {
         let mut raw = CHUNKED.to_vec();
-        raw.extend_from_slice(b"GET /next HTTP/1.1\r\n\r\n");
+        raw.extend_from_slice(b"GET /next HTTP/1.1\r\nHost: h\r\n\r\n");
         let mut dec = decoder();
         let (req, consumed) = dec.decode(&raw).unwrap().unwrap();
         assert_eq!(consumed, CHUNKED.len());
@@ -928,7 +1006,7 @@ mod tests {
 
     #[test]
     fn chunked_body_without_trailers() {
-        let raw = b"POST / HTTP/1.1\r\nTransfer-Encoding: Chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n";
+        let raw = b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: Chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n";
         let (req, consumed) = decode_one(LIMITS, raw);
         assert_eq!(consumed, raw.len());
         assert_eq!(req.body, b"abc");
@@ -938,7 +1016,8 @@ mod tests {
     fn decoded_body_bytes_are_not_rescanned() {
         // Once chunk data has been copied out, the decoder resumes from where it stopped:
         // overwriting the already-decoded bytes must not change the result.
-        let head_and_first = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nabcd\r\n";
+        let head_and_first =
+            b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nabcd\r\n";
         let mut dec = decoder();
         assert_eq!(dec.decode(head_and_first), Ok(None));
         let mut raw = vec![b'#'; head_and_first.len()];
@@ -951,13 +1030,19 @@ mod tests {
     #[test]
     fn keep_alive_follows_version_and_connection_tokens() {
         let cases: [(&[u8], bool); 7] = [
-            (b"GET / HTTP/1.1\r\n\r\n", true),
-            (b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n", false),
+            (b"GET / HTTP/1.1\r\nHost: h\r\n\r\n", true),
             (
-                b"GET / HTTP/1.1\r\nConnection: Upgrade, CLOSE\r\n\r\n",
+                b"GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
                 false,
             ),
-            (b"GET / HTTP/1.1\r\nConnection: keep-alive\r\n\r\n", true),
+            (
+                b"GET / HTTP/1.1\r\nHost: h\r\nConnection: Upgrade, CLOSE\r\n\r\n",
+                false,
+            ),
+            (
+                b"GET / HTTP/1.1\r\nHost: h\r\nConnection: keep-alive\r\n\r\n",
+                true,
+            ),
             (b"GET / HTTP/1.0\r\n\r\n", false),
             (b"GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n", true),
             (
@@ -985,7 +1070,8 @@ mod tests {
     #[test]
     fn expect_continue_is_reported_while_waiting_for_the_body() {
         let mut dec = decoder();
-        let head = b"POST / HTTP/1.1\r\nExpect: 100-Continue\r\nContent-Length: 2\r\n\r\n";
+        let head =
+            b"POST / HTTP/1.1\r\nHost: h\r\nExpect: 100-Continue\r\nContent-Length: 2\r\n\r\n";
         assert!(!dec.expects_continue());
         assert_eq!(dec.decode(head), Ok(None));
         assert!(dec.expects_continue());
@@ -996,7 +1082,7 @@ mod tests {
 
         let mut dec = decoder();
         assert_eq!(
-            dec.decode(b"POST / HTTP/1.1\r\nContent-Length: 2\r\n\r\n"),
+            dec.decode(b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\n"),
             Ok(None)
         );
         assert!(!dec.expects_continue());
@@ -1009,7 +1095,7 @@ mod tests {
 
     #[test]
     fn header_section_at_the_limit_is_accepted() {
-        let mut raw = b"GET / HTTP/1.1\r\nX: ".to_vec();
+        let mut raw = b"GET / HTTP/1.1\r\nHost: h\r\nX: ".to_vec();
         raw.resize(LIMITS.max_header_bytes - 4, b'a');
         raw.extend_from_slice(b"\r\n\r\n");
         assert_eq!(raw.len(), LIMITS.max_header_bytes);
@@ -1018,7 +1104,7 @@ mod tests {
 
     #[test]
     fn header_section_over_the_limit_is_431() {
-        let mut raw = b"GET / HTTP/1.1\r\nX: ".to_vec();
+        let mut raw = b"GET / HTTP/1.1\r\nHost: h\r\nX: ".to_vec();
         raw.resize(LIMITS.max_header_bytes - 3, b'a');
         raw.extend_from_slice(b"\r\n\r\n");
         let err = decode_err(LIMITS, &raw);
@@ -1028,7 +1114,7 @@ mod tests {
 
     #[test]
     fn incomplete_header_section_over_the_limit_is_431() {
-        let mut raw = b"GET / HTTP/1.1\r\nX: ".to_vec();
+        let mut raw = b"GET / HTTP/1.1\r\nHost: h\r\nX: ".to_vec();
         raw.resize(LIMITS.max_header_bytes - 1, b'a');
         let mut dec = decoder();
         assert_eq!(dec.decode(&raw), Ok(None));
@@ -1039,9 +1125,10 @@ mod tests {
         );
     }
 
+    /// A GET with `count` header fields, `Host` included.
     fn with_headers(count: usize) -> Vec<u8> {
-        let mut raw = b"GET / HTTP/1.1\r\n".to_vec();
-        for i in 0..count {
+        let mut raw = b"GET / HTTP/1.1\r\nHost: h\r\n".to_vec();
+        for i in 1..count {
             raw.extend_from_slice(format!("H{i}: v\r\n").as_bytes());
         }
         raw.extend_from_slice(b"\r\n");
@@ -1074,18 +1161,21 @@ mod tests {
     fn content_length_over_the_limit_is_refused_from_the_head() {
         let mut dec = decoder();
         let err = dec
-            .decode(b"POST / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 65\r\n\r\n")
+            .decode(
+                b"POST / HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\nContent-Length: 65\r\n\r\n",
+            )
             .unwrap_err();
         assert_eq!(err, HttpError::BodyTooLarge { limit: 64 });
         assert_eq!((err.status(), err.code()), (413, "BODY_TOO_LARGE"));
         assert!(!dec.expects_continue());
-        let raw = b"POST / HTTP/1.1\r\nContent-Length: 99999999999999999999999999\r\n\r\n";
+        let raw =
+            b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 99999999999999999999999999\r\n\r\n";
         assert_eq!(
             decode_err(LIMITS, raw),
             HttpError::BodyTooLarge { limit: 64 }
         );
         let body = [b'x'; 64];
-        let mut raw = b"POST / HTTP/1.1\r\nContent-Length: 64\r\n\r\n".to_vec();
+        let mut raw = b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 64\r\n\r\n".to_vec();
         raw.extend_from_slice(&body);
         assert_eq!(decode_one(LIMITS, &raw).0.body, body);
     }
@@ -1093,14 +1183,14 @@ mod tests {
     #[test]
     fn chunked_total_over_the_limit_is_413_before_the_chunk_arrives() {
         let mut dec = decoder();
-        let raw = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n20\r\n";
+        let raw = b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n20\r\n";
         assert_eq!(dec.decode(raw), Ok(None));
         let mut raw = raw.to_vec();
         raw.extend_from_slice(&[b'x'; 32]);
         raw.extend_from_slice(b"\r\n21\r\n");
         assert_eq!(dec.decode(&raw), Err(HttpError::BodyTooLarge { limit: 64 }));
 
-        let huge = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nffffffffffffffffffff\r\n";
+        let huge = b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\nffffffffffffffffffff\r\n";
         assert_eq!(
             decode_err(LIMITS, huge),
             HttpError::BodyTooLarge { limit: 64 }
@@ -1110,12 +1200,13 @@ mod tests {
     #[test]
     fn invalid_content_length_is_400() {
         for value in ["abc", "-1", "+5", "", "5 5", "0x10", "5,", "5, 6"] {
-            let raw = format!("POST / HTTP/1.1\r\nContent-Length: {value}\r\n\r\n");
+            let raw = format!("POST / HTTP/1.1\r\nHost: h\r\nContent-Length: {value}\r\n\r\n");
             let err = decode_err(LIMITS, raw.as_bytes());
             assert_eq!(err, HttpError::InvalidContentLength, "{value:?}");
             assert_eq!((err.status(), err.code()), (400, "INVALID_CONTENT_LENGTH"));
         }
-        let differing = b"POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd";
+        let differing =
+            b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd";
         assert_eq!(
             decode_err(LIMITS, differing),
             HttpError::InvalidContentLength
@@ -1124,7 +1215,8 @@ mod tests {
 
     #[test]
     fn identical_duplicate_content_lengths_are_accepted() {
-        let raw = b"POST / HTTP/1.1\r\nContent-Length: 3\r\ncontent-length: 3, 3\r\n\r\nabc";
+        let raw =
+            b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\ncontent-length: 3, 3\r\n\r\nabc";
         let (req, consumed) = decode_one(LIMITS, raw);
         assert_eq!((req.body.as_slice(), consumed), (&b"abc"[..], raw.len()));
     }
@@ -1132,10 +1224,10 @@ mod tests {
     #[test]
     fn transfer_encoding_with_content_length_is_ambiguous() {
         let both = [
-            &b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n"[..],
-            b"POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
-            b"POST / HTTP/1.1\r\nContent-Length: x\r\nTransfer-Encoding: chunked\r\n\r\n",
-            b"POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: gzip\r\n\r\n",
+            &b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n"[..],
+            b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: x\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\nTransfer-Encoding: gzip\r\n\r\n",
         ];
         for raw in both {
             let err = decode_err(LIMITS, raw);
@@ -1145,22 +1237,102 @@ mod tests {
     }
 
     #[test]
-    fn transfer_encoding_other_than_chunked_is_501() {
+    fn transfer_codings_before_chunked_are_501() {
+        let err = decode_err(
+            LIMITS,
+            b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+        );
+        assert_eq!(err, HttpError::UnsupportedTransferEncoding);
+        assert_eq!(
+            (err.status(), err.code()),
+            (501, "UNSUPPORTED_TRANSFER_ENCODING")
+        );
+    }
+
+    #[test]
+    fn chunked_not_last_or_repeated_is_400() {
         let raws = [
-            &b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n"[..],
-            b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
-            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
-            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunkedx\r\n\r\n",
-            b"POST / HTTP/1.1\r\nTransfer-Encoding: \r\n\r\n",
+            &b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: gzip\r\n\r\n"[..],
+            b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: gzip, chunked, chunked\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunkedx\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: \r\n\r\n",
         ];
         for raw in raws {
             let err = decode_err(LIMITS, raw);
-            assert_eq!(err, HttpError::UnsupportedTransferEncoding);
+            assert!(matches!(err, HttpError::BadTransferEncoding(_)), "{err:?}");
+            assert_eq!((err.status(), err.code()), (400, "BAD_TRANSFER_ENCODING"));
+        }
+    }
+
+    #[test]
+    fn host_is_required_on_http_1_1_once_and_valid() {
+        for (raw, why) in [
+            (&b"GET / HTTP/1.1\r\n\r\n"[..], "needs a Host"),
+            (
+                b"GET / HTTP/1.1\r\nHost: a\r\nhost: a\r\n\r\n",
+                "more than one",
+            ),
+            (
+                b"GET / HTTP/1.0\r\nHost: a\r\nHost: a\r\n\r\n",
+                "more than one",
+            ),
+            (b"GET / HTTP/1.1\r\nHost: a b\r\n\r\n", "not host[:port]"),
+            (b"GET / HTTP/1.0\r\nHost: a@b\r\n\r\n", "not host[:port]"),
+        ] {
+            let err = decode_err(LIMITS, raw);
+            assert!(matches!(err, HttpError::InvalidHost(_)), "{err:?}");
+            assert_eq!((err.status(), err.code()), (400, "INVALID_HOST"));
+            assert!(err.detail().contains(why), "{err}");
+        }
+        let (req, _) = decode_one(LIMITS, b"GET / HTTP/1.0\r\n\r\n");
+        assert_eq!(req.header("host"), None, "HTTP/1.0 needs none");
+        let (req, _) = decode_one(LIMITS, b"GET / HTTP/1.1\r\nHost:\r\n\r\n");
+        assert_eq!(req.header("host"), Some(""), "empty is valid");
+    }
+
+    #[test]
+    fn absolute_form_targets_become_their_path() {
+        let raw = b"POST http://relay.test:8080/api/v1/messages?x=1 HTTP/1.1\r\nHost: h\r\n\r\n";
+        let (req, _) = decode_one(LIMITS, raw);
+        assert_eq!(req.path, "/api/v1/messages");
+        assert_eq!(req.query.as_deref(), Some("x=1"));
+        for raw in [
+            &b"GET ftp://relay.test/ HTTP/1.1\r\nHost: h\r\n\r\n"[..],
+            b"GET relay.test:80 HTTP/1.1\r\nHost: h\r\n\r\n",
+            b"GET * HTTP/1.1\r\nHost: h\r\n\r\n",
+        ] {
+            let err = decode_err(LIMITS, raw);
+            assert_eq!((err.status(), err.code()), (400, "INVALID_TARGET"), "{err}");
+        }
+        let (req, _) = decode_one(LIMITS, b"OPTIONS * HTTP/1.1\r\nHost: h\r\n\r\n");
+        assert_eq!(req.path, "*");
+    }
+
+    #[test]
+    fn a_bare_lf_is_refused_in_heads_and_trailers_as_in_chunk_lines() {
+        for raw in [
+            &b"GET / HTTP/1.1\nHost: h\n\n"[..],
+            b"GET / HTTP/1.1\r\nHost: h\r\nX-A: a\nTransfer-Encoding: chunked\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: h\r\n\n",
+            b"\nGET / HTTP/1.1\r\nHost: h\r\n\r\n",
+        ] {
+            let err = decode_err(LIMITS, raw);
             assert_eq!(
                 (err.status(), err.code()),
-                (501, "UNSUPPORTED_TRANSFER_ENCODING")
+                (400, "MALFORMED_REQUEST"),
+                "{raw:?}"
             );
+            assert!(err.detail().contains("bare LF"), "{err}");
         }
+        let trailer =
+            b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nT: 1\n\r\n";
+        let err = decode_err(LIMITS, trailer);
+        assert_eq!(
+            err,
+            HttpError::BadChunkedEncoding("bare LF in the trailer section")
+        );
     }
 
     #[test]
@@ -1186,7 +1358,8 @@ mod tests {
             b"0\r\nbad trailer\r\n\r\n",
         ];
         for body in cases {
-            let mut raw = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+            let mut raw =
+                b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
             raw.extend_from_slice(body);
             let err = decode_err(LIMITS, &raw);
             assert!(
@@ -1200,7 +1373,8 @@ mod tests {
 
     #[test]
     fn endless_chunk_extension_is_refused() {
-        let mut raw = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n1;".to_vec();
+        let mut raw =
+            b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n1;".to_vec();
         let mut dec = decoder();
         raw.resize(raw.len() + MAX_CHUNK_LINE - 2, b'e');
         assert_eq!(dec.decode(&raw), Ok(None));
@@ -1214,10 +1388,10 @@ mod tests {
     #[test]
     fn trailers_count_against_the_header_limits() {
         let limits = Limits {
-            max_headers: 3,
+            max_headers: 4,
             ..LIMITS
         };
-        let head = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nA: 1\r\n\r\n0\r\n";
+        let head = b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\nA: 1\r\n\r\n0\r\n";
         let mut ok = head.to_vec();
         ok.extend_from_slice(b"T: 1\r\n\r\n");
         assert_eq!(decode_one(limits, &ok).1, ok.len());
@@ -1225,7 +1399,7 @@ mod tests {
         too_many.extend_from_slice(b"T: 1\r\nU: 2\r\n\r\n");
         assert_eq!(
             decode_err(limits, &too_many),
-            HttpError::TooManyHeaders { limit: 3 }
+            HttpError::TooManyHeaders { limit: 4 }
         );
 
         let limits = Limits {
@@ -1248,10 +1422,10 @@ mod tests {
         let raws: [&[u8]; 6] = [
             b"GARBAGE\r\n\r\n",
             b"GET\r\n\r\n",
-            b"GET  / HTTP/1.1\r\n\r\n",
+            b"GET  / HTTP/1.1\r\nHost: h\r\n\r\n",
             b"GET / FOO/1.1\r\n\r\n",
-            b"GET / HTTP/1.1\r\nBad Name: v\r\n\r\n",
-            b"GET / HTTP/1.1\r\nX: a\x00b\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: h\r\nBad Name: v\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: h\r\nX: a\x00b\r\n\r\n",
         ];
         for raw in raws {
             let err = decode_err(LIMITS, raw);
@@ -1266,7 +1440,10 @@ mod tests {
 
     #[test]
     fn non_utf8_header_value_is_400() {
-        let err = decode_err(LIMITS, b"GET / HTTP/1.1\r\nX-Bin: \xff\xfe\r\n\r\n");
+        let err = decode_err(
+            LIMITS,
+            b"GET / HTTP/1.1\r\nHost: h\r\nX-Bin: \xff\xfe\r\n\r\n",
+        );
         assert_eq!(err, HttpError::InvalidHeaderValue("x-bin".to_owned()));
         assert_eq!((err.status(), err.code()), (400, "INVALID_HEADER_VALUE"));
     }

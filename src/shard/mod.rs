@@ -10,6 +10,7 @@
 //! glommio stays behind this module: the protocol code sees `Shard`, `TcpStream` and the
 //! spawn/sleep calls re-exported here, so the runtime could be swapped without touching it.
 
+pub mod budget;
 pub mod conns;
 pub mod idempotency;
 pub mod listener;
@@ -44,6 +45,7 @@ use crate::metrics::{self, ShardMetrics};
 use crate::store::{self, Store};
 use crate::topic::subscribers::LocalSubscribers;
 use crate::topic::{Message, RingLimits, ShardSet, TopicTable};
+use budget::{Admission, ConnectionBudget};
 use conns::{ConnCtl, ConnTable};
 use idempotency::{Claim, Recorded, Scope, Waiter};
 use mesh::{Envelope, Mesh, MeshEnds};
@@ -68,8 +70,10 @@ pub struct Process {
     pub store_ok: Vec<AtomicBool>,
     /// Shards that still have open connections during shutdown.
     draining: AtomicUsize,
-    /// Open client connections, all shards together (for `limits.max_connections`).
+    /// Open client connections, all shards together (checked against `budget`).
     pub connections: AtomicUsize,
+    /// How many connections are served, from `limits.max_connections` and RLIMIT_NOFILE.
+    pub budget: ConnectionBudget,
     /// The directory shard has loaded the user accounts.
     pub accounts_ready: AtomicBool,
     pub local_addr: SocketAddr,
@@ -595,6 +599,7 @@ impl Runtime {
             store_ok: (0..shards).map(|_| AtomicBool::new(false)).collect(),
             draining: AtomicUsize::new(shards),
             connections: AtomicUsize::new(0),
+            budget: ConnectionBudget::for_process(config.limits.max_connections, shards),
             accounts_ready: AtomicBool::new(false),
             local_addr,
         });
@@ -767,6 +772,7 @@ async fn shard_main(
 }
 
 async fn accept_loop(shard: &Rc<Shard>, listener: glommio::net::TcpListener) {
+    let mut last_logged_ms = 0;
     loop {
         let accepted = future::or(async { Some(listener.accept().await) }, async {
             shard.stop_accepting.wait().await;
@@ -776,12 +782,16 @@ async fn accept_loop(shard: &Rc<Shard>, listener: glommio::net::TcpListener) {
         match accepted {
             None => return,
             Some(Ok(stream)) => {
-                let max = shard.config.limits.max_connections;
-                if max > 0 && shard.process.connections.load(Ordering::Relaxed) >= max {
-                    let why = "the relay is at its connection limit";
-                    spawn_local(crate::api::refuse(stream, why)).detach();
-                } else {
-                    spawn_local(crate::api::serve(Rc::clone(shard), stream)).detach();
+                let open = shard.process.connections.load(Ordering::Relaxed);
+                match shard.process.budget.admit(open) {
+                    Admission::Shed => {
+                        let why = "the relay is at its connection limit";
+                        spawn_local(crate::api::refuse(stream, why)).detach();
+                    }
+                    admission => {
+                        let serve = crate::api::serve(Rc::clone(shard), stream, admission);
+                        spawn_local(serve).detach();
+                    }
                 }
             }
             Some(Err(e)) => {
@@ -789,10 +799,14 @@ async fn accept_loop(shard: &Rc<Shard>, listener: glommio::net::TcpListener) {
                     glommio::GlommioError::IoError(io) if listener::is_fd_exhaustion(io) => 100,
                     _ => 10,
                 };
-                eprintln!(
-                    "shard {}: accept failed: {e}; retrying in {backoff} ms",
-                    shard.id
-                );
+                // A lasting failure would otherwise fill the log ten lines a second.
+                if now_ms().saturating_sub(last_logged_ms) >= 10_000 {
+                    last_logged_ms = now_ms();
+                    eprintln!(
+                        "shard {}: accept failed: {e}; retrying every {backoff} ms (logged once per 10 s)",
+                        shard.id
+                    );
+                }
                 sleep(Duration::from_millis(backoff)).await;
             }
         }

@@ -4,8 +4,10 @@
 //! - `<prefix>:{accounts}:users` — hash: user ID → user JSON (`account::User`).
 //! - `<prefix>:{accounts}:refresh` — hash: refresh-token ID → token JSON (digest only,
 //!   never the secret).
-//! - `<prefix>:{accounts}:denied` — sorted set: logged-out access-token IDs scored by the
-//!   Unix milliseconds at which their token expires (pruned past that).
+//! - `<prefix>:{accounts}:denied` — sorted set: logged-out access tokens, each the JSON
+//!   array `["<subject>", "<jti>"]`, scored by the Unix milliseconds at which the token
+//!   expires (pruned past that). A member that is a bare `jti` was written before subjects
+//!   were kept and denies that `jti` for every subject.
 //!
 //! The layout is ours, not the original relay's (its keys are `user:<id>` hashes of
 //! strings): accounts are not shared with a running original server.
@@ -15,14 +17,14 @@ use redis::Value;
 use super::{resp, Store, StoreError, Ticket};
 use crate::account::directory::AccountWrite;
 use crate::account::refresh::RefreshToken;
-use crate::account::User;
+use crate::account::{DeniedToken, User};
 
 /// Account state as read back at start-up.
 #[derive(Default)]
 pub struct LoadedAccounts {
     pub users: Vec<User>,
     pub tokens: Vec<RefreshToken>,
-    pub denied: Vec<(String, u64)>,
+    pub denied: Vec<DeniedToken>,
 }
 
 impl Store {
@@ -52,10 +54,10 @@ impl Store {
                     AccountWrite::RemoveToken(jti) => {
                         redis::cmd("HDEL").arg(key("refresh")).arg(jti).clone()
                     }
-                    AccountWrite::Deny(jti, until_ms) => redis::cmd("ZADD")
+                    AccountWrite::Deny(entry) => redis::cmd("ZADD")
                         .arg(key("denied"))
-                        .arg(until_ms)
-                        .arg(jti)
+                        .arg(entry.until_ms)
+                        .arg(serde_json::to_string(&(&entry.subject, &entry.jti)).ok()?)
                         .clone(),
                 };
                 v.link.write(&cmd, true).map(Ticket)
@@ -101,8 +103,27 @@ impl Store {
         Ok(LoadedAccounts {
             users: parse_all(&users, "user"),
             tokens: parse_all(&tokens, "refresh token"),
-            denied: scored(&denied),
+            denied: scored(&denied)
+                .into_iter()
+                .map(|(member, until_ms)| denied_token(member, until_ms))
+                .collect(),
         })
+    }
+}
+
+/// A deny-list member: `["<subject>", "<jti>"]`, or a bare `jti` (every subject).
+fn denied_token(member: String, until_ms: u64) -> DeniedToken {
+    match serde_json::from_str::<(String, String)>(&member) {
+        Ok((subject, jti)) => DeniedToken {
+            subject: Some(subject),
+            jti,
+            until_ms,
+        },
+        Err(_) => DeniedToken {
+            subject: None,
+            jti: member,
+            until_ms,
+        },
     }
 }
 
@@ -158,5 +179,22 @@ fn scored(reply: &Value) -> Vec<(String, u64)> {
             })
             .collect(),
         _ => Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deny_list_members_name_a_subject_or_are_legacy() {
+        let token = denied_token(r#"["alice","j1"]"#.into(), 5);
+        assert_eq!(token.subject.as_deref(), Some("alice"));
+        assert_eq!((token.jti.as_str(), token.until_ms), ("j1", 5));
+        let member = serde_json::to_string(&(&token.subject, &token.jti)).unwrap();
+        assert_eq!(denied_token(member, 5), token, "written as read");
+        let legacy = denied_token("0123abcd".into(), 7);
+        assert_eq!(legacy.subject, None);
+        assert_eq!(legacy.jti, "0123abcd");
     }
 }

@@ -16,6 +16,8 @@ use crate::http::response::{error_body, push_header, Response};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HandshakeError {
     NotGet,
+    /// The upgrade request is HTTP/1.0: RFC 6455 §4.1 requires HTTP/1.1 or later.
+    HttpVersion,
     /// No `Upgrade` header with the `websocket` token.
     MissingUpgrade,
     /// No `Connection` header with the `upgrade` token.
@@ -40,6 +42,7 @@ impl HandshakeError {
     pub fn code(&self) -> &'static str {
         match self {
             HandshakeError::NotGet => "WS_METHOD_NOT_GET",
+            HandshakeError::HttpVersion => "WS_HTTP_VERSION",
             HandshakeError::MissingUpgrade => "WS_MISSING_UPGRADE",
             HandshakeError::MissingConnectionUpgrade => "WS_MISSING_CONNECTION_UPGRADE",
             HandshakeError::UnsupportedVersion => "WS_UNSUPPORTED_VERSION",
@@ -51,6 +54,7 @@ impl HandshakeError {
     pub fn detail(&self) -> String {
         match self {
             HandshakeError::NotGet => "a WebSocket upgrade must use GET",
+            HandshakeError::HttpVersion => "a WebSocket upgrade must use HTTP/1.1",
             HandshakeError::MissingUpgrade => "missing \"Upgrade: websocket\"",
             HandshakeError::MissingConnectionUpgrade => "missing \"Connection: upgrade\"",
             HandshakeError::UnsupportedVersion => "Sec-WebSocket-Version must be 13",
@@ -110,12 +114,20 @@ fn is_valid_key(key: &str) -> bool {
         && matches!(last, b'A' | b'Q' | b'g' | b'w')
 }
 
-/// Validates an upgrade request's headers (method GET, `Upgrade: websocket`, `Connection`
-/// with the `upgrade` token, `Sec-WebSocket-Version: 13`, one `Sec-WebSocket-Key` that is
-/// base64 of 16 bytes) and returns the `Sec-WebSocket-Accept` value.
-pub fn accept(headers: &[(String, String)], method_is_get: bool) -> Result<String, HandshakeError> {
+/// Validates an upgrade request (method GET over HTTP/1.1, `Upgrade: websocket`,
+/// `Connection` with the `upgrade` token, `Sec-WebSocket-Version: 13`, one
+/// `Sec-WebSocket-Key` that is base64 of 16 bytes) and returns the `Sec-WebSocket-Accept`
+/// value.
+pub fn accept(
+    headers: &[(String, String)],
+    method_is_get: bool,
+    http_version_minor: u8,
+) -> Result<String, HandshakeError> {
     if !method_is_get {
         return Err(HandshakeError::NotGet);
+    }
+    if http_version_minor < 1 {
+        return Err(HandshakeError::HttpVersion);
     }
     if !has_token(headers, "upgrade", "websocket") {
         return Err(HandshakeError::MissingUpgrade);
@@ -199,7 +211,7 @@ mod tests {
 
     #[test]
     fn accepts_the_rfc_example() {
-        assert_eq!(accept(&valid(), true), Ok(ACCEPT.to_owned()));
+        assert_eq!(accept(&valid(), true, 1), Ok(ACCEPT.to_owned()));
     }
 
     #[test]
@@ -210,25 +222,32 @@ mod tests {
             ("sec-websocket-version", " 13"),
             ("sec-websocket-key", KEY),
         ]);
-        assert_eq!(accept(&h, true), Ok(ACCEPT.to_owned()));
+        assert_eq!(accept(&h, true, 1), Ok(ACCEPT.to_owned()));
         // Header names are matched case-insensitively too.
         let h: Vec<_> = valid()
             .into_iter()
             .map(|(n, v)| (n.to_ascii_uppercase(), v))
             .collect();
-        assert_eq!(accept(&h, true), Ok(ACCEPT.to_owned()));
+        assert_eq!(accept(&h, true, 1), Ok(ACCEPT.to_owned()));
     }
 
     #[test]
     fn method_must_be_get() {
-        let err = accept(&valid(), false).unwrap_err();
+        let err = accept(&valid(), false, 1).unwrap_err();
         assert_eq!((err, err.status()), (HandshakeError::NotGet, 400));
+    }
+
+    #[test]
+    fn http_1_0_cannot_upgrade() {
+        let err = accept(&valid(), true, 0).unwrap_err();
+        assert_eq!((err, err.status()), (HandshakeError::HttpVersion, 400));
+        assert_eq!(err.code(), "WS_HTTP_VERSION");
     }
 
     #[test]
     fn upgrade_must_name_websocket() {
         for h in [replace("upgrade", None), replace("upgrade", Some("h2c"))] {
-            let err = accept(&h, true).unwrap_err();
+            let err = accept(&h, true, 1).unwrap_err();
             assert_eq!((err, err.status()), (HandshakeError::MissingUpgrade, 400));
         }
     }
@@ -240,7 +259,7 @@ mod tests {
             replace("connection", Some("keep-alive")),
             replace("connection", Some("upgraded")),
         ] {
-            let err = accept(&h, true).unwrap_err();
+            let err = accept(&h, true, 1).unwrap_err();
             assert_eq!(
                 (err, err.status()),
                 (HandshakeError::MissingConnectionUpgrade, 400)
@@ -258,7 +277,7 @@ mod tests {
             replace("sec-websocket-version", Some("13, 8")),
             twice,
         ] {
-            let err = accept(&h, true).unwrap_err();
+            let err = accept(&h, true, 1).unwrap_err();
             assert_eq!(
                 (err, err.status()),
                 (HandshakeError::UnsupportedVersion, 426)
@@ -268,7 +287,7 @@ mod tests {
 
     #[test]
     fn key_must_be_present() {
-        let err = accept(&replace("sec-websocket-key", None), true).unwrap_err();
+        let err = accept(&replace("sec-websocket-key", None), true, 1).unwrap_err();
         assert_eq!((err, err.status()), (HandshakeError::MissingKey, 400));
     }
 
@@ -285,7 +304,7 @@ mod tests {
             "dGhlIHNhbXBsZSBub25=ZQ==",   // padding inside
         ];
         for key in bad {
-            let err = accept(&replace("sec-websocket-key", Some(key)), true).unwrap_err();
+            let err = accept(&replace("sec-websocket-key", Some(key)), true, 1).unwrap_err();
             assert_eq!(
                 (err, err.status()),
                 (HandshakeError::InvalidKey, 400),
@@ -298,7 +317,7 @@ mod tests {
             "+/+/+/+/+/+/+/+/+/+/+g==",
         ] {
             assert!(
-                accept(&replace("sec-websocket-key", Some(key)), true).is_ok(),
+                accept(&replace("sec-websocket-key", Some(key)), true, 1).is_ok(),
                 "{key}"
             );
         }
@@ -308,7 +327,7 @@ mod tests {
     fn duplicate_keys_are_refused() {
         let mut h = valid();
         h.push(("sec-websocket-key".to_owned(), KEY.to_owned()));
-        assert_eq!(accept(&h, true), Err(HandshakeError::InvalidKey));
+        assert_eq!(accept(&h, true, 1), Err(HandshakeError::InvalidKey));
     }
 
     #[test]

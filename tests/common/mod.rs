@@ -70,6 +70,12 @@ impl Relay {
         for (k, v) in env {
             cmd.env(k, v);
         }
+        Relay::spawn(cmd)
+    }
+
+    /// Starts the relay from `cmd` (e.g. a [`relay_command`] with a `pre_exec` hook) and
+    /// waits for its listening line.
+    pub fn spawn(mut cmd: Command) -> Relay {
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
