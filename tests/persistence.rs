@@ -1245,8 +1245,19 @@ fn valkey_password_is_used_and_a_wrong_one_keeps_the_relay_unready() {
         wrong.stderr()
     );
     assert_eq!(valkey.xlen(&stream_key(&topic)), 1);
-    // No password at all is refused just the same.
+    // No password at all is refused just the same, and said so: the log names the refused
+    // AUTH (NOAUTH) and /ready names Valkey, which a relay merely starting would not.
     let none = Relay::start_on_valkey(&valkey, &[]);
-    thread::sleep(Duration::from_millis(500));
-    none.ready().assert_status(503);
+    wait_until(READY_TIMEOUT, "a NOAUTH line on stderr", || {
+        none.stderr().contains("NOAUTH")
+    });
+    let resp = none.ready();
+    resp.assert_status(503);
+    assert!(
+        resp.text().to_lowercase().contains("valkey"),
+        "/ready should name Valkey: {}",
+        resp.text()
+    );
+    post_message(&mut none.http(), &message_body(&topic, "3")).assert_status(503);
+    assert_eq!(valkey.xlen(&stream_key(&topic)), 1);
 }
