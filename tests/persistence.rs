@@ -371,8 +371,15 @@ fn valkey_kill9_under_load_loses_no_acknowledged_message_and_the_relay_reconnect
         "/ready should name Valkey: {}",
         down.text()
     );
-    // Producers are now blocked on writes Valkey has not confirmed.
+    // Producers are now blocked on writes Valkey has not confirmed: no 201 while it is
+    // down, but for at most the one request each producer had in flight, which Valkey
+    // may have confirmed just before the kill.
     thread::sleep(Duration::from_millis(500));
+    let while_down = acked.load(Ordering::Relaxed) - at_kill;
+    assert!(
+        while_down <= producers.len(),
+        "{while_down} publishes acknowledged while Valkey was down"
+    );
     valkey.restart_same_dir();
     relay.wait_ready(RECONNECT_TIMEOUT);
     let after_restart = acked.load(Ordering::Relaxed);
@@ -388,7 +395,6 @@ fn valkey_kill9_under_load_loses_no_acknowledged_message_and_the_relay_reconnect
         relay.wait_exit(Duration::ZERO).is_none(),
         "the relay must reconnect by itself, not exit"
     );
-    assert!(at_kill >= 40);
 
     for (topic, (acked_ids, other)) in topics.iter().zip(&results) {
         let stream: Vec<String> = valkey.stream_ids(&stream_key(topic));
@@ -977,13 +983,18 @@ fn expired_messages_are_not_replayed_from_valkey() {
     let query = format!("topics={topic}&since=earliest&limit=100");
     // The ring holds the two newest messages; the first comes from Valkey.
     let (body, _) = poll_now(&relay, &query);
-    if now_ms() < published_at + 1500 {
-        assert_eq!(
-            message_ids(&body),
-            [id_of(&short), id_of(&long), id_of(&plain)],
-            "before its expiry the short-lived message is replayed"
-        );
-    }
+    // Answered before the expiry, so the relay looked before it too. Not skipped when
+    // late: a poll that took 2 s is a failure worth seeing.
+    let answered = now_ms().saturating_sub(published_at);
+    assert!(
+        answered < 2000,
+        "the first poll was answered {answered} ms after the publish, past the 2 s TTL"
+    );
+    assert_eq!(
+        message_ids(&body),
+        [id_of(&short), id_of(&long), id_of(&plain)],
+        "before its expiry the short-lived message is replayed"
+    );
     sleep_until_ms(published_at + 2300);
     let want = [id_of(&long), id_of(&plain)];
     let (body, _) = poll_now(&relay, &query);
