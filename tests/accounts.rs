@@ -283,6 +283,14 @@ fn logout_denies_the_token_on_http_and_websocket() {
         WsConnect::Refused(status) => assert_eq!(status, 401),
         WsConnect::Open(_) => panic!("a logged-out token opened a WebSocket"),
     }
+    // Nor can an open session switch to it with an `auth` frame, while a live token of the
+    // same account still renews the session.
+    let mut ws = Ws::connect(relay.addr, &other);
+    ws.send_json(&json!({"type": "auth", "token": access}));
+    ws.expect_error("TOKEN_REVOKED");
+    let (fresh, _) = login(&relay, ADMIN, ADMIN_PASSWORD);
+    ws.send_json(&json!({"type": "auth", "token": fresh}));
+    ws.expect_type("authenticated");
     // Other tokens of the same account are unaffected; a token without jti logs out as a no-op.
     publish_as(&relay, &other, "jobs").assert_status(201);
     call(&relay, "POST", "/auth/logout", &rw_token(), &Value::Null).assert_status(204);
