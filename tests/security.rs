@@ -154,9 +154,12 @@ fn cors_preflight_and_allow_origin() {
     assert!(preflight
         .header("access-control-allow-methods")
         .is_some_and(|m| m.contains("POST")));
-    assert!(preflight
-        .header("access-control-allow-headers")
-        .is_some_and(|h| h.contains("Authorization")));
+    // Producers may send Idempotency-Key from a browser, and the answer is cached 600 s.
+    assert_eq!(
+        preflight.header("access-control-allow-headers"),
+        Some("Authorization, Content-Type, Idempotency-Key")
+    );
+    assert_eq!(preflight.header("access-control-max-age"), Some("600"));
 
     relay
         .request(
@@ -409,4 +412,138 @@ fn drop_oldest_sheds_messages_and_tells_the_slow_consumer() {
     // Still connected and served.
     slow.send_json(&json!({"type": "ping"}));
     slow.expect_type("pong");
+}
+
+#[test]
+fn tokens_never_reach_the_relays_output() {
+    let mut relay = Relay::start_with(&[
+        ("PULSAR_BOOTSTRAP_ADMIN_USERNAME", "admin"),
+        ("PULSAR_BOOTSTRAP_ADMIN_PASSWORD", "12345678"),
+    ]);
+    relay.wait_ready(Duration::from_secs(10));
+    let login = relay.request(
+        "POST",
+        "/auth/login",
+        &[("Content-Type", "application/x-www-form-urlencoded")],
+        b"username=admin&password=12345678",
+    );
+    login.assert_status(200);
+    let access = login.json()["access_token"].as_str().unwrap().to_owned();
+    let refresh = login.json()["refresh_token"].as_str().unwrap().to_owned();
+    let logged_out = {
+        let again = relay.request(
+            "POST",
+            "/auth/login",
+            &[("Content-Type", "application/x-www-form-urlencoded")],
+            b"username=admin&password=12345678",
+        );
+        again.json()["access_token"].as_str().unwrap().to_owned()
+    };
+    relay
+        .request(
+            "POST",
+            "/auth/logout",
+            &[auth_header(&logged_out).as_pair()],
+            b"",
+        )
+        .assert_status(204);
+    let service = rw_token();
+    let write_only = write_token();
+    let expired = expired_token();
+    let foreign = foreign_token();
+    let truncated = service[..service.len() - 5].to_string();
+    let ws_url = |token: &str| {
+        use tungstenite::client::IntoClientRequest;
+        format!("ws://{}/ws?token={token}", relay.addr)
+            .into_client_request()
+            .unwrap()
+    };
+
+    // A session with `?token=`, working.
+    let topic = topic_on("quiet", 0);
+    let mut ws = Ws::connect(relay.addr, &access);
+    ws.subscribe(&[&topic], json!({}));
+    relay.publish(&topic, "1");
+    ws.recv_delivery();
+    ws.send_json(&json!({"type": "auth", "token": service}));
+    ws.expect_error("AUTH_SUBJECT_MISMATCH");
+    ws.send_json(&json!({"type": "auth", "token": expired}));
+    ws.expect_error("TOKEN_EXPIRED");
+    ws.close();
+    // Refused ones: every error path of the handshake.
+    for (token, status) in [
+        (&expired, 401),
+        (&foreign, 401),
+        (&truncated, 401),
+        (&logged_out, 401),
+        (&write_only, 403),
+    ] {
+        match Ws::connect_request(relay.addr, ws_url(token)) {
+            WsConnect::Refused(got) => assert_eq!(got, status),
+            WsConnect::Open(_) => panic!("a bad token opened a WebSocket"),
+        }
+    }
+    // In HTTP headers and query strings, in a malformed request, in an oversized one.
+    for token in [&expired, &foreign, &truncated, &logged_out] {
+        relay
+            .request(
+                "POST",
+                "/api/v1/messages",
+                &[auth_header(token).as_pair()],
+                br#"{"topic":"t","payload":1}"#,
+            )
+            .assert_status(401);
+    }
+    relay
+        .request(
+            "GET",
+            &format!("/api/v1/poll?topics=t&timeout=1&token={service}"),
+            &[],
+            b"",
+        )
+        .assert_status(401);
+    let (mut http, resp) = {
+        let mut http = relay.http();
+        http.send_raw(format!("GET /ws?token={service} HTTP/1.1\r\nHost x\r\n\r\n").as_bytes());
+        let resp = http.read_response(true);
+        (http, resp)
+    };
+    assert_eq!(resp.status, 400, "{}", resp.text());
+    http.assert_closed();
+    let long = format!("/ws?token={service}&pad={}", "x".repeat(20_000));
+    assert_eq!(relay.request("GET", &long, &[], b"").status, 431);
+    // Refresh tokens: spent, replayed, revoked, forged.
+    let body = |t: &str| json!({ "refresh_token": t }).to_string();
+    let post = |path: &str, t: &str| relay.request("POST", path, &[], body(t).as_bytes());
+    post("/auth/token/refresh", &refresh).assert_status(200);
+    post("/auth/token/refresh", &refresh).assert_status(401);
+    post("/auth/token/revoke", &refresh).assert_status(204);
+    let forged = format!("{}.{}", refresh.split('.').next().unwrap(), "f".repeat(64));
+    post("/auth/token/refresh", &forged).assert_status(401);
+
+    relay.terminate();
+    assert!(relay.wait_exit(Duration::from_secs(10)).is_some());
+    // The output readers finish once the pipes close.
+    std::thread::sleep(Duration::from_millis(200));
+    let output = relay.output();
+    assert!(output.contains("listening"), "output captured: {output}");
+    let mut secrets = vec![refresh.split('.').nth(1).unwrap().to_owned()];
+    for token in [
+        &access,
+        &logged_out,
+        &service,
+        &write_only,
+        &expired,
+        &foreign,
+        &truncated,
+    ] {
+        secrets.push(token.clone());
+        secrets.push(token.rsplit('.').next().unwrap().to_owned());
+    }
+    for secret in &secrets {
+        assert!(
+            !output.contains(secret.as_str()),
+            "the relay printed a token (or its signature):\n{output}"
+        );
+    }
 }
