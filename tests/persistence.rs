@@ -566,10 +566,17 @@ fn persisted_publish_is_not_acknowledged_until_valkey_is_back() {
 }
 
 #[test]
-fn ready_turns_503_when_valkey_dies_even_without_traffic() {
+fn ready_turns_503_when_valkey_dies_even_without_traffic_and_history_is_store_unavailable() {
     let mut valkey = Valkey::start();
-    let relay = start_relay(&valkey, &[]);
-    relay.publish(&topic_on("idle", 0), "1");
+    let relay = start_relay(
+        &valkey,
+        &[("PULSAR_STORAGE_HOT_TIER_MESSAGES_PER_TOPIC", "2")],
+    );
+    let topic = topic_on("idle", 0);
+    let mut http = relay.http();
+    let ids: Vec<String> = (0..4)
+        .map(|i| id_of(&http.publish(&topic, &i.to_string())).to_string())
+        .collect();
     valkey.kill9();
     // Nobody publishes: the relay must still notice that its persistent tier is gone.
     let resp = relay.wait_not_ready(Duration::from_secs(5));
@@ -578,8 +585,35 @@ fn ready_turns_503_when_valkey_dies_even_without_traffic() {
         "/ready should name Valkey: {}",
         resp.text()
     );
+    // History older than the ring (two of four) cannot be read: said so, not skipped.
+    let query = format!("topics={topic}&since=earliest&timeout=1");
+    let resp = relay.poll(&query);
+    resp.assert_error(503, "STORE_UNAVAILABLE");
+    assert!(resp.header("retry-after").is_some(), "no Retry-After");
+    let history = |order: &str| {
+        relay.request(
+            "GET",
+            &format!("/api/v1/topics/{topic}/messages?order={order}&limit=10"),
+            &[auth_header(&rw_token()).as_pair()],
+            b"",
+        )
+    };
+    history("asc").assert_error(503, "STORE_UNAVAILABLE");
+    let mut ws = relay.ws();
+    ws.subscribe(&[&topic], json!({"since": "earliest"}));
+    let err = ws.expect_error("STORE_UNAVAILABLE");
+    assert!(
+        err["message"].as_str().unwrap().contains("since=earliest"),
+        "{err}"
+    );
+
     valkey.restart_same_dir();
     relay.wait_ready(RECONNECT_TIMEOUT);
+    let (body, _) = poll_now(&relay, &format!("topics={topic}&since=earliest"));
+    assert_eq!(message_ids(&body), ids);
+    history("asc").assert_status(200);
+    let replayed = ws_replay_following(&mut ws, &topic, "earliest", 3);
+    assert_eq!(replayed, ids);
 }
 
 // ---------------------------------------------------------------------------------------
