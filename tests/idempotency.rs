@@ -523,7 +523,7 @@ fn a_duplicate_waits_at_most_idempotency_wait_and_one_over_the_waiter_bound_is_b
         &valkey,
         &[
             ("PULSAR_STORAGE_ACK", "persisted"),
-            ("PULSAR_LIMITS_IDEMPOTENCY_WAIT", "600ms"),
+            ("PULSAR_LIMITS_IDEMPOTENCY_WAIT", "500ms"),
         ],
     );
     relay.wait_ready(Duration::from_secs(10));
@@ -534,7 +534,7 @@ fn a_duplicate_waits_at_most_idempotency_wait_and_one_over_the_waiter_bound_is_b
         Some(&key(11)),
         &message(topic, json!(1)),
     );
-    let first = first_held_back(&valkey, &relay, 2000, &bytes);
+    let first = first_held_back(&valkey, &relay, 1600, &bytes);
     // 257 duplicates, one connection each, all sent before any answer is read: 256 may
     // wait on one key, the 257th is refused at once.
     let sent = Instant::now();
@@ -545,7 +545,7 @@ fn a_duplicate_waits_at_most_idempotency_wait_and_one_over_the_waiter_bound_is_b
             http
         })
         .collect();
-    // Until the wait runs out (600 ms after each claim, so after `sent`), only the refusal
+    // Until the wait runs out (500 ms after each claim, so after `sent`), only the refusal
     // can be there.
     let answered = || {
         duplicates
@@ -559,7 +559,7 @@ fn a_duplicate_waits_at_most_idempotency_wait_and_one_over_the_waiter_bound_is_b
             .count()
     };
     let mut answered_early = answered();
-    while answered_early == 0 && sent.elapsed() < Duration::from_millis(450) {
+    while answered_early == 0 && sent.elapsed() < Duration::from_millis(350) {
         thread::sleep(Duration::from_millis(20));
         answered_early = answered();
     }
@@ -574,7 +574,7 @@ fn a_duplicate_waits_at_most_idempotency_wait_and_one_over_the_waiter_bound_is_b
         .collect();
     let waited = sent.elapsed();
     assert!(
-        waited >= Duration::from_millis(600),
+        waited >= Duration::from_millis(500),
         "the waiting duplicates were answered after {waited:?}"
     );
     assert!(

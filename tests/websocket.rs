@@ -477,11 +477,12 @@ fn the_server_pings_and_drops_peers_silent_for_the_pong_timeout() {
         }
         (bytes, started.elapsed())
     });
-    // A live peer: tungstenite answers every ping while it reads.
+    // A live peer: tungstenite answers every ping while it reads, so it outlives the
+    // timeout twice over.
     let mut live = relay.ws();
     live.set_read_timeout(Duration::from_millis(100));
     let mut pings = 0;
-    while started.elapsed() < Duration::from_secs(2) {
+    while started.elapsed() < Duration::from_millis(1400) {
         match live.sock.read() {
             Ok(Message::Ping(_)) => pings += 1,
             Ok(other) => panic!("unexpected {other:?}"),
@@ -493,7 +494,10 @@ fn the_server_pings_and_drops_peers_silent_for_the_pong_timeout() {
             Err(e) => panic!("the live peer was dropped: {e}"),
         }
     }
-    assert!(pings >= 4, "{pings} server pings in 2 s at one per 200 ms");
+    assert!(
+        pings >= 3,
+        "{pings} server pings in 1.4 s at one per 200 ms"
+    );
     live.send_json(&json!({"type": "ping"}));
     live.expect_type("pong");
 
