@@ -274,6 +274,9 @@ pub struct LimitsConfig {
     /// How long a publish's `Idempotency-Key` keeps answering retries with the first answer.
     #[serde(with = "duration")]
     pub idempotency_window: Duration,
+    /// How long a duplicate waits for the first request with its key before a 503.
+    #[serde(with = "duration")]
+    pub idempotency_wait: Duration,
 }
 
 impl Default for LimitsConfig {
@@ -293,6 +296,7 @@ impl Default for LimitsConfig {
             ws_frame_rate: 200,
             max_json_depth: 64,
             idempotency_window: Duration::from_secs(600),
+            idempotency_wait: Duration::from_secs(10),
         }
     }
 }
@@ -513,6 +517,7 @@ const SECTIONS: &[(&str, &[(&str, EnvKind)])] = &[
             ("ws_frame_rate", Scalar),
             ("max_json_depth", Scalar),
             ("idempotency_window", Scalar),
+            ("idempotency_wait", Scalar),
         ],
     ),
     (
@@ -670,6 +675,7 @@ impl Config {
             ("delivery.ws_ping_interval", self.delivery.ws_ping_interval),
             ("delivery.ws_pong_timeout", self.delivery.ws_pong_timeout),
             ("limits.idempotency_window", self.limits.idempotency_window),
+            ("limits.idempotency_wait", self.limits.idempotency_wait),
         ];
         if let Some((key, _)) = timers.iter().find(|(_, d)| d.is_zero()) {
             return Err(ConfigError::at(*key, "must be longer than zero"));

@@ -245,11 +245,19 @@ fn revoke_needs_the_secret_and_can_end_a_chain() {
     revoke(json!({"refresh_token": format!("{jti}.{}", "0".repeat(64))})).assert_status(204);
     revoke(json!({"refresh_token": "00000000-0000-4000-8000-000000000000.abc"})).assert_status(204);
     revoke(json!({"refresh_token": "malformed"})).assert_error(400, "MALFORMED_REFRESH_TOKEN");
-    let next = refresh(&relay, &token);
-    next.assert_status(200);
-    let next = next.json()["refresh_token"].as_str().unwrap().to_owned();
-    revoke(json!({"refresh_token": next, "revoke_chain": true})).assert_status(204);
-    refresh(&relay, &next).assert_error(401, "INVALID_REFRESH_TOKEN");
+    let rotate = |wire: &str| {
+        let resp = refresh(&relay, wire);
+        resp.assert_status(200);
+        resp.json()["refresh_token"].as_str().unwrap().to_owned()
+    };
+    // `token` is spent now; `child` is the live end of its chain.
+    let child = rotate(&token);
+    // The spent token alone: its live child is untouched.
+    revoke(json!({"refresh_token": token, "revoke_chain": false})).assert_status(204);
+    let grandchild = rotate(&child);
+    // The spent token with its chain: the live end of the chain is revoked too.
+    revoke(json!({"refresh_token": token, "revoke_chain": true})).assert_status(204);
+    refresh(&relay, &grandchild).assert_error(401, "INVALID_REFRESH_TOKEN");
 }
 
 #[test]
@@ -275,6 +283,14 @@ fn logout_denies_the_token_on_http_and_websocket() {
         WsConnect::Refused(status) => assert_eq!(status, 401),
         WsConnect::Open(_) => panic!("a logged-out token opened a WebSocket"),
     }
+    // Nor can an open session switch to it with an `auth` frame, while a live token of the
+    // same account still renews the session.
+    let mut ws = Ws::connect(relay.addr, &other);
+    ws.send_json(&json!({"type": "auth", "token": access}));
+    ws.expect_error("TOKEN_REVOKED");
+    let (fresh, _) = login(&relay, ADMIN, ADMIN_PASSWORD);
+    ws.send_json(&json!({"type": "auth", "token": fresh}));
+    ws.expect_type("authenticated");
     // Other tokens of the same account are unaffected; a token without jti cannot be
     // logged out, and is told so.
     publish_as(&relay, &other, "jobs").assert_status(201);

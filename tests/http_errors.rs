@@ -1,5 +1,5 @@
 //! The HTTP layer: routing, auth and validation errors, framing errors, limits, keep-alive,
-//! pipelining, HEAD, chunked bodies and the slow-client timeout.
+//! pipelining, HEAD, chunked bodies, the slow-client timeout and the idle timeout.
 
 mod common;
 
@@ -687,6 +687,28 @@ fn slow_client_gets_408_and_is_disconnected() {
     http.request("GET", "/health", &[], b"").assert_status(200);
     std::thread::sleep(Duration::from_millis(1600));
     http.request("GET", "/health", &[], b"").assert_status(200);
+}
+
+#[test]
+fn idle_connections_are_closed_after_server_idle_timeout() {
+    let relay = Relay::start_with(&[("PULSAR_SERVER_IDLE_TIMEOUT", "400ms")]);
+    let started = Instant::now();
+    // One connection that never sends a byte, one idle after a request.
+    let mut silent = relay.http();
+    let mut used = relay.http();
+    used.request("GET", "/health", &[], b"").assert_status(200);
+    // One that sends a request every 200 ms: open long past 400 ms, since the timeout
+    // counts each wait for the next request, not the connection's age.
+    let mut busy = relay.http();
+    while started.elapsed() < Duration::from_millis(1000) {
+        busy.request("GET", "/health", &[], b"").assert_status(200);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // The idle ones were closed by now, without a response.
+    for http in [&mut silent, &mut used] {
+        http.set_read_timeout(Duration::from_millis(200));
+        http.assert_closed();
+    }
 }
 
 #[test]

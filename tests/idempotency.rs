@@ -2,9 +2,10 @@
 //! real binary: a retry gets the first answer and nothing is stored twice, concurrent
 //! duplicates on separate connections publish once, duplicates of a publish in flight wait
 //! for its answer (and are released at shutdown), keys are scoped per subject and per
-//! endpoint, bad keys and reused keys are refused, a failed attempt does not hold the key,
-//! answers expire with `limits.idempotency_window`, and with Valkey a retry after a relay
-//! restart still gets the first answer.
+//! endpoint, bad keys and reused keys are refused, a failed attempt (a bulk that published
+//! nothing too) does not hold the key, answers expire with `limits.idempotency_window`, a
+//! duplicate waits at most `limits.idempotency_wait` and too many are refused, and with
+//! Valkey a retry after a relay restart still gets the first answer.
 //!
 //! What was stored is always checked by reading the topic back from the earliest message
 //! (`GET /api/v1/poll?since=earliest`), never by trusting the answers.
@@ -320,6 +321,36 @@ fn a_failed_first_attempt_does_not_hold_the_key() {
 }
 
 #[test]
+fn a_bulk_that_published_nothing_does_not_keep_its_key() {
+    let relay = Relay::start();
+    let token = rw_token();
+    let k = key(12);
+    let topic = "idem-bulk-none";
+    let nothing = json!({"messages": [
+        {"topic": "not a topic!", "payload": 1},
+        {"topic": topic},
+    ]})
+    .to_string();
+    let refused = post(&relay, BULK, &token, Some(&k), &nothing);
+    assert_first(&refused, 207);
+    assert_eq!(
+        refused.json()["summary"]["accepted"],
+        0,
+        "{}",
+        refused.text()
+    );
+    // Its retry is handled anew, not replayed...
+    assert_first(&post(&relay, BULK, &token, Some(&k), &nothing), 207);
+    // ...and the key is free for another body, which publishes.
+    let good = json!({"messages": [{"topic": topic, "payload": 2}]}).to_string();
+    let published = post(&relay, BULK, &token, Some(&k), &good);
+    assert_first(&published, 207);
+    assert_eq!(published.json()["summary"]["accepted"], 1);
+    assert_replay_of(&post(&relay, BULK, &token, Some(&k), &good), &published);
+    assert_eq!(stored(&relay, topic).len(), 1);
+}
+
+#[test]
 fn answers_expire_with_the_window() {
     let relay = Relay::start_with(&[("PULSAR_LIMITS_IDEMPOTENCY_WINDOW", "1s")]);
     let token = rw_token();
@@ -482,5 +513,90 @@ fn a_waiting_duplicate_is_answered_at_shutdown_and_the_first_publish_completes()
     assert_eq!(refused.header("Retry-After"), Some("1"));
     assert_first(&publisher.join().unwrap(), 201);
     assert!(relay.wait_exit(Duration::from_secs(10)).is_some());
+    assert_eq!(valkey.xlen(&stream_key(topic)), 1);
+}
+
+#[test]
+fn a_duplicate_waits_at_most_idempotency_wait_and_one_over_the_waiter_bound_is_busy() {
+    let valkey = Valkey::start();
+    let relay = Relay::start_on_valkey(
+        &valkey,
+        &[
+            ("PULSAR_STORAGE_ACK", "persisted"),
+            ("PULSAR_LIMITS_IDEMPOTENCY_WAIT", "500ms"),
+        ],
+    );
+    relay.wait_ready(Duration::from_secs(10));
+    let topic = "idem-wait";
+    let bytes = request_bytes(
+        SINGLE,
+        &rw_token(),
+        Some(&key(11)),
+        &message(topic, json!(1)),
+    );
+    let first = first_held_back(&valkey, &relay, 1600, &bytes);
+    // 257 duplicates, one connection each, all sent before any answer is read: 256 may
+    // wait on one key, the 257th is refused at once.
+    let sent = Instant::now();
+    let mut duplicates: Vec<Http> = (0..257)
+        .map(|_| {
+            let mut http = relay.http();
+            http.send_raw(&bytes);
+            http
+        })
+        .collect();
+    // Until the wait runs out (500 ms after each claim, so after `sent`), only the refusal
+    // can be there.
+    let answered = || {
+        duplicates
+            .iter()
+            .filter(|http| {
+                http.stream.set_nonblocking(true).unwrap();
+                let ready = http.stream.peek(&mut [0u8; 1]).is_ok_and(|n| n > 0);
+                http.stream.set_nonblocking(false).unwrap();
+                ready
+            })
+            .count()
+    };
+    let mut answered_early = answered();
+    while answered_early == 0 && sent.elapsed() < Duration::from_millis(350) {
+        thread::sleep(Duration::from_millis(20));
+        answered_early = answered();
+    }
+    assert!(
+        sent.elapsed() < Duration::from_millis(600),
+        "too slow to tell"
+    );
+    assert_eq!(answered_early, 1, "answers before the wait ran out");
+    let answers: Vec<Response> = duplicates
+        .iter_mut()
+        .map(|http| http.read_response(true))
+        .collect();
+    let waited = sent.elapsed();
+    assert!(
+        waited >= Duration::from_millis(500),
+        "the waiting duplicates were answered after {waited:?}"
+    );
+    assert!(
+        !first.is_finished(),
+        "the duplicates were answered only once the first publish completed"
+    );
+    let busy: Vec<&Response> = answers
+        .iter()
+        .filter(|r| r.code() == "IDEMPOTENCY_BUSY")
+        .collect();
+    assert_eq!(busy.len(), 1);
+    busy[0].assert_error(503, "IDEMPOTENCY_BUSY");
+    assert_eq!(busy[0].header("Retry-After"), Some("1"));
+    for resp in answers.iter().filter(|r| r.code() != "IDEMPOTENCY_BUSY") {
+        resp.assert_error(503, "IDEMPOTENCY_KEY_IN_FLIGHT");
+        assert_eq!(resp.header("Retry-After"), Some("1"));
+    }
+    // The first publish completes; the key then answers with it.
+    let published = first.join().unwrap();
+    assert_first(&published, 201);
+    let mut retry = relay.http();
+    retry.send_raw(&bytes);
+    assert_replay_of(&retry.read_response(true), &published);
     assert_eq!(valkey.xlen(&stream_key(topic)), 1);
 }

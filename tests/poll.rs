@@ -207,6 +207,55 @@ fn poll_parameter_errors() {
 }
 
 #[test]
+fn delivery_max_poll_timeout_caps_both_long_polls() {
+    let relay = Relay::start_with(&[("PULSAR_DELIVERY_MAX_POLL_TIMEOUT", "1s")]);
+    let topic = topic_on("poll-cap", 0);
+    // Above the configured cap (not only above the hard 60): refused at once.
+    relay
+        .poll(&format!("topics={topic}&timeout=2"))
+        .assert_error(422, "INVALID_TIMEOUT");
+    relay.publish(&topic, "1");
+    let at_cap = relay.poll(&format!("topics={topic}&since=earliest&timeout=1"));
+    assert_eq!(messages(&at_cap).len(), 1);
+    // With nothing new, the default wait (30 s) is lowered to the cap, and the original
+    // relay's poll is shortened to it rather than refused. Both wait at once.
+    let token = rw_token();
+    let compat = json!({"topics": [&topic], "since": null, "timeout": 30}).to_string();
+    let waits: Vec<(Response, Duration)> = std::thread::scope(|s| {
+        let polls = [
+            ("GET", format!("/api/v1/poll?topics={topic}"), String::new()),
+            ("POST", "/messages/poll".to_string(), compat),
+        ];
+        let handles: Vec<_> = polls
+            .into_iter()
+            .map(|(method, path, body)| {
+                let (relay, token) = (&relay, &token);
+                s.spawn(move || {
+                    let mut http = relay.http();
+                    http.set_read_timeout(Duration::from_secs(40));
+                    let started = Instant::now();
+                    let resp = http.request(
+                        method,
+                        &path,
+                        &[auth_header(token).as_pair()],
+                        body.as_bytes(),
+                    );
+                    (resp, started.elapsed())
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for (resp, elapsed) in waits {
+        assert!(messages(&resp).is_empty(), "{}", resp.text());
+        assert!(
+            (Duration::from_millis(900)..Duration::from_secs(5)).contains(&elapsed),
+            "answered after {elapsed:?}, not after the 1 s cap"
+        );
+    }
+}
+
+#[test]
 fn ack_then_poll_with_client_id_resumes_after_it() {
     let relay = Relay::start();
     for topic in topics_on_each_shard("poll-ack") {

@@ -942,16 +942,40 @@ fn delete_removes_the_stream_the_positions_and_the_record_from_valkey() {
     let alice = manager("alice");
     let topic = topic_on("erased", 0);
     publish_ns(&relay, &alice, &topic, 0..3);
-    // A durable consumer position, so that the positions hash exists.
-    let ack = relay.poll(&format!(
-        "topics={topic}&since=earliest&client_id=c1&timeout=1"
-    ));
-    ack.assert_status(200);
     let keys = [
         stream_key(&topic),
         positions_key(&topic),
         format!("pulsar:{{{topic}}}:t"),
     ];
+    // A durable consumer position, so that the positions hash exists.
+    let polled = relay.poll(&format!(
+        "topics={topic}&since=earliest&client_id=c1&timeout=1"
+    ));
+    polled.assert_status(200);
+    let last = polled.json()["messages"][2]["message_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("three messages replayed: {}", polled.text()))
+        .to_owned();
+    relay
+        .request(
+            "POST",
+            "/api/v1/ack",
+            &[auth_header(&rw_token()).as_pair()],
+            json!({"message_ids": [last], "client_id": "c1"})
+                .to_string()
+                .as_bytes(),
+        )
+        .assert_status(200);
+    // Positions are written behind the ack: wait until Valkey has this one.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while valkey.command(&["HLEN", &keys[1]]).int() == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} never appeared in Valkey",
+            keys[1]
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
     assert_eq!(valkey.xlen(&keys[0]), 3);
     assert_eq!(valkey.command(&["EXISTS", &keys[2]]).int(), 1);
 
@@ -997,9 +1021,37 @@ fn records_are_not_touched_until_the_shard_recovered_them_from_valkey() {
     detail(&relay, &alice, &topic).assert_error(503, "STORE_RECOVERING");
     history(&relay, &alice, &topic, "").assert_error(503, "STORE_RECOVERING");
     call(&relay, "GET", "/api/v1/topics", &alice, None).assert_error(503, "STORE_RECOVERING");
+    // Publishing needs the shard's last IDs and records too: refused, and a bulk item
+    // says why.
+    let auth = auth_header(&alice);
+    let single = json!({"topic": topic, "payload": 1}).to_string();
+    let resp = relay.request(
+        "POST",
+        "/api/v1/messages",
+        &[auth.as_pair()],
+        single.as_bytes(),
+    );
+    resp.assert_error(503, "STORE_RECOVERING");
+    assert!(resp.header("retry-after").is_some(), "no Retry-After");
+    let bulk = json!({"messages": [{"topic": topic, "payload": 1}]}).to_string();
+    let resp = relay.request(
+        "POST",
+        "/api/v1/messages/bulk",
+        &[auth.as_pair()],
+        bulk.as_bytes(),
+    );
+    resp.assert_status(207);
+    let item = &resp.json()["results"][0];
+    assert_eq!(item["status"], "rejected", "{item}");
+    assert_eq!(item["error"]["code"], "STORE_RECOVERING", "{item}");
 
     valkey.restart_same_dir();
     relay.wait_ready(Duration::from_secs(15));
     assert_eq!(detail(&relay, &alice, &topic).json(), record);
     create(&relay, &alice, json!({"topic_name": topic})).assert_error(400, "TOPIC_EXISTS");
+    assert_eq!(
+        page(&relay, &alice, &topic, "")["total"],
+        0,
+        "the refused publishes left nothing"
+    );
 }

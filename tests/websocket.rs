@@ -6,6 +6,7 @@ mod common;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread;
+use std::time::{Duration, Instant};
 
 use common::*;
 use pulsar_relay::auth::Permissions;
@@ -431,22 +432,86 @@ fn bad_frames_get_error_frames_and_the_session_survives() {
 }
 
 #[test]
-fn unmasked_client_frame_closes_with_1002() {
+fn more_than_100_invalid_frames_close_the_session_with_1008() {
     let relay = Relay::start();
     let mut ws = relay.ws();
-    ws.subscribe(&[&topic_on("violations", 0)], json!({}));
-    ws.send_raw(&[0x81, 0x02, b'h', b'i']);
-    ws.expect_close(1002);
+    // A hundred refusals are answered one by one, and the session goes on.
+    ws.send_raw(&masked_frame(0x1, b"{}").repeat(100));
+    for _ in 0..100 {
+        ws.expect_error("MISSING_TYPE");
+    }
+    ws.send_json(&json!({"type": "ping"}));
+    ws.expect_type("pong");
+    // The 101st ends it.
+    ws.send_text(r#"{"type":"dance"}"#);
+    ws.expect_error("UNKNOWN_MESSAGE_TYPE");
+    let reason = ws.expect_close(1008);
+    assert!(reason.contains("invalid"), "{reason}");
     assert_relay_still_serves(&relay);
 }
 
 #[test]
-fn invalid_utf8_text_closes_with_1007() {
-    let relay = Relay::start();
-    let mut ws = relay.ws();
-    ws.send_raw(&masked_frame(0x1, b"{\"type\":\"ping\xff\xfe\"}"));
-    ws.expect_close(1007);
-    assert_relay_still_serves(&relay);
+fn the_server_pings_and_drops_peers_silent_for_the_pong_timeout() {
+    let relay = Relay::start_with(&[
+        ("PULSAR_DELIVERY_WS_PING_INTERVAL", "200ms"),
+        ("PULSAR_DELIVERY_WS_PONG_TIMEOUT", "600ms"),
+    ]);
+    // A silent peer: its bytes are read raw, so no pong ever answers the pings.
+    let silent = relay.ws();
+    let started = Instant::now();
+    let silent = thread::spawn(move || {
+        let mut stream = silent.sock.get_ref().try_clone().unwrap();
+        let mut bytes = Vec::new();
+        let mut chunk = [0u8; 256];
+        loop {
+            assert!(
+                started.elapsed() < Duration::from_secs(3),
+                "the silent peer is still connected after 3 s"
+            );
+            match std::io::Read::read(&mut stream, &mut chunk) {
+                Ok(0) => break,
+                Ok(n) => bytes.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+                Err(e) => panic!("the silent peer is still connected: {e}"),
+            }
+        }
+        (bytes, started.elapsed())
+    });
+    // A live peer: tungstenite answers every ping while it reads, so it outlives the
+    // timeout twice over.
+    let mut live = relay.ws();
+    live.set_read_timeout(Duration::from_millis(100));
+    let mut pings = 0;
+    while started.elapsed() < Duration::from_millis(1400) {
+        match live.sock.read() {
+            Ok(Message::Ping(_)) => pings += 1,
+            Ok(other) => panic!("unexpected {other:?}"),
+            Err(tungstenite::Error::Io(e))
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(e) => panic!("the live peer was dropped: {e}"),
+        }
+    }
+    assert!(
+        pings >= 3,
+        "{pings} server pings in 1.4 s at one per 200 ms"
+    );
+    live.send_json(&json!({"type": "ping"}));
+    live.expect_type("pong");
+
+    let (bytes, dropped_after) = silent.join().unwrap();
+    // Dropped at the first ping tick 600 ms after it was last heard from (its handshake).
+    assert!(
+        (Duration::from_millis(550)..Duration::from_millis(1900)).contains(&dropped_after),
+        "the silent peer was dropped after {dropped_after:?}"
+    );
+    let ping = [0x89u8, 0x00];
+    assert!(
+        bytes.chunks(2).filter(|c| *c == ping).count() >= 2,
+        "the silent peer got no pings before it was dropped: {bytes:?}"
+    );
 }
 
 #[test]

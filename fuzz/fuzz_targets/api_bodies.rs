@@ -8,7 +8,8 @@
 //! oracle: a body either gets a 422 with one of the codes the README lists for that
 //! endpoint, or is accepted, and then everything it accepted satisfies the documented
 //! rules, re-checked here independently (topic names, JSON of payload and metadata, TTL
-//! range, topic count and uniqueness, timeout range; a frame's `type` and topic lists).
+//! range, topic count and uniqueness, timeout range; a frame's `type`, topic lists and
+//! nesting depth).
 #![no_main]
 
 use std::collections::{BTreeMap, HashSet};
@@ -34,21 +35,22 @@ fuzz_target!(|data: &[u8]| {
             usize::from(limits % 8) + 1,
             u64::from(limits / 8 % 70) + 1,
         ),
-        _ => frame(body),
+        _ => frame(body, usize::from(limits % 70)),
     }
 });
 
-fn frame(text: &[u8]) {
+fn frame(text: &[u8], max_depth: usize) {
     // Text frames reach the parser only after the frame decoder checked their UTF-8.
     if std::str::from_utf8(text).is_err() {
         return;
     }
-    match ws_command::parse(text) {
+    match ws_command::parse(text, max_depth) {
         Err(e) => {
             assert_eq!(e.status, 422, "{e:?}");
             assert!(
                 [
                     "INVALID_JSON",
+                    "JSON_TOO_DEEP",
                     "MISSING_TYPE",
                     "UNKNOWN_MESSAGE_TYPE",
                     "INVALID_FRAME"
@@ -58,6 +60,12 @@ fn frame(text: &[u8]) {
             );
         }
         Ok(command) => {
+            let value: serde_json::Value =
+                serde_json::from_slice(text).expect("an accepted frame is JSON");
+            assert!(
+                depth(&value) <= max_depth,
+                "an accepted frame nests too deep"
+            );
             let object: BTreeMap<String, &RawValue> =
                 serde_json::from_slice(text).expect("an accepted frame is a JSON object");
             let kind: String = serde_json::from_str(object["type"].get()).unwrap();
@@ -81,6 +89,16 @@ fn frame(text: &[u8]) {
                 Command::Ping => assert_eq!(kind, "ping"),
             }
         }
+    }
+}
+
+/// Nesting of arrays and objects (a scalar is 0).
+fn depth(value: &serde_json::Value) -> usize {
+    use serde_json::Value::{Array, Object};
+    match value {
+        Array(items) => 1 + items.iter().map(depth).max().unwrap_or(0),
+        Object(fields) => 1 + fields.values().map(depth).max().unwrap_or(0),
+        _ => 0,
     }
 }
 

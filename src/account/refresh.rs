@@ -368,9 +368,14 @@ mod tests {
         let forged = format!("{}.{}", jti(&second), "0".repeat(64));
         assert!(t.revoke(&forged, true).unwrap().saved.is_empty());
         assert_eq!(t.revoke("garbage", false), Err(RefreshError::Malformed));
-        assert!(t.revoke(&second, true).is_ok());
-        assert_eq!(t.rotate(&second, 2).0, Err(RefreshError::Invalid));
-        assert!(t.sessions("u", 2).is_empty());
+        // The spent parent alone: its live child still rotates.
+        assert!(t.revoke(&first, false).unwrap().saved.is_empty());
+        let spent = t.rotate(&second, 2).0.unwrap().jti;
+        let third = issue(&mut t, "u", Some(spent), 2);
+        // The spent root with its chain: the live grandchild is revoked with it.
+        assert!(t.revoke(&first, true).is_ok());
+        assert_eq!(t.rotate(&third, 3).0, Err(RefreshError::Invalid));
+        assert!(t.sessions("u", 3).is_empty());
     }
 
     #[test]

@@ -7,8 +7,8 @@
 //! publish (dropping the [`Held`] claim does that). Published already: the recorded status
 //! and body are answered verbatim, with `Idempotent-Replayed: true`. Being published by
 //! another request: this one waits, holding no lock, until that request recorded (same
-//! answer) or gave up (claim again); at most [`MAX_WAIT_MS`] and not past shutdown, after
-//! which it gets 503 with `Retry-After` (the Python client retries 5xx). A key reused with a
+//! answer) or gave up (claim again); at most `limits.idempotency_wait` and not past
+//! shutdown, after which it gets 503 with `Retry-After` (the Python client retries 5xx). A key reused with a
 //! different body (compared by a 64-bit hash) is 422 `IDEMPOTENCY_KEY_REUSED`.
 //!
 //! With Valkey, a claimed key is first looked up there, so that a retry after a relay
@@ -35,9 +35,6 @@ use crate::shard::{now_ms, Shard};
 
 /// The longest key accepted (the Python client sends 32 hex digits).
 const MAX_KEY_LEN: usize = 255;
-
-/// The longest a duplicate waits for the first request with its key.
-const MAX_WAIT_MS: u64 = 10_000;
 
 /// The request's `Idempotency-Key`, if it has one: 1 to [`MAX_KEY_LEN`] visible ASCII
 /// characters, at most one header.
@@ -130,7 +127,7 @@ async fn claim_waiting(
 ) -> Result<Claim, ApiError> {
     let claim = shard.claim_key(Arc::clone(scope), body_hash);
     futures_lite::pin!(claim);
-    ctl.set_deadline(now_ms() + MAX_WAIT_MS);
+    ctl.set_deadline(now_ms() + shard.config.limits.idempotency_wait.as_millis() as u64);
     let outcome = loop {
         let answered = future::or(async { Some(claim.as_mut().await) }, async {
             ctl.signal.wait().await;

@@ -514,7 +514,7 @@ impl Session {
     }
 
     async fn command(&mut self, text: &[u8]) {
-        let result = match ws_command::parse(text) {
+        let result = match ws_command::parse(text, self.shard.config.limits.max_json_depth) {
             Err(e) => Err(e),
             Ok(Command::Subscribe(cmd)) => self.subscribe(cmd).await,
             Ok(Command::Unsubscribe(cmd)) => self.unsubscribe(cmd),

@@ -246,6 +246,12 @@ impl Link {
         let created = self
             .with_timeout(limit, roundtrip(stream, buf, &set))
             .await?;
+        // E.g. NOAUTH (Valkey wants a password and none is configured): say so, or the
+        // relay would stay unready without a word.
+        if let Some(e) = resp::server_error(&created) {
+            eprintln!("shard {}: Valkey refused a write: {e}", self.shard);
+            return Err(LinkError::Protocol("write refused"));
+        }
         let get = redis::cmd("GET").arg(&self.sentinel_key).clone();
         let current = self
             .with_timeout(limit, roundtrip(stream, buf, &get))

@@ -248,9 +248,11 @@ def test_topic_create_then_verify(relay, new_topic):
         proxy.close()
 
     steps = [(method, path, status) for method, path, status, _ in exchanges]
-    # Created, then "already exists" and the client checks that the caller owns it.
+    # Created, then "already exists" (400 TOPIC_EXISTS: the caller owns it) and the client
+    # checks that the caller owns it.
     assert steps[0] == ("POST", "/api/v1/topics", 201), steps
-    assert steps[1][:2] == ("POST", "/api/v1/topics") and steps[1][2] in (400, 409), steps
+    assert steps[1] == ("POST", "/api/v1/topics", 400), steps
+    assert exchanges[1][3].relay_json()["code"] == "TOPIC_EXISTS", exchanges[1][3].relay_json()
     assert steps[2:] == [("GET", "/auth/me", 200), ("GET", f"/api/v1/topics/{name}", 200)], steps
     user_id = exchanges[2][3].relay_json()["user_id"]
     topic = exchanges[3][3].relay_json()

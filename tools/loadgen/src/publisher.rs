@@ -336,6 +336,26 @@ impl Worker {
         loop {
             let now = now_ns();
             let sending = now < self.window.end;
+            // An open-loop schedule owes every request due before the end, also when this
+            // thread wakes up late: dropping them would hide the stall that delayed it.
+            let due_by = match self.shared.interval_ns {
+                _ if sending => Some(now),
+                Some(_) => Some(self.window.end - 1),
+                None => None,
+            };
+            let mut wake = if sending {
+                self.window.end
+            } else {
+                drain_until
+            };
+            for i in 0..self.slots.len() {
+                if let Some(by) = due_by {
+                    if let Some(due) = self.send_due(i, by) {
+                        wake = wake.min(due);
+                    }
+                }
+                self.flush(i);
+            }
             if !sending
                 && (now >= drain_until
                     || self
@@ -344,19 +364,6 @@ impl Worker {
                         .all(|s| s.conn.is_none() || s.inflight.is_empty()))
             {
                 break;
-            }
-            let mut wake = if sending {
-                self.window.end
-            } else {
-                drain_until
-            };
-            for i in 0..self.slots.len() {
-                if sending {
-                    if let Some(due) = self.send_due(i, now) {
-                        wake = wake.min(due);
-                    }
-                }
-                self.flush(i);
             }
             self.live.add(self.books.ops, self.books.errors);
             (self.books.ops, self.books.errors) = (0, 0);

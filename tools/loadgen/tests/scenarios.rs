@@ -152,7 +152,10 @@ fn publish_closed_loop() {
     assert!(u(&v, "count") > 0, "{v:#}");
     assert_eq!(u(&v, "errors"), 0, "{v:#}");
     assert!(v["latency_ms"]["p99"].as_f64().unwrap() > 0.0);
-    assert!(v["cpu"]["server_cores"].as_f64().is_some(), "{v:#}");
+    assert!(
+        v["cpu"]["server_cores"].as_f64().is_some_and(|c| c > 0.0),
+        "the relay's CPU under load: {v:#}"
+    );
 }
 
 #[test]
@@ -164,9 +167,16 @@ fn publish_bulk_open_loop_keeps_its_rate() {
         &["--connections", "2", "--rate", "2000", "--bulk", "10"],
     );
     assert_eq!(u(&v, "errors"), 0, "{v:#}");
-    // 1 s measured at 2000 msg/s, in bulks of 10 on a fixed schedule.
-    let count = u(&v, "count");
-    assert!((1900..=2100).contains(&count), "{v:#}");
+    // The schedule is fixed: the requests intended within the measured phase carry
+    // rate × duration messages, however late the generator's threads ran (a late thread
+    // still sends what was due). Only where the phase's edges cut the two connections'
+    // staggered schedules may one bulk per connection count or not.
+    let expected = v["target_rate"].as_f64().unwrap() * v["duration_s"].as_f64().unwrap();
+    let count = u(&v, "count") as f64;
+    assert!(
+        (count - expected).abs() <= 2.0 * 10.0,
+        "{count} messages measured, {expected} scheduled: {v:#}"
+    );
 }
 
 #[test]
@@ -227,7 +237,8 @@ fn connections_reach_the_count() {
     assert_eq!(u(&v, "connections"), 300, "{v:#}");
     assert_eq!(u(&v, "count"), 300, "{v:#}");
     assert_eq!(u(&v, "errors"), 0, "{v:#}");
-    assert!(v["server_rss_after_kib"].as_u64().is_some(), "{v:#}");
+    assert!(u(&v, "server_rss_before_kib") > 0, "{v:#}");
+    assert!(u(&v, "server_rss_after_kib") > 0, "{v:#}");
 }
 
 #[test]
