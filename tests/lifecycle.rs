@@ -194,3 +194,40 @@ fn token_subcommand_mints_a_token_the_relay_accepts() {
     let (status, _, err) = run_binary(&["token", "--sub", "carol"], &[]);
     assert_eq!(status.code(), Some(2), "stderr: {err}");
 }
+
+#[test]
+fn a_port_another_process_listens_on_stops_the_relay_with_exit_1() {
+    let first = Relay::start();
+    // A second relay: its listeners set SO_REUSEPORT like the first one's, which the kernel
+    // would let share the port and split the connections.
+    let port = first.addr.port().to_string();
+    let (status, out, err) = run_binary(
+        &[],
+        &[
+            ("PULSAR_SERVER_HTTP_PORT", &port),
+            ("PULSAR_SERVER_SHARDS", "2"),
+            ("PULSAR_JWT_SECRET_KEY", SECRET),
+        ],
+    );
+    assert_eq!(status.code(), Some(1), "stdout: {out}\nstderr: {err}");
+    assert!(
+        err.contains(&format!("cannot listen on 127.0.0.1:{port}"))
+            && err.contains("already in use"),
+        "stderr: {err}"
+    );
+    assert!(!out.contains("listening"), "it listened: {out}");
+    assert_relay_still_serves(&first);
+
+    // Any other program's listener too.
+    let other = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = other.local_addr().unwrap().port().to_string();
+    let (status, _, err) = run_binary(
+        &[],
+        &[
+            ("PULSAR_SERVER_HTTP_PORT", &port),
+            ("PULSAR_JWT_SECRET_KEY", SECRET),
+        ],
+    );
+    assert_eq!(status.code(), Some(1), "stderr: {err}");
+    assert!(err.contains("already in use"), "stderr: {err}");
+}
