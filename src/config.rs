@@ -558,9 +558,13 @@ struct Override {
     value: Value,
 }
 
-/// The placeholder secret of the original relay's example settings; configs carried over
-/// from it must not go live with it.
-const PLACEHOLDER_SECRET: &str = "your-secret-key-here-change-in-production";
+/// Placeholder secrets that were published as examples and so protect nothing: the
+/// original relay's example settings (configs carried over from it must not go live with
+/// it), and this project's documentation (`PULSAR_JWT_SECRET_KEY=...`).
+const PLACEHOLDER_SECRETS: [&str; 2] = ["your-secret-key-here-change-in-production", "..."];
+
+/// HS256 secrets shorter than this can be guessed offline from any token they signed.
+pub const MIN_SECRET_BYTES: usize = 32;
 
 const MAX_BULK_MESSAGES: usize = 100_000;
 
@@ -637,24 +641,34 @@ impl Config {
                 ),
             ));
         }
-        if secret.len() < 32 {
+        if secret.len() < MIN_SECRET_BYTES {
             return Err(ConfigError::at(
                 "jwt.secret_key",
                 format!(
-                    "must be at least 32 bytes when server.host `{host}` is not a loopback \
-                     address (it has {}): a short HS256 secret can be guessed offline from \
-                     any token",
+                    "must be at least {MIN_SECRET_BYTES} bytes when server.host `{host}` is not \
+                     a loopback address (it has {}): a short HS256 secret can be guessed \
+                     offline from any token",
                     secret.len()
                 ),
             ));
         }
-        if secret == PLACEHOLDER_SECRET {
-            return Err(ConfigError::at(
-                "jwt.secret_key",
-                "is the original relay's published placeholder; set a secret of your own",
-            ));
-        }
         Ok(())
+    }
+
+    /// A warning for an HS256 secret too short to resist an offline guess, for the runs
+    /// that may still use one: loopback (see [`Config::check_bind_security`]) and `token`.
+    pub fn weak_secret_warning(&self) -> Option<String> {
+        let len = self.jwt.secret_key.len();
+        (self.jwt.algorithm == "HS256" && len > 0 && len < MIN_SECRET_BYTES).then(|| {
+            format!(
+                "WARNING: jwt.secret_key is only {len} byte{} long; anyone holding a token \
+                 can guess a secret this short offline and then forge tokens. Use \
+                 {MIN_SECRET_BYTES} bytes or more, e.g. \
+                 PULSAR_JWT_SECRET_KEY=\"$(head -c 32 /dev/urandom | base64)\" (a relay \
+                 listening beyond loopback refuses it)",
+                if len == 1 { "" } else { "s" }
+            )
+        })
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
@@ -745,6 +759,16 @@ impl Config {
             ));
         }
         match self.jwt.algorithm.as_str() {
+            "HS256" if PLACEHOLDER_SECRETS.contains(&self.jwt.secret_key.as_str()) => {
+                Err(ConfigError::at(
+                    "jwt.secret_key",
+                    format!(
+                        "`{}` is a published placeholder, not a secret; set one of your own, \
+                         e.g. PULSAR_JWT_SECRET_KEY=\"$(head -c 32 /dev/urandom | base64)\"",
+                        self.jwt.secret_key
+                    ),
+                ))
+            }
             "HS256" => Ok(()),
             "RS256" | "ES256" if self.jwt.public_key_file.is_empty() => Err(ConfigError::at(
                 "jwt.public_key_file",
@@ -921,10 +945,33 @@ fn deserialize_error(err: &serde_yaml::Error, generated: bool) -> ConfigError {
         }),
         None => path.map(str::to_owned),
     };
-    ConfigError {
-        key,
-        message: message.to_owned(),
-    }
+    let message = plain_expectation(key.as_deref(), message);
+    ConfigError { key, message }
+}
+
+/// serde names the Rust type a number failed to fit (`expected u16`), which means nothing to
+/// whoever edits the file; say what the key takes, keeping the position when there is one.
+fn plain_expectation(key: Option<&str>, message: &str) -> String {
+    let (body, position) = match message.rfind(" at line ") {
+        Some(at) if is_position(&message[at + " at line ".len()..]) => message.split_at(at),
+        _ => (message, ""),
+    };
+    let Some((found, rust_type)) = body.rsplit_once(", expected ") else {
+        return message.to_owned();
+    };
+    let wanted = match (key, rust_type) {
+        (Some("server.http_port"), _) => "a port number from 1 to 65535 (0 picks a free one)",
+        (Some("valkey.port"), _) => "a port number from 1 to 65535",
+        (_, "u16") => "a whole number from 0 to 65535",
+        (_, "u32") => "a whole number from 0 to 4294967295",
+        (_, "u64" | "usize") => "a whole number, 0 or more",
+        _ => return message.to_owned(),
+    };
+    let found = ["invalid type: ", "invalid value: "]
+        .iter()
+        .find_map(|prefix| found.strip_prefix(prefix))
+        .unwrap_or(found);
+    format!("expected {wanted}, got {found}{position}")
 }
 
 /// `12 column 5`
@@ -1547,6 +1594,29 @@ mod tests {
     }
 
     #[test]
+    fn numbers_out_of_range_say_what_the_key_takes() {
+        for port in ["notaport", "70000", "-1", "80.5"] {
+            let err = from_env(&[("PULSAR_SERVER_HTTP_PORT", port)]).unwrap_err();
+            assert_eq!(err.key.as_deref(), Some("server.http_port"));
+            assert!(
+                err.message.contains("a port number from 1 to 65535"),
+                "{port}: {err}"
+            );
+            assert!(!err.message.contains("u16"), "{port}: {err}");
+        }
+        let err = from_yaml("valkey:\n  port: 70000\n").unwrap_err();
+        assert_eq!(
+            err.message,
+            "expected a port number from 1 to 65535, got integer `70000` at line 2 column 9"
+        );
+        let err = from_env(&[("PULSAR_SERVER_SHARDS", "many")]).unwrap_err();
+        assert!(err.message.contains("a whole number, 0 or more"), "{err}");
+        assert!(!err.message.contains("usize"), "{err}");
+        let err = from_env(&[("PULSAR_VALKEY_DB", "-2")]).unwrap_err();
+        assert!(err.message.contains("a whole number from 0 to"), "{err}");
+    }
+
+    #[test]
     fn env_set_twice_is_an_error() {
         let err =
             from_env(&[("PULSAR_SERVER_HOST", "a"), ("pulsar_server_host", "b")]).unwrap_err();
@@ -1681,7 +1751,7 @@ mod tests {
         }
         for public in ["0.0.0.0", "::", "10.0.0.1", "relay.example.com"] {
             assert_eq!(bind(public, strong), Ok(()), "{public}");
-            for weak in ["", "short", &strong[1..], PLACEHOLDER_SECRET] {
+            for weak in ["", "short", &strong[1..]] {
                 let err = bind(public, weak).unwrap_err();
                 assert_eq!(
                     err.key.as_deref(),
@@ -1695,6 +1765,45 @@ mod tests {
         public_key.jwt.algorithm = "ES256".to_owned();
         public_key.jwt.public_key_file = "/etc/pulsar/jwt.pub".to_owned();
         assert_eq!(public_key.check_bind_security(), Ok(()));
+    }
+
+    #[test]
+    fn published_placeholder_secrets_are_refused_wherever_the_relay_listens() {
+        for placeholder in PLACEHOLDER_SECRETS {
+            for host in ["127.0.0.1", "0.0.0.0"] {
+                let err = from_env(&[
+                    ("PULSAR_JWT_SECRET_KEY", placeholder),
+                    ("PULSAR_SERVER_HOST", host),
+                ])
+                .unwrap_err();
+                assert_eq!(err.key.as_deref(), Some("jwt.secret_key"), "{err}");
+                assert!(err.message.contains("placeholder"), "{err}");
+            }
+        }
+        // Only the whole secret: one that merely contains the dots is the user's own.
+        assert!(from_env(&[("PULSAR_JWT_SECRET_KEY", "....")]).is_ok());
+    }
+
+    #[test]
+    fn short_secrets_get_a_warning() {
+        let warning = |secret: &str| {
+            let mut config = Config::default();
+            config.jwt.secret_key = secret.to_owned();
+            config.weak_secret_warning()
+        };
+        let five = warning("12345").expect("a 5-byte secret is weak");
+        assert!(
+            five.contains("only 5 bytes") && five.contains("32 bytes"),
+            "{five}"
+        );
+        assert!(warning(&"k".repeat(31)).is_some());
+        assert_eq!(warning(&"k".repeat(32)), None);
+        // No secret (a random one is made) and public-key algorithms have nothing to warn of.
+        assert_eq!(warning(""), None);
+        let mut es256 = Config::default();
+        es256.jwt.algorithm = "ES256".to_owned();
+        es256.jwt.secret_key = "short".to_owned();
+        assert_eq!(es256.weak_secret_warning(), None);
     }
 
     #[test]

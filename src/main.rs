@@ -2,7 +2,11 @@
 //!
 //! Start-up is the only place that prints for humans and picks exit codes: 2 for a bad
 //! command line or configuration, 1 when the relay cannot start or fails, 0 after a
-//! graceful shutdown (SIGTERM or SIGINT).
+//! graceful shutdown (SIGTERM or SIGINT). Its lines go through `pulsar_relay::log`, so a
+//! closed stdout or stderr never changes what the process does.
+
+// `println!` and `eprintln!` panic when a write fails; lines go through `log` instead.
+#![deny(clippy::print_stdout, clippy::print_stderr)]
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -11,6 +15,7 @@ use std::time::Duration;
 use pulsar_relay::auth::{random_secret, Authenticator, Permissions};
 use pulsar_relay::config::{AckMode, Backend, Config};
 use pulsar_relay::shard::Runtime;
+use pulsar_relay::{log_line, out_line};
 
 const USAGE: &str = "\
 usage:
@@ -30,15 +35,15 @@ fn main() -> ExitCode {
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure::Usage(msg)) => {
-            eprintln!("pulsar-relay: {msg}\n\n{USAGE}");
+            log_line!("pulsar-relay: {msg}\n\n{USAGE}");
             ExitCode::from(2)
         }
         Err(Failure::Config(msg)) => {
-            eprintln!("pulsar-relay: {msg}");
+            log_line!("pulsar-relay: {msg}");
             ExitCode::from(2)
         }
         Err(Failure::Runtime(msg)) => {
-            eprintln!("pulsar-relay: {msg}");
+            log_line!("pulsar-relay: {msg}");
             ExitCode::from(1)
         }
     }
@@ -119,7 +124,7 @@ fn parse_args(args: Vec<String>) -> Result<Args, Failure> {
 fn run(args: Vec<String>) -> Result<(), Failure> {
     let args = parse_args(args)?;
     if let Command::Help = args.command {
-        println!("{USAGE}");
+        out_line!("{USAGE}");
         return Ok(());
     }
     // Variables that are not UTF-8 cannot be ours (all PULSAR_* values are text).
@@ -138,12 +143,13 @@ fn run(args: Vec<String>) -> Result<(), Failure> {
                     "no JWT secret configured: set jwt.secret_key or PULSAR_JWT_SECRET_KEY".into(),
                 ));
             }
+            warn_of_weak_secret(&config);
             let auth = Authenticator::from_config(&config.jwt)
                 .map_err(|e| Failure::Config(e.to_string()))?;
             let token = auth
                 .mint(&sub, permissions, ttl)
                 .map_err(|e| Failure::Config(e.to_string()))?;
-            println!("{token}");
+            out_line!("{token}");
             Ok(())
         }
         Command::Serve => serve(config),
@@ -155,6 +161,7 @@ fn serve(mut config: Config) -> Result<(), Failure> {
     config
         .check_bind_security()
         .map_err(|e| Failure::Config(e.to_string()))?;
+    warn_of_weak_secret(&config);
     let generated = config.jwt.secret_key.is_empty() && config.jwt.algorithm == "HS256";
     if generated {
         config.jwt.secret_key = random_secret()
@@ -182,9 +189,10 @@ fn serve(mut config: Config) -> Result<(), Failure> {
             }
         ),
     };
-    println!(
-        "pulsar-relay listening on http://{addr} ({} shards, {backend})",
-        process.serving.len(),
+    let shards = process.serving.len();
+    out_line!(
+        "pulsar-relay listening on http://{addr} ({shards} shard{}, {backend})",
+        if shards == 1 { "" } else { "s" },
     );
     if generated {
         let token = auth
@@ -194,27 +202,34 @@ fn serve(mut config: Config) -> Result<(), Failure> {
                 Duration::from_secs(24 * 3600),
             )
             .map_err(|e| Failure::Runtime(e.to_string()))?;
-        println!("no jwt.secret_key configured: using a random secret for this run");
-        println!("dev token (read, write, admin; 24h): {token}");
-        println!(
+        out_line!("no jwt.secret_key configured: using a random secret for this run");
+        out_line!("dev token (read, write, admin; 24h): {token}");
+        out_line!(
             "try: curl -X POST http://{addr}/api/v1/messages -H 'Authorization: Bearer {token}' \
              -H 'Content-Type: application/json' -d '{{\"topic\":\"hello\",\"payload\":{{\"text\":\"hi\"}}}}'"
         );
     }
-    use std::io::Write;
-    let _ = std::io::stdout().flush();
 
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
             wait_for_signal(&signals);
-            eprintln!("pulsar-relay: shutting down");
+            // The flag first: nothing after it (a log line to a closed pipe included) may
+            // keep the relay from stopping.
             process
                 .shutdown
                 .store(true, std::sync::atomic::Ordering::Release);
+            log_line!("pulsar-relay: shutting down");
         })
         .map_err(|e| Failure::Runtime(format!("cannot start the signal thread: {e}")))?;
     runtime.run().map_err(|e| Failure::Runtime(e.to_string()))
+}
+
+/// On stderr, so that a token printed on stdout can still be captured as it is.
+fn warn_of_weak_secret(config: &Config) {
+    if let Some(warning) = config.weak_secret_warning() {
+        log_line!("pulsar-relay: {warning}");
+    }
 }
 
 fn shutdown_signals() -> libc::sigset_t {

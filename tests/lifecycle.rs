@@ -99,6 +99,22 @@ fn bad_port_value_exits_2_naming_the_key() {
     );
     assert_eq!(status.code(), Some(2), "stderr: {err}");
     assert!(err.contains("server.http_port"), "stderr: {err}");
+    // In words an operator knows, out of range too.
+    for bad in ["notanumber", "70000"] {
+        let (status, _, err) = run_binary(
+            &[],
+            &[
+                ("PULSAR_SERVER_HTTP_PORT", bad),
+                ("PULSAR_JWT_SECRET_KEY", SECRET),
+            ],
+        );
+        assert_eq!(status.code(), Some(2), "stderr: {err}");
+        assert!(
+            err.contains("a port number from 1 to 65535"),
+            "{bad}: stderr: {err}"
+        );
+        assert!(!err.contains("u16"), "{bad}: stderr: {err}");
+    }
 }
 
 #[test]
@@ -193,4 +209,110 @@ fn token_subcommand_mints_a_token_the_relay_accepts() {
     // Without a secret there is nothing to sign with.
     let (status, _, err) = run_binary(&["token", "--sub", "carol"], &[]);
     assert_eq!(status.code(), Some(2), "stderr: {err}");
+}
+
+#[test]
+fn a_port_another_process_listens_on_stops_the_relay_with_exit_1() {
+    let first = Relay::start();
+    // A second relay: its listeners set SO_REUSEPORT like the first one's, which the kernel
+    // would let share the port and split the connections.
+    let port = first.addr.port().to_string();
+    let (status, out, err) = run_binary(
+        &[],
+        &[
+            ("PULSAR_SERVER_HTTP_PORT", &port),
+            ("PULSAR_SERVER_SHARDS", "2"),
+            ("PULSAR_JWT_SECRET_KEY", SECRET),
+        ],
+    );
+    assert_eq!(status.code(), Some(1), "stdout: {out}\nstderr: {err}");
+    assert!(
+        err.contains(&format!("cannot listen on 127.0.0.1:{port}"))
+            && err.contains("already in use"),
+        "stderr: {err}"
+    );
+    assert!(!out.contains("listening"), "it listened: {out}");
+    assert_relay_still_serves(&first);
+
+    // Any other program's listener too.
+    let other = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = other.local_addr().unwrap().port().to_string();
+    let (status, _, err) = run_binary(
+        &[],
+        &[
+            ("PULSAR_SERVER_HTTP_PORT", &port),
+            ("PULSAR_JWT_SECRET_KEY", SECRET),
+        ],
+    );
+    assert_eq!(status.code(), Some(1), "stderr: {err}");
+    assert!(err.contains("already in use"), "stderr: {err}");
+}
+
+#[test]
+fn closed_stdout_and_stderr_neither_stop_serving_nor_shutdown() {
+    // Every line fails: the banner, the bootstrap administrator's line that shard 0 writes
+    // once it serves, and "shutting down" on SIGTERM.
+    let mut relay = Relay::start_with_closed_output(&[
+        ("PULSAR_BOOTSTRAP_ADMIN_USERNAME", "admin"),
+        ("PULSAR_BOOTSTRAP_ADMIN_PASSWORD", "12345678"),
+    ]);
+    // Ready only once shard 0 is past its bootstrap line.
+    relay.wait_ready(Duration::from_secs(10));
+    assert_relay_still_serves(&relay);
+
+    let signalled = Instant::now();
+    relay.terminate();
+    let status = relay
+        .wait_exit(Duration::from_secs(10))
+        .expect("relay still running 10 s after SIGTERM with its output closed");
+    assert_eq!(status.code(), Some(0), "exit status {status:?}");
+    // server.shutdown_grace is 5 s, and an idle relay needs none of it.
+    let took = signalled.elapsed();
+    assert!(took < Duration::from_secs(5), "shutdown took {took:?}");
+}
+
+#[test]
+fn a_short_secret_is_served_with_a_warning_and_the_placeholder_refused() {
+    let relay = Relay::start_with(&[("PULSAR_JWT_SECRET_KEY", "12345")]);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !relay.stderr().contains("WARNING") && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(20));
+    }
+    let err = relay.stderr();
+    assert!(
+        err.contains("WARNING: jwt.secret_key is only 5 bytes long") && err.contains("32 bytes"),
+        "stderr: {err}"
+    );
+    // Still served on loopback.
+    relay.request("GET", "/health", &[], b"").assert_status(200);
+
+    // Minting with it warns on stderr and keeps stdout the bare token.
+    let (status, out, err) = run_binary(
+        &["token", "--sub", "alice"],
+        &[("PULSAR_JWT_SECRET_KEY", "12345")],
+    );
+    assert_eq!(status.code(), Some(0), "stderr: {err}");
+    assert_eq!(out.trim().split('.').count(), 3, "stdout: {out}");
+    assert!(err.contains("WARNING"), "stderr: {err}");
+
+    // A strong secret gets no warning.
+    let (_, _, err) = run_binary(
+        &["token", "--sub", "alice"],
+        &[("PULSAR_JWT_SECRET_KEY", SECRET)],
+    );
+    assert!(!err.contains("WARNING"), "stderr: {err}");
+
+    // The documentation's placeholder, taken literally, is no secret at all.
+    for args in [&[][..], &["token", "--sub", "alice"][..]] {
+        let (status, out, err) = run_binary(
+            args,
+            &[
+                ("PULSAR_JWT_SECRET_KEY", "..."),
+                ("PULSAR_SERVER_HTTP_PORT", "0"),
+            ],
+        );
+        assert_eq!(status.code(), Some(2), "{args:?}: stderr: {err}");
+        assert!(err.contains("placeholder"), "stderr: {err}");
+        assert!(!out.contains("listening"), "it listened: {out}");
+    }
 }

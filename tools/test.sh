@@ -19,7 +19,9 @@ if ! command -v promtool >/dev/null 2>&1; then
     echo "tools/test.sh: installing promtool (Debian package prometheus)" >&2
     apt-get update -qq >&2 && apt-get install -y -qq --no-install-recommends prometheus >&2
   else
-    echo "tools/test.sh: promtool is missing; install Debian's 'prometheus' package (or put promtool on PATH)" >&2
+    echo "tools/test.sh: promtool is missing (it checks the /metrics format). As root this script installs it;" >&2
+    echo "  otherwise run: sudo apt-get install --no-install-recommends prometheus" >&2
+    echo "  (or put the promtool binary of a Prometheus release on PATH), then run this again." >&2
     exit 1
   fi
 fi

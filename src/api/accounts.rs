@@ -475,9 +475,10 @@ pub async fn ensure_bootstrap_admin(shard: &Rc<Shard>) -> Result<(), String> {
     };
     match shard.directory(op).await {
         DirectoryReply::User(user) => {
-            println!(
+            crate::out_line!(
                 "accounts: bootstrap administrator {:?} is ready (user_id {})",
-                user.username, user.user_id
+                user.username,
+                user.user_id
             );
             Ok(())
         }

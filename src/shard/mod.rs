@@ -802,7 +802,7 @@ async fn accept_loop(shard: &Rc<Shard>, listener: glommio::net::TcpListener) {
                 // A lasting failure would otherwise fill the log ten lines a second.
                 if now_ms().saturating_sub(last_logged_ms) >= 10_000 {
                     last_logged_ms = now_ms();
-                    eprintln!(
+                    crate::log_line!(
                         "shard {}: accept failed: {e}; retrying every {backoff} ms (logged once per 10 s)",
                         shard.id
                     );
@@ -834,7 +834,7 @@ async fn recover(shard: Rc<Shard>) {
                 // The link is usually still connecting on the first tries; only a lasting
                 // failure is worth a line.
                 if !logged && now_ms() - started > 2000 {
-                    eprintln!(
+                    crate::log_line!(
                         "shard {}: waiting for Valkey to recover topics: {e}",
                         shard.id
                     );
@@ -867,7 +867,7 @@ async fn open_directory(shard: Rc<Shard>) {
             Ok(loaded) => break loaded,
             Err(e) => {
                 if !logged && now_ms() - started > 2000 {
-                    eprintln!("accounts: waiting for Valkey to load user accounts: {e}");
+                    crate::log_line!("accounts: waiting for Valkey to load user accounts: {e}");
                     logged = true;
                 }
                 sleep(Duration::from_millis(200)).await;
@@ -880,7 +880,7 @@ async fn open_directory(shard: Rc<Shard>) {
     *shard.directory.borrow_mut() = Some(dir);
     shard.broadcast_accounts(snapshot);
     if let Err(e) = crate::api::accounts::ensure_bootstrap_admin(&shard).await {
-        eprintln!("accounts: bootstrap administrator not set up: {e}");
+        crate::log_line!("accounts: bootstrap administrator not set up: {e}");
     }
     shard.broadcast_accounts(AccountSync::Ready);
     shard.process.accounts_ready.store(true, Ordering::Release);

@@ -149,7 +149,7 @@ fn parse_all<T: serde::de::DeserializeOwned>(values: &[Vec<u8>], what: &str) -> 
         .filter_map(|raw| match serde_json::from_slice(raw) {
             Ok(record) => Some(record),
             Err(e) => {
-                eprintln!("accounts: skipping a stored {what} that does not parse: {e}");
+                crate::log_line!("accounts: skipping a stored {what} that does not parse: {e}");
                 None
             }
         })

@@ -134,7 +134,7 @@ impl Link {
             match self.connect().await {
                 Ok(mut stream) => {
                     if failures > 0 {
-                        eprintln!("shard {}: Valkey connection restored", self.shard);
+                        crate::log_line!("shard {}: Valkey connection restored", self.shard);
                     }
                     failures = 0;
                     backoff = BACKOFF_MIN;
@@ -142,14 +142,16 @@ impl Link {
                     let err = self.serve(&mut stream).await;
                     self.up.set(false);
                     self.fail_reads();
-                    eprintln!("shard {}: Valkey connection lost: {err}", self.shard);
+                    crate::log_line!("shard {}: Valkey connection lost: {err}", self.shard);
                 }
                 Err(err) => {
                     // Log the first failure and then every 20th, not every retry.
                     if failures.is_multiple_of(20) {
-                        eprintln!(
+                        crate::log_line!(
                             "shard {}: cannot connect to Valkey at {}:{}: {err}; retrying",
-                            self.shard, self.cfg.host, self.cfg.port
+                            self.shard,
+                            self.cfg.host,
+                            self.cfg.port
                         );
                     }
                     failures += 1;
@@ -212,7 +214,7 @@ impl Link {
                 .with_timeout(limit, roundtrip(&mut stream, &mut buf, &auth))
                 .await?;
             if let Some(e) = resp::server_error(&reply) {
-                eprintln!("shard {}: Valkey AUTH failed: {e}", self.shard);
+                crate::log_line!("shard {}: Valkey AUTH failed: {e}", self.shard);
                 return Err(LinkError::Protocol("AUTH refused"));
             }
         }
@@ -249,7 +251,7 @@ impl Link {
         // E.g. NOAUTH (Valkey wants a password and none is configured): say so, or the
         // relay would stay unready without a word.
         if let Some(e) = resp::server_error(&created) {
-            eprintln!("shard {}: Valkey refused a write: {e}", self.shard);
+            crate::log_line!("shard {}: Valkey refused a write: {e}", self.shard);
             return Err(LinkError::Protocol("write refused"));
         }
         let get = redis::cmd("GET").arg(&self.sentinel_key).clone();
@@ -352,7 +354,7 @@ impl Link {
 }
 
 fn lost_data(shard: usize) {
-    eprintln!(
+    crate::log_line!(
         "shard {shard}: DATA LOSS: Valkey came back without the relay's sentinel key. Its data \
          was lost (restart without AOF/RDB, FLUSHALL, or a failover to an empty replica). \
          Messages persisted before this point may be missing from history; new messages are \

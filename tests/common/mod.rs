@@ -258,6 +258,60 @@ pub fn run_binary(args: &[&str], env: &[(&str, &str)]) -> (ExitStatus, String, S
     )
 }
 
+impl Relay {
+    /// Starts the relay (test defaults plus `env`) with stdout and stderr on a pipe whose
+    /// reading end is already closed, as under `pulsar-relay 2>&1 | head -1` once `head`
+    /// is gone or a log shipper that stopped: every line it writes fails (EPIPE). Its
+    /// address cannot be read from the banner, so it gets a port that was free a moment
+    /// ago; returns once `/health` answers.
+    pub fn start_with_closed_output(env: &[(&str, &str)]) -> Relay {
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("cannot find a free port");
+        let (reader, writer) = std::io::pipe().expect("cannot make a pipe");
+        drop(reader);
+        let mut cmd = relay_command();
+        cmd.env("PULSAR_SERVER_HTTP_PORT", addr.port().to_string())
+            .env("PULSAR_SERVER_SHARDS", SHARDS.to_string())
+            .env("PULSAR_JWT_SECRET_KEY", SECRET);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.stdin(Stdio::null())
+            .stdout(writer.try_clone().expect("cannot duplicate the pipe"))
+            .stderr(writer);
+        let mut relay = Relay {
+            child: cmd.spawn().expect("cannot spawn pulsar-relay"),
+            addr,
+            output: Arc::new(Mutex::new(
+                "(no output: stdout and stderr were closed)\n".to_owned(),
+            )),
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = relay.child.try_wait().expect("try_wait") {
+                panic!("pulsar-relay exited at start-up with its output closed: {status}");
+            }
+            if let Ok(mut stream) = TcpStream::connect(addr) {
+                stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+                let request = encode_request("GET", "/health", &[], b"");
+                let mut answer = [0u8; 12];
+                if stream.write_all(&request).is_ok()
+                    && stream.read_exact(&mut answer).is_ok()
+                    && answer.ends_with(b"200")
+                {
+                    return relay;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "pulsar-relay with its output closed did not answer /health within 10 s"
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // Tokens and topics
 // ---------------------------------------------------------------------------------------

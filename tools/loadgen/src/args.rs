@@ -1,5 +1,6 @@
-//! The command line: `pulsar-loadgen SCENARIO --flag value …`, parsed by hand into
-//! [`Options`], with the usage text that doubles as the tool's documentation.
+//! The command line: `pulsar-loadgen SCENARIO --flag value …` (flags may also come before
+//! the scenario), parsed by hand into [`Options`], with the usage text that doubles as the
+//! tool's documentation.
 
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -12,7 +13,7 @@ use crate::token;
 pub const USAGE: &str = "\
 pulsar-loadgen: load generator for Pulsar Relay
 
-usage: pulsar-loadgen SCENARIO [--flag value ...]
+usage: pulsar-loadgen SCENARIO [--flag value ...]   (flags go before or after SCENARIO)
 
 scenarios:
   publish      HTTP producers on keep-alive connections: closed loop (as fast as the relay
@@ -38,6 +39,8 @@ common flags:
   --json FILE         machine-readable summary
   --hgrm FILE         the headline latency as an HdrHistogram percentile distribution (ms)
   --topic-prefix P    topics are P-0, P-1, ... (default loadgen-<unix ms>, fresh per run)
+  --max-error-rate R  errors tolerated, as a fraction of the operations counted (0.001 or
+                      0.1%; default 0: any error, lost or duplicate delivery fails the run)
 
 scenario flags (defaults in brackets):
   publish      --connections N [64]  --rate MSGS/S [closed loop]  --bulk N [single POSTs]
@@ -60,6 +63,16 @@ Subscriber and consumer i take topic i mod --topics. --rate is messages per seco
 total. The summary goes to stdout; runs longer than 3 s print a progress line to stderr
 every second.
 
+Receiving scenarios count deliveries over the whole run, warm-up included: `expected` is
+what the publishes the relay confirmed call for (one per subscriber of the topic), and
+delivered = expected - lost + delivered_unconfirmed + duplicates, where
+delivered_unconfirmed are deliveries of publishes that got no answer in time (counted as
+publish errors, `unconfirmed`; the relay may still have taken them).
+
+exit status: 0 the run passed; 1 it could not run (relay unreachable, setup refused);
+2 bad command line; 3 it ran but had errors, lost or duplicate deliveries above
+--max-error-rate, or measured nothing (the summary is still printed and written).
+
 examples:
   pulsar-loadgen publish --secret $KEY --connections 64 --duration 10s --server-pid $PID
   pulsar-loadgen publish --secret $KEY --rate 20000 --bulk 100 --json publish.json
@@ -80,6 +93,8 @@ pub struct Common {
     pub json: Option<PathBuf>,
     pub hgrm: Option<PathBuf>,
     pub topic_prefix: String,
+    /// Faults tolerated, as a fraction of the operations counted.
+    pub max_error_rate: f64,
 }
 
 impl Common {
@@ -142,16 +157,13 @@ pub enum Parsed {
 }
 
 pub fn parse(args: Vec<String>) -> Result<Parsed, String> {
-    let mut it = args.into_iter();
-    let name = match it.next() {
-        None => return Err("no scenario given".into()),
-        Some(s) if matches!(s.as_str(), "-h" | "--help" | "help") => return Ok(Parsed::Help),
-        Some(s) => s,
-    };
-    let mut flags = Flags::collect(it)?;
+    let mut flags = Flags::collect(args.into_iter())?;
     if flags.help {
         return Ok(Parsed::Help);
     }
+    let Some(name) = flags.scenario.take() else {
+        return Err("no scenario given".into());
+    };
     let scenario = match name.as_str() {
         "publish" => {
             let load = flags.load(Some(64), None, 100)?;
@@ -191,25 +203,36 @@ pub fn parse(args: Vec<String>) -> Result<Parsed, String> {
     Ok(Parsed::Run(Box::new(Options { common, scenario })))
 }
 
-/// `--flag value` pairs, each taken once by the parser; leftovers are errors.
+/// The scenario and the `--flag value` pairs, each pair taken once by the parser;
+/// leftovers are errors.
 struct Flags {
+    scenario: Option<String>,
     pairs: Vec<(String, String)>,
     help: bool,
 }
 
 impl Flags {
+    /// The one word that is not a flag or a flag's value is the scenario, wherever it
+    /// stands: `pulsar-loadgen --secret K publish` is `pulsar-loadgen publish --secret K`,
+    /// so a shell variable can hold the common flags.
     fn collect(mut it: impl Iterator<Item = String>) -> Result<Flags, String> {
+        let mut scenario: Option<String> = None;
         let mut pairs: Vec<(String, String)> = Vec::new();
         let mut help = false;
         while let Some(flag) = it.next() {
-            if flag == "-h" || flag == "--help" {
+            if matches!(flag.as_str(), "-h" | "--help") || (flag == "help" && scenario.is_none()) {
                 help = true;
                 continue;
             }
             if !flag.starts_with("--") {
-                return Err(format!(
-                    "unexpected argument {flag:?} (flags look like --name value)"
-                ));
+                if let Some(first) = &scenario {
+                    return Err(format!(
+                        "unexpected argument {flag:?} after the scenario {first:?} (flags look \
+                         like --name value)"
+                    ));
+                }
+                scenario = Some(flag);
+                continue;
             }
             let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
             if pairs.iter().any(|(f, _)| *f == flag) {
@@ -217,7 +240,11 @@ impl Flags {
             }
             pairs.push((flag, value));
         }
-        Ok(Flags { pairs, help })
+        Ok(Flags {
+            scenario,
+            pairs,
+            help,
+        })
     }
 
     fn take(&mut self, flag: &str) -> Option<String> {
@@ -332,6 +359,12 @@ impl Flags {
             json: self.take("--json").map(PathBuf::from),
             hgrm: self.take("--hgrm").map(PathBuf::from),
             topic_prefix,
+            max_error_rate: match self.take("--max-error-rate") {
+                None => 0.0,
+                Some(v) => parse_fraction(&v).ok_or_else(|| {
+                    format!("--max-error-rate: {v:?} is not a fraction from 0 to 1 (or 0% to 100%)")
+                })?,
+            },
         })
     }
 
@@ -341,6 +374,16 @@ impl Flags {
             Some((flag, _)) => Err(format!("{flag} is not a flag of `{scenario}`")),
         }
     }
+}
+
+/// `0.001`, or `0.1%`: a fraction from 0 to 1.
+fn parse_fraction(text: &str) -> Option<f64> {
+    let text = text.trim();
+    let value = match text.strip_suffix('%') {
+        Some(percent) => percent.trim().parse::<f64>().ok()? / 100.0,
+        None => text.parse::<f64>().ok()?,
+    };
+    (0.0..=1.0).contains(&value).then_some(value)
 }
 
 /// `500ms`, `10s`, `2m`, `1h`, `1.5s` or bare seconds.
@@ -381,6 +424,26 @@ mod tests {
         assert_eq!(parse_duration("1.5s"), Some(Duration::from_millis(1500)));
         assert_eq!(parse_duration("10x"), None);
         assert_eq!(parse_duration("s"), None);
+    }
+
+    #[test]
+    fn error_rates_are_fractions_or_percentages() {
+        assert_eq!(parse_fraction("0"), Some(0.0));
+        assert_eq!(parse_fraction("0.01"), Some(0.01));
+        assert_eq!(parse_fraction("2.5%"), Some(0.025));
+        assert_eq!(parse_fraction("100%"), Some(1.0));
+        assert_eq!(parse_fraction("1.5"), None);
+        assert_eq!(parse_fraction("-0.1"), None);
+        assert_eq!(parse_fraction("some"), None);
+        let o = run(&["publish", "--token", "t", "--max-error-rate", "1%"]).unwrap();
+        assert_eq!(o.common.max_error_rate, 0.01);
+        assert_eq!(
+            run(&["publish", "--token", "t"])
+                .unwrap()
+                .common
+                .max_error_rate,
+            0.0
+        );
     }
 
     #[test]
@@ -432,5 +495,42 @@ mod tests {
         assert!(err(&["fanout", "--token", "t", "--subscribers", "0"]).contains("at least 1"));
         assert!(err(&["e2e", "--token", "t", "--token", "u"]).contains("twice"));
         assert_eq!(err(&["poll", "--token", "t", "--help"]), "help");
+        assert!(err(&["--token", "t"]).contains("no scenario"));
+        assert!(err(&["publish", "fanout", "--token", "t"]).contains("\"fanout\""));
+    }
+
+    #[test]
+    fn flags_may_come_before_the_scenario() {
+        // The README keeps the common flags in a shell variable: `$L publish --rate 100`.
+        let o = run(&[
+            "--token",
+            "t",
+            "--server-pid",
+            "42",
+            "publish",
+            "--rate",
+            "100",
+        ])
+        .unwrap();
+        assert!(matches!(o.scenario, Scenario::Publish { .. }));
+        assert_eq!(o.common.token, "t");
+        assert_eq!(o.common.server_pid, Some(42));
+        let o = run(&[
+            "--rate",
+            "300",
+            "fanout",
+            "--subscribers",
+            "3",
+            "--token",
+            "t",
+        ])
+        .unwrap();
+        match o.scenario {
+            Scenario::Fanout { load, subscribers } => {
+                assert_eq!(load.rate, Some(300.0));
+                assert_eq!(subscribers, 3);
+            }
+            _ => panic!("not fanout"),
+        }
     }
 }

@@ -1,8 +1,10 @@
 //! `pulsar-loadgen`: the load generator of Pulsar Relay. Parses the command line, runs one
 //! scenario, prints its summary and writes the `--json` / `--hgrm` files.
 //!
-//! Exit codes: 0 when the run completed (errors it counted are in the summary), 1 when it
-//! could not run (relay unreachable, setup refused), 2 for a bad command line.
+//! Exit codes: 0 when the run passed, 1 when it could not run (relay unreachable, setup
+//! refused), 2 for a bad command line, 3 when it ran but cannot be trusted: errors, lost or
+//! duplicate deliveries above `--max-error-rate`, or nothing measured. Scripts and CI rely
+//! on it, so a run full of errors never exits 0.
 
 mod args;
 mod buf;
@@ -45,7 +47,13 @@ fn main() -> ExitCode {
         eprintln!("pulsar-loadgen: {e}");
         return ExitCode::from(1);
     }
-    ExitCode::SUCCESS
+    match summary.verdict(common.max_error_rate) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(why) => {
+            eprintln!("pulsar-loadgen: FAILED: {why}");
+            ExitCode::from(3)
+        }
+    }
 }
 
 /// Thousands of sockets need more than the usual soft limit of 1024 descriptors; the hard

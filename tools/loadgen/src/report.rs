@@ -147,9 +147,41 @@ pub struct Summary {
     pub cpu: CpuUse,
     pub server_pid: Option<u32>,
     pub first_error: Option<String>,
+    /// Deliveries beyond what was published (receiving scenarios; 0 for the others): a
+    /// fault like an error, though no row shows it.
+    pub duplicates: u64,
 }
 
 impl Summary {
+    /// What makes a run fail: every row's errors (lost deliveries included) and duplicate
+    /// deliveries.
+    pub fn faults(&self) -> u64 {
+        self.rows.iter().map(|r| r.errors).sum::<u64>() + self.duplicates
+    }
+
+    /// `Err` saying why when the run cannot be trusted: faults above `max_rate` of the
+    /// operations the table counts (failed ones included), or nothing measured at all.
+    pub fn verdict(&self, max_rate: f64) -> Result<(), String> {
+        let faults = self.faults();
+        let operations = self.rows.iter().map(|r| r.count).sum::<u64>() + faults;
+        let rate = faults as f64 / operations.max(1) as f64;
+        if faults > 0 && rate > max_rate {
+            return Err(format!(
+                "{faults} errors, lost or duplicate deliveries in {operations} operations \
+                 ({:.3}%, tolerated: {:.3}%, see --max-error-rate)",
+                rate * 100.0,
+                max_rate * 100.0
+            ));
+        }
+        if self.rows[0].count == 0 {
+            return Err(format!(
+                "nothing was measured ({} count 0)",
+                self.rows[0].name
+            ));
+        }
+        Ok(())
+    }
+
     pub fn print(&self, out: &mut impl Write) -> io::Result<()> {
         writeln!(out, "pulsar-loadgen {}: {}", self.scenario, self.setup)?;
         writeln!(
@@ -310,6 +342,50 @@ mod tests {
         );
         assert!(lines[lines.len() - 1].starts_with("#[Buckets = "));
         assert!(lines[lines.len() - 1].ends_with("SubBuckets     =         2048]"));
+    }
+
+    fn summary(rows: &[(u64, u64)], duplicates: u64) -> Summary {
+        Summary {
+            scenario: "test",
+            setup: String::new(),
+            measured_s: 1.0,
+            warmup_s: 0.0,
+            rows: rows
+                .iter()
+                .map(|&(count, errors)| Row {
+                    name: "row",
+                    count,
+                    errors,
+                    rate: 0.0,
+                    latency: Latency::new(),
+                })
+                .collect(),
+            extras: Vec::new(),
+            cpu: CpuUse {
+                loadgen: 0.0,
+                server: None,
+                machine: None,
+            },
+            server_pid: None,
+            first_error: None,
+            duplicates,
+        }
+    }
+
+    #[test]
+    fn any_fault_fails_a_run_unless_its_rate_is_tolerated() {
+        assert_eq!(summary(&[(1000, 0), (500, 0)], 0).verdict(0.0), Ok(()));
+        // An error in any row, or a duplicate delivery, fails it.
+        assert!(summary(&[(1000, 0), (500, 1)], 0).verdict(0.0).is_err());
+        assert!(summary(&[(1000, 0)], 1).verdict(0.0).is_err());
+        // 10 faults in 1000 operations: 1%.
+        let one_percent = summary(&[(990, 10)], 0);
+        assert!(one_percent.verdict(0.009).is_err());
+        assert_eq!(one_percent.verdict(0.01), Ok(()));
+        // Every request failed, or nothing was measured: never a pass.
+        assert!(summary(&[(0, 50)], 0).verdict(1.0).is_err());
+        let why = summary(&[(0, 0)], 0).verdict(0.0).unwrap_err();
+        assert!(why.contains("nothing was measured"), "{why}");
     }
 
     #[test]

@@ -101,10 +101,26 @@ fn loadgen(args: &[&str]) -> Output {
 
 /// Runs a scenario against `relay` with the test's secret and returns its JSON summary.
 fn run(relay: &Relay, scenario: &str, args: &[&str]) -> Value {
+    let mut all = vec!["--secret", SECRET];
+    all.extend_from_slice(args);
+    let (out, summary) = run_with(relay, scenario, &all);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "{scenario} failed:\n{stdout}\n{stderr}"
+    );
+    summary
+}
+
+/// Runs a scenario against `relay` for 1 s, with `args` (credentials included), and returns
+/// its output and JSON summary, whatever its exit status.
+fn run_with(relay: &Relay, scenario: &str, args: &[&str]) -> (Output, Value) {
+    static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let dir = std::env::temp_dir().join(format!(
         "pulsar-loadgen-test-{}-{scenario}-{}",
         std::process::id(),
-        args.join("_").replace(['/', ' '], "")
+        RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     ));
     std::fs::create_dir_all(&dir).unwrap();
     let json = dir.join("summary.json");
@@ -113,8 +129,6 @@ fn run(relay: &Relay, scenario: &str, args: &[&str]) -> Value {
         scenario,
         "--url",
         &relay.url,
-        "--secret",
-        SECRET,
         "--warmup",
         "300ms",
         "--duration",
@@ -127,15 +141,35 @@ fn run(relay: &Relay, scenario: &str, args: &[&str]) -> Value {
     all.extend_from_slice(args);
     let out = loadgen(&all);
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "{scenario} failed:\n{stdout}\n{stderr}"
-    );
     assert!(stdout.contains("p99.9"), "no summary table:\n{stdout}");
     let text = std::fs::read_to_string(&json).expect("--json file written");
     let _ = std::fs::remove_dir_all(&dir);
-    serde_json::from_str(&text).expect("--json output is JSON")
+    (
+        out,
+        serde_json::from_str(&text).expect("--json output is JSON"),
+    )
+}
+
+/// A read+write token limited to the topics matching `pattern`, signed with the test's
+/// secret: publishing elsewhere is refused with 403.
+fn token_for_topics(pattern: &str) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let claims = serde_json::json!({
+        "sub": "loadgen-test",
+        "iat": now,
+        "exp": now + 600,
+        "permissions": ["read", "write"],
+        "topics": [pattern],
+    });
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap()
 }
 
 fn u(v: &Value, key: &str) -> u64 {
@@ -267,4 +301,82 @@ fn bad_command_lines_exit_2_and_unreachable_relays_exit_1() {
     let out = loadgen(&["--help"]);
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("connections"));
+}
+
+#[test]
+fn common_flags_may_come_before_the_scenario() {
+    // As README's `L="target/release/pulsar-loadgen --secret $KEY --server-pid $PID"`
+    // followed by `$L publish ...` writes it.
+    let relay = Relay::start();
+    let pid = relay.pid();
+    let out = loadgen(&[
+        "--secret",
+        SECRET,
+        "--server-pid",
+        &pid,
+        "--url",
+        &relay.url,
+        "publish",
+        "--connections",
+        "2",
+        "--warmup",
+        "0",
+        "--duration",
+        "500ms",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains(&format!("(pid {pid})")), "{stdout}");
+}
+
+#[test]
+fn a_run_with_errors_exits_3_unless_their_rate_is_tolerated() {
+    let relay = Relay::start();
+    // Every request refused: a token signed with another secret.
+    let (out, v) = run_with(
+        &relay,
+        "publish",
+        &[
+            "--secret",
+            "not-the-relay-secret-0123456789abcdef",
+            "--connections",
+            "2",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(3), "{v:#}");
+    assert!(u(&v, "errors") > 0, "{v:#}");
+    assert_eq!(u(&v, "count"), 0, "{v:#}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("FAILED"), "{stderr}");
+
+    // Half refused: the token covers topic <prefix>-0 only, the run publishes to two.
+    let token = token_for_topics("half-0");
+    let half = [
+        "--token",
+        &token,
+        "--topic-prefix",
+        "half",
+        "--topics",
+        "2",
+        "--connections",
+        "2",
+        "--rate",
+        "400",
+    ];
+    let (out, v) = run_with(&relay, "publish", &half);
+    assert_eq!(out.status.code(), Some(3), "{v:#}");
+    assert!(u(&v, "count") > 0 && u(&v, "errors") > 0, "{v:#}");
+    let mut tolerant = half.to_vec();
+    tolerant.extend_from_slice(&["--max-error-rate", "60%"]);
+    let (out, v) = run_with(&relay, "publish", &tolerant);
+    assert!(
+        out.status.success(),
+        "{v:#}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(u(&v, "errors") > 0, "{v:#}");
 }

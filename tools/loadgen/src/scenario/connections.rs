@@ -188,6 +188,7 @@ pub fn run(
         cpu,
         server_pid: common.server_pid,
         first_error,
+        duplicates: 0,
     })
 }
 

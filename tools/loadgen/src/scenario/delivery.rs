@@ -127,6 +127,7 @@ pub fn run(
         ("published", json!(published.published_total())),
         ("expected", json!(tally.expected)),
         ("delivered", json!(tally.received)),
+        ("delivered_unconfirmed", json!(tally.from_unconfirmed)),
         ("lost", json!(tally.lost)),
         ("unconfirmed", json!(published.unconfirmed_total())),
         ("duplicates", json!(tally.duplicates)),
@@ -160,6 +161,7 @@ pub fn run(
         cpu,
         server_pid: common.server_pid,
         first_error,
+        duplicates: tally.duplicates,
     })
 }
 

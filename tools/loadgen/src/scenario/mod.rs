@@ -158,6 +158,8 @@ struct Tally {
     expected: u64,
     received: u64,
     lost: u64,
+    /// Deliveries of publishes that got no answer: the relay took them after all.
+    from_unconfirmed: u64,
     duplicates: u64,
 }
 
@@ -176,8 +178,11 @@ impl Tally {
         self.received += got;
         self.lost += want.saturating_sub(got);
         // Unconfirmed publishes may have been delivered; only beyond them is a delivery a
-        // duplicate.
-        self.duplicates += got.saturating_sub(want + published.unconfirmed[topic]);
+        // duplicate. So received = expected - lost + from_unconfirmed + duplicates.
+        let beyond = got.saturating_sub(want);
+        let from_unconfirmed = beyond.min(published.unconfirmed[topic]);
+        self.from_unconfirmed += from_unconfirmed;
+        self.duplicates += beyond - from_unconfirmed;
     }
 }
 
@@ -224,4 +229,37 @@ pub fn clients_of(
         .step_by(threads)
         .map(|i| (i, topics[i % topics.len()].clone()))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::Latency;
+
+    #[test]
+    fn deliveries_add_up_to_expected_minus_lost_plus_unconfirmed_plus_duplicates() {
+        // Two topics: 10 and 20 publishes confirmed, 3 and 0 sent without an answer.
+        let published = Outcome {
+            latency: Latency::new(),
+            messages: 30,
+            errors: 3,
+            published: vec![10, 20],
+            unconfirmed: vec![3, 0],
+            first_error: None,
+        };
+        let mut tally = Tally::default();
+        tally.add(&published, 0, 12); // topic 0: 2 of the unconfirmed arrived
+        tally.add(&published, 1, 19); // topic 1: one lost
+        tally.add(&published, 2, 15); // topic 0: the 3 unconfirmed, and 2 more
+        tally.add(&published, 3, 20); // topic 1: exactly
+        assert_eq!(tally.expected, 60);
+        assert_eq!(tally.received, 66);
+        assert_eq!(tally.lost, 1);
+        assert_eq!(tally.from_unconfirmed, 5);
+        assert_eq!(tally.duplicates, 2);
+        assert_eq!(
+            tally.received,
+            tally.expected - tally.lost + tally.from_unconfirmed + tally.duplicates
+        );
+    }
 }

@@ -172,6 +172,7 @@ pub fn run(
             ("expected", json!(tally.expected)),
             ("delivered", json!(tally.received)),
             ("received", json!(tally.received)),
+            ("delivered_unconfirmed", json!(tally.from_unconfirmed)),
             ("lost", json!(tally.lost)),
             ("unconfirmed", json!(unconfirmed)),
             ("duplicates", json!(tally.duplicates)),
@@ -183,6 +184,7 @@ pub fn run(
         cpu,
         server_pid: common.server_pid,
         first_error,
+        duplicates: tally.duplicates,
     })
 }
 
