@@ -894,7 +894,11 @@ async fn housekeeping(shard: Rc<Shard>) {
             sweep_accounts(&shard, now);
         }
         shard.idempotency.borrow_mut().sweep(now);
-        shard.topics.borrow_mut().compact();
+        {
+            let mut topics = shard.topics.borrow_mut();
+            topics.confirmed(shard.store.durable_upto());
+            topics.compact();
+        }
         let store_ok = shard.recovered.get() && shard.store.health().is_ok();
         shard.process.store_ok[shard.id].store(store_ok, Ordering::Release);
         if shutdown_started.is_none() && shard.process.shutdown.load(Ordering::Acquire) {

@@ -148,6 +148,9 @@ pub struct TopicTable {
     kept: usize,
     /// Entries dropped so far (for metrics).
     dropped: u64,
+    /// After an eviction that could not get under budget: the byte count at which to try
+    /// again (0: at once).
+    retry_at: usize,
 }
 
 impl TopicTable {
@@ -161,6 +164,7 @@ impl TopicTable {
             persistent,
             kept: 0,
             dropped: 0,
+            retry_at: 0,
         }
     }
 
@@ -278,9 +282,27 @@ impl TopicTable {
         }
     }
 
+    /// Takes the persistent tier's newest confirmed watermark and evicts what it allows,
+    /// if the shard is over budget: messages that were not confirmed when they were
+    /// published could not go then (the shard calls this on its tick, so a burst that
+    /// ended is brought under budget without waiting for the next publish).
+    pub fn confirmed(&mut self, durable: Option<MessageId>) {
+        self.durable = durable;
+        self.retry_at = 0;
+        self.enforce_budget();
+    }
+
     fn enforce_budget(&mut self) {
-        if self.bytes > self.limits.max_bytes {
+        if self.bytes > self.limits.max_bytes && self.bytes >= self.retry_at {
             self.evict_to_budget();
+            // What could not go (messages not confirmed yet, entries in use) would make
+            // every later call scan all topics in vain: wait until the excess doubled (or
+            // the tick), so a burst costs a few scans, not one per message.
+            let target = self.limits.max_bytes / 10 * 9;
+            self.retry_at = match self.bytes.checked_sub(target) {
+                Some(excess) if excess > 0 => self.bytes + excess.max(self.limits.max_bytes / 10),
+                _ => 0,
+            };
         }
     }
 
