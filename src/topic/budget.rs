@@ -1,8 +1,8 @@
 //! What the hot tier's byte budget counts, and which topics eviction takes first.
 //!
 //! The per-shard budget (`storage.hot_tier_max_bytes`) covers everything a topic holds on
-//! its owner: the ring's messages and slots, and the entry itself (its table slot, name,
-//! consumer positions and record). This module only estimates sizes and picks the coldest
+//! its owner: the ring's messages and slots, the entry itself (name, consumer positions,
+//! record) and the table's slots. This module only estimates sizes and picks the coldest
 //! topics; what may be evicted, and the eviction itself, are the table's.
 
 use std::collections::HashMap;
@@ -10,12 +10,15 @@ use std::mem::size_of;
 
 /// What one heap allocation costs beyond the bytes asked for (allocator header and
 /// rounding), on average.
-const ALLOCATION: usize = 16;
+pub const ALLOCATION: usize = 16;
 
-/// Bytes of a hash-map slot holding a `(K, V)`: the pair, its control byte, and the share
-/// of free slots a map keeps at its usual load (hashbrown runs between 7/16 and 7/8 full).
-pub const fn map_slot<K, V>() -> usize {
-    (size_of::<(K, V)>() + 1) * 3 / 2
+/// Bytes of the slots of a hash map of `(K, V)` with room for `capacity` entries: it has
+/// about 8/7 as many slots, each holding a pair and a control byte.
+pub fn map_slots<K, V>(capacity: usize) -> usize {
+    if capacity == 0 {
+        return 0;
+    }
+    (capacity * 8 / 7 + 1) * (size_of::<(K, V)>() + 1) + ALLOCATION
 }
 
 /// Bytes of a string on the heap.
@@ -29,10 +32,7 @@ pub fn text(s: &str) -> usize {
 
 /// Bytes of a map beyond its inline part: its slots and, per key, `key_heap`.
 pub fn map<K, V>(map: &HashMap<K, V>, key_heap: impl Fn(&K) -> usize) -> usize {
-    if map.capacity() == 0 {
-        return 0;
-    }
-    map.capacity() * map_slot::<K, V>() + ALLOCATION + map.keys().map(key_heap).sum::<usize>()
+    map_slots::<K, V>(map.capacity()) + map.keys().map(key_heap).sum::<usize>()
 }
 
 /// The `last_used` time up to which topics must be evicted to free `need` bytes, given each

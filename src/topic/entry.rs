@@ -53,9 +53,10 @@ pub(super) enum Level {
     Positions,
 }
 
-/// What an entry costs before its name, positions and record: its table slot and the
-/// name's reference counts.
-const ENTRY: usize = budget::map_slot::<Arc<str>, Topic>() + 2 * std::mem::size_of::<usize>();
+/// What an entry costs besides its name, positions and record (the table counts its own
+/// slots): its allocation, and the name's reference counts.
+const ENTRY: usize =
+    std::mem::size_of::<Topic>() + budget::ALLOCATION + 2 * std::mem::size_of::<usize>();
 
 impl Topic {
     /// A new entry; with a persistent tier it is not loaded and may have older messages

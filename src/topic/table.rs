@@ -135,11 +135,19 @@ pub struct HistoryPage {
 /// the shard's clock, not the entry, so a topic that comes back continues above every ID
 /// it had.
 pub struct TopicTable {
-    topics: HashMap<Arc<str>, Topic>,
+    /// Boxed, so that the map's slots (free ones included) stay small.
+    topics: HashMap<Arc<str>, Box<Topic>>,
     clock: IdClock,
     /// The persistent tier's confirmed watermark at the last publish.
     durable: Option<MessageId>,
+    /// Everything counted in the budget: the entries (see [`Topic::bytes`]) and `slots`.
     bytes: usize,
+    /// Bytes of the map's slots, free ones too: a map grows by doubling and shrinks only
+    /// when told to.
+    slots: usize,
+    /// The most entries the map had room for since it last shrank: its allocation (what
+    /// it reports as capacity drops as removals leave tombstones).
+    room: usize,
     limits: TopicLimits,
     /// A persistent tier holds what the rings evicted, and every topic's positions and
     /// record: entries can be dropped and loaded again.
@@ -160,6 +168,8 @@ impl TopicTable {
             clock,
             durable: None,
             bytes: 0,
+            slots: 0,
+            room: 0,
             limits,
             persistent,
             kept: 0,
@@ -215,16 +225,34 @@ impl TopicTable {
     /// The entry of `name`, made (and counted) if there is none.
     fn entry(&mut self, name: &str, now_ms: u64) -> &mut Topic {
         if !self.topics.contains_key(name) {
-            let topic = Topic::new(Arc::from(name), self.persistent, now_ms);
+            let topic = Box::new(Topic::new(Arc::from(name), self.persistent, now_ms));
             self.bytes += topic.bytes();
             self.topics.insert(Arc::clone(&topic.name), topic);
+            self.count_slots(self.room.max(self.topics.capacity()));
         }
         self.topics.get_mut(name).expect("inserted above")
     }
 
+    /// Counts the map's slots for room for `room` entries.
+    fn count_slots(&mut self, room: usize) {
+        self.room = room;
+        let slots = budget::map_slots::<Arc<str>, Box<Topic>>(room);
+        self.bytes = self.bytes + slots - self.slots;
+        self.slots = slots;
+    }
+
+    /// Gives back map slots when at most a quarter of them are used.
+    fn shrink_if_sparse(&mut self, floor: usize) {
+        let len = self.topics.len();
+        if self.room > 4 * len.max(floor) {
+            self.topics.shrink_to(2 * len);
+            self.count_slots(self.topics.capacity());
+        }
+    }
+
     /// Drops `name`'s entry if nothing needs it any more.
     pub fn forget_if_idle(&mut self, name: &str) {
-        if self.topics.get(name).is_some_and(Topic::is_idle) {
+        if self.topics.get(name).is_some_and(|t| t.is_idle()) {
             self.remove(name);
         }
     }
@@ -364,6 +392,8 @@ impl TopicTable {
                     self.remove(&name);
                 }
             }
+            // Dropped entries leave their slots behind; on a small budget they matter.
+            self.shrink_if_sparse(0);
         }
     }
 
@@ -446,11 +476,16 @@ impl TopicTable {
         candidates: Option<&[Box<str>]>,
     ) -> Located {
         let topics: Vec<&Topic> = match candidates {
-            Some(list) => list.iter().filter_map(|n| self.topics.get(&**n)).collect(),
+            Some(list) => list
+                .iter()
+                .filter_map(|n| self.topics.get(&**n))
+                .map(|t| &**t)
+                .collect(),
             None => self
                 .topics
                 .values()
                 .filter(|t| t.positions.contains_key(consumer))
+                .map(|t| &**t)
                 .collect(),
         };
         let mut found = Located::default();
@@ -655,12 +690,10 @@ impl TopicTable {
     }
 
     /// Gives back table space after many entries were dropped (a map never shrinks by
-    /// itself); cheap when there is nothing to do, so the shard calls it on every tick.
+    /// itself); cheap when there is nothing to do, so the shard calls it on every tick
+    /// (eviction also does, for small tables).
     pub fn compact(&mut self) {
-        let len = self.topics.len();
-        if self.topics.capacity() > 4 * len.max(1024) {
-            self.topics.shrink_to(2 * len);
-        }
+        self.shrink_if_sparse(1024);
     }
 
     pub fn len(&self) -> usize {
@@ -684,7 +717,8 @@ impl TopicTable {
     /// The bytes counted afresh, entry by entry (tests check the running total by it).
     #[cfg(test)]
     fn recount(&self) -> usize {
-        self.topics.values().map(Topic::bytes).sum()
+        let slots = budget::map_slots::<Arc<str>, Box<Topic>>(self.room);
+        slots + self.topics.values().map(|t| t.bytes()).sum::<usize>()
     }
 }
 
