@@ -117,7 +117,7 @@ async fn load(shard: Rc<Shard>, topic: Arc<str>) {
                 return;
             }
         };
-        shard.topics.borrow_mut().load(&topic, stored, now_ms());
+        shard.topics.borrow_mut().load(&topic, stored);
         while let Some(waiting) = queue.pop_front() {
             match waiting {
                 Waiting::Op { ref op, .. } if matches!(shard.plan(op), Plan::Load(_)) => {
@@ -177,7 +177,7 @@ pub(super) async fn recover(shard: Rc<Shard>) {
                 let mut table = shard.topics.borrow_mut();
                 table.advance_clock(recovery.last_id);
                 for (topic, stored) in recovery.consumed {
-                    table.load(&topic, stored, now_ms());
+                    table.load(&topic, stored);
                 }
                 shard.recovered.set(true);
                 return;

@@ -343,7 +343,7 @@ pub fn apply(
             ids,
         } => OpResult::Acked(
             ids.iter()
-                .map(|id| match table.ack(&consumer, &topic, *id, now_ms) {
+                .map(|id| match table.ack(&consumer, &topic, *id) {
                     Some(moved) => {
                         if moved {
                             store.save_position(&topic, &consumer, *id);
@@ -370,16 +370,20 @@ fn apply_to_records(
     tickets: &mut Vec<Ticket>,
 ) -> OpResult {
     match op {
-        RecordOp::Create { topic, record } => OpResult::Record(store.admit(1).map(|()| {
-            match table.create_record(&topic, record, now_ms) {
-                Ok(created) => {
-                    tickets.extend(store.save_topic(&topic, &created, false));
-                    RecordAnswer::Created(created)
-                }
-                Err(Refusal::Exists(existing)) => RecordAnswer::Exists(existing),
-                Err(Refusal::Full) => RecordAnswer::Full,
-            }
-        })),
+        RecordOp::Create { topic, record } => {
+            OpResult::Record(
+                store
+                    .admit(1)
+                    .map(|()| match table.create_record(&topic, record) {
+                        Ok(created) => {
+                            tickets.extend(store.save_topic(&topic, &created, false));
+                            RecordAnswer::Created(created)
+                        }
+                        Err(Refusal::Exists(existing)) => RecordAnswer::Exists(existing),
+                        Err(Refusal::Full) => RecordAnswer::Full,
+                    }),
+            )
+        }
         RecordOp::Get { topic } => OpResult::Record(Ok(table
             .record(&topic)
             .map_or(RecordAnswer::Missing, |r| RecordAnswer::Found(r.clone())))),
@@ -397,7 +401,7 @@ fn apply_to_records(
             let Some(text) = description else {
                 return RecordAnswer::Found(record.clone());
             };
-            match table.describe(&topic, text, now_ms) {
+            match table.describe(&topic, text) {
                 Some(Ok(record)) => {
                     tickets.extend(store.save_topic(&topic, &record, false));
                     RecordAnswer::Found(record)

@@ -22,8 +22,9 @@ pub(super) struct Topic {
     pub interested: ShardSet,
     /// Last acknowledged message per durable consumer of this topic.
     pub positions: HashMap<ConsumerKey, MessageId>,
-    /// Last publish, subscribe, ack or record use: what "cold" means to eviction.
-    pub last_used_ms: u64,
+    /// The table's use count at the topic's last publish, subscribe, ack or record use:
+    /// what "cold" means to eviction (a count, not a time, so that no two topics tie).
+    pub last_used: u64,
     /// When the topic's stream was last trimmed by age (persistent tier).
     pub trimmed_ms: u64,
     /// Messages older than the ring's oldest may exist (evicted, or from before the entry
@@ -61,14 +62,14 @@ const ENTRY: usize =
 impl Topic {
     /// A new entry; with a persistent tier it is not loaded and may have older messages
     /// there.
-    pub fn new(name: Arc<str>, persistent: bool, now_ms: u64) -> Topic {
+    pub fn new(name: Arc<str>, persistent: bool, used: u64) -> Topic {
         let mut topic = Topic {
             name,
             last_id: MessageId::ZERO,
             ring: Ring::default(),
             interested: ShardSet::default(),
             positions: HashMap::new(),
-            last_used_ms: now_ms,
+            last_used: used,
             trimmed_ms: 0,
             has_older: persistent,
             record: None,

@@ -159,6 +159,8 @@ pub struct TopicTable {
     /// After an eviction that could not get under budget: the byte count at which to try
     /// again (0: at once).
     retry_at: usize,
+    /// Counts uses of topics: see `Topic::last_used`.
+    uses: u64,
 }
 
 impl TopicTable {
@@ -175,6 +177,7 @@ impl TopicTable {
             kept: 0,
             dropped: 0,
             retry_at: 0,
+            uses: 0,
         }
     }
 
@@ -188,9 +191,9 @@ impl TopicTable {
     /// resume from their positions, and the stored record replaces one a publish made in
     /// the meantime (which was written only where none existed). An entry already loaded
     /// is left as it is: it knows better.
-    pub fn load(&mut self, name: &str, stored: Stored, now_ms: u64) {
+    pub fn load(&mut self, name: &str, stored: Stored) {
         self.clock.advance_past(stored.last_id);
-        let topic = self.entry(name, now_ms);
+        let topic = self.entry(name);
         if topic.loaded {
             return;
         }
@@ -222,15 +225,19 @@ impl TopicTable {
         self.persistent
     }
 
-    /// The entry of `name`, made (and counted) if there is none.
-    fn entry(&mut self, name: &str, now_ms: u64) -> &mut Topic {
+    /// The entry of `name`, made (and counted) if there is none, marked as used now.
+    fn entry(&mut self, name: &str) -> &mut Topic {
+        self.uses += 1;
+        let used = self.uses;
         if !self.topics.contains_key(name) {
-            let topic = Box::new(Topic::new(Arc::from(name), self.persistent, now_ms));
+            let topic = Box::new(Topic::new(Arc::from(name), self.persistent, used));
             self.bytes += topic.bytes();
             self.topics.insert(Arc::clone(&topic.name), topic);
             self.count_slots(self.room.max(self.topics.capacity()));
         }
-        self.topics.get_mut(name).expect("inserted above")
+        let topic = self.topics.get_mut(name).expect("inserted above");
+        topic.last_used = used;
+        topic
     }
 
     /// Counts the map's slots for room for `room` entries.
@@ -281,9 +288,8 @@ impl TopicTable {
         let per_topic = self.limits.messages_per_topic;
         let persistent = self.persistent;
         let id = self.clock.next(now_ms);
-        let topic = self.entry(draft.topic, now_ms);
+        let topic = self.entry(draft.topic);
         topic.last_id = id;
-        topic.last_used_ms = now_ms;
         let mut msg = Message::build(id, Arc::clone(&topic.name), now_ms, draft);
         msg.accepted_at = Some(std::time::Instant::now());
         let msg = Arc::new(msg);
@@ -350,7 +356,7 @@ impl TopicTable {
                 .values()
                 .filter_map(|t| {
                     let freeable = t.freeable(level);
-                    (freeable > 0).then_some((t.last_used_ms, freeable))
+                    (freeable > 0).then_some((t.last_used, freeable))
                 })
                 .collect();
             let cutoff = budget::cutoff(&mut costs, self.bytes - target).unwrap_or(u64::MAX);
@@ -360,10 +366,10 @@ impl TopicTable {
             let (mut freed, mut kept, mut dropped) = (0, 0, 0);
             let mut at_cutoff = Vec::new();
             self.topics.retain(|name, t| {
-                if t.last_used_ms > cutoff || t.freeable(level) == 0 {
+                if t.last_used > cutoff || t.freeable(level) == 0 {
                     return true;
                 }
-                if t.last_used_ms == cutoff {
+                if t.last_used == cutoff {
                     at_cutoff.push(Arc::clone(name));
                     return true;
                 }
@@ -414,10 +420,9 @@ impl TopicTable {
         limit: usize,
     ) -> (Snapshot, Option<MessageId>) {
         let persistent = self.persistent;
-        let topic = self.entry(name, now_ms);
+        let topic = self.entry(name);
         debug_assert!(topic.loaded || (consumer.is_none() && *cursor == Cursor::Live));
         topic.interested.insert(shard);
-        topic.last_used_ms = now_ms;
         let head = topic.last_id;
         let start = match cursor {
             Cursor::Live => Some(head),
@@ -508,13 +513,14 @@ impl TopicTable {
     /// acknowledge everything before `id` in that topic too. `None` if the topic never had
     /// a message with an ID that high; otherwise whether the position moved. The topic
     /// must be loaded.
-    pub fn ack(&mut self, consumer: &str, topic: &str, id: MessageId, now_ms: u64) -> Option<bool> {
+    pub fn ack(&mut self, consumer: &str, topic: &str, id: MessageId) -> Option<bool> {
         let t = self.topics.get_mut(topic)?;
         debug_assert!(t.loaded);
         if id > t.last_id || id == MessageId::ZERO {
             return None;
         }
-        t.last_used_ms = now_ms;
+        self.uses += 1;
+        t.last_used = self.uses;
         let moved = match t.positions.get_mut(consumer) {
             Some(position) => {
                 let moved = id > *position;
@@ -566,7 +572,6 @@ impl TopicTable {
         &mut self,
         name: &str,
         record: TopicRecord,
-        now_ms: u64,
     ) -> Result<TopicRecord, Refusal> {
         if let Some(existing) = self.record(name) {
             return Err(Refusal::Exists(existing.clone()));
@@ -575,11 +580,10 @@ impl TopicTable {
         if keep && self.kept >= self.limits.max_kept_records {
             return Err(Refusal::Full);
         }
-        let topic = self.entry(name, now_ms);
+        let topic = self.entry(name);
         debug_assert!(topic.loaded);
         topic.record = Some(record.clone());
         topic.kept = keep;
-        topic.last_used_ms = now_ms;
         let (before, after) = topic.recharge();
         self.bytes = self.bytes + after - before;
         self.kept += usize::from(keep);
@@ -594,7 +598,6 @@ impl TopicTable {
         &mut self,
         name: &str,
         description: String,
-        now_ms: u64,
     ) -> Option<Result<TopicRecord, Refusal>> {
         let limit_reached = self.kept >= self.limits.max_kept_records;
         let topic = self.topics.get_mut(name)?;
@@ -606,7 +609,8 @@ impl TopicTable {
         record.description = Some(description);
         let record = record.clone();
         topic.kept |= keep;
-        topic.last_used_ms = now_ms;
+        self.uses += 1;
+        topic.last_used = self.uses;
         let (before, after) = topic.recharge();
         self.bytes = self.bytes + after - before;
         self.kept += usize::from(keep);

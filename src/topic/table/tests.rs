@@ -91,7 +91,7 @@ fn ring_is_bounded_by_count() {
 #[test]
 fn unpersisted_messages_are_not_evicted() {
     let mut t = table(2, 1 << 20, true);
-    t.load("x", Stored::default(), 0);
+    t.load("x", Stored::default());
     let draft = Draft {
         topic: "x",
         payload: b"{}",
@@ -181,16 +181,16 @@ fn a_new_consumer_starts_at_the_head_and_resumes_after_its_ack() {
         Located::default(),
         "no such ID"
     );
-    assert_eq!(t.ack("c", "x", a, 5), Some(true));
-    assert_eq!(t.ack("c", "x", a, 5), Some(false), "idempotent");
+    assert_eq!(t.ack("c", "x", a), Some(true));
+    assert_eq!(t.ack("c", "x", a), Some(false), "idempotent");
     let (resumed, _) = t.subscribe("x", 0, &Cursor::Live, Some("c"), 6, 100);
     assert_eq!(ids(&resumed), [b]);
     assert_eq!(
-        t.ack("c", "x", MessageId::new(99, 0), 6),
+        t.ack("c", "x", MessageId::new(99, 0)),
         None,
         "beyond the topic's last ID"
     );
-    assert_eq!(t.ack("c", "nope", a, 6), None, "unknown topic");
+    assert_eq!(t.ack("c", "nope", a), None, "unknown topic");
 }
 
 fn record() -> TopicRecord {
@@ -207,9 +207,9 @@ fn records_are_created_once_and_only_on_request() {
         "neither subscribers nor the table make one"
     );
     assert!(t.history_page("x", Order::Desc, None, 10, 2).is_none());
-    let first = t.create_record("x", record(), 2).unwrap();
+    let first = t.create_record("x", record()).unwrap();
     assert_eq!(
-        t.create_record("x", record(), 2).unwrap_err(),
+        t.create_record("x", record()).unwrap_err(),
         Refusal::Exists(first)
     );
     assert!(
@@ -226,10 +226,10 @@ fn records_are_created_once_and_only_on_request() {
 fn owned_records_are_listed_oldest_first_and_bounded() {
     let mut t = table(100, 1 << 20, false);
     for (name, owner, at) in [("c", "alice", 3), ("a", "alice", 5), ("b", "bob", 1)] {
-        t.create_record(name, TopicRecord::new(owner, at, None), 1)
+        t.create_record(name, TopicRecord::new(owner, at, None))
             .unwrap();
     }
-    t.create_record("d", TopicRecord::new("alice", 3, None), 1)
+    t.create_record("d", TopicRecord::new("alice", 3, None))
         .unwrap();
     let names = |limit| {
         t.owned_by(Some("alice"), limit)
@@ -244,7 +244,7 @@ fn owned_records_are_listed_oldest_first_and_bounded() {
 #[test]
 fn history_pages_run_both_ways_from_exclusive_cursors() {
     let mut t = table(100, 1 << 20, false);
-    t.create_record("x", record(), 0).unwrap();
+    t.create_record("x", record()).unwrap();
     let m: Vec<_> = (1..=5).map(|i| publish(&mut t, "x", i).id).collect();
     let page = |order, cursor, limit| {
         let p = t.history_page("x", order, cursor, limit, 10).unwrap();
@@ -264,8 +264,8 @@ fn history_pages_run_both_ways_from_exclusive_cursors() {
 #[test]
 fn history_pages_name_the_stream_span_older_than_the_ring() {
     let mut t = table(2, 1 << 20, true);
-    t.load("x", Stored::default(), 0);
-    t.create_record("x", record(), 0).unwrap();
+    t.load("x", Stored::default());
+    t.create_record("x", record()).unwrap();
     let m: Vec<_> = (1..=4)
         .map(|i| {
             let draft = Draft {
@@ -310,7 +310,7 @@ fn history_pages_name_the_stream_span_older_than_the_ring() {
 #[test]
 fn delete_drops_messages_and_positions_but_keeps_subscribers() {
     let mut t = table(100, 1 << 20, false);
-    t.create_record("x", record(), 0).unwrap();
+    t.create_record("x", record()).unwrap();
     t.subscribe("x", 1, &Cursor::Live, Some("c"), 0, 10);
     let last = publish(&mut t, "x", 1).id;
     let before = t.bytes();
@@ -330,11 +330,11 @@ fn delete_drops_messages_and_positions_but_keeps_subscribers() {
     } = t.publish(&draft, 1, None);
     assert!(msg.id > last, "IDs never go backwards");
     assert_eq!(interested.iter().collect::<Vec<_>>(), [1]);
-    t.create_record("x", record(), 0).unwrap();
+    t.create_record("x", record()).unwrap();
     let page = t.history_page("x", Order::Asc, None, 10, 2).unwrap();
     assert_eq!(page.ring.len(), 1, "only what came after the delete");
 
-    t.create_record("lonely", record(), 0).unwrap();
+    t.create_record("lonely", record()).unwrap();
     assert!(t.delete("lonely"));
     assert_eq!(t.len(), 1, "an entry nobody subscribes to goes entirely");
 }
@@ -342,7 +342,7 @@ fn delete_drops_messages_and_positions_but_keeps_subscribers() {
 #[test]
 fn history_is_requested_only_when_the_ring_may_miss_messages() {
     let mut t = table(2, 1 << 20, true);
-    t.load("x", Stored::default(), 0);
+    t.load("x", Stored::default());
     let first = publish(&mut t, "x", 1).id;
     let (s, _) = t.subscribe("x", 0, &Cursor::Earliest, None, 1, 10);
     assert_eq!(s.history, None, "nothing evicted yet");
@@ -372,7 +372,6 @@ fn history_is_requested_only_when_the_ring_may_miss_messages() {
             first_id: Some(first),
             record: None,
         },
-        4,
     );
     let (s, created) = restarted.subscribe("x", 0, &Cursor::Live, Some("c"), 4, 10);
     assert_eq!(created, None, "position came back from the store");
@@ -454,7 +453,7 @@ fn subscribers_durable_consumers_and_kept_records_hold_their_topics() {
     t.subscribe("watched", 1, &Cursor::Live, None, 0, 10);
     t.subscribe("durable", 0, &Cursor::Live, Some("c"), 0, 10);
     t.drop_interest("durable", 0);
-    t.create_record("created", record(), 0).unwrap();
+    t.create_record("created", record()).unwrap();
     let acked = publish(&mut t, "durable", 1).id;
     publish(&mut t, "watched", 1);
     publish(&mut t, "created", 1);
@@ -473,11 +472,11 @@ fn subscribers_durable_consumers_and_kept_records_hold_their_topics() {
     assert!(later.msg.id > acked);
     assert!(t.record("created").is_some(), "a created record is kept");
     assert_eq!(
-        t.ack("c", "durable", acked, 9_000),
+        t.ack("c", "durable", acked),
         Some(true),
         "the consumer's topic and position are still there"
     );
-    assert_eq!(t.ack("c", "durable", acked, 9_000), Some(false));
+    assert_eq!(t.ack("c", "durable", acked), Some(false));
     assert_eq!(t.bytes(), t.recount());
 }
 
@@ -510,9 +509,9 @@ fn positions_go_only_when_messages_cannot_make_room() {
 #[test]
 fn created_records_have_a_limit_of_their_own_without_a_persistent_tier() {
     let mut t = table_with(1 << 20, 2, false);
-    t.create_record("a", record(), 0).unwrap();
-    t.create_record("b", record(), 0).unwrap();
-    assert_eq!(t.create_record("c", record(), 0), Err(Refusal::Full));
+    t.create_record("a", record()).unwrap();
+    t.create_record("b", record()).unwrap();
+    assert_eq!(t.create_record("c", record()), Err(Refusal::Full));
     assert_eq!(t.len(), 2, "a refused create leaves nothing");
     publish(&mut t, "auto", 1);
     assert!(
@@ -520,12 +519,12 @@ fn created_records_have_a_limit_of_their_own_without_a_persistent_tier() {
         "publishes still make records"
     );
     assert_eq!(
-        t.describe("auto", "mine".into(), 2),
+        t.describe("auto", "mine".into()),
         Some(Err(Refusal::Full)),
         "a changed record would be kept too"
     );
     assert_eq!(
-        t.describe("a", "still".into(), 2)
+        t.describe("a", "still".into())
             .unwrap()
             .unwrap()
             .description
@@ -533,13 +532,13 @@ fn created_records_have_a_limit_of_their_own_without_a_persistent_tier() {
         Some("still")
     );
     assert!(t.delete("a"));
-    t.create_record("c", record(), 0).unwrap();
-    assert_eq!(t.describe("nope", "x".into(), 2), None);
+    t.create_record("c", record()).unwrap();
+    assert_eq!(t.describe("nope", "x".into()), None);
 
     let mut valkey = table_with(1 << 20, 2, true);
     for name in ["a", "b", "c"] {
-        valkey.load(name, Stored::default(), 0);
-        valkey.create_record(name, record(), 0).unwrap();
+        valkey.load(name, Stored::default());
+        valkey.create_record(name, record()).unwrap();
     }
 }
 
@@ -583,7 +582,6 @@ fn an_entry_not_loaded_takes_the_stored_state_when_loaded() {
             positions: vec![(Box::from("c"), position)],
             record: Some(stored.clone()),
         },
-        60,
     );
     assert!(t.is_loaded("x"));
     assert_ne!(t.record("x"), Some(&made));
@@ -601,7 +599,7 @@ fn an_entry_not_loaded_takes_the_stored_state_when_loaded() {
         "older messages are in the stream"
     );
     // Loading again changes nothing: the entry knows better now.
-    t.load("x", Stored::default(), 70);
+    t.load("x", Stored::default());
     assert_eq!(t.record("x"), Some(&stored));
     assert_eq!(t.bytes(), t.recount());
 }
@@ -629,14 +627,14 @@ fn the_running_byte_count_matches_the_entries() {
             }
             1 => t.drop_interest(&name, next(2) as usize),
             2 => {
-                let _ = t.create_record(&name, record(), step);
+                let _ = t.create_record(&name, record());
             }
             3 => {
                 t.delete(&name);
             }
             4 => {
                 let id = MessageId::new(step.saturating_sub(next(50)), 0);
-                t.ack("c", &name, id, step);
+                t.ack("c", &name, id);
             }
             _ => {
                 let published = publish(&mut t, &name, step);
