@@ -15,7 +15,7 @@ use std::time::Duration;
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
 use pulsar_relay::topic::ring::Ring;
 use pulsar_relay::topic::subscribers::{LocalSubscribers, Sink, Subscription};
-use pulsar_relay::topic::{owner_of, IdClock, Message, MessageId, RingLimits, TopicTable};
+use pulsar_relay::topic::{owner_of, IdClock, Message, MessageId, TopicLimits, TopicTable};
 use pulsar_relay::topic::{Cursor, Draft};
 
 /// A wall-clock instant in 2026, as `now_ms`.
@@ -100,14 +100,7 @@ fn routing(c: &mut Criterion) {
 fn table_publish(c: &mut Criterion) {
     let mut group = c.benchmark_group("topic_table_publish");
     group.throughput(Throughput::Elements(1));
-    let mut table = TopicTable::new(
-        RingLimits {
-            messages_per_topic: RING_MESSAGES,
-            max_bytes: 256 << 20,
-        },
-        false,
-        IdClock::new(0, 2),
-    );
+    let mut table = TopicTable::new(limits(256 << 20), false, IdClock::new(0, 2));
     // One other shard subscribed, so the interest set is not empty.
     table.subscribe("bench-1", 1, &Cursor::Live, None, NOW_MS, 0);
     let d = draft("bench-1", PAYLOAD);
@@ -124,7 +117,32 @@ fn table_publish(c: &mut Criterion) {
             table.publish(black_box(&d), now, None)
         })
     });
+    // Every publish to a new topic, on a shard at its budget: each makes an entry, and
+    // the coldest topics are dropped in batches (the `--topics 2000000` load of issue #14).
+    let mut table = TopicTable::new(limits(32 << 20), false, IdClock::new(0, 2));
+    let names: Vec<String> = (0..1 << 20).map(|i| format!("bench-{i}")).collect();
+    let mut next = 0;
+    for name in &names[..200_000] {
+        table.publish(&draft(name, b"1"), NOW_MS, None);
+    }
+    assert!(table.len() < 200_000, "the budget dropped cold topics");
+    group.bench_function("distinct_topics_at_budget", |b| {
+        b.iter(|| {
+            now += 1;
+            next = (next + 1) % names.len();
+            table.publish(black_box(&draft(&names[next], b"1")), now, None)
+        })
+    });
     group.finish();
+}
+
+/// One shard's default limits, with `max_bytes` as its budget.
+fn limits(max_bytes: usize) -> TopicLimits {
+    TopicLimits {
+        messages_per_topic: RING_MESSAGES,
+        max_bytes,
+        max_kept_records: 10_000,
+    }
 }
 
 fn ring_read(c: &mut Criterion) {

@@ -176,6 +176,9 @@ pub struct StorageConfig {
     #[serde(with = "duration")]
     pub persistent_tier_retention: Duration,
     pub max_pending_writes: usize,
+    /// With the memory backend: topic records created or changed through the Topics API
+    /// that each shard keeps (they are never evicted).
+    pub max_topic_records_per_shard: usize,
 }
 
 impl Default for StorageConfig {
@@ -188,6 +191,7 @@ impl Default for StorageConfig {
             max_messages_per_topic: 1_000_000,
             persistent_tier_retention: Duration::from_secs(24 * 3600),
             max_pending_writes: 100_000,
+            max_topic_records_per_shard: 10_000,
         }
     }
 }
@@ -487,6 +491,7 @@ const SECTIONS: &[(&str, &[(&str, EnvKind)])] = &[
             ("max_messages_per_topic", Scalar),
             ("persistent_tier_retention", Scalar),
             ("max_pending_writes", Scalar),
+            ("max_topic_records_per_shard", Scalar),
         ],
     ),
     (
@@ -712,6 +717,10 @@ impl Config {
             (
                 "storage.max_pending_writes",
                 self.storage.max_pending_writes == 0,
+            ),
+            (
+                "storage.max_topic_records_per_shard",
+                self.storage.max_topic_records_per_shard == 0,
             ),
             ("limits.max_body_bytes", self.limits.max_body_bytes == 0),
             ("limits.max_header_bytes", self.limits.max_header_bytes == 0),
@@ -1683,6 +1692,7 @@ mod tests {
             "storage.max_messages_per_topic",
             "storage.persistent_tier_retention",
             "storage.max_pending_writes",
+            "storage.max_topic_records_per_shard",
             "limits.max_body_bytes",
             "limits.max_header_bytes",
             "limits.max_headers",

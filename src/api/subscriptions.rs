@@ -101,8 +101,17 @@ impl Subscriptions {
         }
         let mut pending = Vec::with_capacity(calls.len());
         for (sub, call) in calls {
-            if let OpResult::Subscribed(snapshot) = call.await {
-                pending.push(self.complete(sub, snapshot, limit).await);
+            match call.await {
+                OpResult::Subscribed(Ok(snapshot)) => {
+                    pending.push(self.complete(sub, snapshot, limit).await)
+                }
+                // The owner could not load the topic's state (consumer position, history).
+                OpResult::Subscribed(Err(e)) => pending.push(Pending {
+                    sub,
+                    backlog: Vec::new(),
+                    problem: Some(ReplayProblem::Store(e)),
+                }),
+                _ => {}
             }
         }
         pending

@@ -164,6 +164,16 @@ fn unexpected() -> ApiError {
     ApiError::new(500, "INTERNAL", "unexpected reply from the topic owner")
 }
 
+/// Without a persistent tier, the topic's shard keeps as many created records as it may.
+fn topic_limit(shard: &Shard) -> ApiError {
+    let limit = shard.config.storage.max_topic_records_per_shard;
+    ApiError::new(
+        409,
+        "TOPIC_LIMIT_REACHED",
+        format!("the relay keeps at most {limit} created topics per shard (storage.max_topic_records_per_shard); delete topics to make room"),
+    )
+}
+
 fn topic_not_found(name: &str) -> ApiError {
     ApiError::new(404, "TOPIC_NOT_FOUND", format!("Topic '{name}' not found"))
 }
@@ -281,6 +291,7 @@ async fn create(shard: &Shard, principal: &Principal, body: &[u8]) -> Result<Res
             "TOPIC_OWNED_BY_ANOTHER",
             format!("Topic '{name}' already exists and belongs to another owner"),
         )),
+        RecordAnswer::Full => Err(topic_limit(shard)),
         _ => Err(unexpected()),
     }
 }
@@ -395,6 +406,7 @@ async fn update(
         RecordAnswer::Found(record) => Ok(record_response(200, &key, &record)),
         RecordAnswer::Missing => Err(topic_not_found(name)),
         RecordAnswer::Forbidden => Err(not_owner(name)),
+        RecordAnswer::Full => Err(topic_limit(shard)),
         _ => Err(unexpected()),
     }
 }

@@ -73,6 +73,10 @@ pub struct ShardMetrics {
     pub polls_waiting: Cell<u64>,
     pub valkey_writes: Cell<u64>,
     pub valkey_errors: Cell<u64>,
+    /// Topic entries the owner dropped from memory (mirrors the table's count).
+    pub topics_dropped: Cell<u64>,
+    /// Topics read back from the persistent tier on demand.
+    pub topic_loads: Cell<u64>,
     requests: RefCell<RequestCounts>,
     pub publish_latency: RefCell<Latency>,
     pub delivery_latency: RefCell<Latency>,
@@ -93,6 +97,8 @@ impl Default for ShardMetrics {
             polls_waiting: Cell::new(0),
             valkey_writes: Cell::new(0),
             valkey_errors: Cell::new(0),
+            topics_dropped: Cell::new(0),
+            topic_loads: Cell::new(0),
             requests: RefCell::new(Vec::new()),
             publish_latency: RefCell::new(Latency::new()),
             delivery_latency: RefCell::new(Latency::new()),
@@ -147,6 +153,8 @@ impl ShardMetrics {
                 slow_consumer_disconnects: self.slow_consumer_disconnects.get(),
                 valkey_writes: self.valkey_writes.get(),
                 valkey_errors: self.valkey_errors.get(),
+                topics_dropped: self.topics_dropped.get(),
+                topic_loads: self.topic_loads.get(),
             },
             gauges: Gauges {
                 websocket_connections: self.websocket_connections.get(),
@@ -172,6 +180,8 @@ pub struct Counters {
     pub slow_consumer_disconnects: u64,
     pub valkey_writes: u64,
     pub valkey_errors: u64,
+    pub topics_dropped: u64,
+    pub topic_loads: u64,
 }
 
 #[derive(Clone, Copy, Default, Debug)]
@@ -209,7 +219,7 @@ type LatencyOf = for<'a> fn(&'a Snapshot) -> &'a Latency;
 pub fn render(shards: &[Snapshot], persistent: bool) -> String {
     let mut out = String::with_capacity(8 * 1024);
     let total = |f: fn(&Counters) -> u64| shards.iter().map(|s| f(&s.counters)).sum::<u64>();
-    let counters: [Series<Counters, u64>; 7] = [
+    let counters: [Series<Counters, u64>; 8] = [
         (
             "pulsar_messages_published_total",
             "Messages accepted from producers.",
@@ -244,6 +254,11 @@ pub fn render(shards: &[Snapshot], persistent: bool) -> String {
             "pulsar_slow_consumer_disconnects_total",
             "WebSocket clients cut off for exceeding delivery.max_outbound_bytes.",
             |c| c.slow_consumer_disconnects,
+        ),
+        (
+            "pulsar_topics_dropped_total",
+            "Topic entries dropped from memory: nothing needed them, or cold under the hot-tier budget.",
+            |c| c.topics_dropped,
         ),
     ];
     for (name, help, field) in counters {
@@ -293,7 +308,7 @@ pub fn render(shards: &[Snapshot], persistent: bool) -> String {
         ),
         (
             "pulsar_topics",
-            "Topics known to their owner shards.",
+            "Topic entries in memory on their owner shards.",
             |g| g.topics,
         ),
         (
@@ -303,7 +318,7 @@ pub fn render(shards: &[Snapshot], persistent: bool) -> String {
         ),
         (
             "pulsar_hot_tier_bytes",
-            "Bytes held by the hot-tier rings.",
+            "Bytes held by the hot tier: retained messages and the topics' own entries.",
             |g| g.hot_tier_bytes,
         ),
     ];
@@ -350,6 +365,13 @@ pub fn render(shards: &[Snapshot], persistent: bool) -> String {
             "pulsar_valkey_errors_total {}",
             total(|c| c.valkey_errors)
         );
+        header(
+            &mut out,
+            "pulsar_topic_loads_total",
+            "Topics read back from Valkey because an operation needed their state.",
+            "counter",
+        );
+        let _ = writeln!(out, "pulsar_topic_loads_total {}", total(|c| c.topic_loads));
         header(
             &mut out,
             "pulsar_valkey_backlog",

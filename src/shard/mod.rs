@@ -14,6 +14,7 @@ pub mod budget;
 pub mod conns;
 pub mod idempotency;
 pub mod listener;
+pub mod loads;
 pub mod mesh;
 pub mod owner;
 pub mod quota;
@@ -44,12 +45,13 @@ use crate::config::Config;
 use crate::metrics::{self, ShardMetrics};
 use crate::store::{self, Store};
 use crate::topic::subscribers::LocalSubscribers;
-use crate::topic::{Message, RingLimits, ShardSet, TopicTable};
+use crate::topic::{Message, ShardSet, TopicLimits, TopicTable};
 use budget::{Admission, ConnectionBudget};
 use conns::{ConnCtl, ConnTable};
 use idempotency::{Claim, Recorded, Scope, Waiter};
+use loads::Started;
 use mesh::{Envelope, Mesh, MeshEnds};
-use owner::{Op, OpResult};
+use owner::{Op, OpResult, Plan};
 use quota::{QuotaKey, QuotaSlot, Quotas};
 use signal::{Signal, Slot};
 
@@ -102,6 +104,8 @@ impl Process {
 }
 
 pub struct Shard {
+    /// This shard itself, for the tasks it spawns on its own behalf.
+    me: Weak<Shard>,
     pub id: usize,
     pub count: usize,
     pub config: Config,
@@ -109,6 +113,8 @@ pub struct Shard {
     pub process: Arc<Process>,
     pub mesh: Mesh,
     pub topics: RefCell<TopicTable>,
+    /// Topics being read back from the persistent tier, with the operations waiting.
+    loads: loads::Loads,
     pub subscribers: RefCell<LocalSubscribers>,
     pub store: Store,
     pub metrics: Rc<ShardMetrics>,
@@ -252,11 +258,18 @@ impl Shard {
     /// Runs `op` on the shard that owns the topic: here, or through the mesh.
     pub async fn call(&self, owner: usize, op: Op) -> OpResult {
         if owner == self.id {
-            let (result, tickets) = self.apply(self.id, op);
+            let (result, tickets) = match self.start(self.id, op) {
+                Started::Done(applied) => applied,
+                Started::Later(later) => later.finish(self).await,
+            };
             owner::settle(result, tickets).await
         } else {
             self.mesh.call(owner, op).await
         }
+    }
+
+    fn plan(&self, op: &Op) -> Plan {
+        owner::plan(&self.topics.borrow(), self.recovered.get(), op)
     }
 
     fn apply(&self, from: usize, op: Op) -> (OpResult, Vec<store::Ticket>) {
@@ -296,7 +309,7 @@ impl Shard {
     /// Tells the owner this shard no longer has subscribers for `topic`.
     pub fn drop_interest(&self, owner: usize, topic: Arc<str>) {
         if owner == self.id {
-            self.topics.borrow_mut().drop_interest(&topic, self.id);
+            self.lose_interest(&topic, self.id);
         } else {
             self.mesh.send(
                 owner,
@@ -443,6 +456,7 @@ impl Shard {
 
     fn metrics_snapshot(&self) -> metrics::Snapshot {
         let topics = self.topics.borrow();
+        self.metrics.topics_dropped.set(topics.dropped());
         self.metrics.snapshot(metrics::Gauges {
             connections: self.conns.live() as u64,
             topics: topics.len() as u64,
@@ -462,7 +476,19 @@ impl Shard {
     fn on_envelope(self: &Rc<Self>, env: Envelope) {
         match env {
             Envelope::Call { from, id, op } => {
-                let (result, tickets) = self.apply(from, op);
+                let (result, tickets) = match self.start(from, op) {
+                    Started::Done(applied) => applied,
+                    Started::Later(later) => {
+                        let shard = Rc::clone(self);
+                        spawn_local(async move {
+                            let (result, tickets) = later.finish(&shard).await;
+                            let result = owner::settle(result, tickets).await;
+                            shard.mesh.send(from, Envelope::Reply { id, result });
+                        })
+                        .detach();
+                        return;
+                    }
+                };
                 if tickets.is_empty() {
                     self.mesh.send(from, Envelope::Reply { id, result });
                 } else {
@@ -535,9 +561,7 @@ impl Shard {
                 }
             }
             Envelope::ReleaseKey { scope, claim } => self.release_key(scope, claim),
-            Envelope::DropInterest { from, topic } => {
-                self.topics.borrow_mut().drop_interest(&topic, from)
-            }
+            Envelope::DropInterest { from, topic } => self.lose_interest(&topic, from),
             Envelope::Directory { from, id, op } => {
                 let (reply, tickets) = self.apply_directory(op);
                 let shard = Rc::clone(self);
@@ -702,9 +726,10 @@ async fn shard_main(
     listener: glommio::net::TcpListener,
 ) {
     let (mesh, receivers) = Mesh::connect(id, ends).await;
-    let limits = RingLimits {
+    let limits = TopicLimits {
         messages_per_topic: config.storage.hot_tier_messages_per_topic,
         max_bytes: config.storage.hot_tier_max_bytes as usize,
+        max_kept_records: config.storage.max_topic_records_per_shard,
     };
     let metrics = Rc::new(ShardMetrics::default());
     let (store, link) = Store::for_shard(&config, id, &metrics);
@@ -718,7 +743,8 @@ async fn shard_main(
         config.limits.idempotency_window.as_millis() as u64,
         idempotency::Bounds::DEFAULT,
     );
-    let shard = Rc::new(Shard {
+    let shard = Rc::new_cyclic(|me| Shard {
+        me: Weak::clone(me),
         id,
         count,
         config,
@@ -730,6 +756,7 @@ async fn shard_main(
             persistent,
             crate::topic::IdClock::new(id, count),
         )),
+        loads: loads::Loads::default(),
         subscribers: RefCell::new(LocalSubscribers::default()),
         publish_rates,
         login_rates,
@@ -757,7 +784,7 @@ async fn shard_main(
     }
     if let Some(link) = link {
         spawn_local(link.run()).detach();
-        spawn_local(recover(Rc::clone(&shard))).detach();
+        spawn_local(loads::recover(Rc::clone(&shard))).detach();
     }
     if id == DIRECTORY_SHARD {
         spawn_local(open_directory(Rc::clone(&shard))).detach();
@@ -808,39 +835,6 @@ async fn accept_loop(shard: &Rc<Shard>, listener: glommio::net::TcpListener) {
                     );
                 }
                 sleep(Duration::from_millis(backoff)).await;
-            }
-        }
-    }
-}
-
-/// Reads the owned topics back from the persistent tier, retrying until Valkey answers.
-async fn recover(shard: Rc<Shard>) {
-    let mut logged = false;
-    let started = now_ms();
-    loop {
-        match shard.store.recover(shard.id, shard.count).await {
-            Ok(topics) => {
-                let mut table = shard.topics.borrow_mut();
-                for t in topics {
-                    table.restore(&t.topic, t.last_id, t.positions);
-                    if let Some(record) = t.record {
-                        table.restore_record(&t.topic, record);
-                    }
-                }
-                shard.recovered.set(true);
-                return;
-            }
-            Err(e) => {
-                // The link is usually still connecting on the first tries; only a lasting
-                // failure is worth a line.
-                if !logged && now_ms() - started > 2000 {
-                    crate::log_line!(
-                        "shard {}: waiting for Valkey to recover topics: {e}",
-                        shard.id
-                    );
-                    logged = true;
-                }
-                sleep(Duration::from_millis(200)).await;
             }
         }
     }
@@ -914,6 +908,11 @@ async fn housekeeping(shard: Rc<Shard>) {
             sweep_accounts(&shard, now);
         }
         shard.idempotency.borrow_mut().sweep(now);
+        {
+            let mut topics = shard.topics.borrow_mut();
+            topics.confirmed(shard.store.durable_upto());
+            topics.compact();
+        }
         let store_ok = shard.recovered.get() && shard.store.health().is_ok();
         shard.process.store_ok[shard.id].store(store_ok, Ordering::Release);
         if shutdown_started.is_none() && shard.process.shutdown.load(Ordering::Acquire) {

@@ -11,6 +11,11 @@
 //!
 //! Topic records (the Topics API) are kept here too: created explicitly or by the first
 //! publish, changed and deleted only by the owner, and written through to the store.
+//!
+//! With a persistent tier, a topic's entry may have been dropped from memory (or never
+//! made): [`plan`] says which operations must wait for its state to be loaded (the shard
+//! runs them after `shard::loads` read it), and which read the store instead (record
+//! listings).
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -19,7 +24,7 @@ use super::idempotency::Claim;
 use crate::metrics;
 use crate::store::{Store, StoreError, Ticket};
 use crate::topic::{
-    ConsumerKey, Cursor, Draft, HistoryPage, Located, Message, MessageId, Order, ShardSet,
+    ConsumerKey, Cursor, Draft, HistoryPage, Located, Message, MessageId, Order, Refusal, ShardSet,
     Snapshot, TopicRecord, TopicTable,
 };
 
@@ -127,6 +132,9 @@ pub enum RecordAnswer {
     Missing,
     /// The caller is neither the record's owner nor an admin.
     Forbidden,
+    /// Without a persistent tier, the shard keeps as many created records as it may
+    /// (`storage.max_topic_records_per_shard`).
+    Full,
 }
 
 /// What a publish returns per message: the ID and the owner's timestamp.
@@ -138,7 +146,8 @@ pub struct Receipt {
 
 pub enum OpResult {
     Published(Result<Vec<Receipt>, StoreError>),
-    Subscribed(Snapshot),
+    /// `Err`: the topic's state could not be loaded from the persistent tier.
+    Subscribed(Result<Snapshot, StoreError>),
     /// Per ID, where it is or may be.
     Located(Vec<Located>),
     /// For each acknowledged ID, whether the topic took it.
@@ -159,6 +168,93 @@ pub enum OpResult {
     /// Topic keys and records of one shard.
     Records(Result<Vec<(Arc<str>, TopicRecord)>, StoreError>),
     RecordCount(Result<usize, StoreError>),
+}
+
+/// How the owner runs an operation.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Plan {
+    /// Against the table, at once.
+    Now,
+    /// Once the topic's state was loaded from the persistent tier.
+    Load(Arc<str>),
+    /// Against the persistent tier's records: they span topics not in memory.
+    Scan(Listing),
+}
+
+/// A question about every record of a shard.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Listing {
+    Owned {
+        owner_id: Option<Box<str>>,
+        limit: usize,
+    },
+    Count,
+}
+
+/// How `op` must run. Without a persistent tier everything is in memory; with one, an
+/// operation that depends on a topic's positions, record or stream extent waits until the
+/// topic is loaded (publishing and live subscriptions without a consumer do not).
+pub fn plan(table: &TopicTable, recovered: bool, op: &Op) -> Plan {
+    if !table.is_persistent() {
+        return Plan::Now;
+    }
+    let topic: Arc<str> = match op {
+        Op::Publish(_) | Op::Locate { .. } => return Plan::Now,
+        Op::Subscribe {
+            consumer: None,
+            cursor: Cursor::Live,
+            ..
+        } => return Plan::Now,
+        Op::Subscribe { topic, .. } => Arc::clone(topic),
+        Op::Ack { topic, .. } if table.is_loaded(topic) => return Plan::Now,
+        Op::Ack { topic, .. } => Arc::from(&**topic),
+        Op::Record(_) if !recovered => return Plan::Now,
+        Op::Record(RecordOp::List { owner_id, limit }) => {
+            return Plan::Scan(Listing::Owned {
+                owner_id: owner_id.clone(),
+                limit: *limit,
+            })
+        }
+        Op::Record(RecordOp::Count) => return Plan::Scan(Listing::Count),
+        Op::Record(
+            RecordOp::Create { topic, .. }
+            | RecordOp::Get { topic }
+            | RecordOp::Update { topic, .. }
+            | RecordOp::Delete { topic, .. }
+            | RecordOp::History { topic, .. },
+        ) => Arc::clone(topic),
+    };
+    if table.is_loaded(&topic) {
+        Plan::Now
+    } else {
+        Plan::Load(topic)
+    }
+}
+
+/// Answers a record listing from the persistent tier.
+pub async fn scan(store: &Store, shard: usize, shards: usize, listing: Listing) -> OpResult {
+    match listing {
+        Listing::Owned { owner_id, limit } => OpResult::Records(
+            store
+                .records(shard, shards, owner_id.as_deref(), limit)
+                .await,
+        ),
+        Listing::Count => OpResult::RecordCount(store.count_records(shard, shards).await),
+    }
+}
+
+/// The answer to `op` when the state it needs could not be read (`e`).
+pub fn refused(op: &Op, e: StoreError) -> OpResult {
+    match op {
+        Op::Publish(_) => OpResult::Published(Err(e)),
+        Op::Subscribe { .. } => OpResult::Subscribed(Err(e)),
+        // Like an ID the store cannot confirm: not taken.
+        Op::Ack { ids, .. } => OpResult::Acked(vec![false; ids.len()]),
+        Op::Locate { ids, .. } => {
+            OpResult::Located(ids.iter().map(|_| Located::default()).collect())
+        }
+        Op::Record(op) => record_error(op, e),
+    }
 }
 
 /// Runs `op` against the owner's table. `fanout` receives every new message with the set
@@ -200,14 +296,14 @@ pub fn apply(
                         let published = table.publish(&draft, now_ms, durable);
                         let msg = published.msg;
                         fanout(&msg, published.interested);
-                        tickets.extend(store.append(&msg));
+                        tickets.extend(store.append(&msg, published.trim_due));
                         if published.unrecorded {
                             let created = table.ensure_record(draft.topic, || {
                                 let who = &batch.publisher;
                                 TopicRecord::auto_created(&who.subject, &who.name, now_ms)
                             });
-                            if let Some(record) = created {
-                                tickets.extend(store.save_topic(draft.topic, record));
+                            if let Some((record, may_exist)) = created {
+                                tickets.extend(store.save_topic(draft.topic, &record, may_exist));
                             }
                         }
                         Receipt {
@@ -230,7 +326,7 @@ pub fn apply(
             if let (Some(position), Some(key)) = (created, &consumer) {
                 store.save_position(&topic, key, position);
             }
-            OpResult::Subscribed(snapshot)
+            OpResult::Subscribed(Ok(snapshot))
         }
         Op::Locate {
             consumer,
@@ -258,7 +354,7 @@ pub fn apply(
                 })
                 .collect(),
         ),
-        Op::Record(op) if !recovered => recovering(&op),
+        Op::Record(op) if !recovered => record_error(&op, StoreError::Recovering),
         Op::Record(op) => apply_to_records(table, store, op, now_ms, &mut tickets),
     };
     (result, tickets)
@@ -280,10 +376,11 @@ fn apply_to_records(
                     .admit(1)
                     .map(|()| match table.create_record(&topic, record) {
                         Ok(created) => {
-                            tickets.extend(store.save_topic(&topic, created));
-                            RecordAnswer::Created(created.clone())
+                            tickets.extend(store.save_topic(&topic, &created, false));
+                            RecordAnswer::Created(created)
                         }
-                        Err(existing) => RecordAnswer::Exists(existing.clone()),
+                        Err(Refusal::Exists(existing)) => RecordAnswer::Exists(existing),
+                        Err(Refusal::Full) => RecordAnswer::Full,
                     }),
             )
         }
@@ -295,17 +392,23 @@ fn apply_to_records(
             description,
             actor,
         } => OpResult::Record(store.admit(1).map(|()| {
-            let Some(record) = table.record_mut(&topic) else {
+            let Some(record) = table.record(&topic) else {
                 return RecordAnswer::Missing;
             };
             if !record.may_be_changed_by(&actor.subject, actor.admin) {
                 return RecordAnswer::Forbidden;
             }
-            if let Some(text) = description {
-                record.description = Some(text);
-                tickets.extend(store.save_topic(&topic, record));
+            let Some(text) = description else {
+                return RecordAnswer::Found(record.clone());
+            };
+            match table.describe(&topic, text) {
+                Some(Ok(record)) => {
+                    tickets.extend(store.save_topic(&topic, &record, false));
+                    RecordAnswer::Found(record)
+                }
+                Some(Err(_)) => RecordAnswer::Full,
+                None => RecordAnswer::Missing,
             }
-            RecordAnswer::Found(record.clone())
         })),
         RecordOp::Delete { topic, actor } => {
             OpResult::Record(store.admit(1).map(|()| match table.record(&topic) {
@@ -333,10 +436,9 @@ fn apply_to_records(
     }
 }
 
-/// The answer to a topic-record operation while the shard still reads its topics back
-/// from the persistent tier: their records may not be there yet.
-fn recovering(op: &RecordOp) -> OpResult {
-    let e = StoreError::Recovering;
+/// The answer to a topic-record operation that cannot be served (`e`): for instance while
+/// the shard still reads its topics back from the persistent tier.
+fn record_error(op: &RecordOp, e: StoreError) -> OpResult {
     match op {
         RecordOp::History { .. } => OpResult::History(Err(e)),
         RecordOp::List { .. } => OpResult::Records(Err(e)),

@@ -125,6 +125,34 @@ impl Link {
         reply.take().await
     }
 
+    /// Sends several reads at once (they go out in one pipeline) and waits for all their
+    /// replies, in order; fails at once while the link is down.
+    pub async fn read_all(&self, cmds: &[redis::Cmd]) -> Result<Vec<Value>, LinkError> {
+        if !self.up.get() {
+            return Err(LinkError::Down);
+        }
+        let replies: Vec<Reply> = {
+            let mut queue = self.queue.borrow_mut();
+            cmds.iter()
+                .map(|cmd| {
+                    let reply: Reply = Rc::new(Slot::default());
+                    queue.push_back(Request {
+                        packed: cmd.get_packed_command(),
+                        reply: Some(Rc::clone(&reply)),
+                        retry: false,
+                    });
+                    reply
+                })
+                .collect()
+        };
+        self.wake.raise();
+        let mut values = Vec::with_capacity(replies.len());
+        for reply in replies {
+            values.push(reply.take().await?);
+        }
+        Ok(values)
+    }
+
     /// The driver: keeps a connection up and pipelines the queue through it.
     pub async fn run(self: Rc<Self>) {
         let mut backoff = BACKOFF_MIN;

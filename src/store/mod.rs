@@ -10,12 +10,16 @@
 //!   (payload JSON), `t` (timestamp ms), optional `m` (metadata JSON) and `l` (TTL ms).
 //!   Written with `XADD … MAXLEN ~ <storage.max_messages_per_topic> <id> …`, and trimmed
 //!   to `storage.persistent_tier_retention` with `XTRIM … MINID ~` at most every 10 s per
-//!   topic.
+//!   topic (while the topic is in memory; its owner tracks when).
 //! - `<prefix>:{<topic>}:c` — hash of durable consumer positions: consumer key → last
 //!   acknowledged message ID.
 //! - `<prefix>:{<topic>}:t` — the topic's record (Topics API): fields `topic_id`,
 //!   `topic_name` (bare name), `owner_id`, `created_at` (ms) and, when set,
 //!   `description`. Deleting a topic deletes all three keys.
+//!
+//! A topic the owner dropped from memory lives on in these keys: [`Store::load_topic`]
+//! reads its positions, record and last ID back before anything depends on them, and
+//! record listings ([`Store::records`]) read the records from here.
 //! - `<prefix>:{relay}:epoch` — sentinel that reveals a Valkey that lost its data.
 //! - `<prefix>:idem:{<subject>}:<endpoint>:<key>` — the first answer to a publish with an
 //!   `Idempotency-Key` (see `shard::idempotency::Recorded`), expiring with the window.
@@ -25,7 +29,7 @@ pub mod link;
 pub mod resp;
 
 use std::cell::{Cell, RefCell};
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::fmt;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -38,7 +42,9 @@ use crate::metrics::ShardMetrics;
 use crate::shard::idempotency::Scope;
 use crate::shard::now_ms;
 use crate::topic::message::Draft;
-use crate::topic::{display_name, owner_of, HistoryRange, Message, MessageId, TopicRecord};
+use crate::topic::{
+    by_age, display_name, owner_of, HistoryRange, Message, MessageId, Stored, TopicRecord,
+};
 use link::{Link, LinkError, Reply};
 
 /// Why the persistent tier could not take or give something.
@@ -92,12 +98,14 @@ impl Ticket {
     }
 }
 
-/// A topic's state as found in Valkey when a shard starts.
-pub struct Recovered {
-    pub topic: String,
+/// What a shard finds in Valkey when it starts.
+#[derive(Default)]
+pub struct Recovery {
+    /// The highest last ID of the shard's streams: new IDs continue above it.
     pub last_id: MessageId,
-    pub positions: Vec<(Box<str>, MessageId)>,
-    pub record: Option<TopicRecord>,
+    /// The topics with durable consumers, with their state (the others are loaded when an
+    /// operation needs them).
+    pub consumed: Vec<(String, Stored)>,
 }
 
 struct Valkey {
@@ -106,17 +114,21 @@ struct Valkey {
     max_pending: usize,
     max_len: u64,
     retention_ms: u64,
-    /// When each topic's stream was last trimmed by time.
-    trimmed: RefCell<HashMap<Arc<str>, u64>>,
     /// Stream writes not yet answered, oldest first. The link answers in order and IDs
     /// of one shard only grow, so the front tells how far writes are confirmed.
     unconfirmed: RefCell<VecDeque<(MessageId, Reply)>>,
     confirmed: Cell<MessageId>,
 }
 
-const TRIM_EVERY_MS: u64 = 10_000;
 /// Stream entries read per XRANGE round trip during a replay.
 const HISTORY_PAGE: usize = 1000;
+/// Keys asked for per SCAN round trip.
+const SCAN_COUNT: usize = 1000;
+
+/// Writes a topic record unless the topic has one: a publish re-creating a topic the owner
+/// had dropped from memory must not overwrite the record it had.
+const CREATE_RECORD_IF_ABSENT: &str = "if redis.call('EXISTS', KEYS[1]) == 0 then \
+     redis.call('HSET', KEYS[1], unpack(ARGV)) return 1 end return 0";
 
 pub struct Store {
     valkey: Option<Valkey>,
@@ -148,7 +160,6 @@ impl Store {
                 max_pending: config.storage.max_pending_writes,
                 max_len: config.storage.max_messages_per_topic,
                 retention_ms: config.storage.persistent_tier_retention.as_millis() as u64,
-                trimmed: RefCell::new(HashMap::new()),
                 unconfirmed: RefCell::new(VecDeque::new()),
                 confirmed: Cell::new(MessageId::ZERO),
             }),
@@ -170,8 +181,9 @@ impl Store {
         }
     }
 
-    /// Queues the message's stream write; with persisted acks, the ticket to wait for.
-    pub fn append(&self, msg: &Message) -> Option<Ticket> {
+    /// Queues the message's stream write (and, when `trim` says it is due, the stream's
+    /// trim by age); with persisted acks, the ticket to wait for.
+    pub fn append(&self, msg: &Message, trim: bool) -> Option<Ticket> {
         let v = self.valkey.as_ref()?;
         let key = v.stream_key(&msg.topic);
         let mut cmd = redis::cmd("XADD");
@@ -194,7 +206,9 @@ impl Store {
         v.unconfirmed
             .borrow_mut()
             .push_back((msg.id, Rc::clone(&reply)));
-        v.trim_by_time(&msg.topic, &key);
+        if trim {
+            v.trim_by_time(&key);
+        }
         self.persisted_acks.then_some(Ticket(reply))
     }
 
@@ -353,9 +367,18 @@ impl Store {
     }
 
     /// Queues the write of a topic's record; with persisted acks, the ticket to wait for.
-    pub fn save_topic(&self, topic: &str, record: &TopicRecord) -> Option<Ticket> {
+    /// With `if_absent`, the record is written only if the topic has none in Valkey (the
+    /// owner made it for a topic it had not loaded).
+    pub fn save_topic(&self, topic: &str, record: &TopicRecord, if_absent: bool) -> Option<Ticket> {
         let v = self.valkey.as_ref()?;
-        let mut cmd = redis::cmd("HSET");
+        let mut cmd = if if_absent {
+            redis::cmd("EVAL")
+                .arg(CREATE_RECORD_IF_ABSENT)
+                .arg(1)
+                .clone()
+        } else {
+            redis::cmd("HSET")
+        };
         cmd.arg(v.record_key(topic))
             .arg("topic_id")
             .arg(&record.topic_id)
@@ -401,43 +424,126 @@ impl Store {
         }
     }
 
-    /// Reads the last ID and consumer positions of every topic this shard owns.
-    pub async fn recover(&self, shard: usize, shards: usize) -> Result<Vec<Recovered>, StoreError> {
+    /// What a shard needs before it takes publishes: the highest last ID of its streams,
+    /// and the state of its topics with durable consumers (for acks that name no topic).
+    pub async fn recover(&self, shard: usize, shards: usize) -> Result<Recovery, StoreError> {
+        let mut recovery = Recovery::default();
         let Some(v) = &self.valkey else {
-            return Ok(Vec::new());
+            return Ok(recovery);
         };
-        let mut topics: HashMap<String, Recovered> = HashMap::new();
-        let pattern = format!("{}:{{*}}:*", v.prefix);
+        let pattern = format!("{}:{{*}}:[sc]", v.prefix);
         let mut cursor = "0".to_string();
         loop {
-            let scan = redis::cmd("SCAN")
-                .arg(&cursor)
-                .arg("MATCH")
-                .arg(&pattern)
-                .arg("COUNT")
-                .arg(1000)
-                .clone();
-            let Value::Array(parts) = v.link.read(&scan).await? else {
-                return Err(StoreError::Unavailable("unexpected SCAN reply".into()));
-            };
-            let (Some(next), Some(Value::Array(keys))) = (parts.first(), parts.get(1)) else {
-                return Err(StoreError::Unavailable("unexpected SCAN reply".into()));
-            };
-            for key in keys.iter().filter_map(resp::bytes) {
-                let Some(topic) = v.topic_of(key) else {
+            let (next, keys) = v.scan(&cursor, &pattern).await?;
+            let mut streams = Vec::new();
+            for (topic, kind) in keys.iter().filter_map(|k| v.key_of(k)) {
+                if owner_of(&topic, shards) != shard {
                     continue;
-                };
-                if owner_of(&topic, shards) == shard && !topics.contains_key(&topic) {
-                    let recovered = v.recover_topic(&topic).await?;
-                    topics.insert(topic, recovered);
+                }
+                if kind == KeyKind::Stream {
+                    streams.push(
+                        redis::cmd("XINFO")
+                            .arg("STREAM")
+                            .arg(v.stream_key(&topic))
+                            .clone(),
+                    );
+                } else {
+                    let stored = v.load(&topic).await?;
+                    recovery.consumed.push((topic, stored));
                 }
             }
-            cursor = String::from_utf8_lossy(resp::bytes(next).unwrap_or(b"0")).into_owned();
-            if cursor == "0" {
-                break;
+            for info in v.link.read_all(&streams).await? {
+                recovery.last_id = recovery.last_id.max(last_generated_id(&info));
             }
+            if next == "0" {
+                return Ok(recovery);
+            }
+            cursor = next;
         }
-        Ok(topics.into_values().collect())
+    }
+
+    /// A topic's positions, record and last ID, read (in one round trip) over this shard's
+    /// link, so after every write it queued for the topic.
+    pub async fn load_topic(&self, topic: &str) -> Result<Stored, StoreError> {
+        match &self.valkey {
+            Some(v) => v.load(topic).await,
+            None => Ok(Stored::default()),
+        }
+    }
+
+    /// The records of this shard's topics (owned by `owner_id`, or any with `None`): the
+    /// oldest `limit`, oldest first (see [`by_age`]). Empty without a persistent tier.
+    pub async fn records(
+        &self,
+        shard: usize,
+        shards: usize,
+        owner_id: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(Arc<str>, TopicRecord)>, StoreError> {
+        let mut found: Vec<(Arc<str>, TopicRecord)> = Vec::new();
+        let Some(v) = &self.valkey else {
+            return Ok(found);
+        };
+        let sort = |found: &mut Vec<(Arc<str>, TopicRecord)>| {
+            found.sort_unstable_by(|a, b| by_age((&a.0, &a.1), (&b.0, &b.1)));
+            found.truncate(limit);
+        };
+        let pattern = format!("{}:{{*}}:t", v.prefix);
+        let mut cursor = "0".to_string();
+        loop {
+            let (next, keys) = v.scan(&cursor, &pattern).await?;
+            let owned: Vec<String> = keys
+                .iter()
+                .filter_map(|k| v.key_of(k))
+                .filter(|(topic, _)| owner_of(topic, shards) == shard)
+                .map(|(topic, _)| topic)
+                .collect();
+            let reads: Vec<redis::Cmd> = owned
+                .iter()
+                .map(|topic| redis::cmd("HGETALL").arg(v.record_key(topic)).clone())
+                .collect();
+            for (topic, reply) in owned.into_iter().zip(v.link.read_all(&reads).await?) {
+                let Value::Array(fields) = reply else {
+                    continue;
+                };
+                if let Some(record) = record_from_fields(&fields) {
+                    if owner_id.is_none_or(|o| record.owner_id == o) {
+                        found.push((Arc::from(topic), record));
+                    }
+                }
+            }
+            // Bounded while scanning: never more than twice what is asked for.
+            if found.len() > limit.saturating_mul(2) {
+                sort(&mut found);
+            }
+            if next == "0" {
+                sort(&mut found);
+                return Ok(found);
+            }
+            cursor = next;
+        }
+    }
+
+    /// How many of this shard's topics have a record (0 without a persistent tier).
+    pub async fn count_records(&self, shard: usize, shards: usize) -> Result<usize, StoreError> {
+        let Some(v) = &self.valkey else {
+            return Ok(0);
+        };
+        let pattern = format!("{}:{{*}}:t", v.prefix);
+        let mut cursor = "0".to_string();
+        let mut count = 0;
+        loop {
+            let (next, keys) = v.scan(&cursor, &pattern).await?;
+            count += keys
+                .iter()
+                .filter_map(|k| v.key_of(k))
+                .filter(|(topic, _)| owner_of(topic, shards) == shard)
+                .count();
+            if next == "0" {
+                return Ok(count);
+            }
+            cursor = next;
+        }
     }
 
     /// `Err` with the reason while the persistent tier cannot take writes.
@@ -483,23 +589,51 @@ impl Valkey {
         format!("{}:{{{topic}}}:t", self.prefix)
     }
 
-    fn topic_of(&self, key: &[u8]) -> Option<String> {
+    /// The topic and kind of one of our topic keys.
+    fn key_of(&self, key: &[u8]) -> Option<(String, KeyKind)> {
         let key = std::str::from_utf8(key).ok()?;
         let rest = key.strip_prefix(&self.prefix)?.strip_prefix(":{")?;
         let (topic, suffix) = rest.rsplit_once("}:")?;
-        (matches!(suffix, "s" | "c" | "t") && crate::topic::valid_topic_key(topic))
-            .then(|| topic.to_string())
+        let kind = match suffix {
+            "s" => KeyKind::Stream,
+            "c" => KeyKind::Positions,
+            "t" => KeyKind::Record,
+            _ => return None,
+        };
+        crate::topic::valid_topic_key(topic).then(|| (topic.to_string(), kind))
     }
 
-    fn trim_by_time(&self, topic: &Arc<str>, key: &str) {
-        let now = now_ms();
-        let mut trimmed = self.trimmed.borrow_mut();
-        let last = trimmed.entry(Arc::clone(topic)).or_insert(0);
-        if now.saturating_sub(*last) < TRIM_EVERY_MS {
-            return;
-        }
-        *last = now;
-        let min_id = now.saturating_sub(self.retention_ms);
+    /// One SCAN step: the next cursor and the keys matching `pattern`.
+    async fn scan(
+        &self,
+        cursor: &str,
+        pattern: &str,
+    ) -> Result<(String, Vec<Vec<u8>>), StoreError> {
+        let scan = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(SCAN_COUNT)
+            .clone();
+        let Value::Array(mut parts) = self.link.read(&scan).await? else {
+            return Err(StoreError::Unavailable("unexpected SCAN reply".into()));
+        };
+        let keys = match parts.pop() {
+            Some(Value::Array(keys)) if parts.len() == 1 => keys,
+            _ => return Err(StoreError::Unavailable("unexpected SCAN reply".into())),
+        };
+        let next = String::from_utf8_lossy(resp::bytes(&parts[0]).unwrap_or(b"0")).into_owned();
+        let keys = keys
+            .iter()
+            .filter_map(resp::bytes)
+            .map(<[u8]>::to_vec)
+            .collect();
+        Ok((next, keys))
+    }
+
+    fn trim_by_time(&self, key: &str) {
+        let min_id = now_ms().saturating_sub(self.retention_ms);
         let cmd = redis::cmd("XTRIM")
             .arg(key)
             .arg("MINID")
@@ -509,25 +643,19 @@ impl Valkey {
         self.link.write(&cmd, false);
     }
 
-    async fn recover_topic(&self, topic: &str) -> Result<Recovered, StoreError> {
-        let info = redis::cmd("XINFO")
-            .arg("STREAM")
-            .arg(self.stream_key(topic))
-            .clone();
-        let last_id = match self.link.read(&info).await? {
-            Value::Array(fields) => fields
-                .chunks(2)
-                .find(|kv| resp::bytes(&kv[0]) == Some(b"last-generated-id"))
-                .and_then(|kv| kv.get(1))
-                .and_then(resp::bytes)
-                .and_then(|b| std::str::from_utf8(b).ok())
-                .and_then(MessageId::parse)
-                .unwrap_or(MessageId::ZERO),
-            // No stream (only positions): nothing was ever kept for this topic.
-            _ => MessageId::ZERO,
-        };
-        let all = redis::cmd("HGETALL").arg(self.positions_key(topic)).clone();
-        let positions = match self.link.read(&all).await? {
+    async fn load(&self, topic: &str) -> Result<Stored, StoreError> {
+        let reads = [
+            redis::cmd("XINFO")
+                .arg("STREAM")
+                .arg(self.stream_key(topic))
+                .clone(),
+            redis::cmd("HGETALL").arg(self.positions_key(topic)).clone(),
+            redis::cmd("HGETALL").arg(self.record_key(topic)).clone(),
+        ];
+        let replies = self.link.read_all(&reads).await?;
+        let [info, positions, record] = <[Value; 3]>::try_from(replies)
+            .map_err(|_| StoreError::Unavailable("missing replies".into()))?;
+        let positions = match positions {
             Value::Array(fields) => fields
                 .chunks(2)
                 .filter_map(|kv| {
@@ -538,18 +666,46 @@ impl Valkey {
                 .collect(),
             _ => Vec::new(),
         };
-        let record = redis::cmd("HGETALL").arg(self.record_key(topic)).clone();
-        let record = match self.link.read(&record).await? {
+        let record = match record {
             Value::Array(fields) => record_from_fields(&fields),
             _ => None,
         };
-        Ok(Recovered {
-            topic: topic.to_string(),
-            last_id,
+        Ok(Stored {
+            last_id: last_generated_id(&info),
+            first_id: stream_field(&info, b"first-entry").and_then(entry_id),
             positions,
             record,
         })
     }
+}
+
+/// Which of a topic's keys.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum KeyKind {
+    Stream,
+    Positions,
+    Record,
+}
+
+/// A field of an `XINFO STREAM` reply; `None` without a stream (only positions or a
+/// record: nothing was ever kept for the topic's messages).
+fn stream_field<'a>(info: &'a Value, name: &[u8]) -> Option<&'a Value> {
+    let Value::Array(fields) = info else {
+        return None;
+    };
+    fields
+        .chunks(2)
+        .find(|kv| resp::bytes(&kv[0]) == Some(name))
+        .and_then(|kv| kv.get(1))
+}
+
+/// The `last-generated-id` of an `XINFO STREAM` reply; `ZERO` without a stream.
+fn last_generated_id(info: &Value) -> MessageId {
+    stream_field(info, b"last-generated-id")
+        .and_then(resp::bytes)
+        .and_then(|b| std::str::from_utf8(b).ok())
+        .and_then(MessageId::parse)
+        .unwrap_or(MessageId::ZERO)
 }
 
 #[derive(Clone, Copy)]
@@ -733,11 +889,21 @@ mod tests {
         );
         let v = store.valkey.as_ref().unwrap();
         assert_eq!(v.stream_key("a.b"), "pulsar:{a.b}:s");
-        assert_eq!(v.topic_of(b"pulsar:{a.b}:s").as_deref(), Some("a.b"));
-        assert_eq!(v.topic_of(b"pulsar:{a.b}:c").as_deref(), Some("a.b"));
-        assert_eq!(v.topic_of(b"pulsar:{u/a.b}:t").as_deref(), Some("u/a.b"));
+        let key = |k: &[u8]| v.key_of(k);
+        assert_eq!(
+            key(b"pulsar:{a.b}:s"),
+            Some(("a.b".into(), KeyKind::Stream))
+        );
+        assert_eq!(
+            key(b"pulsar:{a.b}:c"),
+            Some(("a.b".into(), KeyKind::Positions))
+        );
+        assert_eq!(
+            key(b"pulsar:{u/a.b}:t"),
+            Some(("u/a.b".into(), KeyKind::Record))
+        );
         assert_eq!(v.record_key("u/a.b"), "pulsar:{u/a.b}:t");
-        assert_eq!(v.topic_of(b"pulsar:{relay}:epoch"), None);
-        assert_eq!(v.topic_of(b"other:{a}:s"), None);
+        assert_eq!(key(b"pulsar:{relay}:epoch"), None);
+        assert_eq!(key(b"other:{a}:s"), None);
     }
 }

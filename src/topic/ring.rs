@@ -2,7 +2,8 @@
 //!
 //! Owned by the topic's owner shard and touched by nothing else; other shards get
 //! `Arc<Message>` copies of the pointers, never the ring. IDs in the ring are strictly
-//! increasing, so cursor lookups are binary searches.
+//! increasing, so cursor lookups are binary searches. Its byte count (for the hot-tier
+//! budget) covers the messages and the ring's own slots, which shrink again as it drains.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -16,24 +17,47 @@ pub struct Ring {
     bytes: usize,
 }
 
+/// Bytes of one ring slot.
+const SLOT: usize = std::mem::size_of::<Arc<Message>>();
+
+/// Below this many slots a ring is not worth shrinking.
+const MIN_SHRINK: usize = 64;
+
 impl Ring {
-    /// Appends a message; the caller assigns strictly increasing IDs.
-    pub fn push(&mut self, msg: Arc<Message>) {
+    /// Appends a message; the caller assigns strictly increasing IDs. Returns the bytes
+    /// added (the message, and the slots if the ring grew).
+    pub fn push(&mut self, msg: Arc<Message>) -> usize {
         debug_assert!(self.messages.back().is_none_or(|last| last.id < msg.id));
-        self.bytes += msg.footprint();
+        let slots = self.messages.capacity();
+        let mut added = msg.footprint();
         self.messages.push_back(msg);
+        added += (self.messages.capacity() - slots) * SLOT;
+        self.bytes += added;
+        added
     }
 
-    /// Drops the oldest message; returns the bytes freed.
+    /// Drops the oldest message; returns the bytes freed (with the slots given back once
+    /// the ring is a quarter full).
     pub fn pop_oldest(&mut self) -> usize {
-        match self.messages.pop_front() {
-            Some(msg) => {
-                let freed = msg.footprint();
-                self.bytes -= freed;
-                freed
-            }
-            None => 0,
+        let Some(msg) = self.messages.pop_front() else {
+            return 0;
+        };
+        let mut freed = msg.footprint();
+        let slots = self.messages.capacity();
+        if self.messages.is_empty() {
+            self.messages = VecDeque::new();
+        } else if slots >= MIN_SHRINK && self.messages.len() <= slots / 4 {
+            self.messages.shrink_to(self.messages.len() * 2);
         }
+        freed += (slots - self.messages.capacity()) * SLOT;
+        self.bytes -= freed;
+        freed
+    }
+
+    /// Drops every message; returns the bytes freed.
+    pub fn clear(&mut self) -> usize {
+        self.messages = VecDeque::new();
+        std::mem::take(&mut self.bytes)
     }
 
     pub fn len(&self) -> usize {
@@ -173,13 +197,44 @@ mod tests {
         let mut ring = Ring::default();
         let m = msg(1, None);
         let size = m.footprint();
-        ring.push(m);
-        ring.push(msg(2, None));
-        assert_eq!(ring.bytes(), 2 * size);
+        let first = ring.push(m);
+        assert!(first > size, "the first push allocates slots too");
+        assert_eq!(ring.push(msg(2, None)), size, "room was left");
+        assert_eq!(ring.bytes(), first + size);
         assert_eq!(ring.pop_oldest(), size);
-        assert_eq!(ring.bytes(), size);
+        assert_eq!(ring.bytes(), first);
         assert_eq!(ring.oldest_id(), Some(MessageId::new(2, 0)));
         assert!(ring.contains(MessageId::new(2, 0)));
         assert!(!ring.contains(MessageId::new(1, 0)));
+        assert_eq!(
+            ring.pop_oldest(),
+            first,
+            "an empty ring gives its slots back"
+        );
+        assert_eq!(ring.bytes(), 0);
+    }
+
+    #[test]
+    fn a_drained_ring_gives_back_its_slots() {
+        let mut ring = Ring::default();
+        let mut added = 0;
+        for ms in 1..=1000 {
+            added += ring.push(msg(ms, None));
+        }
+        assert_eq!(ring.bytes(), added);
+        let mut freed = 0;
+        while ring.len() > 10 {
+            freed += ring.pop_oldest();
+        }
+        assert_eq!(ring.bytes(), added - freed);
+        let kept: usize = (991..=1000).map(|ms| msg(ms, None).footprint()).sum();
+        assert!(
+            ring.bytes() < kept + MIN_SHRINK * SLOT,
+            "{} bytes left for 10 messages",
+            ring.bytes()
+        );
+        assert_eq!(ring.clear(), added - freed);
+        assert_eq!(ring.bytes(), 0);
+        assert!(ring.is_empty());
     }
 }
