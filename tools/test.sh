@@ -32,7 +32,7 @@ echo "tools/test.sh: using $("$PULSAR_TEST_VALKEY_SERVER" --version | head -n1)"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 rust_status=0
-cargo test --workspace --all-targets "$@" 2>&1 | tee "$log" || rust_status=$?
+cargo test --workspace --all-targets --no-fail-fast "$@" 2>&1 | tee "$log" || rust_status=$?
 # The Python compatibility job: the original relay's PyPI client (pulsar-relay-client) against
 # the binary cargo just built, on its own Valkey. It makes its own virtualenv
 # (target/compat-venv) and ends with `python: N passed, N failed`.
