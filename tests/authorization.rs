@@ -8,32 +8,6 @@ mod common;
 use common::*;
 use serde_json::{json, Value};
 
-/// An HS256 token for `sub` with `permissions`, valid for an hour, plus `extra` claims
-/// (`topics`, `jti`, ...).
-fn token_with(sub: &str, permissions: &[&str], extra: Value) -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let mut claims = json!({
-        "sub": sub,
-        "permissions": permissions,
-        "iat": now,
-        "exp": now + 3600,
-    });
-    if let Value::Object(map) = extra {
-        for (k, v) in map {
-            claims[k] = v;
-        }
-    }
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-        &claims,
-        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .unwrap()
-}
-
 fn admin() -> String {
     token_with("root", &["read", "write", "admin"], json!({}))
 }

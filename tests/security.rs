@@ -18,7 +18,7 @@ fn now_secs() -> u64 {
 }
 
 /// A token signed with the test secret carrying arbitrary claims.
-fn token_with(claims: Value) -> String {
+fn token_from_claims(claims: Value) -> String {
     jsonwebtoken::encode(
         &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
         &claims,
@@ -28,7 +28,7 @@ fn token_with(claims: Value) -> String {
 }
 
 fn restricted_token() -> String {
-    token_with(json!({
+    token_from_claims(json!({
         "sub": "restricted",
         "permissions": ["read", "write"],
         "exp": now_secs() + 3600,
@@ -214,7 +214,7 @@ fn cors_preflight_and_allow_origin() {
 fn websocket_closes_with_4001_when_its_token_expires_unless_renewed() {
     let relay = Relay::start_with(&[("PULSAR_JWT_LEEWAY", "0s")]);
     let short = |secs: u64| {
-        token_with(json!({
+        token_from_claims(json!({
             "sub": "tester",
             "permissions": ["read"],
             "exp": now_secs() + secs,

@@ -14,32 +14,6 @@ use common::*;
 use pulsar_relay::auth::Permissions;
 use serde_json::{json, Value};
 
-/// An HS256 token with the given claims on top of `sub`, `permissions` and a valid `exp`
-/// (e.g. `username`, `topics`).
-fn token_with(sub: &str, permissions: &[&str], extra: Value) -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let mut claims = json!({
-        "sub": sub,
-        "permissions": permissions,
-        "iat": now,
-        "exp": now + 3600,
-    });
-    if let Value::Object(map) = extra {
-        for (k, v) in map {
-            claims[k] = v;
-        }
-    }
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-        &claims,
-        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .unwrap()
-}
-
 fn user(sub: &str) -> String {
     token(sub, Permissions::READ | Permissions::WRITE)
 }

@@ -17,7 +17,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use pulsar_relay::auth::{Authenticator, Permissions};
-use serde_json::Value;
+use serde_json::{json, Value};
 use tungstenite::client::IntoClientRequest;
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::Message;
@@ -320,6 +320,32 @@ pub fn token(sub: &str, perms: Permissions) -> String {
     Authenticator::from_secret(SECRET.as_bytes())
         .mint(sub, perms, Duration::from_secs(3600))
         .expect("mint")
+}
+
+/// An HS256 token for `sub` with `permissions`, valid for an hour, plus `extra` claims
+/// (`topics`, `jti`, ...).
+pub fn token_with(sub: &str, permissions: &[&str], extra: Value) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let mut claims = json!({
+        "sub": sub,
+        "permissions": permissions,
+        "iat": now,
+        "exp": now + 3600,
+    });
+    if let Value::Object(map) = extra {
+        for (k, v) in map {
+            claims[k] = v;
+        }
+    }
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap()
 }
 
 /// Subject "tester" with read and write.
@@ -959,15 +985,18 @@ impl Relay {
     fn wait_ready_status(&self, status: u16, timeout: Duration) -> Response {
         let deadline = Instant::now() + timeout;
         loop {
-            let resp = self.ready();
-            if resp.status == status {
-                return resp;
-            }
+            // A relay starting up on a loaded machine may answer one probe late; only the
+            // deadline decides.
+            let mut http = self.http();
+            http.send_request("GET", "/ready", &[], b"");
+            let last = match http.try_read_response(true) {
+                Ok(resp) if resp.status == status => return resp,
+                Ok(resp) => format!("{}: {}", resp.status, resp.text()),
+                Err(e) => e,
+            };
             if Instant::now() >= deadline {
                 panic!(
-                    "/ready is still {} after {timeout:?}: {}\n{}",
-                    resp.status,
-                    resp.text(),
+                    "/ready is not {status} after {timeout:?} (last: {last})\n{}",
                     self.output()
                 );
             }
