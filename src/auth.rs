@@ -7,7 +7,6 @@
 //! reach into them, nor keep state between requests.
 
 use std::fmt;
-use std::io::Read;
 use std::ops::BitOr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -515,46 +514,8 @@ fn optional_text(claims: &Map<String, Value>, name: &str) -> Result<Option<Strin
 
 /// A random secret for a loopback run that configured none: 32 bytes, hex-encoded (64
 /// characters).
-pub fn random_secret() -> std::io::Result<String> {
-    Ok(hex(&random_bytes::<32>()))
-}
-
-/// `N` bytes from the operating system's CSPRNG (getrandom(2) through ring), for secrets
-/// and identifiers.
-pub fn random_bytes<const N: usize>() -> [u8; N] {
-    let mut bytes = [0u8; N];
-    if ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes).is_err() {
-        // Not reached on Linux >= 3.17; /dev/urandom is the same pool.
-        let _ = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes));
-    }
-    bytes
-}
-
-/// Lower-case hex of `bytes`.
-pub fn hex(bytes: &[u8]) -> String {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    bytes
-        .iter()
-        .flat_map(|b| [HEX[usize::from(b >> 4)], HEX[usize::from(b & 0xf)]])
-        .map(char::from)
-        .collect()
-}
-
-/// A random (version 4) UUID in its hyphenated lower-case text form (user, topic and
-/// refresh-token IDs, as the original relay makes them).
-pub fn uuid4() -> String {
-    let mut b = random_bytes::<16>();
-    b[6] = (b[6] & 0x0f) | 0x40;
-    b[8] = (b[8] & 0x3f) | 0x80;
-    let h = hex(&b);
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..]
-    )
+pub fn random_secret() -> String {
+    crate::random::hex_string::<32>()
 }
 
 fn public_key(
@@ -1198,8 +1159,8 @@ WfEPHEyfibBgHg11aYqJDCPL80bWsmx3m89ZfeDcwgmdNmjmJnJvzDikEA==
 
     #[test]
     fn random_secrets_are_hex_and_differ() {
-        let a = random_secret().unwrap();
-        let b = random_secret().unwrap();
+        let a = random_secret();
+        let b = random_secret();
         assert_eq!(a.len(), 64);
         assert!(a
             .bytes()

@@ -164,8 +164,7 @@ fn serve(mut config: Config) -> Result<(), Failure> {
     warn_of_weak_secret(&config);
     let generated = config.jwt.secret_key.is_empty() && config.jwt.algorithm == "HS256";
     if generated {
-        config.jwt.secret_key = random_secret()
-            .map_err(|e| Failure::Runtime(format!("cannot read /dev/urandom: {e}")))?;
+        config.jwt.secret_key = random_secret();
     }
     let auth =
         Authenticator::from_config(&config.jwt).map_err(|e| Failure::Config(e.to_string()))?;

@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use libfuzzer_sys::fuzz_target;
-use pulsar_relay::topic::message::rfc3339;
+use pulsar_relay::text::rfc3339;
 use pulsar_relay::topic::{valid_topic_name, Cursor, Draft, Message, MessageId};
 use pulsar_relay::ws::frame::{FrameDecoder, Incoming};
 use serde_json::value::RawValue;

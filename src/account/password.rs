@@ -17,7 +17,7 @@ pub const MAX_PASSWORD_BYTES: usize = 1024;
 
 /// Hashes `password` with a fresh random salt.
 pub fn hash(password: &str) -> Result<String, String> {
-    let salt = SaltString::encode_b64(&super::random_bytes::<16>())
+    let salt = SaltString::encode_b64(&crate::random::bytes::<16>())
         .map_err(|e| format!("cannot encode a salt: {e}"))?;
     Argon2::default()
         .hash_password(password.as_bytes(), &salt)

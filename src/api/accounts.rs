@@ -23,8 +23,8 @@ use crate::auth::{Permission, Permissions, Principal};
 use crate::http::request::form_pairs;
 use crate::http::Response;
 use crate::shard::{blocking, now_ms, Shard};
+use crate::text::rfc3339;
 use crate::topic::display_name;
-use crate::topic::message::rfc3339;
 
 /// `POST /auth/login`: an OAuth2 password form (`username`, `password`, optional
 /// `grant_type=password`).
@@ -489,7 +489,7 @@ pub async fn ensure_bootstrap_admin(shard: &Rc<Shard>) -> Result<(), String> {
 /// The login answer: a fresh access token for `user` and the given refresh token.
 fn token_response(shard: &Shard, user: &User, refresh: String) -> Result<Response, ApiError> {
     let ttl = shard.config.accounts.access_token_ttl;
-    let jti = crate::auth::hex(&crate::auth::random_bytes::<16>());
+    let jti = crate::random::hex_string::<16>();
     let access = shard
         .auth
         .mint_account(&user.user_id, &user.username, user.permissions, ttl, &jti)

@@ -15,7 +15,7 @@ use std::task::Poll;
 use futures_lite::{AsyncRead, AsyncWriteExt};
 
 use crate::metrics::{self, ShardMetrics};
-use crate::shard::conns::ConnCtl;
+use crate::rt::conns::ConnCtl;
 use crate::shard::{Shard, TcpStream};
 
 /// Bytes read from the peer and not yet decoded. Starts small so idle connections stay

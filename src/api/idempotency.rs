@@ -29,7 +29,7 @@ use futures_lite::future;
 use super::error::ApiError;
 use crate::auth::Principal;
 use crate::http::{Request, Response};
-use crate::shard::conns::ConnCtl;
+use crate::rt::conns::ConnCtl;
 use crate::shard::idempotency::{body_hash, Claim, Endpoint, Recorded, Scope};
 use crate::shard::{now_ms, Shard};
 

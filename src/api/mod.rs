@@ -29,7 +29,7 @@ use crate::config::TopicNamespace;
 use crate::http::request::decode_path_segment;
 use crate::http::{encode, Limits, Method, Request, RequestDecoder, Response};
 use crate::metrics;
-use crate::shard::budget::Admission;
+use crate::rt::budget::Admission;
 use crate::shard::owner::Publisher;
 use crate::shard::quota::QuotaKey;
 use crate::shard::{now_ms, Shard, TcpStream};

@@ -16,7 +16,7 @@ use super::{parse_client_id, parse_topics, permit_topics, scope_topics};
 use crate::auth::Principal;
 use crate::http::{Request, Response};
 use crate::metrics::{self, ShardMetrics};
-use crate::shard::conns::ConnCtl;
+use crate::rt::conns::ConnCtl;
 use crate::shard::{now_ms, Shard};
 use crate::topic::subscribers::Sink;
 use crate::topic::{consumer_key, ConsumerKey, Cursor, Message};

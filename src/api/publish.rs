@@ -25,11 +25,11 @@ use super::limits::too_deep;
 use crate::auth::Principal;
 use crate::config::TopicNamespace;
 use crate::http::{Request, Response};
-use crate::shard::conns::ConnCtl;
+use crate::rt::conns::ConnCtl;
 use crate::shard::idempotency::Endpoint;
 use crate::shard::owner::{DraftSpan, Op, OpResult, PublishBatch, Publisher, Receipt};
 use crate::shard::Shard;
-use crate::topic::message::rfc3339;
+use crate::text::rfc3339;
 use crate::topic::{display_name, owner_of, valid_topic_name, MessageId};
 
 #[derive(Deserialize)]
@@ -547,7 +547,7 @@ struct Rfc3339(u64);
 impl fmt::Display for Rfc3339 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut text = Vec::with_capacity(24);
-        crate::topic::message::push_rfc3339(self.0, &mut text);
+        crate::text::push_rfc3339(self.0, &mut text);
         f.write_str(std::str::from_utf8(&text).unwrap_or_default())
     }
 }

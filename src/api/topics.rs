@@ -25,7 +25,7 @@ use crate::http::request::decode_path_segment;
 use crate::http::{Method, Request, Response};
 use crate::shard::owner::{Actor, Op, OpResult, RecordAnswer, RecordOp};
 use crate::shard::{now_ms, Shard};
-use crate::topic::message::rfc3339;
+use crate::text::rfc3339;
 use crate::topic::record::MAX_DESCRIPTION_CHARS;
 use crate::topic::{
     by_age, display_name, owner_of, valid_topic_name, HistoryPage, Message, MessageId, Order,

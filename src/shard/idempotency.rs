@@ -25,7 +25,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
 use std::sync::Arc;
 
-use super::signal::Slot;
+use crate::rt::owner::{fnv1a, shard_of, FNV_OFFSET};
+use crate::rt::signal::Slot;
 
 /// The endpoint a key was used on; part of its scope.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -57,22 +58,12 @@ impl Scope {
         let hash = [self.subject.as_bytes(), self.endpoint.name().as_bytes()]
             .iter()
             .fold(FNV_OFFSET, |h, part| fnv1a(fnv1a(h, part), &[0]));
-        (fnv1a(hash, self.key.as_bytes()) % shards as u64) as usize
+        shard_of(fnv1a(hash, self.key.as_bytes()), shards)
     }
 
     fn bytes(&self) -> usize {
         self.subject.len() + self.key.len()
     }
-}
-
-const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
-
-fn fnv1a(mut hash: u64, bytes: &[u8]) -> u64 {
-    for byte in bytes {
-        hash ^= u64::from(*byte);
-        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    hash
 }
 
 /// The fingerprint of a request body that tells a retry (same bytes) from a reuse of the

@@ -17,9 +17,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::owner::{self, Op, OpResult, Plan};
-use super::signal::Slot;
 use super::{now_ms, sleep, spawn_local, Shard};
 use crate::metrics;
+use crate::rt::signal::Slot;
 use crate::store::Ticket;
 
 /// An operation's result and the writes to wait for before sending it.

@@ -33,8 +33,8 @@ use glommio::{GlommioError, ResourceType};
 use super::idempotency::{Recorded, Scope};
 use super::owner::{Op, OpResult};
 use super::quota::QuotaKey;
-use super::signal::{Signal, Slot};
 use crate::account::{AccountSync, DirectoryOp};
+use crate::rt::signal::{Signal, Slot};
 use crate::topic::Message;
 
 /// Channel slots per ordered shard pair.

@@ -10,15 +10,11 @@
 //! glommio stays behind this module: the protocol code sees `Shard`, `TcpStream` and the
 //! spawn/sleep calls re-exported here, so the runtime could be swapped without touching it.
 
-pub mod budget;
-pub mod conns;
 pub mod idempotency;
-pub mod listener;
 pub mod loads;
 pub mod mesh;
 pub mod owner;
 pub mod quota;
-pub mod signal;
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -28,14 +24,12 @@ use std::os::fd::{FromRawFd, IntoRawFd};
 use std::rc::{Rc, Weak};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use futures_lite::future;
 use glommio::{LocalExecutorBuilder, Placement};
 
-pub use glommio::net::TcpStream;
-pub use glommio::spawn_local;
-pub use glommio::timer::sleep;
+pub use crate::rt::{blocking, now_ms, sleep, spawn_local, TcpStream};
 
 use crate::account::directory::Applied;
 use crate::account::{self, AccountError, AccountSync, Directory, DirectoryOp, DirectoryReply};
@@ -43,24 +37,18 @@ use crate::api::limits::{LoginRates, PublishRates};
 use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::metrics::{self, ShardMetrics};
+use crate::rt::budget::{Admission, ConnectionBudget};
+use crate::rt::conns::{self, ConnCtl, ConnTable};
+use crate::rt::signal::{Signal, Slot};
+use crate::rt::{executor, listener};
 use crate::store::{self, Store};
 use crate::topic::subscribers::LocalSubscribers;
 use crate::topic::{Message, ShardSet, TopicLimits, TopicTable};
-use budget::{Admission, ConnectionBudget};
-use conns::{ConnCtl, ConnTable};
 use idempotency::{Claim, Recorded, Scope, Waiter};
 use loads::Started;
 use mesh::{Envelope, Mesh, MeshEnds};
 use owner::{Op, OpResult, Plan};
 use quota::{QuotaKey, QuotaSlot, Quotas};
-use signal::{Signal, Slot};
-
-/// Wall-clock milliseconds since the Unix epoch.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
 
 /// Process-wide facts, shared by all shards and the main thread (atomics only).
 pub struct Process {
@@ -164,12 +152,6 @@ impl Drop for AccountWatch {
 
 /// The shard that holds the account directory.
 pub const DIRECTORY_SHARD: usize = 0;
-
-/// Runs CPU-heavy work (password hashing) on glommio's blocking thread pool, so that the
-/// shard's executor keeps serving while it runs.
-pub async fn blocking<R: Send + 'static>(work: impl FnOnce() -> R + Send + 'static) -> R {
-    glommio::executor().spawn_blocking(work).await
-}
 
 impl Shard {
     /// Runs an account operation on the directory shard and returns its answer; by then
@@ -642,7 +624,9 @@ impl Runtime {
     /// Starts every shard and waits for them to finish (after `process.shutdown` is set).
     pub fn run(self) -> Result<(), RuntimeError> {
         let shards = self.listeners.len();
-        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let allowed = executor::allowed_cpus().map_err(|e| {
+            RuntimeError::Executor(format!("cannot read the CPUs this process may use: {e}"))
+        })?;
         let mut handles = Vec::with_capacity(shards);
         for ((id, listener), ends) in self
             .listeners
@@ -654,7 +638,8 @@ impl Runtime {
             let auth = self.auth.clone();
             let process = Arc::clone(&self.process);
             let fd = listener.into_raw_fd();
-            let spawned = LocalExecutorBuilder::new(Placement::Fixed(id % cpus))
+            let cpu = executor::cpu_for(id, &allowed);
+            let spawned = LocalExecutorBuilder::new(Placement::Fixed(cpu))
                 .name(&format!("shard-{id}"))
                 .spawn(move || async move {
                     // SAFETY: `fd` is a listening socket whose ownership moved here.
@@ -662,40 +647,28 @@ impl Runtime {
                     shard_main(id, shards, config, auth, process, ends, listener).await
                 });
             match spawned {
-                Ok(handle) => handles.push(handle),
+                Ok(handle) => handles.push((id, cpu, handle)),
                 Err(e) => {
                     self.process.shutdown.store(true, Ordering::Release);
-                    return Err(RuntimeError::Executor(executor_hint(&e.to_string())));
+                    return Err(RuntimeError::Executor(executor::explain(
+                        id,
+                        cpu,
+                        &e.to_string(),
+                    )));
                 }
             }
         }
         let mut failure = None;
-        for handle in handles {
+        for (id, cpu, handle) in handles {
             if let Err(e) = handle.join() {
                 self.process.shutdown.store(true, Ordering::Release);
-                failure
-                    .get_or_insert_with(|| RuntimeError::Executor(executor_hint(&e.to_string())));
+                failure.get_or_insert_with(|| {
+                    RuntimeError::Executor(executor::explain(id, cpu, &e.to_string()))
+                });
             }
         }
         failure.map_or(Ok(()), Err)
     }
-}
-
-/// io_uring is the usual reason an executor cannot start; say so plainly.
-fn executor_hint(error: &str) -> String {
-    let disabled = std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled")
-        .map(|v| v.trim() != "0")
-        .unwrap_or(false);
-    let mut msg = format!("cannot start a shard executor: {error}.");
-    msg.push_str(
-        " Pulsar Relay needs io_uring (Linux >= 5.8). Containers using Docker's default seccomp \
-         profile block it; check also that kernel.io_uring_disabled is 0",
-    );
-    if disabled {
-        msg.push_str(" (it is not on this host)");
-    }
-    msg.push_str(", and that RLIMIT_MEMLOCK allows at least 512 KiB per shard (ulimit -l).");
-    msg
 }
 
 fn resolve(host: &str, port: u16) -> Result<SocketAddr, RuntimeError> {

@@ -39,8 +39,8 @@ use redis::Value;
 
 use crate::config::{AckMode, Backend, Config};
 use crate::metrics::ShardMetrics;
+use crate::rt::now_ms;
 use crate::shard::idempotency::Scope;
-use crate::shard::now_ms;
 use crate::topic::message::Draft;
 use crate::topic::{
     by_age, display_name, owner_of, HistoryRange, Message, MessageId, Stored, TopicRecord,

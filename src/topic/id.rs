@@ -6,7 +6,7 @@
 
 use std::fmt;
 
-use crate::http::response::push_decimal;
+use crate::text::{decimal_len, push_decimal};
 
 /// A stream ID. Ordering is the delivery order within a topic.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -46,10 +46,6 @@ impl MessageId {
             seq: parse_decimal(seq)?,
         })
     }
-}
-
-fn decimal_len(n: u64) -> usize {
-    n.checked_ilog10().map_or(1, |d| d as usize + 1)
 }
 
 fn parse_decimal(text: &str) -> Option<u64> {

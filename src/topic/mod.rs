@@ -25,15 +25,10 @@ pub use table::{
     TopicLimits, TopicTable, STREAM_TRIM_INTERVAL_MS,
 };
 
-/// The shard that owns `topic`. FNV-1a is stable across builds and platforms, unlike the
-/// randomly seeded std hasher, and is cheap for the short names topics have.
+/// The shard that owns `topic`: the runtime's fixed key hash of its key (see
+/// `rt::owner`), so every shard and every restart agrees.
 pub fn owner_of(topic: &str, shards: usize) -> usize {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in topic.as_bytes() {
-        hash ^= u64::from(*byte);
-        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    (hash % shards as u64) as usize
+    crate::rt::owner::owner_of(topic.as_bytes(), shards)
 }
 
 /// Topic names: 1–255 bytes of ASCII letters, digits and `_ - . :`. The delivery JSON is

@@ -22,7 +22,7 @@ impl TopicRecord {
     /// A new record with a fresh ID.
     pub fn new(owner_id: &str, created_at_ms: u64, description: Option<String>) -> Self {
         TopicRecord {
-            topic_id: crate::auth::uuid4(),
+            topic_id: crate::random::uuid4(),
             owner_id: owner_id.to_owned(),
             created_at_ms,
             description,

@@ -10,7 +10,7 @@ use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::time::Duration;
 
-use super::signal::Signal;
+use crate::rt::signal::Signal;
 
 pub const TICK: Duration = Duration::from_millis(250);
 
