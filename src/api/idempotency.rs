@@ -109,7 +109,7 @@ pub async fn begin(
         armed: true,
     };
     // Not found, or Valkey unreadable: publish (at-least-once across a restart).
-    match shard.store.idempotent(&held.scope).await {
+    match shard.store.answer(held.scope.parts()).await {
         Ok(Some(value)) => match Recorded::decode(&value) {
             Some(record) => held.adopt(record).await,
             None => Ok(Begin::Publish(Some(held))),

@@ -9,7 +9,7 @@ use crate::shard::owner::{Op, OpResult};
 use crate::shard::{spawn_local, Shard};
 use crate::store::StoreError;
 use crate::topic::subscribers::{Sink, Subscription};
-use crate::topic::{owner_of, ConsumerKey, Cursor, Message, MessageId, Snapshot};
+use crate::topic::{history, owner_of, ConsumerKey, Cursor, Message, MessageId, Snapshot};
 
 pub struct Subscriptions {
     shard: Rc<Shard>,
@@ -128,7 +128,7 @@ impl Subscriptions {
                 problem,
             };
         };
-        match self.shard.store.history(&sub.topic, range, limit).await {
+        match history::read(&self.shard.store, &sub.topic, range, limit).await {
             Ok((history, true)) => Pending {
                 sub,
                 backlog: history,

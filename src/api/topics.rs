@@ -25,10 +25,11 @@ use crate::http::request::decode_path_segment;
 use crate::http::{Method, Request, Response};
 use crate::shard::owner::{Actor, Op, OpResult, RecordAnswer, RecordOp};
 use crate::shard::{now_ms, Shard};
+use crate::store::by_age;
 use crate::text::rfc3339;
 use crate::topic::record::MAX_DESCRIPTION_CHARS;
 use crate::topic::{
-    by_age, display_name, owner_of, valid_topic_name, HistoryPage, Message, MessageId, Order,
+    display_name, history, owner_of, valid_topic_name, HistoryPage, Message, MessageId, Order,
     TopicRecord,
 };
 
@@ -545,7 +546,7 @@ async fn complete(
     };
     match order {
         Order::Asc => {
-            let (mut messages, _) = shard.store.history(key, &span, limit).await?;
+            let (mut messages, _) = history::read(&shard.store, key, &span, limit).await?;
             let room = limit.saturating_sub(messages.len());
             messages.extend(page.ring.into_iter().take(room));
             Ok(messages)
@@ -554,7 +555,7 @@ async fn complete(
             let mut messages = page.ring;
             let room = limit.saturating_sub(messages.len());
             if room > 0 {
-                let older = shard.store.history_newest_first(key, &span, room).await?;
+                let older = history::read_newest_first(&shard.store, key, &span, room).await?;
                 messages.extend(older);
             }
             Ok(messages)

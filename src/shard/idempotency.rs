@@ -61,6 +61,11 @@ impl Scope {
         shard_of(fnv1a(hash, self.key.as_bytes()), shards)
     }
 
+    /// Subject, endpoint name and key: how the persistent tier names the scope's answer.
+    pub fn parts(&self) -> (&str, &str, &str) {
+        (&self.subject, self.endpoint.name(), &self.key)
+    }
+
     fn bytes(&self) -> usize {
         self.subject.len() + self.key.len()
     }

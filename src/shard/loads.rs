@@ -21,6 +21,7 @@ use super::{now_ms, sleep, spawn_local, Shard};
 use crate::metrics;
 use crate::rt::signal::Slot;
 use crate::store::Ticket;
+use crate::topic::owned_by;
 
 /// An operation's result and the writes to wait for before sending it.
 pub type Applied = (OpResult, Vec<Ticket>);
@@ -172,7 +173,7 @@ pub(super) async fn recover(shard: Rc<Shard>) {
     let mut logged = false;
     let started = now_ms();
     loop {
-        match shard.store.recover(shard.id, shard.count).await {
+        match shard.store.recover(owned_by(shard.id, shard.count)).await {
             Ok(recovery) => {
                 let mut table = shard.topics.borrow_mut();
                 table.advance_clock(recovery.last_id);

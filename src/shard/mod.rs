@@ -383,7 +383,10 @@ impl Shard {
         self.answer_waiters(waiters, &answer);
         let window = self.config.limits.idempotency_window;
         persist
-            .then(|| self.store.put_idempotent(scope, &record.encode(), window))
+            .then(|| {
+                self.store
+                    .keep_answer(scope.parts(), &record.encode(), window)
+            })
             .flatten()
     }
 

@@ -24,8 +24,8 @@ use super::idempotency::Claim;
 use crate::metrics;
 use crate::store::{Store, StoreError, Ticket};
 use crate::topic::{
-    ConsumerKey, Cursor, Draft, HistoryPage, Located, Message, MessageId, Order, Refusal, ShardSet,
-    Snapshot, TopicRecord, TopicTable,
+    display_name, owned_by, ConsumerKey, Cursor, Draft, HistoryPage, Located, Message, MessageId,
+    Order, Refusal, ShardSet, Snapshot, TopicRecord, TopicTable,
 };
 
 /// One message of a publish request, as byte ranges into the request body so that the
@@ -236,10 +236,10 @@ pub async fn scan(store: &Store, shard: usize, shards: usize, listing: Listing) 
     match listing {
         Listing::Owned { owner_id, limit } => OpResult::Records(
             store
-                .records(shard, shards, owner_id.as_deref(), limit)
+                .records(owned_by(shard, shards), owner_id.as_deref(), limit)
                 .await,
         ),
-        Listing::Count => OpResult::RecordCount(store.count_records(shard, shards).await),
+        Listing::Count => OpResult::RecordCount(store.count_records(owned_by(shard, shards)).await),
     }
 }
 
@@ -296,14 +296,23 @@ pub fn apply(
                         let published = table.publish(&draft, now_ms, durable);
                         let msg = published.msg;
                         fanout(&msg, published.interested);
-                        tickets.extend(store.append(&msg, published.trim_due));
+                        tickets.extend(store.append(
+                            &msg.topic,
+                            &msg.stream_entry(),
+                            published.trim_due,
+                        ));
                         if published.unrecorded {
                             let created = table.ensure_record(draft.topic, || {
                                 let who = &batch.publisher;
                                 TopicRecord::auto_created(&who.subject, &who.name, now_ms)
                             });
                             if let Some((record, may_exist)) = created {
-                                tickets.extend(store.save_topic(draft.topic, &record, may_exist));
+                                tickets.extend(store.save_topic(
+                                    draft.topic,
+                                    display_name(draft.topic),
+                                    &record,
+                                    may_exist,
+                                ));
                             }
                         }
                         Receipt {
@@ -376,7 +385,12 @@ fn apply_to_records(
                     .admit(1)
                     .map(|()| match table.create_record(&topic, record) {
                         Ok(created) => {
-                            tickets.extend(store.save_topic(&topic, &created, false));
+                            tickets.extend(store.save_topic(
+                                &topic,
+                                display_name(&topic),
+                                &created,
+                                false,
+                            ));
                             RecordAnswer::Created(created)
                         }
                         Err(Refusal::Exists(existing)) => RecordAnswer::Exists(existing),
@@ -403,7 +417,7 @@ fn apply_to_records(
             };
             match table.describe(&topic, text) {
                 Some(Ok(record)) => {
-                    tickets.extend(store.save_topic(&topic, &record, false));
+                    tickets.extend(store.save_topic(&topic, display_name(&topic), &record, false));
                     RecordAnswer::Found(record)
                 }
                 Some(Err(_)) => RecordAnswer::Full,

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::id::MessageId;
+use crate::store::StreamEntry;
 use crate::text::{push_rfc3339, RFC3339_LEN};
 use crate::ws::frame::{encode_header, OpCode};
 
@@ -97,6 +98,30 @@ impl Message {
             json_start,
             payload,
             metadata,
+        }
+    }
+
+    /// A message read back from `topic`'s stream: the same frame as when it was published.
+    pub fn from_entry(topic: &Arc<str>, entry: StreamEntry<'_>) -> Message {
+        let draft = Draft {
+            topic,
+            payload: entry.payload,
+            metadata: entry.metadata,
+            ttl_ms: entry.ttl_ms,
+        };
+        Message::build(entry.id, Arc::clone(topic), entry.timestamp_ms, &draft)
+    }
+
+    /// The message as its stream keeps it.
+    pub fn stream_entry(&self) -> StreamEntry<'_> {
+        StreamEntry {
+            id: self.id,
+            payload: self.payload(),
+            metadata: self.metadata(),
+            timestamp_ms: self.timestamp_ms,
+            ttl_ms: self
+                .expires_at_ms
+                .map(|at| at.saturating_sub(self.timestamp_ms)),
         }
     }
 
@@ -202,6 +227,27 @@ mod tests {
             assert_eq!(len, msg.json().len());
             assert!(msg.json().ends_with(b",\"metadata\":null}"));
         }
+    }
+
+    #[test]
+    fn a_message_read_back_from_its_stream_is_the_same_delivery() {
+        let msg = Message::build(
+            MessageId::new(1000, 2),
+            Arc::from("jobs"),
+            999,
+            &Draft {
+                topic: "jobs",
+                payload: br#"{"a": 1.50}"#,
+                metadata: Some(br#"{"k":"v"}"#),
+                ttl_ms: Some(5000),
+            },
+        );
+        let entry = msg.stream_entry();
+        assert_eq!(entry.ttl_ms, Some(5000));
+        let back = Message::from_entry(&msg.topic, entry);
+        assert_eq!(back.ws_frame(), msg.ws_frame());
+        assert_eq!(back.expires_at_ms, Some(5999));
+        assert_eq!(back.metadata(), Some(&br#"{"k":"v"}"#[..]));
     }
 
     #[test]

@@ -8,6 +8,7 @@
 
 pub mod budget;
 mod entry;
+pub mod history;
 pub mod id;
 pub mod message;
 pub mod record;
@@ -21,14 +22,20 @@ pub use id::{Cursor, IdClock, MessageId};
 pub use message::{Draft, Message};
 pub use record::TopicRecord;
 pub use table::{
-    by_age, HistoryPage, HistoryRange, Located, Order, Published, Refusal, Snapshot, Stored,
-    TopicLimits, TopicTable, STREAM_TRIM_INTERVAL_MS,
+    HistoryPage, Located, Order, Published, Refusal, Snapshot, TopicLimits, TopicTable,
+    STREAM_TRIM_INTERVAL_MS,
 };
 
 /// The shard that owns `topic`: the runtime's fixed key hash of its key (see
 /// `rt::owner`), so every shard and every restart agrees.
 pub fn owner_of(topic: &str, shards: usize) -> usize {
     crate::rt::owner::owner_of(topic.as_bytes(), shards)
+}
+
+/// Which topic keys found in the persistent tier shard `shard` of `shards` owns: valid
+/// topic keys hashed to it (anything else under the key prefix is not a topic of ours).
+pub fn owned_by(shard: usize, shards: usize) -> impl Fn(&str) -> bool {
+    move |key| valid_topic_key(key) && owner_of(key, shards) == shard
 }
 
 /// Topic names: 1–255 bytes of ASCII letters, digits and `_ - . :`. The delivery JSON is
