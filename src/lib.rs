@@ -18,7 +18,6 @@ pub mod log;
 pub mod metrics;
 pub mod random;
 pub mod rt;
-pub mod shard;
 pub mod store;
 pub mod text;
 pub mod topic;

@@ -12,9 +12,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use pulsar_relay::api::shard::Relay;
 use pulsar_relay::auth::{random_secret, Authenticator, Permissions};
 use pulsar_relay::config::{AckMode, Backend, Config};
-use pulsar_relay::shard::Runtime;
+use pulsar_relay::rt::Runtime;
 use pulsar_relay::{log_line, out_line};
 
 const USAGE: &str = "\
@@ -172,8 +173,8 @@ fn serve(mut config: Config) -> Result<(), Failure> {
     // Block the shutdown signals before any executor thread exists, so every thread
     // inherits the mask and only the waiter below receives them.
     let signals = shutdown_signals();
-    let runtime =
-        Runtime::bind(config.clone(), auth.clone()).map_err(|e| Failure::Runtime(e.to_string()))?;
+    let settings = Relay::settings(&config);
+    let runtime = Runtime::bind(settings.clone()).map_err(|e| Failure::Runtime(e.to_string()))?;
     let process = runtime.process();
     let addr = process.local_addr;
     let backend = match config.storage.backend {
@@ -188,7 +189,7 @@ fn serve(mut config: Config) -> Result<(), Failure> {
             }
         ),
     };
-    let shards = process.serving.len();
+    let shards = settings.shards;
     out_line!(
         "pulsar-relay listening on http://{addr} ({shards} shard{}, {backend})",
         if shards == 1 { "" } else { "s" },
@@ -221,7 +222,10 @@ fn serve(mut config: Config) -> Result<(), Failure> {
             log_line!("pulsar-relay: shutting down");
         })
         .map_err(|e| Failure::Runtime(format!("cannot start the signal thread: {e}")))?;
-    runtime.run().map_err(|e| Failure::Runtime(e.to_string()))
+    let relay = Relay::new(config, auth, shards);
+    runtime
+        .run(move |core| relay.shard(core))
+        .map_err(|e| Failure::Runtime(e.to_string()))
 }
 
 /// On stderr, so that a token printed on stdout can still be captured as it is.

@@ -13,6 +13,7 @@
 
 pub mod denylist;
 pub mod directory;
+mod local;
 pub mod password;
 pub mod refresh;
 
@@ -25,6 +26,7 @@ use crate::auth::{AuthError, Permission, Permissions, Principal};
 use crate::text::hex;
 pub use denylist::{DeniedToken, DenyList};
 pub use directory::{AccountError, Directory, DirectoryOp, DirectoryReply, UserPatch};
+pub use local::{AccountWatch, Accounts};
 
 /// A user account. Stored as JSON (`store::accounts`); `password_hash` is a PHC string,
 /// empty for an account without a password.

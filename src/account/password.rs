@@ -4,7 +4,7 @@
 //! the original Python relay (`$argon2id$v=19$m=65536,t=3,p=4$…`) keep working. New hashes
 //! use the argon2 crate's defaults (Argon2id, OWASP parameters). Both functions cost tens
 //! of milliseconds of CPU by design: callers run them off the shard executors
-//! (`shard::blocking`), never on a request path's executor thread.
+//! (`rt::blocking`), never on a request path's executor thread.
 
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;

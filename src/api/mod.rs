@@ -1,8 +1,10 @@
-//! The relay's API: the HTTP request loop of a connection, routing, and the handlers.
+//! The relay's API: what runs on each shard (`shard`), the HTTP request loop of a
+//! connection, routing, and the handlers.
 //!
 //! A connection is served entirely on the shard that accepted it. Handlers validate
-//! everything before doing any work, then reach topic owners only through `Shard::call`.
-//! The wire formats come from `http` and `ws`; this module owns what the bytes mean.
+//! everything before doing any work, then reach the state other shards own only through
+//! the shard's `on_*` helpers. The wire formats come from `http` and `ws`; this module owns
+//! what the bytes mean.
 
 pub mod accounts;
 mod ack;
@@ -14,6 +16,8 @@ mod idempotency;
 pub mod limits;
 mod poll;
 pub mod publish;
+mod quota;
+pub mod shard;
 mod subscriptions;
 mod topics;
 pub mod ws_command;
@@ -30,22 +34,27 @@ use crate::http::request::decode_path_segment;
 use crate::http::{encode, Limits, Method, Request, RequestDecoder, Response};
 use crate::metrics;
 use crate::rt::budget::Admission;
-use crate::shard::owner::Publisher;
-use crate::shard::quota::QuotaKey;
-use crate::shard::{now_ms, Shard, TcpStream};
+use crate::rt::{now_ms, TcpStream};
+use crate::topic::owner::apply::Publisher;
 use crate::topic::{valid_namespace, valid_topic_name};
 use conn::{Conn, Event};
 use error::ApiError;
+use quota::QuotaKey;
+use shard::Shard;
 
 /// Serves one accepted connection until it closes; a probe (a connection beyond the
-/// connection cap) only for one health-check or metrics request.
+/// connection cap) only for one health-check or metrics request, and one beyond the probes
+/// not at all (503).
 pub async fn serve(shard: Rc<Shard>, stream: TcpStream, admission: Admission) {
+    if let Admission::Shed = admission {
+        return refuse(stream, "the relay is at its connection limit").await;
+    }
     let _ = stream.set_nodelay(true);
     let _ = stream.set_write_timeout(Some(shard.config.server.write_timeout));
     let per_ip = shard.config.limits.max_connections_per_ip;
     let _slot = match stream.peer_addr() {
         Ok(peer) if per_ip > 0 => {
-            match shard.acquire_quota(QuotaKey::Ip(peer.ip()), per_ip).await {
+            match quota::acquire(&shard, QuotaKey::Ip(peer.ip()), per_ip).await {
                 Some(slot) => Some(slot),
                 None => return refuse(stream, "this address holds too many connections").await,
             }
@@ -424,10 +433,10 @@ fn ready(shard: &Shard) -> Response {
     if shard.is_shutting_down() {
         return ApiError::new(503, "SHUTTING_DOWN", "the relay is shutting down").into_response();
     }
-    match shard.process.readiness() {
+    match shard.readiness() {
         Ok(()) => Response::json(
             200,
-            format!(r#"{{"status":"ready","shards":{}}}"#, shard.count).into_bytes(),
+            format!(r#"{{"status":"ready","shards":{}}}"#, shard.count()).into_bytes(),
         ),
         Err(failing) => ApiError::new(503, "NOT_READY", failing).into_response(),
     }
@@ -436,7 +445,7 @@ fn ready(shard: &Shard) -> Response {
 /// Verifies a token and checks it against account state (see [`crate::account::Replica::admit`]).
 fn verify_token(shard: &Shard, token: &str) -> Result<Principal, ApiError> {
     let mut principal = shard.auth.verify(token)?;
-    if let Some(current) = shard.accounts.borrow().admit(&principal, now_ms())? {
+    if let Some(current) = shard.accounts.replica().admit(&principal, now_ms())? {
         principal.permissions = current;
     }
     Ok(principal)
@@ -506,7 +515,7 @@ impl AuthCache {
                 p
             }
         };
-        match shard.accounts.borrow().admit(&cached, now_ms())? {
+        match shard.accounts.replica().admit(&cached, now_ms())? {
             None => Ok(cached),
             Some(current) => Ok(Rc::new(Principal {
                 permissions: current,

@@ -11,13 +11,14 @@ use std::sync::Arc;
 
 use super::conn::{Conn, Event};
 use super::error::ApiError;
+use super::shard::Shard;
 use super::subscriptions::{ReplayProblem, Subscriptions};
 use super::{parse_client_id, parse_topics, permit_topics, scope_topics};
 use crate::auth::Principal;
 use crate::http::{Request, Response};
 use crate::metrics::{self, ShardMetrics};
 use crate::rt::conns::ConnCtl;
-use crate::shard::{now_ms, Shard};
+use crate::rt::now_ms;
 use crate::topic::subscribers::Sink;
 use crate::topic::{consumer_key, ConsumerKey, Cursor, Message};
 

@@ -23,6 +23,8 @@ use super::ack::{self, AckOutcome};
 use super::conn::{poll_read_into, Conn, Event};
 use super::error::ApiError;
 use super::limits::{self, Bucket};
+use super::quota::{self, QuotaKey, QuotaSlot};
+use super::shard::Shard;
 use super::subscriptions::{ReplayProblem, Subscriptions};
 use super::ws_command::{self, AckCmd, AuthCmd, Command, SubscribeCmd, UnsubscribeCmd};
 use super::{parse_client_id, parse_topics, permit_topics, scope_topics};
@@ -31,8 +33,7 @@ use crate::config::SlowConsumer;
 use crate::http::Request;
 use crate::metrics::{self, ShardMetrics};
 use crate::rt::conns::ConnCtl;
-use crate::shard::quota::{QuotaKey, QuotaSlot};
-use crate::shard::{now_ms, Shard};
+use crate::rt::now_ms;
 use crate::text::rfc3339;
 use crate::topic::subscribers::Sink;
 use crate::topic::{consumer_key, display_name, ConsumerKey, Cursor, Message, MessageId};
@@ -90,14 +91,16 @@ pub async fn upgrade(shard: &Rc<Shard>, req: &Request) -> Result<Upgrade, ApiErr
     let per_subject = shard.config.limits.max_websockets_per_subject;
     let slot = if per_subject > 0 {
         let key = QuotaKey::Subject(principal.subject.as_str().into());
-        let slot = shard.acquire_quota(key, per_subject).await.ok_or_else(|| {
-            ApiError::new(
-                429,
-                "TOO_MANY_CONNECTIONS",
-                format!("this token's subject already holds {per_subject} WebSocket sessions"),
-            )
-            .with_header("Retry-After", "1")
-        })?;
+        let slot = quota::acquire(shard, key, per_subject)
+            .await
+            .ok_or_else(|| {
+                ApiError::new(
+                    429,
+                    "TOO_MANY_CONNECTIONS",
+                    format!("this token's subject already holds {per_subject} WebSocket sessions"),
+                )
+                .with_header("Retry-After", "1")
+            })?;
         Some(slot)
     } else {
         None
@@ -282,14 +285,14 @@ pub async fn run(conn: &mut Conn, up: Upgrade) -> io::Result<()> {
         out: Rc::clone(&out),
         subs: Subscriptions::new(Rc::clone(&shard)),
         consumer: None,
-        session_id: session_id(shard.id),
+        session_id: session_id(shard.id()),
         invalid_frames: 0,
     };
     // Sessions of account tokens, and of tokens that can be logged out, end when their
     // access is withdrawn; other service tokens are not watched (and cost nothing here).
     let watched = session.principal.username.is_some() || session.principal.jti.is_some();
-    let _watch = watched.then(|| shard.watch_account(&session.principal.subject, &conn.ctl));
-    let mut account_checked = shard.account_generation();
+    let _watch = watched.then(|| shard.accounts.watch(&session.principal.subject, &conn.ctl));
+    let mut account_checked = shard.accounts.generation();
     let mut decoder = FrameDecoder::new(cfg.limits.max_ws_message_bytes);
     let mut wbuf = Vec::new();
     let mut last_heard = now_ms();
@@ -366,8 +369,8 @@ pub async fn run(conn: &mut Conn, up: Upgrade) -> io::Result<()> {
         if conn.ctl.closing() {
             return close(conn, &out, &mut wbuf, GOING_AWAY, "server shutting down").await;
         }
-        if watched && account_checked != shard.account_generation() {
-            account_checked = shard.account_generation();
+        if watched && account_checked != shard.accounts.generation() {
+            account_checked = shard.accounts.generation();
             if let Err(why) = session.recheck_access() {
                 return close(conn, &out, &mut wbuf, ACCESS_REVOKED, &why).await;
             }
@@ -497,7 +500,7 @@ impl Session {
         let current = self
             .shard
             .accounts
-            .borrow()
+            .replica()
             .admit(&self.principal, now_ms())
             .map_err(|e| e.detail())?;
         if let Some(permissions) = current {

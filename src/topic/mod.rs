@@ -1,16 +1,19 @@
-//! Topics: who owns them, their IDs, their hot-tier rings and consumer positions.
+//! Topics: who owns them, their IDs, their hot-tier rings and consumer positions, the
+//! messages and how they are read back, and the subscriber index of each shard.
 //!
 //! Ownership is `owner_of(topic) = fnv1a64(topic) % shards`, a fixed hash so that every
 //! shard (and every restart) agrees without coordination. A [`TopicTable`] holds the
 //! topics one shard owns and is touched only by that shard's executor; everything another
-//! shard wants from it arrives as a message through `shard::mesh`. The table never does
-//! I/O: persistence is the caller's business through `store`.
+//! shard wants from it runs there as a call through the mesh (`rt::mesh`), handled by the
+//! [`Owner`]. The table never does I/O; the owner persists through `store`, the layer below.
+//! This module knows nothing of HTTP or of the shards' other state.
 
 pub mod budget;
 mod entry;
 pub mod history;
 pub mod id;
 pub mod message;
+pub mod owner;
 pub mod record;
 pub mod ring;
 pub mod subscribers;
@@ -20,6 +23,7 @@ use std::sync::Arc;
 
 pub use id::{Cursor, IdClock, MessageId};
 pub use message::{Draft, Message};
+pub use owner::Owner;
 pub use record::TopicRecord;
 pub use table::{
     HistoryPage, Located, Order, Published, Refusal, Snapshot, TopicLimits, TopicTable,

@@ -1,7 +1,7 @@
 //! The topics one shard owns: their entries, the ID clock they share, the byte budget
 //! they live within, and every operation their owner runs on them.
 //!
-//! Touched only by the owning shard's executor (see `shard::owner`); never does I/O.
+//! Touched only by the owning shard's executor (see `owner`); never does I/O.
 
 use std::collections::HashMap;
 use std::sync::Arc;

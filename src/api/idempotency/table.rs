@@ -1,30 +1,33 @@
 //! Idempotency keys of publish requests, on the shard that owns each key: which keys are
 //! being published right now, and which were published within the window and with what
-//! answer.
+//! answer (the [`Replay`] a retry gets).
 //!
 //! A key's scope is (token subject, endpoint, key): subjects never share keys, and a key
 //! used for a single publish means nothing to a bulk publish. Each scope has one owner
 //! shard (FNV-1a of the scope, like topics), and only the owner's [`Table`] holds its state,
 //! so deciding "first or duplicate" needs no lock: the owner answers claims in arrival
 //! order. A claim of a key whose first request is still publishing is parked in the entry
-//! and answered when that request records its answer (the waiter gets the same answer) or
-//! gives the key up (the waiter claims again). Nothing here awaits; the caller's shard does
-//! the waiting (see `api::idempotency`). This module does not publish, and does not know
-//! HTTP beyond a status code and body bytes.
+//! and answered when that request keeps its answer (the waiter gets the same answer) or
+//! gives the key up (the waiter claims again). Nothing in [`Table`] awaits; [`Keys`] lets
+//! a parked claim's caller wait on the owner. This module does not publish, and does not
+//! know HTTP beyond a status code and body bytes.
 //!
 //! Bounds, per shard: at most [`Bounds::entries`] keys and [`Bounds::bytes`] of keys and
-//! recorded answers (plus the one answer being recorded), and at most [`Bounds::waiters`]
-//! parked duplicates per key. Recorded answers expire after the window (swept on the
-//! housekeeping tick, oldest first, through an expiry-ordered index). When the table is
-//! full, the oldest recorded answers are evicted early: in memory that shortens their
-//! window (a retry of an evicted key publishes again), while with Valkey the key's stored
-//! record still answers the retry. Keys being published are never evicted; if every entry
-//! is one, a new key is refused (`Claim::Busy`) rather than risk a double publish.
+//! kept answers (plus the one answer being kept), and at most [`Bounds::waiters`] parked
+//! duplicates per key. Kept answers expire after the window (swept on the housekeeping
+//! tick, oldest first, through an expiry-ordered index). When the table is full, the
+//! oldest kept answers are evicted early: in memory that shortens their window (a retry of
+//! an evicted key publishes again), while with Valkey the key's stored answer still answers
+//! the retry. Keys being published are never evicted; if every entry is one, a new key is
+//! refused (`Claim::Busy`) rather than risk a double publish.
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
 use std::rc::Rc;
 use std::sync::Arc;
 
+use crate::rt::mesh::Answer;
 use crate::rt::owner::{fnv1a, shard_of, FNV_OFFSET};
 use crate::rt::signal::Slot;
 
@@ -78,15 +81,15 @@ pub fn body_hash(body: &[u8]) -> u64 {
     fnv1a(FNV_OFFSET, body)
 }
 
-/// The first answer given for a key.
+/// The first answer given for a key: what every retry of it is answered with.
 #[derive(Debug, PartialEq, Eq)]
-pub struct Recorded {
+pub struct Replay {
     pub status: u16,
     pub body_hash: u64,
     pub body: Vec<u8>,
 }
 
-impl Recorded {
+impl Replay {
     /// The Valkey value: `<status> <body hash, 16 hex digits> <body>`.
     pub fn encode(&self) -> Vec<u8> {
         let mut out = format!("{} {:016x} ", self.status, self.body_hash).into_bytes();
@@ -94,12 +97,12 @@ impl Recorded {
         out
     }
 
-    pub fn decode(value: &[u8]) -> Option<Recorded> {
+    pub fn decode(value: &[u8]) -> Option<Replay> {
         let mut parts = value.splitn(3, |b| *b == b' ');
         let status = std::str::from_utf8(parts.next()?).ok()?.parse().ok()?;
         let hash = std::str::from_utf8(parts.next()?).ok()?;
         let body_hash = u64::from_str_radix(hash, 16).ok()?;
-        Some(Recorded {
+        Some(Replay {
             status,
             body_hash,
             body: parts.next()?.to_vec(),
@@ -110,26 +113,16 @@ impl Recorded {
 /// The owner's answer to a claim.
 #[derive(Clone, Debug)]
 pub enum Claim {
-    /// The caller publishes, then records its answer or releases claim `id`.
+    /// The caller publishes, then keeps its answer or releases claim `id`.
     Claimed(u64),
     /// Published already: this is the answer to give again.
-    Done(Arc<Recorded>),
+    Done(Arc<Replay>),
     /// The request that held the key gave it up; claim again.
     Released,
     /// The key was used with a different body.
     Reused,
     /// A bound is reached (every entry is being published, or too many duplicates wait).
     Busy,
-}
-
-/// A parked duplicate, answered once the key's first request resolves.
-pub enum Waiter {
-    /// A call from another shard, answered through the mesh.
-    Remote {
-        shard: usize,
-        call: u64,
-    },
-    Local(Rc<Slot<Claim>>),
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -153,7 +146,7 @@ const ENTRY_OVERHEAD: usize = 160;
 enum State<W> {
     InFlight(Vec<W>),
     Done {
-        record: Arc<Recorded>,
+        replay: Arc<Replay>,
         expires_at: u64,
     },
 }
@@ -171,12 +164,12 @@ impl<W> Entry<W> {
     }
 }
 
-/// One shard's keys. `W` is how a parked duplicate is answered ([`Waiter`] on a shard).
+/// One shard's keys. `W` is how a parked duplicate is answered (a [`Slot`] in [`Keys`]).
 pub struct Table<W> {
     window_ms: u64,
     bounds: Bounds,
     entries: HashMap<Arc<Scope>, Entry<W>>,
-    /// Recorded entries by (expiry, claim ID): the oldest first.
+    /// Entries with a kept answer by (expiry, claim ID): the oldest first.
     expiry: BTreeMap<(u64, u64), Arc<Scope>>,
     bytes: usize,
     next_claim: u64,
@@ -211,7 +204,7 @@ impl<W> Table<W> {
                 return Some(Claim::Reused);
             }
             return match &mut entry.state {
-                State::Done { record, .. } => Some(Claim::Done(Arc::clone(record))),
+                State::Done { replay, .. } => Some(Claim::Done(Arc::clone(replay))),
                 State::InFlight(waiters) if waiters.len() >= self.bounds.waiters => {
                     Some(Claim::Busy)
                 }
@@ -242,14 +235,14 @@ impl<W> Table<W> {
         Some(Claim::Claimed(claim))
     }
 
-    /// Records the answer of claim `claim`. Returns the parked duplicates and what to tell
-    /// them (the answer, or `Reused` when the record, read back from Valkey, is of another
+    /// Keeps the answer of claim `claim`. Returns the parked duplicates and what to tell
+    /// them (the answer, or `Reused` when the answer, read back from Valkey, is of another
     /// body than theirs); `None` if the claim is not held (nothing changes).
-    pub fn record(
+    pub fn keep(
         &mut self,
         scope: &Scope,
         claim: u64,
-        record: Arc<Recorded>,
+        replay: Arc<Replay>,
         now: u64,
     ) -> Option<(Vec<W>, Claim)> {
         let key = Arc::clone(self.entries.get_key_value(scope)?.0);
@@ -261,16 +254,16 @@ impl<W> Table<W> {
             return None;
         }
         let waiters = std::mem::take(waiters);
-        let answer = if record.body_hash == entry.body_hash {
-            Claim::Done(Arc::clone(&record))
+        let answer = if replay.body_hash == entry.body_hash {
+            Claim::Done(Arc::clone(&replay))
         } else {
             Claim::Reused
         };
         let expires_at = now.saturating_add(self.window_ms);
-        entry.body_hash = record.body_hash;
-        entry.size += record.body.len();
-        self.bytes += record.body.len();
-        entry.state = State::Done { record, expires_at };
+        entry.body_hash = replay.body_hash;
+        entry.size += replay.body.len();
+        self.bytes += replay.body.len();
+        entry.state = State::Done { replay, expires_at };
         let slot = (expires_at, claim);
         self.expiry.insert(slot, key);
         // Older answers make room for this one; it is kept even if it alone is over.
@@ -315,7 +308,7 @@ impl<W> Table<W> {
         }
     }
 
-    /// Removes the oldest recorded entry; false if there is none.
+    /// Removes the oldest entry with a kept answer; false if there is none.
     fn evict_oldest(&mut self) -> bool {
         match self.expiry.pop_first() {
             Some((_, scope)) => {
@@ -339,6 +332,69 @@ impl<W> Table<W> {
     }
 }
 
+/// This shard's keys as their owner serves them: a duplicate of a key being published
+/// waits here (on this shard) until that publish resolves.
+pub struct Keys {
+    table: RefCell<Table<Rc<Slot<Claim>>>>,
+}
+
+impl Keys {
+    pub fn new(window_ms: u64) -> Keys {
+        Keys {
+            table: RefCell::new(Table::new(window_ms, Bounds::DEFAULT)),
+        }
+    }
+
+    /// Claims `scope` for a request whose body hashes to `body_hash`: answered at once, or
+    /// for a key being published once that publish kept its answer or gave the key up.
+    pub fn claim(
+        &self,
+        scope: Arc<Scope>,
+        body_hash: u64,
+        now: u64,
+    ) -> Answer<Claim, impl Future<Output = Claim>> {
+        let slot = Rc::new(Slot::default());
+        let answer = self
+            .table
+            .borrow_mut()
+            .claim(scope, body_hash, now, Rc::clone(&slot));
+        match answer {
+            Some(claim) => Answer::Now(claim),
+            None => Answer::Later(async move { slot.take().await }),
+        }
+    }
+
+    /// Keeps the answer of claim `claim` and hands it to the duplicates waiting for it;
+    /// false when the claim is not held (nothing changes).
+    pub fn keep(&self, scope: &Scope, claim: u64, replay: Arc<Replay>, now: u64) -> bool {
+        let kept = self.table.borrow_mut().keep(scope, claim, replay, now);
+        match kept {
+            Some((waiters, answer)) => {
+                answer_waiters(waiters, &answer);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Gives claim `claim` up (its publish failed): the waiting duplicates claim again.
+    pub fn release(&self, scope: &Scope, claim: u64) {
+        let waiters = self.table.borrow_mut().release(scope, claim);
+        answer_waiters(waiters, &Claim::Released);
+    }
+
+    /// Drops the answers whose window ended by `now`.
+    pub fn sweep(&self, now: u64) {
+        self.table.borrow_mut().sweep(now);
+    }
+}
+
+fn answer_waiters(waiters: Vec<Rc<Slot<Claim>>>, answer: &Claim) {
+    for waiter in waiters {
+        waiter.fill(answer.clone());
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -353,8 +409,8 @@ mod tests {
         })
     }
 
-    fn record(hash: u64, body: &str) -> Arc<Recorded> {
-        Arc::new(Recorded {
+    fn replay(hash: u64, body: &str) -> Arc<Replay> {
+        Arc::new(Replay {
             status: 201,
             body_hash: hash,
             body: body.as_bytes().to_vec(),
@@ -379,7 +435,7 @@ mod tests {
         let id = claimed(t.claim(Arc::clone(&s), 7, 0, 1));
         assert!(t.claim(Arc::clone(&s), 7, 1, 2).is_none(), "parked");
         assert!(t.claim(Arc::clone(&s), 7, 2, 3).is_none(), "parked");
-        let (waiters, answer) = t.record(&s, id, record(7, "r"), 10).unwrap();
+        let (waiters, answer) = t.keep(&s, id, replay(7, "r"), 10).unwrap();
         assert_eq!(waiters, vec![2, 3]);
         assert!(matches!(answer, Claim::Done(r) if r.body == b"r"));
         assert!(matches!(
@@ -406,7 +462,7 @@ mod tests {
             t.claim(Arc::clone(&s), 8, 0, 2),
             Some(Claim::Reused)
         ));
-        t.record(&s, id, record(7, "r"), 0).unwrap();
+        t.keep(&s, id, replay(7, "r"), 0).unwrap();
         assert!(matches!(
             t.claim(Arc::clone(&s), 8, 0, 3),
             Some(Claim::Reused)
@@ -425,7 +481,7 @@ mod tests {
         assert_eq!(t.bytes, 0);
         let again = claimed(t.claim(Arc::clone(&s), 7, 0, 3));
         assert_ne!(again, id);
-        assert!(t.record(&s, id, record(7, "r"), 0).is_none(), "stale claim");
+        assert!(t.keep(&s, id, replay(7, "r"), 0).is_none(), "stale claim");
     }
 
     #[test]
@@ -433,7 +489,7 @@ mod tests {
         let mut t = table();
         let s = scope("alice", Endpoint::Single, "k");
         let id = claimed(t.claim(Arc::clone(&s), 7, 0, 1));
-        t.record(&s, id, record(7, "r"), 100).unwrap();
+        t.keep(&s, id, replay(7, "r"), 100).unwrap();
         assert!(matches!(
             t.claim(Arc::clone(&s), 7, 1099, 2),
             Some(Claim::Done(_))
@@ -443,7 +499,7 @@ mod tests {
         assert_eq!(t.expiry.len(), 0);
         let other = scope("alice", Endpoint::Single, "other");
         let id = claimed(t.claim(Arc::clone(&other), 7, 0, 4));
-        t.record(&other, id, record(7, "r"), 0).unwrap();
+        t.keep(&other, id, replay(7, "r"), 0).unwrap();
         t.sweep(999);
         assert_eq!(t.entries.len(), 2);
         t.sweep(1000);
@@ -462,7 +518,7 @@ mod tests {
         let a = scope("s", Endpoint::Single, "a");
         let b = scope("s", Endpoint::Single, "b");
         let id = claimed(t.claim(Arc::clone(&a), 1, 0, 0));
-        t.record(&a, id, record(1, "r"), 0).unwrap();
+        t.keep(&a, id, replay(1, "r"), 0).unwrap();
         claimed(t.claim(Arc::clone(&b), 1, 1, 0));
         claimed(t.claim(scope("s", Endpoint::Single, "c"), 1, 2, 0));
         assert!(!t.entries.contains_key(&*a), "oldest answer evicted");
@@ -488,7 +544,7 @@ mod tests {
         for (i, key) in ["a", "b", "c"].iter().enumerate() {
             let s = scope("s", Endpoint::Bulk, key);
             let id = claimed(t.claim(Arc::clone(&s), 1, i as u64, 0));
-            t.record(&s, id, record(1, &big), i as u64).unwrap();
+            t.keep(&s, id, replay(1, &big), i as u64).unwrap();
             assert!(t.bytes <= 3 * ENTRY_OVERHEAD + big.len() + 2);
         }
         assert_eq!(t.entries.len(), 1, "older answers made room");
@@ -513,12 +569,12 @@ mod tests {
     }
 
     #[test]
-    fn a_record_read_back_with_another_body_answers_waiters_reused() {
+    fn an_answer_read_back_with_another_body_answers_waiters_reused() {
         let mut t = table();
         let s = scope("s", Endpoint::Single, "k");
         let id = claimed(t.claim(Arc::clone(&s), 1, 0, 0));
         assert!(t.claim(Arc::clone(&s), 1, 0, 1).is_none());
-        let (waiters, answer) = t.record(&s, id, record(2, "r"), 0).unwrap();
+        let (waiters, answer) = t.keep(&s, id, replay(2, "r"), 0).unwrap();
         assert_eq!(waiters, vec![1]);
         assert!(matches!(answer, Claim::Reused));
         assert!(matches!(
@@ -528,15 +584,15 @@ mod tests {
     }
 
     #[test]
-    fn records_round_trip_through_their_valkey_form() {
-        let r = Recorded {
+    fn answers_round_trip_through_their_valkey_form() {
+        let r = Replay {
             status: 207,
             body_hash: 0xdead_beef,
             body: br#"{"a": "b c"}"#.to_vec(),
         };
-        assert_eq!(Recorded::decode(&r.encode()), Some(r));
-        assert_eq!(Recorded::decode(b"201"), None);
-        assert_eq!(Recorded::decode(b"x 00 {}"), None);
+        assert_eq!(Replay::decode(&r.encode()), Some(r));
+        assert_eq!(Replay::decode(b"201"), None);
+        assert_eq!(Replay::decode(b"x 00 {}"), None);
     }
 
     #[test]

@@ -1,18 +1,19 @@
 //! Connection quotas: how many connections one source IP, and how many WebSocket sessions
 //! one token subject, may hold across the whole process.
 //!
-//! Each key is counted on exactly one shard, its owner by the same fixed hash as topics, so
-//! the count is exact without locks: a shard that accepts a connection asks the owner for a
-//! slot (one mesh round trip per connection, never per message) and gives it back through
-//! the mesh when the connection ends.
+//! Each key is counted on exactly one shard, its owner by the runtime's fixed key hash (as
+//! topics are), so the count is exact without locks: a shard that accepts a connection asks
+//! the owner for a slot ([`acquire`]: one mesh round trip per connection, never per
+//! message) and gives it back through the mesh when the connection ends.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::rc::Rc;
 
-use super::Shard;
-use crate::topic::owner_of;
+use super::shard::Shard;
+use crate::rt::mesh::Answer;
+use crate::rt::owner::owner_of;
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum QuotaKey {
@@ -23,8 +24,8 @@ pub enum QuotaKey {
 impl QuotaKey {
     pub fn owner(&self, shards: usize) -> usize {
         match self {
-            QuotaKey::Ip(ip) => owner_of(&ip.to_string(), shards),
-            QuotaKey::Subject(sub) => owner_of(sub, shards),
+            QuotaKey::Ip(ip) => owner_of(ip.to_string().as_bytes(), shards),
+            QuotaKey::Subject(sub) => owner_of(sub.as_bytes(), shards),
         }
     }
 }
@@ -63,21 +64,32 @@ impl Quotas {
     }
 }
 
-/// One held slot; given back when dropped.
+/// A connection slot for `key`, if fewer than `limit` are held process-wide.
+pub async fn acquire(shard: &Rc<Shard>, key: QuotaKey, limit: u32) -> Option<QuotaSlot> {
+    let wanted = key.clone();
+    let admitted = shard
+        .on_quota(&key, move |owner| {
+            Answer::now(owner.quotas.admit(wanted, limit))
+        })
+        .await;
+    admitted.then(|| QuotaSlot {
+        shard: Rc::clone(shard),
+        key,
+    })
+}
+
+/// One held slot; given back to the key's owner when dropped.
 pub struct QuotaSlot {
     shard: Rc<Shard>,
     key: QuotaKey,
 }
 
-impl QuotaSlot {
-    pub fn new(shard: Rc<Shard>, key: QuotaKey) -> Self {
-        QuotaSlot { shard, key }
-    }
-}
-
 impl Drop for QuotaSlot {
     fn drop(&mut self) {
-        self.shard.release_quota(self.key.clone());
+        let key = self.key.clone();
+        let owner = key.owner(self.shard.count());
+        self.shard
+            .post(owner, move |owner| owner.quotas.release(&key));
     }
 }
 

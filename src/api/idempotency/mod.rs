@@ -2,36 +2,41 @@
 //! retried publish gets the first publish's answer instead of publishing again.
 //!
 //! After the request is fully validated, the key is claimed at its owner shard (state and
-//! bounds: `shard::idempotency`). Claimed: this request publishes, then records its answer
-//! before answering the producer, or on any error gives the key up so that a retry can
-//! publish (dropping the [`Held`] claim does that). Published already: the recorded status
+//! bounds: [`table`]). Claimed: this request publishes, then keeps its answer before
+//! answering the producer, or on any error gives the key up so that a retry can publish
+//! (dropping the [`Held`] claim does that). Published already: the recorded status
 //! and body are answered verbatim, with `Idempotent-Replayed: true`. Being published by
-//! another request: this one waits, holding no lock, until that request recorded (same
-//! answer) or gave up (claim again); at most `limits.idempotency_wait` and not past
+//! another request: this one waits, holding no lock, until that request kept its answer
+//! (same answer) or gave up (claim again); at most `limits.idempotency_wait` and not past
 //! shutdown, after which it gets 503 with `Retry-After` (the Python client retries 5xx). A key reused with a
 //! different body (compared by a 64-bit hash) is 422 `IDEMPOTENCY_KEY_REUSED`.
 //!
 //! With Valkey, a claimed key is first looked up there, so that a retry after a relay
 //! restart (or after the key's memory entry was evicted) gets the first answer; answers
 //! are written there by the key's owner with the window as TTL. What remains: if the relay
-//! dies after publishing and before the answer is recorded, or Valkey cannot be read, a
-//! retry publishes again (at-least-once). Recording before answering the producer (with
+//! dies after publishing and before the answer is kept, or Valkey cannot be read, a retry
+//! publishes again (at-least-once). Keeping the answer before answering the producer (with
 //! persisted acks: until Valkey confirmed) keeps that window small.
 //!
 //! A request without the header takes none of these steps. This module does not parse or
 //! publish messages (`publish` does).
 
+mod table;
+
+use std::future::Future;
 use std::rc::Rc;
 use std::sync::Arc;
 
 use futures_lite::future;
 
 use super::error::ApiError;
+use super::shard::Shard;
 use crate::auth::Principal;
 use crate::http::{Request, Response};
 use crate::rt::conns::ConnCtl;
-use crate::shard::idempotency::{body_hash, Claim, Endpoint, Recorded, Scope};
-use crate::shard::{now_ms, Shard};
+use crate::rt::mesh::Answer;
+use crate::rt::now_ms;
+pub use table::{body_hash, Claim, Endpoint, Keys, Replay, Scope};
 
 /// The longest key accepted (the Python client sends 32 hex digits).
 const MAX_KEY_LEN: usize = 255;
@@ -88,7 +93,7 @@ pub async fn begin(
     let claim = loop {
         match claim_waiting(shard, ctl, &scope, body_hash).await? {
             Claim::Claimed(claim) => break claim,
-            Claim::Done(record) => return Ok(Begin::Replay(replay(&record))),
+            Claim::Done(replay) => return Ok(Begin::Replay(answer_again(&replay))),
             Claim::Released => continue,
             Claim::Reused => return Err(reused()),
             Claim::Busy => {
@@ -110,22 +115,26 @@ pub async fn begin(
     };
     // Not found, or Valkey unreadable: publish (at-least-once across a restart).
     match shard.store.answer(held.scope.parts()).await {
-        Ok(Some(value)) => match Recorded::decode(&value) {
-            Some(record) => held.adopt(record).await,
+        Ok(Some(value)) => match Replay::decode(&value) {
+            Some(replay) => held.adopt(replay).await,
             None => Ok(Begin::Publish(Some(held))),
         },
         _ => Ok(Begin::Publish(Some(held))),
     }
 }
 
-/// Claims the key, waiting while another request publishes with it.
+/// Claims the key, waiting while another request publishes with it (bounded by
+/// `limits.idempotency_wait`).
 async fn claim_waiting(
-    shard: &Shard,
+    shard: &Rc<Shard>,
     ctl: &ConnCtl,
     scope: &Arc<Scope>,
     body_hash: u64,
 ) -> Result<Claim, ApiError> {
-    let claim = shard.claim_key(Arc::clone(scope), body_hash);
+    let claimed = Arc::clone(scope);
+    let claim = shard.on_key(scope, move |owner| {
+        owner.keys.claim(claimed, body_hash, now_ms())
+    });
     futures_lite::pin!(claim);
     ctl.set_deadline(now_ms() + shard.config.limits.idempotency_wait.as_millis() as u64);
     let outcome = loop {
@@ -149,7 +158,8 @@ async fn claim_waiting(
     outcome
 }
 
-/// A claimed key. Dropping it unrecorded gives the key up, so that every error path (and a
+/// A claimed key. Dropping it before its answer is kept gives the key up, so that every
+/// error path (and a
 /// cancelled request) lets a retry publish.
 pub struct Held {
     shard: Rc<Shard>,
@@ -160,48 +170,83 @@ pub struct Held {
 }
 
 impl Held {
-    /// Records `response` as the key's answer, before it goes to the producer.
-    pub async fn record(mut self, response: &Response) {
-        let record = Recorded {
+    /// Keeps `response` as the key's answer, before it goes to the producer.
+    pub async fn keep(mut self, response: &Response) {
+        let replay = Replay {
             status: response.status,
             body_hash: self.body_hash,
             body: response.body.clone(),
         };
         let persist = self.shard.store.is_persistent();
-        self.keep(Arc::new(record), persist).await;
+        self.keep_replay(Arc::new(replay), persist).await;
     }
 
     /// An answer found in Valkey becomes the key's answer in memory too.
-    async fn adopt(mut self, record: Recorded) -> Result<Begin, ApiError> {
-        let record = Arc::new(record);
-        self.keep(Arc::clone(&record), false).await;
-        if record.body_hash == self.body_hash {
-            Ok(Begin::Replay(replay(&record)))
+    async fn adopt(mut self, replay: Replay) -> Result<Begin, ApiError> {
+        let replay = Arc::new(replay);
+        self.keep_replay(Arc::clone(&replay), false).await;
+        if replay.body_hash == self.body_hash {
+            Ok(Begin::Replay(answer_again(&replay)))
         } else {
             Err(reused())
         }
     }
 
-    async fn keep(&mut self, record: Arc<Recorded>, persist: bool) {
-        let scope = Arc::clone(&self.scope);
+    /// Keeps the answer at the key's owner (and with `persist` in Valkey, through the
+    /// owner's link); returns once it is kept, with persisted acks once Valkey confirmed.
+    async fn keep_replay(&mut self, replay: Arc<Replay>, persist: bool) {
+        let (scope, claim) = (Arc::clone(&self.scope), self.claim);
         self.shard
-            .record_key(scope, self.claim, record, persist)
+            .on_key(&self.scope, move |owner| {
+                keep_here(owner, &scope, claim, replay, persist)
+            })
             .await;
-        // Disarmed only now: a release sent after a record is ignored by the owner.
+        // Disarmed only now: a release sent after the answer is ignored by the owner.
         self.armed = false;
+    }
+}
+
+/// The owner-side handler of keeping an answer: the owner's keys take it (and hand it to
+/// the duplicates waiting), and it is written to Valkey with the window as TTL. A refused
+/// write leaves the answer in memory only; the publish stands.
+fn keep_here(
+    owner: &Shard,
+    scope: &Scope,
+    claim: u64,
+    replay: Arc<Replay>,
+    persist: bool,
+) -> Answer<(), impl Future<Output = ()>> {
+    let kept = owner.keys.keep(scope, claim, Arc::clone(&replay), now_ms());
+    let window = owner.config.limits.idempotency_window;
+    let ticket = (kept && persist)
+        .then(|| {
+            owner
+                .store
+                .keep_answer(scope.parts(), &replay.encode(), window)
+        })
+        .flatten();
+    match ticket {
+        None => Answer::Now(()),
+        Some(ticket) => Answer::Later(async move {
+            let _ = ticket.wait().await;
+        }),
     }
 }
 
 impl Drop for Held {
     fn drop(&mut self) {
         if self.armed {
-            self.shard.release_key(Arc::clone(&self.scope), self.claim);
+            let (scope, claim) = (Arc::clone(&self.scope), self.claim);
+            let owner = scope.owner(self.shard.count());
+            self.shard
+                .post(owner, move |owner| owner.keys.release(&scope, claim));
         }
     }
 }
 
-fn replay(record: &Recorded) -> Response {
-    Response::json(record.status, record.body.clone()).with_header("Idempotent-Replayed", "true")
+/// The kept answer, given again.
+fn answer_again(replay: &Replay) -> Response {
+    Response::json(replay.status, replay.body.clone()).with_header("Idempotent-Replayed", "true")
 }
 
 fn reused() -> ApiError {
