@@ -14,22 +14,10 @@ const MAX_AGE_SECS: &str = "600";
 /// Response headers browser code may read besides the CORS-safelisted ones.
 pub const EXPOSE_HEADERS: &str = "Idempotent-Replayed, Retry-After";
 
-/// The methods a path accepts, for `Allow` and `Access-Control-Allow-Methods`.
-pub fn methods_of(path: &str) -> Option<&'static str> {
-    Some(match path {
-        "/health" | "/ready" => "GET, HEAD, OPTIONS",
-        "/metrics" | "/api/v1/poll" | "/messages/poll/stats" | "/ws" => "GET, OPTIONS",
-        "/api/v1/messages" | "/api/v1/messages/bulk" | "/api/v1/ack" | "/messages/poll" => {
-            "POST, OPTIONS"
-        }
-        p if p.starts_with("/auth/users/") => "PATCH, DELETE, OPTIONS",
-        p if p.starts_with("/auth/sessions/") => "DELETE, OPTIONS",
-        p if p.starts_with("/auth/") => match super::auth_methods(p)? {
-            "POST" => "POST, OPTIONS",
-            _ => "GET, OPTIONS",
-        },
-        _ => return super::topics::methods_of(path),
-    })
+/// The methods a path accepts, preflights included, for `Allow` and
+/// `Access-Control-Allow-Methods`: from the route table.
+fn methods_of(path: &str) -> Option<String> {
+    super::routes::allow(path).map(|methods| format!("{methods}, OPTIONS"))
 }
 
 /// The `Access-Control-Allow-Origin` value for a request from an allowed origin.

@@ -7,10 +7,10 @@
 //! its own topics); history older than the owner's ring is read from the persistent tier
 //! here, on the requesting shard, as subscriptions do. Must not touch a `TopicTable`.
 //!
-//! Topic names in requests are bare names resolved through `super::topic_key` (so
-//! `server.topic_namespace` applies); responses always show the bare name.
+//! Which request reaches which handler, with which permission, is the route table's
+//! (`routes`). Topic names in requests are bare names resolved through `super::topic_key`
+//! (so `server.topic_namespace` applies); responses always show the bare name.
 
-use std::borrow::Cow;
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -19,11 +19,10 @@ use serde_json::{Map, Value};
 
 use super::error::ApiError;
 use super::shard::Shard;
-use super::{topic_key, AuthCache};
+use super::topic_key;
 use crate::auth::{AuthError, Permission, Principal};
 use crate::config::TopicNamespace;
-use crate::http::request::decode_path_segment;
-use crate::http::{Method, Request, Response};
+use crate::http::{Request, Response};
 use crate::rt::mesh;
 use crate::rt::now_ms;
 use crate::store::by_age;
@@ -34,8 +33,6 @@ use crate::topic::{
     display_name, history, valid_topic_name, HistoryPage, Message, MessageId, Order, TopicRecord,
 };
 
-pub const PREFIX: &str = "/api/v1/topics";
-
 /// Most records `GET /api/v1/topics` returns (oldest first): each shard sends at most this
 /// many, and the merged list is cut to it.
 pub const MAX_LISTED_TOPICS: usize = 10_000;
@@ -43,84 +40,6 @@ pub const MAX_LISTED_TOPICS: usize = 10_000;
 const DEFAULT_PAGE: usize = 10;
 /// Larger `limit`s are silently lowered to this, as the original relay does.
 const MAX_PAGE: u64 = 100;
-
-/// What a path under [`PREFIX`] addresses.
-enum Target<'a> {
-    Collection,
-    Stats,
-    Topic(Cow<'a, str>),
-    Messages(Cow<'a, str>),
-}
-
-impl<'a> Target<'a> {
-    /// `None` for a path that is no route. `GET …/stats` is the statistics (as upstream,
-    /// where that route is declared first); other methods on it address a topic `stats`.
-    fn parse(path: &'a str, method: Method) -> Option<Target<'a>> {
-        let rest = path.strip_prefix(PREFIX)?;
-        if rest.is_empty() {
-            return Some(Target::Collection);
-        }
-        let mut segments = rest.strip_prefix('/')?.split('/');
-        let name = segments.next().filter(|s| !s.is_empty())?;
-        let target = match (segments.next(), segments.next()) {
-            (None, _) if name == "stats" && method == Method::Get => Target::Stats,
-            (None, _) => Target::Topic(decode_path_segment(name)),
-            (Some("messages"), None) => Target::Messages(decode_path_segment(name)),
-            _ => return None,
-        };
-        Some(target)
-    }
-
-    /// The methods the target accepts, for `Allow`.
-    fn allow(&self) -> &'static str {
-        match self {
-            Target::Collection => "GET, POST",
-            Target::Stats | Target::Topic(_) => "GET, PUT, DELETE",
-            Target::Messages(_) => "GET",
-        }
-    }
-}
-
-/// The methods a path under [`PREFIX`] accepts, for CORS preflights.
-pub fn methods_of(path: &str) -> Option<&'static str> {
-    Some(match Target::parse(path, Method::Options)? {
-        Target::Collection => "GET, POST, OPTIONS",
-        Target::Stats | Target::Topic(_) => "GET, PUT, DELETE, OPTIONS",
-        Target::Messages(_) => "GET, OPTIONS",
-    })
-}
-
-/// Serves a request whose path starts with [`PREFIX`].
-pub async fn route(
-    shard: &Rc<Shard>,
-    req: &Request,
-    auth: &mut AuthCache,
-) -> Result<Response, ApiError> {
-    let target =
-        Target::parse(&req.path, req.method).ok_or_else(|| ApiError::not_found(&req.path))?;
-    let needed = match (&target, req.method) {
-        (Target::Collection, Method::Post) => Some(Permission::Write),
-        (Target::Stats, Method::Get) => Some(Permission::Admin),
-        (Target::Messages(_), Method::Get) => Some(Permission::Read),
-        // A record's owner may see it without `read`: checked once the record is found.
-        (Target::Collection | Target::Topic(_), Method::Get)
-        | (Target::Topic(_), Method::Put | Method::Delete) => None,
-        _ => return Err(ApiError::method_not_allowed(target.allow())),
-    };
-    let principal = match needed {
-        Some(permission) => auth.principal(shard, req, permission)?,
-        None => auth.authenticated(shard, req)?,
-    };
-    match (target, req.method) {
-        (Target::Collection, Method::Post) => create(shard, &principal, &req.body).await,
-        (Target::Collection, _) => list(shard, &principal).await,
-        (Target::Stats, _) => stats(shard).await,
-        (Target::Topic(name), Method::Put) => update(shard, &principal, &name, &req.body).await,
-        (Target::Topic(name), Method::Delete) => delete(shard, &principal, &name).await,
-        (Target::Topic(name), _) => detail(shard, &principal, &name).await,
-        (Target::Messages(name), _) => history(shard, &principal, &name, req).await,
-    }
-}
 
 /// `TopicPublic` of the original relay.
 #[derive(Serialize)]
@@ -251,7 +170,7 @@ fn description_field(fields: &Map<String, Value>) -> Result<Option<String>, ApiE
 }
 
 /// `POST /api/v1/topics`.
-async fn create(
+pub(super) async fn create(
     shard: &Rc<Shard>,
     principal: &Principal,
     body: &[u8],
@@ -302,7 +221,7 @@ async fn create(
 
 /// `GET /api/v1/topics`: the caller's own topics (owner = its subject) that its token may
 /// use, oldest first, at most [`MAX_LISTED_TOPICS`].
-async fn list(shard: &Rc<Shard>, principal: &Principal) -> Result<Response, ApiError> {
+pub(super) async fn list(shard: &Rc<Shard>, principal: &Principal) -> Result<Response, ApiError> {
     let owned = gather(shard, Some(&principal.subject), |key| {
         principal.may_use(display_name(key))
     })
@@ -340,7 +259,7 @@ pub(super) async fn gather(
 }
 
 /// `GET /api/v1/topics/stats` (admin): records over all shards.
-async fn stats(shard: &Rc<Shard>) -> Result<Response, ApiError> {
+pub(super) async fn stats(shard: &Rc<Shard>) -> Result<Response, ApiError> {
     let mut total = 0;
     for count in shard
         .on_every_shard(|| |s: &Rc<Shard>| s.topics.count_records())
@@ -355,7 +274,7 @@ async fn stats(shard: &Rc<Shard>) -> Result<Response, ApiError> {
 }
 
 /// `GET /api/v1/topics/{name}`.
-async fn detail(
+pub(super) async fn detail(
     shard: &Rc<Shard>,
     principal: &Principal,
     name: &str,
@@ -388,7 +307,7 @@ fn not_owner(name: &str) -> ApiError {
 }
 
 /// `PUT /api/v1/topics/{name}`: `{"description": str | null}`, null leaving it unchanged.
-async fn update(
+pub(super) async fn update(
     shard: &Rc<Shard>,
     principal: &Principal,
     name: &str,
@@ -414,7 +333,7 @@ async fn update(
 
 /// `DELETE /api/v1/topics/{name}`: the record, the retained messages (ring and stream)
 /// and the consumer positions.
-async fn delete(
+pub(super) async fn delete(
     shard: &Rc<Shard>,
     principal: &Principal,
     name: &str,
@@ -494,7 +413,7 @@ fn parse_limit(text: &str) -> Result<Result<usize, ApiError>, ApiError> {
 }
 
 /// `GET /api/v1/topics/{name}/messages?limit&order&cursor`.
-async fn history(
+pub(super) async fn history(
     shard: &Rc<Shard>,
     principal: &Principal,
     name: &str,
@@ -605,35 +524,6 @@ fn page_json(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn paths_map_to_targets() {
-        let name = |t: Option<Target<'_>>| match t {
-            Some(Target::Topic(n)) => format!("topic {n}"),
-            Some(Target::Messages(n)) => format!("messages {n}"),
-            Some(Target::Collection) => "collection".into(),
-            Some(Target::Stats) => "stats".into(),
-            None => "none".into(),
-        };
-        let get = |path| name(Target::parse(path, Method::Get));
-        assert_eq!(get("/api/v1/topics"), "collection");
-        assert_eq!(get("/api/v1/topics/stats"), "stats");
-        assert_eq!(
-            name(Target::parse("/api/v1/topics/stats", Method::Delete)),
-            "topic stats"
-        );
-        assert_eq!(get("/api/v1/topics/a%3Ab"), "topic a:b");
-        assert_eq!(get("/api/v1/topics/a%2Fb/messages"), "messages a/b");
-        for none in [
-            "/api/v1/topicsx",
-            "/api/v1/topics/",
-            "/api/v1/topics//messages",
-            "/api/v1/topics/a/b",
-            "/api/v1/topics/a/messages/x",
-        ] {
-            assert_eq!(get(none), "none", "{none}");
-        }
-    }
 
     #[test]
     fn limits_are_validated_like_the_original() {
