@@ -400,7 +400,7 @@ pub struct ConfigError {
 }
 
 impl ConfigError {
-    fn at(key: impl Into<String>, message: impl Into<String>) -> Self {
+    pub fn at(key: impl Into<String>, message: impl Into<String>) -> Self {
         ConfigError {
             key: Some(key.into()),
             message: message.into(),
@@ -411,6 +411,15 @@ impl ConfigError {
         ConfigError {
             key: None,
             message: message.into(),
+        }
+    }
+
+    /// Names the environment variable of `env` that set the bad value, if one did (for
+    /// checks made after loading).
+    pub fn blame_env(self, env: &[(String, String)]) -> Self {
+        match read_env(env.iter().cloned()) {
+            Ok(overrides) => self.blame(&overrides),
+            Err(_) => self,
         }
     }
 
@@ -826,18 +835,8 @@ impl Config {
             }
             (false, false) => {}
         }
-        if !(3..=50).contains(&b.admin_username.chars().count()) {
-            return Err(ConfigError::at(
-                "bootstrap.admin_username",
-                "must be 3 to 50 characters",
-            ));
-        }
-        if b.admin_password.chars().count() < 8 || b.admin_password.len() > 1024 {
-            return Err(ConfigError::at(
-                "bootstrap.admin_password",
-                "must be 8 to 1024 characters",
-            ));
-        }
+        // What the name and the password must be is the accounts' rule
+        // (`account::credentials::check_bootstrap`, run at start-up).
         Ok(())
     }
 }

@@ -12,6 +12,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use pulsar_relay::account::credentials;
 use pulsar_relay::api::shard::Relay;
 use pulsar_relay::auth::{random_secret, Authenticator, Permissions};
 use pulsar_relay::config::{AckMode, Backend, Config};
@@ -129,10 +130,13 @@ fn run(args: Vec<String>) -> Result<(), Failure> {
         return Ok(());
     }
     // Variables that are not UTF-8 cannot be ours (all PULSAR_* values are text).
-    let env = std::env::vars_os()
-        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)));
-    let config =
-        Config::load(args.config.as_deref(), env).map_err(|e| Failure::Config(e.to_string()))?;
+    let env: Vec<(String, String)> = std::env::vars_os()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+        .collect();
+    let config = Config::load(args.config.as_deref(), env.iter().cloned())
+        .map_err(|e| Failure::Config(e.to_string()))?;
+    credentials::check_bootstrap(&config.bootstrap)
+        .map_err(|e| Failure::Config(e.blame_env(&env).to_string()))?;
     match args.command {
         Command::Token {
             sub,

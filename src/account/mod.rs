@@ -11,6 +11,7 @@
 //! This module does no I/O and no password hashing on its own: persistence is `store`'s,
 //! and the Argon2 work (`password`) is run off the executors by the API layer.
 
+pub mod credentials;
 pub mod denylist;
 pub mod directory;
 mod local;

@@ -9,12 +9,6 @@
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
 
-/// The shortest password an account may have (as in the original relay).
-pub const MIN_PASSWORD_CHARS: usize = 8;
-
-/// Argon2 refuses to hash more than this; longer passwords are refused before hashing.
-pub const MAX_PASSWORD_BYTES: usize = 1024;
-
 /// Hashes `password` with a fresh random salt.
 pub fn hash(password: &str) -> Result<String, String> {
     let salt = SaltString::encode_b64(&crate::random::bytes::<16>())

@@ -15,7 +15,8 @@ use serde_json::{json, Value};
 
 use super::error::ApiError;
 use super::shard::Shard;
-use crate::account::password::{self, MAX_PASSWORD_BYTES, MIN_PASSWORD_CHARS};
+use crate::account::credentials::{self, MAX_PASSWORD_BYTES, MIN_PASSWORD_CHARS};
+use crate::account::password;
 use crate::account::refresh::RefreshToken;
 use crate::account::{
     admin_permissions, AccountError, DirectoryOp, DirectoryReply, User, UserPatch,
@@ -222,7 +223,7 @@ async fn owned_topics(shard: &Rc<Shard>, user_id: &str) -> Result<Vec<String>, A
 
 /// `POST /auth/register` (admin).
 pub async fn register(shard: &Rc<Shard>, body: &[u8]) -> Result<Response, ApiError> {
-    let fields = super::json_object(body)?;
+    let fields = super::fields::json_object(body)?;
     let username = match fields.get("username") {
         Some(Value::String(name)) => valid_username(name)?,
         _ => {
@@ -307,7 +308,7 @@ pub async fn patch_user(
     user_id: &str,
     body: &[u8],
 ) -> Result<Response, ApiError> {
-    let fields = super::json_object(body)?;
+    let fields = super::fields::json_object(body)?;
     let mut patch = UserPatch {
         email: optional_email(fields.get("email"))?,
         ..UserPatch::default()
@@ -562,7 +563,7 @@ async fn hash_password(pass: String) -> Result<String, ApiError> {
 }
 
 fn valid_username(name: &str) -> Result<String, ApiError> {
-    if (3..=50).contains(&name.chars().count()) && !name.chars().any(char::is_control) {
+    if credentials::valid_username(name) {
         Ok(name.to_owned())
     } else {
         Err(ApiError::invalid(
@@ -573,7 +574,7 @@ fn valid_username(name: &str) -> Result<String, ApiError> {
 }
 
 fn valid_password(pass: &str) -> Result<String, ApiError> {
-    if pass.chars().count() >= MIN_PASSWORD_CHARS && pass.len() <= MAX_PASSWORD_BYTES {
+    if credentials::valid_password(pass) {
         Ok(pass.to_owned())
     } else {
         Err(ApiError::invalid(

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use serde::Deserialize;
 
 use super::error::ApiError;
-use super::parse_client_id;
+use super::fields::{parse_client_id, parse_message_id};
 use super::shard::Shard;
 use crate::auth::Principal;
 use crate::http::Response;
@@ -175,21 +175,16 @@ pub async fn http_ack(
     let ids = body
         .message_ids
         .iter()
-        .map(|text| {
-            MessageId::parse(text).ok_or_else(|| {
-                ApiError::invalid(
-                    "INVALID_MESSAGE_ID",
-                    format!("{text:?} is not a message ID (ms-seq)"),
-                )
-            })
-        })
+        .map(|text| parse_message_id(text))
         .collect::<Result<Vec<_>, _>>()?;
     let topic = match body.topic {
         Some(topic) if valid_topic_name(&topic) => {
             if !principal.may_use(&topic) {
                 return Err(ApiError::topic_forbidden(&topic));
             }
-            Some(Box::from(&*super::topic_key(shard, principal, &topic)?))
+            Some(Box::from(&*super::fields::topic_key(
+                shard, principal, &topic,
+            )?))
         }
         Some(_) => {
             return Err(ApiError::invalid(

@@ -15,9 +15,9 @@ use serde_json::value::RawValue;
 
 use super::conn::Conn;
 use super::error::ApiError;
+use super::fields::{parse_topics, permit_topics, topic_key};
 use super::poll::{Collected, DEFAULT_TIMEOUT_SECS};
 use super::shard::Shard;
-use super::{parse_topics, permit_topics, topic_key};
 use crate::auth::Principal;
 use crate::http::Response;
 use crate::topic::{Cursor, MessageId};

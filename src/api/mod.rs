@@ -12,6 +12,7 @@ pub mod compat_poll;
 pub mod conn;
 mod cors;
 pub mod error;
+mod fields;
 mod idempotency;
 pub mod limits;
 mod poll;
@@ -31,13 +32,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::auth::{AuthError, Permission, Principal};
-use crate::config::TopicNamespace;
 use crate::http::{encode, Limits, Method, Request, RequestDecoder, Response};
 use crate::metrics;
 use crate::rt::budget::Admission;
 use crate::rt::{now_ms, TcpStream};
 use crate::topic::owner::apply::Publisher;
-use crate::topic::{valid_namespace, valid_topic_name};
 use conn::{Conn, Event};
 use error::ApiError;
 use quota::QuotaKey;
@@ -368,13 +367,23 @@ fn ready(shard: &Shard) -> Response {
     }
 }
 
-/// Verifies a token and checks it against account state (see [`crate::account::Replica::admit`]).
-fn verify_token(shard: &Shard, token: &str) -> Result<Principal, ApiError> {
-    let mut principal = shard.auth.verify(token)?;
-    if let Some(current) = shard.accounts.replica().admit(&principal, now_ms())? {
-        principal.permissions = current;
+/// Verifies a token and checks it against account state.
+fn verify_token(shard: &Shard, token: &str) -> Result<Rc<Principal>, ApiError> {
+    admitted(shard, Rc::new(shard.auth.verify(token)?))
+}
+
+/// A verified token's principal as account state has it now (see
+/// [`crate::account::Replica::admit`]): refused when its token was logged out or its
+/// account is gone or inactive; otherwise with its account's current permissions, and the
+/// very same principal when they did not change.
+fn admitted(shard: &Shard, principal: Rc<Principal>) -> Result<Rc<Principal>, ApiError> {
+    match shard.accounts.replica().admit(&principal, now_ms())? {
+        None => Ok(principal),
+        Some(current) => Ok(Rc::new(Principal {
+            permissions: current,
+            ..Principal::clone(&principal)
+        })),
     }
-    Ok(principal)
 }
 
 /// Extracts the bearer token of a request from the `Authorization` header.
@@ -441,113 +450,6 @@ impl AuthCache {
                 p
             }
         };
-        match shard.accounts.replica().admit(&cached, now_ms())? {
-            None => Ok(cached),
-            Some(current) => Ok(Rc::new(Principal {
-                permissions: current,
-                ..Principal::clone(&cached)
-            })),
-        }
-    }
-}
-
-/// Validates a list of topic names (deduplicated, order kept) for a subscribe or a poll.
-fn parse_topics<'a>(
-    names: impl IntoIterator<Item = &'a str>,
-    max: usize,
-) -> Result<Vec<Arc<str>>, ApiError> {
-    let mut topics: Vec<Arc<str>> = Vec::new();
-    for name in names {
-        if !valid_topic_name(name) {
-            return Err(ApiError::invalid(
-                "INVALID_TOPIC",
-                format!("{name:?} is not a valid topic name (1-255 characters of ASCII letters, digits and _ - . :)"),
-            ));
-        }
-        if !topics.iter().any(|t| &**t == name) {
-            topics.push(Arc::from(name));
-        }
-    }
-    if topics.is_empty() {
-        return Err(ApiError::invalid(
-            "MISSING_FIELD",
-            "at least one topic is required",
-        ));
-    }
-    if topics.len() > max {
-        return Err(ApiError::invalid(
-            "TOO_MANY_TOPICS",
-            format!("at most {max} topics per request"),
-        ));
-    }
-    Ok(topics)
-}
-
-/// The topic a bare, already validated `name` means for `principal`: the name itself, or
-/// with `server.topic_namespace: per_user` that name in the principal's own namespace. Every
-/// handler that takes a topic name from a request goes through here.
-fn topic_key(shard: &Shard, principal: &Principal, name: &str) -> Result<Arc<str>, ApiError> {
-    match shard.config.server.topic_namespace {
-        TopicNamespace::Global => Ok(Arc::from(name)),
-        TopicNamespace::PerUser if valid_namespace(&principal.subject) => {
-            Ok(crate::topic::topic_key(Some(&principal.subject), name))
-        }
-        TopicNamespace::PerUser => Err(ApiError::new(
-            403,
-            "INVALID_SUBJECT",
-            "with per-user topic namespaces a token subject must be 1-200 printable ASCII \
-             characters without braces, quotes or backslashes",
-        )),
-    }
-}
-
-/// The body as a JSON object, for the management endpoints (unknown fields are the
-/// caller's business to ignore).
-fn json_object(body: &[u8]) -> Result<serde_json::Map<String, serde_json::Value>, ApiError> {
-    match serde_json::from_slice(body) {
-        Ok(serde_json::Value::Object(fields)) => Ok(fields),
-        Ok(_) => Err(ApiError::invalid(
-            "INVALID_BODY",
-            "the body must be a JSON object",
-        )),
-        Err(e) => Err(ApiError::invalid(
-            "INVALID_JSON",
-            format!("the body is not valid JSON: {e}"),
-        )),
-    }
-}
-
-/// Validated names (claim already checked) as the topic keys they mean for `principal`.
-fn scope_topics(
-    shard: &Shard,
-    principal: &Principal,
-    names: Vec<Arc<str>>,
-) -> Result<Vec<Arc<str>>, ApiError> {
-    if shard.config.server.topic_namespace == TopicNamespace::Global {
-        return Ok(names);
-    }
-    names
-        .iter()
-        .map(|name| topic_key(shard, principal, name))
-        .collect()
-}
-
-/// Every topic must be covered by the token's `topics` claim; nothing happens otherwise.
-fn permit_topics(principal: &Principal, topics: &[Arc<str>]) -> Result<(), ApiError> {
-    match topics.iter().find(|t| !principal.may_use(t)) {
-        Some(denied) => Err(ApiError::topic_forbidden(denied)),
-        None => Ok(()),
-    }
-}
-
-/// Client IDs share the topic alphabet, at most 128 characters.
-fn parse_client_id(id: &str) -> Result<&str, ApiError> {
-    if id.len() <= 128 && valid_topic_name(id) {
-        Ok(id)
-    } else {
-        Err(ApiError::invalid(
-            "INVALID_CLIENT_ID",
-            "`client_id` must be 1-128 characters of ASCII letters, digits and _ - . :",
-        ))
+        admitted(shard, cached)
     }
 }

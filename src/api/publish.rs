@@ -127,7 +127,8 @@ impl Parsed {
             return Err(ApiError::topic_forbidden(name));
         }
         if shard.config.server.topic_namespace != TopicNamespace::Global {
-            self.escaped_topic = Some(super::topic_key(shard, principal, name)?.to_string());
+            self.escaped_topic =
+                Some(super::fields::topic_key(shard, principal, name)?.to_string());
         }
         Ok(self)
     }

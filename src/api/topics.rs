@@ -18,8 +18,8 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use super::error::ApiError;
+use super::fields::topic_key;
 use super::shard::Shard;
-use super::topic_key;
 use crate::auth::{AuthError, Permission, Principal};
 use crate::config::TopicNamespace;
 use crate::http::{Request, Response};
@@ -175,7 +175,7 @@ pub(super) async fn create(
     principal: &Principal,
     body: &[u8],
 ) -> Result<Response, ApiError> {
-    let fields = super::json_object(body)?;
+    let fields = super::fields::json_object(body)?;
     let name = match fields.get("topic_name") {
         None | Some(Value::Null) => {
             return Err(ApiError::invalid(
@@ -313,7 +313,7 @@ pub(super) async fn update(
     name: &str,
     body: &[u8],
 ) -> Result<Response, ApiError> {
-    let description = description_field(&super::json_object(body)?)?;
+    let description = description_field(&super::fields::json_object(body)?)?;
     let key = addressed(shard, principal, name)?;
     if !may_manage(shard, principal, name) {
         return refuse_change(shard, &key, name).await;
