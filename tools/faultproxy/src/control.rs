@@ -148,8 +148,10 @@ fn describe(f: &Faults) -> String {
     if f.stalled {
         parts.push("stalled".to_string());
     }
-    if !f.latency.is_zero() || !f.jitter.is_zero() {
+    if !f.jitter.is_zero() {
         parts.push(format!("latency={:?}±{:?}", f.latency, f.jitter));
+    } else if !f.latency.is_zero() {
+        parts.push(format!("latency={:?}", f.latency));
     }
     if let Some(rate) = f.bandwidth {
         parts.push(format!("bandwidth={rate}B/s"));
