@@ -935,7 +935,13 @@ pub fn poll_while_publishing(
 impl Relay {
     /// Starts a relay whose persistent tier is `valkey`, plus `env` (later entries win).
     pub fn start_on_valkey(valkey: &Valkey, env: &[(&str, &str)]) -> Relay {
-        let port = valkey.port.to_string();
+        Relay::start_on_valkey_port(valkey.port, env)
+    }
+
+    /// Starts a relay whose persistent tier is whatever listens on `port` of 127.0.0.1
+    /// (a Valkey, or a fault proxy in front of one), plus `env`.
+    pub fn start_on_valkey_port(port: u16, env: &[(&str, &str)]) -> Relay {
+        let port = port.to_string();
         let mut all: Vec<(&str, &str)> = vec![
             ("PULSAR_STORAGE_BACKEND", "valkey"),
             ("PULSAR_VALKEY_HOST", "127.0.0.1"),
@@ -1425,4 +1431,140 @@ pub fn stream_key(topic: &str) -> String {
 /// The consumer-positions hash key of `topic` (default key prefix).
 pub fn positions_key(topic: &str) -> String {
     format!("pulsar:{{{topic}}}:c")
+}
+
+// ---------------------------------------------------------------------------------------
+// The relay's health after an attack or a fault: connections, memory
+// ---------------------------------------------------------------------------------------
+
+/// How long a quiet relay may take to settle before a baseline is measured.
+const SETTLE: Duration = Duration::from_secs(10);
+
+/// The sum of every series of `name` (all label sets) in `/metrics`.
+pub fn metric_sum(relay: &Relay, name: &str) -> f64 {
+    let resp = relay.request("GET", "/metrics", &[], b"");
+    resp.assert_status(200);
+    let text = resp.text();
+    let mut found = false;
+    let mut sum = 0.0;
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix(name) else {
+            continue;
+        };
+        let value = if rest.starts_with('{') {
+            rest.rsplit_once(' ').map(|(_, v)| v)
+        } else {
+            rest.strip_prefix(' ')
+        };
+        if let Some(v) = value {
+            sum += v
+                .parse::<f64>()
+                .unwrap_or_else(|_| panic!("bad sample {line:?}"));
+            found = true;
+        }
+    }
+    assert!(found, "no series {name} in /metrics:\n{text}");
+    sum
+}
+
+/// Open client connections over all shards. The scrape's own connection is included, so a
+/// quiet relay reports 1.
+pub fn connections(relay: &Relay) -> u64 {
+    metric_sum(relay, "pulsar_connections") as u64
+}
+
+/// Resident memory of the relay process in KiB (`VmRSS` in `/proc/PID/status`).
+pub fn rss_kib(relay: &Relay) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", relay.pid()))
+        .expect("read /proc/PID/status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS line")
+}
+
+/// Polls `check` every 50 ms until it returns true; false after `timeout`.
+pub fn eventually(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if check() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The state an attack must leave behind: measured on a warmed-up, quiet relay.
+pub struct Baseline {
+    pub connections: u64,
+    pub websockets: u64,
+    pub rss_kib: u64,
+}
+
+impl Baseline {
+    /// Warms the relay up with ordinary traffic (so allocator arenas and lazily created
+    /// state exist), waits until it is quiet, and measures.
+    pub fn take(relay: &Relay) -> Baseline {
+        assert_relay_still_serves(relay);
+        for _ in 0..20 {
+            relay.request("GET", "/health", &[], b"").assert_status(200);
+        }
+        let mut connections = 0;
+        assert!(
+            eventually(SETTLE, || {
+                connections = self::connections(relay);
+                connections <= 1
+            }),
+            "a quiet relay does not settle at (at most) the scrape's connection: {connections}"
+        );
+        Baseline {
+            connections,
+            websockets: metric_sum(relay, "pulsar_websocket_connections") as u64,
+            rss_kib: rss_kib(relay),
+        }
+    }
+
+    /// The relay serves normal traffic, its connection gauges come back to the baseline
+    /// within a few seconds, and its RSS settles within `rss_slack_mib` of the baseline.
+    #[track_caller]
+    pub fn assert_recovered(&self, relay: &Relay, rss_slack_mib: u64) {
+        let mut open = 0;
+        let settled = eventually(Duration::from_secs(10), || {
+            open = connections(relay);
+            open == self.connections
+        });
+        assert!(
+            settled,
+            "pulsar_connections is {open}, baseline {}: connections leaked\n{}",
+            self.connections,
+            relay.output()
+        );
+        let ws = metric_sum(relay, "pulsar_websocket_connections") as u64;
+        assert_eq!(ws, self.websockets, "pulsar_websocket_connections leaked");
+        assert_relay_still_serves(relay);
+        self.assert_memory_near(relay, rss_slack_mib);
+    }
+
+    #[track_caller]
+    pub fn assert_memory_near(&self, relay: &Relay, slack_mib: u64) {
+        let limit = self.rss_kib + slack_mib * 1024;
+        let mut now = 0;
+        let ok = eventually(Duration::from_secs(5), || {
+            now = rss_kib(relay);
+            now <= limit
+        });
+        eprintln!(
+            "relay RSS {now} KiB, baseline {} KiB (allowed +{slack_mib} MiB)",
+            self.rss_kib
+        );
+        assert!(
+            ok,
+            "relay RSS {now} KiB is more than {slack_mib} MiB over the baseline {} KiB",
+            self.rss_kib
+        );
+    }
 }
