@@ -1,10 +1,8 @@
-//! Results: latency histograms, the summary table on stdout, and the `--json` and
-//! `--hgrm` files.
+//! Results: latency histograms, the summary table on stdout, and the `--json`, `--hgrm`
+//! and `--svg` files (their formats belong to `hgrm` and `plot`).
 //!
 //! Latencies are recorded in microseconds (3 significant digits, up to an hour) and shown
-//! in milliseconds. The `.hgrm` file is HdrHistogram's classic percentile-distribution
-//! text, byte-compatible with `outputPercentileDistribution(out, 1000.0)` of the Java
-//! library, so the usual plotters read it.
+//! in milliseconds.
 
 use std::io::{self, Write};
 use std::path::Path;
@@ -13,6 +11,8 @@ use hdrhistogram::Histogram;
 use serde_json::{json, Map, Value};
 
 use crate::cpu::{cores, CpuUse};
+use crate::hgrm;
+use crate::plot;
 
 const SIGNIFICANT_DIGITS: u8 = 3;
 const MAX_MICROS: u64 = 3_600_000_000;
@@ -65,50 +65,12 @@ impl Latency {
 
     /// The percentile distribution in HdrHistogram's text format, values in milliseconds.
     pub fn write_hgrm(&self, out: &mut impl Write) -> io::Result<()> {
-        let h = &self.0;
-        let scale = 1000.0;
-        writeln!(
-            out,
-            "{:>12} {:>14} {:>10} {:>14}\n",
-            "Value", "Percentile", "TotalCount", "1/(1-Percentile)"
-        )?;
-        let mut total = 0u64;
-        for step in h.iter_quantiles(5) {
-            total += step.count_since_last_iteration();
-            let value = step.value_iterated_to() as f64 / scale;
-            let q = step.quantile_iterated_to();
-            if q < 1.0 {
-                writeln!(
-                    out,
-                    "{value:12.3} {q:2.12} {total:10} {:14.2}",
-                    1.0 / (1.0 - q)
-                )?;
-            } else {
-                writeln!(out, "{value:12.3} {q:2.12} {total:10}")?;
-            }
-        }
-        let (mean, stdev, max) = if h.is_empty() {
-            (0.0, 0.0, 0.0)
-        } else {
-            (h.mean() / scale, h.stdev() / scale, h.max() as f64 / scale)
-        };
-        // Sub-buckets cover 2 × 10^digits values at full precision, rounded up to a power
-        // of two (what the histogram computes internally but does not expose).
-        let sub_buckets = (2 * 10u64.pow(u32::from(SIGNIFICANT_DIGITS))).next_power_of_two();
-        writeln!(
-            out,
-            "#[Mean    = {mean:12.3}, StdDeviation   = {stdev:12.3}]"
-        )?;
-        writeln!(
-            out,
-            "#[Max     = {max:12.3}, Total count    = {:12}]",
-            h.len()
-        )?;
-        writeln!(
-            out,
-            "#[Buckets = {:12}, SubBuckets     = {sub_buckets:12}]",
-            h.buckets()
-        )
+        hgrm::write(&self.0, SIGNIFICANT_DIGITS, out)
+    }
+
+    /// The same distribution as steps, for a picture of it.
+    pub fn steps(&self) -> Vec<hgrm::Step> {
+        hgrm::steps(&self.0)
     }
 }
 
@@ -282,25 +244,40 @@ impl Summary {
         Value::Object(map)
     }
 
-    pub fn write_files(&self, json_path: Option<&Path>, hgrm: Option<&Path>) -> Result<(), String> {
-        if let Some(path) = json_path {
+    pub fn write_files(&self, files: &Files) -> Result<(), String> {
+        if let Some(path) = files.json {
             let mut text =
                 serde_json::to_string_pretty(&self.json()).expect("JSON values serialize");
             text.push('\n');
             std::fs::write(path, text)
                 .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
         }
-        if let Some(path) = hgrm {
+        let head = &self.rows[0];
+        if let Some(path) = files.hgrm {
             let mut text = Vec::new();
-            self.rows[0]
-                .latency
+            head.latency
                 .write_hgrm(&mut text)
                 .expect("writing to memory cannot fail");
             std::fs::write(path, text)
                 .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
         }
+        if let Some(path) = files.svg {
+            let series = plot::Series {
+                label: format!("{} {}: {}", self.scenario, head.name, self.setup),
+                steps: head.latency.steps(),
+            };
+            let title = format!("pulsar-loadgen {}: {} latency", self.scenario, head.name);
+            plot::write(path, &plot::svg(&[series], &title))?;
+        }
         Ok(())
     }
+}
+
+/// Where a run's results go besides stdout.
+pub struct Files<'a> {
+    pub json: Option<&'a Path>,
+    pub hgrm: Option<&'a Path>,
+    pub svg: Option<&'a Path>,
 }
 
 fn round2(x: f64) -> f64 {
@@ -310,39 +287,6 @@ fn round2(x: f64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn hgrm_has_the_classic_shape() {
-        let mut l = Latency::new();
-        for us in 1..=1000u64 {
-            l.record_ns(us * 1000);
-        }
-        let mut out = Vec::new();
-        l.write_hgrm(&mut out).unwrap();
-        let text = String::from_utf8(out).unwrap();
-        let lines: Vec<&str> = text.lines().collect();
-        assert_eq!(
-            lines[0],
-            "       Value     Percentile TotalCount 1/(1-Percentile)"
-        );
-        assert_eq!(lines[1], "");
-        assert_eq!(
-            lines[2],
-            "       0.001 0.000000000000          1           1.00"
-        );
-        let last = lines[lines.len() - 4];
-        assert_eq!(last, "       1.000 1.000000000000       1000");
-        assert_eq!(
-            lines[lines.len() - 3],
-            "#[Mean    =        0.500, StdDeviation   =        0.289]"
-        );
-        assert_eq!(
-            lines[lines.len() - 2],
-            "#[Max     =        1.000, Total count    =         1000]"
-        );
-        assert!(lines[lines.len() - 1].starts_with("#[Buckets = "));
-        assert!(lines[lines.len() - 1].ends_with("SubBuckets     =         2048]"));
-    }
 
     fn summary(rows: &[(u64, u64)], duplicates: u64) -> Summary {
         Summary {
