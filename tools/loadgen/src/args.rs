@@ -37,7 +37,10 @@ common flags:
   --warmup D          load before measuring, not counted (default 2s)
   --threads N         worker threads (default: half the cores, leaving the rest to a relay
                       on the same machine; connections: one per core)
-  --server-pid PID    the relay's pid: its CPU use (and RSS for connections) in the summary
+  --server-pid PID    the relay's pid: its CPU use (and RSS for connections) in the summary,
+                      and a \"server µs\" column: its CPU time (user + system, from /proc)
+                      over the measured phase divided by each row's count (per message
+                      acknowledged, per delivery, per poll, per handshake)
   --json FILE         machine-readable summary
   --hgrm FILE         the headline latency as an HdrHistogram percentile distribution (ms)
   --svg FILE          the headline latency drawn as `plot` draws the --hgrm file

@@ -77,6 +77,9 @@ impl Latency {
 /// One line of the summary table.
 pub struct Row {
     pub name: &'static str,
+    /// What `count` counts, in words ("message acknowledged", "delivery"): the unit of the
+    /// server-CPU column.
+    pub per: &'static str,
     pub count: u64,
     pub errors: u64,
     /// Per second over the measured phase (or what the scenario says it is).
@@ -85,13 +88,25 @@ pub struct Row {
 }
 
 impl Row {
-    fn json(&self) -> Value {
-        json!({
+    /// The server's CPU time over the phase the row counts, divided by its count, in µs:
+    /// all of it, so a publish row of a receiving scenario carries the deliveries too.
+    fn server_cpu_us(&self, cpu: &CpuUse) -> Option<f64> {
+        let seconds = cpu.server_s?;
+        (self.count > 0).then(|| seconds * 1e6 / self.count as f64)
+    }
+
+    fn json(&self, cpu: &CpuUse) -> Value {
+        let mut row = json!({
             "count": self.count,
             "errors": self.errors,
             "rate": round2(self.rate),
             "latency_ms": self.latency.json(),
-        })
+        });
+        if let Some(us) = self.server_cpu_us(cpu) {
+            row["server_cpu_us"] = json!(round2(us));
+            row["server_cpu_per"] = json!(self.per);
+        }
+        row
     }
 }
 
@@ -151,14 +166,16 @@ impl Summary {
             "measured {:.1} s after a {:.1} s warm-up; latencies in ms\n",
             self.measured_s, self.warmup_s
         )?;
-        writeln!(
+        let server_column = self.cpu.server_s.is_some();
+        write!(
             out,
             "{:<10} {:>10} {:>12} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9}",
             "", "count", "rate/s", "errors", "p50", "p90", "p99", "p99.9", "max"
         )?;
+        writeln!(out, "{}", if server_column { "  server µs" } else { "" })?;
         for row in &self.rows {
             let l = &row.latency;
-            writeln!(
+            write!(
                 out,
                 "{:<10} {:>10} {:>12.1} {:>8} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>9.3}",
                 row.name,
@@ -171,6 +188,11 @@ impl Summary {
                 l.ms(0.999),
                 l.max_ms()
             )?;
+            match row.server_cpu_us(&self.cpu) {
+                Some(us) => writeln!(out, " {us:>10.2}")?,
+                None if server_column => writeln!(out, " {:>10}", "-")?,
+                None => writeln!(out)?,
+            }
         }
         if !self.extras.is_empty() {
             writeln!(out)?;
@@ -203,6 +225,19 @@ impl Summary {
             }
         }
         writeln!(out, "{cpu}")?;
+        if server_column {
+            let per: Vec<String> = self
+                .rows
+                .iter()
+                .map(|r| format!("per {} ({})", r.per, r.name))
+                .collect();
+            writeln!(
+                out,
+                "server µs: the server's CPU time (user + system, all threads) over the same \
+                 phase, {}",
+                per.join(", ")
+            )?;
+        }
         if let Some(e) = &self.first_error {
             writeln!(out, "first error: {e}")?;
         }
@@ -222,10 +257,14 @@ impl Summary {
         map.insert("warmup_s".into(), json!(round2(self.warmup_s)));
         map.insert("rate".into(), json!(round2(head.rate)));
         map.insert("latency_ms".into(), head.latency.json());
+        if let Some(us) = head.server_cpu_us(&self.cpu) {
+            map.insert("server_cpu_us".into(), json!(round2(us)));
+            map.insert("server_cpu_per".into(), json!(head.per));
+        }
         let rows: Map<String, Value> = self
             .rows
             .iter()
-            .map(|r| (r.name.to_string(), r.json()))
+            .map(|r| (r.name.to_string(), r.json(&self.cpu)))
             .collect();
         map.insert("rows".into(), Value::Object(rows));
         for (k, v) in &self.extras {
@@ -237,6 +276,7 @@ impl Summary {
                 "cores": cores(),
                 "loadgen_cores": round2(self.cpu.loadgen),
                 "server_cores": self.cpu.server.map(round2),
+                "server_cpu_s": self.cpu.server_s.map(|s| (s * 1000.0).round() / 1000.0),
                 "machine_cores": self.cpu.machine.map(round2),
             }),
         );
@@ -298,6 +338,7 @@ mod tests {
                 .iter()
                 .map(|&(count, errors)| Row {
                     name: "row",
+                    per: "thing",
                     count,
                     errors,
                     rate: 0.0,
@@ -308,6 +349,7 @@ mod tests {
             cpu: CpuUse {
                 loadgen: 0.0,
                 server: None,
+                server_s: None,
                 machine: None,
             },
             server_pid: None,
@@ -330,6 +372,35 @@ mod tests {
         assert!(summary(&[(0, 50)], 0).verdict(1.0).is_err());
         let why = summary(&[(0, 0)], 0).verdict(0.0).unwrap_err();
         assert!(why.contains("nothing was measured"), "{why}");
+    }
+
+    #[test]
+    fn server_cpu_is_divided_by_each_rows_count_when_known() {
+        let mut s = summary(&[(1000, 0), (250, 0), (0, 0)], 0);
+        let unknown = s.json();
+        assert!(unknown.get("server_cpu_us").is_none(), "{unknown:#}");
+        assert!(unknown["rows"]["row"].get("server_cpu_us").is_none());
+        let mut table = Vec::new();
+        s.print(&mut table).unwrap();
+        assert!(!String::from_utf8(table).unwrap().contains("server µs"));
+
+        s.rows[1].name = "second";
+        s.rows[2].name = "empty";
+        s.cpu.server_s = Some(0.5);
+        let v = s.json();
+        assert_eq!(v["server_cpu_us"], 500.0, "{v:#}");
+        assert_eq!(v["server_cpu_per"], "thing");
+        assert_eq!(v["rows"]["second"]["server_cpu_us"], 2000.0);
+        // Nothing counted: no division by zero, no number.
+        assert!(v["rows"]["empty"].get("server_cpu_us").is_none());
+        let mut table = Vec::new();
+        s.print(&mut table).unwrap();
+        let table = String::from_utf8(table).unwrap();
+        let header = table.lines().find(|l| l.contains("p99.9")).unwrap();
+        assert!(header.ends_with("server µs"), "{table}");
+        let second = table.lines().find(|l| l.starts_with("second")).unwrap();
+        assert!(second.ends_with(" 2000.00"), "{table}");
+        assert!(table.contains("per thing (second)"), "{table}");
     }
 
     #[test]

@@ -190,6 +190,55 @@ fn publish_closed_loop() {
         v["cpu"]["server_cores"].as_f64().is_some_and(|c| c > 0.0),
         "the relay's CPU under load: {v:#}"
     );
+    assert_server_cpu(&v, "message acknowledged");
+}
+
+/// The relay's CPU per message or delivery, which a run with `--server-pid` reports.
+fn assert_server_cpu(v: &Value, per: &str) {
+    let us = v["server_cpu_us"].as_f64();
+    assert!(
+        us.is_some_and(|us| us.is_finite() && us > 0.0),
+        "server CPU per {per}: {v:#}"
+    );
+    assert_eq!(v["server_cpu_per"], per, "{v:#}");
+    // All of the relay's CPU in the phase, over the headline count.
+    let expected = v["cpu"]["server_cpu_s"].as_f64().unwrap() * 1e6 / u(v, "count") as f64;
+    assert!(
+        (us.unwrap() - expected).abs() <= 0.01 + expected * 1e-3,
+        "{v:#}"
+    );
+}
+
+#[test]
+fn server_cpu_is_absent_without_a_server_pid() {
+    let relay = Relay::start();
+    let json = std::env::temp_dir().join(format!(
+        "pulsar-loadgen-test-{}-no-pid.json",
+        std::process::id()
+    ));
+    let out = loadgen(&[
+        "publish",
+        "--secret",
+        SECRET,
+        "--url",
+        &relay.url,
+        "--connections",
+        "2",
+        "--warmup",
+        "0",
+        "--duration",
+        "500ms",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let _ = std::fs::remove_file(&json);
+    assert!(u(&v, "count") > 0, "{v:#}");
+    assert!(v.get("server_cpu_us").is_none(), "{v:#}");
+    assert!(v["rows"]["publish"].get("server_cpu_us").is_none(), "{v:#}");
+    assert!(!stdout.contains("server µs"), "{stdout}");
 }
 
 #[test]
@@ -227,6 +276,17 @@ fn fanout_loses_nothing() {
     assert_eq!(u(&v, "delivered"), u(&v, "expected"), "{v:#}");
     assert_eq!(u(&v, "lost"), 0, "{v:#}");
     assert_eq!(u(&v, "errors"), 0, "{v:#}");
+    // The headline is deliveries: CPU per delivery, and per message on the publish row,
+    // ten deliveries per message here.
+    assert_server_cpu(&v, "delivery");
+    let publish = &v["rows"]["publish"];
+    assert_eq!(publish["server_cpu_per"], "message acknowledged", "{v:#}");
+    let ratio = publish["server_cpu_us"].as_f64().unwrap() / v["server_cpu_us"].as_f64().unwrap();
+    let deliveries_per_message = u(&v, "count") as f64 / u(publish, "count") as f64;
+    assert!(
+        (ratio - deliveries_per_message).abs() < 0.01 * deliveries_per_message,
+        "{ratio} vs {deliveries_per_message}: {v:#}"
+    );
 }
 
 #[test]
