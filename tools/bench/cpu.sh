@@ -74,14 +74,16 @@ measure() {
   echo "$status"
 }
 
-# A table cell: server µs per counted item (headline, or row $3) and the server's cores.
+# A table cell: server µs per counted item (headline, or row $3), the server's cores and
+# the headline p99 (a server near saturation batches more, and its µs per message drop).
 cell() {
   local json=$1 status=$2 row=${3:-}
   [ -s "$json" ] || { echo "failed (exit $status)"; return; }
   jq -r --arg status "$status" --arg row "$row" '
     (if $row == "" then . else .rows[$row] end) as $r
     | (if $r.server_cpu_us == null then "n/a" else ($r.server_cpu_us * 10 | round / 10 | tostring) end)
-      + " (" + (.cpu.server_cores | tostring) + ")"
+      + " (" + (.cpu.server_cores | tostring) + "; p99 "
+      + (.latency_ms.p99 * 10 | round / 10 | tostring) + " ms)"
       + (if $status != "0" then " ⚠ exit \($status), \(.errors) errors" else "" end)' "$json"
 }
 
@@ -89,8 +91,9 @@ us() { jq -r '.server_cpu_us // empty' "$1" 2>/dev/null; }
 
 # CPU used by neither the loadgen nor the server: the noise in the run.
 others() {
+  # Clamped at 0: the machine and the processes are read a moment apart.
   jq -r '(.cpu.machine_cores // 0) - .cpu.loadgen_cores - (.cpu.server_cores // 0)
-         | . * 100 | round / 100' "$1" 2>/dev/null || echo "?"
+         | if . < 0 then 0 else . * 100 | round / 100 end' "$1" 2>/dev/null || echo "?"
 }
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a > 0 && b > 0) printf "%.2f", a / b; else printf "n/a" }'; }
@@ -153,7 +156,7 @@ Load average before $load_before, after $load_after; other processes used up to 
 Single-message publish: \`pulsar-loadgen publish --connections 64 --topics 10 --rate R\`
 (open loop, 100-byte payloads, $duration after a $warmup warm-up), server CPU (user + system,
 /proc/PID/stat) over the measured phase per message acknowledged, in µs; in brackets the
-server's cores busy. Last column: cores used by neither the server nor the loadgen during
+server's cores busy and the publish p99 (open loop, from the intended send time). Last column: cores used by neither the server nor the loadgen during
 each of the three runs (other processes, interrupts): the noise.
 
 | msg/s | nginx, 1 worker, fixed 201 | relay, 1 shard | relay, 2 shards | 1 shard / nginx | 2 shards / nginx | others, cores |
@@ -161,8 +164,8 @@ each of the three runs (other processes, interrupts): the noise.
 $(printf '%s\n' "${publish_rows[@]}")
 
 Fan-out: \`pulsar-loadgen fanout --subscribers S --topics 1 --rate R\` (WebSocket
-subscribers on one topic), relay CPU per delivery in µs (cores busy) / per published
-message in µs, both over all the relay's CPU in the measured phase.
+subscribers on one topic), relay CPU per delivery in µs (cores busy; delivery p99) / per
+published message in µs, both over all the relay's CPU in the measured phase.
 
 | load | deliveries/s | relay, 1 shard | relay, 2 shards | others, cores |
 |---|---|---|---|---|
