@@ -9,6 +9,7 @@
 // Each test crate uses a different subset of the helpers.
 #![allow(dead_code)]
 
+mod health;
 mod http;
 mod relay;
 mod valkey;
@@ -20,6 +21,9 @@ use std::time::{Duration, Instant};
 use pulsar_relay::auth::{Authenticator, Permissions};
 use serde_json::{json, Value};
 
+// Only the attack and fault suites measure health.
+#[allow(unused_imports)]
+pub use health::*;
 pub use http::*;
 pub use relay::*;
 pub use valkey::*;

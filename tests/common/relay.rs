@@ -290,7 +290,13 @@ impl Relay {
 impl Relay {
     /// Starts a relay whose persistent tier is `valkey`, plus `env` (later entries win).
     pub fn start_on_valkey(valkey: &Valkey, env: &[(&str, &str)]) -> Relay {
-        let port = valkey.port.to_string();
+        Relay::start_on_valkey_port(valkey.port, env)
+    }
+
+    /// Starts a relay whose persistent tier is whatever listens on `port` of 127.0.0.1
+    /// (a Valkey, or a fault proxy in front of one), plus `env`.
+    pub fn start_on_valkey_port(port: u16, env: &[(&str, &str)]) -> Relay {
+        let port = port.to_string();
         let mut all: Vec<(&str, &str)> = vec![
             ("PULSAR_STORAGE_BACKEND", "valkey"),
             ("PULSAR_VALKEY_HOST", "127.0.0.1"),

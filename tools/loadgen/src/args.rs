@@ -8,12 +8,14 @@ use std::time::Duration;
 
 use crate::cpu::cores;
 use crate::http::Target;
+use crate::plot;
 use crate::token;
 
 pub const USAGE: &str = "\
 pulsar-loadgen: load generator for Pulsar Relay
 
 usage: pulsar-loadgen SCENARIO [--flag value ...]   (flags go before or after SCENARIO)
+       pulsar-loadgen plot A.hgrm [B.hgrm ...] -o latency.svg [--label A --label B ...]
 
 scenarios:
   publish      HTTP producers on keep-alive connections: closed loop (as fast as the relay
@@ -35,9 +37,13 @@ common flags:
   --warmup D          load before measuring, not counted (default 2s)
   --threads N         worker threads (default: half the cores, leaving the rest to a relay
                       on the same machine; connections: one per core)
-  --server-pid PID    the relay's pid: its CPU use (and RSS for connections) in the summary
+  --server-pid PID    the relay's pid: its CPU use (and RSS for connections) in the summary,
+                      and a \"server µs\" column: its CPU time (user + system, from /proc)
+                      over the measured phase divided by each row's count (per message
+                      acknowledged, per delivery, per poll, per handshake)
   --json FILE         machine-readable summary
   --hgrm FILE         the headline latency as an HdrHistogram percentile distribution (ms)
+  --svg FILE          the headline latency drawn as `plot` draws the --hgrm file
   --topic-prefix P    topics are P-0, P-1, ... (default loadgen-<unix ms>, fresh per run)
   --max-error-rate R  errors tolerated, as a fraction of the operations counted (0.001 or
                       0.1%; default 0: any error, lost or duplicate delivery fails the run)
@@ -59,6 +65,14 @@ scenario flags (defaults in brackets):
                --connections N [rate/1000, 2 to 64]
                --poll-timeout SECS [5]  --payload-bytes N [0]
 
+plot: percentile curves of .hgrm files (from --hgrm, or any HdrHistogram library) as an
+  SVG picture, one labelled series per file, on the \"1 in N\" axis (0%, 90%, 99%, 99.9%, ...
+  evenly spaced), latency in ms linear from 0. The curve ends at the highest percentile
+  below 100%; the legend gives each maximum.
+  -o FILE             the picture (required)
+  --label TEXT        legend text, once per file in order (default: the file names)
+  --title TEXT        the picture's title (default \"Latency by percentile\")
+
 Subscriber and consumer i take topic i mod --topics. --rate is messages per second in
 total. The summary goes to stdout; runs longer than 3 s print a progress line to stderr
 every second.
@@ -72,6 +86,8 @@ publish errors, `unconfirmed`; the relay may still have taken them).
 exit status: 0 the run passed; 1 it could not run (relay unreachable, setup refused);
 2 bad command line; 3 it ran but had errors, lost or duplicate deliveries above
 --max-error-rate, or measured nothing (the summary is still printed and written).
+plot exits 0 when it wrote the picture, 1 when an input is missing or not a percentile
+distribution (or the picture cannot be written), 2 for a bad command line.
 
 examples:
   pulsar-loadgen publish --secret $KEY --connections 64 --duration 10s --server-pid $PID
@@ -79,7 +95,8 @@ examples:
   pulsar-loadgen fanout --secret $KEY --subscribers 10000 --rate 100
   pulsar-loadgen e2e --secret $KEY --subscribers 1000 --rate 10000 --hgrm e2e.hgrm
   pulsar-loadgen connections --secret $KEY --count 19000 --server-pid $PID
-  pulsar-loadgen poll --secret $KEY --consumers 8 --rate 5000";
+  pulsar-loadgen poll --secret $KEY --consumers 8 --rate 5000
+  pulsar-loadgen plot 1-shard.hgrm 2-shards.hgrm -o latency.svg";
 
 /// Settings every scenario has.
 pub struct Common {
@@ -92,6 +109,8 @@ pub struct Common {
     pub server_pid: Option<u32>,
     pub json: Option<PathBuf>,
     pub hgrm: Option<PathBuf>,
+    /// `--svg`: the headline latency drawn as `plot` would draw the `--hgrm` file.
+    pub svg: Option<PathBuf>,
     pub topic_prefix: String,
     /// Faults tolerated, as a fraction of the operations counted.
     pub max_error_rate: f64,
@@ -154,6 +173,7 @@ pub struct Options {
 pub enum Parsed {
     Help,
     Run(Box<Options>),
+    Plot(plot::Request),
 }
 
 pub fn parse(args: Vec<String>) -> Result<Parsed, String> {
@@ -161,6 +181,10 @@ pub fn parse(args: Vec<String>) -> Result<Parsed, String> {
     if flags.help {
         return Ok(Parsed::Help);
     }
+    if flags.scenario.as_deref() == Some("plot") {
+        return parse_plot(flags).map(Parsed::Plot);
+    }
+    flags.no_words()?;
     let Some(name) = flags.scenario.take() else {
         return Err("no scenario given".into());
     };
@@ -203,48 +227,75 @@ pub fn parse(args: Vec<String>) -> Result<Parsed, String> {
     Ok(Parsed::Run(Box::new(Options { common, scenario })))
 }
 
+/// Flags that may be given more than once.
+const REPEATABLE: [&str; 1] = ["--label"];
+
 /// The scenario and the `--flag value` pairs, each pair taken once by the parser;
 /// leftovers are errors.
 struct Flags {
     scenario: Option<String>,
+    /// Words after the scenario.
+    words: Vec<String>,
     pairs: Vec<(String, String)>,
     help: bool,
 }
 
 impl Flags {
-    /// The one word that is not a flag or a flag's value is the scenario, wherever it
+    /// The first word that is not a flag or a flag's value is the scenario, wherever it
     /// stands: `pulsar-loadgen --secret K publish` is `pulsar-loadgen publish --secret K`,
-    /// so a shell variable can hold the common flags.
+    /// so a shell variable can hold the common flags. Further words are `plot`'s input
+    /// files; `-o` is `--output`.
     fn collect(mut it: impl Iterator<Item = String>) -> Result<Flags, String> {
-        let mut scenario: Option<String> = None;
+        let mut words: Vec<String> = Vec::new();
         let mut pairs: Vec<(String, String)> = Vec::new();
         let mut help = false;
         while let Some(flag) = it.next() {
-            if matches!(flag.as_str(), "-h" | "--help") || (flag == "help" && scenario.is_none()) {
+            if matches!(flag.as_str(), "-h" | "--help") || (flag == "help" && words.is_empty()) {
                 help = true;
                 continue;
             }
+            let flag = if flag == "-o" {
+                "--output".into()
+            } else {
+                flag
+            };
             if !flag.starts_with("--") {
-                if let Some(first) = &scenario {
-                    return Err(format!(
-                        "unexpected argument {flag:?} after the scenario {first:?} (flags look \
-                         like --name value)"
-                    ));
-                }
-                scenario = Some(flag);
+                words.push(flag);
                 continue;
             }
             let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
-            if pairs.iter().any(|(f, _)| *f == flag) {
+            if !REPEATABLE.contains(&flag.as_str()) && pairs.iter().any(|(f, _)| *f == flag) {
                 return Err(format!("{flag} given twice"));
             }
             pairs.push((flag, value));
         }
+        let mut words = words.into_iter();
         Ok(Flags {
-            scenario,
+            scenario: words.next(),
+            words: words.collect(),
             pairs,
             help,
         })
+    }
+
+    /// Refuses words after the scenario: only `plot` takes any.
+    fn no_words(&self) -> Result<(), String> {
+        match (&self.scenario, self.words.first()) {
+            (Some(first), Some(word)) => Err(format!(
+                "unexpected argument {word:?} after the scenario {first:?} (flags look like \
+                 --name value)"
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// Every value of a repeatable flag, in order.
+    fn take_all(&mut self, flag: &str) -> Vec<String> {
+        let mut values = Vec::new();
+        while let Some(v) = self.take(flag) {
+            values.push(v);
+        }
+        values
     }
 
     fn take(&mut self, flag: &str) -> Option<String> {
@@ -358,6 +409,7 @@ impl Flags {
             server_pid: self.opt("--server-pid")?,
             json: self.take("--json").map(PathBuf::from),
             hgrm: self.take("--hgrm").map(PathBuf::from),
+            svg: self.take("--svg").map(PathBuf::from),
             topic_prefix,
             max_error_rate: match self.take("--max-error-rate") {
                 None => 0.0,
@@ -374,6 +426,37 @@ impl Flags {
             Some((flag, _)) => Err(format!("{flag} is not a flag of `{scenario}`")),
         }
     }
+}
+
+/// `plot FILE.hgrm [FILE.hgrm …] -o OUT.svg [--label L …] [--title T]`.
+fn parse_plot(mut flags: Flags) -> Result<plot::Request, String> {
+    let inputs: Vec<PathBuf> = std::mem::take(&mut flags.words)
+        .into_iter()
+        .map(PathBuf::from)
+        .collect();
+    if inputs.is_empty() {
+        return Err("plot needs at least one .hgrm file".into());
+    }
+    let output = flags
+        .take("--output")
+        .map(PathBuf::from)
+        .ok_or("plot needs -o FILE.svg")?;
+    let labels = flags.take_all("--label");
+    if !labels.is_empty() && labels.len() != inputs.len() {
+        return Err(format!(
+            "plot: {} --label for {} files (give one per file, in order, or none)",
+            labels.len(),
+            inputs.len()
+        ));
+    }
+    let title = flags.take("--title");
+    flags.finish("plot")?;
+    Ok(plot::Request {
+        inputs,
+        labels,
+        output,
+        title,
+    })
 }
 
 /// `0.001`, or `0.1%`: a fraction from 0 to 1.
@@ -412,6 +495,7 @@ mod tests {
         match parse(args.iter().map(|s| s.to_string()).collect())? {
             Parsed::Run(o) => Ok(*o),
             Parsed::Help => Err("help".into()),
+            Parsed::Plot(_) => Err("plot".into()),
         }
     }
 
@@ -532,5 +616,38 @@ mod tests {
             }
             _ => panic!("not fanout"),
         }
+    }
+
+    #[test]
+    fn plot_takes_files_an_output_and_labels() {
+        let plot = |args: &[&str]| match parse(args.iter().map(|s| s.to_string()).collect()) {
+            Ok(Parsed::Plot(r)) => Ok(r),
+            Ok(_) => Err("not plot".to_string()),
+            Err(e) => Err(e),
+        };
+        let r = plot(&[
+            "plot", "a.hgrm", "b.hgrm", "-o", "x.svg", "--label", "A", "--label", "B",
+        ])
+        .unwrap();
+        assert_eq!(r.inputs, [PathBuf::from("a.hgrm"), PathBuf::from("b.hgrm")]);
+        assert_eq!(r.labels, ["A", "B"]);
+        assert_eq!(r.output, PathBuf::from("x.svg"));
+        assert_eq!(r.title, None);
+        let r = plot(&["--output", "x.svg", "plot", "a.hgrm", "--title", "T"]).unwrap();
+        assert!(r.labels.is_empty());
+        assert_eq!(r.title.as_deref(), Some("T"));
+        let err = |args: &[&str]| plot(args).unwrap_err();
+        assert!(err(&["plot", "-o", "x.svg"]).contains("at least one"));
+        assert!(err(&["plot", "a.hgrm"]).contains("-o"));
+        assert!(err(&["plot", "a", "b", "-o", "x.svg", "--label", "A"]).contains("one per file"));
+        assert!(err(&["plot", "a", "-o", "x.svg", "--rate", "5"]).contains("--rate"));
+        assert!(err(&["plot", "a", "-o", "x.svg", "-o", "y.svg"]).contains("twice"));
+        // Only plot takes repeated labels and more words.
+        assert!(run(&["publish", "--token", "t", "--label", "x"])
+            .err()
+            .unwrap()
+            .contains("--label"));
+        let svg = run(&["e2e", "--token", "t", "--svg", "e2e.svg"]).unwrap();
+        assert_eq!(svg.common.svg, Some(PathBuf::from("e2e.svg")));
     }
 }

@@ -15,7 +15,9 @@ fn own_cpu_ns() -> u64 {
     tv(usage.ru_utime) + tv(usage.ru_stime)
 }
 
-/// CPU time (utime + stime) of another process, from /proc/PID/stat, in nanoseconds.
+/// CPU time (utime + stime, all threads) of another process, from /proc/PID/stat, in
+/// nanoseconds; clock ticks underneath (10 ms each, usually), so over a 10 s phase the
+/// error is a fraction of a percent of a busy server.
 fn process_cpu_ns(pid: u32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name (field 2) may contain spaces; count fields after its closing ')'.
@@ -86,6 +88,10 @@ impl CpuSample {
         CpuUse {
             loadgen: later.own.saturating_sub(self.own) as f64 / wall,
             server: cores(self.server, later.server),
+            server_s: match (self.server, later.server) {
+                (Some(a), Some(b)) => Some(b.saturating_sub(a) as f64 / 1e9),
+                _ => None,
+            },
             machine: cores(self.machine, later.machine),
         }
     }
@@ -95,6 +101,9 @@ impl CpuSample {
 pub struct CpuUse {
     pub loadgen: f64,
     pub server: Option<f64>,
+    /// The server's CPU time over the same interval, in seconds (what the summary divides
+    /// by the messages or deliveries counted).
+    pub server_s: Option<f64>,
     /// Every process on the machine, the two above included.
     pub machine: Option<f64>,
 }

@@ -1,16 +1,20 @@
 //! `pulsar-loadgen`: the load generator of Pulsar Relay. Parses the command line, runs one
-//! scenario, prints its summary and writes the `--json` / `--hgrm` files.
+//! scenario, prints its summary and writes the `--json` / `--hgrm` / `--svg` files; or
+//! draws `.hgrm` files (`plot`).
 //!
 //! Exit codes: 0 when the run passed, 1 when it could not run (relay unreachable, setup
 //! refused), 2 for a bad command line, 3 when it ran but cannot be trusted: errors, lost or
 //! duplicate deliveries above `--max-error-rate`, or nothing measured. Scripts and CI rely
-//! on it, so a run full of errors never exits 0.
+//! on it, so a run full of errors never exits 0. `plot` exits 1 when an input is missing
+//! or is not a percentile distribution.
 
 mod args;
 mod buf;
 mod clock;
 mod cpu;
+mod hgrm;
 mod http;
+mod plot;
 mod poller;
 mod progress;
 mod publisher;
@@ -28,6 +32,18 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Ok(args::Parsed::Run(options)) => options,
+        Ok(args::Parsed::Plot(request)) => {
+            return match plot::run(&request) {
+                Ok(done) => {
+                    println!("pulsar-loadgen plot: {done}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("pulsar-loadgen plot: {e}");
+                    ExitCode::from(1)
+                }
+            };
+        }
         Err(e) => {
             eprintln!("pulsar-loadgen: {e}\n(pulsar-loadgen --help lists the scenarios and flags)");
             return ExitCode::from(2);
@@ -43,7 +59,12 @@ fn main() -> ExitCode {
     };
     let _ = summary.print(&mut std::io::stdout().lock());
     let common = &options.common;
-    if let Err(e) = summary.write_files(common.json.as_deref(), common.hgrm.as_deref()) {
+    let files = report::Files {
+        json: common.json.as_deref(),
+        hgrm: common.hgrm.as_deref(),
+        svg: common.svg.as_deref(),
+    };
+    if let Err(e) = summary.write_files(&files) {
         eprintln!("pulsar-loadgen: {e}");
         return ExitCode::from(1);
     }

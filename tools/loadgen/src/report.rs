@@ -1,10 +1,8 @@
-//! Results: latency histograms, the summary table on stdout, and the `--json` and
-//! `--hgrm` files.
+//! Results: latency histograms, the summary table on stdout, and the `--json`, `--hgrm`
+//! and `--svg` files (their formats belong to `hgrm` and `plot`).
 //!
 //! Latencies are recorded in microseconds (3 significant digits, up to an hour) and shown
-//! in milliseconds. The `.hgrm` file is HdrHistogram's classic percentile-distribution
-//! text, byte-compatible with `outputPercentileDistribution(out, 1000.0)` of the Java
-//! library, so the usual plotters read it.
+//! in milliseconds.
 
 use std::io::{self, Write};
 use std::path::Path;
@@ -13,6 +11,8 @@ use hdrhistogram::Histogram;
 use serde_json::{json, Map, Value};
 
 use crate::cpu::{cores, CpuUse};
+use crate::hgrm;
+use crate::plot;
 
 const SIGNIFICANT_DIGITS: u8 = 3;
 const MAX_MICROS: u64 = 3_600_000_000;
@@ -65,56 +65,21 @@ impl Latency {
 
     /// The percentile distribution in HdrHistogram's text format, values in milliseconds.
     pub fn write_hgrm(&self, out: &mut impl Write) -> io::Result<()> {
-        let h = &self.0;
-        let scale = 1000.0;
-        writeln!(
-            out,
-            "{:>12} {:>14} {:>10} {:>14}\n",
-            "Value", "Percentile", "TotalCount", "1/(1-Percentile)"
-        )?;
-        let mut total = 0u64;
-        for step in h.iter_quantiles(5) {
-            total += step.count_since_last_iteration();
-            let value = step.value_iterated_to() as f64 / scale;
-            let q = step.quantile_iterated_to();
-            if q < 1.0 {
-                writeln!(
-                    out,
-                    "{value:12.3} {q:2.12} {total:10} {:14.2}",
-                    1.0 / (1.0 - q)
-                )?;
-            } else {
-                writeln!(out, "{value:12.3} {q:2.12} {total:10}")?;
-            }
-        }
-        let (mean, stdev, max) = if h.is_empty() {
-            (0.0, 0.0, 0.0)
-        } else {
-            (h.mean() / scale, h.stdev() / scale, h.max() as f64 / scale)
-        };
-        // Sub-buckets cover 2 × 10^digits values at full precision, rounded up to a power
-        // of two (what the histogram computes internally but does not expose).
-        let sub_buckets = (2 * 10u64.pow(u32::from(SIGNIFICANT_DIGITS))).next_power_of_two();
-        writeln!(
-            out,
-            "#[Mean    = {mean:12.3}, StdDeviation   = {stdev:12.3}]"
-        )?;
-        writeln!(
-            out,
-            "#[Max     = {max:12.3}, Total count    = {:12}]",
-            h.len()
-        )?;
-        writeln!(
-            out,
-            "#[Buckets = {:12}, SubBuckets     = {sub_buckets:12}]",
-            h.buckets()
-        )
+        hgrm::write(&self.0, SIGNIFICANT_DIGITS, out)
+    }
+
+    /// The same distribution as steps, for a picture of it.
+    pub fn steps(&self) -> Vec<hgrm::Step> {
+        hgrm::steps(&self.0)
     }
 }
 
 /// One line of the summary table.
 pub struct Row {
     pub name: &'static str,
+    /// What `count` counts, in words ("message acknowledged", "delivery"): the unit of the
+    /// server-CPU column.
+    pub per: &'static str,
     pub count: u64,
     pub errors: u64,
     /// Per second over the measured phase (or what the scenario says it is).
@@ -123,13 +88,25 @@ pub struct Row {
 }
 
 impl Row {
-    fn json(&self) -> Value {
-        json!({
+    /// The server's CPU time over the phase the row counts, divided by its count, in µs:
+    /// all of it, so a publish row of a receiving scenario carries the deliveries too.
+    fn server_cpu_us(&self, cpu: &CpuUse) -> Option<f64> {
+        let seconds = cpu.server_s?;
+        (self.count > 0).then(|| seconds * 1e6 / self.count as f64)
+    }
+
+    fn json(&self, cpu: &CpuUse) -> Value {
+        let mut row = json!({
             "count": self.count,
             "errors": self.errors,
             "rate": round2(self.rate),
             "latency_ms": self.latency.json(),
-        })
+        });
+        if let Some(us) = self.server_cpu_us(cpu) {
+            row["server_cpu_us"] = json!(round2(us));
+            row["server_cpu_per"] = json!(self.per);
+        }
+        row
     }
 }
 
@@ -189,14 +166,16 @@ impl Summary {
             "measured {:.1} s after a {:.1} s warm-up; latencies in ms\n",
             self.measured_s, self.warmup_s
         )?;
-        writeln!(
+        let server_column = self.cpu.server_s.is_some();
+        write!(
             out,
             "{:<10} {:>10} {:>12} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9}",
             "", "count", "rate/s", "errors", "p50", "p90", "p99", "p99.9", "max"
         )?;
+        writeln!(out, "{}", if server_column { "  server µs" } else { "" })?;
         for row in &self.rows {
             let l = &row.latency;
-            writeln!(
+            write!(
                 out,
                 "{:<10} {:>10} {:>12.1} {:>8} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>9.3}",
                 row.name,
@@ -209,6 +188,11 @@ impl Summary {
                 l.ms(0.999),
                 l.max_ms()
             )?;
+            match row.server_cpu_us(&self.cpu) {
+                Some(us) => writeln!(out, " {us:>10.2}")?,
+                None if server_column => writeln!(out, " {:>10}", "-")?,
+                None => writeln!(out)?,
+            }
         }
         if !self.extras.is_empty() {
             writeln!(out)?;
@@ -241,6 +225,19 @@ impl Summary {
             }
         }
         writeln!(out, "{cpu}")?;
+        if server_column {
+            let per: Vec<String> = self
+                .rows
+                .iter()
+                .map(|r| format!("per {} ({})", r.per, r.name))
+                .collect();
+            writeln!(
+                out,
+                "server µs: the server's CPU time (user + system, all threads) over the same \
+                 phase, {}",
+                per.join(", ")
+            )?;
+        }
         if let Some(e) = &self.first_error {
             writeln!(out, "first error: {e}")?;
         }
@@ -260,10 +257,14 @@ impl Summary {
         map.insert("warmup_s".into(), json!(round2(self.warmup_s)));
         map.insert("rate".into(), json!(round2(head.rate)));
         map.insert("latency_ms".into(), head.latency.json());
+        if let Some(us) = head.server_cpu_us(&self.cpu) {
+            map.insert("server_cpu_us".into(), json!(round2(us)));
+            map.insert("server_cpu_per".into(), json!(head.per));
+        }
         let rows: Map<String, Value> = self
             .rows
             .iter()
-            .map(|r| (r.name.to_string(), r.json()))
+            .map(|r| (r.name.to_string(), r.json(&self.cpu)))
             .collect();
         map.insert("rows".into(), Value::Object(rows));
         for (k, v) in &self.extras {
@@ -275,6 +276,7 @@ impl Summary {
                 "cores": cores(),
                 "loadgen_cores": round2(self.cpu.loadgen),
                 "server_cores": self.cpu.server.map(round2),
+                "server_cpu_s": self.cpu.server_s.map(|s| (s * 1000.0).round() / 1000.0),
                 "machine_cores": self.cpu.machine.map(round2),
             }),
         );
@@ -282,25 +284,40 @@ impl Summary {
         Value::Object(map)
     }
 
-    pub fn write_files(&self, json_path: Option<&Path>, hgrm: Option<&Path>) -> Result<(), String> {
-        if let Some(path) = json_path {
+    pub fn write_files(&self, files: &Files) -> Result<(), String> {
+        if let Some(path) = files.json {
             let mut text =
                 serde_json::to_string_pretty(&self.json()).expect("JSON values serialize");
             text.push('\n');
             std::fs::write(path, text)
                 .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
         }
-        if let Some(path) = hgrm {
+        let head = &self.rows[0];
+        if let Some(path) = files.hgrm {
             let mut text = Vec::new();
-            self.rows[0]
-                .latency
+            head.latency
                 .write_hgrm(&mut text)
                 .expect("writing to memory cannot fail");
             std::fs::write(path, text)
                 .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
         }
+        if let Some(path) = files.svg {
+            let series = plot::Series {
+                label: format!("{} {}: {}", self.scenario, head.name, self.setup),
+                steps: head.latency.steps(),
+            };
+            let title = format!("pulsar-loadgen {}: {} latency", self.scenario, head.name);
+            plot::write(path, &plot::svg(&[series], &title))?;
+        }
         Ok(())
     }
+}
+
+/// Where a run's results go besides stdout.
+pub struct Files<'a> {
+    pub json: Option<&'a Path>,
+    pub hgrm: Option<&'a Path>,
+    pub svg: Option<&'a Path>,
 }
 
 fn round2(x: f64) -> f64 {
@@ -310,39 +327,6 @@ fn round2(x: f64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn hgrm_has_the_classic_shape() {
-        let mut l = Latency::new();
-        for us in 1..=1000u64 {
-            l.record_ns(us * 1000);
-        }
-        let mut out = Vec::new();
-        l.write_hgrm(&mut out).unwrap();
-        let text = String::from_utf8(out).unwrap();
-        let lines: Vec<&str> = text.lines().collect();
-        assert_eq!(
-            lines[0],
-            "       Value     Percentile TotalCount 1/(1-Percentile)"
-        );
-        assert_eq!(lines[1], "");
-        assert_eq!(
-            lines[2],
-            "       0.001 0.000000000000          1           1.00"
-        );
-        let last = lines[lines.len() - 4];
-        assert_eq!(last, "       1.000 1.000000000000       1000");
-        assert_eq!(
-            lines[lines.len() - 3],
-            "#[Mean    =        0.500, StdDeviation   =        0.289]"
-        );
-        assert_eq!(
-            lines[lines.len() - 2],
-            "#[Max     =        1.000, Total count    =         1000]"
-        );
-        assert!(lines[lines.len() - 1].starts_with("#[Buckets = "));
-        assert!(lines[lines.len() - 1].ends_with("SubBuckets     =         2048]"));
-    }
 
     fn summary(rows: &[(u64, u64)], duplicates: u64) -> Summary {
         Summary {
@@ -354,6 +338,7 @@ mod tests {
                 .iter()
                 .map(|&(count, errors)| Row {
                     name: "row",
+                    per: "thing",
                     count,
                     errors,
                     rate: 0.0,
@@ -364,6 +349,7 @@ mod tests {
             cpu: CpuUse {
                 loadgen: 0.0,
                 server: None,
+                server_s: None,
                 machine: None,
             },
             server_pid: None,
@@ -386,6 +372,35 @@ mod tests {
         assert!(summary(&[(0, 50)], 0).verdict(1.0).is_err());
         let why = summary(&[(0, 0)], 0).verdict(0.0).unwrap_err();
         assert!(why.contains("nothing was measured"), "{why}");
+    }
+
+    #[test]
+    fn server_cpu_is_divided_by_each_rows_count_when_known() {
+        let mut s = summary(&[(1000, 0), (250, 0), (0, 0)], 0);
+        let unknown = s.json();
+        assert!(unknown.get("server_cpu_us").is_none(), "{unknown:#}");
+        assert!(unknown["rows"]["row"].get("server_cpu_us").is_none());
+        let mut table = Vec::new();
+        s.print(&mut table).unwrap();
+        assert!(!String::from_utf8(table).unwrap().contains("server µs"));
+
+        s.rows[1].name = "second";
+        s.rows[2].name = "empty";
+        s.cpu.server_s = Some(0.5);
+        let v = s.json();
+        assert_eq!(v["server_cpu_us"], 500.0, "{v:#}");
+        assert_eq!(v["server_cpu_per"], "thing");
+        assert_eq!(v["rows"]["second"]["server_cpu_us"], 2000.0);
+        // Nothing counted: no division by zero, no number.
+        assert!(v["rows"]["empty"].get("server_cpu_us").is_none());
+        let mut table = Vec::new();
+        s.print(&mut table).unwrap();
+        let table = String::from_utf8(table).unwrap();
+        let header = table.lines().find(|l| l.contains("p99.9")).unwrap();
+        assert!(header.ends_with("server µs"), "{table}");
+        let second = table.lines().find(|l| l.starts_with("second")).unwrap();
+        assert!(second.ends_with(" 2000.00"), "{table}");
+        assert!(table.contains("per thing (second)"), "{table}");
     }
 
     #[test]

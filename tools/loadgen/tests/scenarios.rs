@@ -190,6 +190,55 @@ fn publish_closed_loop() {
         v["cpu"]["server_cores"].as_f64().is_some_and(|c| c > 0.0),
         "the relay's CPU under load: {v:#}"
     );
+    assert_server_cpu(&v, "message acknowledged");
+}
+
+/// The relay's CPU per message or delivery, which a run with `--server-pid` reports.
+fn assert_server_cpu(v: &Value, per: &str) {
+    let us = v["server_cpu_us"].as_f64();
+    assert!(
+        us.is_some_and(|us| us.is_finite() && us > 0.0),
+        "server CPU per {per}: {v:#}"
+    );
+    assert_eq!(v["server_cpu_per"], per, "{v:#}");
+    // All of the relay's CPU in the phase, over the headline count.
+    let expected = v["cpu"]["server_cpu_s"].as_f64().unwrap() * 1e6 / u(v, "count") as f64;
+    assert!(
+        (us.unwrap() - expected).abs() <= 0.01 + expected * 1e-3,
+        "{v:#}"
+    );
+}
+
+#[test]
+fn server_cpu_is_absent_without_a_server_pid() {
+    let relay = Relay::start();
+    let json = std::env::temp_dir().join(format!(
+        "pulsar-loadgen-test-{}-no-pid.json",
+        std::process::id()
+    ));
+    let out = loadgen(&[
+        "publish",
+        "--secret",
+        SECRET,
+        "--url",
+        &relay.url,
+        "--connections",
+        "2",
+        "--warmup",
+        "0",
+        "--duration",
+        "500ms",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let _ = std::fs::remove_file(&json);
+    assert!(u(&v, "count") > 0, "{v:#}");
+    assert!(v.get("server_cpu_us").is_none(), "{v:#}");
+    assert!(v["rows"]["publish"].get("server_cpu_us").is_none(), "{v:#}");
+    assert!(!stdout.contains("server µs"), "{stdout}");
 }
 
 #[test]
@@ -227,6 +276,17 @@ fn fanout_loses_nothing() {
     assert_eq!(u(&v, "delivered"), u(&v, "expected"), "{v:#}");
     assert_eq!(u(&v, "lost"), 0, "{v:#}");
     assert_eq!(u(&v, "errors"), 0, "{v:#}");
+    // The headline is deliveries: CPU per delivery, and per message on the publish row,
+    // ten deliveries per message here.
+    assert_server_cpu(&v, "delivery");
+    let publish = &v["rows"]["publish"];
+    assert_eq!(publish["server_cpu_per"], "message acknowledged", "{v:#}");
+    let ratio = publish["server_cpu_us"].as_f64().unwrap() / v["server_cpu_us"].as_f64().unwrap();
+    let deliveries_per_message = u(&v, "count") as f64 / u(publish, "count") as f64;
+    assert!(
+        (ratio - deliveries_per_message).abs() < 0.01 * deliveries_per_message,
+        "{ratio} vs {deliveries_per_message}: {v:#}"
+    );
 }
 
 #[test]
@@ -379,4 +439,282 @@ fn a_run_with_errors_exits_3_unless_their_rate_is_tolerated() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(u(&v, "errors") > 0, "{v:#}");
+}
+
+/// An element of a well-formed XML document: its name and attributes (entities left as
+/// written).
+struct Element {
+    name: String,
+    attributes: Vec<(String, String)>,
+}
+
+impl Element {
+    fn attribute(&self, name: &str) -> Option<&str> {
+        self.attributes
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Checks that `text` is one well-formed XML element (after an optional declaration and
+/// comments): tags nest and close, attributes are quoted and unique, `&` starts an
+/// entity, no `<` stray in text or values. Returns the elements in document order.
+fn xml_elements(text: &str) -> Result<Vec<Element>, String> {
+    fn entities_ok(s: &str) -> bool {
+        s.split('&').skip(1).all(|rest| {
+            let Some(end) = rest.find(';') else {
+                return false;
+            };
+            let name = &rest[..end];
+            matches!(name, "amp" | "lt" | "gt" | "quot" | "apos")
+                || name.strip_prefix('#').is_some_and(|n| {
+                    n.parse::<u32>().is_ok()
+                        || n.strip_prefix('x')
+                            .is_some_and(|h| u32::from_str_radix(h, 16).is_ok())
+                })
+        })
+    }
+    fn is_name(s: &str) -> bool {
+        let mut chars = s.chars();
+        chars
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && chars.all(|c| c.is_ascii_alphanumeric() || "_-.:".contains(c))
+    }
+    let mut rest = text.trim_start();
+    if rest.starts_with("<?xml") {
+        rest = &rest[rest.find("?>").ok_or("unclosed declaration")? + 2..];
+    }
+    let mut elements = Vec::new();
+    let mut open: Vec<String> = Vec::new();
+    let mut roots = 0;
+    loop {
+        let lt = rest.find('<').unwrap_or(rest.len());
+        let content = &rest[..lt];
+        if open.is_empty() && !content.trim().is_empty() {
+            return Err(format!("text outside the root: {content:?}"));
+        }
+        if !entities_ok(content) {
+            return Err(format!("bad entity in {content:?}"));
+        }
+        rest = &rest[lt..];
+        if rest.is_empty() {
+            break;
+        }
+        if let Some(after) = rest.strip_prefix("<!--") {
+            rest = &after[after.find("-->").ok_or("unclosed comment")? + 3..];
+            continue;
+        }
+        let gt = rest.find('>').ok_or("unclosed tag")?;
+        let tag = &rest[1..gt];
+        rest = &rest[gt + 1..];
+        if let Some(name) = tag.strip_prefix('/') {
+            match open.pop() {
+                Some(o) if o == name.trim() => continue,
+                other => return Err(format!("</{name}> closes {other:?}")),
+            }
+        }
+        if open.is_empty() {
+            roots += 1;
+        }
+        let (body, empty) = match tag.strip_suffix('/') {
+            Some(b) => (b, true),
+            None => (tag, false),
+        };
+        let name_end = body.find(char::is_whitespace).unwrap_or(body.len());
+        let name = &body[..name_end];
+        if !is_name(name) {
+            return Err(format!("bad element name in <{tag}>"));
+        }
+        let mut attributes: Vec<(String, String)> = Vec::new();
+        let mut attrs = body[name_end..].trim_start();
+        while !attrs.is_empty() {
+            let eq = attrs
+                .find('=')
+                .ok_or(format!("attribute without value in <{tag}>"))?;
+            let attr = attrs[..eq].trim();
+            let quoted = attrs[eq + 1..].trim_start();
+            let quote = quoted.chars().next().filter(|q| *q == '"' || *q == '\'');
+            let quote = quote.ok_or(format!("unquoted attribute in <{tag}>"))?;
+            let end = quoted[1..].find(quote).ok_or("unclosed attribute value")?;
+            let value = &quoted[1..1 + end];
+            if !is_name(attr) || value.contains('<') || !entities_ok(value) {
+                return Err(format!("bad attribute {attr}={value:?}"));
+            }
+            if attributes.iter().any(|(a, _)| a == attr) {
+                return Err(format!("{attr} twice in <{tag}>"));
+            }
+            attributes.push((attr.to_string(), value.to_string()));
+            attrs = quoted[end + 2..].trim_start();
+        }
+        if !empty {
+            open.push(name.to_string());
+        }
+        elements.push(Element {
+            name: name.to_string(),
+            attributes,
+        });
+    }
+    if !open.is_empty() {
+        return Err(format!("unclosed elements {open:?}"));
+    }
+    if roots != 1 || elements.first().is_none_or(|e| e.name != "svg") {
+        return Err("not exactly one <svg> root".into());
+    }
+    Ok(elements)
+}
+
+/// The series of an SVG picture from `plot` or `--svg`: their labels (as written, escaped)
+/// and points, checked to be drawn left to right and upwards (latency never decreases as
+/// the percentile rises; SVG's y grows downwards).
+fn svg_series(path: &Path) -> Vec<(String, Vec<(f64, f64)>)> {
+    let text = std::fs::read_to_string(path).expect("SVG written");
+    let elements = xml_elements(&text).unwrap_or_else(|e| panic!("not well-formed: {e}\n{text}"));
+    assert_eq!(
+        text.matches("<polyline").count() + text.matches("<path").count(),
+        elements.iter().filter(|e| e.name == "polyline").count(),
+    );
+    elements
+        .iter()
+        .filter(|e| e.name == "polyline")
+        .map(|e| {
+            assert_eq!(e.attribute("class"), Some("series"));
+            let points: Vec<(f64, f64)> = e
+                .attribute("points")
+                .unwrap()
+                .split_whitespace()
+                .map(|p| {
+                    let (x, y) = p.split_once(',').unwrap();
+                    (x.parse().unwrap(), y.parse().unwrap())
+                })
+                .collect();
+            assert!(points.len() >= 3, "{points:?}");
+            for pair in points.windows(2) {
+                assert!(
+                    pair[1].0 >= pair[0].0 && pair[1].1 <= pair[0].1,
+                    "not monotonic: {pair:?}"
+                );
+            }
+            let label = e.attribute("data-label").unwrap().to_string();
+            (label, points)
+        })
+        .collect()
+}
+
+#[test]
+fn plot_draws_one_labelled_series_per_hgrm_file() {
+    let relay = Relay::start();
+    let dir = std::env::temp_dir().join(format!("pulsar-loadgen-test-{}-plot", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = |name: &str| dir.join(name).to_str().unwrap().to_string();
+    let (e2e, publish, direct) = (file("e2e.hgrm"), file("publish.hgrm"), file("e2e.svg"));
+    run(
+        &relay,
+        "e2e",
+        &["--rate", "500", "--hgrm", &e2e, "--svg", &direct],
+    );
+    run(
+        &relay,
+        "publish",
+        &["--connections", "2", "--rate", "500", "--hgrm", &publish],
+    );
+
+    // A run's own picture: its headline latency, one series.
+    let own = svg_series(Path::new(&direct));
+    assert_eq!(own.len(), 1);
+    assert!(own[0].0.starts_with("e2e delivery: "), "{}", own[0].0);
+
+    let picture = file("latency.svg");
+    let out = loadgen(&[
+        "plot",
+        &e2e,
+        &publish,
+        "-o",
+        &picture,
+        "--label",
+        "e2e <1 subscriber>",
+        "--label",
+        "publish & ack",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let series = svg_series(Path::new(&picture));
+    let labels: Vec<&str> = series.iter().map(|(l, _)| l.as_str()).collect();
+    assert_eq!(labels, ["e2e &lt;1 subscriber&gt;", "publish &amp; ack"]);
+    let text = std::fs::read_to_string(&picture).unwrap();
+    for tick in ["0%", "90%", "99%", "99.9%", "99.99%", "99.999%"] {
+        assert!(text.contains(&format!(">{tick}</text>")), "tick {tick}");
+    }
+    // Without labels, the legend names the files.
+    let out = loadgen(&["plot", &e2e, &publish, "-o", &picture]);
+    assert!(out.status.success());
+    let series = svg_series(Path::new(&picture));
+    assert_eq!(series.len(), 2);
+    assert_eq!(series[0].0, e2e);
+    assert_eq!(series[1].0, publish);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn plot_refuses_missing_and_foreign_files() {
+    let dir = std::env::temp_dir().join(format!(
+        "pulsar-loadgen-test-{}-plot-bad",
+        std::process::id()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let good = dir.join("good.hgrm");
+    std::fs::write(
+        &good,
+        "       Value     Percentile TotalCount 1/(1-Percentile)\n\n       \
+         0.100 0.000000000000          1           1.00\n       \
+         0.200 0.500000000000          2           2.00\n       \
+         0.250 0.900000000000          9          10.00\n       \
+         0.300 1.000000000000         10\n",
+    )
+    .unwrap();
+    let json = dir.join("summary.json");
+    std::fs::write(&json, "{\"scenario\": \"publish\", \"count\": 10}\n").unwrap();
+    let missing = dir.join("missing.hgrm");
+    let picture = dir.join("out.svg");
+    let path = |p: &Path| p.to_str().unwrap().to_string();
+
+    let out = loadgen(&["plot", &path(&good), &path(&missing), "-o", &path(&picture)]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("cannot read") && stderr.contains("missing.hgrm"),
+        "{stderr}"
+    );
+    let out = loadgen(&["plot", &path(&good), &path(&json), "-o", &path(&picture)]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("summary.json") && stderr.contains("not an HdrHistogram"),
+        "{stderr}"
+    );
+    assert!(!picture.exists(), "no picture from bad input");
+    // Bad command lines: no output named, labels that do not match the files.
+    let out = loadgen(&["plot", &path(&good)]);
+    assert_eq!(out.status.code(), Some(2));
+    let out = loadgen(&[
+        "plot",
+        &path(&good),
+        "-o",
+        &path(&picture),
+        "--label",
+        "a",
+        "--label",
+        "b",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("one per file"));
+
+    let out = loadgen(&["plot", &path(&good), "-o", &path(&picture)]);
+    assert!(out.status.success());
+    assert_eq!(svg_series(&picture).len(), 1);
+    let _ = std::fs::remove_dir_all(&dir);
 }

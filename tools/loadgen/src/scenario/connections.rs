@@ -169,6 +169,7 @@ pub fn run(
         warmup_s: common.warmup.as_secs_f64(),
         rows: vec![Row {
             name: "handshake",
+            per: "handshake",
             count: established,
             errors: failed + dropped,
             rate: established as f64 / ramp_s.max(1e-9),

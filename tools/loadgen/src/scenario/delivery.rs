@@ -144,6 +144,7 @@ pub fn run(
         rows: vec![
             Row {
                 name: "delivery",
+                per: "delivery",
                 count: measured,
                 errors: tally.lost + dropped,
                 rate: measured as f64 / secs,
@@ -151,6 +152,7 @@ pub fn run(
             },
             Row {
                 name: "publish",
+                per: "message acknowledged",
                 count: published.messages,
                 errors: published.errors,
                 rate: published.messages as f64 / secs,

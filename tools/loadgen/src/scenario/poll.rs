@@ -147,6 +147,7 @@ pub fn run(
         rows: vec![
             Row {
                 name: "delivery",
+                per: "delivery",
                 count: measured,
                 errors: tally.lost,
                 rate: measured as f64 / secs,
@@ -154,6 +155,7 @@ pub fn run(
             },
             Row {
                 name: "poll",
+                per: "poll answered",
                 count: polls,
                 errors,
                 rate: polls as f64 / secs,
@@ -161,6 +163,7 @@ pub fn run(
             },
             Row {
                 name: "publish",
+                per: "message acknowledged",
                 count: published.messages,
                 errors: published.errors,
                 rate: published.messages as f64 / secs,

@@ -48,6 +48,7 @@ pub fn run(common: &Common, load: &Load, bulk: Option<usize>) -> Result<Summary,
         warmup_s: common.warmup.as_secs_f64(),
         rows: vec![Row {
             name: "publish",
+            per: "message acknowledged",
             count: out.messages,
             errors: out.errors,
             rate: out.messages as f64 / secs,
