@@ -6,7 +6,7 @@
 //!
 //! Timeouts are configured short (about a second) so each test takes seconds. Assertions
 //! are about correctness (what is answered, what Valkey holds, what is closed); rates are
-//! measured with `pulsar-loadgen` (BENCHMARKS.md), never here.
+//! measured with `pulsar-loadgen` (benches/BENCHMARKS.md), never here.
 
 mod common;
 
