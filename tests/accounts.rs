@@ -1,7 +1,7 @@
 //! User accounts of the original relay's API against the real binary: password login,
 //! rotating refresh tokens, logout, `/auth/me`, admin user management, the login limit,
 //! and (with a real valkey-server) accounts surviving a restart. Expected statuses and
-//! `detail` texts are the ones the Python client and the reference §13 rely on.
+//! `detail` texts are the ones the original relay answers and its Python client relies on.
 
 mod common;
 

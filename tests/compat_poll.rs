@@ -1,6 +1,6 @@
 //! The original Python relay's long-poll endpoint, `POST /messages/poll`, against the real
-//! binary: validation (reference §5.1, §13 item 5), the catch-up semantics its client relies
-//! on (§14 "Long-poll"), waiting, permissions, per-user namespaces, cursors across relay
+//! binary: validation as the original does it, the catch-up semantics its client relies
+//! on, waiting, permissions, per-user namespaces, cursors across relay
 //! restarts and from Valkey beyond the hot ring, and `GET /messages/poll/stats`.
 
 mod common;

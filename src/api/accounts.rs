@@ -3,7 +3,7 @@
 //!
 //! Handlers validate the request, do the Argon2 work off the executor (`rt::blocking`),
 //! and change account state only through `Shard::directory`. Bodies and `detail` texts
-//! follow the original (reference §7), since its Python client reads them; errors still
+//! follow the original relay's, since its Python client reads them; errors still
 //! carry our stable `code` beside the `detail`.
 
 use std::collections::HashMap;

@@ -1,6 +1,6 @@
 //! A published message and its one serialized form.
 //!
-//! The owner shard builds each message exactly once: the delivery JSON (DESIGN.md §2) wrapped
+//! The owner shard builds each message exactly once: the delivery JSON (README "WebSocket protocol") wrapped
 //! in a WebSocket text frame. Server frames are unmasked, so the same bytes go to every
 //! WebSocket subscriber on every shard, and poll replies reuse the JSON part. The producer's
 //! payload bytes are copied in verbatim, never re-encoded. Messages cross shards as
