@@ -321,13 +321,12 @@ impl Shard {
         if tickets.is_empty() {
             return Answer::Now(reply);
         }
+        let limit = self.store.ack_timeout();
         Answer::Later(async move {
-            for ticket in tickets {
-                if ticket.wait().await.is_err() {
-                    return DirectoryReply::Failed(AccountError::Unavailable);
-                }
+            match crate::store::confirmed_within(tickets, limit).await {
+                Ok(()) => reply,
+                Err(_) => DirectoryReply::Failed(AccountError::Unavailable),
             }
-            reply
         })
     }
 

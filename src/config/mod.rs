@@ -167,6 +167,9 @@ pub enum Backend {
 pub enum AckMode {
     /// After the persistent tier confirmed the write.
     Persisted,
+    /// After the persistent tier confirmed the write and `WAIT` reported at least
+    /// `storage.min_replicas` replicas have it.
+    Replicated,
     /// Once the message is in the hot tier.
     Memory,
 }
@@ -185,6 +188,15 @@ pub struct StorageConfig {
     #[serde(with = "units::duration")]
     pub persistent_tier_retention: Duration,
     pub max_pending_writes: usize,
+    /// Longest a publish (or any request that waits for a write) waits for Valkey's
+    /// confirmation before it is answered 503 `PERSIST_TIMEOUT`.
+    #[serde(with = "units::duration")]
+    pub ack_timeout: Duration,
+    /// With `ack: replicated`: replicas that must have a write before it is acknowledged.
+    pub min_replicas: u32,
+    /// With `ack: replicated`: the timeout of each `WAIT`.
+    #[serde(with = "units::duration")]
+    pub replica_timeout: Duration,
     /// With the memory backend: topic records created or changed through the Topics API
     /// that each shard keeps (they are never evicted).
     pub max_topic_records_per_shard: usize,
@@ -200,6 +212,9 @@ impl Default for StorageConfig {
             max_messages_per_topic: 1_000_000,
             persistent_tier_retention: Duration::from_secs(24 * 3600),
             max_pending_writes: 100_000,
+            ack_timeout: Duration::from_secs(10),
+            min_replicas: 1,
+            replica_timeout: Duration::from_secs(2),
             max_topic_records_per_shard: 10_000,
         }
     }
