@@ -180,14 +180,6 @@ pub struct StorageConfig {
     pub backend: Backend,
     /// `None` = persisted with Valkey, memory otherwise; see [`Config::ack_mode`].
     pub ack: Option<AckMode>,
-    pub hot_tier_messages_per_topic: usize,
-    /// Byte budget of the hot tier, per shard.
-    #[serde(with = "units::size")]
-    pub hot_tier_max_bytes: u64,
-    pub max_messages_per_topic: u64,
-    #[serde(with = "units::duration")]
-    pub persistent_tier_retention: Duration,
-    pub max_pending_writes: usize,
     /// Longest a publish (or any request that waits for a write) waits for Valkey's
     /// confirmation before it is answered 503 `PERSIST_TIMEOUT`.
     #[serde(with = "units::duration")]
@@ -197,6 +189,14 @@ pub struct StorageConfig {
     /// With `ack: replicated`: the timeout of each `WAIT`.
     #[serde(with = "units::duration")]
     pub replica_timeout: Duration,
+    pub hot_tier_messages_per_topic: usize,
+    /// Byte budget of the hot tier, per shard.
+    #[serde(with = "units::size")]
+    pub hot_tier_max_bytes: u64,
+    pub max_messages_per_topic: u64,
+    #[serde(with = "units::duration")]
+    pub persistent_tier_retention: Duration,
+    pub max_pending_writes: usize,
     /// With the memory backend: topic records created or changed through the Topics API
     /// that each shard keeps (they are never evicted).
     pub max_topic_records_per_shard: usize,
@@ -207,14 +207,14 @@ impl Default for StorageConfig {
         StorageConfig {
             backend: Backend::Memory,
             ack: None,
+            ack_timeout: Duration::from_secs(10),
+            min_replicas: 1,
+            replica_timeout: Duration::from_secs(2),
             hot_tier_messages_per_topic: 10_000,
             hot_tier_max_bytes: 256 << 20,
             max_messages_per_topic: 1_000_000,
             persistent_tier_retention: Duration::from_secs(24 * 3600),
             max_pending_writes: 100_000,
-            ack_timeout: Duration::from_secs(10),
-            min_replicas: 1,
-            replica_timeout: Duration::from_secs(2),
             max_topic_records_per_shard: 10_000,
         }
     }
