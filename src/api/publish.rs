@@ -316,15 +316,21 @@ fn publish_here(
 
 type PublishResult = Result<Vec<Receipt>, StoreError>;
 
-/// Waits for `call` at most `storage.ack_timeout` (on the connection's coarse timer: no
-/// timer per request); `None` when the time ran out first. What `call` waits for (the
-/// owner's writes) goes on regardless.
-async fn within_ack_timeout<F: Future>(
-    shard: &Shard,
+/// When a publish that arrives now must be answered: `storage.ack_timeout` later, however
+/// long it waited before its writes were queued (an Idempotency-Key lookup, say).
+fn ack_deadline(shard: &Shard) -> u64 {
+    now_ms() + shard.store.ack_timeout().as_millis() as u64
+}
+
+/// Waits for `call` until `deadline` (ms, on the connection's coarse timer: no timer per
+/// request); `None` when the time ran out first. What `call` waits for (the owner's
+/// writes) goes on regardless.
+async fn by_deadline<F: Future>(
     ctl: &ConnCtl,
+    deadline: u64,
     mut call: Pin<&mut F>,
 ) -> Option<F::Output> {
-    ctl.set_deadline(now_ms() + shard.store.ack_timeout().as_millis() as u64);
+    ctl.set_deadline(deadline);
     let answered = loop {
         let answered = future::or(async { Some(call.as_mut().await) }, async {
             ctl.signal.wait().await;
@@ -352,6 +358,7 @@ pub async fn single(
     publisher: Arc<Publisher>,
     req: Request,
 ) -> Result<Response, ApiError> {
+    let deadline = ack_deadline(shard);
     let key = idempotency::key_of(&req)?;
     let mut body = req.body;
     let depth = shard.config.limits.max_json_depth;
@@ -386,11 +393,11 @@ pub async fn single(
     let (answer, held) = match held {
         None => {
             futures_lite::pin!(publishing);
-            (within_ack_timeout(shard, ctl, publishing).await, None)
+            (by_deadline(ctl, deadline, publishing).await, None)
         }
         Some(held) => {
             let mut publishing = Box::pin(publishing);
-            match within_ack_timeout(shard, ctl, publishing.as_mut()).await {
+            match by_deadline(ctl, deadline, publishing.as_mut()).await {
                 Some(answer) => (Some(answer), Some(held)),
                 None => {
                     let name = display_name(topic).to_owned();
@@ -428,6 +435,7 @@ pub async fn bulk(
     publisher: Arc<Publisher>,
     req: Request,
 ) -> Result<Response, ApiError> {
+    let deadline = ack_deadline(shard);
     let key = idempotency::key_of(&req)?;
     let mut body = req.body;
     let max = shard.config.limits.max_bulk_messages;
@@ -514,7 +522,7 @@ pub async fn bulk(
                 .await
         }));
     }
-    // Each owner's answer as it comes, until storage.ack_timeout.
+    // Each owner's answer as it comes, until the deadline.
     let answers: Vec<Cell<Option<PublishResult>>> = calls.iter().map(|_| Cell::new(None)).collect();
     {
         let all = join_all(
@@ -524,7 +532,7 @@ pub async fn bulk(
                 .map(|(call, answer)| async move { answer.set(Some(call.as_mut().await)) }),
         );
         futures_lite::pin!(all);
-        within_ack_timeout(shard, ctl, all).await;
+        by_deadline(ctl, deadline, all).await;
     }
     let mut receipts: Vec<ItemReceipt> =
         vec![Err(("INTERNAL", "no receipt".to_string())); topics.len()];

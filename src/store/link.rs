@@ -44,7 +44,10 @@ pub enum LinkError {
     Io(String),
     Protocol(&'static str),
     /// Valkey applied the write, but `WAIT` counted only `got` of the `wanted` replicas.
-    Replicas { got: u64, wanted: u32 },
+    Replicas {
+        got: u64,
+        wanted: u32,
+    },
 }
 
 impl fmt::Display for LinkError {

@@ -63,7 +63,10 @@ pub enum StoreError {
     PersistTimeout,
     /// Valkey has the write, but fewer than `storage.min_replicas` replicas confirmed it
     /// within `storage.replica_timeout`.
-    ReplicationTimeout { got: u64, wanted: u32 },
+    ReplicationTimeout {
+        got: u64,
+        wanted: u32,
+    },
 }
 
 impl fmt::Display for StoreError {
@@ -189,10 +192,7 @@ impl Store {
                 unconfirmed: RefCell::new(VecDeque::new()),
                 confirmed: Cell::new(MessageId::ZERO),
             }),
-            persisted_acks: matches!(
-                config.ack_mode(),
-                AckMode::Persisted | AckMode::Replicated
-            ),
+            persisted_acks: matches!(config.ack_mode(), AckMode::Persisted | AckMode::Replicated),
             ack_timeout: config.storage.ack_timeout,
         };
         (store, Some(link))

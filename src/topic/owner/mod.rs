@@ -332,16 +332,16 @@ impl Owner {
         let limit = Some(self.store.ack_timeout());
         settled(
             self.when_loaded(
-            recovered.then_some(topic),
-            move |owner, loaded| match loaded.and(if recovered {
-                Ok(())
-            } else {
-                Err(StoreError::Recovering)
-            }) {
-                Ok(()) => op(owner),
-                Err(e) => (Err(e), Vec::new()),
-            },
-        ),
+                recovered.then_some(topic),
+                move |owner, loaded| match loaded.and(if recovered {
+                    Ok(())
+                } else {
+                    Err(StoreError::Recovering)
+                }) {
+                    Ok(()) => op(owner),
+                    Err(e) => (Err(e), Vec::new()),
+                },
+            ),
             limit,
         )
     }
