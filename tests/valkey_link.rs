@@ -59,12 +59,18 @@ fn history_reads_right_after_a_valkey_restart_succeed_on_every_shard() {
         })
         .collect();
 
+    // Down for a second, as a restart takes: the links lose their connections at once and
+    // are between two reconnect attempts when the reads come.
     valkey.kill9();
+    std::thread::sleep(Duration::from_secs(1));
     valkey.restart_same_dir();
 
     for _round in 0..3 {
         for (topic, expected) in topics.iter().zip(&published) {
-            let page = get(&relay, &format!("/api/v1/topics/{topic}/messages?limit=10&order=asc"));
+            let page = get(
+                &relay,
+                &format!("/api/v1/topics/{topic}/messages?limit=10&order=asc"),
+            );
             page.assert_status(200);
             assert_eq!(&ids(&page.json()), expected, "history of {topic}");
             let poll = get(
@@ -181,7 +187,11 @@ fn replicated_acks_wait_for_the_replica_and_are_refused_without_it() {
         (1..=2).contains(&waits),
         "a bulk of 50 took {waits} WAITs: one per pipeline, not one per message"
     );
-    assert_eq!(replica.xlen(&key), 51, "acknowledged but not on the replica");
+    assert_eq!(
+        replica.xlen(&key),
+        51,
+        "acknowledged but not on the replica"
+    );
 
     replica.kill9();
     let on_primary = primary.xlen(&key);
@@ -189,7 +199,11 @@ fn replicated_acks_wait_for_the_replica_and_are_refused_without_it() {
     let refused = post(&relay, &topic, r#"{"n":"refused"}"#);
     let waited = sent.elapsed();
     refused.assert_error(503, "REPLICATION_TIMEOUT");
-    assert!(refused.header("retry-after").is_some(), "{:?}", refused.headers);
+    assert!(
+        refused.header("retry-after").is_some(),
+        "{:?}",
+        refused.headers
+    );
     assert!(
         waited >= REPLICA_TIMEOUT - Duration::from_millis(100) && waited < REPLICA_TIMEOUT + SLACK,
         "answered after {waited:?}; storage.replica_timeout is {REPLICA_TIMEOUT:?}"
@@ -216,7 +230,10 @@ fn replicated_acks_wait_for_the_replica_and_are_refused_without_it() {
         after = (resp.status == 201).then(|| resp.json());
         after.is_some()
     });
-    assert!(acknowledged, "publishes were not acknowledged again with the replica back");
+    assert!(
+        acknowledged,
+        "publishes were not acknowledged again with the replica back"
+    );
     let after = after.unwrap();
     let on_replica = replica.stream_ids(&key);
     assert_eq!(on_replica.last().map(String::as_str), Some(id_of(&after)));
