@@ -317,19 +317,24 @@ fn publish_here(
 type PublishResult = Result<Vec<Receipt>, StoreError>;
 
 /// When a publish that arrives now must be answered: `storage.ack_timeout` later, however
-/// long it waited before its writes were queued (an Idempotency-Key lookup, say).
-fn ack_deadline(shard: &Shard) -> u64 {
-    now_ms() + shard.store.ack_timeout().as_millis() as u64
+/// long it waited before its writes were queued (an Idempotency-Key lookup, say); `None`
+/// when publishes wait for no write.
+fn ack_deadline(shard: &Shard) -> Option<u64> {
+    let limit = shard.store.ack_timeout()?;
+    Some(now_ms() + limit.as_millis() as u64)
 }
 
 /// Waits for `call` until `deadline` (ms, on the connection's coarse timer: no timer per
-/// request); `None` when the time ran out first. What `call` waits for (the owner's
-/// writes) goes on regardless.
+/// request; no deadline: as long as it takes); `None` when the time ran out first. What
+/// `call` waits for (the owner's writes) goes on regardless.
 async fn by_deadline<F: Future>(
     ctl: &ConnCtl,
-    deadline: u64,
+    deadline: Option<u64>,
     mut call: Pin<&mut F>,
 ) -> Option<F::Output> {
+    let Some(deadline) = deadline else {
+        return Some(call.await);
+    };
     ctl.set_deadline(deadline);
     let answered = loop {
         let answered = future::or(async { Some(call.as_mut().await) }, async {

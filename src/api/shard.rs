@@ -321,7 +321,8 @@ impl Shard {
         if tickets.is_empty() {
             return Answer::Now(reply);
         }
-        let limit = self.store.ack_timeout();
+        // Tickets come only with a limit (persisted or replicated acks).
+        let limit = self.store.ack_timeout().unwrap_or_default();
         Answer::Later(async move {
             match crate::store::confirmed_within(tickets, limit).await {
                 Ok(()) => reply,

@@ -620,3 +620,132 @@ impl Replies {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_lite::future::block_on;
+
+    fn link(replicas: Option<ReplicaWait>) -> Rc<Link> {
+        Link::new(
+            ValkeyConfig::default(),
+            0,
+            Rc::new(ShardMetrics::default()),
+            replicas,
+        )
+    }
+
+    fn request(kind: Kind, name: &str) -> (Request, Reply) {
+        let reply: Reply = Rc::new(Slot::default());
+        let req = Request {
+            packed: redis::cmd(name).get_packed_command(),
+            reply: Some(Rc::clone(&reply)),
+            kind,
+        };
+        (req, reply)
+    }
+
+    /// A `-<text>` reply, as Valkey sends it.
+    fn error(text: &str) -> Value {
+        redis::Parser::new()
+            .parse_value(format!("-{text}\r\n").as_bytes())
+            .expect("an error reply")
+    }
+
+    #[test]
+    fn a_closed_connection_requeues_writes_and_unretried_reads_in_order() {
+        let link = link(None);
+        let (w1, _) = request(Kind::Write { resent: false }, "W1");
+        let (r1, r1_reply) = request(Kind::Read { retried: false }, "R1");
+        let (r2, r2_reply) = request(Kind::Read { retried: true }, "R2");
+        let (w2, _) = request(Kind::Write { resent: false }, "W2");
+        let mut held = vec![(w1, Value::Okay)];
+        let mut batch = VecDeque::from([r1, r2, w2]);
+        let closed = LinkError::Io("connection closed by Valkey".into());
+        link.requeue(&mut held, &mut batch, &closed);
+        let queue = link.queue.borrow();
+        let kinds: Vec<Kind> = queue.iter().map(|r| r.kind).collect();
+        assert_eq!(
+            kinds,
+            [
+                Kind::Write { resent: true },
+                Kind::Read { retried: true },
+                Kind::Write { resent: true },
+            ]
+        );
+        assert!(!r1_reply.is_done(), "the first read is sent again");
+        assert_eq!(block_on(r2_reply.take()), Err(closed), "once only");
+    }
+
+    #[test]
+    fn a_timeout_fails_the_reads_it_caught_and_keeps_the_writes() {
+        let link = link(None);
+        let (w, _) = request(Kind::Write { resent: false }, "W");
+        let (r, r_reply) = request(Kind::Read { retried: false }, "R");
+        let mut batch = VecDeque::from([w, r]);
+        link.requeue(&mut Vec::new(), &mut batch, &LinkError::Timeout);
+        assert_eq!(block_on(r_reply.take()), Err(LinkError::Timeout));
+        let kinds: Vec<Kind> = link.queue.borrow().iter().map(|r| r.kind).collect();
+        assert_eq!(kinds, [Kind::Write { resent: true }]);
+    }
+
+    #[test]
+    fn a_resent_xadd_already_applied_is_done_and_not_an_error() {
+        let link = link(None);
+        let refused = error(
+            "ERR The ID specified in XADD is equal or smaller than the target stream top item",
+        );
+        let started = std::time::Instant::now();
+        for resent in [true, false] {
+            link.pending_writes.set(1);
+            let (w, reply) = request(Kind::Write { resent }, "XADD");
+            link.answered(w, refused.clone(), started, false, &mut Vec::new());
+            let value = block_on(reply.take()).unwrap();
+            assert_eq!(
+                resp::server_error(&value).is_none(),
+                resent,
+                "resent: {resent}"
+            );
+        }
+        assert_eq!(link.metrics.valkey_writes.get(), 1);
+        assert_eq!(
+            link.metrics.valkey_errors.get(),
+            1,
+            "only the first sending"
+        );
+        assert_eq!(link.pending_writes(), 0);
+    }
+
+    #[test]
+    fn writes_wait_for_the_pipelines_wait_and_fail_with_too_few_replicas() {
+        let wait = ReplicaWait {
+            replicas: 2,
+            timeout: Duration::from_millis(100),
+        };
+        let link = link(Some(wait));
+        let started = std::time::Instant::now();
+        for (count, enough) in [(Value::Int(2), true), (Value::Int(1), false)] {
+            let mut held = Vec::new();
+            link.pending_writes.set(2);
+            let (w1, w1_reply) = request(Kind::Write { resent: false }, "XADD");
+            let (r, r_reply) = request(Kind::Read { retried: false }, "XRANGE");
+            let (w2, w2_reply) = request(Kind::Write { resent: false }, "XADD");
+            link.answered(w1, Value::Okay, started, true, &mut held);
+            link.answered(r, Value::Nil, started, true, &mut held);
+            link.answered(w2, Value::Okay, started, true, &mut held);
+            assert!(r_reply.is_done(), "reads do not wait for WAIT");
+            assert!(!w1_reply.is_done() && !w2_reply.is_done());
+            link.replicated(&mut held, &count, wait, started);
+            for reply in [w1_reply, w2_reply] {
+                let got = block_on(reply.take());
+                if enough {
+                    assert_eq!(got, Ok(Value::Okay));
+                } else {
+                    assert_eq!(got, Err(LinkError::Replicas { got: 1, wanted: 2 }));
+                }
+            }
+            assert_eq!(link.pending_writes(), 0);
+        }
+        assert_eq!(link.metrics.valkey_replica_timeouts.get(), 1);
+    }
+}

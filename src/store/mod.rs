@@ -156,7 +156,8 @@ pub struct Store {
     valkey: Option<Valkey>,
     /// Writes come with tickets (`persisted` and `replicated` acks).
     persisted_acks: bool,
-    ack_timeout: Duration,
+    /// `storage.ack_timeout` when writes come with tickets.
+    ack_timeout: Option<Duration>,
 }
 
 impl Store {
@@ -164,7 +165,7 @@ impl Store {
         Store {
             valkey: None,
             persisted_acks: false,
-            ack_timeout: Duration::ZERO,
+            ack_timeout: None,
         }
     }
 
@@ -193,7 +194,7 @@ impl Store {
                 confirmed: Cell::new(MessageId::ZERO),
             }),
             persisted_acks: matches!(config.ack_mode(), AckMode::Persisted | AckMode::Replicated),
-            ack_timeout: config.storage.ack_timeout,
+            ack_timeout: Some(config.storage.ack_timeout),
         };
         (store, Some(link))
     }
@@ -202,9 +203,10 @@ impl Store {
         self.valkey.is_some()
     }
 
-    /// `storage.ack_timeout`: how long a request may wait for its writes' tickets.
-    pub fn ack_timeout(&self) -> Duration {
-        self.ack_timeout
+    /// `storage.ack_timeout`: how long a request may wait for its writes' tickets; `None`
+    /// when writes come without tickets (nothing to wait for).
+    pub fn ack_timeout(&self) -> Option<Duration> {
+        self.ack_timeout.filter(|_| self.persisted_acks)
     }
 
     /// Whether `n` more writes fit in the backlog. Checked before a publish is accepted, so

@@ -246,7 +246,8 @@ fn keep_here(
         .flatten();
     // Bounded: the publish it answers is confirmed already, and the answer is kept in
     // memory whatever Valkey does with it.
-    let limit = owner.store.ack_timeout();
+    // Tickets come only with a limit (persisted or replicated acks).
+    let limit = owner.store.ack_timeout().unwrap_or_default();
     match ticket {
         None => Answer::Now(()),
         Some(ticket) => Answer::Later(async move {

@@ -329,7 +329,7 @@ impl Owner {
         op: impl FnOnce(&Owner) -> Applied<Result<X, StoreError>, Ticket> + 'static,
     ) -> Answer<Result<X, StoreError>, impl Future<Output = Result<X, StoreError>>> {
         let recovered = self.recovered.get();
-        let limit = Some(self.store.ack_timeout());
+        let limit = self.store.ack_timeout();
         settled(
             self.when_loaded(
                 recovered.then_some(topic),
