@@ -1,13 +1,16 @@
 //! The Valkey link as production meets it (issue #12): a Valkey killed and restarted under
-//! the relay, and replicated acknowledgements against a real primary and replica (two
+//! the relay, a stalled link under a Topics API change (the publish side of a stall is in
+//! `tests/faults.rs`), and replicated acknowledgements against a real primary and replica (two
 //! `valkey-server` processes, `--replicaof`). Nothing is mocked; timeouts are short so each
 //! test takes seconds.
 
 mod common;
 
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use common::*;
+use pulsar_faultproxy::{Direction, FaultProxy};
 use serde_json::{json, Value};
 
 /// Slack on top of a configured timeout for the relay to act on it (its connection clock
@@ -115,6 +118,63 @@ fn ready_follows_valkey_down_and_up_within_a_second() {
         "/ready noticed Valkey back after {:?}",
         restarted.elapsed()
     );
+}
+
+/// With the Valkey link stalled (bytes stop, the connection stays open), a Topics API
+/// change waits for its record's write at most `storage.ack_timeout`, then gets 503
+/// `PERSIST_TIMEOUT` with `Retry-After`; the write stays queued and reaches Valkey once the
+/// link flows.
+#[test]
+fn a_topic_change_during_a_stall_is_answered_within_ack_timeout_and_written_after() {
+    const ACK_TIMEOUT: Duration = Duration::from_secs(1);
+    let valkey = Valkey::start();
+    let proxy = FaultProxy::start(SocketAddr::from(([127, 0, 0, 1], valkey.port)))
+        .expect("start the fault proxy");
+    let relay = Relay::start_on_valkey_port(
+        proxy.port(),
+        &[
+            ("PULSAR_STORAGE_ACK_TIMEOUT", "1s"),
+            ("PULSAR_VALKEY_COMMAND_TIMEOUT", "1s"),
+            ("PULSAR_VALKEY_CONNECT_TIMEOUT", "500ms"),
+        ],
+    );
+    relay.wait_ready(Duration::from_secs(10));
+    let topic = topic_on("stalled-record", 1);
+    relay.publish(&topic, r#"{"n":0}"#);
+    // Read once, so that its owner has the record in memory and the change needs no read.
+    get(&relay, &format!("/api/v1/topics/{topic}")).assert_status(200);
+    let record_key = format!("pulsar:{{{topic}}}:t");
+
+    proxy.stall(Direction::Both);
+    let sent = Instant::now();
+    let admin = token("admin", pulsar_relay::auth::Permissions::ADMIN);
+    let changed = relay.request(
+        "PUT",
+        &format!("/api/v1/topics/{topic}"),
+        &[
+            auth_header(&admin).as_pair(),
+            ("Content-Type", "application/json"),
+        ],
+        br#"{"description":"during the stall"}"#,
+    );
+    let waited = sent.elapsed();
+    changed.assert_error(503, "PERSIST_TIMEOUT");
+    assert!(
+        changed.header("retry-after").is_some(),
+        "{:?}",
+        changed.headers
+    );
+    assert!(
+        waited >= ACK_TIMEOUT - Duration::from_millis(100) && waited < ACK_TIMEOUT + SLACK,
+        "answered after {waited:?}; storage.ack_timeout is {ACK_TIMEOUT:?}"
+    );
+
+    proxy.flow(Direction::Both);
+    let written = eventually(Duration::from_secs(15), || {
+        valkey.command(&["HGET", &record_key, "description"]).text()
+            == Some("during the stall".into())
+    });
+    assert!(written, "the change never reached Valkey");
 }
 
 // ---------------------------------------------------------------------------------------
