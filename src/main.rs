@@ -189,6 +189,7 @@ fn serve(mut config: Config) -> Result<(), Failure> {
             config.valkey.port,
             match config.ack_mode() {
                 AckMode::Persisted => "persisted",
+                AckMode::Replicated => "replicated",
                 AckMode::Memory => "memory",
             }
         ),

@@ -264,16 +264,20 @@ fn stalled_valkey_link_is_noticed_within_command_timeout_and_flushed_in_order() 
     );
 }
 
-/// `storage.ack: persisted` (the default): publishes wait for Valkey; beyond
-/// `storage.max_pending_writes` waiting writes they are refused at once with 503
-/// `BACKLOG_FULL`; `/ready` turns 503 within `valkey.command_timeout`; live subscribers
-/// still get the messages; once the link flows the waiting publishes are acknowledged and
-/// Valkey holds exactly them, in order.
-///
-/// Not asserted (it is not built yet): a bound on how long a waiting publish waits
-/// (`storage.ack_timeout`). Today a publish waits for the whole stall.
+/// `storage.ack_timeout` of the persisted-acks stall test.
+const ACK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// `storage.ack: persisted` (the default): a publish waits for Valkey at most
+/// `storage.ack_timeout`, then gets 503 `PERSIST_TIMEOUT` with `Retry-After`, while its
+/// write stays queued; beyond `storage.max_pending_writes` waiting writes publishes are
+/// refused at once with 503 `BACKLOG_FULL`; `/ready` turns 503 within
+/// `valkey.command_timeout`; a read that needs Valkey is answered instead of waiting for the
+/// stall; live subscribers still get the messages. Once the link flows the timed-out
+/// messages are written after all, once each and in order, so nothing is lost; a retry
+/// with the Idempotency-Key of one gets that message's first answer (its ID) instead of
+/// publishing it again.
 #[test]
-fn stalled_valkey_link_with_persisted_acks_refuses_beyond_the_backlog_and_acks_after() {
+fn stalled_valkey_link_with_persisted_acks_answers_within_ack_timeout_and_writes_after() {
     const WAITING: usize = 4;
     let valkey = Valkey::start();
     let proxy = proxy_to(valkey.port);
@@ -281,6 +285,7 @@ fn stalled_valkey_link_with_persisted_acks_refuses_beyond_the_backlog_and_acks_a
         &proxy,
         &[
             ("PULSAR_STORAGE_MAX_PENDING_WRITES", "4"),
+            ("PULSAR_STORAGE_ACK_TIMEOUT", "2s"),
             ("PULSAR_VALKEY_COMMAND_TIMEOUT", "1s"),
             ("PULSAR_VALKEY_CONNECT_TIMEOUT", "500ms"),
         ],
@@ -302,8 +307,11 @@ fn stalled_valkey_link_with_persisted_acks_refuses_beyond_the_backlog_and_acks_a
             let topic = topic.clone();
             let publisher = thread::spawn(move || {
                 let mut http = Http::connect(addr);
-                http.set_read_timeout(Duration::from_secs(30));
-                post(&mut http, &topic, &format!(r#"{{"i":{i}}}"#))
+                // Far longer than ack_timeout: a publish left waiting shows as a failure.
+                http.set_read_timeout(ACK_TIMEOUT * 5);
+                let sent = Instant::now();
+                let resp = post_with_key(&mut http, &topic, &format!(r#"{{"i":{i}}}"#), i);
+                (resp, sent.elapsed())
             });
             // One at a time, so the backlog (and the stream) has them in this order.
             wait_until(IO_TIMEOUT, "the publish is waiting for Valkey", || {
@@ -333,27 +341,67 @@ fn stalled_valkey_link_with_persisted_acks_refuses_beyond_the_backlog_and_acks_a
 
     assert_unready_within_command_timeout(&relay, stalled_at);
 
+    // A read that needs Valkey (a topic not in memory) fails within a reconnect attempt
+    // and two command timeouts, not when the stall ends.
+    let asked = Instant::now();
+    let history = relay.request(
+        "GET",
+        &format!("/api/v1/topics/{}/messages", topic_on("stall-unseen", 1)),
+        &[auth_header(&rw_token()).as_pair()],
+        b"",
+    );
+    history.assert_error(503, "STORE_UNAVAILABLE");
+    assert!(
+        asked.elapsed() < COMMAND_TIMEOUT * 2 + SLACK,
+        "a read waited {:?} for a stalled Valkey",
+        asked.elapsed()
+    );
+
+    // Every waiting publish is answered within ack_timeout, while the stall goes on.
+    for publisher in waiting {
+        let (resp, waited) = publisher.join().unwrap();
+        resp.assert_error(503, "PERSIST_TIMEOUT");
+        assert!(resp.header("retry-after").is_some(), "{:?}", resp.headers);
+        assert!(
+            waited >= ACK_TIMEOUT - Duration::from_millis(100) && waited < ACK_TIMEOUT + SLACK,
+            "answered after {waited:?}; storage.ack_timeout is {ACK_TIMEOUT:?}"
+        );
+    }
     proxy.flow(Direction::Both);
-    let acked: Vec<String> = waiting
-        .into_iter()
-        .map(|p| {
-            let resp = p.join().unwrap();
-            resp.assert_status(201);
-            id_of(&resp.json()).to_string()
-        })
-        .collect();
-    assert_eq!(acked, live, "acknowledged as delivered live, in order");
     let mut expected = vec![id_of(&first).to_string()];
-    expected.extend(acked);
+    expected.extend(live.iter().cloned());
+    wait_until(RECONNECT, "the timed-out messages were written", || {
+        valkey.xlen(&key) as usize >= expected.len()
+    });
     assert_eq!(
         valkey.stream_ids(&key),
         expected,
-        "Valkey holds the acknowledged messages once each, in order, and not the refused one"
+        "Valkey holds the timed-out messages once each, in order, and not the refused one"
     );
+    // The retry of a timed-out publish with its key: its first answer, not a new message.
+    let mut http = relay.http();
+    let retried = post_with_key(&mut http, &topic, r#"{"i":1}"#, 1);
+    retried.assert_status(201);
+    assert_eq!(id_of(&retried.json()), live[0], "the retry published again");
+    assert_eq!(retried.header("idempotent-replayed"), Some("true"));
     relay.wait_ready(RECONNECT);
     let after = relay.publish(&topic, r#"{"i":"after"}"#);
     expected.push(id_of(&after).to_string());
     assert_eq!(valkey.stream_ids(&key), expected);
+}
+
+/// [`post`] with `Idempotency-Key: stalled-<n>`.
+fn post_with_key(http: &mut Http, topic: &str, payload: &str, n: usize) -> Response {
+    http.request(
+        "POST",
+        "/api/v1/messages",
+        &[
+            auth_header(&rw_token()).as_pair(),
+            ("Content-Type", "application/json"),
+            ("Idempotency-Key", &format!("stalled-{n}")),
+        ],
+        message_body(topic, payload).as_bytes(),
+    )
 }
 
 // ---------------------------------------------------------------------------------------
@@ -477,10 +525,16 @@ fn resets_and_half_open_links_mid_pipeline_lose_nothing_acknowledged_and_write_n
         assert_stream_holds_exactly(&valkey, topic, acked);
     }
     // The faults did hit writes whose replies were lost: their retries were refused as
-    // already applied (and acknowledged, since they are in the streams above).
+    // already applied (and acknowledged, since they are in the streams above), which
+    // counts as done: the relay's error count is its lost links and nothing else.
     assert!(
         failed_xadds(&valkey) > 0,
         "no write was retried after its reply was lost: the test did not test that"
+    );
+    assert_eq!(
+        relay.metrics().sum("pulsar_valkey_errors_total") as usize,
+        links_lost(&relay),
+        "a re-sent write that Valkey had already applied was counted as an error"
     );
     assert!(
         relay.wait_exit(Duration::ZERO).is_none(),

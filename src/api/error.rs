@@ -118,6 +118,8 @@ impl From<StoreError> for ApiError {
             StoreError::Recovering => "STORE_RECOVERING",
             StoreError::Unavailable(_) => "STORE_UNAVAILABLE",
             StoreError::Rejected(_) => "STORE_REJECTED",
+            StoreError::PersistTimeout => "PERSIST_TIMEOUT",
+            StoreError::ReplicationTimeout { .. } => "REPLICATION_TIMEOUT",
         };
         ApiError::new(503, code, e.to_string()).with_header("Retry-After", "1")
     }

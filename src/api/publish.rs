@@ -9,12 +9,15 @@
 //! validated: only a first request publishes, and its answer is recorded before it is sent.
 
 use std::borrow::Cow;
+use std::cell::Cell;
 use std::fmt;
 use std::future::Future;
 use std::ops::Range;
+use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
 
+use futures_lite::future;
 use serde::de::{IgnoredAny, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::error::Category;
@@ -29,7 +32,8 @@ use crate::auth::Principal;
 use crate::config::TopicNamespace;
 use crate::http::{Request, Response};
 use crate::rt::conns::ConnCtl;
-use crate::rt::mesh::Answer;
+use crate::rt::mesh::{join_all, Answer};
+use crate::rt::now_ms;
 use crate::store::StoreError;
 use crate::text::rfc3339;
 use crate::topic::owner::apply::{DraftSpan, PublishBatch, Publisher, Receipt};
@@ -299,13 +303,58 @@ fn publish_here(
     s: &Rc<Shard>,
     batch: &PublishBatch,
 ) -> Answer<PublishResult, impl Future<Output = PublishResult>> {
-    settled(Answer::now(
-        s.topics
-            .publish(batch, |msg, shards| s.fan_out(msg, shards)),
-    ))
+    // Unbounded here: the requesting shard bounds its wait by `storage.ack_timeout`, and a
+    // publish with an Idempotency-Key keeps waiting past it (see `single`).
+    settled(
+        Answer::now(
+            s.topics
+                .publish(batch, |msg, shards| s.fan_out(msg, shards)),
+        ),
+        None,
+    )
 }
 
 type PublishResult = Result<Vec<Receipt>, StoreError>;
+
+/// When a publish that arrives now must be answered: `storage.ack_timeout` later, however
+/// long it waited before its writes were queued (an Idempotency-Key lookup, say); `None`
+/// when publishes wait for no write.
+fn ack_deadline(shard: &Shard) -> Option<u64> {
+    let limit = shard.store.ack_timeout()?;
+    Some(now_ms() + limit.as_millis() as u64)
+}
+
+/// Waits for `call` until `deadline` (ms, on the connection's coarse timer: no timer per
+/// request; no deadline: as long as it takes); `None` when the time ran out first. What
+/// `call` waits for (the owner's writes) goes on regardless.
+async fn by_deadline<F: Future>(
+    ctl: &ConnCtl,
+    deadline: Option<u64>,
+    mut call: Pin<&mut F>,
+) -> Option<F::Output> {
+    let Some(deadline) = deadline else {
+        return Some(call.await);
+    };
+    ctl.set_deadline(deadline);
+    let answered = loop {
+        let answered = future::or(async { Some(call.as_mut().await) }, async {
+            ctl.signal.wait().await;
+            None
+        })
+        .await;
+        match answered {
+            Some(value) => break Some(value),
+            None if ctl.take_timeout() => break None,
+            None => {}
+        }
+    };
+    ctl.clear_deadline();
+    answered
+}
+
+fn persist_timeout() -> ApiError {
+    ApiError::from(StoreError::PersistTimeout)
+}
 
 pub async fn single(
     shard: &Rc<Shard>,
@@ -314,6 +363,7 @@ pub async fn single(
     publisher: Arc<Publisher>,
     req: Request,
 ) -> Result<Response, ApiError> {
+    let deadline = ack_deadline(shard);
     let key = idempotency::key_of(&req)?;
     let mut body = req.body;
     let depth = shard.config.limits.max_json_depth;
@@ -329,25 +379,59 @@ pub async fn single(
     let spans = finish_spans(&mut body, vec![parsed]);
     let topic_bytes = spans[0].topic.clone();
     let body = Arc::new(body);
-    // Validated (or appended) as UTF-8 when parsed.
-    let topic = std::str::from_utf8(&body[topic_bytes]).unwrap_or_default();
     let batch = PublishBatch {
         body: Arc::clone(&body),
         items: spans,
         publisher,
     };
-    let receipts = shard
-        .on_topic(topic, move |s| publish_here(s, &batch))
-        .await?;
+    let publishing = {
+        let (shard, body, topic_bytes) = (Rc::clone(shard), Arc::clone(&body), topic_bytes.clone());
+        async move {
+            // Validated (or appended) as UTF-8 when parsed.
+            let topic = std::str::from_utf8(&body[topic_bytes]).unwrap_or_default();
+            shard
+                .on_topic(topic, move |s| publish_here(s, &batch))
+                .await
+        }
+    };
+    let topic = std::str::from_utf8(&body[topic_bytes]).unwrap_or_default();
+    let (answer, held) = match held {
+        None => {
+            futures_lite::pin!(publishing);
+            (by_deadline(ctl, deadline, publishing).await, None)
+        }
+        Some(held) => {
+            let mut publishing = Box::pin(publishing);
+            match by_deadline(ctl, deadline, publishing.as_mut()).await {
+                Some(answer) => (Some(answer), Some(held)),
+                None => {
+                    let name = display_name(topic).to_owned();
+                    held.keep_later(async move {
+                        let receipts = publishing.await.ok()?;
+                        Some(single_response(&name, receipts.first()?))
+                    });
+                    (None, None)
+                }
+            }
+        }
+    };
+    let receipts = answer.ok_or_else(persist_timeout)??;
     let receipt = receipts
         .first()
         .ok_or_else(|| ApiError::new(500, "INTERNAL", "the topic owner returned no receipt"))?;
-    let response = Response::json(201, receipt_json(display_name(topic), receipt).into_bytes());
+    let response = single_response(display_name(topic), receipt);
     if let Some(held) = held {
         held.keep(&response).await;
     }
     Ok(response)
 }
+
+fn single_response(topic: &str, receipt: &Receipt) -> Response {
+    Response::json(201, receipt_json(topic, receipt).into_bytes())
+}
+
+/// Per bulk item: its receipt, or the code and detail it was rejected with.
+type ItemReceipt = Result<Receipt, (&'static str, String)>;
 
 pub async fn bulk(
     shard: &Rc<Shard>,
@@ -356,6 +440,7 @@ pub async fn bulk(
     publisher: Arc<Publisher>,
     req: Request,
 ) -> Result<Response, ApiError> {
+    let deadline = ack_deadline(shard);
     let key = idempotency::key_of(&req)?;
     let mut body = req.body;
     let max = shard.config.limits.max_bulk_messages;
@@ -424,39 +509,95 @@ pub async fn bulk(
     let body = Arc::new(body);
     let mut groups = Vec::new();
     let mut calls = Vec::new();
-    for (owner, (keys, spans)) in by_owner.into_iter().enumerate() {
+    for (keys, spans) in by_owner {
         if spans.is_empty() {
             continue;
         }
-        groups.push(keys);
         let batch = PublishBatch {
             body: Arc::clone(&body),
             items: spans,
             publisher: Arc::clone(&publisher),
         };
-        calls.push((owner, move |s: &Rc<Shard>| publish_here(s, &batch)));
+        // Any of the group's topics names its owner.
+        let (shard, topic) = (Rc::clone(shard), topics[keys[0]].clone());
+        groups.push(keys);
+        calls.push(Box::pin(async move {
+            shard
+                .on_topic(&topic, move |s| publish_here(s, &batch))
+                .await
+        }));
     }
-    let mut receipts: Vec<Result<Receipt, (&'static str, String)>> =
+    // Each owner's answer as it comes, until the deadline.
+    let answers: Vec<Cell<Option<PublishResult>>> = calls.iter().map(|_| Cell::new(None)).collect();
+    {
+        let all = join_all(
+            calls
+                .iter_mut()
+                .zip(&answers)
+                .map(|(call, answer)| async move { answer.set(Some(call.as_mut().await)) }),
+        );
+        futures_lite::pin!(all);
+        by_deadline(ctl, deadline, all).await;
+    }
+    let mut receipts: Vec<ItemReceipt> =
         vec![Err(("INTERNAL", "no receipt".to_string())); topics.len()];
-    for (keys, published) in groups.into_iter().zip(shard.on_topic_owners(calls).await) {
-        match published {
-            Ok(owner_receipts) => {
-                for (k, receipt) in keys.into_iter().zip(owner_receipts) {
-                    receipts[k] = Ok(receipt);
-                }
-            }
-            Err(e) => {
-                let e = ApiError::from(e);
-                for k in keys {
-                    receipts[k] = Err((e.code, e.detail.clone()));
-                }
+    let mut unconfirmed = Vec::new();
+    for ((keys, call), answer) in groups.into_iter().zip(calls).zip(answers) {
+        match answer.into_inner() {
+            Some(published) => group_receipts(&mut receipts, &keys, published),
+            None => {
+                group_receipts(&mut receipts, &keys, Err(StoreError::PersistTimeout));
+                unconfirmed.push((keys, call));
             }
         }
     }
+    let (response, accepted) = bulk_response(&outcomes, &topics, &receipts);
+    let Some(held) = held else {
+        return Ok(response);
+    };
+    if unconfirmed.is_empty() {
+        // An answer that published nothing is not recorded: a retry may still publish.
+        if accepted > 0 {
+            held.keep(&response).await;
+        }
+    } else {
+        held.keep_later(async move {
+            for (keys, call) in unconfirmed {
+                group_receipts(&mut receipts, &keys, call.await);
+            }
+            let (response, accepted) = bulk_response(&outcomes, &topics, &receipts);
+            (accepted > 0).then_some(response)
+        });
+    }
+    Ok(response)
+}
 
+/// Records one owner's answer for the bulk items `keys` it published.
+fn group_receipts(receipts: &mut [ItemReceipt], keys: &[usize], published: PublishResult) {
+    match published {
+        Ok(owner_receipts) => {
+            for (&k, receipt) in keys.iter().zip(owner_receipts) {
+                receipts[k] = Ok(receipt);
+            }
+        }
+        Err(e) => {
+            let e = ApiError::from(e);
+            for &k in keys {
+                receipts[k] = Err((e.code, e.detail.clone()));
+            }
+        }
+    }
+}
+
+/// The 207 answer of a bulk publish, and how many of its items were accepted.
+fn bulk_response(
+    outcomes: &[Result<(), ApiError>],
+    topics: &[String],
+    receipts: &[ItemReceipt],
+) -> (Response, usize) {
     let mut results = Vec::with_capacity(outcomes.len());
     let mut k = 0;
-    for outcome in &outcomes {
+    for outcome in outcomes {
         results.push(match outcome {
             Ok(()) => {
                 let topic = Some(display_name(&topics[k]));
@@ -485,12 +626,8 @@ pub async fn bulk(
         },
         results,
     };
-    let response = Response::json(207, serde_json::to_vec(&reply).unwrap_or_default());
-    // An answer that published nothing is not recorded: a retry may still publish.
-    if let Some(held) = held.filter(|_| accepted > 0) {
-        held.keep(&response).await;
-    }
-    Ok(response)
+    let body = serde_json::to_vec(&reply).unwrap_or_default();
+    (Response::json(207, body), accepted)
 }
 
 /// The 207 body, serialized straight from borrowed data: a bulk of a thousand items must

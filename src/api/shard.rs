@@ -321,13 +321,13 @@ impl Shard {
         if tickets.is_empty() {
             return Answer::Now(reply);
         }
+        // Tickets come only with a limit (persisted or replicated acks).
+        let limit = self.store.ack_timeout().unwrap_or_default();
         Answer::Later(async move {
-            for ticket in tickets {
-                if ticket.wait().await.is_err() {
-                    return DirectoryReply::Failed(AccountError::Unavailable);
-                }
+            match crate::store::confirmed_within(tickets, limit).await {
+                Ok(()) => reply,
+                Err(_) => DirectoryReply::Failed(AccountError::Unavailable),
             }
-            reply
         })
     }
 

@@ -57,6 +57,9 @@ pub(crate) const SECTIONS: &[(&str, &[(&str, EnvKind)])] = &[
         &[
             ("backend", Scalar),
             ("ack", Scalar),
+            ("ack_timeout", Scalar),
+            ("min_replicas", Scalar),
+            ("replica_timeout", Scalar),
             ("hot_tier_messages_per_topic", Scalar),
             ("hot_tier_max_bytes", Scalar),
             ("max_messages_per_topic", Scalar),

@@ -167,6 +167,9 @@ pub enum Backend {
 pub enum AckMode {
     /// After the persistent tier confirmed the write.
     Persisted,
+    /// After the persistent tier confirmed the write and `WAIT` reported at least
+    /// `storage.min_replicas` replicas have it.
+    Replicated,
     /// Once the message is in the hot tier.
     Memory,
 }
@@ -177,6 +180,15 @@ pub struct StorageConfig {
     pub backend: Backend,
     /// `None` = persisted with Valkey, memory otherwise; see [`Config::ack_mode`].
     pub ack: Option<AckMode>,
+    /// Longest a publish (or any request that waits for a write) waits for Valkey's
+    /// confirmation before it is answered 503 `PERSIST_TIMEOUT`.
+    #[serde(with = "units::duration")]
+    pub ack_timeout: Duration,
+    /// With `ack: replicated`: replicas that must have a write before it is acknowledged.
+    pub min_replicas: u32,
+    /// With `ack: replicated`: the timeout of each `WAIT`.
+    #[serde(with = "units::duration")]
+    pub replica_timeout: Duration,
     pub hot_tier_messages_per_topic: usize,
     /// Byte budget of the hot tier, per shard.
     #[serde(with = "units::size")]
@@ -195,6 +207,9 @@ impl Default for StorageConfig {
         StorageConfig {
             backend: Backend::Memory,
             ack: None,
+            ack_timeout: Duration::from_secs(10),
+            min_replicas: 1,
+            replica_timeout: Duration::from_secs(2),
             hot_tier_messages_per_topic: 10_000,
             hot_tier_max_bytes: 256 << 20,
             max_messages_per_topic: 1_000_000,

@@ -519,6 +519,12 @@ fn validation_names_the_key() {
             "delivery.ws_pong_timeout",
         ),
         ("storage:\n  ack: persisted\n", "storage.ack"),
+        ("storage:\n  ack: replicated\n", "storage.ack"),
+        (
+            "storage:\n  backend: valkey\n  ack: replicated\n  ack_timeout: 2s\n  \
+             replica_timeout: 2s\n",
+            "storage.replica_timeout",
+        ),
     ];
     for (yaml, key) in cases {
         assert_eq!(key_of(from_yaml(yaml)), key, "{yaml}");
@@ -540,6 +546,9 @@ fn zero_is_refused_where_it_cannot_work() {
         "storage.persistent_tier_retention",
         "storage.max_pending_writes",
         "storage.max_topic_records_per_shard",
+        "storage.ack_timeout",
+        "storage.min_replicas",
+        "storage.replica_timeout",
         "limits.max_body_bytes",
         "limits.max_header_bytes",
         "limits.max_headers",
@@ -582,6 +591,21 @@ fn ack_mode_follows_backend() {
     assert_eq!(valkey.ack_mode(), AckMode::Persisted);
     let explicit = from_yaml("storage:\n  backend: valkey\n  ack: memory\n").unwrap();
     assert_eq!(explicit.ack_mode(), AckMode::Memory);
+    let replicated = from_env(&[
+        ("PULSAR_STORAGE_BACKEND", "valkey"),
+        ("PULSAR_STORAGE_ACK", "replicated"),
+        ("PULSAR_STORAGE_MIN_REPLICAS", "2"),
+        ("PULSAR_STORAGE_REPLICA_TIMEOUT", "500ms"),
+        ("PULSAR_STORAGE_ACK_TIMEOUT", "3s"),
+    ])
+    .unwrap();
+    assert_eq!(replicated.ack_mode(), AckMode::Replicated);
+    assert_eq!(replicated.storage.min_replicas, 2);
+    assert_eq!(
+        replicated.storage.replica_timeout,
+        Duration::from_millis(500)
+    );
+    assert_eq!(replicated.storage.ack_timeout, Duration::from_secs(3));
 }
 
 #[test]

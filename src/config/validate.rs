@@ -86,6 +86,9 @@ impl Config {
             ("delivery.ws_pong_timeout", self.delivery.ws_pong_timeout),
             ("limits.idempotency_window", self.limits.idempotency_window),
             ("limits.idempotency_wait", self.limits.idempotency_wait),
+            ("storage.ack_timeout", self.storage.ack_timeout),
+            // WAIT with a timeout of 0 blocks until the replicas answer, however long.
+            ("storage.replica_timeout", self.storage.replica_timeout),
         ];
         if let Some((key, _)) = timers.iter().find(|(_, d)| d.is_zero()) {
             return Err(ConfigError::at(*key, "must be longer than zero"));
@@ -113,6 +116,7 @@ impl Config {
                 "storage.max_topic_records_per_shard",
                 self.storage.max_topic_records_per_shard == 0,
             ),
+            ("storage.min_replicas", self.storage.min_replicas == 0),
             ("limits.max_body_bytes", self.limits.max_body_bytes == 0),
             ("limits.max_header_bytes", self.limits.max_header_bytes == 0),
             ("limits.max_headers", self.limits.max_headers == 0),
@@ -152,12 +156,7 @@ impl Config {
             ));
         }
         self.validate_accounts()?;
-        if self.storage.ack == Some(AckMode::Persisted) && self.storage.backend == Backend::Memory {
-            return Err(ConfigError::at(
-                "storage.ack",
-                "`persisted` needs storage.backend `valkey`; the memory backend persists nothing",
-            ));
-        }
+        self.validate_acks()?;
         match self.jwt.algorithm.as_str() {
             "HS256" if PLACEHOLDER_SECRETS.contains(&self.jwt.secret_key.as_str()) => {
                 Err(ConfigError::at(
@@ -187,6 +186,33 @@ impl Config {
 }
 
 impl Config {
+    fn validate_acks(&self) -> Result<(), ConfigError> {
+        let mode = match self.storage.ack {
+            Some(AckMode::Persisted) => "persisted",
+            Some(AckMode::Replicated) => "replicated",
+            _ => return Ok(()),
+        };
+        if self.storage.backend == Backend::Memory {
+            return Err(ConfigError::at(
+                "storage.ack",
+                format!(
+                    "`{mode}` needs storage.backend `valkey`; the memory backend persists nothing"
+                ),
+            ));
+        }
+        if mode == "replicated" && self.storage.replica_timeout >= self.storage.ack_timeout {
+            return Err(ConfigError::at(
+                "storage.replica_timeout",
+                format!(
+                    "must be shorter than storage.ack_timeout ({:?}), or a publish times out \
+                     before its replicas are counted",
+                    self.storage.ack_timeout
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     fn validate_accounts(&self) -> Result<(), ConfigError> {
         if self.accounts.access_token_ttl < Duration::from_secs(60) {
             return Err(ConfigError::at(

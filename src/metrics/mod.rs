@@ -73,6 +73,8 @@ pub struct ShardMetrics {
     pub polls_waiting: Cell<u64>,
     pub valkey_writes: Cell<u64>,
     pub valkey_errors: Cell<u64>,
+    /// Pipelines whose `WAIT` counted fewer replicas than `storage.min_replicas`.
+    pub valkey_replica_timeouts: Cell<u64>,
     /// Topic entries the owner dropped from memory (mirrors the table's count).
     pub topics_dropped: Cell<u64>,
     /// Topics read back from the persistent tier on demand.
@@ -97,6 +99,7 @@ impl Default for ShardMetrics {
             polls_waiting: Cell::new(0),
             valkey_writes: Cell::new(0),
             valkey_errors: Cell::new(0),
+            valkey_replica_timeouts: Cell::new(0),
             topics_dropped: Cell::new(0),
             topic_loads: Cell::new(0),
             requests: RefCell::new(Vec::new()),
@@ -153,6 +156,7 @@ impl ShardMetrics {
                 slow_consumer_disconnects: self.slow_consumer_disconnects.get(),
                 valkey_writes: self.valkey_writes.get(),
                 valkey_errors: self.valkey_errors.get(),
+                valkey_replica_timeouts: self.valkey_replica_timeouts.get(),
                 topics_dropped: self.topics_dropped.get(),
                 topic_loads: self.topic_loads.get(),
             },
@@ -180,6 +184,7 @@ pub struct Counters {
     pub slow_consumer_disconnects: u64,
     pub valkey_writes: u64,
     pub valkey_errors: u64,
+    pub valkey_replica_timeouts: u64,
     pub topics_dropped: u64,
     pub topic_loads: u64,
 }
@@ -364,6 +369,17 @@ pub fn render(shards: &[Snapshot], persistent: bool) -> String {
             out,
             "pulsar_valkey_errors_total {}",
             total(|c| c.valkey_errors)
+        );
+        header(
+            &mut out,
+            "pulsar_valkey_replica_timeouts_total",
+            "Pipelines whose WAIT counted fewer replicas than storage.min_replicas (ack: replicated).",
+            "counter",
+        );
+        let _ = writeln!(
+            out,
+            "pulsar_valkey_replica_timeouts_total {}",
+            total(|c| c.valkey_replica_timeouts)
         );
         header(
             &mut out,

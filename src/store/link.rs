@@ -5,10 +5,21 @@
 //! replies in order, and only then sends the next pipeline, so the commands that pile up
 //! while one round trip is in flight become the next group commit.
 //!
-//! Writes are retried across reconnects, in order, until Valkey answers them (the relay's
-//! writes carry explicit stream IDs, which makes a retried XADD harmless). Reads fail fast
-//! while the link is down. Reconnects back off exponentially (50 ms to 5 s) with jitter.
-//! A sentinel key detects a Valkey that came back without its data.
+//! Writes are retried across reconnects, in order, until Valkey answers them. The relay's
+//! writes carry explicit stream IDs, which makes a re-sent XADD harmless: Valkey refusing a
+//! re-sent XADD as not above the stream's top item means it was applied before, and that
+//! counts as done (not as an error). A read whose connection turned out to be closed is
+//! sent once more on a fresh connection; a read queued while the link is down waits for
+//! the next connection attempt and fails if that fails. So no read waits longer than one
+//! reconnect and two command timeouts, and none fails only because Valkey closed an idle
+//! connection. Reconnects back off exponentially (50 ms to 500 ms, so every shard sees a
+//! Valkey that came back within a second) with jitter. An idle connection is watched for
+//! Valkey closing it and pinged every second. A sentinel key detects a Valkey that came
+//! back without its data.
+//!
+//! With replicated acks, a pipeline that carries a write someone waits for ends with one
+//! `WAIT <replicas> <timeout>`; those writes are answered only once it reports, and fail
+//! with [`LinkError::Replicas`] when it counts too few replicas.
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -32,6 +43,11 @@ pub enum LinkError {
     Timeout,
     Io(String),
     Protocol(&'static str),
+    /// Valkey applied the write, but `WAIT` counted only `got` of the `wanted` replicas.
+    Replicas {
+        got: u64,
+        wanted: u32,
+    },
 }
 
 impl fmt::Display for LinkError {
@@ -41,6 +57,10 @@ impl fmt::Display for LinkError {
             LinkError::Timeout => f.write_str("Valkey did not answer in time"),
             LinkError::Io(e) => write!(f, "Valkey connection error: {e}"),
             LinkError::Protocol(e) => write!(f, "Valkey protocol error: {e}"),
+            LinkError::Replicas { got, wanted } => write!(
+                f,
+                "Valkey has the write, but only {got} of {wanted} replicas confirmed it in time"
+            ),
         }
     }
 }
@@ -50,18 +70,33 @@ pub type Reply = Rc<Slot<Result<Value, LinkError>>>;
 struct Request {
     packed: Vec<u8>,
     reply: Option<Reply>,
-    /// Writes survive reconnects; reads are failed instead.
-    retry: bool,
+    kind: Kind,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    /// Retried until Valkey answers; `resent` once it went out on a connection that failed.
+    Write { resent: bool },
+    /// Sent once more on a fresh connection (`retried`) when its own turned out closed.
+    Read { retried: bool },
+}
+
+/// `WAIT` after each pipeline that carries a write someone waits for (replicated acks).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReplicaWait {
+    pub replicas: u32,
+    pub timeout: Duration,
 }
 
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
+const BACKOFF_MAX: Duration = Duration::from_millis(500);
 const IDLE_PING: Duration = Duration::from_secs(1);
 
 pub struct Link {
     cfg: ValkeyConfig,
     shard: usize,
     sentinel_key: String,
+    replicas: Option<ReplicaWait>,
     queue: RefCell<VecDeque<Request>>,
     /// Writes queued or in flight: the backlog bounded by `storage.max_pending_writes`.
     pending_writes: Cell<usize>,
@@ -74,12 +109,18 @@ pub struct Link {
 }
 
 impl Link {
-    pub fn new(cfg: ValkeyConfig, shard: usize, metrics: Rc<ShardMetrics>) -> Rc<Link> {
+    pub fn new(
+        cfg: ValkeyConfig,
+        shard: usize,
+        metrics: Rc<ShardMetrics>,
+        replicas: Option<ReplicaWait>,
+    ) -> Rc<Link> {
         let sentinel_key = format!("{}:{{relay}}:epoch", cfg.key_prefix);
         Rc::new(Link {
             cfg,
             shard,
             sentinel_key,
+            replicas,
             queue: RefCell::new(VecDeque::new()),
             pending_writes: Cell::new(0),
             wake: Signal::default(),
@@ -104,43 +145,29 @@ impl Link {
         self.queue.borrow_mut().push_back(Request {
             packed: cmd.get_packed_command(),
             reply: reply.clone(),
-            retry: true,
+            kind: Kind::Write { resent: false },
         });
         self.wake.raise();
         reply
     }
 
-    /// Sends a read and waits for its reply; fails at once while the link is down.
+    /// Sends a read and waits for its reply (see the module header for how long).
     pub async fn read(&self, cmd: &redis::Cmd) -> Result<Value, LinkError> {
-        if !self.up.get() {
-            return Err(LinkError::Down);
-        }
         let reply: Reply = Rc::new(Slot::default());
-        self.queue.borrow_mut().push_back(Request {
-            packed: cmd.get_packed_command(),
-            reply: Some(Rc::clone(&reply)),
-            retry: false,
-        });
+        self.queue.borrow_mut().push_back(read_request(cmd, &reply));
         self.wake.raise();
         reply.take().await
     }
 
     /// Sends several reads at once (they go out in one pipeline) and waits for all their
-    /// replies, in order; fails at once while the link is down.
+    /// replies, in order.
     pub async fn read_all(&self, cmds: &[redis::Cmd]) -> Result<Vec<Value>, LinkError> {
-        if !self.up.get() {
-            return Err(LinkError::Down);
-        }
         let replies: Vec<Reply> = {
             let mut queue = self.queue.borrow_mut();
             cmds.iter()
                 .map(|cmd| {
                     let reply: Reply = Rc::new(Slot::default());
-                    queue.push_back(Request {
-                        packed: cmd.get_packed_command(),
-                        reply: Some(Rc::clone(&reply)),
-                        retry: false,
-                    });
+                    queue.push_back(read_request(cmd, &reply));
                     reply
                 })
                 .collect()
@@ -169,7 +196,6 @@ impl Link {
                     self.up.set(true);
                     let err = self.serve(&mut stream).await;
                     self.up.set(false);
-                    self.fail_reads();
                     crate::log_line!("shard {}: Valkey connection lost: {err}", self.shard);
                 }
                 Err(err) => {
@@ -183,7 +209,7 @@ impl Link {
                         );
                     }
                     failures += 1;
-                    self.fail_reads();
+                    self.fail_reads(&err);
                 }
             }
             // xorshift: jitter so that shards (and relays) do not reconnect in lockstep.
@@ -196,15 +222,19 @@ impl Link {
         }
     }
 
-    fn fail_reads(&self) {
+    /// Fails the queued reads: the connection attempt they waited for failed.
+    fn fail_reads(&self, err: &LinkError) {
+        let failed = match err {
+            LinkError::Timeout => LinkError::Timeout,
+            _ => LinkError::Down,
+        };
         let mut queue = self.queue.borrow_mut();
         queue.retain(|req| {
-            if !req.retry {
-                if let Some(reply) = &req.reply {
-                    reply.fill(Err(LinkError::Down));
-                }
+            let read = matches!(req.kind, Kind::Read { .. });
+            if let (true, Some(reply)) = (read, &req.reply) {
+                reply.fill(Err(failed.clone()));
             }
-            req.retry
+            !read
         });
     }
 
@@ -301,83 +331,228 @@ impl Link {
     async fn serve(&self, stream: &mut TcpStream) -> LinkError {
         let mut replies_in = Replies::default();
         let mut packed = Vec::new();
+        let mut batch: VecDeque<Request> = VecDeque::new();
+        // Writes Valkey answered whose replies wait for the pipeline's WAIT.
+        let mut held: Vec<(Request, Value)> = Vec::new();
         loop {
             if self.queue.borrow().is_empty() {
-                // An idle connection is checked with a PING, so a dead Valkey shows on
-                // /ready even when nothing is written.
+                // An idle connection is watched (Valkey closing it shows at once) and
+                // checked with a PING, so a dead Valkey shows on /ready even when nothing
+                // is written.
                 let woken = future::or(
                     async {
                         self.wake.wait().await;
-                        true
+                        Ok(true)
                     },
-                    async {
-                        sleep(IDLE_PING).await;
-                        false
-                    },
+                    future::or(
+                        async {
+                            sleep(IDLE_PING).await;
+                            Ok(false)
+                        },
+                        async { Err(closed_while_idle(stream).await) },
+                    ),
                 )
                 .await;
-                if !woken && self.queue.borrow().is_empty() {
-                    self.queue.borrow_mut().push_back(Request {
-                        packed: redis::cmd("PING").get_packed_command(),
-                        reply: None,
-                        retry: false,
-                    });
+                match woken {
+                    Err(err) => {
+                        metrics::add(&self.metrics.valkey_errors, 1);
+                        return err;
+                    }
+                    Ok(false) if self.queue.borrow().is_empty() => {
+                        self.queue.borrow_mut().push_back(Request {
+                            packed: redis::cmd("PING").get_packed_command(),
+                            reply: None,
+                            kind: Kind::Read { retried: true },
+                        });
+                    }
+                    Ok(_) => {}
                 }
                 continue;
             }
-            let batch: Vec<Request> = self.queue.borrow_mut().drain(..).collect();
+            batch.extend(self.queue.borrow_mut().drain(..));
+            let wait = self.replicas.filter(|_| {
+                batch
+                    .iter()
+                    .any(|req| matches!(req.kind, Kind::Write { .. }) && req.reply.is_some())
+            });
             packed.clear();
             for req in &batch {
                 packed.extend_from_slice(&req.packed);
             }
+            let mut limit = self.cfg.command_timeout;
+            if let Some(wait) = wait {
+                packed.extend_from_slice(
+                    &redis::cmd("WAIT")
+                        .arg(wait.replicas)
+                        .arg(wait.timeout.as_millis() as u64)
+                        .get_packed_command(),
+                );
+                limit += wait.timeout;
+            }
             let started = std::time::Instant::now();
             let outcome = self
-                .with_timeout(self.cfg.command_timeout, async {
+                .with_timeout(limit, async {
                     stream
                         .write_all(&packed)
                         .await
                         .map_err(|e| LinkError::Io(e.to_string()))?;
-                    let mut replies = Vec::with_capacity(batch.len());
-                    for _ in 0..batch.len() {
-                        replies.push(replies_in.next(stream).await?);
+                    while !batch.is_empty() {
+                        let value = replies_in.next(stream).await?;
+                        if let Some(req) = batch.pop_front() {
+                            self.answered(req, value, started, wait.is_some(), &mut held);
+                        }
                     }
-                    Ok(replies)
+                    if let Some(wait) = wait {
+                        let count = replies_in.next(stream).await?;
+                        self.replicated(&mut held, &count, wait, started);
+                    }
+                    Ok(())
                 })
                 .await;
-            match outcome {
-                Ok(replies) => {
-                    let micros = started.elapsed().as_micros() as u64;
-                    let mut latency = self.metrics.valkey_latency.borrow_mut();
-                    for (req, value) in batch.into_iter().zip(replies) {
-                        if req.retry {
-                            self.pending_writes.set(self.pending_writes.get() - 1);
-                            latency.record(micros);
-                            if resp::server_error(&value).is_some() {
-                                metrics::add(&self.metrics.valkey_errors, 1);
-                            } else {
-                                metrics::add(&self.metrics.valkey_writes, 1);
-                            }
-                        }
-                        if let Some(reply) = req.reply {
-                            reply.fill(Ok(value));
-                        }
-                    }
+            if let Err(err) = outcome {
+                metrics::add(&self.metrics.valkey_errors, 1);
+                self.requeue(&mut held, &mut batch, &err);
+                return err;
+            }
+        }
+    }
+
+    /// One reply of a pipeline, in order: reads are answered at once, writes too unless
+    /// `hold` (the pipeline's WAIT decides them).
+    fn answered(
+        &self,
+        req: Request,
+        value: Value,
+        started: std::time::Instant,
+        hold: bool,
+        held: &mut Vec<(Request, Value)>,
+    ) {
+        let Kind::Write { resent } = req.kind else {
+            if let Some(reply) = req.reply {
+                reply.fill(Ok(value));
+            }
+            return;
+        };
+        let value = if resent && already_applied(&value) {
+            Value::Okay
+        } else {
+            value
+        };
+        let refused = resp::server_error(&value).is_some();
+        if hold && !refused && req.reply.is_some() {
+            held.push((req, value));
+            return;
+        }
+        self.write_answered(started, refused);
+        if let Some(reply) = req.reply {
+            reply.fill(Ok(value));
+        }
+    }
+
+    /// The pipeline's `WAIT` replied `count`: its held writes are answered, as failed
+    /// when it counted too few replicas.
+    fn replicated(
+        &self,
+        held: &mut Vec<(Request, Value)>,
+        count: &Value,
+        wait: ReplicaWait,
+        started: std::time::Instant,
+    ) {
+        let got = match count {
+            Value::Int(n) => (*n).max(0) as u64,
+            _ => 0,
+        };
+        let enough = got >= u64::from(wait.replicas);
+        if !enough {
+            metrics::add(&self.metrics.valkey_replica_timeouts, 1);
+        }
+        for (req, value) in held.drain(..) {
+            self.write_answered(started, false);
+            if let Some(reply) = req.reply {
+                reply.fill(if enough {
+                    Ok(value)
+                } else {
+                    Err(LinkError::Replicas {
+                        got,
+                        wanted: wait.replicas,
+                    })
+                });
+            }
+        }
+    }
+
+    fn write_answered(&self, started: std::time::Instant, refused: bool) {
+        self.pending_writes.set(self.pending_writes.get() - 1);
+        self.metrics
+            .valkey_latency
+            .borrow_mut()
+            .record(started.elapsed().as_micros() as u64);
+        if refused {
+            metrics::add(&self.metrics.valkey_errors, 1);
+        } else {
+            metrics::add(&self.metrics.valkey_writes, 1);
+        }
+    }
+
+    /// The pipeline failed with `err`: what it had not finished goes back to the front of
+    /// the queue, in order. Writes always (marked as re-sent); reads once, and only when the
+    /// connection turned out to be closed; the rest of the reads fail with `err`.
+    fn requeue(
+        &self,
+        held: &mut Vec<(Request, Value)>,
+        batch: &mut VecDeque<Request>,
+        err: &LinkError,
+    ) {
+        let closed = matches!(err, LinkError::Io(_));
+        let unfinished: Vec<Request> = held
+            .drain(..)
+            .map(|(req, _)| req)
+            .chain(batch.drain(..))
+            .collect();
+        let mut queue = self.queue.borrow_mut();
+        for mut req in unfinished.into_iter().rev() {
+            match req.kind {
+                Kind::Write { .. } => {
+                    req.kind = Kind::Write { resent: true };
+                    queue.push_front(req);
                 }
-                Err(err) => {
-                    metrics::add(&self.metrics.valkey_errors, 1);
-                    // Unanswered writes go back to the front, in their order.
-                    let mut queue = self.queue.borrow_mut();
-                    for req in batch.into_iter().rev() {
-                        if req.retry {
-                            queue.push_front(req);
-                        } else if let Some(reply) = req.reply {
-                            reply.fill(Err(err.clone()));
-                        }
+                Kind::Read { retried: false } if closed => {
+                    req.kind = Kind::Read { retried: true };
+                    queue.push_front(req);
+                }
+                Kind::Read { .. } => {
+                    if let Some(reply) = req.reply {
+                        reply.fill(Err(err.clone()));
                     }
-                    return err;
                 }
             }
         }
+    }
+}
+
+fn read_request(cmd: &redis::Cmd, reply: &Reply) -> Request {
+    Request {
+        packed: cmd.get_packed_command(),
+        reply: Some(Rc::clone(reply)),
+        kind: Kind::Read { retried: false },
+    }
+}
+
+/// Valkey refusing a re-sent XADD because its explicit ID is not above the stream's top:
+/// the first sending was applied (its reply was lost with the connection).
+fn already_applied(value: &Value) -> bool {
+    resp::server_error(value).is_some_and(|e| e.contains("equal or smaller"))
+}
+
+/// Resolves when a connection on which no reply is expected shows anything: Valkey closed
+/// it, or sent bytes nobody asked for. Dropping it loses nothing: glommio reads with a
+/// plain `recv` once the socket is readable.
+async fn closed_while_idle(stream: &mut TcpStream) -> LinkError {
+    let mut byte = [0u8; 1];
+    match stream.read(&mut byte).await {
+        Ok(0) => LinkError::Io("connection closed by Valkey".into()),
+        Ok(_) => LinkError::Protocol("unexpected bytes from Valkey"),
+        Err(e) => LinkError::Io(e.to_string()),
     }
 }
 
@@ -443,5 +618,134 @@ impl Replies {
             }
             self.buf.extend_from_slice(&chunk[..n]);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_lite::future::block_on;
+
+    fn link(replicas: Option<ReplicaWait>) -> Rc<Link> {
+        Link::new(
+            ValkeyConfig::default(),
+            0,
+            Rc::new(ShardMetrics::default()),
+            replicas,
+        )
+    }
+
+    fn request(kind: Kind, name: &str) -> (Request, Reply) {
+        let reply: Reply = Rc::new(Slot::default());
+        let req = Request {
+            packed: redis::cmd(name).get_packed_command(),
+            reply: Some(Rc::clone(&reply)),
+            kind,
+        };
+        (req, reply)
+    }
+
+    /// A `-<text>` reply, as Valkey sends it.
+    fn error(text: &str) -> Value {
+        redis::Parser::new()
+            .parse_value(format!("-{text}\r\n").as_bytes())
+            .expect("an error reply")
+    }
+
+    #[test]
+    fn a_closed_connection_requeues_writes_and_unretried_reads_in_order() {
+        let link = link(None);
+        let (w1, _) = request(Kind::Write { resent: false }, "W1");
+        let (r1, r1_reply) = request(Kind::Read { retried: false }, "R1");
+        let (r2, r2_reply) = request(Kind::Read { retried: true }, "R2");
+        let (w2, _) = request(Kind::Write { resent: false }, "W2");
+        let mut held = vec![(w1, Value::Okay)];
+        let mut batch = VecDeque::from([r1, r2, w2]);
+        let closed = LinkError::Io("connection closed by Valkey".into());
+        link.requeue(&mut held, &mut batch, &closed);
+        let queue = link.queue.borrow();
+        let kinds: Vec<Kind> = queue.iter().map(|r| r.kind).collect();
+        assert_eq!(
+            kinds,
+            [
+                Kind::Write { resent: true },
+                Kind::Read { retried: true },
+                Kind::Write { resent: true },
+            ]
+        );
+        assert!(!r1_reply.is_done(), "the first read is sent again");
+        assert_eq!(block_on(r2_reply.take()), Err(closed), "once only");
+    }
+
+    #[test]
+    fn a_timeout_fails_the_reads_it_caught_and_keeps_the_writes() {
+        let link = link(None);
+        let (w, _) = request(Kind::Write { resent: false }, "W");
+        let (r, r_reply) = request(Kind::Read { retried: false }, "R");
+        let mut batch = VecDeque::from([w, r]);
+        link.requeue(&mut Vec::new(), &mut batch, &LinkError::Timeout);
+        assert_eq!(block_on(r_reply.take()), Err(LinkError::Timeout));
+        let kinds: Vec<Kind> = link.queue.borrow().iter().map(|r| r.kind).collect();
+        assert_eq!(kinds, [Kind::Write { resent: true }]);
+    }
+
+    #[test]
+    fn a_resent_xadd_already_applied_is_done_and_not_an_error() {
+        let link = link(None);
+        let refused = error(
+            "ERR The ID specified in XADD is equal or smaller than the target stream top item",
+        );
+        let started = std::time::Instant::now();
+        for resent in [true, false] {
+            link.pending_writes.set(1);
+            let (w, reply) = request(Kind::Write { resent }, "XADD");
+            link.answered(w, refused.clone(), started, false, &mut Vec::new());
+            let value = block_on(reply.take()).unwrap();
+            assert_eq!(
+                resp::server_error(&value).is_none(),
+                resent,
+                "resent: {resent}"
+            );
+        }
+        assert_eq!(link.metrics.valkey_writes.get(), 1);
+        assert_eq!(
+            link.metrics.valkey_errors.get(),
+            1,
+            "only the first sending"
+        );
+        assert_eq!(link.pending_writes(), 0);
+    }
+
+    #[test]
+    fn writes_wait_for_the_pipelines_wait_and_fail_with_too_few_replicas() {
+        let wait = ReplicaWait {
+            replicas: 2,
+            timeout: Duration::from_millis(100),
+        };
+        let link = link(Some(wait));
+        let started = std::time::Instant::now();
+        for (count, enough) in [(Value::Int(2), true), (Value::Int(1), false)] {
+            let mut held = Vec::new();
+            link.pending_writes.set(2);
+            let (w1, w1_reply) = request(Kind::Write { resent: false }, "XADD");
+            let (r, r_reply) = request(Kind::Read { retried: false }, "XRANGE");
+            let (w2, w2_reply) = request(Kind::Write { resent: false }, "XADD");
+            link.answered(w1, Value::Okay, started, true, &mut held);
+            link.answered(r, Value::Nil, started, true, &mut held);
+            link.answered(w2, Value::Okay, started, true, &mut held);
+            assert!(r_reply.is_done(), "reads do not wait for WAIT");
+            assert!(!w1_reply.is_done() && !w2_reply.is_done());
+            link.replicated(&mut held, &count, wait, started);
+            for reply in [w1_reply, w2_reply] {
+                let got = block_on(reply.take());
+                if enough {
+                    assert_eq!(got, Ok(Value::Okay));
+                } else {
+                    assert_eq!(got, Err(LinkError::Replicas { got: 1, wanted: 2 }));
+                }
+            }
+            assert_eq!(link.pending_writes(), 0);
+        }
+        assert_eq!(link.metrics.valkey_replica_timeouts.get(), 1);
     }
 }

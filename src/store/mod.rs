@@ -45,7 +45,8 @@ use redis::Value;
 
 use crate::config::{AckMode, Backend, Config};
 use crate::metrics::ShardMetrics;
-use link::{Link, LinkError, Reply};
+use crate::rt::sleep;
+use link::{Link, LinkError, ReplicaWait, Reply};
 pub use stream::{MessageId, StreamEntry, StreamRange};
 pub use topics::{by_age, Recovery, StoredTopic, TopicRecord};
 
@@ -58,6 +59,14 @@ pub enum StoreError {
     Recovering,
     Unavailable(String),
     Rejected(String),
+    /// Valkey did not confirm a write within `storage.ack_timeout`; it may still do so.
+    PersistTimeout,
+    /// Valkey has the write, but fewer than `storage.min_replicas` replicas confirmed it
+    /// within `storage.replica_timeout`.
+    ReplicationTimeout {
+        got: u64,
+        wanted: u32,
+    },
 }
 
 impl fmt::Display for StoreError {
@@ -69,35 +78,66 @@ impl fmt::Display for StoreError {
             }
             StoreError::Unavailable(e) => write!(f, "Valkey is unavailable: {e}"),
             StoreError::Rejected(e) => write!(f, "Valkey refused the write: {e}"),
+            StoreError::PersistTimeout => f.write_str(
+                "Valkey did not confirm the write within storage.ack_timeout; it may still be \
+                 written: retry with the same Idempotency-Key",
+            ),
+            StoreError::ReplicationTimeout { got, wanted } => write!(
+                f,
+                "Valkey has the write, but only {got} of {wanted} replicas confirmed it within \
+                 storage.replica_timeout; retry with the same Idempotency-Key"
+            ),
         }
     }
 }
 
 impl From<LinkError> for StoreError {
     fn from(e: LinkError) -> Self {
-        StoreError::Unavailable(e.to_string())
+        match e {
+            LinkError::Replicas { got, wanted } => StoreError::ReplicationTimeout { got, wanted },
+            e => StoreError::Unavailable(e.to_string()),
+        }
     }
 }
 
-/// Resolves once Valkey confirmed one write.
+/// Resolves once Valkey confirmed one write (with replicated acks: and its replicas).
 pub struct Ticket(Reply);
 
 impl Ticket {
     pub async fn wait(self) -> Result<(), StoreError> {
+        // A re-sent XADD that Valkey had already applied is answered as done by the link.
         match self.0.take().await? {
-            Value::ServerError(e) => {
-                let text = resp::server_error(&Value::ServerError(e)).unwrap_or_default();
-                // Our IDs are explicit: a retried XADD that Valkey already applied is
-                // refused as "equal or smaller than the top item", which means done.
-                if text.contains("equal or smaller") {
-                    Ok(())
-                } else {
-                    Err(StoreError::Rejected(text))
-                }
-            }
+            value @ Value::ServerError(_) => Err(StoreError::Rejected(
+                resp::server_error(&value).unwrap_or_default(),
+            )),
             _ => Ok(()),
         }
     }
+}
+
+/// Waits for every ticket, at most `limit`: the first failure, or
+/// [`StoreError::PersistTimeout`] when they are not all confirmed by then (the writes stay
+/// queued).
+pub async fn confirmed_within(tickets: Vec<Ticket>, limit: Duration) -> Result<(), StoreError> {
+    if tickets.is_empty() {
+        return Ok(());
+    }
+    futures_lite::future::or(
+        async {
+            let mut failure = None;
+            for ticket in tickets {
+                if let Err(e) = ticket.wait().await {
+                    failure.get_or_insert(e);
+                }
+            }
+            failure.map_or(Ok(()), Err)
+        },
+        async {
+            sleep(limit).await;
+            Err(StoreError::PersistTimeout)
+        },
+    )
+    .await
 }
 
 struct Valkey {
@@ -114,7 +154,10 @@ struct Valkey {
 
 pub struct Store {
     valkey: Option<Valkey>,
+    /// Writes come with tickets (`persisted` and `replicated` acks).
     persisted_acks: bool,
+    /// `storage.ack_timeout` when writes come with tickets.
+    ack_timeout: Option<Duration>,
 }
 
 impl Store {
@@ -122,6 +165,7 @@ impl Store {
         Store {
             valkey: None,
             persisted_acks: false,
+            ack_timeout: None,
         }
     }
 
@@ -134,7 +178,11 @@ impl Store {
         if config.storage.backend == Backend::Memory {
             return (Store::memory(), None);
         }
-        let link = Link::new(config.valkey.clone(), shard, Rc::clone(metrics));
+        let replicas = (config.ack_mode() == AckMode::Replicated).then_some(ReplicaWait {
+            replicas: config.storage.min_replicas,
+            timeout: config.storage.replica_timeout,
+        });
+        let link = Link::new(config.valkey.clone(), shard, Rc::clone(metrics), replicas);
         let store = Store {
             valkey: Some(Valkey {
                 link: Rc::clone(&link),
@@ -145,13 +193,20 @@ impl Store {
                 unconfirmed: RefCell::new(VecDeque::new()),
                 confirmed: Cell::new(MessageId::ZERO),
             }),
-            persisted_acks: config.ack_mode() == AckMode::Persisted,
+            persisted_acks: matches!(config.ack_mode(), AckMode::Persisted | AckMode::Replicated),
+            ack_timeout: Some(config.storage.ack_timeout),
         };
         (store, Some(link))
     }
 
     pub fn is_persistent(&self) -> bool {
         self.valkey.is_some()
+    }
+
+    /// `storage.ack_timeout`: how long a request may wait for its writes' tickets; `None`
+    /// when writes come without tickets (nothing to wait for).
+    pub fn ack_timeout(&self) -> Option<Duration> {
+        self.ack_timeout.filter(|_| self.persisted_acks)
     }
 
     /// Whether `n` more writes fit in the backlog. Checked before a publish is accepted, so

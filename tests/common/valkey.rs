@@ -387,6 +387,54 @@ impl Valkey {
         );
     }
 
+    /// A second server replicating this one (`--replicaof`, so a restart replicates
+    /// again), returned once this one counts it as an in-sync replica.
+    pub fn start_replica(&self) -> Valkey {
+        // Else the primary waits 5 s for more replicas before each full resync.
+        self.command(&["CONFIG", "SET", "repl-diskless-sync-delay", "0"]);
+        let port = self.port.to_string();
+        let replica = Valkey::start_with(&["--replicaof", "127.0.0.1", &port]);
+        self.wait_replicas(1);
+        replica
+    }
+
+    /// Waits until this server counts `n` connected replicas that acknowledged its
+    /// latest write (a `WAIT` for them returns at once).
+    #[track_caller]
+    pub fn wait_replicas(&self, n: i64) {
+        let timeout = Duration::from_secs(10);
+        // WAIT counts the replicas that acknowledged this connection's last write, so
+        // write first: a replica that is connected but still loading does not count.
+        let synced = eventually(timeout, || {
+            self.client()
+                .and_then(|mut c| {
+                    c.command(&["INCR", "pulsar-test:replication-probe"])?;
+                    c.command(&["WAIT", &n.to_string(), "100"])
+                })
+                .is_ok_and(|r| r == Resp::Int(n))
+        });
+        assert!(
+            synced,
+            "no {n} replica(s) in sync within {timeout:?}:\n{}",
+            self.info("replication")
+        );
+    }
+
+    /// `INFO <section>` as text.
+    pub fn info(&self, section: &str) -> String {
+        self.command(&["INFO", section]).text().unwrap_or_default()
+    }
+
+    /// How often `command` (lower case, e.g. `wait`) was called, from `INFO commandstats`.
+    pub fn calls(&self, command: &str) -> u64 {
+        let prefix = format!("cmdstat_{command}:");
+        self.info("commandstats")
+            .lines()
+            .find_map(|l| l.strip_prefix(prefix.as_str()))
+            .and_then(|stats| stats.split(',').find_map(|kv| kv.strip_prefix("calls=")))
+            .map_or(0, |n| n.parse().expect("calls is a number"))
+    }
+
     /// Deletes everything in the data directory (the server must be stopped).
     pub fn wipe_data(&self) {
         assert!(self.child.is_none(), "wipe_data: the server is running");

@@ -18,6 +18,11 @@
 //! publishes again (at-least-once). Keeping the answer before answering the producer (with
 //! persisted acks: until Valkey confirmed) keeps that window small.
 //!
+//! A publish answered 503 `PERSIST_TIMEOUT` (its writes not confirmed within
+//! `storage.ack_timeout`; they stay queued) keeps its key claimed until they are, and its
+//! 201/207 then becomes the key's answer ([`Held::keep_later`]): a retry gets that answer
+//! instead of publishing the message a second time.
+//!
 //! A request without the header takes none of these steps. This module does not parse or
 //! publish messages (`publish` does).
 
@@ -35,7 +40,7 @@ use crate::auth::Principal;
 use crate::http::{Request, Response};
 use crate::rt::conns::ConnCtl;
 use crate::rt::mesh::Answer;
-use crate::rt::now_ms;
+use crate::rt::{now_ms, spawn_local};
 pub use table::{body_hash, Claim, Endpoint, Keys, Replay, Scope};
 
 /// The longest key accepted (the Python client sends 32 hex digits).
@@ -181,6 +186,20 @@ impl Held {
         self.keep_replay(Arc::new(replay), persist).await;
     }
 
+    /// Keeps the answer `later` resolves to, holding the key claimed until then: for a
+    /// publish whose confirmation outlived its request's wait (`storage.ack_timeout`), so
+    /// that a retry with the key waits for that answer (or gets
+    /// `IDEMPOTENCY_KEY_IN_FLIGHT`) instead of publishing the message again. `None` gives
+    /// the key up.
+    pub fn keep_later(self, later: impl Future<Output = Option<Response>> + 'static) {
+        spawn_local(async move {
+            if let Some(response) = later.await {
+                self.keep(&response).await;
+            }
+        })
+        .detach();
+    }
+
     /// An answer found in Valkey becomes the key's answer in memory too.
     async fn adopt(mut self, replay: Replay) -> Result<Begin, ApiError> {
         let replay = Arc::new(replay);
@@ -225,10 +244,14 @@ fn keep_here(
                 .keep_answer(scope.parts(), &replay.encode(), window)
         })
         .flatten();
+    // Bounded: the publish it answers is confirmed already, and the answer is kept in
+    // memory whatever Valkey does with it.
+    // Tickets come only with a limit (persisted or replicated acks).
+    let limit = owner.store.ack_timeout().unwrap_or_default();
     match ticket {
         None => Answer::Now(()),
         Some(ticket) => Answer::Later(async move {
-            let _ = ticket.wait().await;
+            let _ = crate::store::confirmed_within(vec![ticket], limit).await;
         }),
     }
 }

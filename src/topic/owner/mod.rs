@@ -329,17 +329,21 @@ impl Owner {
         op: impl FnOnce(&Owner) -> Applied<Result<X, StoreError>, Ticket> + 'static,
     ) -> Answer<Result<X, StoreError>, impl Future<Output = Result<X, StoreError>>> {
         let recovered = self.recovered.get();
-        settled(self.when_loaded(
-            recovered.then_some(topic),
-            move |owner, loaded| match loaded.and(if recovered {
-                Ok(())
-            } else {
-                Err(StoreError::Recovering)
-            }) {
-                Ok(()) => op(owner),
-                Err(e) => (Err(e), Vec::new()),
-            },
-        ))
+        let limit = self.store.ack_timeout();
+        settled(
+            self.when_loaded(
+                recovered.then_some(topic),
+                move |owner, loaded| match loaded.and(if recovered {
+                    Ok(())
+                } else {
+                    Err(StoreError::Recovering)
+                }) {
+                    Ok(()) => op(owner),
+                    Err(e) => (Err(e), Vec::new()),
+                },
+            ),
+            limit,
+        )
     }
 
     /// Runs `op` now when it needs no topic loaded (`None`) or `topic` is in memory;
@@ -394,27 +398,33 @@ pub type HistoryResult = Result<Option<HistoryPage>, StoreError>;
 pub type RecordsResult = Result<Vec<(Arc<str>, TopicRecord)>, StoreError>;
 
 /// The answer once its writes are confirmed: a failed write fails the whole publish (or
-/// record change), since its caller must not be told it is safe.
+/// record change), since its caller must not be told it is safe. With `limit`, a write not
+/// confirmed by then fails it too ([`StoreError::PersistTimeout`]); without, the caller
+/// bounds the wait itself (a publish does, and may keep waiting past its answer).
 pub fn settled<X: 'static>(
     answer: Answer<
         Applied<Result<X, StoreError>, Ticket>,
         impl Future<Output = Applied<Result<X, StoreError>, Ticket>> + 'static,
     >,
+    limit: Option<Duration>,
 ) -> Answer<Result<X, StoreError>, impl Future<Output = Result<X, StoreError>> + 'static> {
     match answer {
         Answer::Now((result, tickets)) if tickets.is_empty() => Answer::Now(result),
         answer => Answer::Later(async move {
             let (result, tickets) = answer.get().await;
-            let mut failure = None;
-            for ticket in tickets {
-                if let Err(e) = ticket.wait().await {
-                    failure.get_or_insert(e);
+            let confirmed = match limit {
+                Some(limit) => crate::store::confirmed_within(tickets, limit).await,
+                None => {
+                    let mut failure = None;
+                    for ticket in tickets {
+                        if let Err(e) = ticket.wait().await {
+                            failure.get_or_insert(e);
+                        }
+                    }
+                    failure.map_or(Ok(()), Err)
                 }
-            }
-            match failure {
-                Some(e) => Err(e),
-                None => result,
-            }
+            };
+            confirmed.and(result)
         }),
     }
 }
