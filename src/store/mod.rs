@@ -30,6 +30,8 @@
 //! that change them: topics, accounts and the API decide; the store writes and reads.
 
 pub mod accounts;
+pub mod cluster;
+mod connection;
 pub mod link;
 pub mod resp;
 mod stream;
@@ -45,7 +47,8 @@ use redis::Value;
 
 use crate::config::{AckMode, Backend, Config};
 use crate::metrics::ShardMetrics;
-use link::{Link, LinkError, Reply};
+use connection::Connection;
+use link::{LinkError, Reply};
 pub use stream::{MessageId, StreamEntry, StreamRange};
 pub use topics::{by_age, Recovery, StoredTopic, TopicRecord};
 
@@ -101,7 +104,8 @@ impl Ticket {
 }
 
 struct Valkey {
-    link: Rc<Link>,
+    link: Connection,
+    cfg: crate::config::ValkeyConfig,
     prefix: String,
     max_pending: usize,
     max_len: u64,
@@ -130,14 +134,15 @@ impl Store {
         config: &Config,
         shard: usize,
         metrics: &Rc<ShardMetrics>,
-    ) -> (Store, Option<Rc<Link>>) {
+    ) -> (Store, Option<Connection>) {
         if config.storage.backend == Backend::Memory {
             return (Store::memory(), None);
         }
-        let link = Link::new(config.valkey.clone(), shard, Rc::clone(metrics));
+        let link = Connection::new(&config.valkey, shard, metrics);
         let store = Store {
             valkey: Some(Valkey {
-                link: Rc::clone(&link),
+                link: link.clone(),
+                cfg: config.valkey.clone(),
                 prefix: config.valkey.key_prefix.clone(),
                 max_pending: config.storage.max_pending_writes,
                 max_len: config.storage.max_messages_per_topic,
@@ -220,6 +225,13 @@ impl Store {
 
     pub fn pending_writes(&self) -> usize {
         self.valkey.as_ref().map_or(0, |v| v.link.pending_writes())
+    }
+
+    /// Each Valkey primary this shard writes to and whether its connection is up.
+    pub fn primary_states(&self) -> Vec<(String, bool)> {
+        self.valkey
+            .as_ref()
+            .map_or_else(Vec::new, |v| v.link.primary_states(&v.cfg))
     }
 }
 
