@@ -13,6 +13,7 @@ mod health;
 mod http;
 mod relay;
 mod valkey;
+mod valkey_cluster;
 mod ws;
 
 use std::thread;
@@ -27,6 +28,7 @@ pub use health::*;
 pub use http::*;
 pub use relay::*;
 pub use valkey::*;
+pub use valkey_cluster::*;
 pub use ws::*;
 
 /// The HS256 secret every test relay is started with (32+ bytes).
