@@ -169,6 +169,8 @@ impl ValkeyCluster {
             // A replica may always take over, however long its link was down.
             .args(["--cluster-replica-validity-factor", "0"])
             .args(["--appendonly", "no", "--save", ""])
+            // Replicas sync at once (the default waits 5 s for more replicas to join).
+            .args(["--repl-diskless-sync-delay", "0"])
             .args(["--daemonize", "no"])
             .stdin(Stdio::null())
             .stdout(log)
