@@ -1,9 +1,11 @@
 //! The persistent tier: what the relay keeps beyond the hot tier, and where.
 //!
 //! With `storage.backend: memory` there is nothing beyond the hot tier and every method
-//! here is a no-op or an empty answer. With `valkey`, each shard owns one [`link::Link`]
-//! and writes through it only for the topics it owns (the owner is the only writer of a
-//! topic's stream); any shard may read any stream for history.
+//! here is a no-op or an empty answer. With `valkey`, each shard owns one
+//! [`connection::Connection`] (a [`link::Link`] to a standalone server, or a
+//! [`cluster::Cluster`] router with a connection per primary) and writes through it only
+//! for the topics it owns (the owner is the only writer of a topic's stream); any shard may
+//! read any stream for history. No command names keys of two hash slots (see the layout).
 //!
 //! Key layout (the `{topic}` hash tag keeps a topic's keys in one Valkey Cluster slot):
 //! - `<prefix>:{<topic>}:s` — the topic's stream ([`stream`]). Entry ID = message ID;
