@@ -58,6 +58,11 @@ pub struct Cluster {
     map: RefCell<SlotMap>,
     /// Every node that ever served slots, by address (drivers live as long as the shard).
     nodes: RefCell<Vec<Rc<Node>>>,
+    /// The node of each of the map's addresses, by [`SlotMap::owner_index`]: routing a
+    /// command is a slot lookup and an index, no address comparison.
+    by_index: RefCell<Vec<Rc<Node>>>,
+    /// The nodes serving slots, in slot order (see [`SlotMap::primaries`]).
+    primaries: RefCell<Vec<Rc<Node>>>,
     /// Slots whose primary changed while the old one had a pipeline out: slot → old node.
     draining: RefCell<HashMap<u16, Rc<Node>>>,
     /// Writes for slots no node serves yet (before the first map, or a slot unassigned).
@@ -82,6 +87,8 @@ impl Cluster {
             seeds,
             map: RefCell::new(SlotMap::default()),
             nodes: RefCell::new(Vec::new()),
+            by_index: RefCell::new(Vec::new()),
+            primaries: RefCell::new(Vec::new()),
             draining: RefCell::new(HashMap::new()),
             held: RefCell::new(VecDeque::new()),
             pending_writes: Cell::new(0),
@@ -92,7 +99,7 @@ impl Cluster {
 
     /// Up when every slot has a primary and this shard's connection to each is up.
     pub fn is_up(&self) -> bool {
-        self.complete.get() && self.primaries().iter().all(|n| n.up.get())
+        self.complete.get() && self.primaries.borrow().iter().all(|n| n.up.get())
     }
 
     pub fn pending_writes(&self) -> usize {
@@ -101,7 +108,8 @@ impl Cluster {
 
     /// Each primary of the slot map and whether this shard's connection to it is up.
     pub fn primary_states(&self) -> Vec<(String, bool)> {
-        self.primaries()
+        self.primaries
+            .borrow()
             .iter()
             .map(|n| (n.addr.clone(), n.up.get()))
             .collect()
@@ -151,7 +159,7 @@ impl Cluster {
         index: usize,
         cmd: &redis::Cmd,
     ) -> Result<Option<Value>, LinkError> {
-        let Some(node) = self.primaries().get(index).cloned() else {
+        let Some(node) = self.primaries.borrow().get(index).cloned() else {
             return Ok(None);
         };
         if !node.up.get() {
@@ -162,13 +170,25 @@ impl Cluster {
         reply.take().await.map(Some)
     }
 
-    /// The primaries in slot order (an order a failover keeps).
-    fn primaries(&self) -> Vec<Rc<Node>> {
-        let map = self.map.borrow();
-        map.primaries()
+    /// Brings `by_index` and `primaries` in line with the slot map (after it changed).
+    fn sync_nodes(self: &Rc<Self>) {
+        let addresses = self.map.borrow().addresses().to_vec();
+        let by_index: Vec<Rc<Node>> = addresses.iter().map(|a| self.node_for(a)).collect();
+        let primaries: Vec<Rc<Node>> = self
+            .map
+            .borrow()
+            .primaries()
             .into_iter()
             .filter_map(|addr| self.node(addr))
-            .collect()
+            .collect();
+        *self.by_index.borrow_mut() = by_index;
+        *self.primaries.borrow_mut() = primaries;
+    }
+
+    /// The node the slot map says serves `slot`.
+    fn owner(&self, slot: u16) -> Option<Rc<Node>> {
+        let index = self.map.borrow().owner_index(slot)?;
+        self.by_index.borrow().get(index).cloned()
     }
 
     fn node(&self, addr: &str) -> Option<Rc<Node>> {
@@ -194,10 +214,10 @@ impl Cluster {
                 if let Some(old) = self.draining.borrow().get(&slot) {
                     return Some(Rc::clone(old));
                 }
-                self.node(self.map.borrow().owner(slot)?)
+                self.owner(slot)
             }
             None => {
-                let primaries = self.primaries();
+                let primaries = self.primaries.borrow();
                 primaries
                     .iter()
                     .find(|n| n.up.get())
@@ -232,16 +252,14 @@ impl Cluster {
             // A command sent on after ASK stays with the node that asked for it, unless
             // that node serves nothing any more.
             let owner = match req.slot {
-                Some(slot) if !req.asking || node.retired.get() => {
-                    self.map.borrow().owner(slot).map(str::to_string)
-                }
+                Some(slot) if !req.asking || node.retired.get() => self.owner(slot),
                 _ => None,
             };
             match owner {
-                Some(addr) if addr != node.addr => {
+                Some(owner) if !Rc::ptr_eq(&owner, node) => {
                     let mut req = req;
                     req.asking = false;
-                    self.node_for(&addr).push(req);
+                    owner.push(req);
                 }
                 _ => stay.push_back(req),
             }
@@ -255,18 +273,12 @@ impl Cluster {
     /// Installs a newly read slot map: changed slots follow their new primaries (see the
     /// order rules above), primaries no longer in the map retire, held writes go out.
     fn apply_map(self: &Rc<Self>, newer: SlotMap) {
-        let changed: Vec<(u16, Option<String>)> = self
-            .map
-            .borrow()
-            .changes(&newer)
-            .into_iter()
-            .map(|(slot, owner)| (slot, owner.map(str::to_string)))
-            .collect();
+        let changed = self.map.borrow().changes(&newer);
         let mut old_owners: Vec<Rc<Node>> = Vec::new();
-        for (slot, _) in &changed {
-            if let Some(old) = self.map.borrow().owner(*slot).and_then(|a| self.node(a)) {
+        for slot in changed {
+            if let Some(old) = self.owner(slot) {
                 if old.in_flight.get() {
-                    self.draining.borrow_mut().insert(*slot, Rc::clone(&old));
+                    self.draining.borrow_mut().insert(slot, Rc::clone(&old));
                 }
                 if !old_owners.iter().any(|n| Rc::ptr_eq(n, &old)) {
                     old_owners.push(old);
@@ -276,8 +288,8 @@ impl Cluster {
         let primaries: Vec<String> = newer.primaries().iter().map(|a| a.to_string()).collect();
         self.complete.set(newer.is_complete());
         *self.map.borrow_mut() = newer;
-        for addr in &primaries {
-            let node = self.node_for(addr);
+        self.sync_nodes();
+        for node in self.primaries.borrow().iter() {
             if node.retired.replace(false) {
                 node.wake.raise();
             }
@@ -589,10 +601,11 @@ impl Cluster {
                 queue.push_front(req);
             }
         }
-        self.rehome(node);
         if moved {
+            self.sync_nodes();
             self.refresh.raise();
         }
+        self.rehome(node);
         pause
     }
 }

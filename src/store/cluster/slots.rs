@@ -156,6 +156,20 @@ impl SlotMap {
         }
     }
 
+    /// The index (in [`SlotMap::addresses`]) of the primary serving `slot`, if any.
+    pub fn owner_index(&self, slot: u16) -> Option<usize> {
+        match self.owner[slot as usize] {
+            NO_OWNER => None,
+            i => Some(i as usize),
+        }
+    }
+
+    /// Every primary address the map has named, by index (some may serve no slot any more
+    /// after [`SlotMap::assign`]).
+    pub fn addresses(&self) -> &[String] {
+        &self.primaries
+    }
+
     /// Records that `addr` serves `slot` (a `MOVED` answer says so before the next refresh).
     pub fn assign(&mut self, slot: u16, addr: &str) {
         let node = self.primary_index(addr);
@@ -181,12 +195,10 @@ impl SlotMap {
         ordered
     }
 
-    /// The slots whose primary differs between `self` and `newer` (newer's primary, or
-    /// `None` where newer has none).
-    pub fn changes<'a>(&self, newer: &'a SlotMap) -> Vec<(u16, Option<&'a str>)> {
+    /// The slots whose primary differs between `self` and `newer`.
+    pub fn changes(&self, newer: &SlotMap) -> Vec<u16> {
         (0..SLOTS as u16)
             .filter(|&s| self.owner(s) != newer.owner(s))
-            .map(|s| (s, newer.owner(s)))
             .collect()
     }
 }
@@ -312,7 +324,10 @@ mod tests {
         );
         let mut moved = map.clone();
         moved.assign(100, "127.0.0.1:7002");
-        assert_eq!(map.changes(&moved), [(100, Some("127.0.0.1:7002"))]);
+        assert_eq!(map.changes(&moved), [100]);
+        assert_eq!(moved.owner(100), Some("127.0.0.1:7002"));
+        assert_eq!(moved.owner_index(100), Some(2));
+        assert_eq!(moved.addresses()[2], "127.0.0.1:7002");
 
         let partial = Value::Array(vec![range(0, 99, "h", 1)]);
         let partial = SlotMap::from_cluster_slots(&partial, "h").unwrap();
