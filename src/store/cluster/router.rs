@@ -564,12 +564,22 @@ impl Cluster {
     ) -> bool {
         let mut again = Vec::new();
         let mut moved = false;
+        let mut others: Vec<Rc<Node>> = Vec::new();
         for (mut req, value) in batch.into_iter().zip(values) {
             if let Some((ask, slot, addr)) = redirection(&value) {
                 if ask {
                     metrics::add(&self.metrics.valkey_asked, 1);
                 } else {
                     metrics::add(&self.metrics.valkey_moved, 1);
+                    // The slot's primary in our map may be a third node with commands for
+                    // it out: those go first (they come back redirected too).
+                    if let Some(old) = self.owner(slot).filter(|o| !Rc::ptr_eq(o, node)) {
+                        if old.in_flight.get() {
+                            self.draining.borrow_mut().insert(slot, old);
+                        } else {
+                            others.push(old);
+                        }
+                    }
                     self.map.borrow_mut().assign(slot, &addr);
                     moved = true;
                 }
@@ -605,7 +615,15 @@ impl Cluster {
             self.sync_nodes();
             self.refresh.raise();
         }
-        self.rehome(node);
+        // Only when a slot left this node (here or by a refresh during the round trip):
+        // most round trips move nothing and should not walk the queue.
+        let draining = self.draining.borrow().values().any(|n| Rc::ptr_eq(n, node));
+        if moved || draining || node.retired.get() {
+            self.rehome(node);
+        }
+        for other in others {
+            self.rehome(&other);
+        }
         pause
     }
 }
