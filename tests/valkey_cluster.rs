@@ -42,13 +42,21 @@ fn call(relay: &Relay, method: &str, path: &str, token: &str, body: &Value) -> R
     relay.request(method, path, &[auth.as_pair()], &text)
 }
 
-/// The IDs of `topic` a long-poll from the earliest answers.
+/// The IDs of `topic` long-polls from the earliest answer, page after page.
 fn replayed(relay: &Relay, topic: &str) -> Vec<String> {
-    let resp = relay.poll(&format!(
-        "topics={topic}&since=earliest&timeout=1&limit=1000"
-    ));
-    resp.assert_status(200);
-    ids(&resp.json()["messages"])
+    let mut all: Vec<String> = Vec::new();
+    loop {
+        let since = all.last().map_or("earliest", String::as_str);
+        let resp = relay.poll(&format!(
+            "topics={topic}&since={since}&timeout=1&limit=1000"
+        ));
+        resp.assert_status(200);
+        let body = resp.json();
+        all.extend(ids(&body["messages"]));
+        if body["has_more"] != true {
+            return all;
+        }
+    }
 }
 
 fn ids(messages: &Value) -> Vec<String> {
@@ -257,11 +265,13 @@ struct Produced {
     times: Vec<(Instant, Instant)>,
 }
 
-/// Publishes `{"n": i}` to `topic` back to back until `stop`, on one connection (a new one
-/// after a failed read), with `timeout` per answer.
+/// Publishes `{"n": i}` to `topic` back to back until `stop`, `bulk` messages per request
+/// (a single POST for 1, else one bulk POST, so several writes of the topic are queued at
+/// once), on one connection (a new one after a failed read), with `timeout` per answer.
 fn producer(
     relay: &Relay,
     topic: &str,
+    bulk: usize,
     stop: &Arc<AtomicBool>,
     timeout: Duration,
 ) -> thread::JoinHandle<Produced> {
@@ -273,21 +283,41 @@ fn producer(
         http.set_read_timeout(timeout);
         let mut n = 0u64;
         while !stop.load(Ordering::Acquire) {
-            let body = json!({"topic": topic, "payload": {"n": n}}).to_string();
+            let (path, body) = if bulk == 1 {
+                let body = json!({"topic": topic, "payload": {"n": n}});
+                ("/api/v1/messages", body)
+            } else {
+                let messages: Vec<Value> = (0..bulk as u64)
+                    .map(|i| json!({"topic": topic, "payload": {"n": n + i}}))
+                    .collect();
+                ("/api/v1/messages/bulk", json!({ "messages": messages }))
+            };
+            n += bulk as u64;
             let sent = Instant::now();
             http.send_request(
                 "POST",
-                "/api/v1/messages",
+                path,
                 &[
                     auth_header(&token).as_pair(),
                     ("Content-Type", "application/json"),
                 ],
-                body.as_bytes(),
+                body.to_string().as_bytes(),
             );
             match http.try_read_response(true) {
                 Ok(resp) if resp.status == 201 => {
                     seen.acked.push(id_of(&resp.json()).to_string());
                     seen.times.push((sent, Instant::now()));
+                }
+                Ok(resp) if resp.status == 207 => {
+                    for item in resp.json()["results"].as_array().expect("results") {
+                        match item["message_id"].as_str() {
+                            Some(id) => {
+                                seen.acked.push(id.to_string());
+                                seen.times.push((sent, Instant::now()));
+                            }
+                            None => seen.refused.push(format!("503 {}", item["error"]["code"])),
+                        }
+                    }
                 }
                 Ok(resp) => {
                     seen.refused
@@ -300,17 +330,17 @@ fn producer(
                     http.set_read_timeout(timeout);
                 }
             }
-            n += 1;
         }
         seen
     })
 }
 
-/// Refusals a producer may retry (the relay said so); anything else fails the test.
+/// Refusals a producer may retry (the relay said so: 503, and not because Valkey refused
+/// the write); anything else fails the test.
 fn assert_retryable(topic: &str, seen: &Produced) {
     for refusal in &seen.refused {
         assert!(
-            refusal.starts_with("503 "),
+            refusal.starts_with("503 ") && !refusal.contains("STORE_REJECTED"),
             "{topic}: a publish was refused in a way a producer cannot retry: {refusal}"
         );
     }
@@ -325,9 +355,16 @@ fn a_slot_migrated_while_producers_publish_loses_no_acknowledged_message() {
         topic_on_primary(&cluster, "mig", 1, 1),
     ];
     let stop = Arc::new(AtomicBool::new(false));
-    let producers: Vec<_> = topics
+    // Per topic, a bulk producer and a single one: several writes of one topic are queued
+    // or in flight at every moment, so their order through the redirections matters.
+    let producers: Vec<Vec<_>> = topics
         .iter()
-        .map(|t| producer(&relay, t, &stop, Duration::from_secs(10)))
+        .map(|t| {
+            [10, 10, 10, 1]
+                .iter()
+                .map(|&bulk| producer(&relay, t, bulk, &stop, Duration::from_secs(10)))
+                .collect()
+        })
         .collect();
     thread::sleep(Duration::from_millis(300));
     // Each topic's slot moves to the next primary, key by key with pauses in between, so
@@ -341,7 +378,20 @@ fn a_slot_migrated_while_producers_publish_loses_no_acknowledged_message() {
     }
     thread::sleep(Duration::from_millis(300));
     stop.store(true, Ordering::Release);
-    let produced: Vec<Produced> = producers.into_iter().map(|p| p.join().unwrap()).collect();
+    let produced: Vec<Produced> = producers
+        .into_iter()
+        .map(|per_topic| {
+            let mut all = Produced::default();
+            for p in per_topic {
+                let seen = p.join().unwrap();
+                all.acked.extend(seen.acked);
+                all.refused.extend(seen.refused);
+            }
+            // IDs grow in the order the topic's owner accepted the messages.
+            all.acked.sort_by_key(|id| parse_id(id));
+            all
+        })
+        .collect();
 
     for ((topic, seen), (slot, to)) in topics.iter().zip(&produced).zip(moved_to) {
         assert_eq!(cluster.owner_of(slot), to, "slot {slot} moved");
@@ -381,9 +431,11 @@ fn the_primary_of_a_topic_killed_while_producers_publish_is_followed_to_its_repl
         topic_on_primary(&cluster, "fo", 0, 2),
     ];
     let stop = Arc::new(AtomicBool::new(false));
-    let producers: Vec<_> = topics
+    // Per topic, a bulk producer and a single one (several writes queued at the kill).
+    let producers: Vec<(&String, _)> = topics
         .iter()
-        .map(|t| producer(&relay, t, &stop, Duration::from_secs(30)))
+        .flat_map(|t| [10, 1].map(|bulk| (t, bulk)))
+        .map(|(t, bulk)| (t, producer(&relay, t, bulk, &stop, Duration::from_secs(30))))
         .collect();
     thread::sleep(Duration::from_millis(500));
     let killed_at = Instant::now();
@@ -396,9 +448,12 @@ fn the_primary_of_a_topic_killed_while_producers_publish_is_followed_to_its_repl
     // again (checked below) well within 15 s of the kill.
     thread::sleep(Duration::from_secs(2));
     stop.store(true, Ordering::Release);
-    let produced: Vec<Produced> = producers.into_iter().map(|p| p.join().unwrap()).collect();
+    let produced: Vec<(&String, Produced)> = producers
+        .into_iter()
+        .map(|(t, p)| (t, p.join().unwrap()))
+        .collect();
 
-    for (topic, seen) in topics.iter().zip(&produced) {
+    for (topic, seen) in &produced {
         assert_retryable(topic, seen);
         let first_after = seen
             .times
