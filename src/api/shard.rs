@@ -350,18 +350,21 @@ impl Shard {
     fn metrics_snapshot(&self) -> metrics::Snapshot {
         let (topics, hot_tier_bytes, dropped) = self.topics.gauges();
         self.metrics.topics_dropped.set(dropped);
-        self.metrics.snapshot(metrics::Gauges {
-            connections: self.conns().live() as u64,
-            topics: topics as u64,
-            subscribed_topics: self.subscribers.borrow().topics() as u64,
-            hot_tier_bytes: hot_tier_bytes as u64,
-            mesh_backlog: (0..self.count())
-                .map(|s| self.core.mesh.backlog(s) as u64)
-                .sum(),
-            valkey_backlog: self.store.pending_writes() as u64,
-            valkey_up: self.store.link_up(),
-            ..metrics::Gauges::default()
-        })
+        self.metrics.snapshot(
+            metrics::Gauges {
+                connections: self.conns().live() as u64,
+                topics: topics as u64,
+                subscribed_topics: self.subscribers.borrow().topics() as u64,
+                hot_tier_bytes: hot_tier_bytes as u64,
+                mesh_backlog: (0..self.count())
+                    .map(|s| self.core.mesh.backlog(s) as u64)
+                    .sum(),
+                valkey_backlog: self.store.pending_writes() as u64,
+                valkey_up: self.store.link_up(),
+                ..metrics::Gauges::default()
+            },
+            self.store.primary_states(),
+        )
     }
 }
 

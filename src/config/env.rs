@@ -41,8 +41,10 @@ pub(crate) const SECTIONS: &[(&str, &[(&str, EnvKind)])] = &[
     (
         "valkey",
         &[
+            ("mode", Scalar),
             ("host", Text),
             ("port", Scalar),
+            ("nodes", List),
             ("username", Text),
             ("password", Text),
             ("db", Scalar),

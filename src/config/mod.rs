@@ -104,8 +104,12 @@ impl Default for ServerConfig {
 #[derive(Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ValkeyConfig {
+    /// One server, or a Valkey Cluster reached through seed nodes.
+    pub mode: ValkeyMode,
     pub host: String,
     pub port: u16,
+    /// Cluster seeds, `host:port` each; `host`/`port` is one more.
+    pub nodes: Vec<String>,
     /// Empty = the default user.
     pub username: String,
     pub password: String,
@@ -123,8 +127,10 @@ pub struct ValkeyConfig {
 impl Default for ValkeyConfig {
     fn default() -> Self {
         ValkeyConfig {
+            mode: ValkeyMode::Standalone,
             host: "localhost".to_owned(),
             port: 6379,
+            nodes: Vec::new(),
             username: String::new(),
             password: String::new(),
             db: 0,
@@ -140,8 +146,10 @@ impl Default for ValkeyConfig {
 impl fmt::Debug for ValkeyConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ValkeyConfig")
+            .field("mode", &self.mode)
             .field("host", &self.host)
             .field("port", &self.port)
+            .field("nodes", &self.nodes)
             .field("username", &self.username)
             .field("password", &redacted(&self.password))
             .field("db", &self.db)
@@ -151,6 +159,17 @@ impl fmt::Debug for ValkeyConfig {
             .field("key_prefix", &self.key_prefix)
             .finish()
     }
+}
+
+/// How the relay reaches Valkey.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ValkeyMode {
+    /// One server (a primary; replicas and failover are the operator's).
+    #[default]
+    Standalone,
+    /// A Valkey Cluster: commands go to the primary of their key's hash slot.
+    Cluster,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]

@@ -525,6 +525,10 @@ fn validation_names_the_key() {
              replica_timeout: 2s\n",
             "storage.replica_timeout",
         ),
+        (
+            "storage:\n  backend: valkey\n  ack: replicated\nvalkey:\n  mode: cluster\n",
+            "storage.ack",
+        ),
     ];
     for (yaml, key) in cases {
         assert_eq!(key_of(from_yaml(yaml)), key, "{yaml}");
@@ -703,4 +707,29 @@ fn debug_hides_secrets() {
 fn error_without_key_displays_plainly() {
     let err = ConfigError::whole("boom");
     assert_eq!(err.to_string(), "config error: boom");
+}
+
+#[test]
+fn valkey_cluster_mode_and_seeds_from_env() {
+    let config = from_env(&[
+        ("PULSAR_VALKEY_MODE", "cluster"),
+        ("PULSAR_VALKEY_NODES", "10.0.0.1:7000, 10.0.0.2:7001"),
+    ])
+    .unwrap();
+    assert_eq!(config.valkey.mode, super::ValkeyMode::Cluster);
+    assert_eq!(config.valkey.nodes, ["10.0.0.1:7000", "10.0.0.2:7001"]);
+    assert_eq!(
+        from_yaml("").unwrap().valkey.mode,
+        super::ValkeyMode::Standalone
+    );
+    for bad in ["10.0.0.1", "10.0.0.1:0", ":7000", "h:port"] {
+        let vars = [("PULSAR_VALKEY_NODES", bad)];
+        assert_eq!(key_of(from_env(&vars)), "valkey.nodes", "{bad}");
+    }
+    let db = [("PULSAR_VALKEY_MODE", "cluster"), ("PULSAR_VALKEY_DB", "1")];
+    assert_eq!(key_of(from_env(&db)), "valkey.db");
+    assert_eq!(
+        key_of(from_env(&[("PULSAR_VALKEY_MODE", "sharded")])),
+        "valkey.mode"
+    );
 }

@@ -4,7 +4,7 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
-use super::{AckMode, Backend, Config, ConfigError};
+use super::{AckMode, Backend, Config, ConfigError, ValkeyMode};
 
 /// Placeholder secrets that were published as examples and so protect nothing: the
 /// original relay's example settings (configs carried over from it must not go live with
@@ -157,6 +157,7 @@ impl Config {
         }
         self.validate_accounts()?;
         self.validate_acks()?;
+        self.validate_valkey_nodes()?;
         match self.jwt.algorithm.as_str() {
             "HS256" if PLACEHOLDER_SECRETS.contains(&self.jwt.secret_key.as_str()) => {
                 Err(ConfigError::at(
@@ -208,6 +209,35 @@ impl Config {
                      before its replicas are counted",
                     self.storage.ack_timeout
                 ),
+            ));
+        }
+        if mode == "replicated" && self.valkey.mode == ValkeyMode::Cluster {
+            return Err(ConfigError::at(
+                "storage.ack",
+                "`replicated` is not supported with valkey.mode `cluster` yet (each primary's \
+                 pipeline does not send WAIT); use `persisted`",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Cluster seeds are `host:port`; a Cluster has only database 0.
+    fn validate_valkey_nodes(&self) -> Result<(), ConfigError> {
+        for node in &self.valkey.nodes {
+            let port = node.rsplit_once(':').and_then(|(host, port)| {
+                (!host.is_empty()).then(|| port.parse::<u16>().ok().filter(|&p| p != 0))?
+            });
+            if port.is_none() {
+                return Err(ConfigError::at(
+                    "valkey.nodes",
+                    format!("`{node}` is not host:port (a port from 1 to 65535)"),
+                ));
+            }
+        }
+        if self.valkey.mode == ValkeyMode::Cluster && self.valkey.db != 0 {
+            return Err(ConfigError::at(
+                "valkey.db",
+                "must be 0 in cluster mode: a Valkey Cluster has only database 0",
             ));
         }
         Ok(())

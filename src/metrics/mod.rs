@@ -75,6 +75,11 @@ pub struct ShardMetrics {
     pub valkey_errors: Cell<u64>,
     /// Pipelines whose `WAIT` counted fewer replicas than `storage.min_replicas`.
     pub valkey_replica_timeouts: Cell<u64>,
+    /// Valkey Cluster answers `MOVED` and `ASK` that the router followed.
+    pub valkey_moved: Cell<u64>,
+    pub valkey_asked: Cell<u64>,
+    /// Valkey Cluster slot maps read.
+    pub valkey_map_refreshes: Cell<u64>,
     /// Topic entries the owner dropped from memory (mirrors the table's count).
     pub topics_dropped: Cell<u64>,
     /// Topics read back from the persistent tier on demand.
@@ -100,6 +105,9 @@ impl Default for ShardMetrics {
             valkey_writes: Cell::new(0),
             valkey_errors: Cell::new(0),
             valkey_replica_timeouts: Cell::new(0),
+            valkey_moved: Cell::new(0),
+            valkey_asked: Cell::new(0),
+            valkey_map_refreshes: Cell::new(0),
             topics_dropped: Cell::new(0),
             topic_loads: Cell::new(0),
             requests: RefCell::new(Vec::new()),
@@ -142,9 +150,10 @@ impl ShardMetrics {
         }
     }
 
-    /// A copy to send to the scraping shard; `gauges` are read by the caller from the
-    /// state it owns (topics, rings, queues).
-    pub fn snapshot(&self, gauges: Gauges) -> Snapshot {
+    /// A copy to send to the scraping shard; `gauges` and `primaries` (each Valkey primary
+    /// and whether the shard's connection to it is up) are read by the caller from the
+    /// state it owns (topics, rings, queues, links).
+    pub fn snapshot(&self, gauges: Gauges, primaries: Vec<(String, bool)>) -> Snapshot {
         Snapshot {
             counters: Counters {
                 published: self.published.get(),
@@ -157,6 +166,9 @@ impl ShardMetrics {
                 valkey_writes: self.valkey_writes.get(),
                 valkey_errors: self.valkey_errors.get(),
                 valkey_replica_timeouts: self.valkey_replica_timeouts.get(),
+                valkey_moved: self.valkey_moved.get(),
+                valkey_asked: self.valkey_asked.get(),
+                valkey_map_refreshes: self.valkey_map_refreshes.get(),
                 topics_dropped: self.topics_dropped.get(),
                 topic_loads: self.topic_loads.get(),
             },
@@ -166,6 +178,7 @@ impl ShardMetrics {
                 ..gauges
             },
             requests: self.requests.borrow().clone(),
+            primaries,
             publish_latency: self.publish_latency.borrow().clone(),
             delivery_latency: self.delivery_latency.borrow().clone(),
             valkey_latency: self.valkey_latency.borrow().clone(),
@@ -185,6 +198,9 @@ pub struct Counters {
     pub valkey_writes: u64,
     pub valkey_errors: u64,
     pub valkey_replica_timeouts: u64,
+    pub valkey_moved: u64,
+    pub valkey_asked: u64,
+    pub valkey_map_refreshes: u64,
     pub topics_dropped: u64,
     pub topic_loads: u64,
 }
@@ -208,9 +224,59 @@ pub struct Snapshot {
     pub counters: Counters,
     pub gauges: Gauges,
     pub requests: RequestCounts,
+    /// Each Valkey primary the shard writes to, and whether its connection is up.
+    pub primaries: Vec<(String, bool)>,
     pub publish_latency: Latency,
     pub delivery_latency: Latency,
     pub valkey_latency: Latency,
+}
+
+/// The Valkey Cluster series: redirections followed, slot maps read, and each primary's
+/// connection per shard (a standalone server shows as the one primary).
+fn render_cluster(out: &mut String, shards: &[Snapshot]) {
+    let total = |f: fn(&Counters) -> u64| shards.iter().map(|s| f(&s.counters)).sum::<u64>();
+    header(
+        out,
+        "pulsar_valkey_redirects_total",
+        "Valkey Cluster MOVED and ASK answers followed to another primary.",
+        "counter",
+    );
+    let _ = writeln!(
+        out,
+        "pulsar_valkey_redirects_total{{kind=\"moved\"}} {}",
+        total(|c| c.valkey_moved)
+    );
+    let _ = writeln!(
+        out,
+        "pulsar_valkey_redirects_total{{kind=\"ask\"}} {}",
+        total(|c| c.valkey_asked)
+    );
+    header(
+        out,
+        "pulsar_valkey_slot_map_refreshes_total",
+        "Valkey Cluster slot maps read (at start, after MOVED or a lost connection, and periodically).",
+        "counter",
+    );
+    let _ = writeln!(
+        out,
+        "pulsar_valkey_slot_map_refreshes_total {}",
+        total(|c| c.valkey_map_refreshes)
+    );
+    header(
+        out,
+        "pulsar_valkey_primary_up",
+        "1 while the shard's connection to this Valkey primary is up.",
+        "gauge",
+    );
+    for (shard, s) in shards.iter().enumerate() {
+        for (primary, up) in &s.primaries {
+            let _ = writeln!(
+                out,
+                "pulsar_valkey_primary_up{{shard=\"{shard}\",primary=\"{primary}\"}} {}",
+                u8::from(*up)
+            );
+        }
+    }
 }
 
 /// A metric's name, help text and where its value comes from.
@@ -414,6 +480,7 @@ pub fn render(shards: &[Snapshot], persistent: bool) -> String {
                 u8::from(s.gauges.valkey_up)
             );
         }
+        render_cluster(&mut out, shards);
     }
 
     let histograms: [(&str, &str, LatencyOf); 3] = [
@@ -485,14 +552,20 @@ mod tests {
         b.count_request("publish", 201);
         b.count_request("publish", 422);
         let snaps = [
-            a.snapshot(Gauges {
-                topics: 2,
-                ..Gauges::default()
-            }),
-            b.snapshot(Gauges {
-                topics: 5,
-                ..Gauges::default()
-            }),
+            a.snapshot(
+                Gauges {
+                    topics: 2,
+                    ..Gauges::default()
+                },
+                Vec::new(),
+            ),
+            b.snapshot(
+                Gauges {
+                    topics: 5,
+                    ..Gauges::default()
+                },
+                Vec::new(),
+            ),
         ];
         let text = render(&snaps, false);
         assert_eq!(value(&text, "pulsar_messages_published_total"), 7.0);
@@ -524,7 +597,7 @@ mod tests {
         for micros in [40, 400, 4_000, 40_000] {
             m.publish_latency.borrow_mut().record(micros);
         }
-        let text = render(&[m.snapshot(Gauges::default())], true);
+        let text = render(&[m.snapshot(Gauges::default(), Vec::new())], true);
         let bucket = |le: &str| {
             value(
                 &text,

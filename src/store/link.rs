@@ -250,7 +250,8 @@ impl Link {
         .await
     }
 
-    async fn connect(&self) -> Result<TcpStream, LinkError> {
+    /// Opens and sets up one connection (also used for each Cluster primary's).
+    pub(super) async fn connect(&self) -> Result<TcpStream, LinkError> {
         let addr = format!("{}:{}", self.cfg.host, self.cfg.port);
         let mut stream = self
             .with_timeout(self.cfg.connect_timeout, async {
@@ -306,6 +307,12 @@ impl Link {
         let created = self
             .with_timeout(limit, roundtrip(stream, buf, &set))
             .await?;
+        // A Cluster primary that does not serve the sentinel's slot: another one checks it.
+        if let Value::ServerError(e) = &created {
+            if e.code() == "MOVED" {
+                return Ok(());
+            }
+        }
         // E.g. NOAUTH (Valkey wants a password and none is configured): say so, or the
         // relay would stay unready without a word.
         if let Some(e) = resp::server_error(&created) {
@@ -580,7 +587,7 @@ async fn roundtrip(
 
 /// The reply side of a connection: bytes read ahead, and the parser.
 #[derive(Default)]
-struct Replies {
+pub(super) struct Replies {
     buf: Vec<u8>,
     /// Start of the first unparsed reply in `buf`; consumed bytes are dropped in bulk, not
     /// reply by reply, so a pipeline of N replies costs O(N), not O(N²), in moves.
@@ -589,7 +596,7 @@ struct Replies {
 }
 
 impl Replies {
-    async fn next(&mut self, stream: &mut TcpStream) -> Result<Value, LinkError> {
+    pub(super) async fn next(&mut self, stream: &mut TcpStream) -> Result<Value, LinkError> {
         let mut chunk = [0u8; 16 * 1024];
         loop {
             let pending = &self.buf[self.pos..];

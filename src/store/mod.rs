@@ -1,9 +1,11 @@
 //! The persistent tier: what the relay keeps beyond the hot tier, and where.
 //!
 //! With `storage.backend: memory` there is nothing beyond the hot tier and every method
-//! here is a no-op or an empty answer. With `valkey`, each shard owns one [`link::Link`]
-//! and writes through it only for the topics it owns (the owner is the only writer of a
-//! topic's stream); any shard may read any stream for history.
+//! here is a no-op or an empty answer. With `valkey`, each shard owns one
+//! [`connection::Connection`] (a [`link::Link`] to a standalone server, or a
+//! [`cluster::Cluster`] router with a connection per primary) and writes through it only
+//! for the topics it owns (the owner is the only writer of a topic's stream); any shard may
+//! read any stream for history. No command names keys of two hash slots (see the layout).
 //!
 //! Key layout (the `{topic}` hash tag keeps a topic's keys in one Valkey Cluster slot):
 //! - `<prefix>:{<topic>}:s` — the topic's stream ([`stream`]). Entry ID = message ID;
@@ -30,6 +32,8 @@
 //! that change them: topics, accounts and the API decide; the store writes and reads.
 
 pub mod accounts;
+pub mod cluster;
+mod connection;
 pub mod link;
 pub mod resp;
 mod stream;
@@ -46,7 +50,8 @@ use redis::Value;
 use crate::config::{AckMode, Backend, Config};
 use crate::metrics::ShardMetrics;
 use crate::rt::sleep;
-use link::{Link, LinkError, ReplicaWait, Reply};
+use connection::Connection;
+use link::{LinkError, ReplicaWait, Reply};
 pub use stream::{MessageId, StreamEntry, StreamRange};
 pub use topics::{by_age, Recovery, StoredTopic, TopicRecord};
 
@@ -141,7 +146,8 @@ pub async fn confirmed_within(tickets: Vec<Ticket>, limit: Duration) -> Result<(
 }
 
 struct Valkey {
-    link: Rc<Link>,
+    link: Connection,
+    cfg: crate::config::ValkeyConfig,
     prefix: String,
     max_pending: usize,
     max_len: u64,
@@ -174,7 +180,7 @@ impl Store {
         config: &Config,
         shard: usize,
         metrics: &Rc<ShardMetrics>,
-    ) -> (Store, Option<Rc<Link>>) {
+    ) -> (Store, Option<Connection>) {
         if config.storage.backend == Backend::Memory {
             return (Store::memory(), None);
         }
@@ -182,10 +188,11 @@ impl Store {
             replicas: config.storage.min_replicas,
             timeout: config.storage.replica_timeout,
         });
-        let link = Link::new(config.valkey.clone(), shard, Rc::clone(metrics), replicas);
+        let link = Connection::new(&config.valkey, shard, metrics, replicas);
         let store = Store {
             valkey: Some(Valkey {
-                link: Rc::clone(&link),
+                link: link.clone(),
+                cfg: config.valkey.clone(),
                 prefix: config.valkey.key_prefix.clone(),
                 max_pending: config.storage.max_pending_writes,
                 max_len: config.storage.max_messages_per_topic,
@@ -275,6 +282,13 @@ impl Store {
 
     pub fn pending_writes(&self) -> usize {
         self.valkey.as_ref().map_or(0, |v| v.link.pending_writes())
+    }
+
+    /// Each Valkey primary this shard writes to and whether its connection is up.
+    pub fn primary_states(&self) -> Vec<(String, bool)> {
+        self.valkey
+            .as_ref()
+            .map_or_else(Vec::new, |v| v.link.primary_states(&v.cfg))
     }
 }
 

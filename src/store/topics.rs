@@ -246,27 +246,7 @@ impl Valkey {
         cursor: &str,
         pattern: &str,
     ) -> Result<(String, Vec<Vec<u8>>), StoreError> {
-        let scan = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(pattern)
-            .arg("COUNT")
-            .arg(SCAN_COUNT)
-            .clone();
-        let Value::Array(mut parts) = self.link.read(&scan).await? else {
-            return Err(StoreError::Unavailable("unexpected SCAN reply".into()));
-        };
-        let keys = match parts.pop() {
-            Some(Value::Array(keys)) if parts.len() == 1 => keys,
-            _ => return Err(StoreError::Unavailable("unexpected SCAN reply".into())),
-        };
-        let next = String::from_utf8_lossy(resp::bytes(&parts[0]).unwrap_or(b"0")).into_owned();
-        let keys = keys
-            .iter()
-            .filter_map(resp::bytes)
-            .map(<[u8]>::to_vec)
-            .collect();
-        Ok((next, keys))
+        self.link.scan(cursor, pattern, SCAN_COUNT).await
     }
 
     async fn load(&self, topic: &str) -> Result<StoredTopic, StoreError> {

@@ -1,0 +1,12 @@
+//! Valkey Cluster: hash slots and the slot map ([`slots`]), one primary's queue and
+//! pipelined connection ([`node`]), and the router that sends each command to the primary
+//! of its key's slot and follows redirections and failovers ([`router`]).
+//!
+//! Used by the store when `valkey.mode` is `cluster`; it must not know what the commands
+//! mean (the store's) and it reuses the standalone link's handshake rather than its own.
+
+mod node;
+mod router;
+pub mod slots;
+
+pub use router::Cluster;
