@@ -90,7 +90,7 @@ impl fmt::Display for StoreError {
             StoreError::ReplicationTimeout { got, wanted } => write!(
                 f,
                 "Valkey has the write, but only {got} of {wanted} replicas confirmed it within \
-                 storage.replica_timeout; retry with the same Idempotency-Key"
+                 storage.replica_timeout; it is published, and a retry publishes it again"
             ),
         }
     }
