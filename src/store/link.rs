@@ -16,14 +16,17 @@ use std::fmt;
 use std::rc::Rc;
 use std::time::Duration;
 
-use futures_lite::{future, AsyncReadExt, AsyncWriteExt};
+use futures_lite::{future, AsyncReadExt};
 use redis::Value;
 
 use super::resp;
+use super::transport;
 use crate::config::ValkeyConfig;
 use crate::metrics::{self, ShardMetrics};
 use crate::rt::signal::{Signal, Slot};
-use crate::rt::{now_ms, sleep, TcpStream};
+use crate::rt::{now_ms, sleep};
+use crate::tls::client::ClientTls;
+use crate::tls::Stream;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum LinkError {
@@ -60,6 +63,7 @@ const IDLE_PING: Duration = Duration::from_secs(1);
 
 pub struct Link {
     cfg: ValkeyConfig,
+    tls: Option<ClientTls>,
     shard: usize,
     sentinel_key: String,
     queue: RefCell<VecDeque<Request>>,
@@ -74,10 +78,16 @@ pub struct Link {
 }
 
 impl Link {
-    pub fn new(cfg: ValkeyConfig, shard: usize, metrics: Rc<ShardMetrics>) -> Rc<Link> {
+    pub fn new(
+        cfg: ValkeyConfig,
+        tls: Option<ClientTls>,
+        shard: usize,
+        metrics: Rc<ShardMetrics>,
+    ) -> Rc<Link> {
         let sentinel_key = format!("{}:{{relay}}:epoch", cfg.key_prefix);
         Rc::new(Link {
             cfg,
+            tls,
             shard,
             sentinel_key,
             queue: RefCell::new(VecDeque::new()),
@@ -220,16 +230,9 @@ impl Link {
         .await
     }
 
-    async fn connect(&self) -> Result<TcpStream, LinkError> {
-        let addr = format!("{}:{}", self.cfg.host, self.cfg.port);
-        let mut stream = self
-            .with_timeout(self.cfg.connect_timeout, async {
-                TcpStream::connect(addr.as_str())
-                    .await
-                    .map_err(|e| LinkError::Io(e.to_string()))
-            })
-            .await?;
-        let _ = stream.set_nodelay(true);
+    async fn connect(&self) -> Result<Stream, LinkError> {
+        let mut stream =
+            transport::open(&self.cfg, self.tls.as_ref(), self.cfg.connect_timeout).await?;
         let mut buf = Replies::default();
         let limit = self.cfg.connect_timeout;
         if !self.cfg.password.is_empty() {
@@ -263,7 +266,7 @@ impl Link {
     /// still there with the same value: if not, Valkey restarted without its data.
     async fn check_sentinel(
         &self,
-        stream: &mut TcpStream,
+        stream: &mut Stream,
         buf: &mut Replies,
     ) -> Result<(), LinkError> {
         let limit = self.cfg.connect_timeout;
@@ -298,7 +301,7 @@ impl Link {
         Ok(())
     }
 
-    async fn serve(&self, stream: &mut TcpStream) -> LinkError {
+    async fn serve(&self, stream: &mut Stream) -> LinkError {
         let mut replies_in = Replies::default();
         let mut packed = Vec::new();
         loop {
@@ -334,7 +337,7 @@ impl Link {
             let outcome = self
                 .with_timeout(self.cfg.command_timeout, async {
                     stream
-                        .write_all(&packed)
+                        .send(&packed)
                         .await
                         .map_err(|e| LinkError::Io(e.to_string()))?;
                     let mut replies = Vec::with_capacity(batch.len());
@@ -392,12 +395,12 @@ fn lost_data(shard: usize) {
 
 /// Sends one command and reads its reply (used during the handshake).
 async fn roundtrip(
-    stream: &mut TcpStream,
+    stream: &mut Stream,
     replies: &mut Replies,
     cmd: &redis::Cmd,
 ) -> Result<Value, LinkError> {
     stream
-        .write_all(&cmd.get_packed_command())
+        .send(&cmd.get_packed_command())
         .await
         .map_err(|e| LinkError::Io(e.to_string()))?;
     replies.next(stream).await
@@ -414,7 +417,7 @@ struct Replies {
 }
 
 impl Replies {
-    async fn next(&mut self, stream: &mut TcpStream) -> Result<Value, LinkError> {
+    async fn next(&mut self, stream: &mut Stream) -> Result<Value, LinkError> {
         let mut chunk = [0u8; 16 * 1024];
         loop {
             let pending = &self.buf[self.pos..];

@@ -34,6 +34,7 @@ pub mod link;
 pub mod resp;
 mod stream;
 mod topics;
+pub mod transport;
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -45,6 +46,7 @@ use redis::Value;
 
 use crate::config::{AckMode, Backend, Config};
 use crate::metrics::ShardMetrics;
+use crate::tls::client::ClientTls;
 use link::{Link, LinkError, Reply};
 pub use stream::{MessageId, StreamEntry, StreamRange};
 pub use topics::{by_age, Recovery, StoredTopic, TopicRecord};
@@ -128,13 +130,19 @@ impl Store {
     /// The store for one shard; for Valkey also the link driver, to be spawned.
     pub fn for_shard(
         config: &Config,
+        tls: Option<&ClientTls>,
         shard: usize,
         metrics: &Rc<ShardMetrics>,
     ) -> (Store, Option<Rc<Link>>) {
         if config.storage.backend == Backend::Memory {
             return (Store::memory(), None);
         }
-        let link = Link::new(config.valkey.clone(), shard, Rc::clone(metrics));
+        let link = Link::new(
+            config.valkey.clone(),
+            tls.cloned(),
+            shard,
+            Rc::clone(metrics),
+        );
         let store = Store {
             valkey: Some(Valkey {
                 link: Rc::clone(&link),
@@ -278,6 +286,7 @@ mod tests {
                 },
                 ..Default::default()
             },
+            None,
             0,
             &Rc::new(ShardMetrics::default()),
         );
