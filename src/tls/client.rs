@@ -86,6 +86,7 @@ impl ClientTls {
             .write_all(hello)
             .and_then(|()| tls.flush())
             .and_then(|()| tls.read(&mut first));
+        let handshaking = session.is_handshaking();
         match outcome {
             Ok(0) => Err(ProbeError::Refused(
                 "the server closed the connection right after the handshake".into(),
@@ -96,10 +97,22 @@ impl ClientTls {
                 None if e.kind() == io::ErrorKind::UnexpectedEof => Err(ProbeError::Refused(
                     "the server closed the connection during the handshake".into(),
                 )),
+                // Connected, and no TLS answer: a server that is up but speaks something
+                // else there waits for more of what it takes for a command.
+                None if handshaking && is_timeout(&e) => Err(ProbeError::Refused(format!(
+                    "no TLS handshake answer within {timeout:?}"
+                ))),
                 None => Err(ProbeError::Unreachable(e)),
             },
         }
     }
+}
+
+fn is_timeout(err: &io::Error) -> bool {
+    matches!(
+        err.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
 }
 
 fn connect_std(addr: &str, timeout: Duration) -> io::Result<StdTcpStream> {
