@@ -7,7 +7,10 @@
 # stderr; each run's loadgen output and JSON stay in the directory it names.
 #
 #   tools/bench/tls.sh [duration=10s]
-#   RATES="10000 20000"   publish rates, msg/s (open loop, 64 connections, 10 topics, 1 shard)
+#   RATES="10000 20000"   publish rates, msg/s (open loop, 10 topics, 1 shard); "closed" runs
+#                         a closed loop instead (each connection sends its next request when
+#                         the answer came: no batching, so the least sensitive to a busy machine)
+#   CONNECTIONS=64        publishing connections
 #   COUNT=5000            idle WebSocket connections for the memory figure
 #   ROUNDS=2              each rate's runs are repeated, alternating the servers
 #
@@ -17,6 +20,7 @@ cd "$(dirname "$0")/../.."
 duration=${1:-10s}
 rates=${RATES:-10000 20000}
 count=${COUNT:-5000}
+connections=${CONNECTIONS:-64}
 rounds=${ROUNDS:-2}
 base=${BASE:-}
 port=18094
@@ -90,7 +94,9 @@ for rate in $rates; do
     for k in $kinds; do
       echo "== $k, publish at $rate msg/s, round $round" >&2
       start "$k"
-      measure "publish-$rate-$k-$round" publish --connections 64 --topics 10 --rate "$rate"
+      pace=(--rate "$rate")
+      [ "$rate" = closed ] && pace=()
+      measure "publish-$rate-$k-$round" publish --connections "$connections" --topics 10 "${pace[@]}"
       stop
       f="$out/publish-$rate-$k-$round.json"
       row+=" $(us "$f") ($(cores "$f"); $(p99 "$f")) |"
@@ -105,7 +111,7 @@ echo "|---|---|---|---|---|"
 for k in $kinds; do
   echo "== $k, $count idle connections" >&2
   start "$k"
-  measure "connections-$k" connections --count "$count" --duration 3s
+  measure "connections-$k" connections --count "$count"
   stop
   f="$out/connections-$k.json"
   jq -r --arg k "$k" '"| \($k) | \(.server_rss_before_kib / 1024 * 10 | round / 10) MiB | \(.server_rss_after_kib / 1024 * 10 | round / 10) MiB | \(.server_rss_per_connection_bytes / 1024 * 10 | round / 10) KiB | \(.latency_ms.p50 * 100 | round / 100) / \(.latency_ms.p99 * 100 | round / 100) |"' "$f" 2>/dev/null \
