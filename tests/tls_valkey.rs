@@ -12,6 +12,8 @@ use common::*;
 use serde_json::Value;
 
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
+/// The links' reconnect backoff is capped at 5 s, plus jitter.
+const RECONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// The environment of a relay on `redis` with TLS, in the original relay's variables
 /// (`PULSAR_VALKEY_USE_TLS=1`, `PULSAR_VALKEY_CA_PATH`), plus `extra`.
@@ -61,9 +63,9 @@ fn ids(poll: &Value) -> Vec<String> {
 }
 
 #[test]
-fn publish_persists_over_tls_and_replays_after_a_relay_restart() {
+fn publish_persists_over_tls_and_replays_after_relay_and_valkey_restarts() {
     let pki = Pki::new();
-    let redis = TlsRedis::start(&pki, false);
+    let mut redis = TlsRedis::start(&pki, false);
     let env = tls_env(
         &redis,
         &pki.path("ca.crt"),
@@ -82,6 +84,15 @@ fn publish_persists_over_tls_and_replays_after_a_relay_restart() {
     let resp = relay.poll("topics=vault&since=earliest");
     resp.assert_status(200);
     assert_eq!(ids(&resp.json()), published);
+
+    // Valkey restarts: the shards' links reconnect with a new TLS session each, and
+    // persisted publishes are acknowledged again.
+    redis.restart();
+    relay.wait_ready(RECONNECT_TIMEOUT);
+    let after = id_of(&relay.publish("vault", r#"{"n":5}"#)).to_owned();
+    let mut all = published;
+    all.push(after);
+    assert_eq!(redis.stream_ids(&stream_key("vault")), all);
 }
 
 #[test]

@@ -253,9 +253,11 @@ pub fn tls_redis_binary() -> PathBuf {
 /// `server` of `pki`, its own data directory and AOF with `appendfsync always`. With
 /// `auth_clients`, it requires a client certificate signed by `ca`. Killed on drop.
 pub struct TlsRedis {
-    child: Child,
+    child: Option<Child>,
     pub port: u16,
     root: PathBuf,
+    /// The server's arguments but the port.
+    args: Vec<String>,
     config: Arc<ClientConfig>,
 }
 
@@ -266,50 +268,98 @@ impl TlsRedis {
             PKI_SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
         ));
         std::fs::create_dir_all(&root).expect("create the redis directory");
+        let args = [
+            "--bind",
+            "127.0.0.1",
+            "--daemonize",
+            "no",
+            "--save",
+            "",
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "always",
+            "--dir",
+            &root.to_string_lossy(),
+            "--tls-cert-file",
+            &pki.path("server.crt"),
+            "--tls-key-file",
+            &pki.path("server.key"),
+            "--tls-ca-cert-file",
+            &pki.path("ca.crt"),
+            "--tls-auth-clients",
+            if auth_clients { "yes" } else { "no" },
+        ]
+        .map(String::from)
+        .to_vec();
         let config = tls_config(
             &pki.path("ca.crt"),
             Some((&pki.path("client.crt"), &pki.path("client.key"))),
             &[],
         );
+        let mut redis = TlsRedis {
+            child: None,
+            port: 0,
+            root,
+            args,
+            config,
+        };
         let mut last = String::new();
         for _ in 0..5 {
-            let port = free_port();
-            let log = std::fs::File::create(root.join("redis.log")).expect("create the log");
-            let mut child = Command::new(tls_redis_binary())
-                .args(["--port", "0", "--tls-port", &port.to_string()])
-                .args(["--bind", "127.0.0.1", "--daemonize", "no", "--save", ""])
-                .args(["--appendonly", "yes", "--appendfsync", "always"])
-                .arg("--dir")
-                .arg(&root)
-                .args(["--tls-cert-file", &pki.path("server.crt")])
-                .args(["--tls-key-file", &pki.path("server.key")])
-                .args(["--tls-ca-cert-file", &pki.path("ca.crt")])
-                .args([
-                    "--tls-auth-clients",
-                    if auth_clients { "yes" } else { "no" },
-                ])
-                .stdin(Stdio::null())
-                .stdout(log.try_clone().unwrap())
-                .stderr(log)
-                .spawn()
-                .unwrap_or_else(|e| panic!("cannot spawn {:?}: {e}", tls_redis_binary()));
-            match wait_for_pong(&mut child, port, &config, &root) {
-                Ok(()) => {
-                    return TlsRedis {
-                        child,
-                        port,
-                        root,
-                        config,
-                    }
-                }
-                Err(e) => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    last = e;
-                }
+            redis.port = free_port();
+            match redis.spawn() {
+                Ok(()) => return redis,
+                Err(e) => last = e,
             }
         }
         panic!("redis-server with TLS did not start: {last}");
+    }
+
+    /// SIGKILL, then the same server again on the same port and data directory.
+    pub fn restart(&mut self) {
+        self.kill9();
+        let mut last = String::new();
+        for _ in 0..10 {
+            match self.spawn() {
+                Ok(()) => return,
+                Err(e) => last = e,
+            }
+            thread::sleep(Duration::from_millis(200));
+        }
+        panic!(
+            "redis-server with TLS did not restart on port {}: {last}",
+            self.port
+        );
+    }
+
+    fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn spawn(&mut self) -> Result<(), String> {
+        let log = std::fs::File::create(self.root.join("redis.log")).expect("create the log");
+        let mut child = Command::new(tls_redis_binary())
+            .args(["--port", "0", "--tls-port", &self.port.to_string()])
+            .args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot spawn {:?}: {e}", tls_redis_binary()));
+        match wait_for_pong(&mut child, self.port, &self.config, &self.root) {
+            Ok(()) => {
+                self.child = Some(child);
+                Ok(())
+            }
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                Err(e)
+            }
+        }
     }
 
     /// Runs one command over TLS (with the client certificate); panics on failure.
@@ -368,8 +418,7 @@ fn ping(port: u16, config: &Arc<ClientConfig>) -> bool {
 
 impl Drop for TlsRedis {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.kill9();
         let _ = std::fs::remove_dir_all(&self.root);
     }
 }
