@@ -115,10 +115,18 @@ fn a_client_that_does_not_trust_the_certificate_is_refused() {
         text.contains("UnknownIssuer") || text.contains("invalid peer certificate"),
         "{text}"
     );
-    // The relay is unharmed.
-    https(&relay, &pki)
-        .request("GET", "/health", &[], b"")
-        .assert_status(200);
+    // The relay is unharmed, and counts the failure (once the shard that had the
+    // connection has seen the client's alert).
+    let failures = || {
+        let resp = https(&relay, &pki).request("GET", "/metrics", &[], b"");
+        resp.assert_status(200);
+        Metrics { text: resp.text() }.sum("pulsar_tls_handshake_failures_total")
+    };
+    assert!(
+        eventually(IO_TIMEOUT, || failures() == 1.0),
+        "{}",
+        failures()
+    );
 }
 
 #[test]

@@ -178,6 +178,9 @@ pub async fn handshake(
     })
     .await;
     open.fetch_sub(1, Ordering::Relaxed);
+    if stream.is_none() {
+        metrics::add(&shard.metrics.tls_handshake_failures, 1);
+    }
     stream
 }
 
