@@ -20,5 +20,6 @@ pub mod random;
 pub mod rt;
 pub mod store;
 pub mod text;
+pub mod tls;
 pub mod topic;
 pub mod ws;

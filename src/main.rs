@@ -3,7 +3,8 @@
 //! Start-up is the only place that prints for humans and picks exit codes: 2 for a bad
 //! command line or configuration, 1 when the relay cannot start or fails, 0 after a
 //! graceful shutdown (SIGTERM or SIGINT). Its lines go through `pulsar_relay::log`, so a
-//! closed stdout or stderr never changes what the process does.
+//! closed stdout or stderr never changes what the process does. With a TLS listener,
+//! SIGHUP reloads its certificate and key.
 
 // `println!` and `eprintln!` panic when a write fails; lines go through `log` instead.
 #![deny(clippy::print_stdout, clippy::print_stderr)]
@@ -13,10 +14,12 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use pulsar_relay::account::credentials;
-use pulsar_relay::api::shard::Relay;
+use pulsar_relay::api::shard::{Relay, Transport};
 use pulsar_relay::auth::{random_secret, Authenticator, Permissions};
 use pulsar_relay::config::{AckMode, Backend, Config};
 use pulsar_relay::rt::Runtime;
+use pulsar_relay::store::transport;
+use pulsar_relay::tls::server::ServerTls;
 use pulsar_relay::{log_line, out_line};
 
 const USAGE: &str = "\
@@ -173,10 +176,11 @@ fn serve(mut config: Config) -> Result<(), Failure> {
     }
     let auth =
         Authenticator::from_config(&config.jwt).map_err(|e| Failure::Config(e.to_string()))?;
+    let tls = load_tls(&config)?;
 
-    // Block the shutdown signals before any executor thread exists, so every thread
-    // inherits the mask and only the waiter below receives them.
-    let signals = shutdown_signals();
+    // Block the signals before any executor thread exists, so every thread inherits the
+    // mask and only the waiter below receives them.
+    let signals = blocked_signals(tls.listener.is_some());
     let settings = Relay::settings(&config);
     let runtime = Runtime::bind(settings.clone()).map_err(|e| Failure::Runtime(e.to_string()))?;
     let process = runtime.process();
@@ -195,8 +199,13 @@ fn serve(mut config: Config) -> Result<(), Failure> {
         ),
     };
     let shards = settings.shards;
+    let scheme = if tls.listener.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     out_line!(
-        "pulsar-relay listening on http://{addr} ({shards} shard{}, {backend})",
+        "pulsar-relay listening on {scheme}://{addr} ({shards} shard{}, {backend})",
         if shards == 1 { "" } else { "s" },
     );
     if generated {
@@ -210,15 +219,20 @@ fn serve(mut config: Config) -> Result<(), Failure> {
         out_line!("no jwt.secret_key configured: using a random secret for this run");
         out_line!("dev token (read, write, admin; 24h): {token}");
         out_line!(
-            "try: curl -X POST http://{addr}/api/v1/messages -H 'Authorization: Bearer {token}' \
+            "try: curl -X POST {scheme}://{addr}/api/v1/messages -H 'Authorization: Bearer {token}' \
              -H 'Content-Type: application/json' -d '{{\"topic\":\"hello\",\"payload\":{{\"text\":\"hi\"}}}}'"
         );
     }
 
+    let listener_tls = tls.listener.clone();
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
-            wait_for_signal(&signals);
+            while wait_for_signal(&signals) == libc::SIGHUP {
+                if let Some(tls) = &listener_tls {
+                    reload(tls);
+                }
+            }
             // The flag first: nothing after it (a log line to a closed pipe included) may
             // keep the relay from stopping.
             process
@@ -227,7 +241,7 @@ fn serve(mut config: Config) -> Result<(), Failure> {
             log_line!("pulsar-relay: shutting down");
         })
         .map_err(|e| Failure::Runtime(format!("cannot start the signal thread: {e}")))?;
-    let relay = Relay::new(config, auth, shards);
+    let relay = Relay::new(config, auth, shards, tls);
     runtime
         .run(move |core| relay.shard(core))
         .map_err(|e| Failure::Runtime(e.to_string()))
@@ -240,22 +254,66 @@ fn warn_of_weak_secret(config: &Config) {
     }
 }
 
-fn shutdown_signals() -> libc::sigset_t {
+/// Loads the listener's certificate and Valkey's trust anchors, and checks the TLS session
+/// with Valkey once: a certificate problem stops the relay here (exit 1), before it
+/// serves, rather than leaving it unready and retrying.
+fn load_tls(config: &Config) -> Result<Transport, Failure> {
+    let server = &config.server;
+    let listener = if server.tls_cert_file.is_empty() {
+        None
+    } else {
+        let tls = ServerTls::load(
+            std::path::Path::new(&server.tls_cert_file),
+            std::path::Path::new(&server.tls_key_file),
+        )
+        .map_err(|e| Failure::Runtime(format!("server TLS: {e}")))?;
+        Some(tls)
+    };
+    let valkey = match config.storage.backend {
+        Backend::Memory => None,
+        Backend::Valkey => transport::client_tls(&config.valkey).map_err(Failure::Runtime)?,
+    };
+    if let Some(tls) = &valkey {
+        transport::check_at_start(&config.valkey, tls).map_err(Failure::Runtime)?;
+    }
+    Ok(Transport { listener, valkey })
+}
+
+fn reload(tls: &ServerTls) {
+    match tls.reload() {
+        Ok(()) => log_line!(
+            "pulsar-relay: SIGHUP: TLS certificate reloaded from {}; new connections get it",
+            tls.cert_path().display()
+        ),
+        Err(e) => log_line!(
+            "pulsar-relay: SIGHUP: TLS certificate NOT reloaded, the previous one stays in use: {e}"
+        ),
+    }
+}
+
+/// SIGINT and SIGTERM stop the relay; SIGHUP (only with a TLS listener, else it keeps its
+/// default action) reloads the certificate.
+fn blocked_signals(reload_on_hangup: bool) -> libc::sigset_t {
     // SAFETY: plain libc signal-set manipulation on a local, zero-initialised set.
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
         libc::sigaddset(&mut set, libc::SIGINT);
         libc::sigaddset(&mut set, libc::SIGTERM);
+        if reload_on_hangup {
+            libc::sigaddset(&mut set, libc::SIGHUP);
+        }
         libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
         set
     }
 }
 
-fn wait_for_signal(set: &libc::sigset_t) {
+/// Waits for one of the signals in `set` and returns it.
+fn wait_for_signal(set: &libc::sigset_t) -> libc::c_int {
     let mut signal = 0;
     // SAFETY: `set` is a valid signal set; sigwait only writes the received signal number.
     unsafe {
         libc::sigwait(set, &mut signal);
     }
+    signal
 }

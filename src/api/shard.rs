@@ -33,6 +33,8 @@ use crate::rt::conns::ConnTable;
 use crate::rt::mesh::{self, Answer};
 use crate::rt::{now_ms, sleep, spawn_local, Core, Host, Process, Settings, TcpStream};
 use crate::store::Store;
+use crate::tls::client::ClientTls;
+use crate::tls::server::{Acceptor, ServerTls};
 use crate::topic::subscribers::LocalSubscribers;
 use crate::topic::{self, owner_of, Message, ShardSet, TopicLimits};
 
@@ -56,6 +58,15 @@ pub struct Relay {
     config: Config,
     auth: Authenticator,
     health: Arc<Health>,
+    tls: Transport,
+}
+
+/// The TLS the relay speaks: on its listener (HTTPS/WSS) and to Valkey, loaded and checked
+/// before the shards start.
+#[derive(Clone, Default)]
+pub struct Transport {
+    pub listener: Option<ServerTls>,
+    pub valkey: Option<ClientTls>,
 }
 
 impl Relay {
@@ -71,10 +82,11 @@ impl Relay {
         }
     }
 
-    pub fn new(config: Config, auth: Authenticator, shards: usize) -> Relay {
+    pub fn new(config: Config, auth: Authenticator, shards: usize, tls: Transport) -> Relay {
         Relay {
             config,
             auth,
+            tls,
             health: Arc::new(Health {
                 store_ok: (0..shards).map(|_| AtomicBool::new(false)).collect(),
                 accounts_ready: AtomicBool::new(false),
@@ -86,7 +98,7 @@ impl Relay {
     pub fn shard(&self, core: Core<Shard>) -> Rc<Shard> {
         let config = self.config.clone();
         let metrics = Rc::new(ShardMetrics::default());
-        let (store, link) = Store::for_shard(&config, core.id, &metrics);
+        let (store, link) = Store::for_shard(&config, self.tls.valkey.as_ref(), core.id, &metrics);
         let store = Rc::new(store);
         let limits = TopicLimits {
             messages_per_topic: config.storage.hot_tier_messages_per_topic,
@@ -116,6 +128,7 @@ impl Relay {
             config,
             auth: self.auth.clone(),
             health: Arc::clone(&self.health),
+            tls: self.tls.listener.as_ref().map(ServerTls::acceptor),
             accounts_swept: Cell::new(now_ms()),
             core,
         });
@@ -153,6 +166,8 @@ pub struct Shard {
     pub publish_rates: PublishRates,
     /// Login and token-refresh attempts of the client addresses seen on this shard.
     pub login_rates: LoginRates,
+    /// The listener's TLS handshake, when it speaks HTTPS/WSS.
+    pub tls: Option<Acceptor>,
     accounts_swept: Cell<u64>,
 }
 

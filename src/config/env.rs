@@ -36,6 +36,8 @@ pub(crate) const SECTIONS: &[(&str, &[(&str, EnvKind)])] = &[
             ("allowed_origins", List),
             ("metrics_public", Scalar),
             ("topic_namespace", Scalar),
+            ("tls_cert_file", Text),
+            ("tls_key_file", Text),
         ],
     ),
     (
@@ -52,6 +54,11 @@ pub(crate) const SECTIONS: &[(&str, &[(&str, EnvKind)])] = &[
             ("connect_timeout", Scalar),
             ("command_timeout", Scalar),
             ("key_prefix", Text),
+            ("use_tls", Scalar),
+            ("ca_path", Text),
+            ("tls_server_name", Text),
+            ("tls_cert_file", Text),
+            ("tls_key_file", Text),
         ],
     ),
     (

@@ -70,6 +70,9 @@ pub struct ServerConfig {
     pub metrics_public: bool,
     /// Whether topic names are shared by every token or scoped per token subject.
     pub topic_namespace: TopicNamespace,
+    /// PEM certificate chain; with `tls_key_file` the listener speaks HTTPS/WSS only.
+    pub tls_cert_file: String,
+    pub tls_key_file: String,
 }
 
 /// How bare topic names map to topics.
@@ -97,6 +100,8 @@ impl Default for ServerConfig {
             allowed_origins: Vec::new(),
             metrics_public: true,
             topic_namespace: TopicNamespace::Global,
+            tls_cert_file: String::new(),
+            tls_key_file: String::new(),
         }
     }
 }
@@ -122,6 +127,16 @@ pub struct ValkeyConfig {
     #[serde(with = "units::duration")]
     pub command_timeout: Duration,
     pub key_prefix: String,
+    /// The original relay's switch and syntax (`PULSAR_VALKEY_USE_TLS=1`).
+    #[serde(with = "units::flag")]
+    pub use_tls: bool,
+    /// PEM trust anchors for Valkey's certificate; empty = the system's CA bundle.
+    pub ca_path: String,
+    /// The name Valkey's certificate must be valid for; empty = `host`.
+    pub tls_server_name: String,
+    /// Client certificate and key for mutual TLS; empty = none.
+    pub tls_cert_file: String,
+    pub tls_key_file: String,
 }
 
 impl Default for ValkeyConfig {
@@ -138,6 +153,11 @@ impl Default for ValkeyConfig {
             connect_timeout: Duration::from_secs(2),
             command_timeout: Duration::from_secs(5),
             key_prefix: "pulsar".to_owned(),
+            use_tls: false,
+            ca_path: String::new(),
+            tls_server_name: String::new(),
+            tls_cert_file: String::new(),
+            tls_key_file: String::new(),
         }
     }
 }
@@ -157,6 +177,11 @@ impl fmt::Debug for ValkeyConfig {
             .field("connect_timeout", &self.connect_timeout)
             .field("command_timeout", &self.command_timeout)
             .field("key_prefix", &self.key_prefix)
+            .field("use_tls", &self.use_tls)
+            .field("ca_path", &self.ca_path)
+            .field("tls_server_name", &self.tls_server_name)
+            .field("tls_cert_file", &self.tls_cert_file)
+            .field("tls_key_file", &self.tls_key_file)
             .finish()
     }
 }

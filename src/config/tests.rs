@@ -360,6 +360,19 @@ fn every_text_key_keeps_env_text_verbatim() {
                     }
                 }
             }
+            // So do a certificate and its key, and the Valkey TLS keys need TLS on.
+            for (partner, value) in [
+                ("tls_cert_file", "partner.pem"),
+                ("tls_key_file", "partner.pem"),
+            ] {
+                if key.starts_with("tls_") && partner != *key {
+                    let var = format!("PULSAR_{section}_{partner}").to_ascii_uppercase();
+                    env.push((var, value.to_owned()));
+                }
+            }
+            if *section == "valkey" {
+                env.push(("PULSAR_VALKEY_USE_TLS".to_owned(), "true".to_owned()));
+            }
             let config =
                 Config::from_yaml("", env).unwrap_or_else(|err| panic!("{section}.{key}: {err}"));
             let tree = serde_yaml::to_value(&config).unwrap();
@@ -732,4 +745,72 @@ fn valkey_cluster_mode_and_seeds_from_env() {
         key_of(from_env(&[("PULSAR_VALKEY_MODE", "sharded")])),
         "valkey.mode"
     );
+}
+
+#[test]
+fn valkey_use_tls_reads_the_original_relays_switches() {
+    for (text, expected) in [
+        ("1", true),
+        ("true", true),
+        ("TRUE", true),
+        ("yes", true),
+        ("On", true),
+        ("0", false),
+        ("false", false),
+        ("no", false),
+        ("off", false),
+    ] {
+        let config = Config::from_yaml("", env(&[("PULSAR_VALKEY_USE_TLS", text)]))
+            .unwrap_or_else(|e| panic!("PULSAR_VALKEY_USE_TLS={text}: {e}"));
+        assert_eq!(
+            config.valkey.use_tls, expected,
+            "PULSAR_VALKEY_USE_TLS={text}"
+        );
+    }
+    let config = from_yaml("valkey:\n  use_tls: yes\n").unwrap();
+    assert!(config.valkey.use_tls);
+    let err = Config::from_yaml("", env(&[("PULSAR_VALKEY_USE_TLS", "maybe")])).unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("PULSAR_VALKEY_USE_TLS") && text.contains("invalid switch"),
+        "{text}"
+    );
+}
+
+#[test]
+fn the_original_relays_tls_variables_load() {
+    let config = Config::from_yaml(
+        "",
+        env(&[
+            ("PULSAR_VALKEY_USE_TLS", "true"),
+            ("PULSAR_VALKEY_CA_PATH", "/etc/valkey/ca.pem"),
+        ]),
+    )
+    .unwrap();
+    assert!(config.valkey.use_tls);
+    assert_eq!(config.valkey.ca_path, "/etc/valkey/ca.pem");
+}
+
+#[test]
+fn tls_files_come_in_pairs_and_valkey_tls_keys_need_use_tls() {
+    let err = from_yaml("server:\n  tls_cert_file: cert.pem\n").unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("`server.tls_key_file`: is required with server.tls_cert_file"),
+        "{err}"
+    );
+    let err = from_yaml("valkey:\n  use_tls: true\n  tls_key_file: key.pem\n").unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("`valkey.tls_cert_file`: is required with valkey.tls_key_file"),
+        "{err}"
+    );
+    let err = Config::from_yaml("", env(&[("PULSAR_VALKEY_CA_PATH", "/ca.pem")])).unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("valkey.ca_path") && text.contains("valkey.use_tls is false"),
+        "{text}"
+    );
+    from_yaml("server:\n  tls_cert_file: c.pem\n  tls_key_file: k.pem\n").unwrap();
+    from_yaml("valkey:\n  use_tls: true\n  ca_path: ca.pem\n  tls_server_name: valkey\n").unwrap();
 }

@@ -1,5 +1,6 @@
-//! The units of the file: durations (`500ms`, `30s`, `5m`, `24h`, `1d`) and byte sizes
-//! (`64KiB`, `1MB`), for serde and for other inputs that should read the same way.
+//! The units of the file: durations (`500ms`, `30s`, `5m`, `24h`, `1d`), byte sizes
+//! (`64KiB`, `1MB`) and the original relay's switches (`1`, `yes`, `on`), for serde and for
+//! other inputs that should read the same way.
 
 use std::time::Duration;
 
@@ -117,6 +118,64 @@ pub(crate) mod size {
                      unit of B, KB, MB, GB, KiB, MiB or GiB (64KiB, 1MiB, 10MB)"
                 ))
             })
+        }
+    }
+}
+
+/// `serde(with)` for the switches the original relay read from its environment: YAML
+/// booleans, `1`/`0`, and `true`/`false`/`yes`/`no`/`on`/`off` in any case (which YAML 1.2
+/// alone would leave as text). Written back as a boolean.
+pub(crate) mod flag {
+    use std::fmt;
+
+    use serde::de::{self, Deserializer, Visitor};
+    use serde::Serializer;
+
+    pub fn serialize<S: Serializer>(value: &bool, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_bool(*value)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<bool, D::Error> {
+        deserializer.deserialize_any(FlagVisitor)
+    }
+
+    struct FlagVisitor;
+
+    impl Visitor<'_> for FlagVisitor {
+        type Value = bool;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("true or false (also 1/0, yes/no, on/off)")
+        }
+
+        fn visit_bool<E: de::Error>(self, value: bool) -> Result<bool, E> {
+            Ok(value)
+        }
+
+        fn visit_u64<E: de::Error>(self, value: u64) -> Result<bool, E> {
+            match value {
+                0 => Ok(false),
+                1 => Ok(true),
+                _ => Err(E::custom(format!(
+                    "invalid switch {value}: expected 1 or 0"
+                ))),
+            }
+        }
+
+        fn visit_i64<E: de::Error>(self, value: i64) -> Result<bool, E> {
+            Err(E::custom(format!(
+                "invalid switch {value}: expected 1 or 0"
+            )))
+        }
+
+        fn visit_str<E: de::Error>(self, text: &str) -> Result<bool, E> {
+            match text.trim().to_ascii_lowercase().as_str() {
+                "1" | "true" | "yes" | "on" => Ok(true),
+                "0" | "false" | "no" | "off" => Ok(false),
+                _ => Err(E::custom(format!(
+                    "invalid switch `{text}`: expected true or false (also 1/0, yes/no, on/off)"
+                ))),
+            }
         }
     }
 }

@@ -158,6 +158,7 @@ impl Config {
         self.validate_accounts()?;
         self.validate_acks()?;
         self.validate_valkey_nodes()?;
+        self.validate_tls()?;
         match self.jwt.algorithm.as_str() {
             "HS256" if PLACEHOLDER_SECRETS.contains(&self.jwt.secret_key.as_str()) => {
                 Err(ConfigError::at(
@@ -239,6 +240,60 @@ impl Config {
                 "valkey.db",
                 "must be 0 in cluster mode: a Valkey Cluster has only database 0",
             ));
+        }
+        Ok(())
+    }
+
+    /// Certificate files come in pairs, and the Valkey TLS keys mean nothing without
+    /// `valkey.use_tls`: a CA file that is silently ignored would look like encryption.
+    /// Whether the files are good is checked when the relay loads them (`tls`).
+    fn validate_tls(&self) -> Result<(), ConfigError> {
+        let pairs = [
+            (
+                "server.tls_cert_file",
+                &self.server.tls_cert_file,
+                "server.tls_key_file",
+                &self.server.tls_key_file,
+            ),
+            (
+                "valkey.tls_cert_file",
+                &self.valkey.tls_cert_file,
+                "valkey.tls_key_file",
+                &self.valkey.tls_key_file,
+            ),
+        ];
+        for (cert_key, cert, key_key, key) in pairs {
+            match (cert.is_empty(), key.is_empty()) {
+                (false, true) => {
+                    return Err(ConfigError::at(
+                        key_key,
+                        format!("is required with {cert_key}"),
+                    ))
+                }
+                (true, false) => {
+                    return Err(ConfigError::at(
+                        cert_key,
+                        format!("is required with {key_key}"),
+                    ))
+                }
+                _ => {}
+            }
+        }
+        let v = &self.valkey;
+        if !v.use_tls {
+            let set = [
+                ("valkey.ca_path", &v.ca_path),
+                ("valkey.tls_server_name", &v.tls_server_name),
+                ("valkey.tls_cert_file", &v.tls_cert_file),
+            ];
+            if let Some((key, _)) = set.iter().find(|(_, value)| !value.is_empty()) {
+                return Err(ConfigError::at(
+                    *key,
+                    "is set but valkey.use_tls is false, so it would be ignored and the link \
+                     would run in clear text; set valkey.use_tls (PULSAR_VALKEY_USE_TLS=true) \
+                     or remove it",
+                ));
+            }
         }
         Ok(())
     }

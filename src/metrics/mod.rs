@@ -84,6 +84,8 @@ pub struct ShardMetrics {
     pub topics_dropped: Cell<u64>,
     /// Topics read back from the persistent tier on demand.
     pub topic_loads: Cell<u64>,
+    /// TLS handshakes on the listener that failed or ran out of time.
+    pub tls_handshake_failures: Cell<u64>,
     requests: RefCell<RequestCounts>,
     pub publish_latency: RefCell<Latency>,
     pub delivery_latency: RefCell<Latency>,
@@ -110,6 +112,7 @@ impl Default for ShardMetrics {
             valkey_map_refreshes: Cell::new(0),
             topics_dropped: Cell::new(0),
             topic_loads: Cell::new(0),
+            tls_handshake_failures: Cell::new(0),
             requests: RefCell::new(Vec::new()),
             publish_latency: RefCell::new(Latency::new()),
             delivery_latency: RefCell::new(Latency::new()),
@@ -171,6 +174,7 @@ impl ShardMetrics {
                 valkey_map_refreshes: self.valkey_map_refreshes.get(),
                 topics_dropped: self.topics_dropped.get(),
                 topic_loads: self.topic_loads.get(),
+                tls_handshake_failures: self.tls_handshake_failures.get(),
             },
             gauges: Gauges {
                 websocket_connections: self.websocket_connections.get(),
@@ -203,6 +207,7 @@ pub struct Counters {
     pub valkey_map_refreshes: u64,
     pub topics_dropped: u64,
     pub topic_loads: u64,
+    pub tls_handshake_failures: u64,
 }
 
 #[derive(Clone, Copy, Default, Debug)]
@@ -290,7 +295,7 @@ type LatencyOf = for<'a> fn(&'a Snapshot) -> &'a Latency;
 pub fn render(shards: &[Snapshot], persistent: bool) -> String {
     let mut out = String::with_capacity(8 * 1024);
     let total = |f: fn(&Counters) -> u64| shards.iter().map(|s| f(&s.counters)).sum::<u64>();
-    let counters: [Series<Counters, u64>; 8] = [
+    let counters: [Series<Counters, u64>; 9] = [
         (
             "pulsar_messages_published_total",
             "Messages accepted from producers.",
@@ -320,6 +325,12 @@ pub fn render(shards: &[Snapshot], persistent: bool) -> String {
             "pulsar_bytes_sent_total",
             "Bytes written to client connections.",
             |c| c.bytes_out,
+        ),
+        (
+            "pulsar_tls_handshake_failures_total",
+            "TLS handshakes on the listener that failed or timed out (a client that does not \
+             trust the certificate, plain HTTP sent to the TLS port, a scanner).",
+            |c| c.tls_handshake_failures,
         ),
         (
             "pulsar_slow_consumer_disconnects_total",

@@ -14,6 +14,7 @@ use super::link::{Link, LinkError, ReplicaWait, Reply};
 use super::{resp, StoreError};
 use crate::config::{ValkeyConfig, ValkeyMode};
 use crate::metrics::ShardMetrics;
+use crate::tls::client::ClientTls;
 
 #[derive(Clone)]
 pub enum Connection {
@@ -26,17 +27,25 @@ impl Connection {
     /// which the configuration allows only with a standalone server).
     pub fn new(
         cfg: &ValkeyConfig,
+        tls: Option<&ClientTls>,
         shard: usize,
         metrics: &Rc<ShardMetrics>,
         replicas: Option<ReplicaWait>,
     ) -> Connection {
         match cfg.mode {
-            ValkeyMode::Standalone => {
-                Connection::Standalone(Link::new(cfg.clone(), shard, Rc::clone(metrics), replicas))
-            }
-            ValkeyMode::Cluster => {
-                Connection::Cluster(Cluster::new(cfg.clone(), shard, Rc::clone(metrics)))
-            }
+            ValkeyMode::Standalone => Connection::Standalone(Link::new(
+                cfg.clone(),
+                tls.cloned(),
+                shard,
+                Rc::clone(metrics),
+                replicas,
+            )),
+            ValkeyMode::Cluster => Connection::Cluster(Cluster::new(
+                cfg.clone(),
+                tls.cloned(),
+                shard,
+                Rc::clone(metrics),
+            )),
         }
     }
 

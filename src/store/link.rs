@@ -27,14 +27,17 @@ use std::fmt;
 use std::rc::Rc;
 use std::time::Duration;
 
-use futures_lite::{future, AsyncReadExt, AsyncWriteExt};
+use futures_lite::{future, AsyncReadExt};
 use redis::Value;
 
 use super::resp;
+use super::transport;
 use crate::config::ValkeyConfig;
 use crate::metrics::{self, ShardMetrics};
 use crate::rt::signal::{Signal, Slot};
-use crate::rt::{now_ms, sleep, TcpStream};
+use crate::rt::{now_ms, sleep};
+use crate::tls::client::ClientTls;
+use crate::tls::Stream;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum LinkError {
@@ -94,6 +97,7 @@ const IDLE_PING: Duration = Duration::from_secs(1);
 
 pub struct Link {
     cfg: ValkeyConfig,
+    tls: Option<ClientTls>,
     shard: usize,
     sentinel_key: String,
     replicas: Option<ReplicaWait>,
@@ -111,6 +115,7 @@ pub struct Link {
 impl Link {
     pub fn new(
         cfg: ValkeyConfig,
+        tls: Option<ClientTls>,
         shard: usize,
         metrics: Rc<ShardMetrics>,
         replicas: Option<ReplicaWait>,
@@ -118,6 +123,7 @@ impl Link {
         let sentinel_key = format!("{}:{{relay}}:epoch", cfg.key_prefix);
         Rc::new(Link {
             cfg,
+            tls,
             shard,
             sentinel_key,
             replicas,
@@ -251,16 +257,9 @@ impl Link {
     }
 
     /// Opens and sets up one connection (also used for each Cluster primary's).
-    pub(super) async fn connect(&self) -> Result<TcpStream, LinkError> {
-        let addr = format!("{}:{}", self.cfg.host, self.cfg.port);
-        let mut stream = self
-            .with_timeout(self.cfg.connect_timeout, async {
-                TcpStream::connect(addr.as_str())
-                    .await
-                    .map_err(|e| LinkError::Io(e.to_string()))
-            })
-            .await?;
-        let _ = stream.set_nodelay(true);
+    pub(super) async fn connect(&self) -> Result<Stream, LinkError> {
+        let mut stream =
+            transport::open(&self.cfg, self.tls.as_ref(), self.cfg.connect_timeout).await?;
         let mut buf = Replies::default();
         let limit = self.cfg.connect_timeout;
         if !self.cfg.password.is_empty() {
@@ -294,7 +293,7 @@ impl Link {
     /// still there with the same value: if not, Valkey restarted without its data.
     async fn check_sentinel(
         &self,
-        stream: &mut TcpStream,
+        stream: &mut Stream,
         buf: &mut Replies,
     ) -> Result<(), LinkError> {
         let limit = self.cfg.connect_timeout;
@@ -335,7 +334,7 @@ impl Link {
         Ok(())
     }
 
-    async fn serve(&self, stream: &mut TcpStream) -> LinkError {
+    async fn serve(&self, stream: &mut Stream) -> LinkError {
         let mut replies_in = Replies::default();
         let mut packed = Vec::new();
         let mut batch: VecDeque<Request> = VecDeque::new();
@@ -400,7 +399,7 @@ impl Link {
             let outcome = self
                 .with_timeout(limit, async {
                     stream
-                        .write_all(&packed)
+                        .send(&packed)
                         .await
                         .map_err(|e| LinkError::Io(e.to_string()))?;
                     while !batch.is_empty() {
@@ -553,8 +552,9 @@ fn already_applied(value: &Value) -> bool {
 
 /// Resolves when a connection on which no reply is expected shows anything: Valkey closed
 /// it, or sent bytes nobody asked for. Dropping it loses nothing: glommio reads with a
-/// plain `recv` once the socket is readable.
-async fn closed_while_idle(stream: &mut TcpStream) -> LinkError {
+/// plain `recv` once the socket is readable, and over TLS the session keeps any record it
+/// read (a TLS 1.3 session ticket yields no plaintext, so it does not end the wait).
+async fn closed_while_idle(stream: &mut Stream) -> LinkError {
     let mut byte = [0u8; 1];
     match stream.read(&mut byte).await {
         Ok(0) => LinkError::Io("connection closed by Valkey".into()),
@@ -574,12 +574,12 @@ fn lost_data(shard: usize) {
 
 /// Sends one command and reads its reply (used during the handshake).
 async fn roundtrip(
-    stream: &mut TcpStream,
+    stream: &mut Stream,
     replies: &mut Replies,
     cmd: &redis::Cmd,
 ) -> Result<Value, LinkError> {
     stream
-        .write_all(&cmd.get_packed_command())
+        .send(&cmd.get_packed_command())
         .await
         .map_err(|e| LinkError::Io(e.to_string()))?;
     replies.next(stream).await
@@ -596,7 +596,7 @@ pub(super) struct Replies {
 }
 
 impl Replies {
-    pub(super) async fn next(&mut self, stream: &mut TcpStream) -> Result<Value, LinkError> {
+    pub(super) async fn next(&mut self, stream: &mut Stream) -> Result<Value, LinkError> {
         let mut chunk = [0u8; 16 * 1024];
         loop {
             let pending = &self.buf[self.pos..];
@@ -636,6 +636,7 @@ mod tests {
     fn link(replicas: Option<ReplicaWait>) -> Rc<Link> {
         Link::new(
             ValkeyConfig::default(),
+            None,
             0,
             Rc::new(ShardMetrics::default()),
             replicas,

@@ -38,6 +38,7 @@ pub mod link;
 pub mod resp;
 mod stream;
 mod topics;
+pub mod transport;
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -50,6 +51,7 @@ use redis::Value;
 use crate::config::{AckMode, Backend, Config};
 use crate::metrics::ShardMetrics;
 use crate::rt::sleep;
+use crate::tls::client::ClientTls;
 use connection::Connection;
 use link::{LinkError, ReplicaWait, Reply};
 pub use stream::{MessageId, StreamEntry, StreamRange};
@@ -178,6 +180,7 @@ impl Store {
     /// The store for one shard; for Valkey also the link driver, to be spawned.
     pub fn for_shard(
         config: &Config,
+        tls: Option<&ClientTls>,
         shard: usize,
         metrics: &Rc<ShardMetrics>,
     ) -> (Store, Option<Connection>) {
@@ -188,7 +191,7 @@ impl Store {
             replicas: config.storage.min_replicas,
             timeout: config.storage.replica_timeout,
         });
-        let link = Connection::new(&config.valkey, shard, metrics, replicas);
+        let link = Connection::new(&config.valkey, tls, shard, metrics, replicas);
         let store = Store {
             valkey: Some(Valkey {
                 link: link.clone(),
@@ -347,6 +350,7 @@ mod tests {
                 },
                 ..Default::default()
             },
+            None,
             0,
             &Rc::new(ShardMetrics::default()),
         );

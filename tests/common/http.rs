@@ -1,7 +1,8 @@
-//! A small HTTP/1.1 client over a plain `TcpStream`: requests on one keep-alive
-//! connection, raw bytes when a test needs them, and the responses read back.
+//! A small HTTP/1.1 client over a plain `TcpStream` (or TLS over one, see [`Transport`]):
+//! requests on one keep-alive connection, raw bytes when a test needs them, and the
+//! responses read back.
 
-use std::io::{ErrorKind, Read, Write};
+use std::io::ErrorKind;
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
@@ -83,17 +84,20 @@ impl Response {
 }
 
 /// A keep-alive HTTP/1.1 connection.
-pub struct Http {
-    pub stream: TcpStream,
+pub struct Http<S: Transport = TcpStream> {
+    pub stream: S,
     buf: Vec<u8>,
 }
 
 impl Http {
     pub fn connect(addr: SocketAddr) -> Http {
-        let stream = TcpStream::connect(addr).expect("connect to relay");
-        stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-        stream.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
-        stream.set_nodelay(true).unwrap();
+        Http::over(connect_plain(addr))
+    }
+}
+
+impl<S: Transport> Http<S> {
+    /// Speaks HTTP over an open stream (e.g. TLS, see [`connect_tls`]).
+    pub fn over(stream: S) -> Http<S> {
         Http {
             stream,
             buf: Vec::new(),
@@ -101,7 +105,7 @@ impl Http {
     }
 
     pub fn set_read_timeout(&mut self, timeout: Duration) {
-        self.stream.set_read_timeout(Some(timeout)).unwrap();
+        self.stream.tcp().set_read_timeout(Some(timeout)).unwrap();
     }
 
     pub fn send_raw(&mut self, bytes: &[u8]) {
@@ -248,6 +252,15 @@ impl Http {
     pub fn leftover(&self) -> &[u8] {
         &self.buf
     }
+}
+
+/// A connected `TcpStream` with the harness's timeouts.
+pub fn connect_plain(addr: SocketAddr) -> TcpStream {
+    let stream = TcpStream::connect(addr).expect("connect to relay");
+    stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    stream.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
+    stream.set_nodelay(true).unwrap();
+    stream
 }
 
 pub fn encode_request(method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Vec<u8> {

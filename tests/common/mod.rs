@@ -1,8 +1,8 @@
 //! Shared harness for the integration tests: a real relay process on an ephemeral port
 //! ([`relay`]), a small HTTP/1.1 client over `std::net::TcpStream` ([`http`]), a WebSocket
 //! client with tungstenite ([`ws`]), a real valkey-server per test ([`valkey`]) or a real
-//! 6-node Valkey Cluster ([`valkey_cluster`]), and the tokens, topics and waiting every test
-//! file uses (here).
+//! 6-node Valkey Cluster ([`valkey_cluster`]), TLS certificates, clients and a TLS
+//! redis-server ([`tls`]), and the tokens, topics and waiting every test file uses (here).
 //!
 //! Every test spawns its own relay (`PULSAR_SERVER_HTTP_PORT=0`, two shards), so tests can
 //! run in parallel. Nothing is mocked: bytes go through the kernel to the real binary.
@@ -13,6 +13,7 @@
 mod health;
 mod http;
 mod relay;
+mod tls;
 mod valkey;
 mod valkey_cluster;
 mod ws;
@@ -28,6 +29,7 @@ use serde_json::{json, Value};
 pub use health::*;
 pub use http::*;
 pub use relay::*;
+pub use tls::*;
 pub use valkey::*;
 // Only the cluster suite starts a cluster.
 #[allow(unused_imports)]

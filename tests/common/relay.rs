@@ -185,7 +185,9 @@ impl Drop for Relay {
 }
 
 fn parse_listening_line(line: &str) -> Option<SocketAddr> {
-    let rest = line.strip_prefix("pulsar-relay listening on http://")?;
+    let rest = line
+        .strip_prefix("pulsar-relay listening on http://")
+        .or_else(|| line.strip_prefix("pulsar-relay listening on https://"))?;
     let addr = rest.split_whitespace().next()?;
     addr.parse().ok()
 }

@@ -1,7 +1,7 @@
 //! A real valkey-server (or redis-server) per test, on its own port and data directory,
 //! and a plain RESP client to look at what the relay wrote.
 
-use std::io::{ErrorKind, Read, Write};
+use std::io::ErrorKind;
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::thread;
@@ -92,9 +92,9 @@ impl StreamEntry {
     }
 }
 
-/// A minimal blocking RESP client (one command at a time).
-pub struct RespClient {
-    stream: TcpStream,
+/// A minimal blocking RESP client (one command at a time), over TCP or TLS.
+pub struct RespClient<S: Transport = TcpStream> {
+    stream: S,
     buf: Vec<u8>,
 }
 
@@ -105,10 +105,16 @@ impl RespClient {
         stream.set_read_timeout(Some(timeout))?;
         stream.set_write_timeout(Some(timeout))?;
         stream.set_nodelay(true)?;
-        Ok(RespClient {
+        Ok(RespClient::over(stream))
+    }
+}
+
+impl<S: Transport> RespClient<S> {
+    pub fn over(stream: S) -> RespClient<S> {
+        RespClient {
             stream,
             buf: Vec::new(),
-        })
+        }
     }
 
     pub fn command(&mut self, args: &[&str]) -> std::io::Result<Resp> {

@@ -1,7 +1,7 @@
-//! A WebSocket client (tungstenite over a blocking `TcpStream`): the upgrade with a token,
-//! the relay's JSON frames, and masked frames built by hand.
+//! A WebSocket client (tungstenite over a blocking `TcpStream`, or TLS over one): the
+//! upgrade with a token, the relay's JSON frames, and masked frames built by hand.
 
-use std::io::{ErrorKind, Write};
+use std::io::ErrorKind;
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
@@ -14,15 +14,15 @@ use super::*;
 
 pub type WsSocket = tungstenite::WebSocket<TcpStream>;
 
-pub struct Ws {
-    pub sock: WsSocket,
+pub struct Ws<S: Transport = TcpStream> {
+    pub sock: tungstenite::WebSocket<S>,
     /// The handshake response (for the negotiated subprotocol).
     pub handshake: tungstenite::handshake::client::Response,
 }
 
 /// What a WebSocket upgrade produced: a session, or the HTTP status of a refusal.
-pub enum WsConnect {
-    Open(Box<Ws>),
+pub enum WsConnect<S: Transport = TcpStream> {
+    Open(Box<Ws<S>>),
     Refused(u16),
 }
 
@@ -42,10 +42,13 @@ impl Ws {
         addr: SocketAddr,
         req: tungstenite::handshake::client::Request,
     ) -> WsConnect {
-        let stream = TcpStream::connect(addr).expect("connect to relay");
-        stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-        stream.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
-        stream.set_nodelay(true).unwrap();
+        Ws::upgrade(connect_plain(addr), req)
+    }
+}
+
+impl<S: Transport> Ws<S> {
+    /// The WebSocket upgrade over an open stream (e.g. TLS, see [`connect_tls`]).
+    pub fn upgrade(stream: S, req: tungstenite::handshake::client::Request) -> WsConnect<S> {
         match tungstenite::client::client(req, stream) {
             Ok((sock, handshake)) => WsConnect::Open(Box::new(Ws { sock, handshake })),
             Err(tungstenite::HandshakeError::Failure(tungstenite::Error::Http(resp))) => {
@@ -56,7 +59,11 @@ impl Ws {
     }
 
     pub fn set_read_timeout(&mut self, timeout: Duration) {
-        self.sock.get_mut().set_read_timeout(Some(timeout)).unwrap();
+        self.sock
+            .get_ref()
+            .tcp()
+            .set_read_timeout(Some(timeout))
+            .unwrap();
     }
 
     pub fn send_text(&mut self, text: &str) {

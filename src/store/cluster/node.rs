@@ -11,14 +11,16 @@ use std::collections::VecDeque;
 use std::rc::Rc;
 use std::time::Duration;
 
-use futures_lite::{future, AsyncWriteExt};
+use futures_lite::future;
 use redis::Value;
 
 use crate::config::ValkeyConfig;
 use crate::metrics::ShardMetrics;
 use crate::rt::signal::Signal;
-use crate::rt::{sleep, TcpStream};
+use crate::rt::sleep;
 use crate::store::link::{Link, LinkError, Replies, Reply};
+use crate::tls::client::ClientTls;
+use crate::tls::Stream;
 
 /// One command on its way to a node.
 pub(super) struct Request {
@@ -57,7 +59,13 @@ pub(super) struct Node {
 }
 
 impl Node {
-    pub fn new(addr: &str, cfg: &ValkeyConfig, shard: usize, metrics: &Rc<ShardMetrics>) -> Node {
+    pub fn new(
+        addr: &str,
+        cfg: &ValkeyConfig,
+        tls: Option<&ClientTls>,
+        shard: usize,
+        metrics: &Rc<ShardMetrics>,
+    ) -> Node {
         let (host, port) = split_addr(addr);
         let cfg = ValkeyConfig {
             host,
@@ -66,7 +74,7 @@ impl Node {
         };
         Node {
             addr: addr.to_string(),
-            dialer: Link::new(cfg, shard, Rc::clone(metrics), None),
+            dialer: Link::new(cfg, tls.cloned(), shard, Rc::clone(metrics), None),
             queue: RefCell::new(VecDeque::new()),
             wake: Signal::default(),
             up: Cell::new(false),
@@ -80,14 +88,14 @@ impl Node {
         self.wake.raise();
     }
 
-    pub async fn connect(&self) -> Result<TcpStream, LinkError> {
+    pub async fn connect(&self) -> Result<Stream, LinkError> {
         self.dialer.connect().await
     }
 
     /// Sends `batch` as one pipeline and reads one reply per request (an `ASKING` before a
     /// request adds its own reply, which is read and dropped here), within `limit`.
     pub async fn round_trip(
-        stream: &mut TcpStream,
+        stream: &mut Stream,
         replies: &mut Replies,
         packed: &mut Vec<u8>,
         batch: &[Request],
@@ -102,7 +110,7 @@ impl Node {
         }
         let exchange = async {
             stream
-                .write_all(packed)
+                .send(packed)
                 .await
                 .map_err(|e| LinkError::Io(e.to_string()))?;
             let mut values = Vec::with_capacity(batch.len());

@@ -36,6 +36,8 @@ use crate::rt::signal::Slot;
 use crate::rt::{now_ms, sleep, spawn_local};
 use crate::store::link::{Link, LinkError, Replies, Reply};
 use crate::store::resp;
+use crate::tls::client::ClientTls;
+use crate::tls::Stream;
 
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
@@ -51,6 +53,8 @@ const TRANSIENT_PAUSE: Duration = Duration::from_millis(50);
 
 pub struct Cluster {
     cfg: ValkeyConfig,
+    /// TLS for every node's connection (`valkey.use_tls`).
+    tls: Option<ClientTls>,
     shard: usize,
     metrics: Rc<ShardMetrics>,
     /// Where to ask for the slot map when no known node answers.
@@ -74,7 +78,12 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    pub fn new(cfg: ValkeyConfig, shard: usize, metrics: Rc<ShardMetrics>) -> Rc<Cluster> {
+    pub fn new(
+        cfg: ValkeyConfig,
+        tls: Option<ClientTls>,
+        shard: usize,
+        metrics: Rc<ShardMetrics>,
+    ) -> Rc<Cluster> {
         let mut seeds: Vec<String> = cfg.nodes.clone();
         let own = format!("{}:{}", cfg.host, cfg.port);
         if !seeds.contains(&own) {
@@ -82,6 +91,7 @@ impl Cluster {
         }
         Rc::new(Cluster {
             cfg,
+            tls,
             shard,
             metrics,
             seeds,
@@ -200,7 +210,13 @@ impl Cluster {
         if let Some(node) = self.node(addr) {
             return node;
         }
-        let node = Rc::new(Node::new(addr, &self.cfg, self.shard, &self.metrics));
+        let node = Rc::new(Node::new(
+            addr,
+            &self.cfg,
+            self.tls.as_ref(),
+            self.shard,
+            &self.metrics,
+        ));
         self.nodes.borrow_mut().push(Rc::clone(&node));
         spawn_local(Rc::clone(self).drive(Rc::clone(&node))).detach();
         node
@@ -394,6 +410,7 @@ impl Cluster {
                 port,
                 ..self.cfg.clone()
             },
+            self.tls.clone(),
             self.shard,
             Rc::clone(&self.metrics),
             None,
@@ -488,11 +505,7 @@ impl Cluster {
 
     /// Pipelines the node's queue until the connection fails (`Some`) or the node retired
     /// with nothing left to send (`None`).
-    async fn serve(
-        self: &Rc<Self>,
-        node: &Rc<Node>,
-        stream: &mut crate::rt::TcpStream,
-    ) -> Option<LinkError> {
+    async fn serve(self: &Rc<Self>, node: &Rc<Node>, stream: &mut Stream) -> Option<LinkError> {
         let mut replies = Replies::default();
         let mut packed = Vec::new();
         loop {

@@ -30,7 +30,8 @@ scenarios:
                publisher at --rate: messages/s and poll latency.
 
 common flags:
-  --url URL           relay address (default http://127.0.0.1:8080)
+  --url URL           relay address (default http://127.0.0.1:8080; https://… with --tls-ca)
+  --tls-ca FILE       PEM CA certificate(s) to verify an https:// relay with
   --token JWT         token with read and write permissions, or
   --secret KEY        HS256 secret to mint one (default: $PULSAR_JWT_SECRET_KEY)
   --duration D        measured phase (default 10s; D is 500ms, 10s, 2m or bare seconds)
@@ -357,11 +358,11 @@ impl Flags {
     }
 
     fn common(&mut self) -> Result<Common, String> {
-        let target = Target::parse(
-            &self
-                .take("--url")
-                .unwrap_or_else(|| "http://127.0.0.1:8080".into()),
-        )?;
+        let url = self
+            .take("--url")
+            .unwrap_or_else(|| "http://127.0.0.1:8080".into());
+        let tls_ca = self.take("--tls-ca");
+        let target = Target::parse(&url, tls_ca.as_deref())?;
         let duration = self.duration("--duration", Duration::from_secs(10))?;
         let warmup = self.duration("--warmup", Duration::from_secs(2))?;
         if duration.is_zero() {

@@ -7,29 +7,42 @@
 
 use std::io::{self, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::RawFd;
 use std::time::Duration;
 
 pub use crate::buf::Fill;
 use crate::buf::ReadBuf;
+use crate::tls::{Stream, Tls};
 
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Where the relay listens, from `--url http://host:port`.
+/// Where the relay listens, from `--url http://host:port` (or `https://` with `--tls-ca`).
 #[derive(Clone, Debug)]
 pub struct Target {
     pub addr: SocketAddr,
     /// The `Host` header value (host and port as given).
     pub host: String,
+    /// For `https://`: how to speak TLS to it.
+    pub tls: Option<Tls>,
 }
 
 impl Target {
-    pub fn parse(url: &str) -> Result<Target, String> {
-        let rest = url.strip_prefix("http://").ok_or_else(|| {
-            format!(
-                "--url {url:?}: only http:// URLs are supported (the relay speaks plain HTTP/1.1)"
-            )
-        })?;
+    /// `tls_ca`: the CA file an `https://` URL needs (`--tls-ca`).
+    pub fn parse(url: &str, tls_ca: Option<&str>) -> Result<Target, String> {
+        let (rest, secure) = match (url.strip_prefix("http://"), url.strip_prefix("https://")) {
+            (Some(rest), _) => (rest, false),
+            (_, Some(rest)) => (rest, true),
+            _ => return Err(format!("--url {url:?}: give an http:// or https:// URL")),
+        };
+        match (secure, tls_ca) {
+            (true, None) => {
+                return Err(format!(
+                    "--url {url:?}: https needs --tls-ca FILE (the CA of the relay's certificate)"
+                ))
+            }
+            (false, Some(_)) => return Err("--tls-ca goes with an https:// --url".into()),
+            _ => {}
+        }
         let host = rest.trim_end_matches('/');
         if host.is_empty() || host.contains('/') {
             return Err(format!(
@@ -41,6 +54,8 @@ impl Target {
             .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
         {
             host.to_string()
+        } else if secure {
+            format!("{host}:443")
         } else {
             format!("{host}:80")
         };
@@ -49,10 +64,30 @@ impl Target {
             .map_err(|e| format!("--url {url:?}: cannot resolve {with_port}: {e}"))?
             .next()
             .ok_or_else(|| format!("--url {url:?}: {with_port} has no address"))?;
+        let tls = match tls_ca {
+            Some(ca) => {
+                let name = host.rsplit_once(':').map_or(host, |(name, _)| name);
+                Some(Tls::new(
+                    ca,
+                    name.trim_start_matches('[').trim_end_matches(']'),
+                )?)
+            }
+            None => None,
+        };
         Ok(Target {
             addr,
             host: host.to_string(),
+            tls,
         })
+    }
+
+    /// Runs the TLS handshake on a connected, still blocking socket when the target is
+    /// `https://`.
+    pub fn secure(&self, tcp: TcpStream) -> io::Result<Stream> {
+        match &self.tls {
+            Some(tls) => tls.connect(tcp),
+            None => Ok(Stream::Plain(tcp)),
+        }
     }
 }
 
@@ -100,7 +135,7 @@ pub fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
 
 /// A non-blocking keep-alive connection with its buffers.
 pub struct HttpConn {
-    stream: TcpStream,
+    stream: Stream,
     out: Vec<u8>,
     written: usize,
     input: ReadBuf,
@@ -113,11 +148,15 @@ pub struct Response<'a> {
 }
 
 impl HttpConn {
-    /// Connects (blocking, bounded) and switches the socket to non-blocking.
-    pub fn connect(addr: SocketAddr) -> io::Result<HttpConn> {
-        let stream = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT)?;
-        stream.set_nodelay(true)?;
-        stream.set_nonblocking(true)?;
+    /// Connects (blocking, bounded; the TLS handshake too) and switches the socket to
+    /// non-blocking.
+    pub fn connect(target: &Target) -> io::Result<HttpConn> {
+        let tcp = TcpStream::connect_timeout(&target.addr, CONNECT_TIMEOUT)?;
+        tcp.set_nodelay(true)?;
+        tcp.set_read_timeout(Some(CONNECT_TIMEOUT))?;
+        tcp.set_write_timeout(Some(CONNECT_TIMEOUT))?;
+        let stream = target.secure(tcp)?;
+        stream.tcp().set_nonblocking(true)?;
         Ok(HttpConn {
             stream,
             out: Vec::with_capacity(16 * 1024),
@@ -127,7 +166,7 @@ impl HttpConn {
     }
 
     pub fn fd(&self) -> RawFd {
-        self.stream.as_raw_fd()
+        self.stream.fd()
     }
 
     /// The output queue; append whole requests, then [`HttpConn::flush`].
@@ -136,11 +175,12 @@ impl HttpConn {
     }
 
     pub fn has_output(&self) -> bool {
-        self.written < self.out.len()
+        self.written < self.out.len() || self.stream.pending()
     }
 
     /// Writes as much queued output as the socket takes.
     pub fn flush(&mut self) -> io::Result<()> {
+        self.stream.push()?;
         while self.written < self.out.len() {
             match self.stream.write(&self.out[self.written..]) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
@@ -152,7 +192,7 @@ impl HttpConn {
         }
         self.out.clear();
         self.written = 0;
-        Ok(())
+        self.stream.push()
     }
 
     /// Reads everything available into the input buffer.
@@ -238,10 +278,13 @@ mod tests {
 
     #[test]
     fn urls() {
-        let t = Target::parse("http://127.0.0.1:9000/").unwrap();
+        let t = Target::parse("http://127.0.0.1:9000/", None).unwrap();
         assert_eq!(t.addr.port(), 9000);
         assert_eq!(t.host, "127.0.0.1:9000");
-        assert!(Target::parse("https://127.0.0.1:9000").is_err());
-        assert!(Target::parse("http://127.0.0.1:9000/api").is_err());
+        assert!(t.tls.is_none());
+        let err = Target::parse("https://127.0.0.1:9000", None).unwrap_err();
+        assert!(err.contains("--tls-ca"), "{err}");
+        assert!(Target::parse("http://127.0.0.1:9000", Some("ca.pem")).is_err());
+        assert!(Target::parse("http://127.0.0.1:9000/api", None).is_err());
     }
 }

@@ -20,6 +20,7 @@ mod progress;
 mod publisher;
 mod report;
 mod scenario;
+mod tls;
 mod token;
 mod ws;
 

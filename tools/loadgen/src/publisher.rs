@@ -252,7 +252,7 @@ pub fn start(plan: &Plan, window: Window, live: Arc<Live>) -> Result<Publisher, 
     let threads = plan.threads.clamp(1, plan.connections);
     let mut per_thread: Vec<Vec<Slot>> = (0..threads).map(|_| Vec::new()).collect();
     for index in 0..plan.connections {
-        let conn = HttpConn::connect(plan.target.addr)
+        let conn = HttpConn::connect(&plan.target)
             .map_err(|e| format!("cannot connect to {}: {e}", plan.target.addr))?;
         per_thread[index % threads].push(Slot {
             conn: Some(conn),
@@ -510,7 +510,7 @@ impl Worker {
             return;
         }
         slot.reconnects -= 1;
-        if let Ok(conn) = HttpConn::connect(self.shared.target.addr) {
+        if let Ok(conn) = HttpConn::connect(&self.shared.target) {
             if self.poller.add(conn.fd(), i, false).is_ok() {
                 slot.conn = Some(conn);
             }

@@ -22,6 +22,7 @@ use tungstenite::protocol::frame::FrameHeader;
 use crate::buf::{Fill, ReadBuf};
 use crate::clock::now_ns;
 use crate::http::{Target, CONNECT_TIMEOUT};
+use crate::tls::Stream;
 
 /// How long the handshake and the subscribe confirmation may take.
 const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -54,7 +55,7 @@ fn tcp_connect(addr: SocketAddr, source: Option<IpAddr>) -> io::Result<TcpStream
 }
 
 pub struct WsConn {
-    stream: TcpStream,
+    stream: Stream,
     input: ReadBuf,
     /// Client frames not yet written (a subscribe, pongs).
     out: Vec<u8>,
@@ -82,14 +83,16 @@ pub fn open(
     source: Option<IpAddr>,
     read_buffer: usize,
 ) -> Result<WsConn, String> {
-    let mut stream = tcp_connect(target.addr, source).map_err(|e| match source {
+    let tcp = tcp_connect(target.addr, source).map_err(|e| match source {
         Some(ip) => format!("cannot connect to {} from {ip}: {e}", target.addr),
         None => format!("cannot connect to {}: {e}", target.addr),
     })?;
-    stream
-        .set_read_timeout(Some(SETUP_TIMEOUT))
-        .and_then(|()| stream.set_write_timeout(Some(SETUP_TIMEOUT)))
+    tcp.set_read_timeout(Some(SETUP_TIMEOUT))
+        .and_then(|()| tcp.set_write_timeout(Some(SETUP_TIMEOUT)))
         .map_err(|e| format!("socket options: {e}"))?;
+    let mut stream = target
+        .secure(tcp)
+        .map_err(|e| format!("TLS handshake with {}: {e}", target.addr))?;
     let key = generate_key();
     let request = format!(
         "GET /ws?token={token} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\n\
@@ -98,6 +101,7 @@ pub fn open(
     );
     stream
         .write_all(request.as_bytes())
+        .and_then(|()| stream.flush())
         .map_err(|e| format!("WebSocket handshake: {e}"))?;
     let mut conn = WsConn {
         stream,
@@ -148,7 +152,7 @@ pub fn open(
 
 impl WsConn {
     pub fn fd(&self) -> RawFd {
-        self.stream.as_raw_fd()
+        self.stream.fd()
     }
 
     /// Subscribes to `topic` and waits for the relay's `subscribed` confirmation, so the
@@ -185,9 +189,9 @@ impl WsConn {
     }
 
     pub fn set_nonblocking(&self) -> Result<(), String> {
-        self.stream
-            .set_read_timeout(None)
-            .and_then(|()| self.stream.set_nonblocking(true))
+        let tcp = self.stream.tcp();
+        tcp.set_read_timeout(None)
+            .and_then(|()| tcp.set_nonblocking(true))
             .map_err(|e| format!("socket options: {e}"))
     }
 
@@ -282,7 +286,7 @@ impl WsConn {
             }
         }
         self.out.drain(..written);
-        Ok(())
+        self.stream.push()
     }
 }
 

@@ -43,7 +43,12 @@ struct Relay {
 
 impl Relay {
     fn start() -> Relay {
+        Relay::start_with(&[])
+    }
+
+    fn start_with(env: &[(&str, &str)]) -> Relay {
         let mut cmd = Command::new(relay_binary());
+        cmd.envs(env.iter().copied());
         for (key, _) in std::env::vars() {
             if key.starts_with("PULSAR_") {
                 cmd.env_remove(key);
@@ -276,6 +281,7 @@ fn fanout_loses_nothing() {
     assert_eq!(u(&v, "delivered"), u(&v, "expected"), "{v:#}");
     assert_eq!(u(&v, "lost"), 0, "{v:#}");
     assert_eq!(u(&v, "errors"), 0, "{v:#}");
+    assert_eq!(u(&v, "lost"), 0, "{v:#}");
     // The headline is deliveries: CPU per delivery, and per message on the publish row,
     // ten deliveries per message here.
     assert_server_cpu(&v, "delivery");
@@ -716,5 +722,123 @@ fn plot_refuses_missing_and_foreign_files() {
     let out = loadgen(&["plot", &path(&good), "-o", &path(&picture)]);
     assert!(out.status.success());
     assert_eq!(svg_series(&picture).len(), 1);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A CA and a certificate it signed for 127.0.0.1, made with the `openssl` command in `dir`:
+/// `ca.crt`, `relay.crt`, `relay.key`.
+fn make_certificates(dir: &Path) {
+    let openssl = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("cannot run openssl (Debian package openssl; tools/test.sh installs it)");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+    ];
+    openssl(
+        &[
+            &["req", "-x509"][..],
+            &ec,
+            &[
+                "-days",
+                "1",
+                "-subj",
+                "/CN=loadgen test CA",
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.crt",
+            ],
+        ]
+        .concat(),
+    );
+    openssl(
+        &[
+            &["req", "-new"][..],
+            &ec,
+            &[
+                "-subj",
+                "/CN=127.0.0.1",
+                "-keyout",
+                "relay.key",
+                "-out",
+                "relay.csr",
+            ],
+        ]
+        .concat(),
+    );
+    std::fs::write(dir.join("relay.ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-days",
+        "1",
+        "-in",
+        "relay.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-set_serial",
+        "7",
+        "-extfile",
+        "relay.ext",
+        "-out",
+        "relay.crt",
+    ]);
+}
+
+#[test]
+fn publish_and_fanout_over_tls() {
+    let dir = std::env::temp_dir().join(format!("pulsar-loadgen-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    make_certificates(&dir);
+    let path = |name: &str| dir.join(name).to_string_lossy().into_owned();
+    let (cert, key, ca) = (path("relay.crt"), path("relay.key"), path("ca.crt"));
+    let relay = Relay::start_with(&[
+        ("PULSAR_SERVER_TLS_CERT_FILE", &cert),
+        ("PULSAR_SERVER_TLS_KEY_FILE", &key),
+    ]);
+    assert!(relay.url.starts_with("https://"), "{}", relay.url);
+
+    let v = run(&relay, "publish", &["--tls-ca", &ca, "--connections", "4"]);
+    assert!(u(&v, "count") > 0, "{v:#}");
+    assert_eq!(u(&v, "errors"), 0, "{v:#}");
+    let v = run(
+        &relay,
+        "fanout",
+        &["--tls-ca", &ca, "--subscribers", "5", "--rate", "200"],
+    );
+    assert!(u(&v, "count") > 0, "{v:#}");
+    assert_eq!(u(&v, "errors"), 0, "{v:#}");
+    assert_eq!(u(&v, "lost"), 0, "{v:#}");
+
+    // Without the CA the run cannot start, and says why.
+    let out = loadgen(&[
+        "publish",
+        "--url",
+        &relay.url,
+        "--secret",
+        SECRET,
+        "--duration",
+        "1s",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--tls-ca"),
+        "{out:?}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -75,7 +75,7 @@ pub fn run(
                 let poller = Poller::new().map_err(|e| format!("epoll: {e}"))?;
                 let mut list = Vec::with_capacity(mine.len());
                 for (number, topic) in mine {
-                    let conn = HttpConn::connect(target.addr)
+                    let conn = HttpConn::connect(&target)
                         .map_err(|e| format!("cannot connect to {}: {e}", target.addr))?;
                     poller
                         .add(conn.fd(), list.len(), false)
