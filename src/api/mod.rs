@@ -15,11 +15,13 @@ pub mod error;
 mod fields;
 mod idempotency;
 pub mod limits;
+mod outbound;
 mod poll;
 pub mod publish;
 mod quota;
 pub mod routes;
 pub mod shard;
+mod sse;
 mod subscriptions;
 mod topics;
 pub mod ws_command;
@@ -94,10 +96,12 @@ pub async fn refuse(mut stream: TcpStream, why: &str) {
     let _ = stream.close().await;
 }
 
-/// What a route produced: a response, or a WebSocket session to run on this connection.
+/// What a route produced: a response, or a session to run on this connection (a
+/// WebSocket, or a Server-Sent Events stream).
 pub enum Outcome {
     Reply(Response),
     Upgrade(ws_session::Upgrade),
+    Stream(sse::Stream),
 }
 
 impl From<Result<Response, ApiError>> for Outcome {
@@ -173,6 +177,13 @@ async fn http_loop(conn: &mut Conn, probe: bool) -> io::Result<()> {
                             conn.write_all(&out).await?;
                         }
                         return ws_session::run(conn, upgrade).await;
+                    }
+                    Outcome::Stream(stream) => {
+                        metrics.count_request(label, 200);
+                        if !out.is_empty() {
+                            conn.write_all(&out).await?;
+                        }
+                        return sse::run(conn, stream).await;
                     }
                 }
                 if !keep_alive {
@@ -284,6 +295,12 @@ async fn route(conn: &mut Conn, req: Request, auth: &mut AuthCache) -> Outcome {
         WebSocket => {
             return match ws_session::upgrade(&shard, &req).await {
                 Ok(upgrade) => Outcome::Upgrade(upgrade),
+                Err(e) => Outcome::from(Err(e)),
+            }
+        }
+        EventStream => {
+            return match sse::open(conn, &req).await {
+                Ok(stream) => Outcome::Stream(stream),
                 Err(e) => Outcome::from(Err(e)),
             }
         }

@@ -34,7 +34,8 @@ pub enum Pattern {
 /// What a request must show before its endpoint runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Access {
-    /// Nothing (or the endpoint authenticates itself, as the WebSocket upgrade does).
+    /// Nothing (or the endpoint authenticates itself, as the WebSocket upgrade and the
+    /// event stream do).
     Public,
     /// Any valid token.
     Authenticated,
@@ -57,6 +58,7 @@ pub enum Endpoint {
     PollStats,
     Ack,
     WebSocket,
+    EventStream,
     Login,
     Refresh,
     Revoke,
@@ -170,6 +172,9 @@ pub const ROUTES: &[Route] = &[
     ),
     route(Exact("/api/v1/ack"), POST, Holding(Read), "ack", Ack),
     route(Exact("/ws"), GET, Public, "ws", WebSocket),
+    // Authenticates itself: `EventSource` cannot set headers, so the token may come in
+    // the query.
+    route(Exact("/api/v1/sse"), GET, Public, "sse", EventStream),
     // The original relay's account API.
     route(Exact("/auth/login"), POST, Public, "auth", Login),
     route(Exact("/auth/token/refresh"), POST, Public, "auth", Refresh),

@@ -70,6 +70,7 @@ pub struct ShardMetrics {
     pub bytes_out: Cell<u64>,
     pub slow_consumer_disconnects: Cell<u64>,
     pub websocket_connections: Cell<u64>,
+    pub sse_sessions: Cell<u64>,
     pub polls_waiting: Cell<u64>,
     pub valkey_writes: Cell<u64>,
     pub valkey_errors: Cell<u64>,
@@ -94,6 +95,7 @@ impl Default for ShardMetrics {
             bytes_out: Cell::new(0),
             slow_consumer_disconnects: Cell::new(0),
             websocket_connections: Cell::new(0),
+            sse_sessions: Cell::new(0),
             polls_waiting: Cell::new(0),
             valkey_writes: Cell::new(0),
             valkey_errors: Cell::new(0),
@@ -158,6 +160,7 @@ impl ShardMetrics {
             },
             gauges: Gauges {
                 websocket_connections: self.websocket_connections.get(),
+                sse_sessions: self.sse_sessions.get(),
                 polls_waiting: self.polls_waiting.get(),
                 ..gauges
             },
@@ -188,6 +191,7 @@ pub struct Counters {
 pub struct Gauges {
     pub connections: u64,
     pub websocket_connections: u64,
+    pub sse_sessions: u64,
     pub polls_waiting: u64,
     pub topics: u64,
     pub subscribed_topics: u64,
@@ -252,7 +256,7 @@ pub fn render(shards: &[Snapshot], persistent: bool) -> String {
         ),
         (
             "pulsar_slow_consumer_disconnects_total",
-            "WebSocket clients cut off for exceeding delivery.max_outbound_bytes.",
+            "WebSocket and SSE clients cut off for exceeding delivery.max_outbound_bytes.",
             |c| c.slow_consumer_disconnects,
         ),
         (
@@ -292,7 +296,7 @@ pub fn render(shards: &[Snapshot], persistent: bool) -> String {
         );
     }
 
-    let gauges: [Series<Gauges, u64>; 6] = [
+    let gauges: [Series<Gauges, u64>; 7] = [
         ("pulsar_connections", "Open client connections.", |g| {
             g.connections
         }),
@@ -300,6 +304,11 @@ pub fn render(shards: &[Snapshot], persistent: bool) -> String {
             "pulsar_websocket_connections",
             "Open WebSocket sessions.",
             |g| g.websocket_connections,
+        ),
+        (
+            "pulsar_sse_sessions",
+            "Open Server-Sent Events streams.",
+            |g| g.sse_sessions,
         ),
         (
             "pulsar_polls_waiting",

@@ -1,6 +1,6 @@
 //! Shared harness for the integration tests: a real relay process on an ephemeral port
 //! ([`relay`]), a small HTTP/1.1 client over `std::net::TcpStream` ([`http`]), a WebSocket
-//! client with tungstenite ([`ws`]), a real valkey-server per test ([`valkey`]), and the
+//! client with tungstenite ([`ws`]), a Server-Sent Events client ([`sse`]), a real valkey-server per test ([`valkey`]), and the
 //! tokens, topics and waiting every test file uses (here).
 //!
 //! Every test spawns its own relay (`PULSAR_SERVER_HTTP_PORT=0`, two shards), so tests can
@@ -12,6 +12,7 @@
 mod health;
 mod http;
 mod relay;
+mod sse;
 mod valkey;
 mod ws;
 
@@ -26,6 +27,9 @@ use serde_json::{json, Value};
 pub use health::*;
 pub use http::*;
 pub use relay::*;
+// Only the SSE and browser suites read event streams.
+#[allow(unused_imports)]
+pub use sse::*;
 pub use valkey::*;
 pub use ws::*;
 
