@@ -22,6 +22,7 @@ mod quota;
 pub mod routes;
 pub mod shard;
 mod sse;
+mod stats;
 mod subscriptions;
 mod topics;
 pub mod ws_command;
@@ -268,6 +269,7 @@ async fn route(conn: &mut Conn, req: Request, auth: &mut AuthCache) -> Outcome {
         Health => Ok(Response::json(200, br#"{"status":"ok"}"#.to_vec())),
         Ready => Ok(ready(&shard)),
         Metrics => Ok(metrics_text(&shard).await),
+        Stats => stats::stats(&shard, &req).await,
         Publish | PublishBulk => match who() {
             Ok(principal) => {
                 let publisher = auth.publisher(&principal);

@@ -51,6 +51,7 @@ pub enum Endpoint {
     Health,
     Ready,
     Metrics,
+    Stats,
     Publish,
     PublishBulk,
     Poll,
@@ -141,6 +142,7 @@ pub const ROUTES: &[Route] = &[
         Ready,
     ),
     route(Exact("/metrics"), GET, Scrape, "metrics", Metrics),
+    route(Exact("/api/v1/stats"), GET, Holding(Admin), "stats", Stats),
     route(
         Exact("/api/v1/messages"),
         POST,
