@@ -10,6 +10,7 @@ pub mod accounts;
 mod ack;
 pub mod compat_poll;
 pub mod conn;
+mod console;
 mod cors;
 pub mod error;
 mod fields;
@@ -270,6 +271,8 @@ async fn route(conn: &mut Conn, req: Request, auth: &mut AuthCache) -> Outcome {
         Ready => Ok(ready(&shard)),
         Metrics => Ok(metrics_text(&shard).await),
         Stats => stats::stats(&shard, &req).await,
+        Console => Ok(console::page()),
+        ClientModule => Ok(console::client_module()),
         Publish | PublishBulk => match who() {
             Ok(principal) => {
                 let publisher = auth.publisher(&principal);

@@ -52,6 +52,8 @@ pub enum Endpoint {
     Ready,
     Metrics,
     Stats,
+    Console,
+    ClientModule,
     Publish,
     PublishBulk,
     Poll,
@@ -99,6 +101,7 @@ pub struct Route {
 }
 
 const GET: &[Method] = &[Method::Get];
+const GET_HEAD: &[Method] = &[Method::Get, Method::Head];
 const POST: &[Method] = &[Method::Post];
 const ANY: &[Method] = &[];
 
@@ -143,6 +146,15 @@ pub const ROUTES: &[Route] = &[
     ),
     route(Exact("/metrics"), GET, Scrape, "metrics", Metrics),
     route(Exact("/api/v1/stats"), GET, Holding(Admin), "stats", Stats),
+    // The console page and the browser client hold no data: what they show needs a token.
+    route(Exact("/console"), GET_HEAD, Public, "console", Console),
+    route(
+        Exact("/client.js"),
+        GET_HEAD,
+        Public,
+        "console",
+        ClientModule,
+    ),
     route(
         Exact("/api/v1/messages"),
         POST,
