@@ -307,3 +307,56 @@ fn a_slow_consumer_is_cut_off_with_the_reason_as_its_last_event() {
         &text[text.len().saturating_sub(300)..]
     );
 }
+
+#[test]
+fn shutdown_ends_streams_with_a_reason() {
+    let mut relay = Relay::start();
+    let mut sse = Sse::connect(relay.addr, &read_token(), "topics=closing-time");
+    relay.terminate();
+    sse.expect_final_error("SHUTTING_DOWN");
+    let status = relay.wait_exit(Duration::from_secs(10));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "{status:?}\n{}",
+        relay.output()
+    );
+}
+
+#[test]
+fn a_replay_longer_than_one_part_continues_by_reconnecting_from_the_last_event() {
+    let valkey = Valkey::start();
+    let relay = Relay::start_on_valkey(
+        &valkey,
+        &[("PULSAR_STORAGE_HOT_TIER_MESSAGES_PER_TOPIC", "5")],
+    );
+    relay.wait_ready(Duration::from_secs(10));
+    let topic = topic_on("sse-long", 1);
+    let published = publish_n(&relay, &topic, 12);
+    let target = format!(
+        "/api/v1/sse?topics={topic}&since=earliest&token={}",
+        read_token()
+    );
+    // Each connection replays at most 5, then ends: what EventSource would do next is
+    // reconnect with the last event's ID.
+    let mut got: Vec<String> = Vec::new();
+    let mut last: Option<String> = None;
+    for part in 0..2 {
+        let headers: Vec<(&str, &str)> =
+            last.iter().map(|l| ("Last-Event-ID", l.as_str())).collect();
+        let mut sse = Sse::open(relay.addr, &target, &headers).stream();
+        for _ in 0..5 {
+            got.push(id_of(&sse.recv_delivery()).to_string());
+        }
+        let why = sse.expect_final_error("REPLAY_TRUNCATED");
+        assert!(why.contains(&got[got.len() - 1]), "part {part}: {why}");
+        last = got.last().cloned();
+    }
+    let last = last.unwrap();
+    let mut sse = Sse::open(relay.addr, &target, &[("Last-Event-ID", &last)]).stream();
+    for _ in 0..2 {
+        got.push(id_of(&sse.recv_delivery()).to_string());
+    }
+    assert_eq!(got, published, "every message once, in order");
+    let live = relay.publish(&topic, "12");
+    assert_eq!(sse.recv_delivery()["message_id"], live["message_id"]);
+}
