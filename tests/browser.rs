@@ -214,3 +214,96 @@ fn the_console_and_the_client_are_served_with_their_types_and_cache_rules() {
         .request("POST", "/console", &[], b"")
         .assert_error(405, "METHOD_NOT_ALLOWED");
 }
+
+#[test]
+fn the_console_signs_in_with_a_password() {
+    let relay = Relay::start_with(&[
+        ("PULSAR_BOOTSTRAP_ADMIN_USERNAME", "operator"),
+        ("PULSAR_BOOTSTRAP_ADMIN_PASSWORD", "console-password-1"),
+    ]);
+    relay.wait_ready(Duration::from_secs(10));
+    let mut browser = Browser::launch();
+    browser.navigate(&format!("http://{}/console", relay.addr));
+    browser.wait_until(
+        "!document.querySelector('#login').classList.contains('hidden')",
+        Duration::from_secs(5),
+    );
+    browser.eval(
+        "const form = document.querySelector('#login-form'); \
+         form.username.value = 'operator'; form.password.value = 'wrong-password'; \
+         form.requestSubmit()",
+    );
+    browser.wait_until(
+        "document.querySelector('#login-error').textContent !== ''",
+        Duration::from_secs(5),
+    );
+    browser.eval(
+        "const again = document.querySelector('#login-form'); \
+         again.password.value = 'console-password-1'; again.requestSubmit()",
+    );
+    browser.wait_until(
+        "document.querySelector('#n-connections').textContent !== '–'",
+        Duration::from_secs(10),
+    );
+    assert!(browser
+        .eval("sessionStorage.getItem('pulsar.console.token')")
+        .as_str()
+        .is_some_and(|t| t.split('.').count() == 3));
+}
+
+#[test]
+fn client_js_renews_its_token_before_it_expires() {
+    let relay = Relay::start_with(&[("PULSAR_JWT_LEEWAY", "0s")]);
+    let topic = topic_on("browser-renew", 1);
+    let mut browser = Browser::launch();
+    browser.navigate(&format!("http://{}/console", relay.addr));
+    let unix_now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+    };
+    // Renewed a second before it expires, after both clients are live.
+    let expiry = unix_now().as_secs() + 3;
+    let short = token_with("renewer", &["read"], json!({"exp": expiry}));
+    let fresh = token_with("renewer", &["read"], json!({}));
+    browser.eval(&format!(
+        "(async () => {{
+           const {{ PulsarClient }} = await import('/client.js');
+           window.got = {{ websocket: [], sse: [] }};
+           window.connects = {{ websocket: 0, sse: 0 }};
+           window.clients = {{}};
+           for (const transport of ['websocket', 'sse']) {{
+             clients[transport] = new PulsarClient({{
+               token: '{short}', getToken: async () => '{fresh}', topics: ['{topic}'],
+               transport, minDelay: 100, maxDelay: 1000, renewBefore: 1,
+               onState: (s) => {{ if (s === 'connecting') connects[transport] += 1; }},
+               onMessage: (m) => got[transport].push(m.payload.n),
+             }}).start();
+           }}
+         }})()"
+    ));
+    browser.wait_until(
+        "Object.values(clients).every(c => c.state === 'live')",
+        Duration::from_secs(10),
+    );
+    // Past the first token's expiry: the WebSocket session renewed in place, the stream
+    // reopened once with the new token; both still deliver everything.
+    thread::sleep(Duration::from_secs(expiry + 1) - unix_now());
+    for n in 0..3 {
+        relay.publish(&topic, &format!("{{\"n\":{n}}}"));
+    }
+    browser.wait_until(
+        "Object.values(got).every(g => g.length === 3)",
+        Duration::from_secs(10),
+    );
+    assert_eq!(
+        browser.eval("got"),
+        json!({"websocket": [0, 1, 2], "sse": [0, 1, 2]})
+    );
+    assert_eq!(
+        browser.eval("connects"),
+        json!({"websocket": 1, "sse": 2}),
+        "the WebSocket renewed with an auth frame, without reconnecting"
+    );
+    assert_eq!(browser.eval("clients.websocket.token"), json!(fresh));
+}
