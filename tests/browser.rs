@@ -307,3 +307,36 @@ fn client_js_renews_its_token_before_it_expires() {
     );
     assert_eq!(browser.eval("clients.websocket.token"), json!(fresh));
 }
+
+#[test]
+fn the_readme_page_using_client_js_works_from_a_file() {
+    let relay = Relay::start();
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+        .expect("read README.md");
+    let section = &readme[readme
+        .find("### Receive in a browser")
+        .expect("README has a \"Receive in a browser\" section")..];
+    let start = section.find("```html\n").expect("an html block") + "```html\n".len();
+    let page = &section[start..start + section[start..].find("```").unwrap()];
+    let page = page.replace("127.0.0.1:8080", &relay.addr.to_string());
+    let path = std::env::temp_dir().join(format!("pulsar-readme-page-{}.html", std::process::id()));
+    std::fs::write(&path, page).expect("write the page");
+    let mut browser = Browser::launch();
+    browser.navigate(&format!("file://{}#token={}", path.display(), read_token()));
+    // The page subscribes live: publish until its first message shows.
+    let shown = eventually(Duration::from_secs(10), || {
+        relay.publish("notifications", r#"{"hello":"browser"}"#);
+        browser.eval("document.querySelectorAll('#log li').length > 0") == json!(true)
+    });
+    let _ = std::fs::remove_file(&path);
+    assert!(
+        shown,
+        "the README page showed nothing: {:?}",
+        browser.errors()
+    );
+    assert_eq!(
+        browser.eval("document.querySelector('#log li').textContent"),
+        json!(r#"{"hello":"browser"}"#)
+    );
+    assert_eq!(browser.errors(), Vec::<String>::new());
+}

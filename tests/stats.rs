@@ -70,26 +70,19 @@ fn numbers_follow_the_traffic() {
         ws.recv_delivery();
     }
     http.publish(&quiet, "1");
-    // The rates and latencies are of the last sampled second: wait until it saw traffic.
-    let mut last = Value::Null;
-    let seen = eventually(Duration::from_secs(5), || {
-        last = stats(&relay, "");
-        last["messages"]["in_per_second"].as_f64() > Some(0.0)
+    // The topics come from the rings and the subscriber index: exact at once. The SSE
+    // stream's deliveries count once written, a moment after the publishes.
+    let mut now = Value::Null;
+    let written = eventually(IO_TIMEOUT, || {
+        now = stats(&relay, "");
+        now["messages"]["delivered_total"].as_u64() >= Some(40 + 41)
     });
-    assert!(seen, "no rate after publishing: {last}");
-    assert_eq!(last["websocket_sessions"], 1, "{last}");
-    assert_eq!(last["sse_sessions"], 1, "{last}");
-    assert!(last["connections"].as_u64() >= Some(2), "{last}");
-    assert_eq!(last["messages"]["published_total"], 41, "{last}");
-    assert!(
-        last["messages"]["delivered_total"].as_u64() >= Some(40 + 41),
-        "WebSocket and SSE deliveries: {last}"
-    );
-    let publish = &last["latency_ms"]["publish"];
-    assert!(publish["count"].as_u64() > Some(0), "{last}");
-    assert!(publish["p50"].as_f64() > Some(0.0), "{last}");
-    assert!(publish["p50"].as_f64() <= publish["p99"].as_f64(), "{last}");
-    let shards = last["shard_load"].as_array().unwrap();
+    assert!(written, "WebSocket and SSE deliveries: {now}");
+    assert_eq!(now["websocket_sessions"], 1, "{now}");
+    assert_eq!(now["sse_sessions"], 1, "{now}");
+    assert!(now["connections"].as_u64() >= Some(2), "{now}");
+    assert_eq!(now["messages"]["published_total"], 41, "{now}");
+    let shards = now["shard_load"].as_array().unwrap();
     assert_eq!(shards.len(), SHARDS);
     assert_eq!(
         shards
@@ -97,19 +90,54 @@ fn numbers_follow_the_traffic() {
             .map(|s| s["topics"].as_u64().unwrap())
             .sum::<u64>(),
         2,
-        "{last}"
+        "{now}"
     );
     // The busiest topic first: 40 messages in the 10 s window, two subscribers.
     assert_eq!(
-        last["topics"][0],
+        now["topics"][0],
         json!({"topic": busy, "per_second": 4.0, "subscribers": 2, "retained": 40}),
-        "{last}"
+        "{now}"
     );
     assert_eq!(
-        last["topics"][1],
+        now["topics"][1],
         json!({"topic": quiet, "per_second": 0.1, "subscribers": 1, "retained": 1}),
+        "{now}"
+    );
+
+    // Rates and latencies are those of the last sampled second: under steady traffic
+    // one soon has publishes and deliveries in it.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let publisher = {
+        let (addr, topic, stop) = (relay.addr, busy.clone(), std::sync::Arc::clone(&stop));
+        std::thread::spawn(move || {
+            let mut http = Http::connect(addr);
+            while !stop.load(std::sync::atomic::Ordering::Acquire) {
+                http.publish(&topic, "1");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+    };
+    let mut last = Value::Null;
+    let seen = eventually(Duration::from_secs(10), || {
+        last = stats(&relay, "");
+        last["messages"]["in_per_second"].as_f64() > Some(0.0)
+            && last["messages"]["out_per_second"].as_f64() > Some(0.0)
+            && last["latency_ms"]["publish"]["count"].as_u64() > Some(0)
+            && last["latency_ms"]["delivery"]["count"].as_u64() > Some(0)
+    });
+    stop.store(true, std::sync::atomic::Ordering::Release);
+    publisher.join().unwrap();
+    assert!(seen, "no rates or latencies under traffic: {last}");
+    assert!(
+        last["latency_ms"]["window_seconds"].as_f64() >= Some(1.0),
         "{last}"
     );
+    for kind in ["publish", "delivery"] {
+        let l = &last["latency_ms"][kind];
+        assert!(l["p50"].as_f64() > Some(0.0), "{last}");
+        assert!(l["p50"].as_f64() <= l["p99"].as_f64(), "{last}");
+        assert!(l["p99"].as_f64() <= l["max"].as_f64(), "{last}");
+    }
     let top_one = stats(&relay, "?topics=1");
     assert_eq!(top_one["topics"].as_array().unwrap().len(), 1);
     assert_eq!(top_one["topics"][0]["topic"], busy.as_str());
