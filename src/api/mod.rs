@@ -10,16 +10,20 @@ pub mod accounts;
 mod ack;
 pub mod compat_poll;
 pub mod conn;
+mod console;
 mod cors;
 pub mod error;
 mod fields;
 mod idempotency;
 pub mod limits;
+mod outbound;
 mod poll;
 pub mod publish;
 mod quota;
 pub mod routes;
 pub mod shard;
+mod sse;
+mod stats;
 mod subscriptions;
 mod topics;
 pub mod ws_command;
@@ -118,10 +122,12 @@ pub async fn refuse(shard: &Shard, mut stream: TcpStream, why: &str) {
     let _ = stream.close().await;
 }
 
-/// What a route produced: a response, or a WebSocket session to run on this connection.
+/// What a route produced: a response, or a session to run on this connection (a
+/// WebSocket, or a Server-Sent Events stream).
 pub enum Outcome {
     Reply(Response),
     Upgrade(ws_session::Upgrade),
+    Stream(sse::Stream),
 }
 
 impl From<Result<Response, ApiError>> for Outcome {
@@ -197,6 +203,13 @@ async fn http_loop(conn: &mut Conn, probe: bool) -> io::Result<()> {
                             conn.write_all(&out).await?;
                         }
                         return ws_session::run(conn, upgrade).await;
+                    }
+                    Outcome::Stream(stream) => {
+                        metrics.count_request(label, 200);
+                        if !out.is_empty() {
+                            conn.write_all(&out).await?;
+                        }
+                        return sse::run(conn, stream).await;
                     }
                 }
                 if !keep_alive {
@@ -281,6 +294,9 @@ async fn route(conn: &mut Conn, req: Request, auth: &mut AuthCache) -> Outcome {
         Health => Ok(Response::json(200, br#"{"status":"ok"}"#.to_vec())),
         Ready => Ok(ready(&shard)),
         Metrics => Ok(metrics_text(&shard).await),
+        Stats => stats::stats(&shard, &req).await,
+        Console => Ok(console::page()),
+        ClientModule => Ok(console::client_module()),
         Publish | PublishBulk => match who() {
             Ok(principal) => {
                 let publisher = auth.publisher(&principal);
@@ -308,6 +324,12 @@ async fn route(conn: &mut Conn, req: Request, auth: &mut AuthCache) -> Outcome {
         WebSocket => {
             return match ws_session::upgrade(&shard, &req).await {
                 Ok(upgrade) => Outcome::Upgrade(upgrade),
+                Err(e) => Outcome::from(Err(e)),
+            }
+        }
+        EventStream => {
+            return match sse::open(conn, &req).await {
+                Ok(stream) => Outcome::Stream(stream),
                 Err(e) => Outcome::from(Err(e)),
             }
         }

@@ -1,5 +1,5 @@
-//! Connection quotas: how many connections one source IP, and how many WebSocket sessions
-//! one token subject, may hold across the whole process.
+//! Connection quotas: how many connections one source IP, and how many streaming sessions
+//! (WebSocket and Server-Sent Events) one token subject, may hold across the whole process.
 //!
 //! Each key is counted on exactly one shard, its owner by the runtime's fixed key hash (as
 //! topics are), so the count is exact without locks: a shard that accepts a connection asks
@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::rc::Rc;
 
+use super::error::ApiError;
 use super::shard::Shard;
 use crate::rt::mesh::Answer;
 use crate::rt::owner::owner_of;
@@ -61,6 +62,25 @@ impl Quotas {
     #[cfg(test)]
     fn held(&self, key: &QuotaKey) -> u32 {
         self.counts.borrow().get(key).copied().unwrap_or(0)
+    }
+}
+
+/// A streaming-session slot for `subject` under `limits.max_websockets_per_subject` (none
+/// needed when it is 0); 429 `TOO_MANY_CONNECTIONS` when the subject holds them all.
+pub async fn session_slot(shard: &Rc<Shard>, subject: &str) -> Result<Option<QuotaSlot>, ApiError> {
+    let per_subject = shard.config.limits.max_websockets_per_subject;
+    if per_subject == 0 {
+        return Ok(None);
+    }
+    let key = QuotaKey::Subject(subject.into());
+    match acquire(shard, key, per_subject).await {
+        Some(slot) => Ok(Some(slot)),
+        None => Err(ApiError::new(
+            429,
+            "TOO_MANY_CONNECTIONS",
+            format!("this token's subject already holds {per_subject} WebSocket and SSE sessions"),
+        )
+        .with_header("Retry-After", "1")),
     }
 }
 

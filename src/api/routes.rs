@@ -34,7 +34,8 @@ pub enum Pattern {
 /// What a request must show before its endpoint runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Access {
-    /// Nothing (or the endpoint authenticates itself, as the WebSocket upgrade does).
+    /// Nothing (or the endpoint authenticates itself, as the WebSocket upgrade and the
+    /// event stream do).
     Public,
     /// Any valid token.
     Authenticated,
@@ -50,6 +51,9 @@ pub enum Endpoint {
     Health,
     Ready,
     Metrics,
+    Stats,
+    Console,
+    ClientModule,
     Publish,
     PublishBulk,
     Poll,
@@ -57,6 +61,7 @@ pub enum Endpoint {
     PollStats,
     Ack,
     WebSocket,
+    EventStream,
     Login,
     Refresh,
     Revoke,
@@ -96,6 +101,7 @@ pub struct Route {
 }
 
 const GET: &[Method] = &[Method::Get];
+const GET_HEAD: &[Method] = &[Method::Get, Method::Head];
 const POST: &[Method] = &[Method::Post];
 const ANY: &[Method] = &[];
 
@@ -139,6 +145,16 @@ pub const ROUTES: &[Route] = &[
         Ready,
     ),
     route(Exact("/metrics"), GET, Scrape, "metrics", Metrics),
+    route(Exact("/api/v1/stats"), GET, Holding(Admin), "stats", Stats),
+    // The console page and the browser client hold no data: what they show needs a token.
+    route(Exact("/console"), GET_HEAD, Public, "console", Console),
+    route(
+        Exact("/client.js"),
+        GET_HEAD,
+        Public,
+        "console",
+        ClientModule,
+    ),
     route(
         Exact("/api/v1/messages"),
         POST,
@@ -170,6 +186,9 @@ pub const ROUTES: &[Route] = &[
     ),
     route(Exact("/api/v1/ack"), POST, Holding(Read), "ack", Ack),
     route(Exact("/ws"), GET, Public, "ws", WebSocket),
+    // Authenticates itself: `EventSource` cannot set headers, so the token may come in
+    // the query.
+    route(Exact("/api/v1/sse"), GET, Public, "sse", EventStream),
     // The original relay's account API.
     route(Exact("/auth/login"), POST, Public, "auth", Login),
     route(Exact("/auth/token/refresh"), POST, Public, "auth", Refresh),

@@ -362,7 +362,7 @@ impl Shard {
             .await
     }
 
-    fn metrics_snapshot(&self) -> metrics::Snapshot {
+    pub(super) fn metrics_snapshot(&self) -> metrics::Snapshot {
         let (topics, hot_tier_bytes, dropped) = self.topics.gauges();
         self.metrics.topics_dropped.set(dropped);
         self.metrics.snapshot(
@@ -411,6 +411,7 @@ impl Host for Shard {
             }
         }
         self.keys.sweep(now);
+        self.metrics.sample(now);
         self.topics.tick();
         let store_ok = self.topics.is_recovered() && self.store.health().is_ok();
         self.health.store_ok[self.id()].store(store_ok, Ordering::Release);

@@ -1,45 +1,38 @@
 //! WebSocket sessions on `GET /ws`: the upgrade, the client commands, and the push loop.
 //!
 //! One task per connection serves both directions: it decodes client frames, answers
-//! commands, and writes queued frames. Deliveries arrive through the [`Outbound`] sink as
-//! shared `Arc<Message>`s whose frame bytes were built once by the topic owner; the session
-//! only copies them into its socket buffer. The queue is bounded in bytes: a subscriber
-//! that does not read is cut off with close code 4000 instead of growing memory.
+//! commands, and writes queued frames. Deliveries arrive through the session's
+//! [`Outbound`] queue (shared with SSE sessions), bounded in bytes: a subscriber that does
+//! not read is cut off with close code 4000 instead of growing memory.
 
-use std::cell::{Cell, RefCell};
-use std::collections::VecDeque;
-use std::future::poll_fn;
+use std::cell::Cell;
 use std::io;
-use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::task::Poll;
 use std::time::Instant;
 
-use futures_lite::AsyncWrite;
 use serde::Serialize;
 
 use super::ack::{self, AckOutcome};
-use super::conn::{poll_read_into, Conn, Event};
+use super::conn::{Conn, Event};
 use super::cors;
 use super::error::ApiError;
 use super::fields::{
     parse_client_id, parse_cursor, parse_message_id, parse_topics, permit_topics, scope_topics,
 };
 use super::limits::{self, Bucket};
-use super::quota::{self, QuotaKey, QuotaSlot};
+use super::outbound::{self, drive, Outbound, Until, Wire};
+use super::quota::{self, QuotaSlot};
 use super::shard::Shard;
 use super::subscriptions::{ReplayProblem, Subscriptions};
 use super::ws_command::{self, AckCmd, AuthCmd, Command, SubscribeCmd, UnsubscribeCmd};
 use crate::auth::{AuthError, Permission, Principal};
-use crate::config::SlowConsumer;
 use crate::http::Request;
-use crate::metrics::{self, ShardMetrics};
-use crate::rt::conns::ConnCtl;
+use crate::metrics;
 use crate::rt::now_ms;
 use crate::text::rfc3339;
 use crate::topic::subscribers::Sink;
-use crate::topic::{consumer_key, display_name, ConsumerKey, Message, MessageId};
+use crate::topic::{consumer_key, display_name, ConsumerKey, MessageId};
 use crate::ws::frame::{close_frame, ping_frame, pong_frame, text_frame, FrameDecoder, Incoming};
 use crate::ws::{
     handshake, ACCESS_REVOKED, GOING_AWAY, POLICY_VIOLATION, RATE_LIMITED, SLOW_CONSUMER,
@@ -48,8 +41,6 @@ use crate::ws::{
 
 /// Invalid commands tolerated per session before it is closed as abusive.
 const MAX_INVALID_FRAMES: u32 = 100;
-/// Bytes gathered from the queue into one socket write.
-const WRITE_BATCH: usize = 64 * 1024;
 
 pub struct Upgrade {
     accept_key: String,
@@ -82,23 +73,7 @@ pub async fn upgrade(shard: &Rc<Shard>, req: &Request) -> Result<Upgrade, ApiErr
     principal.require(Permission::Read)?;
     let protocol =
         (from_protocol.is_some() && protocols.iter().any(|p| p == "bearer")).then_some("bearer");
-    let per_subject = shard.config.limits.max_websockets_per_subject;
-    let slot = if per_subject > 0 {
-        let key = QuotaKey::Subject(principal.subject.as_str().into());
-        let slot = quota::acquire(shard, key, per_subject)
-            .await
-            .ok_or_else(|| {
-                ApiError::new(
-                    429,
-                    "TOO_MANY_CONNECTIONS",
-                    format!("this token's subject already holds {per_subject} WebSocket sessions"),
-                )
-                .with_header("Retry-After", "1")
-            })?;
-        Some(slot)
-    } else {
-        None
-    };
+    let slot = quota::session_slot(shard, &principal.subject).await?;
     Ok(Upgrade {
         accept_key,
         protocol,
@@ -107,126 +82,14 @@ pub async fn upgrade(shard: &Rc<Shard>, req: &Request) -> Result<Upgrade, ApiErr
     })
 }
 
-enum Frame {
-    /// A delivery; `replay` marks snapshot messages, which do not count toward the limit.
-    Message {
-        msg: Arc<Message>,
-        replay: bool,
-    },
-    Control(Vec<u8>),
+/// JSON replies and errors as text frames.
+trait JsonFrames {
+    fn push_json(&self, json: &[u8]);
 }
 
-/// The session's outbound queue, fed by the shard's subscriber index.
-struct Outbound {
-    frames: RefCell<VecDeque<Frame>>,
-    live_bytes: Cell<usize>,
-    limit: usize,
-    /// `delivery.slow_consumer: drop_oldest`: shed old messages instead of disconnecting.
-    drop_oldest: bool,
-    /// Messages shed since the client was last told.
-    dropped: Cell<u64>,
-    /// Every queued byte: live, replayed and control frames. Over `limit`, the session
-    /// stops reading client frames (so commands cannot pile up replies and replays in a
-    /// client that does not read) until the queue drains.
-    queued: Cell<usize>,
-    overflow: Cell<bool>,
-    replaying: Cell<bool>,
-    ctl: Rc<ConnCtl>,
-}
-
-impl Sink for Outbound {
-    fn offer(&self, msg: &Arc<Message>) {
-        if self.overflow.get() {
-            return;
-        }
-        let replay = self.replaying.get();
-        let mut frames = self.frames.borrow_mut();
-        if !replay {
-            let bytes = self.live_bytes.get() + msg.ws_frame().len();
-            self.live_bytes.set(bytes);
-            if bytes > self.limit {
-                if self.drop_oldest {
-                    self.shed(&mut frames);
-                } else {
-                    self.overflow.set(true);
-                }
-            }
-        }
-        self.queued.set(self.queued.get() + msg.ws_frame().len());
-        frames.push_back(Frame::Message {
-            msg: Arc::clone(msg),
-            replay,
-        });
-        self.ctl.signal.raise();
-    }
-}
-
-impl Outbound {
-    /// Drops the oldest queued live messages until the queue is back under its limit.
-    fn shed(&self, frames: &mut VecDeque<Frame>) {
-        let mut dropped = 0;
-        frames.retain(|frame| match frame {
-            Frame::Message { msg, replay: false } if self.live_bytes.get() > self.limit => {
-                self.live_bytes
-                    .set(self.live_bytes.get() - msg.ws_frame().len());
-                self.queued.set(self.queued.get() - msg.ws_frame().len());
-                dropped += 1;
-                false
-            }
-            _ => true,
-        });
-        self.dropped.set(self.dropped.get() + dropped);
-    }
-}
-
-impl Outbound {
-    fn push_control(&self, bytes: Vec<u8>) {
-        self.queued.set(self.queued.get() + bytes.len());
-        self.frames.borrow_mut().push_back(Frame::Control(bytes));
-        self.ctl.signal.raise();
-    }
-
-    fn backlogged(&self) -> bool {
-        self.queued.get() > self.limit
-    }
-
+impl JsonFrames for Outbound {
     fn push_json(&self, json: &[u8]) {
         self.push_control(text_frame(json));
-    }
-
-    /// Moves queued frames into `wbuf` (up to a batch); false when nothing was queued.
-    fn fill(&self, wbuf: &mut Vec<u8>, metrics: &ShardMetrics) -> bool {
-        let mut frames = self.frames.borrow_mut();
-        let mut any = false;
-        let now = Instant::now();
-        let mut delivered = 0;
-        let mut latency = metrics.delivery_latency.borrow_mut();
-        while wbuf.len() < WRITE_BATCH {
-            let Some(frame) = frames.pop_front() else {
-                break;
-            };
-            any = true;
-            match frame {
-                Frame::Message { msg, replay } => {
-                    wbuf.extend_from_slice(msg.ws_frame());
-                    self.queued.set(self.queued.get() - msg.ws_frame().len());
-                    delivered += 1;
-                    if let Some(at) = msg.accepted_at {
-                        latency.record(now.saturating_duration_since(at).as_micros() as u64);
-                    }
-                    if !replay {
-                        self.live_bytes
-                            .set(self.live_bytes.get() - msg.ws_frame().len());
-                    }
-                }
-                Frame::Control(bytes) => {
-                    wbuf.extend_from_slice(&bytes);
-                    self.queued.set(self.queued.get() - bytes.len());
-                }
-            }
-        }
-        metrics::add(&metrics.delivered, delivered);
-        any
     }
 }
 
@@ -262,17 +125,7 @@ pub async fn run(conn: &mut Conn, up: Upgrade) -> io::Result<()> {
     let cfg = &shard.config;
     let ping_every = cfg.delivery.ws_ping_interval.as_millis() as u64;
     let dead_after = cfg.delivery.ws_pong_timeout.as_millis() as u64;
-    let out = Rc::new(Outbound {
-        frames: RefCell::new(VecDeque::new()),
-        live_bytes: Cell::new(0),
-        limit: cfg.delivery.max_outbound_bytes,
-        drop_oldest: cfg.delivery.slow_consumer == SlowConsumer::DropOldest,
-        dropped: Cell::new(0),
-        queued: Cell::new(0),
-        overflow: Cell::new(false),
-        replaying: Cell::new(false),
-        ctl: Rc::clone(&conn.ctl),
-    });
+    let out = Rc::new(Outbound::new(Wire::WebSocket, &cfg.delivery, &conn.ctl));
     let mut session = Session {
         shard: Rc::clone(&shard),
         principal: up.principal,
@@ -334,20 +187,10 @@ pub async fn run(conn: &mut Conn, up: Upgrade) -> io::Result<()> {
                 Err(e) => return close(conn, &out, &mut wbuf, e.close_code(), e.reason()).await,
             }
         }
-        let shed = out.dropped.replace(0);
-        if shed > 0 {
-            metrics::add(&shard.metrics.dropped, shed);
-            let notice = format!(
-                r#"{{"type":"error","code":"MESSAGES_DROPPED","count":{shed},"message":"this connection fell more than {} bytes behind; the oldest {shed} queued messages were dropped"}}"#,
-                out.limit
-            );
-            out.push_json(notice.as_bytes());
+        if let Some(notice) = out.take_shed(&shard.metrics) {
+            out.push_json(&notice);
         }
-        if out.overflow.get() {
-            let dropped = out.frames.borrow_mut().drain(..).count();
-            metrics::add(&shard.metrics.dropped, dropped as u64);
-            metrics::add(&shard.metrics.slow_consumer_disconnects, 1);
-            let reason = format!("slow consumer: more than {} bytes queued", out.limit);
+        if let Some(reason) = out.cut_off(&shard.metrics) {
             return close(conn, &out, &mut wbuf, SLOW_CONSUMER, &reason).await;
         }
         if session.invalid_frames > MAX_INVALID_FRAMES {
@@ -385,72 +228,17 @@ pub async fn run(conn: &mut Conn, up: Upgrade) -> io::Result<()> {
             }
         }
         conn.ctl.set_deadline(next_ping.min(expires));
-        let read = !out.backlogged();
-        match drive(conn, &out, &mut wbuf, read).await? {
+        let until = if out.backlogged() {
+            Until::Drained
+        } else {
+            Until::Event
+        };
+        match drive(conn, &out, &mut wbuf, until).await? {
             Event::Data => last_heard = now_ms(),
             Event::Eof => return Ok(()),
             Event::Woken => {}
         }
     }
-}
-
-/// Writes what is queued and reads what arrives until one of them needs the session's
-/// attention: new bytes, end of stream, or the signal (new frames, deadline, shutdown).
-///
-/// With `read` false (the outbound queue is over its limit) nothing is read: the client
-/// is back-pressured through TCP, and the call returns once the queue is under the limit.
-async fn drive(
-    conn: &mut Conn,
-    out: &Outbound,
-    wbuf: &mut Vec<u8>,
-    read: bool,
-) -> io::Result<Event> {
-    let Conn {
-        stream,
-        ctl,
-        rbuf,
-        shard,
-        ..
-    } = conn;
-    let metrics = &shard.metrics;
-    let mut written = 0;
-    let event = poll_fn(|cx| {
-        loop {
-            if written == wbuf.len() {
-                wbuf.clear();
-                written = 0;
-                if !out.fill(wbuf, metrics) {
-                    break;
-                }
-            }
-            match Pin::new(&mut *stream).poll_write(cx, &wbuf[written..]) {
-                Poll::Ready(Ok(n)) => {
-                    written += n;
-                    metrics::add(&metrics.bytes_out, n as u64);
-                }
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending => break,
-            }
-        }
-        if ctl.signal.poll_wait(cx).is_ready() {
-            return Poll::Ready(Ok(Event::Woken));
-        }
-        if !read {
-            return if out.backlogged() {
-                Poll::Pending
-            } else {
-                Poll::Ready(Ok(Event::Woken))
-            };
-        }
-        poll_read_into(stream, rbuf, metrics, cx)
-    })
-    .await;
-    // Keep unwritten bytes at the front for the next round.
-    wbuf.drain(..written);
-    if wbuf.is_empty() && wbuf.capacity() > 2 * WRITE_BATCH {
-        *wbuf = Vec::new();
-    }
-    event
 }
 
 /// Sends a close frame after what is already queued and lets the peer go.
@@ -462,19 +250,7 @@ async fn close(
     reason: &str,
 ) -> io::Result<()> {
     out.push_control(close_frame(code, reason));
-    while !wbuf.is_empty() || !out.frames.borrow().is_empty() {
-        let event = drive(conn, out, wbuf, true).await?;
-        // Nothing the peer sends now matters; don't let it pile up.
-        let unread = conn.rbuf.filled().len();
-        conn.rbuf.consume(unread);
-        if let Event::Eof = event {
-            return Ok(());
-        }
-    }
-    // Closing the socket with the peer's frames unread would send a reset, which can
-    // destroy the close frame before the peer reads it: half-close, then drain briefly.
-    conn.linger().await;
-    Ok(())
+    outbound::finish(conn, out, wbuf).await
 }
 
 fn session_id(shard: usize) -> String {
@@ -597,7 +373,7 @@ impl Session {
         };
         self.out
             .push_json(&serde_json::to_vec(&reply).unwrap_or_default());
-        self.out.replaying.set(true);
+        self.out.set_replaying(true);
         let mut incomplete = Vec::new();
         for p in &pending {
             if p.problem.is_some() {
@@ -609,7 +385,7 @@ impl Session {
                 incomplete.push((Arc::clone(&p.sub.topic), p.sub.cursor(), problem.clone()));
             }
         }
-        self.out.replaying.set(false);
+        self.out.set_replaying(false);
         // A replay that could not be completed must not silently continue with a gap:
         // the topic is dropped and the client told where to resume.
         for (key, cursor, problem) in incomplete {

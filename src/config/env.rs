@@ -115,6 +115,8 @@ pub(crate) const SECTIONS: &[(&str, &[(&str, EnvKind)])] = &[
             ("ws_ping_interval", Scalar),
             ("ws_pong_timeout", Scalar),
             ("max_poll_timeout", Scalar),
+            ("sse_heartbeat_interval", Scalar),
+            ("sse_retry", Scalar),
             ("slow_consumer", Scalar),
         ],
     ),

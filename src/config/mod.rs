@@ -386,7 +386,13 @@ pub struct DeliveryConfig {
     pub ws_pong_timeout: Duration,
     #[serde(with = "units::duration")]
     pub max_poll_timeout: Duration,
-    /// What happens to a WebSocket consumer over `max_outbound_bytes`.
+    /// How often an idle Server-Sent Events stream gets a heartbeat comment.
+    #[serde(with = "units::duration")]
+    pub sse_heartbeat_interval: Duration,
+    /// The `retry:` an SSE stream starts with: how long a client waits to reconnect.
+    #[serde(with = "units::duration")]
+    pub sse_retry: Duration,
+    /// What happens to a WebSocket or SSE consumer over `max_outbound_bytes`.
     pub slow_consumer: SlowConsumer,
 }
 
@@ -454,6 +460,8 @@ impl Default for DeliveryConfig {
             ws_ping_interval: Duration::from_secs(30),
             ws_pong_timeout: Duration::from_secs(60),
             max_poll_timeout: Duration::from_secs(60),
+            sse_heartbeat_interval: Duration::from_secs(15),
+            sse_retry: Duration::from_secs(2),
             slow_consumer: SlowConsumer::Disconnect,
         }
     }

@@ -575,6 +575,8 @@ fn zero_is_refused_where_it_cannot_work() {
         "delivery.max_outbound_bytes",
         "delivery.ws_ping_interval",
         "delivery.ws_pong_timeout",
+        "delivery.sse_heartbeat_interval",
+        "delivery.sse_retry",
     ];
     for key in keys {
         let (section, name) = key.split_once('.').unwrap();

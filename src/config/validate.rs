@@ -84,6 +84,11 @@ impl Config {
             ),
             ("delivery.ws_ping_interval", self.delivery.ws_ping_interval),
             ("delivery.ws_pong_timeout", self.delivery.ws_pong_timeout),
+            (
+                "delivery.sse_heartbeat_interval",
+                self.delivery.sse_heartbeat_interval,
+            ),
+            ("delivery.sse_retry", self.delivery.sse_retry),
             ("limits.idempotency_window", self.limits.idempotency_window),
             ("limits.idempotency_wait", self.limits.idempotency_wait),
             ("storage.ack_timeout", self.storage.ack_timeout),

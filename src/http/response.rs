@@ -116,7 +116,7 @@ thread_local! {
         const { Cell::new((u64::MAX, [0; IMF_FIXDATE_LEN])) };
 }
 
-fn push_cached_date(out: &mut Vec<u8>) {
+pub(crate) fn push_cached_date(out: &mut Vec<u8>) {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |elapsed| elapsed.as_secs());

@@ -5,6 +5,10 @@
 //! [`Snapshot`] through the mesh, merges them and renders the Prometheus text format
 //! (<https://prometheus.io/docs/instrumenting/exposition_formats/>). Histograms are
 //! HdrHistograms in microseconds, exposed as Prometheus histograms with fixed buckets.
+//!
+//! Each shard's tick also keeps its [`Recent`] second (messages in and out, the latencies
+//! of that second) for `GET /api/v1/stats`: differences of the same counters and
+//! histograms, taken once a second, so it costs nothing per message.
 
 use std::cell::{Cell, RefCell};
 use std::fmt::Write;
@@ -27,8 +31,14 @@ pub struct Latency {
     sum_micros: u64,
 }
 
+impl Default for Latency {
+    fn default() -> Self {
+        Latency::new()
+    }
+}
+
 impl Latency {
-    fn new() -> Self {
+    pub fn new() -> Self {
         Latency {
             hist: Histogram::new_with_bounds(1, MAX_MICROS, 2).expect("static histogram bounds"),
             sum_micros: 0,
@@ -42,13 +52,29 @@ impl Latency {
         self.sum_micros += micros;
     }
 
-    fn merge(&mut self, other: &Latency) {
+    pub fn merge(&mut self, other: &Latency) {
         let _ = self.hist.add(&other.hist);
         self.sum_micros += other.sum_micros;
     }
 
     pub fn count(&self) -> u64 {
         self.hist.len()
+    }
+
+    /// What was recorded since `earlier`, a copy of this distribution taken before.
+    fn since(&self, earlier: &Latency) -> Latency {
+        let mut window = self.clone();
+        // `earlier` holds a subset of these counts, so nothing can underflow.
+        if window.hist.subtract(&earlier.hist).is_err() {
+            window.hist.reset();
+        }
+        window.sum_micros = window.sum_micros.saturating_sub(earlier.sum_micros);
+        window
+    }
+
+    /// The largest recorded value, in microseconds.
+    pub fn max_micros(&self) -> u64 {
+        self.hist.max()
     }
 
     /// The latency at quantile `q` (0..=1), in microseconds.
@@ -70,6 +96,7 @@ pub struct ShardMetrics {
     pub bytes_out: Cell<u64>,
     pub slow_consumer_disconnects: Cell<u64>,
     pub websocket_connections: Cell<u64>,
+    pub sse_sessions: Cell<u64>,
     pub polls_waiting: Cell<u64>,
     pub valkey_writes: Cell<u64>,
     pub valkey_errors: Cell<u64>,
@@ -90,7 +117,34 @@ pub struct ShardMetrics {
     pub publish_latency: RefCell<Latency>,
     pub delivery_latency: RefCell<Latency>,
     pub valkey_latency: RefCell<Latency>,
+    /// The state at the start of the second being sampled, and the last full second.
+    sampled: RefCell<Sample>,
+    recent: RefCell<Recent>,
 }
+
+/// One shard's last full second, as its tick sampled it.
+#[derive(Clone, Default)]
+pub struct Recent {
+    /// How long the sample really lasted (a tick or so over a second).
+    pub millis: u64,
+    pub published: u64,
+    pub delivered: u64,
+    pub publish_latency: Latency,
+    pub delivery_latency: Latency,
+}
+
+/// The counters and histograms at the start of a sample.
+#[derive(Default)]
+struct Sample {
+    at_ms: u64,
+    published: u64,
+    delivered: u64,
+    publish_latency: Option<Latency>,
+    delivery_latency: Option<Latency>,
+}
+
+/// How long one [`Recent`] sample lasts.
+const SAMPLE_MS: u64 = 1000;
 
 impl Default for ShardMetrics {
     fn default() -> Self {
@@ -103,6 +157,7 @@ impl Default for ShardMetrics {
             bytes_out: Cell::new(0),
             slow_consumer_disconnects: Cell::new(0),
             websocket_connections: Cell::new(0),
+            sse_sessions: Cell::new(0),
             polls_waiting: Cell::new(0),
             valkey_writes: Cell::new(0),
             valkey_errors: Cell::new(0),
@@ -117,6 +172,8 @@ impl Default for ShardMetrics {
             publish_latency: RefCell::new(Latency::new()),
             delivery_latency: RefCell::new(Latency::new()),
             valkey_latency: RefCell::new(Latency::new()),
+            sampled: RefCell::new(Sample::default()),
+            recent: RefCell::new(Recent::default()),
         }
     }
 }
@@ -153,6 +210,44 @@ impl ShardMetrics {
         }
     }
 
+    /// Closes the current sample once it is a second old (the shard's tick calls this):
+    /// it becomes [`ShardMetrics::recent`], and the next one starts.
+    pub fn sample(&self, now_ms: u64) {
+        let mut sampled = self.sampled.borrow_mut();
+        let elapsed = now_ms.saturating_sub(sampled.at_ms);
+        if elapsed < SAMPLE_MS {
+            return;
+        }
+        let publish = self.publish_latency.borrow().clone();
+        let delivery = self.delivery_latency.borrow().clone();
+        let (published, delivered) = (self.published.get(), self.delivered.get());
+        if sampled.at_ms > 0 {
+            let window = |now: &Latency, then: &Option<Latency>| match then {
+                Some(then) => now.since(then),
+                None => now.clone(),
+            };
+            *self.recent.borrow_mut() = Recent {
+                millis: elapsed,
+                published: published.wrapping_sub(sampled.published),
+                delivered: delivered.wrapping_sub(sampled.delivered),
+                publish_latency: window(&publish, &sampled.publish_latency),
+                delivery_latency: window(&delivery, &sampled.delivery_latency),
+            };
+        }
+        *sampled = Sample {
+            at_ms: now_ms,
+            published,
+            delivered,
+            publish_latency: Some(publish),
+            delivery_latency: Some(delivery),
+        };
+    }
+
+    /// The last full second (zeros until the tick has sampled one).
+    pub fn recent(&self) -> Recent {
+        self.recent.borrow().clone()
+    }
+
     /// A copy to send to the scraping shard; `gauges` and `primaries` (each Valkey primary
     /// and whether the shard's connection to it is up) are read by the caller from the
     /// state it owns (topics, rings, queues, links).
@@ -178,6 +273,7 @@ impl ShardMetrics {
             },
             gauges: Gauges {
                 websocket_connections: self.websocket_connections.get(),
+                sse_sessions: self.sse_sessions.get(),
                 polls_waiting: self.polls_waiting.get(),
                 ..gauges
             },
@@ -214,6 +310,7 @@ pub struct Counters {
 pub struct Gauges {
     pub connections: u64,
     pub websocket_connections: u64,
+    pub sse_sessions: u64,
     pub polls_waiting: u64,
     pub topics: u64,
     pub subscribed_topics: u64,
@@ -334,7 +431,7 @@ pub fn render(shards: &[Snapshot], persistent: bool) -> String {
         ),
         (
             "pulsar_slow_consumer_disconnects_total",
-            "WebSocket clients cut off for exceeding delivery.max_outbound_bytes.",
+            "WebSocket and SSE clients cut off for exceeding delivery.max_outbound_bytes.",
             |c| c.slow_consumer_disconnects,
         ),
         (
@@ -374,7 +471,7 @@ pub fn render(shards: &[Snapshot], persistent: bool) -> String {
         );
     }
 
-    let gauges: [Series<Gauges, u64>; 6] = [
+    let gauges: [Series<Gauges, u64>; 7] = [
         ("pulsar_connections", "Open client connections.", |g| {
             g.connections
         }),
@@ -382,6 +479,11 @@ pub fn render(shards: &[Snapshot], persistent: bool) -> String {
             "pulsar_websocket_connections",
             "Open WebSocket sessions.",
             |g| g.websocket_connections,
+        ),
+        (
+            "pulsar_sse_sessions",
+            "Open Server-Sent Events streams.",
+            |g| g.sse_sessions,
         ),
         (
             "pulsar_polls_waiting",
@@ -623,5 +725,38 @@ mod tests {
         assert_eq!(value(&text, "pulsar_publish_latency_seconds_count"), 4.0);
         assert!((value(&text, "pulsar_publish_latency_seconds_sum") - 0.04444).abs() < 1e-9);
         assert!(text.contains("pulsar_valkey_write_latency_seconds_count 0"));
+    }
+
+    #[test]
+    fn the_recent_second_holds_only_what_happened_in_it() {
+        let m = ShardMetrics::default();
+        m.sample(10_000);
+        add(&m.published, 5);
+        m.publish_latency.borrow_mut().record(100);
+        m.sample(10_500);
+        assert_eq!(m.recent().millis, 0, "no full second sampled yet");
+        m.sample(11_250);
+        let first = m.recent();
+        assert_eq!((first.millis, first.published), (1250, 5));
+        assert_eq!(first.publish_latency.count(), 1);
+        add(&m.published, 2);
+        add(&m.delivered, 7);
+        for micros in [2_000, 3_000] {
+            m.publish_latency.borrow_mut().record(micros);
+        }
+        m.sample(12_250);
+        let second = m.recent();
+        assert_eq!((second.published, second.delivered), (2, 7));
+        assert_eq!(
+            second.publish_latency.count(),
+            2,
+            "the first second's value is gone"
+        );
+        assert!(second.publish_latency.quantile_micros(0.0) >= 1_900);
+        assert_eq!(
+            m.publish_latency.borrow().count(),
+            3,
+            "the totals are untouched"
+        );
     }
 }

@@ -40,6 +40,9 @@ pub struct Message {
     metadata: Option<Range<usize>>,
 }
 
+/// Where the ID's text starts in the delivery JSON (after the first of `build`'s parts).
+const ID_OFFSET: usize = br#"{"type":"message","message_id":""#.len();
+
 impl Message {
     pub fn build(id: MessageId, topic: Arc<str>, now_ms: u64, draft: &Draft<'_>) -> Message {
         let metadata_len = draft.metadata.map_or(4, <[u8]>::len);
@@ -135,6 +138,12 @@ impl Message {
         &self.frame[self.json_start..]
     }
 
+    /// The message ID as text (`ms-seq`), borrowed from the delivery JSON that carries it.
+    pub fn id_text(&self) -> &[u8] {
+        let start = self.json_start + ID_OFFSET;
+        &self.frame[start..start + self.id.text_len()]
+    }
+
     /// The producer's payload bytes.
     pub fn payload(&self) -> &[u8] {
         &self.frame[self.payload.clone()]
@@ -204,6 +213,7 @@ mod tests {
         assert_eq!(parsed["metadata"]["k"], "v");
         assert_eq!(msg.payload(), payload);
         assert_eq!(msg.metadata(), Some(&br#"{"k":"v"}"#[..]));
+        assert_eq!(msg.id_text(), b"1731000000123-4");
     }
 
     #[test]

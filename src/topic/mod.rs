@@ -26,7 +26,7 @@ pub use message::{Draft, Message};
 pub use owner::Owner;
 pub use record::TopicRecord;
 pub use table::{
-    HistoryPage, Located, Order, Published, Refusal, Snapshot, TopicLimits, TopicTable,
+    HistoryPage, Located, Order, Published, Refusal, Snapshot, TopicLimits, TopicLoad, TopicTable,
     STREAM_TRIM_INTERVAL_MS,
 };
 

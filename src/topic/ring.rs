@@ -72,6 +72,16 @@ impl Ring {
         self.bytes
     }
 
+    /// How many retained messages were published at `since_ms` or later: newest first,
+    /// so it reads only those.
+    pub fn count_since(&self, since_ms: u64) -> usize {
+        self.messages
+            .iter()
+            .rev()
+            .take_while(|m| m.timestamp_ms >= since_ms)
+            .count()
+    }
+
     pub fn oldest_id(&self) -> Option<MessageId> {
         self.messages.front().map(|m| m.id)
     }

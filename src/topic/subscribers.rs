@@ -130,6 +130,11 @@ impl LocalSubscribers {
     pub fn topics(&self) -> usize {
         self.by_topic.len()
     }
+
+    /// This shard's subscriptions (sessions and parked polls) to `topic`.
+    pub fn count(&self, topic: &str) -> usize {
+        self.by_topic.get(topic).map_or(0, Vec::len)
+    }
 }
 
 #[cfg(test)]

@@ -46,6 +46,17 @@ pub struct TopicLimits {
     pub max_kept_records: usize,
 }
 
+/// One topic's traffic as the owner sees it, for `GET /api/v1/stats`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TopicLoad {
+    pub topic: Arc<str>,
+    /// Retained messages published within the window asked for.
+    pub recent: usize,
+    pub retained: usize,
+    /// Some shard has subscribers (sessions or parked polls) for it.
+    pub subscribed: bool,
+}
+
 /// What a subscriber gets when it registers with the owner: the retained messages after
 /// its starting point, taken at the same instant the interest was registered, so that
 /// snapshot plus live deliveries have no gap.
@@ -692,6 +703,28 @@ impl TopicTable {
     /// Entries dropped since start.
     pub fn dropped(&self) -> u64 {
         self.dropped
+    }
+
+    /// The `n` topics with the most messages published since `since_ms` (then the most
+    /// retained), among those with such messages or with subscribers. Reads every entry
+    /// but, of each ring, only its recent messages.
+    pub fn busiest(&self, since_ms: u64, n: usize) -> Vec<TopicLoad> {
+        let mut loads: Vec<TopicLoad> = self
+            .topics
+            .values()
+            .map(|t| TopicLoad {
+                topic: Arc::clone(&t.name),
+                recent: t.ring.count_since(since_ms),
+                retained: t.ring.len(),
+                subscribed: !t.interested.is_empty(),
+            })
+            .filter(|l| l.recent > 0 || l.subscribed)
+            .collect();
+        loads.sort_unstable_by(|a, b| {
+            (b.recent, b.retained, &a.topic).cmp(&(a.recent, a.retained, &b.topic))
+        });
+        loads.truncate(n);
+        loads
     }
 
     /// The bytes counted afresh, entry by entry (tests check the running total by it).

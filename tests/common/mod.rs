@@ -1,8 +1,10 @@
 //! Shared harness for the integration tests: a real relay process on an ephemeral port
 //! ([`relay`]), a small HTTP/1.1 client over `std::net::TcpStream` ([`http`]), a WebSocket
-//! client with tungstenite ([`ws`]), a real valkey-server per test ([`valkey`]) or a real
-//! 6-node Valkey Cluster ([`valkey_cluster`]), TLS certificates, clients and a TLS
-//! redis-server ([`tls`]), and the tokens, topics and waiting every test file uses (here).
+//! client with tungstenite ([`ws`]), a Server-Sent Events client ([`sse`]), a headless
+//! Chromium driven over the DevTools protocol ([`browser`]), a real valkey-server per test
+//! ([`valkey`]) or a real 6-node Valkey Cluster ([`valkey_cluster`]), TLS certificates,
+//! clients and a TLS redis-server ([`tls`]), and the tokens, topics and waiting every test
+//! file uses (here).
 //!
 //! Every test spawns its own relay (`PULSAR_SERVER_HTTP_PORT=0`, two shards), so tests can
 //! run in parallel. Nothing is mocked: bytes go through the kernel to the real binary.
@@ -10,9 +12,11 @@
 // Each test crate uses a different subset of the helpers.
 #![allow(dead_code)]
 
+mod browser;
 mod health;
 mod http;
 mod relay;
+mod sse;
 mod tls;
 mod valkey;
 mod valkey_cluster;
@@ -24,11 +28,17 @@ use std::time::{Duration, Instant};
 use pulsar_relay::auth::{Authenticator, Permissions};
 use serde_json::{json, Value};
 
+// Only the browser suite drives Chromium.
+#[allow(unused_imports)]
+pub use browser::*;
 // Only the attack and fault suites measure health.
 #[allow(unused_imports)]
 pub use health::*;
 pub use http::*;
 pub use relay::*;
+// Only the SSE and browser suites read event streams.
+#[allow(unused_imports)]
+pub use sse::*;
 pub use tls::*;
 pub use valkey::*;
 // Only the cluster suite starts a cluster.

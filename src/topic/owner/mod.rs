@@ -302,6 +302,11 @@ impl Owner {
         table.compact();
     }
 
+    /// The busiest topics of this shard (see [`crate::topic::TopicTable::busiest`]).
+    pub fn busiest(&self, since_ms: u64, n: usize) -> Vec<crate::topic::TopicLoad> {
+        self.table.borrow().busiest(since_ms, n)
+    }
+
     /// Topics in memory, their bytes, and the entries dropped so far (for metrics).
     pub fn gauges(&self) -> (usize, usize, u64) {
         let table = self.table.borrow();

@@ -646,3 +646,33 @@ fn the_running_byte_count_matches_the_entries() {
         assert_eq!(t.bytes(), t.recount(), "after step {step}");
     }
 }
+
+#[test]
+fn busiest_ranks_topics_by_recent_messages_then_retained() {
+    let mut t = table(100, 1 << 20, false);
+    for now in [1_000, 9_000, 9_500] {
+        publish(&mut t, "steady", now);
+    }
+    for now in [1_000, 1_000, 1_000] {
+        publish(&mut t, "old", now);
+    }
+    for now in [9_100, 9_200] {
+        publish(&mut t, "burst", now);
+    }
+    t.subscribe("watched", 1, &Cursor::Live, None, 0, 10);
+    let busiest = t.busiest(9_000, 10);
+    let ranked: Vec<(&str, usize, usize, bool)> = busiest
+        .iter()
+        .map(|l| (&*l.topic, l.recent, l.retained, l.subscribed))
+        .collect();
+    assert_eq!(
+        ranked,
+        [
+            ("steady", 2, 3, false),
+            ("burst", 2, 2, false),
+            ("watched", 0, 0, true),
+        ],
+        "quiet topics without subscribers are left out"
+    );
+    assert_eq!(t.busiest(9_000, 1).len(), 1);
+}
