@@ -68,5 +68,6 @@ pub fn run(common: &Common, load: &Load, bulk: Option<usize>) -> Result<Summary,
         server_pid: common.server_pid,
         first_error: out.first_error,
         duplicates: 0,
+        failure: None,
     })
 }

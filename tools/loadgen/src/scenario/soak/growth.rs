@@ -1,0 +1,94 @@
+//! Whether a resource of the relay (RSS, open descriptors) levelled off during the soak.
+//!
+//! The rule: split the run's intervals in thirds. The resource fails when its highest
+//! value in the last third is above the highest of the middle third by more than the
+//! tolerance (a fraction of it, or an absolute slack, whichever is larger) *and* it is
+//! still rising: the last interval is above the first interval of the last third. A
+//! warm-up (buffers, rings filling to their bounds) ends within the first two thirds and
+//! passes; a leak keeps setting new highs to the end and fails. Relay restarts are meant
+//! to happen in the first third only, so the last two thirds are one process.
+//!
+//! Must not: sample anything (the scenario gives it one value per interval, `None` when
+//! the relay could not be read).
+
+/// `Err` with what grew, when `values` (one per interval) did not level off.
+pub fn judge(what: &str, values: &[Option<u64>], tolerance: f64, slack: u64) -> Result<(), String> {
+    let n = values.len();
+    if n < 3 {
+        return Ok(());
+    }
+    let third = n / 3;
+    let middle = &values[n - 2 * third..n - third];
+    let last = &values[n - third..];
+    let (Some(middle_max), Some(last_max)) = (
+        middle.iter().flatten().max().copied(),
+        last.iter().flatten().max().copied(),
+    ) else {
+        return Ok(());
+    };
+    let limit = middle_max + ((middle_max as f64 * tolerance) as u64).max(slack);
+    let rising = match (
+        last.first().copied().flatten(),
+        last.last().copied().flatten(),
+    ) {
+        (Some(first), Some(end)) => end > first,
+        _ => false,
+    };
+    if last_max > limit && rising {
+        return Err(format!(
+            "{what} did not level off: {last_max} in the last third, above the middle third's \
+             {middle_max} by more than {:.0}% (limit {limit}), and still rising",
+            tolerance * 100.0
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn judged(values: &[u64]) -> Result<(), String> {
+        let values: Vec<Option<u64>> = values.iter().map(|&v| Some(v)).collect();
+        judge("RSS", &values, 0.10, 8)
+    }
+
+    #[test]
+    fn a_warm_up_that_levels_off_passes() {
+        assert!(judged(&[10, 50, 90, 100, 101, 100]).is_ok());
+        assert!(judged(&[100, 100, 100, 100, 100, 100, 100, 100, 100]).is_ok());
+    }
+
+    #[test]
+    fn a_leak_fails() {
+        let e = judged(&[100, 120, 140, 160, 180, 200]).unwrap_err();
+        assert!(e.contains("200 in the last third"), "{e}");
+        assert!(judged(&[100, 110, 120, 130, 140, 150, 160, 170, 180]).is_err());
+    }
+
+    #[test]
+    fn a_last_third_that_is_high_but_falling_passes() {
+        // A burst that is being given back is not growth that fails to level off.
+        assert!(judged(&[100, 100, 100, 100, 150, 120]).is_ok());
+    }
+
+    #[test]
+    fn small_absolute_changes_are_within_the_slack() {
+        // Open descriptors: 20 to 26 is a few connections more, not a leak.
+        assert!(judged(&[20, 20, 20, 20, 24, 26]).is_ok());
+        assert!(judged(&[20, 20, 20, 20, 24, 40]).is_err());
+    }
+
+    #[test]
+    fn unreadable_intervals_and_short_runs_are_not_judged() {
+        assert!(judge("fds", &[None, None, None], 0.1, 8).is_ok());
+        assert!(judged(&[1, 1000]).is_ok());
+        assert!(judge(
+            "fds",
+            &[Some(1), None, Some(1), None, Some(100), Some(200)],
+            0.1,
+            8
+        )
+        .is_err());
+    }
+}
