@@ -1,7 +1,7 @@
 //! Wire-codec micro-benchmarks: HTTP request decoding and WebSocket frame encoding/decoding.
 //!
 //! `cargo bench --bench codec` prints time per iteration and a throughput that relates to the
-//! macro numbers in BENCHMARKS.md: requests/s for HTTP parsing (compare with the ingest
+//! macro numbers in benches/BENCHMARKS.md: requests/s for HTTP parsing (compare with the ingest
 //! req/s), bytes/s for frames. Under `cargo test --all-targets` each benchmark runs once, as
 //! a smoke test.
 

@@ -1,4 +1,4 @@
-//! Cross-shard hop: latency and idle cost of the mechanism `shard::mesh` is built on
+//! Cross-shard hop: latency and idle cost of the mechanism `rt::mesh` is built on
 //! (glommio `shared_channel` between two pinned executors).
 //!
 //! `cargo bench --bench mesh_hop` prints the one-way hop latency (half a ping-pong round

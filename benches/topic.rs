@@ -3,7 +3,7 @@
 //!
 //! `cargo bench --bench topic` prints time per iteration and a throughput in elements/s:
 //! messages/s for build, publish and routing (compare with the ingest req/s in
-//! BENCHMARKS.md), messages read/s for ring reads, deliveries/s for fan-out. Under
+//! benches/BENCHMARKS.md), messages read/s for ring reads, deliveries/s for fan-out. Under
 //! `cargo test --all-targets` each benchmark runs once, as a smoke test.
 
 use std::cell::Cell;

@@ -12,9 +12,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use pulsar_relay::account::credentials;
+use pulsar_relay::api::shard::Relay;
 use pulsar_relay::auth::{random_secret, Authenticator, Permissions};
 use pulsar_relay::config::{AckMode, Backend, Config};
-use pulsar_relay::shard::Runtime;
+use pulsar_relay::rt::Runtime;
 use pulsar_relay::{log_line, out_line};
 
 const USAGE: &str = "\
@@ -128,10 +130,13 @@ fn run(args: Vec<String>) -> Result<(), Failure> {
         return Ok(());
     }
     // Variables that are not UTF-8 cannot be ours (all PULSAR_* values are text).
-    let env = std::env::vars_os()
-        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)));
-    let config =
-        Config::load(args.config.as_deref(), env).map_err(|e| Failure::Config(e.to_string()))?;
+    let env: Vec<(String, String)> = std::env::vars_os()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+        .collect();
+    let config = Config::load(args.config.as_deref(), env.iter().cloned())
+        .map_err(|e| Failure::Config(e.to_string()))?;
+    credentials::check_bootstrap(&config.bootstrap)
+        .map_err(|e| Failure::Config(e.blame_env(&env).to_string()))?;
     match args.command {
         Command::Token {
             sub,
@@ -164,8 +169,7 @@ fn serve(mut config: Config) -> Result<(), Failure> {
     warn_of_weak_secret(&config);
     let generated = config.jwt.secret_key.is_empty() && config.jwt.algorithm == "HS256";
     if generated {
-        config.jwt.secret_key = random_secret()
-            .map_err(|e| Failure::Runtime(format!("cannot read /dev/urandom: {e}")))?;
+        config.jwt.secret_key = random_secret();
     }
     let auth =
         Authenticator::from_config(&config.jwt).map_err(|e| Failure::Config(e.to_string()))?;
@@ -173,8 +177,8 @@ fn serve(mut config: Config) -> Result<(), Failure> {
     // Block the shutdown signals before any executor thread exists, so every thread
     // inherits the mask and only the waiter below receives them.
     let signals = shutdown_signals();
-    let runtime =
-        Runtime::bind(config.clone(), auth.clone()).map_err(|e| Failure::Runtime(e.to_string()))?;
+    let settings = Relay::settings(&config);
+    let runtime = Runtime::bind(settings.clone()).map_err(|e| Failure::Runtime(e.to_string()))?;
     let process = runtime.process();
     let addr = process.local_addr;
     let backend = match config.storage.backend {
@@ -189,7 +193,7 @@ fn serve(mut config: Config) -> Result<(), Failure> {
             }
         ),
     };
-    let shards = process.serving.len();
+    let shards = settings.shards;
     out_line!(
         "pulsar-relay listening on http://{addr} ({shards} shard{}, {backend})",
         if shards == 1 { "" } else { "s" },
@@ -222,7 +226,10 @@ fn serve(mut config: Config) -> Result<(), Failure> {
             log_line!("pulsar-relay: shutting down");
         })
         .map_err(|e| Failure::Runtime(format!("cannot start the signal thread: {e}")))?;
-    runtime.run().map_err(|e| Failure::Runtime(e.to_string()))
+    let relay = Relay::new(config, auth, shards);
+    runtime
+        .run(move |core| relay.shard(core))
+        .map_err(|e| Failure::Runtime(e.to_string()))
 }
 
 /// On stderr, so that a token printed on stdout can still be captured as it is.

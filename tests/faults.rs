@@ -6,7 +6,7 @@
 //!
 //! Timeouts are configured short (about a second) so each test takes seconds. Assertions
 //! are about correctness (what is answered, what Valkey holds, what is closed); rates are
-//! measured with `pulsar-loadgen` (BENCHMARKS.md), never here.
+//! measured with `pulsar-loadgen` (benches/BENCHMARKS.md), never here.
 
 mod common;
 
@@ -307,7 +307,7 @@ fn stalled_valkey_link_with_persisted_acks_refuses_beyond_the_backlog_and_acks_a
             });
             // One at a time, so the backlog (and the stream) has them in this order.
             wait_until(IO_TIMEOUT, "the publish is waiting for Valkey", || {
-                metric_sum(&relay, "pulsar_valkey_backlog") as usize >= i
+                relay.metrics().sum("pulsar_valkey_backlog") as usize >= i
             });
             publisher
         })
@@ -578,8 +578,8 @@ fn fifty_ms_on_the_valkey_link_causes_no_timeouts_at_the_defaults() {
         links_lost(&relay) == 0 && !log.contains("cannot connect to Valkey"),
         "the link timed out or failed:\n{log}"
     );
-    assert_eq!(metric_sum(&relay, "pulsar_valkey_errors_total"), 0.0);
-    assert_eq!(metric_sum(&relay, "pulsar_valkey_up"), SHARDS as f64);
+    assert_eq!(relay.metrics().sum("pulsar_valkey_errors_total"), 0.0);
+    assert_eq!(relay.metrics().sum("pulsar_valkey_up"), SHARDS as f64);
     relay.ready().assert_status(200);
 }
 
@@ -810,7 +810,7 @@ fn clients_behind_stalls_are_timed_out_as_documented_and_nothing_leaks() {
         "the parked poll and the partial request arrived",
         || {
             half_stalled.forwarded(Direction::Up) == 40
-                && metric_sum(&relay, "pulsar_polls_waiting") >= 1.0
+                && relay.metrics().sum("pulsar_polls_waiting") >= 1.0
         },
     );
     let open_before = connections(&relay);
@@ -837,8 +837,8 @@ fn clients_behind_stalls_are_timed_out_as_documented_and_nothing_leaks() {
         "{open} connections still open behind the stall (baseline {})",
         baseline.connections
     );
-    assert_eq!(metric_sum(&relay, "pulsar_websocket_connections"), 0.0);
-    assert_eq!(metric_sum(&relay, "pulsar_polls_waiting"), 0.0);
+    assert_eq!(relay.metrics().sum("pulsar_websocket_connections"), 0.0);
+    assert_eq!(relay.metrics().sum("pulsar_polls_waiting"), 0.0);
 
     // Once the link flows, the clients see what the relay sent before it closed.
     stalled.flow(Direction::Both);

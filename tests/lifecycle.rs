@@ -316,3 +316,128 @@ fn a_short_secret_is_served_with_a_warning_and_the_placeholder_refused() {
         assert!(!out.contains("listening"), "it listened: {out}");
     }
 }
+
+/// A CPU set that leaves out CPU 0 (`docker --cpuset-cpus=1`, systemd's `CPUAffinity=`, a
+/// cgroup cpuset): the shard is pinned to a CPU of the set and the relay serves. Before,
+/// shard 0 asked for CPU 0: inside a cpuset that refused it and no shard started; under a
+/// plain affinity mask it ran outside the mask. Where this test may make a cgroup cpuset
+/// (root, cgroup v1) the relay runs in one; elsewhere under an affinity mask only.
+#[test]
+fn a_cpu_set_without_cpu_0_is_used_as_it_is() {
+    use std::ffi::CString;
+    use std::os::unix::process::CommandExt;
+    // The highest CPU the test may use: CPU 1 or above on any machine with two.
+    let cpu = allowed_cpus().into_iter().max().expect("some CPU");
+    let cpuset = Cpuset::make(cpu);
+    let join = cpuset
+        .as_ref()
+        .map(|c| CString::new(format!("{}/cgroup.procs", c.dir)).unwrap());
+    let mut cmd = relay_command();
+    cmd.env("PULSAR_SERVER_HTTP_PORT", "0")
+        .env("PULSAR_SERVER_SHARDS", "1")
+        .env("PULSAR_JWT_SECRET_KEY", SECRET);
+    // SAFETY: between fork and exec the child only makes system calls on memory prepared
+    // before the fork (no allocation): it joins the cpuset, or narrows its own affinity.
+    unsafe {
+        cmd.pre_exec(move || {
+            if let Some(path) = &join {
+                let fd = libc::open(path.as_ptr(), libc::O_WRONLY);
+                if fd < 0 || libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                libc::close(fd);
+            }
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(cpu, &mut set);
+            if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let relay = Relay::spawn(cmd);
+    relay.request("GET", "/ready", &[], b"").assert_status(200);
+    assert_eq!(
+        shard_cpus(relay.pid(), "shard-0"),
+        cpu.to_string(),
+        "the shard runs on the CPU of the set ({})",
+        if cpuset.is_some() {
+            "cgroup cpuset"
+        } else {
+            "affinity mask"
+        }
+    );
+    let topic = "pinned";
+    let receipt = relay.publish(topic, r#"{"n":1}"#);
+    let resp = relay.poll(&format!("topics={topic}&since=earliest&timeout=1"));
+    resp.assert_status(200);
+    assert_eq!(
+        resp.json()["messages"][0]["message_id"],
+        receipt["message_id"]
+    );
+    drop(relay);
+}
+
+fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: sched_getaffinity(2) fills the zeroed set; CPU_ISSET only reads it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        assert_eq!(
+            libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set),
+            0
+        );
+        (0..libc::CPU_SETSIZE as usize)
+            .filter(|&c| libc::CPU_ISSET(c, &set))
+            .collect()
+    }
+}
+
+/// The `Cpus_allowed_list` of the threads of shard executor `name` (glommio names them
+/// `<name>-<executor id>`), all of which must agree.
+fn shard_cpus(pid: u32, name: &str) -> String {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("the relay's threads");
+    let mut lists: Vec<String> = tasks
+        .flatten()
+        .filter(|task| {
+            let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+            comm.trim().starts_with(&format!("{name}-"))
+        })
+        .map(|task| {
+            let status = std::fs::read_to_string(task.path().join("status")).unwrap();
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+                .expect("Cpus_allowed_list")
+                .trim()
+                .to_owned()
+        })
+        .collect();
+    lists.dedup();
+    assert_eq!(lists.len(), 1, "threads of {name}: {lists:?}");
+    lists.remove(0)
+}
+
+/// A cgroup v1 cpuset holding one CPU, removed when dropped (after its processes ended);
+/// `None` where this process may not make one.
+struct Cpuset {
+    dir: String,
+}
+
+impl Cpuset {
+    fn make(cpu: usize) -> Option<Cpuset> {
+        let root = "/sys/fs/cgroup/cpuset";
+        let mems = std::fs::read_to_string(format!("{root}/cpuset.mems")).ok()?;
+        let dir = format!("{root}/pulsar-test-{}", std::process::id());
+        std::fs::create_dir(&dir).ok()?;
+        let set = Cpuset { dir };
+        let written = std::fs::write(format!("{}/cpuset.cpus", set.dir), cpu.to_string())
+            .and_then(|()| std::fs::write(format!("{}/cpuset.mems", set.dir), mems.trim()));
+        written.ok().map(|()| set)
+    }
+}
+
+impl Drop for Cpuset {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}

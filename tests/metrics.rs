@@ -9,27 +9,6 @@ use std::process::{Command, Stdio};
 use common::*;
 use serde_json::json;
 
-fn scrape(relay: &Relay) -> String {
-    let resp = relay.request("GET", "/metrics", &[], b"");
-    resp.assert_status(200);
-    assert!(
-        resp.header("content-type")
-            .is_some_and(|t| t.starts_with("text/plain; version=0.0.4")),
-        "content type: {:?}",
-        resp.header("content-type")
-    );
-    resp.text()
-}
-
-/// The value of one series (name with labels, exactly as exposed).
-fn value(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-        .unwrap_or_else(|| panic!("no series {series} in\n{text}"))
-        .parse()
-        .unwrap()
-}
-
 fn promtool() -> std::path::PathBuf {
     let found = std::env::var_os("PATH").and_then(|paths| {
         std::env::split_paths(&paths)
@@ -66,42 +45,36 @@ fn metrics_follow_traffic_and_pass_promtool() {
     );
     bad.assert_status(422);
 
-    let text = scrape(&relay);
-    assert_eq!(value(&text, "pulsar_messages_published_total"), 6.0);
-    assert_eq!(value(&text, "pulsar_messages_delivered_total"), 6.0);
+    let metrics = relay.metrics();
+    assert_eq!(metrics.value("pulsar_messages_published_total"), 6.0);
+    assert_eq!(metrics.value("pulsar_messages_delivered_total"), 6.0);
     assert_eq!(
-        value(
-            &text,
-            r#"pulsar_http_requests_total{route="publish",status="201"}"#
-        ),
+        metrics.value(r#"pulsar_http_requests_total{route="publish",status="201"}"#),
         6.0
     );
     assert_eq!(
-        value(
-            &text,
-            r#"pulsar_http_requests_total{route="publish",status="422"}"#
-        ),
+        metrics.value(r#"pulsar_http_requests_total{route="publish",status="422"}"#),
         1.0
     );
     assert_eq!(
-        value(&text, "pulsar_publish_latency_seconds_count"),
+        metrics.value("pulsar_publish_latency_seconds_count"),
         6.0,
         "one latency sample per acknowledged publish"
     );
-    assert_eq!(value(&text, "pulsar_delivery_latency_seconds_count"), 6.0);
-    let sessions = value(&text, r#"pulsar_websocket_connections{shard="0"}"#)
-        + value(&text, r#"pulsar_websocket_connections{shard="1"}"#);
+    assert_eq!(metrics.value("pulsar_delivery_latency_seconds_count"), 6.0);
+    let sessions = metrics.value(r#"pulsar_websocket_connections{shard="0"}"#)
+        + metrics.value(r#"pulsar_websocket_connections{shard="1"}"#);
     assert_eq!(sessions, 1.0);
     let topics_known =
-        value(&text, r#"pulsar_topics{shard="0"}"#) + value(&text, r#"pulsar_topics{shard="1"}"#);
+        metrics.value(r#"pulsar_topics{shard="0"}"#) + metrics.value(r#"pulsar_topics{shard="1"}"#);
     assert_eq!(topics_known, 2.0);
-    assert!(value(&text, "pulsar_bytes_received_total") > 0.0);
+    assert!(metrics.value("pulsar_bytes_received_total") > 0.0);
     assert!(
-        !text.contains("pulsar_valkey"),
+        !metrics.text.contains("pulsar_valkey"),
         "memory backend: no Valkey series"
     );
 
-    promtool_accepts(&text);
+    promtool_accepts(&metrics.text);
 }
 
 /// `promtool check metrics` passes `text` (lint included).
@@ -136,39 +109,40 @@ fn valkey_series_follow_writes_and_pass_promtool() {
     relay.wait_ready(std::time::Duration::from_secs(10));
     let mut http = relay.http();
     let topics = topics_on_each_shard("persisted");
-    let writes = |text: &str| {
+    let writes = |metrics: &Metrics| {
         (
-            value(text, "pulsar_valkey_writes_total"),
-            value(text, "pulsar_valkey_write_latency_seconds_count"),
-            value(text, "pulsar_valkey_errors_total"),
+            metrics.value("pulsar_valkey_writes_total"),
+            metrics.value("pulsar_valkey_write_latency_seconds_count"),
+            metrics.value("pulsar_valkey_errors_total"),
         )
     };
     // With persisted acks a 201 waits for its writes, so each round is counted in full
     // when it is answered.
-    let before = writes(&scrape(&relay));
+    let before = writes(&relay.metrics());
     // A topic's first message: its XADD, its stream's first XTRIM by age, its record.
     for topic in &topics {
         http.publish(topic, "1");
     }
-    let first = writes(&scrape(&relay));
+    let first = writes(&relay.metrics());
     assert_eq!(first.0 - before.0, 6.0, "first messages of two topics");
     // Later ones (within the 10 s between trims): the XADD alone.
     for topic in &topics {
         http.publish(topic, "2");
     }
-    let text = scrape(&relay);
-    let second = writes(&text);
+    let metrics = relay.metrics();
+    let second = writes(&metrics);
     assert_eq!(
         second.0 - first.0,
         2.0,
-        "one stream write per message:\n{text}"
+        "one stream write per message:\n{}",
+        metrics.text
     );
     // Every confirmed write is timed once, and none failed.
-    assert_eq!(second.1 - before.1, second.0 - before.0, "{text}");
-    assert_eq!(second.2, before.2, "{text}");
-    assert_eq!(value(&text, r#"pulsar_valkey_up{shard="0"}"#), 1.0);
-    assert_eq!(value(&text, r#"pulsar_valkey_up{shard="1"}"#), 1.0);
-    promtool_accepts(&text);
+    assert_eq!(second.1 - before.1, second.0 - before.0, "{}", metrics.text);
+    assert_eq!(second.2, before.2, "{}", metrics.text);
+    assert_eq!(metrics.value(r#"pulsar_valkey_up{shard="0"}"#), 1.0);
+    assert_eq!(metrics.value(r#"pulsar_valkey_up{shard="1"}"#), 1.0);
+    promtool_accepts(&metrics.text);
 }
 
 #[test]

@@ -95,19 +95,6 @@ fn message_ids(poll_body: &Value) -> Vec<String> {
         .collect()
 }
 
-/// Waits until `check` holds, polling; panics with `what` after `timeout`.
-#[track_caller]
-fn wait_until(timeout: Duration, what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !check() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?}: {what}"
-        );
-        thread::sleep(Duration::from_millis(20));
-    }
-}
-
 fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -358,10 +345,11 @@ fn valkey_kill9_under_load_loses_no_acknowledged_message_and_the_relay_reconnect
         .map(|t| producer(relay.addr, t.clone(), Arc::clone(&stop), Arc::clone(&acked)))
         .collect();
 
-    wait_until(
-        Duration::from_secs(10),
-        "40 publishes before the kill",
-        || acked.load(Ordering::Relaxed) >= 40,
+    assert!(
+        eventually(Duration::from_secs(10), || acked.load(Ordering::Relaxed)
+            >= 40),
+        "timed out after {:?}: 40 publishes before the kill",
+        Duration::from_secs(10)
     );
     valkey.kill9();
     let at_kill = acked.load(Ordering::Relaxed);
@@ -383,10 +371,11 @@ fn valkey_kill9_under_load_loses_no_acknowledged_message_and_the_relay_reconnect
     valkey.restart_same_dir();
     relay.wait_ready(RECONNECT_TIMEOUT);
     let after_restart = acked.load(Ordering::Relaxed);
-    wait_until(
-        RECONNECT_TIMEOUT,
-        "40 more publishes acknowledged after Valkey came back",
-        || acked.load(Ordering::Relaxed) >= after_restart + 40,
+    assert!(
+        eventually(RECONNECT_TIMEOUT, || acked.load(Ordering::Relaxed)
+            >= after_restart + 40),
+        "timed out after {:?}: 40 more publishes acknowledged after Valkey came back",
+        RECONNECT_TIMEOUT
     );
     stop.store(true, Ordering::Relaxed);
     let results: Vec<(Vec<String>, Vec<String>)> =
@@ -453,9 +442,11 @@ fn valkey_down_keeps_live_delivery_bounds_the_backlog_and_flushes_it_in_order() 
     for id in &accepted {
         assert_eq!(ws.recv_delivery()["message_id"], id.as_str());
     }
-    wait_until(IO_TIMEOUT, "the first writes reached Valkey", || {
-        valkey.xlen(&key) == 3
-    });
+    assert!(
+        eventually(IO_TIMEOUT, || { valkey.xlen(&key) == 3 }),
+        "timed out after {:?}: the first writes reached Valkey",
+        IO_TIMEOUT
+    );
 
     valkey.kill9();
 
@@ -507,10 +498,11 @@ fn valkey_down_keeps_live_delivery_bounds_the_backlog_and_flushes_it_in_order() 
 
     valkey.restart_same_dir();
     relay.wait_ready(RECONNECT_TIMEOUT);
-    wait_until(
-        RECONNECT_TIMEOUT,
-        "the backlog was flushed to Valkey",
-        || valkey.xlen(&key) as usize == accepted.len(),
+    assert!(
+        eventually(RECONNECT_TIMEOUT, || valkey.xlen(&key) as usize
+            == accepted.len()),
+        "timed out after {:?}: the backlog was flushed to Valkey",
+        RECONNECT_TIMEOUT
     );
     assert_eq!(
         valkey.stream_ids(&key),
@@ -650,9 +642,11 @@ fn with_history_and_live_producer(
             done.store(true, Ordering::Release);
         })
     };
-    wait_until(IO_TIMEOUT, "the live producer started", || {
-        live.lock().unwrap().len() >= 3
-    });
+    assert!(
+        eventually(IO_TIMEOUT, || { live.lock().unwrap().len() >= 3 }),
+        "timed out after {:?}: the live producer started",
+        IO_TIMEOUT
+    );
     let got = consume(&history, &live, &done);
     producer.join().unwrap();
     let mut all = history;
@@ -789,9 +783,13 @@ fn slow_history_crossing(topic: &str, consumer: impl FnOnce(&Relay) -> Box<dyn C
             all.push(id_of(&http.publish(topic, &format!(r#"{{"n":{i}}}"#))).to_string());
         }
         let n = all.len();
-        wait_until(IO_TIMEOUT, "the messages reached Valkey", || {
-            valkey.xlen(&stream_key(topic)) as usize == n
-        });
+        assert!(
+            eventually(IO_TIMEOUT, || {
+                valkey.xlen(&stream_key(topic)) as usize == n
+            }),
+            "timed out after {:?}: the messages reached Valkey",
+            IO_TIMEOUT
+        );
     };
     publish_and_persist(&mut all, 1..=30);
     let paused = valkey.command(&["CLIENT", "PAUSE", "400", "ALL"]);
@@ -970,10 +968,10 @@ fn retention_by_time_trims_the_stream() {
     relay.kill9();
     let relay = start_relay(&valkey, &env);
     let newest = relay.publish(&topic, r#"{"n":"newest"}"#);
-    wait_until(
-        Duration::from_secs(5),
-        "XTRIM MINID removed the messages older than 1 s",
-        || valkey.xlen(&key) < 150,
+    assert!(
+        eventually(Duration::from_secs(5), || valkey.xlen(&key) < 150),
+        "timed out after {:?}: XTRIM MINID removed the messages older than 1 s",
+        Duration::from_secs(5)
     );
     assert_eq!(
         valkey.stream_ids(&key).last().map(String::as_str),
@@ -1160,10 +1158,14 @@ fn consumer_positions_survive_a_relay_kill9() {
         json!({"message_ids": [poll_ids[5]], "client_id": "poll-c", "topic": poll_topic}),
     );
     assert_eq!(acked["acknowledged"], 1, "{acked}");
-    wait_until(IO_TIMEOUT, "positions written to Valkey", || {
-        stored_position(&valkey, &ws_topic, "ws-c").as_ref() == Some(&ws_ids[3])
-            && stored_position(&valkey, &poll_topic, "poll-c").as_ref() == Some(&poll_ids[5])
-    });
+    assert!(
+        eventually(IO_TIMEOUT, || {
+            stored_position(&valkey, &ws_topic, "ws-c").as_ref() == Some(&ws_ids[3])
+                && stored_position(&valkey, &poll_topic, "poll-c").as_ref() == Some(&poll_ids[5])
+        }),
+        "timed out after {:?}: positions written to Valkey",
+        IO_TIMEOUT
+    );
     drop(ws);
 
     relay.kill9();
@@ -1197,10 +1199,14 @@ fn consumer_positions_survive_a_relay_kill9() {
         ws.collect_until_pong().is_empty(),
         "the WebSocket ack was refused"
     );
-    wait_until(IO_TIMEOUT, "positions written to Valkey", || {
-        stored_position(&valkey, &ws_topic, "ws-c").as_ref() == Some(&ws_ids[6])
-            && stored_position(&valkey, &poll_topic, "poll-c").as_ref() == Some(&poll_ids[7])
-    });
+    assert!(
+        eventually(IO_TIMEOUT, || {
+            stored_position(&valkey, &ws_topic, "ws-c").as_ref() == Some(&ws_ids[6])
+                && stored_position(&valkey, &poll_topic, "poll-c").as_ref() == Some(&poll_ids[7])
+        }),
+        "timed out after {:?}: positions written to Valkey",
+        IO_TIMEOUT
+    );
     drop(ws);
     let mut ws = relay.ws();
     let replay = ws_replay(&mut ws, &[&ws_topic], json!({"client_id": "ws-c"}));
@@ -1239,9 +1245,11 @@ fn valkey_back_without_its_data_is_reported_as_data_loss_and_the_relay_keeps_wor
             "new messages are persisted again"
         );
     }
-    wait_until(IO_TIMEOUT, "a DATA LOSS line on stderr", || {
-        relay.stderr().contains("DATA LOSS")
-    });
+    assert!(
+        eventually(IO_TIMEOUT, || { relay.stderr().contains("DATA LOSS") }),
+        "timed out after {:?}: a DATA LOSS line on stderr",
+        IO_TIMEOUT
+    );
     relay.wait_ready(RECONNECT_TIMEOUT);
     assert!(
         valkey
@@ -1293,9 +1301,11 @@ fn valkey_password_is_used_and_a_wrong_one_keeps_the_relay_unready() {
     // No password at all is refused just the same, and said so: the log names the refused
     // AUTH (NOAUTH) and /ready names Valkey, which a relay merely starting would not.
     let none = Relay::start_on_valkey(&valkey, &[]);
-    wait_until(READY_TIMEOUT, "a NOAUTH line on stderr", || {
-        none.stderr().contains("NOAUTH")
-    });
+    assert!(
+        eventually(READY_TIMEOUT, || { none.stderr().contains("NOAUTH") }),
+        "timed out after {:?}: a NOAUTH line on stderr",
+        READY_TIMEOUT
+    );
     let resp = none.ready();
     resp.assert_status(503);
     assert!(

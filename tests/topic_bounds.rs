@@ -7,7 +7,7 @@
 mod common;
 
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use serde_json::{json, Value};
@@ -16,59 +16,8 @@ use serde_json::{json, Value};
 const BUDGET: &str = "64KiB";
 const BUDGET_BYTES: f64 = 64.0 * 1024.0;
 
-/// The sum of every series of `name` (all label sets) in `/metrics`.
-fn metric(relay: &Relay, name: &str) -> f64 {
-    let resp = relay.request("GET", "/metrics", &[], b"");
-    resp.assert_status(200);
-    let text = resp.text();
-    let mut found = false;
-    let mut sum = 0.0;
-    for line in text.lines() {
-        let Some(rest) = line.strip_prefix(name) else {
-            continue;
-        };
-        let value = match rest.strip_prefix('{') {
-            Some(labelled) => labelled.rsplit_once(' ').map(|(_, v)| v),
-            None => rest.strip_prefix(' '),
-        };
-        if let Some(v) = value {
-            sum += v.parse::<f64>().unwrap();
-            found = true;
-        }
-    }
-    assert!(found, "no series {name} in /metrics:\n{text}");
-    sum
-}
-
-/// The largest per-shard value of gauge `name`.
-fn per_shard_max(relay: &Relay, name: &str) -> f64 {
-    let text = relay.request("GET", "/metrics", &[], b"").text();
-    text.lines()
-        .filter_map(|l| l.strip_prefix(name)?.strip_prefix("{shard="))
-        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
-        .fold(0.0, f64::max)
-}
-
 fn topics(relay: &Relay) -> u64 {
-    metric(relay, "pulsar_topics") as u64
-}
-
-/// Resident memory of the relay in KiB.
-fn rss_kib(relay: &Relay) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{}/status", relay.pid())).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS line")
-}
-
-fn wait_for(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        thread::sleep(Duration::from_millis(50));
-    }
+    relay.metrics().sum("pulsar_topics") as u64
 }
 
 /// Publishes one 1-byte message to each of `prefix-<from..to>` in bulk requests of 1000.
@@ -105,7 +54,7 @@ fn publishing_to_many_distinct_topics_stays_within_the_budget() {
     let relay = small_relay(&[]);
     let mut http = relay.http();
     flood(&mut http, "warm", 0, 5_000);
-    let warm_rss = rss_kib(&relay);
+    let warm_rss = relay.rss_kib();
     let after_warm = topics(&relay);
     assert!(
         after_warm < 1_000,
@@ -115,16 +64,16 @@ fn publishing_to_many_distinct_topics_stays_within_the_budget() {
     let kept = topics(&relay);
     assert!(kept < 1_000, "{kept} topics kept of 35,000");
     assert!(
-        per_shard_max(&relay, "pulsar_hot_tier_bytes") <= BUDGET_BYTES,
+        relay.metrics().per_shard_max("pulsar_hot_tier_bytes") <= BUDGET_BYTES,
         "a shard is over its budget"
     );
-    let dropped = metric(&relay, "pulsar_topics_dropped_total") as u64;
+    let dropped = relay.metrics().sum("pulsar_topics_dropped_total") as u64;
     assert_eq!(
         dropped + kept,
         35_000,
         "every topic made was kept or dropped"
     );
-    let grown = rss_kib(&relay).saturating_sub(warm_rss);
+    let grown = relay.rss_kib().saturating_sub(warm_rss);
     // Entries that stayed would cost about 1 KiB each: 30,000 more, ~30 MiB.
     assert!(
         grown < 8 * 1024,
@@ -153,22 +102,24 @@ fn websocket_subscriptions_to_new_names_leave_nothing_behind() {
         sessions.push(ws);
     }
     assert_eq!(topics(&relay), 1_000, "one entry per subscribed name");
-    let held = metric(&relay, "pulsar_hot_tier_bytes");
+    let held = relay.metrics().sum("pulsar_hot_tier_bytes");
     // Unsubscribing half of one session's topics drops those entries at once.
     let names: Vec<String> = (0..50).map(|i| format!("ws-0-{i}")).collect();
     sessions[0].send_json(&json!({"type": "unsubscribe", "topics": names}));
     sessions[0].expect_type("unsubscribed");
-    wait_for("unsubscribed entries to go", IO_TIMEOUT, || {
-        topics(&relay) == 950
-    });
+    assert!(
+        eventually(IO_TIMEOUT, || { topics(&relay) == 950 }),
+        "timed out waiting for unsubscribed entries to go"
+    );
     for ws in sessions {
         ws.close();
     }
-    wait_for("the entries of closed sessions to go", IO_TIMEOUT, || {
-        topics(&relay) == 0
-    });
-    assert_eq!(metric(&relay, "pulsar_subscribed_topics"), 0.0);
-    let left = metric(&relay, "pulsar_hot_tier_bytes");
+    assert!(
+        eventually(IO_TIMEOUT, || { topics(&relay) == 0 }),
+        "timed out waiting for the entries of closed sessions to go"
+    );
+    assert_eq!(relay.metrics().sum("pulsar_subscribed_topics"), 0.0);
+    let left = relay.metrics().sum("pulsar_hot_tier_bytes");
     assert!(
         left < held / 4.0,
         "{left} bytes left of {held} (only the topic maps' free slots)"
@@ -194,18 +145,22 @@ fn parked_polls_on_new_names_leave_nothing_when_they_end() {
             })
         })
         .collect();
-    wait_for("the polls to park", IO_TIMEOUT, || {
-        metric(&relay, "pulsar_polls_waiting") == 10.0
-    });
+    assert!(
+        eventually(IO_TIMEOUT, || {
+            relay.metrics().sum("pulsar_polls_waiting") == 10.0
+        }),
+        "timed out waiting for the polls to park"
+    );
     assert_eq!(topics(&relay), 1_000, "parked polls hold their topics");
     for poll in polls {
         let resp = poll.join().unwrap();
         resp.assert_status(200);
         assert_eq!(resp.json()["messages"], json!([]));
     }
-    wait_for("the entries of ended polls to go", IO_TIMEOUT, || {
-        topics(&relay) == 0
-    });
+    assert!(
+        eventually(IO_TIMEOUT, || { topics(&relay) == 0 }),
+        "timed out waiting for the entries of ended polls to go"
+    );
 }
 
 #[test]
@@ -247,7 +202,10 @@ fn read_only_tokens_leave_no_topics_behind() {
             .assert_error(404, "TOPIC_NOT_FOUND");
     }
     ws.close();
-    wait_for("every entry to go", IO_TIMEOUT, || topics(&relay) == 0);
+    assert!(
+        eventually(IO_TIMEOUT, || topics(&relay) == 0),
+        "timed out waiting for every entry to go"
+    );
 }
 
 #[test]
@@ -263,13 +221,16 @@ fn durable_consumers_of_many_new_names_stay_within_the_budget() {
         ws.subscribe(&names, json!({"client_id": format!("c{s}")}));
         ws.close();
     }
-    wait_for("the sessions to end", IO_TIMEOUT, || {
-        metric(&relay, "pulsar_subscribed_topics") == 0.0
-    });
+    assert!(
+        eventually(IO_TIMEOUT, || {
+            relay.metrics().sum("pulsar_subscribed_topics") == 0.0
+        }),
+        "timed out waiting for the sessions to end"
+    );
     let kept = topics(&relay);
     assert!(kept > 0, "recent durable consumers keep their topics");
     assert!(kept < 4_000, "{kept} of 4,000 position-only topics kept");
-    assert!(per_shard_max(&relay, "pulsar_hot_tier_bytes") <= 64.0 * 1024.0);
+    assert!(relay.metrics().per_shard_max("pulsar_hot_tier_bytes") <= 64.0 * 1024.0);
 }
 
 #[test]
@@ -325,9 +286,12 @@ fn subscribed_polled_and_durably_consumed_topics_survive_a_flood() {
             )
         })
     };
-    wait_for("the poll to park", IO_TIMEOUT, || {
-        metric(&relay, "pulsar_polls_waiting") == 1.0
-    });
+    assert!(
+        eventually(IO_TIMEOUT, || {
+            relay.metrics().sum("pulsar_polls_waiting") == 1.0
+        }),
+        "timed out waiting for the poll to park"
+    );
 
     let mut http = relay.http();
     flood(&mut http, "flood", 0, 10_000);
@@ -421,11 +385,14 @@ fn with_valkey_a_dropped_topic_comes_back_from_valkey() {
     let mut http = relay.http();
     flood(&mut http, "vflood", 0, 5_000);
     // Messages Valkey had not confirmed yet could not be evicted during the burst.
-    wait_for("the shards to be within budget", IO_TIMEOUT, || {
-        per_shard_max(&relay, "pulsar_hot_tier_bytes") <= BUDGET_BYTES
-    });
+    assert!(
+        eventually(IO_TIMEOUT, || {
+            relay.metrics().per_shard_max("pulsar_hot_tier_bytes") <= BUDGET_BYTES
+        }),
+        "timed out waiting for the shards to be within budget"
+    );
     assert!(topics(&relay) < 1_000, "{} topics kept", topics(&relay));
-    let loads_before = metric(&relay, "pulsar_topic_loads_total");
+    let loads_before = relay.metrics().sum("pulsar_topic_loads_total");
 
     // Published to again before anything loaded it: the record it had stays.
     let next = relay.publish(topic, "3");
@@ -451,7 +418,7 @@ fn with_valkey_a_dropped_topic_comes_back_from_valkey() {
         .map(id_of)
         .collect();
     assert_eq!(got, ids, "the history comes back from the stream");
-    assert!(metric(&relay, "pulsar_topic_loads_total") > loads_before);
+    assert!(relay.metrics().sum("pulsar_topic_loads_total") > loads_before);
     // Listings read every record from Valkey, dropped topics' included.
     let stats = get(&relay, "/api/v1/topics/stats", &admin_token()).json();
     assert!(stats["total_topics"].as_u64().unwrap() > 5_000, "{stats}");
@@ -487,11 +454,14 @@ fn with_valkey_a_dropped_durable_consumer_resumes_from_its_stored_position() {
         ws.subscribe(&names, json!({"client_id": "other"}));
         ws.close();
     }
-    wait_for("the shards to be within budget", IO_TIMEOUT, || {
-        per_shard_max(&relay, "pulsar_hot_tier_bytes") <= BUDGET_BYTES
-    });
+    assert!(
+        eventually(IO_TIMEOUT, || {
+            relay.metrics().per_shard_max("pulsar_hot_tier_bytes") <= BUDGET_BYTES
+        }),
+        "timed out waiting for the shards to be within budget"
+    );
     assert!(topics(&relay) < 2_000, "{} topics kept", topics(&relay));
-    let loads_before = metric(&relay, "pulsar_topic_loads_total");
+    let loads_before = relay.metrics().sum("pulsar_topic_loads_total");
 
     // The consumer resumes after its ack, from the stream.
     let mut back = relay.ws();
@@ -499,7 +469,7 @@ fn with_valkey_a_dropped_durable_consumer_resumes_from_its_stored_position() {
     for id in &ids[1..] {
         assert_eq!(back.recv_delivery()["message_id"], id.as_str());
     }
-    assert!(metric(&relay, "pulsar_topic_loads_total") > loads_before);
+    assert!(relay.metrics().sum("pulsar_topic_loads_total") > loads_before);
     let live = relay.publish(topic, "3");
     assert_eq!(back.recv_delivery()["message_id"], live["message_id"]);
 }

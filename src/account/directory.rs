@@ -241,7 +241,7 @@ impl Directory {
             return Applied::failed(AccountError::Full("user accounts"));
         }
         let user = Arc::new(User {
-            user_id: super::uuid4(),
+            user_id: crate::random::uuid4(),
             username,
             email,
             password_hash,

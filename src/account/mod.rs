@@ -11,8 +11,10 @@
 //! This module does no I/O and no password hashing on its own: persistence is `store`'s,
 //! and the Argon2 work (`password`) is run off the executors by the API layer.
 
+pub mod credentials;
 pub mod denylist;
 pub mod directory;
+mod local;
 pub mod password;
 pub mod refresh;
 
@@ -21,10 +23,11 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::auth::{hex, AuthError, Permission, Permissions, Principal};
-pub use crate::auth::{random_bytes, uuid4};
+use crate::auth::{AuthError, Permission, Permissions, Principal};
+use crate::text::hex;
 pub use denylist::{DeniedToken, DenyList};
 pub use directory::{AccountError, Directory, DirectoryOp, DirectoryReply, UserPatch};
+pub use local::{AccountWatch, Accounts};
 
 /// A user account. Stored as JSON (`store::accounts`); `password_hash` is a PHC string,
 /// empty for an account without a password.
@@ -308,11 +311,7 @@ mod tests {
     }
 
     #[test]
-    fn identifiers_have_their_shapes() {
-        let id = uuid4();
-        assert_eq!(id.len(), 36);
-        assert_eq!(&id[14..15], "4");
-        assert_ne!(uuid4(), id);
+    fn digests_are_hex_and_compared_whole() {
         let digest = sha256_hex(b"abc");
         assert_eq!(
             digest,

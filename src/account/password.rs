@@ -4,20 +4,14 @@
 //! the original Python relay (`$argon2id$v=19$m=65536,t=3,p=4$…`) keep working. New hashes
 //! use the argon2 crate's defaults (Argon2id, OWASP parameters). Both functions cost tens
 //! of milliseconds of CPU by design: callers run them off the shard executors
-//! (`shard::blocking`), never on a request path's executor thread.
+//! (`rt::blocking`), never on a request path's executor thread.
 
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
 
-/// The shortest password an account may have (as in the original relay).
-pub const MIN_PASSWORD_CHARS: usize = 8;
-
-/// Argon2 refuses to hash more than this; longer passwords are refused before hashing.
-pub const MAX_PASSWORD_BYTES: usize = 1024;
-
 /// Hashes `password` with a fresh random salt.
 pub fn hash(password: &str) -> Result<String, String> {
-    let salt = SaltString::encode_b64(&super::random_bytes::<16>())
+    let salt = SaltString::encode_b64(&crate::random::bytes::<16>())
         .map_err(|e| format!("cannot encode a salt: {e}"))?;
     Argon2::default()
         .hash_password(password.as_bytes(), &salt)

@@ -92,8 +92,8 @@ impl RefreshTokens {
     ) -> (String, Changes) {
         let mut changes = Changes::default();
         self.make_room(user_id, &mut changes);
-        let jti = super::uuid4();
-        let secret = super::hex(&super::random_bytes::<32>());
+        let jti = crate::random::uuid4();
+        let secret = crate::random::hex_string::<32>();
         let token = RefreshToken {
             jti: jti.clone(),
             user_id: user_id.to_owned(),

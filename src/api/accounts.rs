@@ -1,7 +1,7 @@
 //! The original relay's account API: password login, refresh-token rotation and
 //! revocation, logout, `/auth/me`, sessions, and user management for administrators.
 //!
-//! Handlers validate the request, do the Argon2 work off the executor (`shard::blocking`),
+//! Handlers validate the request, do the Argon2 work off the executor (`rt::blocking`),
 //! and change account state only through `Shard::directory`. Bodies and `detail` texts
 //! follow the original (reference §7), since its Python client reads them; errors still
 //! carry our stable `code` beside the `detail`.
@@ -14,7 +14,9 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::error::ApiError;
-use crate::account::password::{self, MAX_PASSWORD_BYTES, MIN_PASSWORD_CHARS};
+use super::shard::Shard;
+use crate::account::credentials::{self, MAX_PASSWORD_BYTES, MIN_PASSWORD_CHARS};
+use crate::account::password;
 use crate::account::refresh::RefreshToken;
 use crate::account::{
     admin_permissions, AccountError, DirectoryOp, DirectoryReply, User, UserPatch,
@@ -22,9 +24,9 @@ use crate::account::{
 use crate::auth::{Permission, Permissions, Principal};
 use crate::http::request::form_pairs;
 use crate::http::Response;
-use crate::shard::{blocking, now_ms, Shard};
+use crate::rt::{blocking, now_ms};
+use crate::text::rfc3339;
 use crate::topic::display_name;
-use crate::topic::message::rfc3339;
 
 /// `POST /auth/login`: an OAuth2 password form (`username`, `password`, optional
 /// `grant_type=password`).
@@ -58,7 +60,7 @@ pub async fn login(
         ));
     }
     ensure_loaded(shard)?;
-    let user = shard.accounts.borrow().by_username(&username).cloned();
+    let user = shard.accounts.replica().by_username(&username).cloned();
     // Unknown names cost the same Argon2 work as wrong passwords: timing reveals nothing.
     let stored = user
         .as_ref()
@@ -189,12 +191,12 @@ pub async fn logout(shard: &Rc<Shard>, principal: &Principal) -> Result<Response
 }
 
 /// `GET /auth/me`. A service token (not issued to an account) is described from its claims.
-pub async fn me(shard: &Shard, principal: &Principal) -> Result<Response, ApiError> {
+pub async fn me(shard: &Rc<Shard>, principal: &Principal) -> Result<Response, ApiError> {
     let owned_topics = owned_topics(shard, &principal.subject).await?;
     let user = principal
         .username
         .as_ref()
-        .and_then(|_| shard.accounts.borrow().user(&principal.subject).cloned());
+        .and_then(|_| shard.accounts.replica().user(&principal.subject).cloned());
     let body = match user {
         Some(user) => user_json(&user, owned_topics),
         None => json!({
@@ -211,7 +213,7 @@ pub async fn me(shard: &Shard, principal: &Principal) -> Result<Response, ApiErr
 }
 
 /// The names of the topics `user_id` created (`owned_topics` of the original's users).
-async fn owned_topics(shard: &Shard, user_id: &str) -> Result<Vec<String>, ApiError> {
+async fn owned_topics(shard: &Rc<Shard>, user_id: &str) -> Result<Vec<String>, ApiError> {
     let records = super::topics::gather(shard, Some(user_id), |_| true).await?;
     Ok(records
         .iter()
@@ -221,7 +223,7 @@ async fn owned_topics(shard: &Shard, user_id: &str) -> Result<Vec<String>, ApiEr
 
 /// `POST /auth/register` (admin).
 pub async fn register(shard: &Rc<Shard>, body: &[u8]) -> Result<Response, ApiError> {
-    let fields = super::json_object(body)?;
+    let fields = super::fields::json_object(body)?;
     let username = match fields.get("username") {
         Some(Value::String(name)) => valid_username(name)?,
         _ => {
@@ -246,7 +248,7 @@ pub async fn register(shard: &Rc<Shard>, body: &[u8]) -> Result<Response, ApiErr
         Some(v) => permission_list(v)?,
     };
     ensure_loaded(shard)?;
-    if shard.accounts.borrow().by_username(&username).is_some() {
+    if shard.accounts.replica().by_username(&username).is_some() {
         return Err(username_taken(&username));
     }
     let password_hash = hash_password(pass).await?;
@@ -269,7 +271,7 @@ pub async fn register(shard: &Rc<Shard>, body: &[u8]) -> Result<Response, ApiErr
 }
 
 /// `GET /auth/users` (admin).
-pub async fn list_users(shard: &Shard) -> Result<Response, ApiError> {
+pub async fn list_users(shard: &Rc<Shard>) -> Result<Response, ApiError> {
     ensure_loaded(shard)?;
     let mut owned: HashMap<String, Vec<String>> = HashMap::new();
     for (key, record) in super::topics::gather(shard, None, |_| true).await? {
@@ -280,7 +282,7 @@ pub async fn list_users(shard: &Shard) -> Result<Response, ApiError> {
     }
     let users: Vec<Value> = shard
         .accounts
-        .borrow()
+        .replica()
         .users()
         .iter()
         .map(|u| user_json(u, owned.remove(&u.user_id).unwrap_or_default()))
@@ -294,7 +296,7 @@ pub async fn list_users(shard: &Shard) -> Result<Response, ApiError> {
 /// `GET /auth/users/stats` (admin).
 pub fn user_stats(shard: &Shard) -> Result<Response, ApiError> {
     ensure_loaded(shard)?;
-    let users = shard.accounts.borrow().users();
+    let users = shard.accounts.replica().users();
     let active = users.iter().filter(|u| u.is_active).count();
     let body = json!({"total_users": users.len(), "active_users": active});
     Ok(Response::json(200, body.to_string().into_bytes()))
@@ -306,7 +308,7 @@ pub async fn patch_user(
     user_id: &str,
     body: &[u8],
 ) -> Result<Response, ApiError> {
-    let fields = super::json_object(body)?;
+    let fields = super::fields::json_object(body)?;
     let mut patch = UserPatch {
         email: optional_email(fields.get("email"))?,
         ..UserPatch::default()
@@ -336,7 +338,7 @@ pub async fn patch_user(
         }
     };
     ensure_loaded(shard)?;
-    if shard.accounts.borrow().user(user_id).is_none() {
+    if shard.accounts.replica().user(user_id).is_none() {
         return Err(user_not_found(user_id));
     }
     if let Some(pass) = new_password {
@@ -439,7 +441,7 @@ pub async fn ensure_bootstrap_admin(shard: &Rc<Shard>) -> Result<(), String> {
     }
     let existing = shard
         .accounts
-        .borrow()
+        .replica()
         .by_username(&cfg.admin_username)
         .cloned();
     let op = match existing {
@@ -489,7 +491,7 @@ pub async fn ensure_bootstrap_admin(shard: &Rc<Shard>) -> Result<(), String> {
 /// The login answer: a fresh access token for `user` and the given refresh token.
 fn token_response(shard: &Shard, user: &User, refresh: String) -> Result<Response, ApiError> {
     let ttl = shard.config.accounts.access_token_ttl;
-    let jti = crate::auth::hex(&crate::auth::random_bytes::<16>());
+    let jti = crate::random::hex_string::<16>();
     let access = shard
         .auth
         .mint_account(&user.user_id, &user.username, user.permissions, ttl, &jti)
@@ -543,7 +545,7 @@ fn ensure_loaded(shard: &Shard) -> Result<(), ApiError> {
             "user accounts need jwt.algorithm HS256: tokens verified with a public key cannot be issued here",
         ));
     }
-    if !shard.accounts.borrow().is_loaded() {
+    if !shard.accounts.replica().is_loaded() {
         return Err(ApiError::new(
             503,
             "ACCOUNTS_LOADING",
@@ -561,7 +563,7 @@ async fn hash_password(pass: String) -> Result<String, ApiError> {
 }
 
 fn valid_username(name: &str) -> Result<String, ApiError> {
-    if (3..=50).contains(&name.chars().count()) && !name.chars().any(char::is_control) {
+    if credentials::valid_username(name) {
         Ok(name.to_owned())
     } else {
         Err(ApiError::invalid(
@@ -572,7 +574,7 @@ fn valid_username(name: &str) -> Result<String, ApiError> {
 }
 
 fn valid_password(pass: &str) -> Result<String, ApiError> {
-    if pass.chars().count() >= MIN_PASSWORD_CHARS && pass.len() <= MAX_PASSWORD_BYTES {
+    if credentials::valid_password(pass) {
         Ok(pass.to_owned())
     } else {
         Err(ApiError::invalid(

@@ -13,11 +13,11 @@ use std::sync::Arc;
 use serde::Deserialize;
 
 use super::error::ApiError;
-use super::parse_client_id;
+use super::fields::{parse_client_id, parse_message_id};
+use super::shard::Shard;
 use crate::auth::Principal;
 use crate::http::Response;
-use crate::shard::owner::{Op, OpResult};
-use crate::shard::{spawn_local, Shard};
+use crate::rt::mesh::Answer;
 use crate::topic::{
     consumer_key, display_name, owner_of, valid_topic_name, ConsumerKey, Located, MessageId,
 };
@@ -80,26 +80,20 @@ pub async fn acknowledge(
             }
         }
     }
-    let mut calls = Vec::new();
+    let mut groups = Vec::with_capacity(per_topic.len());
+    let mut calls = Vec::with_capacity(per_topic.len());
     for (topic, indexes) in per_topic {
-        let op = Op::Ack {
-            consumer: consumer.clone(),
-            topic: Box::from(&*topic),
-            ids: indexes.iter().map(|&i| ids[i]).collect(),
-        };
-        let shard = Rc::clone(shard);
-        let owner = owner_of(&topic, shard.count);
-        calls.push((
-            indexes,
-            spawn_local(async move { shard.call(owner, op).await }),
-        ));
+        let consumer = consumer.clone();
+        let acked: Vec<MessageId> = indexes.iter().map(|&i| ids[i]).collect();
+        calls.push((owner_of(&topic, shard.count()), move |s: &Rc<Shard>| {
+            s.topics.ack(consumer, topic, acked)
+        }));
+        groups.push(indexes);
     }
-    for (indexes, call) in calls {
-        if let OpResult::Acked(flags) = call.await {
-            for (i, taken) in indexes.into_iter().zip(flags) {
-                if taken {
-                    outcomes[i] = AckOutcome::Acked;
-                }
+    for (indexes, flags) in groups.into_iter().zip(shard.on_topic_owners(calls).await) {
+        for (i, taken) in indexes.into_iter().zip(flags) {
+            if taken {
+                outcomes[i] = AckOutcome::Acked;
             }
         }
     }
@@ -125,11 +119,11 @@ async fn locate(
     candidates: Option<Vec<Box<str>>>,
 ) -> Vec<Located> {
     let targets: Vec<(usize, Option<Vec<Box<str>>>)> = match candidates {
-        None => (0..shard.count).map(|owner| (owner, None)).collect(),
+        None => (0..shard.count()).map(|owner| (owner, None)).collect(),
         Some(list) => {
             let mut grouped: Vec<(usize, Option<Vec<Box<str>>>)> = Vec::new();
             for topic in list {
-                let owner = owner_of(&topic, shard.count);
+                let owner = owner_of(&topic, shard.count());
                 match grouped.iter_mut().find(|(o, _)| *o == owner) {
                     Some((_, Some(topics))) => topics.push(topic),
                     _ => grouped.push((owner, Some(vec![topic]))),
@@ -138,23 +132,17 @@ async fn locate(
             grouped
         }
     };
-    let mut calls = Vec::new();
-    for (owner, topics) in targets {
-        let op = Op::Locate {
-            consumer: consumer.clone(),
-            ids: ids.to_vec(),
-            topics,
-        };
-        let shard = Rc::clone(shard);
-        calls.push(spawn_local(async move { shard.call(owner, op).await }));
-    }
+    let calls = targets.into_iter().map(|(owner, topics)| {
+        let (consumer, ids) = (consumer.clone(), ids.to_vec());
+        let work =
+            move |s: &Rc<Shard>| Answer::now(s.topics.locate(&consumer, &ids, topics.as_deref()));
+        (owner, work)
+    });
     let mut merged: Vec<Located> = (0..ids.len()).map(|_| Located::default()).collect();
-    for call in calls {
-        if let OpResult::Located(found) = call.await {
-            for (all, some) in merged.iter_mut().zip(found) {
-                all.held.extend(some.held);
-                all.maybe.extend(some.maybe);
-            }
+    for found in shard.on_topic_owners(calls).await {
+        for (all, some) in merged.iter_mut().zip(found) {
+            all.held.extend(some.held);
+            all.maybe.extend(some.maybe);
         }
     }
     merged
@@ -187,21 +175,16 @@ pub async fn http_ack(
     let ids = body
         .message_ids
         .iter()
-        .map(|text| {
-            MessageId::parse(text).ok_or_else(|| {
-                ApiError::invalid(
-                    "INVALID_MESSAGE_ID",
-                    format!("{text:?} is not a message ID (ms-seq)"),
-                )
-            })
-        })
+        .map(|text| parse_message_id(text))
         .collect::<Result<Vec<_>, _>>()?;
     let topic = match body.topic {
         Some(topic) if valid_topic_name(&topic) => {
             if !principal.may_use(&topic) {
                 return Err(ApiError::topic_forbidden(&topic));
             }
-            Some(Box::from(&*super::topic_key(shard, principal, &topic)?))
+            Some(Box::from(&*super::fields::topic_key(
+                shard, principal, &topic,
+            )?))
         }
         Some(_) => {
             return Err(ApiError::invalid(

@@ -15,11 +15,11 @@ use serde_json::value::RawValue;
 
 use super::conn::Conn;
 use super::error::ApiError;
+use super::fields::{parse_topics, permit_topics, topic_key};
 use super::poll::{Collected, DEFAULT_TIMEOUT_SECS};
-use super::{parse_topics, permit_topics, topic_key};
+use super::shard::Shard;
 use crate::auth::Principal;
 use crate::http::Response;
-use crate::shard::Shard;
 use crate::topic::{Cursor, MessageId};
 
 /// The most messages the catch-up reads per topic, and the combined count from which the
@@ -170,7 +170,7 @@ pub async fn poll(
 
 /// `GET /messages/poll/stats`: relay-wide counts from the shards' metrics. Unlike the
 /// original, no per-topic map: it would show other accounts' topic names.
-pub async fn stats(shard: &Shard) -> Response {
+pub async fn stats(shard: &Rc<Shard>) -> Response {
     let shards = shard.scrape_all().await;
     let waiters: u64 = shards.iter().map(|s| s.gauges.polls_waiting).sum();
     let topics: u64 = shards.iter().map(|s| s.gauges.subscribed_topics).sum();

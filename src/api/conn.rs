@@ -14,9 +14,10 @@ use std::task::Poll;
 
 use futures_lite::{AsyncRead, AsyncWriteExt};
 
+use super::shard::Shard;
 use crate::metrics::{self, ShardMetrics};
-use crate::shard::conns::ConnCtl;
-use crate::shard::{Shard, TcpStream};
+use crate::rt::conns::ConnCtl;
+use crate::rt::TcpStream;
 
 /// Bytes read from the peer and not yet decoded. Starts small so idle connections stay
 /// cheap; grows for large requests and shrinks back once drained.
@@ -100,8 +101,8 @@ pub struct Conn {
 
 impl Conn {
     pub fn new(shard: Rc<Shard>, stream: TcpStream) -> Conn {
-        let (slot, ctl) = shard.conns.register();
-        shard.process.connections.fetch_add(1, Ordering::Relaxed);
+        let (slot, ctl) = shard.conns().register();
+        shard.process().connections.fetch_add(1, Ordering::Relaxed);
         Conn {
             shard,
             stream,
@@ -140,7 +141,7 @@ impl Conn {
     pub async fn linger(&mut self) {
         const MAX_DRAIN: usize = 1 << 20;
         let _ = self.stream.shutdown(std::net::Shutdown::Write).await;
-        self.ctl.set_deadline(crate::shard::now_ms() + 1000);
+        self.ctl.set_deadline(crate::rt::now_ms() + 1000);
         let mut drained = 0;
         while drained < MAX_DRAIN {
             match self.read_or_wake().await {
@@ -177,9 +178,9 @@ pub fn poll_read_into(
 
 impl Drop for Conn {
     fn drop(&mut self) {
-        self.shard.conns.unregister(self.slot);
+        self.shard.conns().unregister(self.slot);
         self.shard
-            .process
+            .process()
             .connections
             .fetch_sub(1, Ordering::Relaxed);
     }

@@ -3,7 +3,7 @@
 //!
 //! Tokens travel in the `Authorization` header, not in cookies, so allowing an origin
 //! grants it nothing a token does not: an empty list therefore allows every origin (`*`).
-//! WebSocket upgrades are checked against the same list in `ws_session`.
+//! WebSocket upgrades are checked against the same list ([`check_origin`]).
 
 use crate::http::{Method, Request, Response};
 
@@ -14,22 +14,24 @@ const MAX_AGE_SECS: &str = "600";
 /// Response headers browser code may read besides the CORS-safelisted ones.
 pub const EXPOSE_HEADERS: &str = "Idempotent-Replayed, Retry-After";
 
-/// The methods a path accepts, for `Allow` and `Access-Control-Allow-Methods`.
-pub fn methods_of(path: &str) -> Option<&'static str> {
-    Some(match path {
-        "/health" | "/ready" => "GET, HEAD, OPTIONS",
-        "/metrics" | "/api/v1/poll" | "/messages/poll/stats" | "/ws" => "GET, OPTIONS",
-        "/api/v1/messages" | "/api/v1/messages/bulk" | "/api/v1/ack" | "/messages/poll" => {
-            "POST, OPTIONS"
-        }
-        p if p.starts_with("/auth/users/") => "PATCH, DELETE, OPTIONS",
-        p if p.starts_with("/auth/sessions/") => "DELETE, OPTIONS",
-        p if p.starts_with("/auth/") => match super::auth_methods(p)? {
-            "POST" => "POST, OPTIONS",
-            _ => "GET, OPTIONS",
-        },
-        _ => return super::topics::methods_of(path),
-    })
+/// The methods a path accepts, preflights included, for `Allow` and
+/// `Access-Control-Allow-Methods`: from the route table.
+fn methods_of(path: &str) -> Option<String> {
+    super::routes::allow(path).map(|methods| format!("{methods}, OPTIONS"))
+}
+
+/// `Err` (403 `ORIGIN_NOT_ALLOWED`) for a request from an origin not in `allowed`; one
+/// without `Origin` (not from a browser) passes. Preflights and WebSocket upgrades both
+/// check here.
+pub fn check_origin(allowed: &[String], req: &Request) -> Result<(), ApiError> {
+    match req.header("origin") {
+        Some(origin) if allow_origin(allowed, req).is_none() => Err(ApiError::new(
+            403,
+            "ORIGIN_NOT_ALLOWED",
+            format!("origin {origin:?} is not in server.allowed_origins"),
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// The `Access-Control-Allow-Origin` value for a request from an allowed origin.
@@ -53,19 +55,12 @@ pub fn preflight(allowed: &[String], req: &Request) -> Option<Response> {
     let Some(methods) = methods_of(&req.path) else {
         return Some(ApiError::not_found(&req.path).into_response());
     };
-    let Some(origin) = req.header("origin") else {
+    if req.header("origin").is_none() {
         // A plain OPTIONS: say what the path accepts.
         return Some(Response::empty(204).with_header("Allow", methods));
-    };
-    if allow_origin(allowed, req).is_none() {
-        return Some(
-            ApiError::new(
-                403,
-                "ORIGIN_NOT_ALLOWED",
-                format!("origin {origin:?} is not in server.allowed_origins"),
-            )
-            .into_response(),
-        );
+    }
+    if let Err(refused) = check_origin(allowed, req) {
+        return Some(refused.into_response());
     }
     // The Access-Control-Allow-Origin header is added by the caller, as on every response.
     Some(

@@ -44,13 +44,14 @@ impl ApiError {
         Self::new(404, "NOT_FOUND", format!("no route for {path}"))
     }
 
-    pub fn method_not_allowed(allow: &'static str) -> Self {
+    pub fn method_not_allowed(allow: impl Into<String>) -> Self {
+        let allow = allow.into();
         let mut e = Self::new(
             405,
             "METHOD_NOT_ALLOWED",
             format!("method not allowed; this path accepts {allow}"),
         );
-        e.headers.push(("Allow", allow.to_string()));
+        e.headers.push(("Allow", allow));
         e
     }
 

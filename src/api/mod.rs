@@ -1,8 +1,10 @@
-//! The relay's API: the HTTP request loop of a connection, routing, and the handlers.
+//! The relay's API: what runs on each shard (`shard`), the HTTP request loop of a
+//! connection, routing, and the handlers.
 //!
 //! A connection is served entirely on the shard that accepted it. Handlers validate
-//! everything before doing any work, then reach topic owners only through `Shard::call`.
-//! The wire formats come from `http` and `ws`; this module owns what the bytes mean.
+//! everything before doing any work, then reach the state other shards own only through
+//! the shard's `on_*` helpers. The wire formats come from `http` and `ws`; this module owns
+//! what the bytes mean.
 
 pub mod accounts;
 mod ack;
@@ -10,42 +12,50 @@ pub mod compat_poll;
 pub mod conn;
 mod cors;
 pub mod error;
+mod fields;
 mod idempotency;
 pub mod limits;
 mod poll;
 pub mod publish;
+mod quota;
+pub mod routes;
+pub mod shard;
 mod subscriptions;
 mod topics;
 pub mod ws_command;
 mod ws_session;
 
+use std::borrow::Cow;
 use std::io;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
 
 use crate::auth::{AuthError, Permission, Principal};
-use crate::config::TopicNamespace;
-use crate::http::request::decode_path_segment;
 use crate::http::{encode, Limits, Method, Request, RequestDecoder, Response};
 use crate::metrics;
-use crate::shard::budget::Admission;
-use crate::shard::owner::Publisher;
-use crate::shard::quota::QuotaKey;
-use crate::shard::{now_ms, Shard, TcpStream};
-use crate::topic::{valid_namespace, valid_topic_name};
+use crate::rt::budget::Admission;
+use crate::rt::{now_ms, TcpStream};
+use crate::topic::owner::apply::Publisher;
 use conn::{Conn, Event};
 use error::ApiError;
+use quota::QuotaKey;
+use routes::{Access, Miss};
+use shard::Shard;
 
 /// Serves one accepted connection until it closes; a probe (a connection beyond the
-/// connection cap) only for one health-check or metrics request.
+/// connection cap) only for one health-check or metrics request, and one beyond the probes
+/// not at all (503).
 pub async fn serve(shard: Rc<Shard>, stream: TcpStream, admission: Admission) {
+    if let Admission::Shed = admission {
+        return refuse(stream, "the relay is at its connection limit").await;
+    }
     let _ = stream.set_nodelay(true);
     let _ = stream.set_write_timeout(Some(shard.config.server.write_timeout));
     let per_ip = shard.config.limits.max_connections_per_ip;
     let _slot = match stream.peer_addr() {
         Ok(peer) if per_ip > 0 => {
-            match shard.acquire_quota(QuotaKey::Ip(peer.ip()), per_ip).await {
+            match quota::acquire(&shard, QuotaKey::Ip(peer.ip()), per_ip).await {
                 Some(slot) => Some(slot),
                 None => return refuse(stream, "this address holds too many connections").await,
             }
@@ -63,12 +73,6 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, admission: Admission) {
 
 /// How long a probe may take to send its request: a health checker sends it at once.
 const PROBE_WAIT_MS: u64 = 1000;
-
-/// The paths a connection beyond the cap is served for: what operators watch a loaded
-/// relay with.
-fn serves_over_capacity(path: &str) -> bool {
-    matches!(path, "/health" | "/ready" | "/metrics")
-}
 
 fn over_capacity() -> ApiError {
     ApiError::new(
@@ -103,7 +107,7 @@ impl From<Result<Response, ApiError>> for Outcome {
 }
 
 /// The request loop; a `probe` connection gets [`PROBE_WAIT_MS`] for one request, which is
-/// served only if [`serves_over_capacity`].
+/// served only if [`routes::serves_probes`].
 async fn http_loop(conn: &mut Conn, probe: bool) -> io::Result<()> {
     let cfg = &conn.shard.config;
     let limits = Limits {
@@ -133,10 +137,10 @@ async fn http_loop(conn: &mut Conn, probe: bool) -> io::Result<()> {
                 continue_sent = false;
                 let keep_alive = req.keep_alive && !conn.ctl.closing() && !probe;
                 let head_only = req.method == Method::Head;
-                let label = route_label(&req.path);
+                let label = routes::label(&req.path);
                 let started = Instant::now();
                 let cors = cors::allow_origin(&conn.shard.config.server.allowed_origins, &req);
-                let outcome = if probe && !serves_over_capacity(&req.path) {
+                let outcome = if probe && !routes::serves_probes(&req.path) {
                     Outcome::Reply(over_capacity().into_response())
                 } else {
                     match cors::preflight(&conn.shard.config.server.allowed_origins, &req) {
@@ -226,220 +230,160 @@ async fn http_loop(conn: &mut Conn, probe: bool) -> io::Result<()> {
     }
 }
 
+/// Finds the request's route in [`routes::ROUTES`], checks what it must show, and runs its
+/// endpoint.
 async fn route(conn: &mut Conn, req: Request, auth: &mut AuthCache) -> Outcome {
-    use Method::*;
+    use routes::Endpoint::*;
     let shard = Rc::clone(&conn.shard);
-    match (req.path.as_str(), req.method) {
-        ("/health", Get | Head) => {
-            Outcome::Reply(Response::json(200, br#"{"status":"ok"}"#.to_vec()))
+    let (route, param) = match routes::find(&req.path, req.method) {
+        Ok(found) => (found.route, found.param.map(Cow::into_owned)),
+        Err(Miss::NotFound) => return Outcome::from(Err(ApiError::not_found(&req.path))),
+        Err(Miss::NotAllowed(allow)) => {
+            return Outcome::from(Err(ApiError::method_not_allowed(allow)))
         }
-        ("/health", _) => not_allowed("GET, HEAD"),
-        ("/ready", Get | Head) => Outcome::Reply(ready(&shard)),
-        ("/ready", _) => not_allowed("GET, HEAD"),
-        ("/api/v1/messages", Post) => {
-            let result = match auth.principal(&shard, &req, Permission::Write) {
-                Ok(principal) => {
-                    let publisher = auth.publisher(&principal);
+    };
+    let principal = match authorize(&shard, &req, auth, route.access) {
+        Ok(principal) => principal,
+        Err(e) => return Outcome::from(Err(e)),
+    };
+    let who = || {
+        principal
+            .clone()
+            .ok_or_else(|| ApiError::from(AuthError::Missing))
+    };
+    let param = param.as_deref().unwrap_or_default();
+    let peer = || conn.stream.peer_addr().ok().map(|a| a.ip());
+    let result = match route.endpoint {
+        Health => Ok(Response::json(200, br#"{"status":"ok"}"#.to_vec())),
+        Ready => Ok(ready(&shard)),
+        Metrics => Ok(metrics_text(&shard).await),
+        Publish | PublishBulk => match who() {
+            Ok(principal) => {
+                let publisher = auth.publisher(&principal);
+                if route.endpoint == Publish {
                     publish::single(&shard, &conn.ctl, &principal, publisher, req).await
-                }
-                Err(e) => Err(e),
-            };
-            result.into()
-        }
-        ("/api/v1/messages", _) => not_allowed("POST"),
-        ("/api/v1/messages/bulk", Post) => {
-            let result = match auth.principal(&shard, &req, Permission::Write) {
-                Ok(principal) => {
-                    let publisher = auth.publisher(&principal);
+                } else {
                     publish::bulk(&shard, &conn.ctl, &principal, publisher, req).await
                 }
-                Err(e) => Err(e),
-            };
-            result.into()
-        }
-        ("/api/v1/messages/bulk", _) => not_allowed("POST"),
-        ("/api/v1/poll", Get) => match auth.principal(&shard, &req, Permission::Read) {
-            Ok(principal) => poll::poll(conn, &principal, &req).await.into(),
-            Err(e) => Outcome::from(Err(e)),
-        },
-        ("/api/v1/poll", _) => not_allowed("GET"),
-        ("/messages/poll", Post) => match auth.principal(&shard, &req, Permission::Read) {
-            Ok(principal) => compat_poll::poll(conn, &principal, &req.body).await.into(),
-            Err(e) => Outcome::from(Err(e)),
-        },
-        ("/messages/poll", _) => not_allowed("POST"),
-        ("/messages/poll/stats", Get) => match auth.principal(&shard, &req, Permission::Read) {
-            Ok(_) => Outcome::Reply(compat_poll::stats(&shard).await),
-            Err(e) => Outcome::from(Err(e)),
-        },
-        ("/messages/poll/stats", _) => not_allowed("GET"),
-        ("/api/v1/ack", Post) => {
-            let result = match auth.principal(&shard, &req, Permission::Read) {
-                Ok(principal) => ack::http_ack(&shard, &principal, &req.body).await,
-                Err(e) => Err(e),
-            };
-            result.into()
-        }
-        ("/api/v1/ack", _) => not_allowed("POST"),
-        ("/ws", Get) => match ws_session::upgrade(&shard, &req).await {
-            Ok(upgrade) => Outcome::Upgrade(upgrade),
-            Err(e) => Outcome::from(Err(e)),
-        },
-        ("/ws", _) => not_allowed("GET"),
-        ("/metrics", Get) => {
-            if !shard.config.server.metrics_public {
-                if let Err(e) = auth.principal(&shard, &req, Permission::Admin) {
-                    return Outcome::from(Err(e));
-                }
             }
-            let text = metrics::render(&shard.scrape_all().await, shard.store.is_persistent());
-            Outcome::Reply(Response {
-                status: 200,
-                headers: Vec::new(),
-                body: text.into_bytes(),
-                content_type: Some("text/plain; version=0.0.4; charset=utf-8"),
-            })
-        }
-        ("/metrics", _) => not_allowed("GET"),
-        (path, _) if path.starts_with("/auth/") => auth_route(conn, req, auth).await,
-        (path, _) if path.starts_with(topics::PREFIX) => {
-            topics::route(&shard, &req, auth).await.into()
-        }
-        (path, _) => Outcome::from(Err(ApiError::not_found(path))),
-    }
-}
-
-/// The original relay's `/auth/*` endpoints (see `accounts`).
-async fn auth_route(conn: &mut Conn, req: Request, auth: &mut AuthCache) -> Outcome {
-    use Method::*;
-    let shard = Rc::clone(&conn.shard);
-    let path = req.path.as_str();
-    let result = match (path, req.method) {
-        ("/auth/login", Post) => {
-            let peer = conn.stream.peer_addr().ok().map(|a| a.ip());
-            accounts::login(&shard, peer, &req.body).await
-        }
-        ("/auth/token/refresh", Post) => {
-            let peer = conn.stream.peer_addr().ok().map(|a| a.ip());
-            accounts::refresh(&shard, peer, &req.body).await
-        }
-        ("/auth/token/revoke", Post) => accounts::revoke(&shard, &req.body).await,
-        ("/auth/logout", Post) => match auth.authenticated(&shard, &req) {
-            Ok(principal) => accounts::logout(&shard, &principal).await,
             Err(e) => Err(e),
         },
-        ("/auth/me", Get) => match auth.authenticated(&shard, &req) {
-            Ok(principal) => accounts::me(&shard, &principal).await,
+        Poll => match who() {
+            Ok(principal) => poll::poll(conn, &principal, &req).await,
             Err(e) => Err(e),
         },
-        ("/auth/register", Post) => match auth.principal(&shard, &req, Permission::Admin) {
-            Ok(_) => accounts::register(&shard, &req.body).await,
+        CompatPoll => match who() {
+            Ok(principal) => compat_poll::poll(conn, &principal, &req.body).await,
             Err(e) => Err(e),
         },
-        ("/auth/users", Get) => match auth.principal(&shard, &req, Permission::Admin) {
-            Ok(_) => accounts::list_users(&shard).await,
+        PollStats => Ok(compat_poll::stats(&shard).await),
+        Ack => match who() {
+            Ok(principal) => ack::http_ack(&shard, &principal, &req.body).await,
             Err(e) => Err(e),
         },
-        ("/auth/users/stats", Get) => auth
-            .principal(&shard, &req, Permission::Admin)
-            .and_then(|_| accounts::user_stats(&shard)),
-        ("/auth/sessions", Get) => match auth.authenticated(&shard, &req) {
-            Ok(principal) => accounts::sessions(&shard, &principal).await,
-            Err(e) => Err(e),
-        },
-        (path, method) => {
-            if let Some(id) = path_param(path, "/auth/users/") {
-                match (method, auth.principal(&shard, &req, Permission::Admin)) {
-                    (_, Err(e)) => Err(e),
-                    (Patch, Ok(_)) => accounts::patch_user(&shard, &id, &req.body).await,
-                    (Delete, Ok(principal)) => accounts::delete_user(&shard, &principal, &id).await,
-                    _ => return not_allowed("PATCH, DELETE"),
-                }
-            } else if let Some(jti) = path_param(path, "/auth/sessions/") {
-                match (method, auth.authenticated(&shard, &req)) {
-                    (_, Err(e)) => Err(e),
-                    (Delete, Ok(principal)) => {
-                        accounts::end_session(&shard, &principal, &jti).await
-                    }
-                    _ => return not_allowed("DELETE"),
-                }
-            } else {
-                match auth_methods(path) {
-                    Some(allow) => return not_allowed(allow),
-                    None => Err(ApiError::not_found(path)),
-                }
+        WebSocket => {
+            return match ws_session::upgrade(&shard, &req).await {
+                Ok(upgrade) => Outcome::Upgrade(upgrade),
+                Err(e) => Outcome::from(Err(e)),
             }
         }
+        Login => accounts::login(&shard, peer(), &req.body).await,
+        Refresh => accounts::refresh(&shard, peer(), &req.body).await,
+        Revoke => accounts::revoke(&shard, &req.body).await,
+        Register => accounts::register(&shard, &req.body).await,
+        Users => accounts::list_users(&shard).await,
+        UserStats => accounts::user_stats(&shard),
+        PatchUser => accounts::patch_user(&shard, param, &req.body).await,
+        Logout | Me | Sessions | DeleteUser | EndSession => match who() {
+            Ok(principal) => match route.endpoint {
+                Logout => accounts::logout(&shard, &principal).await,
+                Me => accounts::me(&shard, &principal).await,
+                Sessions => accounts::sessions(&shard, &principal).await,
+                DeleteUser => accounts::delete_user(&shard, &principal, param).await,
+                _ => accounts::end_session(&shard, &principal, param).await,
+            },
+            Err(e) => Err(e),
+        },
+        TopicStats => topics::stats(&shard).await,
+        CreateTopic | ListTopics | TopicDetail | UpdateTopic | DeleteTopic | TopicHistory => {
+            match who() {
+                Ok(principal) => match route.endpoint {
+                    CreateTopic => topics::create(&shard, &principal, &req.body).await,
+                    ListTopics => topics::list(&shard, &principal).await,
+                    TopicDetail => topics::detail(&shard, &principal, param).await,
+                    UpdateTopic => topics::update(&shard, &principal, param, &req.body).await,
+                    DeleteTopic => topics::delete(&shard, &principal, param).await,
+                    _ => topics::history(&shard, &principal, param, &req).await,
+                },
+                Err(e) => Err(e),
+            }
+        }
+        NotAllowed => Err(ApiError::method_not_allowed(
+            routes::allow(&req.path).unwrap_or_default(),
+        )),
+        NotFound => Err(ApiError::not_found(&req.path)),
     };
     result.into()
 }
 
-/// The methods of the fixed `/auth/*` paths, for 405 answers.
-fn auth_methods(path: &str) -> Option<&'static str> {
-    match path {
-        "/auth/login"
-        | "/auth/token/refresh"
-        | "/auth/token/revoke"
-        | "/auth/logout"
-        | "/auth/register" => Some("POST"),
-        "/auth/me" | "/auth/users" | "/auth/users/stats" | "/auth/sessions" => Some("GET"),
-        _ => None,
-    }
+/// What a request shows for `access`: its principal (`None` when nothing is asked).
+fn authorize(
+    shard: &Shard,
+    req: &Request,
+    auth: &mut AuthCache,
+    access: Access,
+) -> Result<Option<Rc<Principal>>, ApiError> {
+    let needed = match access {
+        Access::Public => return Ok(None),
+        Access::Scrape if shard.config.server.metrics_public => return Ok(None),
+        Access::Authenticated => return auth.authenticated(shard, req).map(Some),
+        Access::Scrape => Permission::Admin,
+        Access::Holding(permission) => permission,
+    };
+    auth.principal(shard, req, needed).map(Some)
 }
 
-/// The one percent-decoded segment after `prefix`, if the path is exactly that.
-fn path_param(path: &str, prefix: &str) -> Option<String> {
-    let rest = path.strip_prefix(prefix)?;
-    if rest.is_empty() || rest.contains('/') {
-        return None;
+/// `GET /metrics`: every shard's metrics, merged, in the Prometheus text format.
+async fn metrics_text(shard: &Rc<Shard>) -> Response {
+    let text = metrics::render(&shard.scrape_all().await, shard.store.is_persistent());
+    Response {
+        status: 200,
+        headers: Vec::new(),
+        body: text.into_bytes(),
+        content_type: Some("text/plain; version=0.0.4; charset=utf-8"),
     }
-    Some(decode_path_segment(rest).into_owned())
-}
-
-/// The `route` label of request metrics: a fixed set, so that scanners probing random
-/// paths cannot grow the metrics.
-fn route_label(path: &str) -> &'static str {
-    match path {
-        "/health" => "health",
-        "/ready" => "ready",
-        "/metrics" => "metrics",
-        "/api/v1/messages" => "publish",
-        "/api/v1/messages/bulk" => "publish_bulk",
-        "/api/v1/poll" => "poll",
-        "/messages/poll" => "poll_compat",
-        "/messages/poll/stats" => "poll_stats",
-        "/api/v1/ack" => "ack",
-        "/ws" => "ws",
-        p if p.starts_with("/auth/") => "auth",
-        _ if path.starts_with(topics::PREFIX) => "topics",
-        _ => "other",
-    }
-}
-
-fn not_allowed(allow: &'static str) -> Outcome {
-    Outcome::from(Err(ApiError::method_not_allowed(allow)))
 }
 
 fn ready(shard: &Shard) -> Response {
     if shard.is_shutting_down() {
         return ApiError::new(503, "SHUTTING_DOWN", "the relay is shutting down").into_response();
     }
-    match shard.process.readiness() {
+    match shard.readiness() {
         Ok(()) => Response::json(
             200,
-            format!(r#"{{"status":"ready","shards":{}}}"#, shard.count).into_bytes(),
+            format!(r#"{{"status":"ready","shards":{}}}"#, shard.count()).into_bytes(),
         ),
         Err(failing) => ApiError::new(503, "NOT_READY", failing).into_response(),
     }
 }
 
-/// Verifies a token and checks it against account state (see [`crate::account::Replica::admit`]).
-fn verify_token(shard: &Shard, token: &str) -> Result<Principal, ApiError> {
-    let mut principal = shard.auth.verify(token)?;
-    if let Some(current) = shard.accounts.borrow().admit(&principal, now_ms())? {
-        principal.permissions = current;
+/// Verifies a token and checks it against account state.
+fn verify_token(shard: &Shard, token: &str) -> Result<Rc<Principal>, ApiError> {
+    admitted(shard, Rc::new(shard.auth.verify(token)?))
+}
+
+/// A verified token's principal as account state has it now (see
+/// [`crate::account::Replica::admit`]): refused when its token was logged out or its
+/// account is gone or inactive; otherwise with its account's current permissions, and the
+/// very same principal when they did not change.
+fn admitted(shard: &Shard, principal: Rc<Principal>) -> Result<Rc<Principal>, ApiError> {
+    match shard.accounts.replica().admit(&principal, now_ms())? {
+        None => Ok(principal),
+        Some(current) => Ok(Rc::new(Principal {
+            permissions: current,
+            ..Principal::clone(&principal)
+        })),
     }
-    Ok(principal)
 }
 
 /// Extracts the bearer token of a request from the `Authorization` header.
@@ -506,113 +450,6 @@ impl AuthCache {
                 p
             }
         };
-        match shard.accounts.borrow().admit(&cached, now_ms())? {
-            None => Ok(cached),
-            Some(current) => Ok(Rc::new(Principal {
-                permissions: current,
-                ..Principal::clone(&cached)
-            })),
-        }
-    }
-}
-
-/// Validates a list of topic names (deduplicated, order kept) for a subscribe or a poll.
-fn parse_topics<'a>(
-    names: impl IntoIterator<Item = &'a str>,
-    max: usize,
-) -> Result<Vec<Arc<str>>, ApiError> {
-    let mut topics: Vec<Arc<str>> = Vec::new();
-    for name in names {
-        if !valid_topic_name(name) {
-            return Err(ApiError::invalid(
-                "INVALID_TOPIC",
-                format!("{name:?} is not a valid topic name (1-255 characters of ASCII letters, digits and _ - . :)"),
-            ));
-        }
-        if !topics.iter().any(|t| &**t == name) {
-            topics.push(Arc::from(name));
-        }
-    }
-    if topics.is_empty() {
-        return Err(ApiError::invalid(
-            "MISSING_FIELD",
-            "at least one topic is required",
-        ));
-    }
-    if topics.len() > max {
-        return Err(ApiError::invalid(
-            "TOO_MANY_TOPICS",
-            format!("at most {max} topics per request"),
-        ));
-    }
-    Ok(topics)
-}
-
-/// The topic a bare, already validated `name` means for `principal`: the name itself, or
-/// with `server.topic_namespace: per_user` that name in the principal's own namespace. Every
-/// handler that takes a topic name from a request goes through here.
-fn topic_key(shard: &Shard, principal: &Principal, name: &str) -> Result<Arc<str>, ApiError> {
-    match shard.config.server.topic_namespace {
-        TopicNamespace::Global => Ok(Arc::from(name)),
-        TopicNamespace::PerUser if valid_namespace(&principal.subject) => {
-            Ok(crate::topic::topic_key(Some(&principal.subject), name))
-        }
-        TopicNamespace::PerUser => Err(ApiError::new(
-            403,
-            "INVALID_SUBJECT",
-            "with per-user topic namespaces a token subject must be 1-200 printable ASCII \
-             characters without braces, quotes or backslashes",
-        )),
-    }
-}
-
-/// The body as a JSON object, for the management endpoints (unknown fields are the
-/// caller's business to ignore).
-fn json_object(body: &[u8]) -> Result<serde_json::Map<String, serde_json::Value>, ApiError> {
-    match serde_json::from_slice(body) {
-        Ok(serde_json::Value::Object(fields)) => Ok(fields),
-        Ok(_) => Err(ApiError::invalid(
-            "INVALID_BODY",
-            "the body must be a JSON object",
-        )),
-        Err(e) => Err(ApiError::invalid(
-            "INVALID_JSON",
-            format!("the body is not valid JSON: {e}"),
-        )),
-    }
-}
-
-/// Validated names (claim already checked) as the topic keys they mean for `principal`.
-fn scope_topics(
-    shard: &Shard,
-    principal: &Principal,
-    names: Vec<Arc<str>>,
-) -> Result<Vec<Arc<str>>, ApiError> {
-    if shard.config.server.topic_namespace == TopicNamespace::Global {
-        return Ok(names);
-    }
-    names
-        .iter()
-        .map(|name| topic_key(shard, principal, name))
-        .collect()
-}
-
-/// Every topic must be covered by the token's `topics` claim; nothing happens otherwise.
-fn permit_topics(principal: &Principal, topics: &[Arc<str>]) -> Result<(), ApiError> {
-    match topics.iter().find(|t| !principal.may_use(t)) {
-        Some(denied) => Err(ApiError::topic_forbidden(denied)),
-        None => Ok(()),
-    }
-}
-
-/// Client IDs share the topic alphabet, at most 128 characters.
-fn parse_client_id(id: &str) -> Result<&str, ApiError> {
-    if id.len() <= 128 && valid_topic_name(id) {
-        Ok(id)
-    } else {
-        Err(ApiError::invalid(
-            "INVALID_CLIENT_ID",
-            "`client_id` must be 1-128 characters of ASCII letters, digits and _ - . :",
-        ))
+        admitted(shard, cached)
     }
 }

@@ -11,13 +11,14 @@ use std::sync::Arc;
 
 use super::conn::{Conn, Event};
 use super::error::ApiError;
+use super::fields::{parse_client_id, parse_cursor, parse_topics, permit_topics, scope_topics};
+use super::shard::Shard;
 use super::subscriptions::{ReplayProblem, Subscriptions};
-use super::{parse_client_id, parse_topics, permit_topics, scope_topics};
 use crate::auth::Principal;
 use crate::http::{Request, Response};
 use crate::metrics::{self, ShardMetrics};
-use crate::shard::conns::ConnCtl;
-use crate::shard::{now_ms, Shard};
+use crate::rt::conns::ConnCtl;
+use crate::rt::now_ms;
 use crate::topic::subscribers::Sink;
 use crate::topic::{consumer_key, ConsumerKey, Cursor, Message};
 
@@ -97,15 +98,7 @@ pub async fn poll(
         1..=MAX_LIMIT as u64,
         "INVALID_LIMIT",
     )? as usize;
-    let cursor = match req.query_param("since") {
-        None => Cursor::Live,
-        Some(text) => Cursor::parse(&text).ok_or_else(|| {
-            ApiError::invalid(
-                "INVALID_CURSOR",
-                "`since` must be a message ID (ms-seq), `earliest` or `latest`",
-            )
-        })?,
-    };
+    let cursor = parse_cursor(req.query_param("since").as_deref())?;
     let consumer = match req.query_param("client_id") {
         None => None,
         Some(id) => Some(consumer_key(&principal.subject, parse_client_id(&id)?)),

@@ -10,6 +10,7 @@
 
 use std::borrow::Cow;
 use std::fmt;
+use std::future::Future;
 use std::ops::Range;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -20,16 +21,19 @@ use serde_json::error::Category;
 use serde_json::value::RawValue;
 
 use super::error::ApiError;
+use super::idempotency::Endpoint;
 use super::idempotency::{self, Begin};
 use super::limits::too_deep;
+use super::shard::Shard;
 use crate::auth::Principal;
 use crate::config::TopicNamespace;
 use crate::http::{Request, Response};
-use crate::shard::conns::ConnCtl;
-use crate::shard::idempotency::Endpoint;
-use crate::shard::owner::{DraftSpan, Op, OpResult, PublishBatch, Publisher, Receipt};
-use crate::shard::Shard;
-use crate::topic::message::rfc3339;
+use crate::rt::conns::ConnCtl;
+use crate::rt::mesh::Answer;
+use crate::store::StoreError;
+use crate::text::rfc3339;
+use crate::topic::owner::apply::{DraftSpan, PublishBatch, Publisher, Receipt};
+use crate::topic::owner::settled;
 use crate::topic::{display_name, owner_of, valid_topic_name, MessageId};
 
 #[derive(Deserialize)]
@@ -123,7 +127,8 @@ impl Parsed {
             return Err(ApiError::topic_forbidden(name));
         }
         if shard.config.server.topic_namespace != TopicNamespace::Global {
-            self.escaped_topic = Some(super::topic_key(shard, principal, name)?.to_string());
+            self.escaped_topic =
+                Some(super::fields::topic_key(shard, principal, name)?.to_string());
         }
         Ok(self)
     }
@@ -288,28 +293,19 @@ fn receipt_json(topic: &str, receipt: &Receipt) -> String {
     )
 }
 
-/// Sends spans (all owned by `owner`) and returns one receipt per span.
-async fn publish_to(
-    shard: &Shard,
-    owner: usize,
-    body: Arc<Vec<u8>>,
-    items: Vec<DraftSpan>,
-    publisher: Arc<Publisher>,
-) -> Result<Vec<Receipt>, ApiError> {
-    let batch = PublishBatch {
-        body,
-        items,
-        publisher,
-    };
-    match shard.call(owner, Op::Publish(batch)).await {
-        OpResult::Published(receipts) => receipts.map_err(ApiError::from),
-        _ => Err(ApiError::new(
-            500,
-            "INTERNAL",
-            "unexpected reply from the topic owner",
-        )),
-    }
+/// The owner-side handler of a publish: the owner's topics take the batch, and each new
+/// message goes out to the shards with subscribers for it.
+fn publish_here(
+    s: &Rc<Shard>,
+    batch: &PublishBatch,
+) -> Answer<PublishResult, impl Future<Output = PublishResult>> {
+    settled(Answer::now(
+        s.topics
+            .publish(batch, |msg, shards| s.fan_out(msg, shards)),
+    ))
 }
+
+type PublishResult = Result<Vec<Receipt>, StoreError>;
 
 pub async fn single(
     shard: &Rc<Shard>,
@@ -335,14 +331,20 @@ pub async fn single(
     let body = Arc::new(body);
     // Validated (or appended) as UTF-8 when parsed.
     let topic = std::str::from_utf8(&body[topic_bytes]).unwrap_or_default();
-    let owner = owner_of(topic, shard.count);
-    let receipts = publish_to(shard, owner, Arc::clone(&body), spans, publisher).await?;
+    let batch = PublishBatch {
+        body: Arc::clone(&body),
+        items: spans,
+        publisher,
+    };
+    let receipts = shard
+        .on_topic(topic, move |s| publish_here(s, &batch))
+        .await?;
     let receipt = receipts
         .first()
         .ok_or_else(|| ApiError::new(500, "INTERNAL", "the topic owner returned no receipt"))?;
     let response = Response::json(201, receipt_json(display_name(topic), receipt).into_bytes());
     if let Some(held) = held {
-        held.record(&response).await;
+        held.keep(&response).await;
     }
     Ok(response)
 }
@@ -411,39 +413,40 @@ pub async fn bulk(
         .collect();
 
     // Group by owner, keeping each owner's items in request order.
-    let mut by_owner: Vec<(Vec<usize>, Vec<DraftSpan>)> =
-        (0..shard.count).map(|_| (Vec::new(), Vec::new())).collect();
+    let mut by_owner: Vec<(Vec<usize>, Vec<DraftSpan>)> = (0..shard.count())
+        .map(|_| (Vec::new(), Vec::new()))
+        .collect();
     for (k, span) in spans.into_iter().enumerate() {
-        let owner = owner_of(&topics[k], shard.count);
+        let owner = owner_of(&topics[k], shard.count());
         by_owner[owner].0.push(k);
         by_owner[owner].1.push(span);
     }
     let body = Arc::new(body);
+    let mut groups = Vec::new();
     let mut calls = Vec::new();
     for (owner, (keys, spans)) in by_owner.into_iter().enumerate() {
         if spans.is_empty() {
             continue;
         }
-        let shard = Rc::clone(shard);
-        let body = Arc::clone(&body);
-        let publisher = Arc::clone(&publisher);
-        calls.push((
-            keys,
-            crate::shard::spawn_local(async move {
-                publish_to(&shard, owner, body, spans, publisher).await
-            }),
-        ));
+        groups.push(keys);
+        let batch = PublishBatch {
+            body: Arc::clone(&body),
+            items: spans,
+            publisher: Arc::clone(&publisher),
+        };
+        calls.push((owner, move |s: &Rc<Shard>| publish_here(s, &batch)));
     }
     let mut receipts: Vec<Result<Receipt, (&'static str, String)>> =
         vec![Err(("INTERNAL", "no receipt".to_string())); topics.len()];
-    for (keys, call) in calls {
-        match call.await {
+    for (keys, published) in groups.into_iter().zip(shard.on_topic_owners(calls).await) {
+        match published {
             Ok(owner_receipts) => {
                 for (k, receipt) in keys.into_iter().zip(owner_receipts) {
                     receipts[k] = Ok(receipt);
                 }
             }
             Err(e) => {
+                let e = ApiError::from(e);
                 for k in keys {
                     receipts[k] = Err((e.code, e.detail.clone()));
                 }
@@ -485,7 +488,7 @@ pub async fn bulk(
     let response = Response::json(207, serde_json::to_vec(&reply).unwrap_or_default());
     // An answer that published nothing is not recorded: a retry may still publish.
     if let Some(held) = held.filter(|_| accepted > 0) {
-        held.record(&response).await;
+        held.keep(&response).await;
     }
     Ok(response)
 }
@@ -547,7 +550,7 @@ struct Rfc3339(u64);
 impl fmt::Display for Rfc3339 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut text = Vec::with_capacity(24);
-        crate::topic::message::push_rfc3339(self.0, &mut text);
+        crate::text::push_rfc3339(self.0, &mut text);
         f.write_str(std::str::from_utf8(&text).unwrap_or_default())
     }
 }

@@ -5,11 +5,11 @@ use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
 
-use crate::shard::owner::{Op, OpResult};
-use crate::shard::{spawn_local, Shard};
+use super::shard::Shard;
 use crate::store::StoreError;
+use crate::topic::owner::apply::Subscribe;
 use crate::topic::subscribers::{Sink, Subscription};
-use crate::topic::{owner_of, ConsumerKey, Cursor, Message, MessageId, Snapshot};
+use crate::topic::{history, owner_of, ConsumerKey, Cursor, Message, MessageId, Snapshot};
 
 pub struct Subscriptions {
     shard: Rc<Shard>,
@@ -77,7 +77,9 @@ impl Subscriptions {
         sink: &Rc<dyn Sink>,
         limit: usize,
     ) -> Vec<Pending> {
+        let mut subs = Vec::new();
         let mut calls = Vec::new();
+        let from = self.shard.id();
         for (topic, cursor) in topics {
             if self.by_topic.contains_key(topic) {
                 continue;
@@ -89,29 +91,28 @@ impl Subscriptions {
             let sub = Subscription::new(Arc::clone(topic), start_after, Rc::clone(sink));
             self.shard.subscribers.borrow_mut().add(Rc::clone(&sub));
             self.by_topic.insert(Arc::clone(topic), Rc::clone(&sub));
-            let op = Op::Subscribe {
+            let req = Subscribe {
                 topic: Arc::clone(topic),
                 cursor: cursor.clone(),
                 consumer: consumer.cloned(),
                 limit,
             };
-            let shard = Rc::clone(&self.shard);
-            let owner = owner_of(topic, shard.count);
-            calls.push((sub, spawn_local(async move { shard.call(owner, op).await })));
+            subs.push(sub);
+            calls.push((owner_of(topic, self.shard.count()), move |s: &Rc<Shard>| {
+                s.topics.subscribe(from, req)
+            }));
         }
-        let mut pending = Vec::with_capacity(calls.len());
-        for (sub, call) in calls {
-            match call.await {
-                OpResult::Subscribed(Ok(snapshot)) => {
-                    pending.push(self.complete(sub, snapshot, limit).await)
-                }
+        let snapshots = self.shard.on_topic_owners(calls).await;
+        let mut pending = Vec::with_capacity(subs.len());
+        for (sub, snapshot) in subs.into_iter().zip(snapshots) {
+            match snapshot {
+                Ok(snapshot) => pending.push(self.complete(sub, snapshot, limit).await),
                 // The owner could not load the topic's state (consumer position, history).
-                OpResult::Subscribed(Err(e)) => pending.push(Pending {
+                Err(e) => pending.push(Pending {
                     sub,
                     backlog: Vec::new(),
                     problem: Some(ReplayProblem::Store(e)),
                 }),
-                _ => {}
             }
         }
         pending
@@ -128,7 +129,7 @@ impl Subscriptions {
                 problem,
             };
         };
-        match self.shard.store.history(&sub.topic, range, limit).await {
+        match history::read(&self.shard.store, &sub.topic, range, limit).await {
             Ok((history, true)) => Pending {
                 sub,
                 backlog: history,
@@ -163,10 +164,10 @@ impl Subscriptions {
     }
 }
 
-fn release(shard: &Shard, sub: &Rc<Subscription>) {
+fn release(shard: &Rc<Shard>, sub: &Rc<Subscription>) {
     let last = shard.subscribers.borrow_mut().remove(sub);
     if last {
-        shard.drop_interest(owner_of(&sub.topic, shard.count), Arc::clone(&sub.topic));
+        shard.drop_interest(Arc::clone(&sub.topic));
     }
 }
 

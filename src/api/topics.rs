@@ -2,15 +2,15 @@
 //! `/{name}` (detail, update, delete) and `/{name}/messages` (history pages).
 //!
 //! Owns the wire shapes of these endpoints and their validation. Records and retained
-//! messages belong to each topic's owner shard and are reached only through `owner::Op`s
-//! (`Shard::call`, or `Shard::call_all` for questions every shard answers about its own
-//! table); history older than the owner's ring is read from the persistent tier here, on
-//! the requesting shard, as subscriptions do. Must not touch a `TopicTable` directly.
+//! messages belong to each topic's owner shard and are reached only through its handlers
+//! (`Shard::on_topic`, or `Shard::on_every_shard` for questions every shard answers about
+//! its own topics); history older than the owner's ring is read from the persistent tier
+//! here, on the requesting shard, as subscriptions do. Must not touch a `TopicTable`.
 //!
-//! Topic names in requests are bare names resolved through `super::topic_key` (so
-//! `server.topic_namespace` applies); responses always show the bare name.
+//! Which request reaches which handler, with which permission, is the route table's
+//! (`routes`). Topic names in requests are bare names resolved through `super::topic_key`
+//! (so `server.topic_namespace` applies); responses always show the bare name.
 
-use std::borrow::Cow;
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -18,21 +18,20 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use super::error::ApiError;
-use super::{topic_key, AuthCache};
+use super::fields::topic_key;
+use super::shard::Shard;
 use crate::auth::{AuthError, Permission, Principal};
 use crate::config::TopicNamespace;
-use crate::http::request::decode_path_segment;
-use crate::http::{Method, Request, Response};
-use crate::shard::owner::{Actor, Op, OpResult, RecordAnswer, RecordOp};
-use crate::shard::{now_ms, Shard};
-use crate::topic::message::rfc3339;
+use crate::http::{Request, Response};
+use crate::rt::mesh;
+use crate::rt::now_ms;
+use crate::store::by_age;
+use crate::text::rfc3339;
+use crate::topic::owner::apply::{Actor, RecordAnswer};
 use crate::topic::record::MAX_DESCRIPTION_CHARS;
 use crate::topic::{
-    by_age, display_name, owner_of, valid_topic_name, HistoryPage, Message, MessageId, Order,
-    TopicRecord,
+    display_name, history, valid_topic_name, HistoryPage, Message, MessageId, Order, TopicRecord,
 };
-
-pub const PREFIX: &str = "/api/v1/topics";
 
 /// Most records `GET /api/v1/topics` returns (oldest first): each shard sends at most this
 /// many, and the merged list is cut to it.
@@ -41,84 +40,6 @@ pub const MAX_LISTED_TOPICS: usize = 10_000;
 const DEFAULT_PAGE: usize = 10;
 /// Larger `limit`s are silently lowered to this, as the original relay does.
 const MAX_PAGE: u64 = 100;
-
-/// What a path under [`PREFIX`] addresses.
-enum Target<'a> {
-    Collection,
-    Stats,
-    Topic(Cow<'a, str>),
-    Messages(Cow<'a, str>),
-}
-
-impl<'a> Target<'a> {
-    /// `None` for a path that is no route. `GET …/stats` is the statistics (as upstream,
-    /// where that route is declared first); other methods on it address a topic `stats`.
-    fn parse(path: &'a str, method: Method) -> Option<Target<'a>> {
-        let rest = path.strip_prefix(PREFIX)?;
-        if rest.is_empty() {
-            return Some(Target::Collection);
-        }
-        let mut segments = rest.strip_prefix('/')?.split('/');
-        let name = segments.next().filter(|s| !s.is_empty())?;
-        let target = match (segments.next(), segments.next()) {
-            (None, _) if name == "stats" && method == Method::Get => Target::Stats,
-            (None, _) => Target::Topic(decode_path_segment(name)),
-            (Some("messages"), None) => Target::Messages(decode_path_segment(name)),
-            _ => return None,
-        };
-        Some(target)
-    }
-
-    /// The methods the target accepts, for `Allow`.
-    fn allow(&self) -> &'static str {
-        match self {
-            Target::Collection => "GET, POST",
-            Target::Stats | Target::Topic(_) => "GET, PUT, DELETE",
-            Target::Messages(_) => "GET",
-        }
-    }
-}
-
-/// The methods a path under [`PREFIX`] accepts, for CORS preflights.
-pub fn methods_of(path: &str) -> Option<&'static str> {
-    Some(match Target::parse(path, Method::Options)? {
-        Target::Collection => "GET, POST, OPTIONS",
-        Target::Stats | Target::Topic(_) => "GET, PUT, DELETE, OPTIONS",
-        Target::Messages(_) => "GET, OPTIONS",
-    })
-}
-
-/// Serves a request whose path starts with [`PREFIX`].
-pub async fn route(
-    shard: &Rc<Shard>,
-    req: &Request,
-    auth: &mut AuthCache,
-) -> Result<Response, ApiError> {
-    let target =
-        Target::parse(&req.path, req.method).ok_or_else(|| ApiError::not_found(&req.path))?;
-    let needed = match (&target, req.method) {
-        (Target::Collection, Method::Post) => Some(Permission::Write),
-        (Target::Stats, Method::Get) => Some(Permission::Admin),
-        (Target::Messages(_), Method::Get) => Some(Permission::Read),
-        // A record's owner may see it without `read`: checked once the record is found.
-        (Target::Collection | Target::Topic(_), Method::Get)
-        | (Target::Topic(_), Method::Put | Method::Delete) => None,
-        _ => return Err(ApiError::method_not_allowed(target.allow())),
-    };
-    let principal = match needed {
-        Some(permission) => auth.principal(shard, req, permission)?,
-        None => auth.authenticated(shard, req)?,
-    };
-    match (target, req.method) {
-        (Target::Collection, Method::Post) => create(shard, &principal, &req.body).await,
-        (Target::Collection, _) => list(shard, &principal).await,
-        (Target::Stats, _) => stats(shard).await,
-        (Target::Topic(name), Method::Put) => update(shard, &principal, &name, &req.body).await,
-        (Target::Topic(name), Method::Delete) => delete(shard, &principal, &name).await,
-        (Target::Topic(name), _) => detail(shard, &principal, &name).await,
-        (Target::Messages(name), _) => history(shard, &principal, &name, req).await,
-    }
-}
 
 /// `TopicPublic` of the original relay.
 #[derive(Serialize)]
@@ -188,11 +109,10 @@ fn addressed(shard: &Shard, principal: &Principal, name: &str) -> Result<Arc<str
     topic_key(shard, principal, name)
 }
 
-async fn record_op(shard: &Shard, key: &str, op: Op) -> Result<RecordAnswer, ApiError> {
-    match shard.call(owner_of(key, shard.count), op).await {
-        OpResult::Record(answer) => answer.map_err(ApiError::from),
-        _ => Err(unexpected()),
-    }
+/// `key`'s record, as its owner has it.
+async fn record_of(shard: &Rc<Shard>, key: &Arc<str>) -> Result<RecordAnswer, ApiError> {
+    let topic = Arc::clone(key);
+    Ok(shard.on_topic(key, move |s| s.topics.record(topic)).await?)
 }
 
 fn actor(principal: &Principal) -> Actor {
@@ -223,11 +143,12 @@ fn may_manage(shard: &Shard, principal: &Principal, name: &str) -> bool {
 
 /// The answer to a change or delete that `principal` may not make to any record of `key`:
 /// only whether the topic exists is reported.
-async fn refuse_change(shard: &Shard, key: &Arc<str>, name: &str) -> Result<Response, ApiError> {
-    let op = Op::Record(RecordOp::Get {
-        topic: Arc::clone(key),
-    });
-    match record_op(shard, key, op).await? {
+async fn refuse_change(
+    shard: &Rc<Shard>,
+    key: &Arc<str>,
+    name: &str,
+) -> Result<Response, ApiError> {
+    match record_of(shard, key).await? {
         RecordAnswer::Missing => Err(topic_not_found(name)),
         RecordAnswer::Found(_) => Err(not_owner(name)),
         _ => Err(unexpected()),
@@ -249,8 +170,12 @@ fn description_field(fields: &Map<String, Value>) -> Result<Option<String>, ApiE
 }
 
 /// `POST /api/v1/topics`.
-async fn create(shard: &Shard, principal: &Principal, body: &[u8]) -> Result<Response, ApiError> {
-    let fields = super::json_object(body)?;
+pub(super) async fn create(
+    shard: &Rc<Shard>,
+    principal: &Principal,
+    body: &[u8],
+) -> Result<Response, ApiError> {
+    let fields = super::fields::json_object(body)?;
     let name = match fields.get("topic_name") {
         None | Some(Value::Null) => {
             return Err(ApiError::invalid(
@@ -272,11 +197,9 @@ async fn create(shard: &Shard, principal: &Principal, body: &[u8]) -> Result<Res
     }
     let key = topic_key(shard, principal, name)?;
     let record = TopicRecord::new(&principal.subject, now_ms(), description);
-    let op = Op::Record(RecordOp::Create {
-        topic: Arc::clone(&key),
-        record,
-    });
-    match record_op(shard, &key, op).await? {
+    let topic = Arc::clone(&key);
+    let created = shard.on_topic(&key, move |s| s.topics.create_record(topic, record));
+    match created.await? {
         RecordAnswer::Created(record) => Ok(record_response(201, &key, &record)),
         RecordAnswer::Exists(record) if record.owner_id == principal.subject => Err(ApiError::new(
             400,
@@ -298,7 +221,7 @@ async fn create(shard: &Shard, principal: &Principal, body: &[u8]) -> Result<Res
 
 /// `GET /api/v1/topics`: the caller's own topics (owner = its subject) that its token may
 /// use, oldest first, at most [`MAX_LISTED_TOPICS`].
-async fn list(shard: &Shard, principal: &Principal) -> Result<Response, ApiError> {
+pub(super) async fn list(shard: &Rc<Shard>, principal: &Principal) -> Result<Response, ApiError> {
     let owned = gather(shard, Some(&principal.subject), |key| {
         principal.may_use(display_name(key))
     })
@@ -317,20 +240,17 @@ async fn list(shard: &Shard, principal: &Principal) -> Result<Response, ApiError
 /// `keep`, oldest first, at most [`MAX_LISTED_TOPICS`]. Merged and cut shard by shard, so
 /// never more than two shards' worth is held.
 pub(super) async fn gather(
-    shard: &Shard,
+    shard: &Rc<Shard>,
     owner_id: Option<&str>,
     keep: impl Fn(&str) -> bool,
 ) -> Result<Vec<(Arc<str>, TopicRecord)>, ApiError> {
     let mut owned: Vec<(Arc<str>, TopicRecord)> = Vec::new();
-    for s in 0..shard.count {
-        let op = Op::Record(RecordOp::List {
-            owner_id: owner_id.map(Box::from),
-            limit: MAX_LISTED_TOPICS,
+    for s in 0..shard.count() {
+        let owner_id = owner_id.map(Box::from);
+        let listed = mesh::on_shard(shard, s, move |s| {
+            s.topics.records(owner_id, MAX_LISTED_TOPICS)
         });
-        match shard.call(s, op).await {
-            OpResult::Records(records) => owned.extend(records?),
-            _ => return Err(unexpected()),
-        }
+        owned.extend(listed.await?);
         owned.retain(|(key, _)| keep(key));
         owned.sort_unstable_by(|a, b| by_age((&a.0, &a.1), (&b.0, &b.1)));
         owned.truncate(MAX_LISTED_TOPICS);
@@ -339,13 +259,13 @@ pub(super) async fn gather(
 }
 
 /// `GET /api/v1/topics/stats` (admin): records over all shards.
-async fn stats(shard: &Shard) -> Result<Response, ApiError> {
+pub(super) async fn stats(shard: &Rc<Shard>) -> Result<Response, ApiError> {
     let mut total = 0;
-    for answer in shard.call_all(|| Op::Record(RecordOp::Count)).await {
-        match answer {
-            OpResult::RecordCount(count) => total += count?,
-            _ => return Err(unexpected()),
-        }
+    for count in shard
+        .on_every_shard(|| |s: &Rc<Shard>| s.topics.count_records())
+        .await
+    {
+        total += count?;
     }
     Ok(Response::json(
         200,
@@ -354,12 +274,13 @@ async fn stats(shard: &Shard) -> Result<Response, ApiError> {
 }
 
 /// `GET /api/v1/topics/{name}`.
-async fn detail(shard: &Shard, principal: &Principal, name: &str) -> Result<Response, ApiError> {
+pub(super) async fn detail(
+    shard: &Rc<Shard>,
+    principal: &Principal,
+    name: &str,
+) -> Result<Response, ApiError> {
     let key = addressed(shard, principal, name)?;
-    let op = Op::Record(RecordOp::Get {
-        topic: Arc::clone(&key),
-    });
-    match record_op(shard, &key, op).await? {
+    match record_of(shard, &key).await? {
         // Other tokens' records name their owner (and its username in an auto-created
         // description): they are for tokens that may read the topic.
         RecordAnswer::Found(record)
@@ -386,23 +307,22 @@ fn not_owner(name: &str) -> ApiError {
 }
 
 /// `PUT /api/v1/topics/{name}`: `{"description": str | null}`, null leaving it unchanged.
-async fn update(
-    shard: &Shard,
+pub(super) async fn update(
+    shard: &Rc<Shard>,
     principal: &Principal,
     name: &str,
     body: &[u8],
 ) -> Result<Response, ApiError> {
-    let description = description_field(&super::json_object(body)?)?;
+    let description = description_field(&super::fields::json_object(body)?)?;
     let key = addressed(shard, principal, name)?;
     if !may_manage(shard, principal, name) {
         return refuse_change(shard, &key, name).await;
     }
-    let op = Op::Record(RecordOp::Update {
-        topic: Arc::clone(&key),
-        description,
-        actor: actor(principal),
+    let (topic, actor) = (Arc::clone(&key), actor(principal));
+    let updated = shard.on_topic(&key, move |s| {
+        s.topics.update_record(topic, description, actor)
     });
-    match record_op(shard, &key, op).await? {
+    match updated.await? {
         RecordAnswer::Found(record) => Ok(record_response(200, &key, &record)),
         RecordAnswer::Missing => Err(topic_not_found(name)),
         RecordAnswer::Forbidden => Err(not_owner(name)),
@@ -413,16 +333,18 @@ async fn update(
 
 /// `DELETE /api/v1/topics/{name}`: the record, the retained messages (ring and stream)
 /// and the consumer positions.
-async fn delete(shard: &Shard, principal: &Principal, name: &str) -> Result<Response, ApiError> {
+pub(super) async fn delete(
+    shard: &Rc<Shard>,
+    principal: &Principal,
+    name: &str,
+) -> Result<Response, ApiError> {
     let key = addressed(shard, principal, name)?;
     if !may_manage(shard, principal, name) {
         return refuse_change(shard, &key, name).await;
     }
-    let op = Op::Record(RecordOp::Delete {
-        topic: Arc::clone(&key),
-        actor: actor(principal),
-    });
-    match record_op(shard, &key, op).await? {
+    let (topic, actor) = (Arc::clone(&key), actor(principal));
+    let deleted = shard.on_topic(&key, move |s| s.topics.delete_record(topic, actor));
+    match deleted.await? {
         RecordAnswer::Deleted => Ok(Response::empty(204)),
         RecordAnswer::Missing => Err(topic_not_found(name)),
         RecordAnswer::Forbidden => Err(not_owner(name)),
@@ -491,39 +413,28 @@ fn parse_limit(text: &str) -> Result<Result<usize, ApiError>, ApiError> {
 }
 
 /// `GET /api/v1/topics/{name}/messages?limit&order&cursor`.
-async fn history(
-    shard: &Shard,
+pub(super) async fn history(
+    shard: &Rc<Shard>,
     principal: &Principal,
     name: &str,
     req: &Request,
 ) -> Result<Response, ApiError> {
     let query = history_query(req)?;
     let key = addressed(shard, principal, name)?;
-    let owner = owner_of(&key, shard.count);
     let (limit, order, cursor) = match query.page {
         Ok(page) => page,
         Err(e) => {
             // A missing topic is reported before bad parameters.
-            let op = Op::Record(RecordOp::Get {
-                topic: Arc::clone(&key),
-            });
-            return match record_op(shard, &key, op).await? {
+            return match record_of(shard, &key).await? {
                 RecordAnswer::Missing => Err(topic_not_found(name)),
                 _ => Err(e),
             };
         }
     };
-    let op = Op::Record(RecordOp::History {
-        topic: Arc::clone(&key),
-        order,
-        cursor,
-        limit,
-    });
-    let page = match shard.call(owner, op).await {
-        OpResult::History(Ok(Some(page))) => page,
-        OpResult::History(Ok(None)) => return Err(topic_not_found(name)),
-        OpResult::History(Err(e)) => return Err(e.into()),
-        _ => return Err(unexpected()),
+    let topic = Arc::clone(&key);
+    let page = shard.on_topic(&key, move |s| s.topics.history(topic, order, cursor, limit));
+    let Some(page) = page.await? else {
+        return Err(topic_not_found(name));
     };
     let messages = complete(shard, &key, order, limit, page).await?;
     Ok(Response::json(
@@ -534,7 +445,7 @@ async fn history(
 
 /// Joins the owner's ring part with the stream part older than the ring, read here.
 async fn complete(
-    shard: &Shard,
+    shard: &Rc<Shard>,
     key: &Arc<str>,
     order: Order,
     limit: usize,
@@ -545,7 +456,7 @@ async fn complete(
     };
     match order {
         Order::Asc => {
-            let (mut messages, _) = shard.store.history(key, &span, limit).await?;
+            let (mut messages, _) = history::read(&shard.store, key, &span, limit).await?;
             let room = limit.saturating_sub(messages.len());
             messages.extend(page.ring.into_iter().take(room));
             Ok(messages)
@@ -554,7 +465,7 @@ async fn complete(
             let mut messages = page.ring;
             let room = limit.saturating_sub(messages.len());
             if room > 0 {
-                let older = shard.store.history_newest_first(key, &span, room).await?;
+                let older = history::read_newest_first(&shard.store, key, &span, room).await?;
                 messages.extend(older);
             }
             Ok(messages)
@@ -613,35 +524,6 @@ fn page_json(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn paths_map_to_targets() {
-        let name = |t: Option<Target<'_>>| match t {
-            Some(Target::Topic(n)) => format!("topic {n}"),
-            Some(Target::Messages(n)) => format!("messages {n}"),
-            Some(Target::Collection) => "collection".into(),
-            Some(Target::Stats) => "stats".into(),
-            None => "none".into(),
-        };
-        let get = |path| name(Target::parse(path, Method::Get));
-        assert_eq!(get("/api/v1/topics"), "collection");
-        assert_eq!(get("/api/v1/topics/stats"), "stats");
-        assert_eq!(
-            name(Target::parse("/api/v1/topics/stats", Method::Delete)),
-            "topic stats"
-        );
-        assert_eq!(get("/api/v1/topics/a%3Ab"), "topic a:b");
-        assert_eq!(get("/api/v1/topics/a%2Fb/messages"), "messages a/b");
-        for none in [
-            "/api/v1/topicsx",
-            "/api/v1/topics/",
-            "/api/v1/topics//messages",
-            "/api/v1/topics/a/b",
-            "/api/v1/topics/a/messages/x",
-        ] {
-            assert_eq!(get(none), "none", "{none}");
-        }
-    }
 
     #[test]
     fn limits_are_validated_like_the_original() {

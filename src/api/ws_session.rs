@@ -21,21 +21,25 @@ use serde::Serialize;
 
 use super::ack::{self, AckOutcome};
 use super::conn::{poll_read_into, Conn, Event};
+use super::cors;
 use super::error::ApiError;
+use super::fields::{
+    parse_client_id, parse_cursor, parse_message_id, parse_topics, permit_topics, scope_topics,
+};
 use super::limits::{self, Bucket};
+use super::quota::{self, QuotaKey, QuotaSlot};
+use super::shard::Shard;
 use super::subscriptions::{ReplayProblem, Subscriptions};
 use super::ws_command::{self, AckCmd, AuthCmd, Command, SubscribeCmd, UnsubscribeCmd};
-use super::{parse_client_id, parse_topics, permit_topics, scope_topics};
 use crate::auth::{AuthError, Permission, Principal};
 use crate::config::SlowConsumer;
 use crate::http::Request;
 use crate::metrics::{self, ShardMetrics};
-use crate::shard::conns::ConnCtl;
-use crate::shard::quota::{QuotaKey, QuotaSlot};
-use crate::shard::{now_ms, Shard};
-use crate::topic::message::rfc3339;
+use crate::rt::conns::ConnCtl;
+use crate::rt::now_ms;
+use crate::text::rfc3339;
 use crate::topic::subscribers::Sink;
-use crate::topic::{consumer_key, display_name, ConsumerKey, Cursor, Message, MessageId};
+use crate::topic::{consumer_key, display_name, ConsumerKey, Message, MessageId};
 use crate::ws::frame::{close_frame, ping_frame, pong_frame, text_frame, FrameDecoder, Incoming};
 use crate::ws::{
     handshake, ACCESS_REVOKED, GOING_AWAY, POLICY_VIOLATION, RATE_LIMITED, SLOW_CONSUMER,
@@ -57,16 +61,7 @@ pub struct Upgrade {
 
 /// Validates the upgrade request and its token; errors become an HTTP response.
 pub async fn upgrade(shard: &Rc<Shard>, req: &Request) -> Result<Upgrade, ApiError> {
-    let allowed = &shard.config.server.allowed_origins;
-    if let Some(origin) = req.header("origin") {
-        if !allowed.is_empty() && !allowed.iter().any(|a| a == origin) {
-            return Err(ApiError::new(
-                403,
-                "ORIGIN_NOT_ALLOWED",
-                format!("origin {origin:?} is not in server.allowed_origins"),
-            ));
-        }
-    }
+    cors::check_origin(&shard.config.server.allowed_origins, req)?;
     let accept_key = handshake::accept(&req.headers, true, req.version_minor).map_err(|e| {
         let mut err = ApiError::new(e.status(), e.code(), e.detail());
         if e.status() == 426 {
@@ -83,21 +78,23 @@ pub async fn upgrade(shard: &Rc<Shard>, req: &Request) -> Result<Upgrade, ApiErr
         .or_else(|| super::bearer(req).map(str::to_string))
         .or(from_protocol.clone())
         .ok_or(AuthError::Missing)?;
-    let principal = super::verify_token(shard, &token)?;
+    let principal = Rc::unwrap_or_clone(super::verify_token(shard, &token)?);
     principal.require(Permission::Read)?;
     let protocol =
         (from_protocol.is_some() && protocols.iter().any(|p| p == "bearer")).then_some("bearer");
     let per_subject = shard.config.limits.max_websockets_per_subject;
     let slot = if per_subject > 0 {
         let key = QuotaKey::Subject(principal.subject.as_str().into());
-        let slot = shard.acquire_quota(key, per_subject).await.ok_or_else(|| {
-            ApiError::new(
-                429,
-                "TOO_MANY_CONNECTIONS",
-                format!("this token's subject already holds {per_subject} WebSocket sessions"),
-            )
-            .with_header("Retry-After", "1")
-        })?;
+        let slot = quota::acquire(shard, key, per_subject)
+            .await
+            .ok_or_else(|| {
+                ApiError::new(
+                    429,
+                    "TOO_MANY_CONNECTIONS",
+                    format!("this token's subject already holds {per_subject} WebSocket sessions"),
+                )
+                .with_header("Retry-After", "1")
+            })?;
         Some(slot)
     } else {
         None
@@ -282,14 +279,14 @@ pub async fn run(conn: &mut Conn, up: Upgrade) -> io::Result<()> {
         out: Rc::clone(&out),
         subs: Subscriptions::new(Rc::clone(&shard)),
         consumer: None,
-        session_id: session_id(shard.id),
+        session_id: session_id(shard.id()),
         invalid_frames: 0,
     };
     // Sessions of account tokens, and of tokens that can be logged out, end when their
     // access is withdrawn; other service tokens are not watched (and cost nothing here).
     let watched = session.principal.username.is_some() || session.principal.jti.is_some();
-    let _watch = watched.then(|| shard.watch_account(&session.principal.subject, &conn.ctl));
-    let mut account_checked = shard.account_generation();
+    let _watch = watched.then(|| shard.accounts.watch(&session.principal.subject, &conn.ctl));
+    let mut account_checked = shard.accounts.generation();
     let mut decoder = FrameDecoder::new(cfg.limits.max_ws_message_bytes);
     let mut wbuf = Vec::new();
     let mut last_heard = now_ms();
@@ -366,8 +363,8 @@ pub async fn run(conn: &mut Conn, up: Upgrade) -> io::Result<()> {
         if conn.ctl.closing() {
             return close(conn, &out, &mut wbuf, GOING_AWAY, "server shutting down").await;
         }
-        if watched && account_checked != shard.account_generation() {
-            account_checked = shard.account_generation();
+        if watched && account_checked != shard.accounts.generation() {
+            account_checked = shard.accounts.generation();
             if let Err(why) = session.recheck_access() {
                 return close(conn, &out, &mut wbuf, ACCESS_REVOKED, &why).await;
             }
@@ -494,15 +491,9 @@ impl Session {
     /// Checks the session's token against the account state again (after a change): `Err`
     /// with the reason when the session must end; changed permissions apply at once.
     fn recheck_access(&mut self) -> Result<(), String> {
-        let current = self
-            .shard
-            .accounts
-            .borrow()
-            .admit(&self.principal, now_ms())
-            .map_err(|e| e.detail())?;
-        if let Some(permissions) = current {
-            self.principal.permissions = permissions;
-        }
+        let current = Rc::new(self.principal.clone());
+        let admitted = super::admitted(&self.shard, current).map_err(|e| e.detail)?;
+        self.principal = Rc::unwrap_or_clone(admitted);
         self.principal
             .require(Permission::Read)
             .map_err(|e| e.detail())
@@ -534,7 +525,7 @@ impl Session {
     /// Replaces the session's token before it expires. The subject must stay the same:
     /// durable consumer positions and subscriptions belong to it.
     fn reauthenticate(&mut self, cmd: AuthCmd) -> Result<(), ApiError> {
-        let principal = super::verify_token(&self.shard, &cmd.token)?;
+        let principal = Rc::unwrap_or_clone(super::verify_token(&self.shard, &cmd.token)?);
         principal.require(Permission::Read)?;
         if principal.subject != self.principal.subject {
             return Err(ApiError::new(
@@ -574,15 +565,7 @@ impl Session {
                 ),
             ));
         }
-        let cursor = match cmd.since.as_deref() {
-            None => Cursor::Live,
-            Some(text) => Cursor::parse(text).ok_or_else(|| {
-                ApiError::invalid(
-                    "INVALID_CURSOR",
-                    "`since` must be a message ID (ms-seq), `earliest` or `latest`",
-                )
-            })?,
-        };
+        let cursor = parse_cursor(cmd.since.as_deref())?;
         if let Some(id) = cmd.client_id.as_deref() {
             let id = parse_client_id(id)?;
             match &self.consumer {
@@ -677,12 +660,7 @@ impl Session {
                 "acknowledgements need a durable consumer: subscribe with a `client_id` first",
             ));
         };
-        let id = MessageId::parse(&cmd.message_id).ok_or_else(|| {
-            ApiError::invalid(
-                "INVALID_MESSAGE_ID",
-                format!("{:?} is not a message ID (ms-seq)", cmd.message_id),
-            )
-        })?;
+        let id = parse_message_id(&cmd.message_id)?;
         let topic = match cmd.topic {
             Some(topic) => {
                 let topic = parse_topics([topic.as_str()], 1)?;

@@ -1,8 +1,8 @@
 //! HTTP/1.1 server codec: request decoding ([`request`], with the target and `Host` rules in
 //! [`target`]) and response encoding ([`response`]).
 //!
-//! Owns only the wire format. It does no I/O and keeps no sockets: the connection code in
-//! `shard` owns the socket and its buffers, feeds bytes in and writes the encoded bytes out.
+//! Owns only the wire format. It does no I/O and keeps no sockets: the connection loop in
+//! `api::conn` owns the socket and its buffers, feeds bytes in and writes the encoded bytes out.
 //! It must not touch routing, authentication or topic state (those live in `api`).
 
 pub mod request;

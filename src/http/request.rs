@@ -66,6 +66,20 @@ impl Method {
             _ => Method::Other,
         }
     }
+
+    /// The method's name as it appears on the wire (`Other` has none of its own).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Method::Get => "GET",
+            Method::Head => "HEAD",
+            Method::Post => "POST",
+            Method::Put => "PUT",
+            Method::Patch => "PATCH",
+            Method::Delete => "DELETE",
+            Method::Options => "OPTIONS",
+            Method::Other => "",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -12,6 +12,8 @@
 use std::cell::Cell;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use crate::text::{civil_from_days, push_decimal};
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Response {
     /// 100..=999; anything else is sent as 500 so the status line always parses.
@@ -105,22 +107,6 @@ pub(crate) fn push_header(out: &mut Vec<u8>, name: &str, value: &str) {
     out.extend_from_slice(b"\r\n");
 }
 
-/// Appends `n` in decimal without formatting machinery (response heads and message IDs
-/// are written on every request and every message).
-pub(crate) fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut start = digits.len();
-    loop {
-        start -= 1;
-        digits[start] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[start..]);
-}
-
 const IMF_FIXDATE_LEN: usize = 29;
 
 thread_local! {
@@ -184,26 +170,6 @@ fn format_imf_fixdate(unix_secs: u64) -> [u8; IMF_FIXDATE_LEN] {
 fn put_two_digits(slot: &mut [u8], n: u64) {
     slot[0] = b'0' + (n / 10 % 10) as u8;
     slot[1] = b'0' + (n % 10) as u8;
-}
-
-/// Days since 1970-01-01 to (year, month 1..=12, day 1..=31) in the proleptic Gregorian
-/// calendar: Howard Hinnant's `civil_from_days`, restricted to non-negative days.
-fn civil_from_days(days: u64) -> (u64, u64, u64) {
-    let z = days + 719_468;
-    let era = z / 146_097;
-    let day_of_era = z % 146_097;
-    let year_of_era =
-        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
-    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
-    let shifted_month = (5 * day_of_year + 2) / 153;
-    let day = day_of_year - (153 * shifted_month + 2) / 5 + 1;
-    let month = if shifted_month < 10 {
-        shifted_month + 3
-    } else {
-        shifted_month - 9
-    };
-    let year = year_of_era + era * 400 + u64::from(month <= 2);
-    (year, month, day)
 }
 
 /// The standard reason phrase, or `""` for a code without one (an empty reason phrase is

@@ -22,8 +22,8 @@ use redis::Value;
 use super::resp;
 use crate::config::ValkeyConfig;
 use crate::metrics::{self, ShardMetrics};
-use crate::shard::signal::{Signal, Slot};
-use crate::shard::{now_ms, sleep, TcpStream};
+use crate::rt::signal::{Signal, Slot};
+use crate::rt::{now_ms, sleep, TcpStream};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum LinkError {

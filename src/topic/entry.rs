@@ -13,7 +13,8 @@ use super::budget;
 use super::id::MessageId;
 use super::record::TopicRecord;
 use super::ring::Ring;
-use super::{ConsumerKey, HistoryRange, ShardSet};
+use super::{ConsumerKey, ShardSet};
+use crate::store::StreamRange;
 
 pub(super) struct Topic {
     pub name: Arc<str>,
@@ -160,12 +161,12 @@ impl Topic {
         &self,
         persistent: bool,
         after: Option<MessageId>,
-    ) -> Option<HistoryRange> {
+    ) -> Option<StreamRange> {
         if !persistent || !self.has_older {
             return None;
         }
         let (until, until_inclusive) = self.ring_boundary();
-        after.is_none_or(|s| s < until).then_some(HistoryRange {
+        after.is_none_or(|s| s < until).then_some(StreamRange {
             after,
             until,
             until_inclusive,

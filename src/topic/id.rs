@@ -1,69 +1,10 @@
-//! Message IDs and read cursors.
+//! Assigning message IDs, and read cursors.
 //!
-//! An ID is `<unix_ms>-<seq>`, the Valkey stream-ID format, so one ID names a message in
-//! both tiers and a cursor taken from either tier works against the other. IDs are assigned
-//! only by a topic's owner shard; this module just orders, parses and prints them.
+//! An ID is `<unix_ms>-<seq>`, the Valkey stream-ID format (`store::MessageId`), so one ID
+//! names a message in both tiers and a cursor taken from either tier works against the
+//! other. IDs are assigned only by a topic's owner shard, by its [`IdClock`].
 
-use std::fmt;
-
-use crate::http::response::push_decimal;
-
-/// A stream ID. Ordering is the delivery order within a topic.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct MessageId {
-    pub ms: u64,
-    pub seq: u64,
-}
-
-impl MessageId {
-    pub const ZERO: MessageId = MessageId { ms: 0, seq: 0 };
-
-    pub const fn new(ms: u64, seq: u64) -> Self {
-        MessageId { ms, seq }
-    }
-
-    /// Length of the `ms-seq` text.
-    pub fn text_len(self) -> usize {
-        decimal_len(self.ms) + 1 + decimal_len(self.seq)
-    }
-
-    /// Appends the `ms-seq` text without an intermediate string (hot path: every message's
-    /// frame carries its ID).
-    pub fn push_text(self, out: &mut Vec<u8>) {
-        push_decimal(out, self.ms);
-        out.push(b'-');
-        push_decimal(out, self.seq);
-    }
-
-    /// Parses `ms-seq` (both parts plain decimal); a bare `ms` means `ms-0`, as in Valkey.
-    pub fn parse(text: &str) -> Option<MessageId> {
-        let (ms, seq) = match text.split_once('-') {
-            Some((ms, seq)) => (ms, seq),
-            None => (text, "0"),
-        };
-        Some(MessageId {
-            ms: parse_decimal(ms)?,
-            seq: parse_decimal(seq)?,
-        })
-    }
-}
-
-fn decimal_len(n: u64) -> usize {
-    n.checked_ilog10().map_or(1, |d| d as usize + 1)
-}
-
-fn parse_decimal(text: &str) -> Option<u64> {
-    if text.is_empty() || text.len() > 20 || !text.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    text.parse().ok()
-}
-
-impl fmt::Display for MessageId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}-{}", self.ms, self.seq)
-    }
-}
+pub use crate::store::MessageId;
 
 /// Assigns the IDs of every topic one shard owns.
 ///
@@ -164,53 +105,6 @@ mod tests {
         assert_eq!(next.seq % 2, 1, "keeps its shard's residue");
         c.advance_past(MessageId::new(1, 0));
         assert!(c.next(40) > next, "an older stored ID changes nothing");
-    }
-
-    #[test]
-    fn parse_and_display_round_trip() {
-        let id = MessageId::parse("1731000000123-7").unwrap();
-        assert_eq!(id, MessageId::new(1731000000123, 7));
-        assert_eq!(id.to_string(), "1731000000123-7");
-        assert_eq!(MessageId::parse("42"), Some(MessageId::new(42, 0)));
-    }
-
-    #[test]
-    fn pushed_text_matches_display() {
-        for id in [
-            MessageId::new(0, 0),
-            MessageId::new(9, 10),
-            MessageId::new(1_795_775_969_418, 3),
-            MessageId::new(u64::MAX, u64::MAX),
-        ] {
-            let mut out = Vec::new();
-            id.push_text(&mut out);
-            assert_eq!(out, id.to_string().as_bytes());
-            assert_eq!(id.text_len(), out.len());
-        }
-    }
-
-    #[test]
-    fn parse_rejects_garbage() {
-        for bad in [
-            "",
-            "-",
-            "1-",
-            "-1",
-            "a-1",
-            "1-b",
-            "1-2-3",
-            "+1-2",
-            " 1-2",
-            "99999999999999999999999-0",
-        ] {
-            assert_eq!(MessageId::parse(bad), None, "{bad:?}");
-        }
-    }
-
-    #[test]
-    fn ordering_is_numeric_not_textual() {
-        assert!(MessageId::parse("9-0").unwrap() < MessageId::parse("10-0").unwrap());
-        assert!(MessageId::parse("10-2").unwrap() < MessageId::parse("10-10").unwrap());
     }
 
     #[test]

@@ -11,6 +11,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::id::MessageId;
+use crate::store::StreamEntry;
+use crate::text::{push_rfc3339, RFC3339_LEN};
 use crate::ws::frame::{encode_header, OpCode};
 
 /// What a producer asked to publish, already validated by the API layer.
@@ -38,8 +40,6 @@ pub struct Message {
     metadata: Option<Range<usize>>,
 }
 
-const TIMESTAMP_LEN: usize = "2025-10-09T12:00:00.123Z".len();
-
 impl Message {
     pub fn build(id: MessageId, topic: Arc<str>, now_ms: u64, draft: &Draft<'_>) -> Message {
         let metadata_len = draft.metadata.map_or(4, <[u8]>::len);
@@ -57,7 +57,7 @@ impl Message {
             + id.text_len()
             + name.len()
             + draft.payload.len()
-            + TIMESTAMP_LEN
+            + RFC3339_LEN
             + metadata_len;
 
         let mut frame = Vec::with_capacity(json_len + 10);
@@ -101,6 +101,30 @@ impl Message {
         }
     }
 
+    /// A message read back from `topic`'s stream: the same frame as when it was published.
+    pub fn from_entry(topic: &Arc<str>, entry: StreamEntry<'_>) -> Message {
+        let draft = Draft {
+            topic,
+            payload: entry.payload,
+            metadata: entry.metadata,
+            ttl_ms: entry.ttl_ms,
+        };
+        Message::build(entry.id, Arc::clone(topic), entry.timestamp_ms, &draft)
+    }
+
+    /// The message as its stream keeps it.
+    pub fn stream_entry(&self) -> StreamEntry<'_> {
+        StreamEntry {
+            id: self.id,
+            payload: self.payload(),
+            metadata: self.metadata(),
+            timestamp_ms: self.timestamp_ms,
+            ttl_ms: self
+                .expires_at_ms
+                .map(|at| at.saturating_sub(self.timestamp_ms)),
+        }
+    }
+
     /// The complete WebSocket text frame carrying [`Message::json`].
     pub fn ws_frame(&self) -> &[u8] {
         &self.frame
@@ -129,55 +153,6 @@ impl Message {
     pub fn footprint(&self) -> usize {
         self.frame.len() + std::mem::size_of::<Message>() + 16
     }
-}
-
-/// Appends `now_ms` as RFC 3339 UTC with milliseconds (`2025-10-09T12:00:00.123Z`).
-pub fn push_rfc3339(unix_ms: u64, out: &mut Vec<u8>) {
-    let secs = unix_ms / 1000;
-    let (year, month, day) = civil_from_days((secs / 86_400) as i64);
-    let rem = secs % 86_400;
-    // Fixed width (the frame length is computed from it): years past 9999 are clamped.
-    let fields: [(u64, usize, u8); 7] = [
-        (year.clamp(0, 9999) as u64, 4, b'-'),
-        (u64::from(month), 2, b'-'),
-        (u64::from(day), 2, b'T'),
-        (rem / 3600, 2, b':'),
-        (rem / 60 % 60, 2, b':'),
-        (rem % 60, 2, b'.'),
-        (unix_ms % 1000, 3, b'Z'),
-    ];
-    for (value, width, separator) in fields {
-        push_padded(value, width, out);
-        out.push(separator);
-    }
-}
-
-fn push_padded(value: u64, width: usize, out: &mut Vec<u8>) {
-    let mut divisor = 10u64.pow(width as u32 - 1);
-    while divisor > 0 {
-        out.push(b'0' + (value / divisor % 10) as u8);
-        divisor /= 10;
-    }
-}
-
-pub fn rfc3339(unix_ms: u64) -> String {
-    let mut out = Vec::with_capacity(TIMESTAMP_LEN);
-    push_rfc3339(unix_ms, &mut out);
-    String::from_utf8(out).unwrap_or_default()
-}
-
-/// Days since 1970-01-01 to (year, month, day); Howard Hinnant's algorithm.
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
 }
 
 /// A message on topic `t` published at `ms` (its ID is `ms-0`), for tests of the modules
@@ -255,18 +230,32 @@ mod tests {
     }
 
     #[test]
+    fn a_message_read_back_from_its_stream_is_the_same_delivery() {
+        let msg = Message::build(
+            MessageId::new(1000, 2),
+            Arc::from("jobs"),
+            999,
+            &Draft {
+                topic: "jobs",
+                payload: br#"{"a": 1.50}"#,
+                metadata: Some(br#"{"k":"v"}"#),
+                ttl_ms: Some(5000),
+            },
+        );
+        let entry = msg.stream_entry();
+        assert_eq!(entry.ttl_ms, Some(5000));
+        let back = Message::from_entry(&msg.topic, entry);
+        assert_eq!(back.ws_frame(), msg.ws_frame());
+        assert_eq!(back.expires_at_ms, Some(5999));
+        assert_eq!(back.metadata(), Some(&br#"{"k":"v"}"#[..]));
+    }
+
+    #[test]
     fn ttl_sets_expiry() {
         let mut d = draft(b"1", None);
         d.ttl_ms = Some(1500);
         let msg = Message::build(MessageId::new(1, 0), Arc::from("t"), 10_000, &d);
         assert!(!msg.is_expired(11_499));
         assert!(msg.is_expired(11_500));
-    }
-
-    #[test]
-    fn rfc3339_formats_known_instants() {
-        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(rfc3339(951_782_400_001), "2000-02-29T00:00:00.001Z");
-        assert_eq!(rfc3339(4_102_444_799_999), "2099-12-31T23:59:59.999Z");
     }
 }

@@ -1,15 +1,19 @@
-//! Topics: who owns them, their IDs, their hot-tier rings and consumer positions.
+//! Topics: who owns them, their IDs, their hot-tier rings and consumer positions, the
+//! messages and how they are read back, and the subscriber index of each shard.
 //!
 //! Ownership is `owner_of(topic) = fnv1a64(topic) % shards`, a fixed hash so that every
 //! shard (and every restart) agrees without coordination. A [`TopicTable`] holds the
 //! topics one shard owns and is touched only by that shard's executor; everything another
-//! shard wants from it arrives as a message through `shard::mesh`. The table never does
-//! I/O: persistence is the caller's business through `store`.
+//! shard wants from it runs there as a call through the mesh (`rt::mesh`), handled by the
+//! [`Owner`]. The table never does I/O; the owner persists through `store`, the layer below.
+//! This module knows nothing of HTTP or of the shards' other state.
 
 pub mod budget;
 mod entry;
+pub mod history;
 pub mod id;
 pub mod message;
+pub mod owner;
 pub mod record;
 pub mod ring;
 pub mod subscribers;
@@ -19,21 +23,23 @@ use std::sync::Arc;
 
 pub use id::{Cursor, IdClock, MessageId};
 pub use message::{Draft, Message};
+pub use owner::Owner;
 pub use record::TopicRecord;
 pub use table::{
-    by_age, HistoryPage, HistoryRange, Located, Order, Published, Refusal, Snapshot, Stored,
-    TopicLimits, TopicTable, STREAM_TRIM_INTERVAL_MS,
+    HistoryPage, Located, Order, Published, Refusal, Snapshot, TopicLimits, TopicTable,
+    STREAM_TRIM_INTERVAL_MS,
 };
 
-/// The shard that owns `topic`. FNV-1a is stable across builds and platforms, unlike the
-/// randomly seeded std hasher, and is cheap for the short names topics have.
+/// The shard that owns `topic`: the runtime's fixed key hash of its key (see
+/// `rt::owner`), so every shard and every restart agrees.
 pub fn owner_of(topic: &str, shards: usize) -> usize {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in topic.as_bytes() {
-        hash ^= u64::from(*byte);
-        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    (hash % shards as u64) as usize
+    crate::rt::owner::owner_of(topic.as_bytes(), shards)
+}
+
+/// Which topic keys found in the persistent tier shard `shard` of `shards` owns: valid
+/// topic keys hashed to it (anything else under the key prefix is not a topic of ours).
+pub fn owned_by(shard: usize, shards: usize) -> impl Fn(&str) -> bool {
+    move |key| valid_topic_key(key) && owner_of(key, shards) == shard
 }
 
 /// Topic names: 1–255 bytes of ASCII letters, digits and `_ - . :`. The delivery JSON is

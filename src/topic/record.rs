@@ -1,28 +1,21 @@
-//! Topic records: the metadata the Topics API shows for a topic (its ID, owner, creation
-//! time and description).
+//! The rules of topic records: the metadata the Topics API shows for a topic (its ID,
+//! owner, creation time and description).
 //!
 //! A record lives in its topic's entry of the owner shard's [`super::TopicTable`] and is
-//! changed only there; this module just defines it. Where it is persisted is `store`'s
-//! business, how it looks on the wire the API's.
+//! changed only there. Its fields are what the persistent tier keeps
+//! ([`crate::store::TopicRecord`]); this module says how one is made and who may change
+//! it. How it looks on the wire is the API's.
+
+pub use crate::store::TopicRecord;
 
 /// Longest description a record may carry, in characters (as the original relay counts).
 pub const MAX_DESCRIPTION_CHARS: usize = 500;
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TopicRecord {
-    /// A UUID4, fixed when the record is created.
-    pub topic_id: String,
-    /// The token subject that created the topic (explicitly or by publishing first).
-    pub owner_id: String,
-    pub created_at_ms: u64,
-    pub description: Option<String>,
-}
 
 impl TopicRecord {
     /// A new record with a fresh ID.
     pub fn new(owner_id: &str, created_at_ms: u64, description: Option<String>) -> Self {
         TopicRecord {
-            topic_id: crate::auth::uuid4(),
+            topic_id: crate::random::uuid4(),
             owner_id: owner_id.to_owned(),
             created_at_ms,
             description,

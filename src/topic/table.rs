@@ -1,25 +1,21 @@
 //! The topics one shard owns: their entries, the ID clock they share, the byte budget
 //! they live within, and every operation their owner runs on them.
 //!
-//! Touched only by the owning shard's executor (see `shard::owner`); never does I/O.
+//! Touched only by the owning shard's executor (see `owner`); never does I/O.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::budget;
 use super::entry::{evictable, Level, Topic};
-use super::{ConsumerKey, Cursor, Draft, IdClock, Message, MessageId, ShardSet, TopicRecord};
-
-/// The order of topic listings: by creation time, then by key.
-pub fn by_age(a: (&Arc<str>, &TopicRecord), b: (&Arc<str>, &TopicRecord)) -> std::cmp::Ordering {
-    (a.1.created_at_ms, a.0).cmp(&(b.1.created_at_ms, b.0))
-}
+use super::{Cursor, Draft, IdClock, Message, MessageId, ShardSet, TopicRecord};
+use crate::store::{by_age, StoredTopic, StreamRange};
 
 /// `span` cut to what lies strictly before `cursor`; `None` when nothing can.
-fn below(span: HistoryRange, cursor: Option<MessageId>) -> Option<HistoryRange> {
+fn below(span: StreamRange, cursor: Option<MessageId>) -> Option<StreamRange> {
     match cursor {
         Some(MessageId::ZERO) => None,
-        Some(c) if c <= span.until => Some(HistoryRange {
+        Some(c) if c <= span.until => Some(StreamRange {
             until: c,
             until_inclusive: false,
             ..span
@@ -50,17 +46,6 @@ pub struct TopicLimits {
     pub max_kept_records: usize,
 }
 
-/// A topic's state as the persistent tier holds it.
-#[derive(Debug, Default)]
-pub struct Stored {
-    /// The stream's last ID (`ZERO` without a stream).
-    pub last_id: MessageId,
-    /// The stream's oldest entry, if it has any.
-    pub first_id: Option<MessageId>,
-    pub positions: Vec<(ConsumerKey, MessageId)>,
-    pub record: Option<TopicRecord>,
-}
-
 /// What a subscriber gets when it registers with the owner: the retained messages after
 /// its starting point, taken at the same instant the interest was registered, so that
 /// snapshot plus live deliveries have no gap.
@@ -71,16 +56,7 @@ pub struct Snapshot {
     pub truncated: bool,
     /// Older messages the ring no longer holds but the persistent tier may: to be read
     /// (by the subscriber's shard) and delivered before `backlog`.
-    pub history: Option<HistoryRange>,
-}
-
-/// A span of a topic's stream between a cursor and the start of the hot ring.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct HistoryRange {
-    /// Exclusive start; `None` = from the oldest entry.
-    pub after: Option<MessageId>,
-    pub until: MessageId,
-    pub until_inclusive: bool,
+    pub history: Option<StreamRange>,
 }
 
 /// What [`TopicTable::publish`] did.
@@ -122,7 +98,7 @@ pub struct HistoryPage {
     /// Older than everything in the ring. With [`Order::Asc`] its messages come before
     /// `ring` (and the page is cut to size after them); with [`Order::Desc`] they fill
     /// what room `ring` left, newest first.
-    pub stream: Option<HistoryRange>,
+    pub stream: Option<StreamRange>,
 }
 
 /// The topics one shard owns.
@@ -191,7 +167,7 @@ impl TopicTable {
     /// resume from their positions, and the stored record replaces one a publish made in
     /// the meantime (which was written only where none existed). An entry already loaded
     /// is left as it is: it knows better.
-    pub fn load(&mut self, name: &str, stored: Stored) {
+    pub fn load(&mut self, name: &str, stored: StoredTopic) {
         self.clock.advance_past(stored.last_id);
         let topic = self.entry(name);
         if topic.loaded {

@@ -1,7 +1,7 @@
 //! WebSocket (RFC 6455) server-side codec: the opening handshake ([`handshake`]) and frames
 //! ([`frame`]), plus the close codes the relay sends.
 //!
-//! Owns only the wire format. It does no I/O: the connection code in `shard` owns sockets,
+//! Owns only the wire format. It does no I/O: the session loop in `api` owns sockets,
 //! buffers and timers, and `api` decides what the messages mean. It must not touch either.
 
 pub mod frame;

@@ -3,7 +3,7 @@
 # publish, read from /proc/PID/stat by pulsar-loadgen (--server-pid) over the measured
 # phase, for nginx (1 worker, fixed 201 with a small JSON body: tools/bench/nginx-201.conf)
 # and the relay with 1 and 2 shards, at fixed offered rates; then the relay's CPU per
-# fan-out delivery. Prints markdown tables (for BENCHMARKS.md) on stdout, progress on
+# fan-out delivery. Prints markdown tables (for benches/BENCHMARKS.md) on stdout, progress on
 # stderr; each run's loadgen output and JSON stay in the directory it names.
 #
 #   tools/bench/cpu.sh [duration=10s]

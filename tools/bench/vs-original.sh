@@ -36,7 +36,7 @@ venv=target/original-venv
 py=$venv/bin/python
 threads=2
 
-# The original and the packages it runs on, as measured (BENCHMARKS.md).
+# The original and the packages it runs on, as measured (benches/BENCHMARKS.md).
 pins=(pulsar-relay==0.2.1 uvicorn==0.54.0 uvloop==0.23.0 httptools==0.9.0 fastapi==0.165.0
       starlette==1.10.0 pydantic==2.14.4 pydantic-core==2.50.5 slowapi==0.1.10 limits==5.8.0
       pwdlib==0.3.1 argon2-cffi==25.1.0 pyjwt==2.15.1 python-multipart==0.0.34)

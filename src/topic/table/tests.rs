@@ -91,7 +91,7 @@ fn ring_is_bounded_by_count() {
 #[test]
 fn unpersisted_messages_are_not_evicted() {
     let mut t = table(2, 1 << 20, true);
-    t.load("x", Stored::default());
+    t.load("x", StoredTopic::default());
     let draft = Draft {
         topic: "x",
         payload: b"{}",
@@ -264,7 +264,7 @@ fn history_pages_run_both_ways_from_exclusive_cursors() {
 #[test]
 fn history_pages_name_the_stream_span_older_than_the_ring() {
     let mut t = table(2, 1 << 20, true);
-    t.load("x", Stored::default());
+    t.load("x", StoredTopic::default());
     t.create_record("x", record()).unwrap();
     let m: Vec<_> = (1..=4)
         .map(|i| {
@@ -282,7 +282,7 @@ fn history_pages_name_the_stream_span_older_than_the_ring() {
     assert_eq!(desc.ring.len(), 2);
     assert_eq!(
         desc.stream,
-        Some(HistoryRange {
+        Some(StreamRange {
             after: None,
             until: m[2],
             until_inclusive: false
@@ -297,7 +297,7 @@ fn history_pages_name_the_stream_span_older_than_the_ring() {
     assert_eq!(asc.ring.len(), 2);
     assert_eq!(
         asc.stream,
-        Some(HistoryRange {
+        Some(StreamRange {
             after: Some(m[0]),
             until: m[2],
             until_inclusive: false
@@ -342,7 +342,7 @@ fn delete_drops_messages_and_positions_but_keeps_subscribers() {
 #[test]
 fn history_is_requested_only_when_the_ring_may_miss_messages() {
     let mut t = table(2, 1 << 20, true);
-    t.load("x", Stored::default());
+    t.load("x", StoredTopic::default());
     let first = publish(&mut t, "x", 1).id;
     let (s, _) = t.subscribe("x", 0, &Cursor::Earliest, None, 1, 10);
     assert_eq!(s.history, None, "nothing evicted yet");
@@ -352,7 +352,7 @@ fn history_is_requested_only_when_the_ring_may_miss_messages() {
     let oldest = s.backlog[0].id;
     assert_eq!(
         s.history,
-        Some(HistoryRange {
+        Some(StreamRange {
             after: None,
             until: oldest,
             until_inclusive: false
@@ -366,7 +366,7 @@ fn history_is_requested_only_when_the_ring_may_miss_messages() {
     let mut restarted = table(10, 1 << 20, true);
     restarted.load(
         "x",
-        Stored {
+        StoredTopic {
             last_id: third,
             positions: vec![(Box::from("c"), first)],
             first_id: Some(first),
@@ -377,7 +377,7 @@ fn history_is_requested_only_when_the_ring_may_miss_messages() {
     assert_eq!(created, None, "position came back from the store");
     assert_eq!(
         s.history,
-        Some(HistoryRange {
+        Some(StreamRange {
             after: Some(first),
             until: third,
             until_inclusive: true
@@ -537,7 +537,7 @@ fn created_records_have_a_limit_of_their_own_without_a_persistent_tier() {
 
     let mut valkey = table_with(1 << 20, 2, true);
     for name in ["a", "b", "c"] {
-        valkey.load(name, Stored::default());
+        valkey.load(name, StoredTopic::default());
         valkey.create_record(name, record()).unwrap();
     }
 }
@@ -576,7 +576,7 @@ fn an_entry_not_loaded_takes_the_stored_state_when_loaded() {
     let position = MessageId::new(20, 0);
     t.load(
         "x",
-        Stored {
+        StoredTopic {
             last_id: published,
             first_id: Some(MessageId::new(10, 0)),
             positions: vec![(Box::from("c"), position)],
@@ -591,7 +591,7 @@ fn an_entry_not_loaded_takes_the_stored_state_when_loaded() {
     assert_eq!(ids(&s), [published]);
     assert_eq!(
         s.history,
-        Some(HistoryRange {
+        Some(StreamRange {
             after: Some(position),
             until: published,
             until_inclusive: false
@@ -599,7 +599,7 @@ fn an_entry_not_loaded_takes_the_stored_state_when_loaded() {
         "older messages are in the stream"
     );
     // Loading again changes nothing: the entry knows better now.
-    t.load("x", Stored::default());
+    t.load("x", StoredTopic::default());
     assert_eq!(t.record("x"), Some(&stored));
     assert_eq!(t.bytes(), t.recount());
 }
