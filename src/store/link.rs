@@ -65,6 +65,9 @@ pub struct Link {
     queue: RefCell<VecDeque<Request>>,
     /// Writes queued or in flight: the backlog bounded by `storage.max_pending_writes`.
     pending_writes: Cell<usize>,
+    /// Their packed bytes, bounded by `storage.max_pending_bytes`: each write holds its own
+    /// copy of the message until Valkey answers it.
+    pending_bytes: Cell<usize>,
     wake: Signal,
     up: Cell<bool>,
     /// The sentinel value seen on the first connection; a different one later means the
@@ -82,6 +85,7 @@ impl Link {
             sentinel_key,
             queue: RefCell::new(VecDeque::new()),
             pending_writes: Cell::new(0),
+            pending_bytes: Cell::new(0),
             wake: Signal::default(),
             up: Cell::new(false),
             epoch: RefCell::new(None),
@@ -97,12 +101,19 @@ impl Link {
         self.pending_writes.get()
     }
 
+    pub fn pending_bytes(&self) -> usize {
+        self.pending_bytes.get()
+    }
+
     /// Queues a write; it is sent in order and retried until Valkey answers it.
     pub fn write(&self, cmd: &redis::Cmd, want_reply: bool) -> Option<Reply> {
         let reply = want_reply.then(|| Rc::new(Slot::default()));
+        let packed = cmd.get_packed_command();
         self.pending_writes.set(self.pending_writes.get() + 1);
+        self.pending_bytes
+            .set(self.pending_bytes.get() + packed.len());
         self.queue.borrow_mut().push_back(Request {
-            packed: cmd.get_packed_command(),
+            packed,
             reply: reply.clone(),
             retry: true,
         });
@@ -351,6 +362,8 @@ impl Link {
                     for (req, value) in batch.into_iter().zip(replies) {
                         if req.retry {
                             self.pending_writes.set(self.pending_writes.get() - 1);
+                            self.pending_bytes
+                                .set(self.pending_bytes.get() - req.packed.len());
                             latency.record(micros);
                             if resp::server_error(&value).is_some() {
                                 metrics::add(&self.metrics.valkey_errors, 1);
