@@ -248,6 +248,7 @@ mod tests {
             errors: 3,
             published: vec![10, 20],
             unconfirmed: vec![3, 0],
+            refusals: Default::default(),
             first_error: None,
         };
         let mut tally = Tally::default();

@@ -1,12 +1,14 @@
 //! Whether a resource of the relay (RSS, open descriptors) levelled off during the soak.
 //!
-//! The rule: split the run's intervals in thirds. The resource fails when its highest
-//! value in the last third is above the highest of the middle third by more than the
-//! tolerance (a fraction of it, or an absolute slack, whichever is larger) *and* it is
-//! still rising: the last interval is above the first interval of the last third. A
-//! warm-up (buffers, rings filling to their bounds) ends within the first two thirds and
-//! passes; a leak keeps setting new highs to the end and fails. Relay restarts are meant
-//! to happen in the first third only, so the last two thirds are one process.
+//! The rule: split the run's intervals in thirds. The resource fails when the run *ends*
+//! above the highest value of the middle third by more than the tolerance (a fraction of
+//! it, or an absolute slack, whichever is larger) *and* it is still rising: the last
+//! interval is above the first interval of the last third. A warm-up (buffers, rings
+//! filling to their bounds) ends within the first two thirds and passes; so does a burst
+//! in the last third that is given back by the end (the 30-minute soak saw RSS go from 69
+//! to 88 MiB and back to 69 within five minutes, allocator noise); a leak keeps setting
+//! new highs to the end and fails. Relay restarts are meant to happen in the first third
+//! only, so the last two thirds are one process.
 //!
 //! Must not: sample anything (the scenario gives it one value per interval, `None` when
 //! the relay could not be read).
@@ -27,17 +29,18 @@ pub fn judge(what: &str, values: &[Option<u64>], tolerance: f64, slack: u64) -> 
         return Ok(());
     };
     let limit = middle_max + ((middle_max as f64 * tolerance) as u64).max(slack);
-    let rising = match (
-        last.first().copied().flatten(),
-        last.last().copied().flatten(),
-    ) {
-        (Some(first), Some(end)) => end > first,
-        _ => false,
+    let Some(end) = last.last().copied().flatten() else {
+        return Ok(());
     };
-    if last_max > limit && rising {
+    let rising = match last.first().copied().flatten() {
+        Some(first) => end > first,
+        None => true,
+    };
+    if end > limit && rising {
         return Err(format!(
-            "{what} did not level off: {last_max} in the last third, above the middle third's \
-             {middle_max} by more than {:.0}% (limit {limit}), and still rising",
+            "{what} did not level off: {end} at the end (highest in the last third \
+             {last_max}), above the middle third's {middle_max} by more than {:.0}% \
+             (limit {limit}), and still rising",
             tolerance * 100.0
         ));
     }
@@ -62,7 +65,7 @@ mod tests {
     #[test]
     fn a_leak_fails() {
         let e = judged(&[100, 120, 140, 160, 180, 200]).unwrap_err();
-        assert!(e.contains("200 in the last third"), "{e}");
+        assert!(e.contains("200 at the end"), "{e}");
         assert!(judged(&[100, 110, 120, 130, 140, 150, 160, 170, 180]).is_err());
     }
 
@@ -70,6 +73,12 @@ mod tests {
     fn a_last_third_that_is_high_but_falling_passes() {
         // A burst that is being given back is not growth that fails to level off.
         assert!(judged(&[100, 100, 100, 100, 150, 120]).is_ok());
+        // Up and nearly all the way back, ending a hair above where the third began: the
+        // 30-minute soak's RSS (MiB, per minute) over its last two thirds.
+        let soak = [
+            60, 44, 49, 52, 72, 76, 68, 68, 69, 69, 69, 69, 69, 69, 88, 88, 73, 69, 69, 69,
+        ];
+        assert!(judged(&soak).is_ok());
     }
 
     #[test]
