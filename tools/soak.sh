@@ -100,10 +100,28 @@ now_ns() { local t=$EPOCHREALTIME; echo "${t/./}000"; }
 free_port() {
   python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
+# The relay's port must still be free when it restarts. A port from the ephemeral range can
+# be taken meanwhile as the source port of any outgoing connection (the load generator's,
+# another test's); one below the range is only ever taken by a listener.
+relay_free_port() {
+  python3 -c '
+import random, socket
+low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+for _ in range(1000):
+    port = random.randrange(10000, low)
+    s = socket.socket()
+    try:
+        s.bind(("127.0.0.1", port))
+    except OSError:
+        continue
+    print(port)
+    break
+'
+}
 answers() { # PORT REQUEST EXPECTED-PREFIX: one request over bash's /dev/tcp, first line
   local reply=
   { exec 3<>"/dev/tcp/127.0.0.1/$1"; } 2>/dev/null || return 1
-  printf '%b' "$2" >&3 2>/dev/null && read -r -t 2 reply <&3 || true
+  printf '%b' "$2" >&3 2>/dev/null && read -r -t 2 reply <&3 2>/dev/null || true
   exec 3<&-
   [[ $reply == "$3"* ]]
 }
@@ -132,7 +150,7 @@ proxy() { # one control command, which must be answered ok
 }
 
 # --- The relay ------------------------------------------------------------------------------
-relay_port=$(free_port)
+relay_port=$(relay_free_port)
 secret=$(head -c 32 /dev/urandom | base64)
 export PULSAR_BOOTSTRAP_ADMIN_USERNAME=soak-admin
 export PULSAR_BOOTSTRAP_ADMIN_PASSWORD=$(head -c 12 /dev/urandom | base64 | tr -d '/+=')
@@ -157,6 +175,28 @@ start_relay() {
 }
 start_relay
 relay_gone_by_itself() { ! kill -0 "$relay_pid" 2>/dev/null; }
+# Waits (up to 10 s) until nothing listens on the relay's port. A killed relay's listeners
+# can outlive its process by a moment: the accepts it had queued in io_uring hold them until
+# the kernel tears the ring down, after the process was reaped. Probed as the relay probes
+# (SO_REUSEADDR bind), which fails only while someone listens.
+wait_port_released() {
+  python3 -c '
+import socket, sys, time
+deadline = time.monotonic() + 10
+while True:
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        s.bind(("127.0.0.1", int(sys.argv[1])))
+        sys.exit(0)
+    except OSError:
+        if time.monotonic() > deadline:
+            sys.exit(1)
+        time.sleep(0.05)
+    finally:
+        s.close()
+' "$relay_port" || { say "port $relay_port still taken 10 s after the relay was killed"; exit 1; }
+}
 
 # --- The load, and the fault schedule -------------------------------------------------------
 say "$duration s, $profile build, interval $interval s; $kills relay kills in the first third," \
@@ -197,6 +237,7 @@ while read -r second action; do
       # kill0: SIGKILL while Valkey is stalled, writes in flight; kill1: a plain SIGKILL.
       [ "$action" = kill0 ] && { stall_valkey; sleep 1; }
       kill -9 "$relay_pid"; wait "$relay_pid" 2>/dev/null || true
+      wait_port_released
       restarts=$(( restarts + 1 ))
       start_relay
       [ "$action" = kill0 ] && { sleep 1; proxy "flow both"; }
