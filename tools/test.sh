@@ -2,7 +2,8 @@
 # The project's test command (README "Quick start"; CI runs exactly this).
 #
 # Runs the unit tests and the integration tests, then the Python compatibility job
-# (tests/compat/run.sh). Integration tests spawn the real relay
+# (tests/compat/run.sh), a one-minute soak (tools/soak.sh) and a few seconds of each fuzz
+# target (tools/fuzz/smoke.sh). Integration tests spawn the real relay
 # binary on ephemeral loopback ports, and the persistence tests start their own
 # valkey-server processes (own port, own data directory). This script makes sure a
 # valkey-server exists: one on PATH (valkey-server, or Debian's redis-server 7+), else the
@@ -62,15 +63,33 @@ cargo test --workspace --all-targets --no-fail-fast "$@" 2>&1 | tee "$log" || ru
 python_status=0
 PULSAR_RELAY_BIN="${CARGO_TARGET_DIR:-$PWD/target}/debug/pulsar-relay" tests/compat/run.sh 2>&1 \
   | tee -a "$log" || python_status=$?
+# The soak (issue #14): a minute of mixed load on the debug binaries with relay kills and
+# Valkey stalls, checking delivery all along and RSS/descriptor growth; ends with
+# `soak: N passed, N failed`. PULSAR_TEST_SOAK_SECONDS=0 skips it (say, while iterating).
+soak_status=0
+if [ "${PULSAR_TEST_SOAK_SECONDS:-60}" != 0 ]; then
+  tools/soak.sh "${PULSAR_TEST_SOAK_SECONDS:-60}" --debug 2>&1 | tee -a "$log" || soak_status=$?
+fi
+# A few seconds of every fuzz target from its committed seeds (tools/fuzz/smoke.sh; its first
+# run builds the targets); ends with `fuzz: N passed, N failed`.
+fuzz_status=0
+tools/fuzz/smoke.sh 2>&1 | tee -a "$log" || fuzz_status=$?
 # Closing lines: the Rust tests (cargo prints one line per test binary), then the whole run.
 # A suite whose command failed without a failing test (a build error, a crash) counts one.
-awk -v rust_status="$rust_status" -v python_status="$python_status" '
+awk -v rust_status="$rust_status" -v python_status="$python_status" -v soak_status="$soak_status" \
+  -v fuzz_status="$fuzz_status" '
   /^test result:/ { rust_passed += $4; rust_failed += $6 }
   /^python: [0-9]+ passed, [0-9]+ failed/ { python_passed = $2; python_failed = $4 }
+  /^soak: [0-9]+ passed, [0-9]+ failed/ { soak_passed = $2; soak_failed = $4 }
+  /^fuzz: [0-9]+ passed, [0-9]+ failed/ { fuzz_passed = $2; fuzz_failed = $4 }
   END {
     if (rust_status != 0 && rust_failed == 0) rust_failed = 1
     if (python_status != 0 && python_failed == 0) python_failed = 1
+    if (soak_status != 0 && soak_failed == 0) soak_failed = 1
+    if (fuzz_status != 0 && fuzz_failed == 0) fuzz_failed = 1
     printf "rust: %d passed, %d failed\n", rust_passed, rust_failed
-    printf "%d passed, %d failed\n", rust_passed + python_passed, rust_failed + python_failed
+    printf "%d passed, %d failed\n", rust_passed + python_passed + soak_passed + fuzz_passed,
+      rust_failed + python_failed + soak_failed + fuzz_failed
   }' "$log"
-[ "$rust_status" -eq 0 ] && [ "$python_status" -eq 0 ]
+[ "$rust_status" -eq 0 ] && [ "$python_status" -eq 0 ] && [ "$soak_status" -eq 0 ] \
+  && [ "$fuzz_status" -eq 0 ]

@@ -74,6 +74,7 @@ pub(crate) const SECTIONS: &[(&str, &[(&str, EnvKind)])] = &[
             ("max_messages_per_topic", Scalar),
             ("persistent_tier_retention", Scalar),
             ("max_pending_writes", Scalar),
+            ("max_pending_bytes", Scalar),
             ("max_topic_records_per_shard", Scalar),
         ],
     ),

@@ -241,6 +241,9 @@ pub struct StorageConfig {
     #[serde(with = "units::duration")]
     pub persistent_tier_retention: Duration,
     pub max_pending_writes: usize,
+    /// Bytes of the writes waiting for Valkey (each holds its message), per shard.
+    #[serde(with = "units::size")]
+    pub max_pending_bytes: u64,
     /// With the memory backend: topic records created or changed through the Topics API
     /// that each shard keeps (they are never evicted).
     pub max_topic_records_per_shard: usize,
@@ -259,6 +262,7 @@ impl Default for StorageConfig {
             max_messages_per_topic: 1_000_000,
             persistent_tier_retention: Duration::from_secs(24 * 3600),
             max_pending_writes: 100_000,
+            max_pending_bytes: 64 << 20,
             max_topic_records_per_shard: 10_000,
         }
     }

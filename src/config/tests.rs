@@ -562,6 +562,7 @@ fn zero_is_refused_where_it_cannot_work() {
         "storage.max_messages_per_topic",
         "storage.persistent_tier_retention",
         "storage.max_pending_writes",
+        "storage.max_pending_bytes",
         "storage.max_topic_records_per_shard",
         "storage.ack_timeout",
         "storage.min_replicas",

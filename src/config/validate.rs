@@ -118,6 +118,10 @@ impl Config {
                 self.storage.max_pending_writes == 0,
             ),
             (
+                "storage.max_pending_bytes",
+                self.storage.max_pending_bytes == 0,
+            ),
+            (
                 "storage.max_topic_records_per_shard",
                 self.storage.max_topic_records_per_shard == 0,
             ),

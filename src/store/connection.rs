@@ -72,6 +72,14 @@ impl Connection {
         }
     }
 
+    /// The bytes of those writes (each holds its own copy of its message).
+    pub fn pending_bytes(&self) -> usize {
+        match self {
+            Connection::Standalone(link) => link.pending_bytes(),
+            Connection::Cluster(cluster) => cluster.pending_bytes(),
+        }
+    }
+
     /// Each primary this shard writes to and whether its connection is up (a standalone
     /// server is the one primary).
     pub fn primary_states(&self, cfg: &ValkeyConfig) -> Vec<(String, bool)> {

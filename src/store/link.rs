@@ -104,6 +104,9 @@ pub struct Link {
     queue: RefCell<VecDeque<Request>>,
     /// Writes queued or in flight: the backlog bounded by `storage.max_pending_writes`.
     pending_writes: Cell<usize>,
+    /// Their packed bytes, bounded by `storage.max_pending_bytes`: each write holds its own
+    /// copy of the message until Valkey answers it.
+    pending_bytes: Cell<usize>,
     wake: Signal,
     up: Cell<bool>,
     /// The sentinel value seen on the first connection; a different one later means the
@@ -129,6 +132,7 @@ impl Link {
             replicas,
             queue: RefCell::new(VecDeque::new()),
             pending_writes: Cell::new(0),
+            pending_bytes: Cell::new(0),
             wake: Signal::default(),
             up: Cell::new(false),
             epoch: RefCell::new(None),
@@ -144,12 +148,19 @@ impl Link {
         self.pending_writes.get()
     }
 
+    pub fn pending_bytes(&self) -> usize {
+        self.pending_bytes.get()
+    }
+
     /// Queues a write; it is sent in order and retried until Valkey answers it.
     pub fn write(&self, cmd: &redis::Cmd, want_reply: bool) -> Option<Reply> {
         let reply = want_reply.then(|| Rc::new(Slot::default()));
+        let packed = cmd.get_packed_command();
         self.pending_writes.set(self.pending_writes.get() + 1);
+        self.pending_bytes
+            .set(self.pending_bytes.get() + packed.len());
         self.queue.borrow_mut().push_back(Request {
-            packed: cmd.get_packed_command(),
+            packed,
             reply: reply.clone(),
             kind: Kind::Write { resent: false },
         });
@@ -449,7 +460,7 @@ impl Link {
             held.push((req, value));
             return;
         }
-        self.write_answered(started, refused);
+        self.write_answered(started, refused, req.packed.len());
         if let Some(reply) = req.reply {
             reply.fill(Ok(value));
         }
@@ -473,7 +484,7 @@ impl Link {
             metrics::add(&self.metrics.valkey_replica_timeouts, 1);
         }
         for (req, value) in held.drain(..) {
-            self.write_answered(started, false);
+            self.write_answered(started, false, req.packed.len());
             if let Some(reply) = req.reply {
                 reply.fill(if enough {
                     Ok(value)
@@ -487,8 +498,9 @@ impl Link {
         }
     }
 
-    fn write_answered(&self, started: std::time::Instant, refused: bool) {
+    fn write_answered(&self, started: std::time::Instant, refused: bool, bytes: usize) {
         self.pending_writes.set(self.pending_writes.get() - 1);
+        self.pending_bytes.set(self.pending_bytes.get() - bytes);
         self.metrics
             .valkey_latency
             .borrow_mut()

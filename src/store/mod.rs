@@ -60,7 +60,8 @@ pub use topics::{by_age, Recovery, StoredTopic, TopicRecord};
 /// Why the persistent tier could not take or give something.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum StoreError {
-    /// `storage.max_pending_writes` writes are already waiting for Valkey.
+    /// `storage.max_pending_writes` writes, or `storage.max_pending_bytes` of them, are
+    /// already waiting for Valkey.
     BacklogFull,
     /// After a start, the owner is still reading its topics' last IDs from Valkey.
     Recovering,
@@ -152,6 +153,7 @@ struct Valkey {
     cfg: crate::config::ValkeyConfig,
     prefix: String,
     max_pending: usize,
+    max_pending_bytes: usize,
     max_len: u64,
     retention_ms: u64,
     /// Stream writes not yet answered, oldest first. The link answers in order and IDs
@@ -198,6 +200,7 @@ impl Store {
                 cfg: config.valkey.clone(),
                 prefix: config.valkey.key_prefix.clone(),
                 max_pending: config.storage.max_pending_writes,
+                max_pending_bytes: config.storage.max_pending_bytes as usize,
                 max_len: config.storage.max_messages_per_topic,
                 retention_ms: config.storage.persistent_tier_retention.as_millis() as u64,
                 unconfirmed: RefCell::new(VecDeque::new()),
@@ -220,10 +223,17 @@ impl Store {
     }
 
     /// Whether `n` more writes fit in the backlog. Checked before a publish is accepted, so
-    /// that a refused publish changes nothing.
+    /// that a refused publish changes nothing. The byte bound is checked as "not yet
+    /// reached", so the backlog's memory stays under `max_pending_bytes` plus one request
+    /// (at most `limits.max_body_bytes` of messages).
     pub fn admit(&self, n: usize) -> Result<(), StoreError> {
         match &self.valkey {
-            Some(v) if v.link.pending_writes() + n > v.max_pending => Err(StoreError::BacklogFull),
+            Some(v)
+                if v.link.pending_writes() + n > v.max_pending
+                    || v.link.pending_bytes() >= v.max_pending_bytes =>
+            {
+                Err(StoreError::BacklogFull)
+            }
             _ => Ok(()),
         }
     }

@@ -72,6 +72,8 @@ pub struct Cluster {
     /// Writes for slots no node serves yet (before the first map, or a slot unassigned).
     held: RefCell<VecDeque<Request>>,
     pending_writes: Cell<usize>,
+    /// Their packed bytes, bounded by `storage.max_pending_bytes`.
+    pending_bytes: Cell<usize>,
     refresh: crate::rt::signal::Signal,
     /// A slot map was read and every slot has a primary.
     complete: Cell<bool>,
@@ -102,6 +104,7 @@ impl Cluster {
             draining: RefCell::new(HashMap::new()),
             held: RefCell::new(VecDeque::new()),
             pending_writes: Cell::new(0),
+            pending_bytes: Cell::new(0),
             refresh: Default::default(),
             complete: Cell::new(false),
         })
@@ -114,6 +117,10 @@ impl Cluster {
 
     pub fn pending_writes(&self) -> usize {
         self.pending_writes.get()
+    }
+
+    pub fn pending_bytes(&self) -> usize {
+        self.pending_bytes.get()
     }
 
     /// Each primary of the slot map and whether this shard's connection to it is up.
@@ -131,7 +138,10 @@ impl Cluster {
         let reply = want_reply.then(|| Rc::new(Slot::default()));
         self.pending_writes.set(self.pending_writes.get() + 1);
         let slot = command_key(cmd).map(key_slot);
-        self.route(Request::new(cmd, slot, reply.clone(), true));
+        let req = Request::new(cmd, slot, reply.clone(), true);
+        self.pending_bytes
+            .set(self.pending_bytes.get() + req.packed.len());
+        self.route(req);
         reply
     }
 
@@ -607,6 +617,8 @@ impl Cluster {
             }
             if req.write {
                 self.pending_writes.set(self.pending_writes.get() - 1);
+                self.pending_bytes
+                    .set(self.pending_bytes.get() - req.packed.len());
                 self.metrics.valkey_latency.borrow_mut().record(micros);
                 if resp::server_error(&value).is_some() {
                     metrics::add(&self.metrics.valkey_errors, 1);

@@ -28,6 +28,12 @@ scenarios:
                and, with --server-pid, the relay's RSS per connection.
   poll         --consumers long-poll clients (GET /api/v1/poll, since cursors) fed by a
                publisher at --rate: messages/s and poll latency.
+  soak         a mixed load for --duration with a checker: durable WebSocket and long-poll
+               consumers that disconnect and resume at random, cursor long-polls,
+               publishers (single and bulk, Idempotency-Key retries), logins; a row of
+               RSS, descriptors, counts and latency per --interval; fails on any lost,
+               reordered or wrongly duplicated message, or growth that does not level off.
+               Driven by tools/soak.sh, which kills the relay and stalls Valkey meanwhile.
 
 common flags:
   --url URL           relay address (default http://127.0.0.1:8080; https://… with --tls-ca)
@@ -65,6 +71,17 @@ scenario flags (defaults in brackets):
   poll         --consumers N [4]  --topics N [1]  --rate MSGS/S [1000]
                --connections N [rate/1000, 2 to 64]
                --poll-timeout SECS [5]  --payload-bytes N [0]
+  soak         --publishers N [3]  --rate MSGS/S [200]  --topics N [4]
+               --ws-consumers N [4]  --poll-consumers N [2]  --cursor-consumers N [2]
+               --session D [5s] (mean consumer session)  --interval D [10s]
+               --server-pid-file FILE (the relay's pid, rewritten on restarts)
+               --events-file FILE (`stall UNIX_NS` lines)  --ready-file FILE (written
+               when the load starts)  --drain D [30s] (time to catch up at the end)
+               --growth-tolerance R [10%]  --admin-user U --admin-password P [from
+               $PULSAR_BOOTSTRAP_ADMIN_USERNAME / _PASSWORD; neither: no logins]
+               --retry-duplicates count|fail [count] (a publish under two IDs after an
+               attempt lost with a killed relay: the relay's documented at-least-once)
+               (--warmup is not used)
 
 plot: percentile curves of .hgrm files (from --hgrm, or any HdrHistogram library) as an
   SVG picture, one labelled series per file, on the \"1 in N\" axis (0%, 90%, 99%, 99.9%, ...
@@ -164,6 +181,7 @@ pub enum Scenario {
         consumers: usize,
         poll_timeout: u64,
     },
+    Soak(crate::scenario::soak::Plan),
 }
 
 pub struct Options {
@@ -221,6 +239,7 @@ pub fn parse(args: Vec<String>) -> Result<Parsed, String> {
             consumers: flags.positive("--consumers", 4)?,
             poll_timeout: flags.positive("--poll-timeout", 5)? as u64,
         },
+        "soak" => Scenario::Soak(flags.soak()?),
         other => return Err(format!("unknown scenario {other:?}")),
     };
     let common = flags.common()?;
@@ -354,6 +373,55 @@ impl Flags {
             rate,
             connections: self.positive("--connections", connections.unwrap_or(per_rate))?,
             payload_bytes: self.opt("--payload-bytes")?.unwrap_or(payload),
+        })
+    }
+
+    /// The `soak` flags; the administrator's credentials default to the relay's bootstrap
+    /// variables, so a script that set them for the relay need not repeat them.
+    fn soak(&mut self) -> Result<crate::scenario::soak::Plan, String> {
+        let rate = self.rate()?.unwrap_or(200.0);
+        let interval = self.duration("--interval", Duration::from_secs(10))?;
+        if interval < Duration::from_secs(1) {
+            return Err("--interval must be at least 1s".into());
+        }
+        let user = self
+            .take("--admin-user")
+            .or_else(|| std::env::var("PULSAR_BOOTSTRAP_ADMIN_USERNAME").ok())
+            .filter(|s| !s.is_empty());
+        let password = self
+            .take("--admin-password")
+            .or_else(|| std::env::var("PULSAR_BOOTSTRAP_ADMIN_PASSWORD").ok())
+            .filter(|s| !s.is_empty());
+        let tolerance = match self.take("--growth-tolerance") {
+            None => 0.10,
+            Some(v) => parse_fraction(&v).ok_or_else(|| {
+                format!("--growth-tolerance: {v:?} is not a fraction (0.1 or 10%)")
+            })?,
+        };
+        Ok(crate::scenario::soak::Plan {
+            publishers: self.positive("--publishers", 3)?,
+            rate,
+            topics: self.positive("--topics", 4)?,
+            ws: self.opt("--ws-consumers")?.unwrap_or(4),
+            polls: self.opt("--poll-consumers")?.unwrap_or(2),
+            cursors: self.opt("--cursor-consumers")?.unwrap_or(2),
+            interval,
+            mean_session: self.duration("--session", Duration::from_secs(5))?,
+            pid_file: self.take("--server-pid-file").map(PathBuf::from),
+            events_file: self.take("--events-file").map(PathBuf::from),
+            ready_file: self.take("--ready-file").map(PathBuf::from),
+            admin: user.zip(password),
+            tolerance,
+            drain: self.duration("--drain", Duration::from_secs(30))?,
+            strict: match self.take("--retry-duplicates").as_deref() {
+                None | Some("count") => false,
+                Some("fail") => true,
+                Some(other) => {
+                    return Err(format!(
+                        "--retry-duplicates: {other:?} is not count or fail"
+                    ))
+                }
+            },
         })
     }
 

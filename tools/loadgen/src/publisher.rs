@@ -7,7 +7,7 @@
 //! so a stall shows up in the percentiles instead of silently lowering the offered load
 //! (coordinated-omission correction).
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -61,6 +61,9 @@ pub struct Outcome {
     /// Per topic, messages sent but never answered (connection lost, or no answer before
     /// the drain ended): the relay may or may not have published them.
     pub unconfirmed: Vec<u64>,
+    /// Measured messages refused, by `"<status> <code>"` (the error body's `code`; bulk
+    /// items by their own code) or `"no answer"`: what an overload curve needs to show.
+    pub refusals: BTreeMap<String, u64>,
     pub first_error: Option<String>,
 }
 
@@ -72,6 +75,7 @@ impl Outcome {
             errors: 0,
             published: vec![0; topics],
             unconfirmed: vec![0; topics],
+            refusals: BTreeMap::new(),
             first_error: None,
         }
     }
@@ -85,6 +89,9 @@ impl Outcome {
         }
         for (a, b) in self.unconfirmed.iter_mut().zip(other.unconfirmed) {
             *a += b;
+        }
+        for (why, n) in other.refusals {
+            *self.refusals.entry(why).or_default() += n;
         }
         if self.first_error.is_none() {
             self.first_error = other.first_error;
@@ -488,6 +495,7 @@ impl Worker {
         books.errors += p.messages;
         if self.window.measured(p.intended) {
             books.out.errors += p.messages;
+            *books.out.refusals.entry("no answer".into()).or_default() += p.messages;
         }
     }
 
@@ -568,10 +576,27 @@ impl Books {
         if window.measured(p.intended) {
             out.messages += accepted;
             out.errors += rejected;
+            if rejected > 0 {
+                *out.refusals.entry(refusal(status, body)).or_default() += rejected;
+            }
             if rejected == 0 {
                 out.latency.record_ns(now.saturating_sub(p.intended));
             }
         }
+    }
+}
+
+/// `"<status> <code>"` of a refusal: the first `code` in the body (a bulk answer's first
+/// rejected item's), or the status alone.
+fn refusal(status: u16, body: &[u8]) -> String {
+    let code = find(body, br#""code":""#).and_then(|at| {
+        let rest = &body[at + 8..];
+        let end = rest.iter().position(|&b| b == b'"')?;
+        std::str::from_utf8(&rest[..end]).ok()
+    });
+    match code {
+        Some(code) => format!("{status} {code}"),
+        None => status.to_string(),
     }
 }
 

@@ -38,7 +38,7 @@ impl Latency {
             .expect("histograms built by Latency::new have the same bounds");
     }
 
-    fn ms(&self, quantile: f64) -> f64 {
+    pub fn quantile_ms(&self, quantile: f64) -> f64 {
         if self.0.is_empty() {
             return 0.0;
         }
@@ -54,10 +54,10 @@ impl Latency {
 
     fn json(&self) -> Value {
         json!({
-            "p50": self.ms(0.5),
-            "p90": self.ms(0.9),
-            "p99": self.ms(0.99),
-            "p999": self.ms(0.999),
+            "p50": self.quantile_ms(0.5),
+            "p90": self.quantile_ms(0.9),
+            "p99": self.quantile_ms(0.99),
+            "p999": self.quantile_ms(0.999),
             "max": self.max_ms(),
             "mean": if self.0.is_empty() { 0.0 } else { (self.0.mean()).round() / 1000.0 },
         })
@@ -127,6 +127,9 @@ pub struct Summary {
     /// Deliveries beyond what was published (receiving scenarios; 0 for the others): a
     /// fault like an error, though no row shows it.
     pub duplicates: u64,
+    /// A failure no error count expresses (the soak's checker violations, growth that did
+    /// not level off): the run fails whatever `--max-error-rate` allows.
+    pub failure: Option<String>,
 }
 
 impl Summary {
@@ -139,6 +142,9 @@ impl Summary {
     /// `Err` saying why when the run cannot be trusted: faults above `max_rate` of the
     /// operations the table counts (failed ones included), or nothing measured at all.
     pub fn verdict(&self, max_rate: f64) -> Result<(), String> {
+        if let Some(failure) = &self.failure {
+            return Err(failure.clone());
+        }
         let faults = self.faults();
         let operations = self.rows.iter().map(|r| r.count).sum::<u64>() + faults;
         let rate = faults as f64 / operations.max(1) as f64;
@@ -182,10 +188,10 @@ impl Summary {
                 row.count,
                 row.rate,
                 row.errors,
-                l.ms(0.5),
-                l.ms(0.9),
-                l.ms(0.99),
-                l.ms(0.999),
+                l.quantile_ms(0.5),
+                l.quantile_ms(0.9),
+                l.quantile_ms(0.99),
+                l.quantile_ms(0.999),
                 l.max_ms()
             )?;
             match row.server_cpu_us(&self.cpu) {
@@ -355,6 +361,7 @@ mod tests {
             server_pid: None,
             first_error: None,
             duplicates,
+            failure: None,
         }
     }
 
@@ -411,6 +418,6 @@ mod tests {
         b.record_ns(3_000_000);
         a.merge(&b);
         assert_eq!(a.0.len(), 2);
-        assert!((a.ms(1.0) - 3.0).abs() < 0.01);
+        assert!((a.quantile_ms(1.0) - 3.0).abs() < 0.01);
     }
 }

@@ -188,6 +188,22 @@ impl WsConn {
         }
     }
 
+    /// Sends one text frame (a command), blocking until it is written.
+    pub fn send_text(&mut self, text: &[u8]) -> io::Result<()> {
+        self.queue(OpCode::Data(Data::Text), text);
+        self.flush()?;
+        if self.out.is_empty() {
+            Ok(())
+        } else {
+            Err(io::ErrorKind::WouldBlock.into())
+        }
+    }
+
+    /// How long a blocking [`WsConn::drain`] waits for data.
+    pub fn set_read_timeout(&self, timeout: Duration) -> io::Result<()> {
+        self.stream.tcp().set_read_timeout(Some(timeout))
+    }
+
     pub fn set_nonblocking(&self) -> Result<(), String> {
         let tcp = self.stream.tcp();
         tcp.set_read_timeout(None)

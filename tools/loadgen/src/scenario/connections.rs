@@ -190,6 +190,7 @@ pub fn run(
         server_pid: common.server_pid,
         first_error,
         duplicates: 0,
+        failure: None,
     })
 }
 

@@ -164,6 +164,7 @@ pub fn run(
         server_pid: common.server_pid,
         first_error,
         duplicates: tally.duplicates,
+        failure: None,
     })
 }
 

@@ -1,10 +1,12 @@
-//! The scenarios, one module each; this module dispatches and holds what they share:
-//! the feeding publisher and the crew of receiving threads of `fanout`, `e2e` and `poll`.
+//! The scenarios, one module each (`soak` a directory: it has a checker of its own); this
+//! module dispatches and holds what they share: the feeding publisher and the crew of
+//! receiving threads of `fanout`, `e2e` and `poll`.
 
 mod connections;
 mod delivery;
 mod poll;
 mod publish;
+pub mod soak;
 
 use std::thread::JoinHandle;
 
@@ -39,6 +41,7 @@ pub fn run(options: &Options) -> Result<Summary, String> {
             consumers,
             poll_timeout,
         } => poll::run(common, load, *consumers, *poll_timeout),
+        Scenario::Soak(plan) => soak::run(common, plan),
     }
 }
 
@@ -245,6 +248,7 @@ mod tests {
             errors: 3,
             published: vec![10, 20],
             unconfirmed: vec![3, 0],
+            refusals: Default::default(),
             first_error: None,
         };
         let mut tally = Tally::default();

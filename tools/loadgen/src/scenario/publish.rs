@@ -63,10 +63,12 @@ pub fn run(common: &Common, load: &Load, bulk: Option<usize>) -> Result<Summary,
             ("connections", json!(load.connections)),
             ("target_rate", json!(load.rate)),
             ("bulk", json!(bulk)),
+            ("refusals", json!(out.refusals)),
         ],
         cpu,
         server_pid: common.server_pid,
         first_error: out.first_error,
         duplicates: 0,
+        failure: None,
     })
 }
