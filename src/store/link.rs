@@ -719,6 +719,7 @@ mod tests {
         for resent in [true, false] {
             link.pending_writes.set(1);
             let (w, reply) = request(Kind::Write { resent }, "XADD");
+            link.pending_bytes.set(w.packed.len());
             link.answered(w, refused.clone(), started, false, &mut Vec::new());
             let value = block_on(reply.take()).unwrap();
             assert_eq!(
@@ -750,6 +751,7 @@ mod tests {
             let (w1, w1_reply) = request(Kind::Write { resent: false }, "XADD");
             let (r, r_reply) = request(Kind::Read { retried: false }, "XRANGE");
             let (w2, w2_reply) = request(Kind::Write { resent: false }, "XADD");
+            link.pending_bytes.set(w1.packed.len() + w2.packed.len());
             link.answered(w1, Value::Okay, started, true, &mut held);
             link.answered(r, Value::Nil, started, true, &mut held);
             link.answered(w2, Value::Okay, started, true, &mut held);
@@ -765,6 +767,7 @@ mod tests {
                 }
             }
             assert_eq!(link.pending_writes(), 0);
+            assert_eq!(link.pending_bytes(), 0);
         }
         assert_eq!(link.metrics.valkey_replica_timeouts.get(), 1);
     }
