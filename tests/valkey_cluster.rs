@@ -2,7 +2,7 @@
 //! started and joined by the harness ([`ValkeyCluster`]). Publishing, replay, history,
 //! consumer positions, idempotency answers and accounts across a relay restart; a topic's
 //! slot migrated while producers publish; the primary holding a topic killed while
-//! producers publish.
+//! producers publish; replicated acks waiting for each primary's replica.
 
 mod common;
 
@@ -518,4 +518,65 @@ fn the_primary_of_a_topic_killed_while_producers_publish_is_followed_to_its_repl
         "the metrics follow the promoted replica: {}",
         metrics.value("pulsar_valkey_slot_map_refreshes_total")
     );
+}
+
+#[test]
+fn replicated_acks_wait_for_each_primarys_replica_and_are_refused_without_it() {
+    let mut cluster = ValkeyCluster::start();
+    let relay = ready_relay(
+        &cluster,
+        &[
+            ("PULSAR_STORAGE_ACK", "replicated"),
+            ("PULSAR_STORAGE_MIN_REPLICAS", "1"),
+            ("PULSAR_STORAGE_REPLICA_TIMEOUT", "500ms"),
+            ("PULSAR_STORAGE_ACK_TIMEOUT", "3s"),
+        ],
+    );
+    // One topic on each primary, both relay shards among them.
+    let topics: Vec<String> = (0..3)
+        .map(|p| topic_on_primary(&cluster, "rep", p % SHARDS, p))
+        .collect();
+    let mut http = relay.http();
+    for topic in &topics {
+        let receipt = http.publish(topic, r#"{"n":1}"#);
+        // Acknowledged only once the primary's replica has it: the replica holds it now.
+        let primary = cluster.owner_of(cluster.slot_of(&stream_key(topic)));
+        let replica_port = cluster.nodes[primary + 3].port;
+        let mut replica = RespClient::connect(replica_port, IO_TIMEOUT).unwrap();
+        replica.command(&["READONLY"]).unwrap();
+        let held = replica
+            .command(&["XRANGE", &stream_key(topic), "-", "+"])
+            .unwrap();
+        assert_eq!(
+            held.items().len(),
+            1,
+            "{topic}: the replica holds the message"
+        );
+        assert!(receipt["message_id"].is_string(), "{receipt}");
+    }
+    assert_eq!(
+        relay.metrics().sum("pulsar_valkey_replica_timeouts_total"),
+        0.0
+    );
+
+    // Primary 0 loses its replica: its topic's publishes are refused with the retryable
+    // code within the replica timeout; the other primaries' topics are still acknowledged.
+    cluster.kill9(3);
+    let started = Instant::now();
+    let refused = relay.request(
+        "POST",
+        "/api/v1/messages",
+        &[auth_header(&rw_token()).as_pair()],
+        format!(r#"{{"topic":"{}","payload":2}}"#, topics[0]).as_bytes(),
+    );
+    refused.assert_error(503, "REPLICATION_TIMEOUT");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "answered after {:?}",
+        started.elapsed()
+    );
+    assert!(relay.metrics().sum("pulsar_valkey_replica_timeouts_total") >= 1.0);
+    for topic in &topics[1..] {
+        relay.publish(topic, r#"{"n":3}"#);
+    }
 }

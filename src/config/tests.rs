@@ -538,10 +538,6 @@ fn validation_names_the_key() {
              replica_timeout: 2s\n",
             "storage.replica_timeout",
         ),
-        (
-            "storage:\n  backend: valkey\n  ack: replicated\nvalkey:\n  mode: cluster\n",
-            "storage.ack",
-        ),
     ];
     for (yaml, key) in cases {
         assert_eq!(key_of(from_yaml(yaml)), key, "{yaml}");

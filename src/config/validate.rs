@@ -221,13 +221,6 @@ impl Config {
                 ),
             ));
         }
-        if mode == "replicated" && self.valkey.mode == ValkeyMode::Cluster {
-            return Err(ConfigError::at(
-                "storage.ack",
-                "`replicated` is not supported with valkey.mode `cluster` yet (each primary's \
-                 pipeline does not send WAIT); use `persisted`",
-            ));
-        }
         Ok(())
     }
 

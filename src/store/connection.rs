@@ -23,8 +23,8 @@ pub enum Connection {
 }
 
 impl Connection {
-    /// `replicas`: the `WAIT` each pipeline of writes ends with (`storage.ack: replicated`,
-    /// which the configuration allows only with a standalone server).
+    /// `replicas`: the `WAIT` each pipeline of awaited writes ends with (`storage.ack:
+    /// replicated`); in cluster mode each primary's pipeline sends its own.
     pub fn new(
         cfg: &ValkeyConfig,
         tls: Option<&ClientTls>,
@@ -45,6 +45,7 @@ impl Connection {
                 tls.cloned(),
                 shard,
                 Rc::clone(metrics),
+                replicas,
             )),
         }
     }

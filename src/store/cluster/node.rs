@@ -18,7 +18,7 @@ use crate::config::ValkeyConfig;
 use crate::metrics::ShardMetrics;
 use crate::rt::signal::Signal;
 use crate::rt::sleep;
-use crate::store::link::{Link, LinkError, Replies, Reply};
+use crate::store::link::{Link, LinkError, ReplicaWait, Replies, Reply};
 use crate::tls::client::ClientTls;
 use crate::tls::Stream;
 
@@ -93,20 +93,33 @@ impl Node {
     }
 
     /// Sends `batch` as one pipeline and reads one reply per request (an `ASKING` before a
-    /// request adds its own reply, which is read and dropped here), within `limit`.
+    /// request adds its own reply, which is read and dropped here), within `limit`. With
+    /// `wait`, the pipeline ends with `WAIT`, whose reply (the replicas counted) comes
+    /// last; the limit grows by its timeout.
     pub async fn round_trip(
         stream: &mut Stream,
         replies: &mut Replies,
         packed: &mut Vec<u8>,
         batch: &[Request],
         limit: Duration,
-    ) -> Result<Vec<Value>, LinkError> {
+        wait: Option<ReplicaWait>,
+    ) -> Result<(Vec<Value>, Option<Value>), LinkError> {
         packed.clear();
         for req in batch {
             if req.asking {
                 packed.extend_from_slice(b"*1\r\n$6\r\nASKING\r\n");
             }
             packed.extend_from_slice(&req.packed);
+        }
+        let mut limit = limit;
+        if let Some(wait) = wait {
+            packed.extend_from_slice(
+                &redis::cmd("WAIT")
+                    .arg(wait.replicas)
+                    .arg(wait.timeout.as_millis() as u64)
+                    .get_packed_command(),
+            );
+            limit += wait.timeout;
         }
         let exchange = async {
             stream
@@ -120,7 +133,11 @@ impl Node {
                 }
                 values.push(replies.next(stream).await?);
             }
-            Ok(values)
+            let counted = match wait {
+                Some(_) => Some(replies.next(stream).await?),
+                None => None,
+            };
+            Ok((values, counted))
         };
         future::or(exchange, async {
             sleep(limit).await;

@@ -34,7 +34,7 @@ use crate::config::ValkeyConfig;
 use crate::metrics::{self, ShardMetrics};
 use crate::rt::signal::Slot;
 use crate::rt::{now_ms, sleep, spawn_local};
-use crate::store::link::{Link, LinkError, Replies, Reply};
+use crate::store::link::{Link, LinkError, ReplicaWait, Replies, Reply};
 use crate::store::resp;
 use crate::tls::client::ClientTls;
 use crate::tls::Stream;
@@ -55,6 +55,8 @@ pub struct Cluster {
     cfg: ValkeyConfig,
     /// TLS for every node's connection (`valkey.use_tls`).
     tls: Option<ClientTls>,
+    /// The `WAIT` each primary's pipeline of awaited writes ends with (replicated acks).
+    replicas: Option<ReplicaWait>,
     shard: usize,
     metrics: Rc<ShardMetrics>,
     /// Where to ask for the slot map when no known node answers.
@@ -85,6 +87,7 @@ impl Cluster {
         tls: Option<ClientTls>,
         shard: usize,
         metrics: Rc<ShardMetrics>,
+        replicas: Option<ReplicaWait>,
     ) -> Rc<Cluster> {
         let mut seeds: Vec<String> = cfg.nodes.clone();
         let own = format!("{}:{}", cfg.host, cfg.port);
@@ -94,6 +97,7 @@ impl Cluster {
         Rc::new(Cluster {
             cfg,
             tls,
+            replicas,
             shard,
             metrics,
             seeds,
@@ -429,12 +433,13 @@ impl Cluster {
         let mut replies = Replies::default();
         let mut packed = Vec::new();
         let batch = [Request::new(cmd, None, None, false)];
-        let mut values = Node::round_trip(
+        let (mut values, _) = Node::round_trip(
             &mut stream,
             &mut replies,
             &mut packed,
             &batch,
             self.cfg.command_timeout,
+            None,
         )
         .await?;
         values.pop().ok_or(LinkError::Protocol("no reply"))
@@ -540,6 +545,9 @@ impl Cluster {
                 continue;
             }
             let batch: Vec<Request> = node.queue.borrow_mut().drain(..).collect();
+            let wait = self
+                .replicas
+                .filter(|_| batch.iter().any(|r| r.write && r.reply.is_some()));
             node.in_flight.set(true);
             let started = Instant::now();
             let outcome = Node::round_trip(
@@ -548,13 +556,15 @@ impl Cluster {
                 &mut packed,
                 &batch,
                 self.cfg.command_timeout,
+                wait,
             )
             .await;
             node.in_flight.set(false);
             match outcome {
-                Ok(values) => {
+                Ok((values, counted)) => {
                     let micros = started.elapsed().as_micros() as u64;
-                    if self.settle(node, batch, values, micros) {
+                    let short = wait.zip(counted).and_then(|(w, c)| self.too_few(w, &c));
+                    if self.settle(node, batch, values, micros, short) {
                         sleep(TRANSIENT_PAUSE).await;
                     }
                 }
@@ -577,14 +587,34 @@ impl Cluster {
         }
     }
 
+    /// The failure awaited writes get when the pipeline's `WAIT` counted fewer replicas
+    /// than wanted (`None` when enough did).
+    fn too_few(&self, wait: ReplicaWait, counted: &Value) -> Option<LinkError> {
+        let got = match counted {
+            Value::Int(n) => (*n).max(0) as u64,
+            _ => 0,
+        };
+        if got >= u64::from(wait.replicas) {
+            return None;
+        }
+        metrics::add(&self.metrics.valkey_replica_timeouts, 1);
+        Some(LinkError::Replicas {
+            got,
+            wanted: wait.replicas,
+        })
+    }
+
     /// Hands out one round trip's replies, following redirections; true when a write met
     /// a transient cluster error and was put back (the node then pauses before retrying).
+    /// `short`: the pipeline's `WAIT` counted too few replicas, so the writes it applied
+    /// are answered with that failure (the primary has them; they may still replicate).
     fn settle(
         self: &Rc<Self>,
         node: &Rc<Node>,
         batch: Vec<Request>,
         values: Vec<Value>,
         micros: u64,
+        short: Option<LinkError>,
     ) -> bool {
         let mut again = Vec::new();
         let mut moved = false;
@@ -620,10 +650,15 @@ impl Cluster {
                 self.pending_bytes
                     .set(self.pending_bytes.get() - req.packed.len());
                 self.metrics.valkey_latency.borrow_mut().record(micros);
-                if resp::server_error(&value).is_some() {
+                let refused = resp::server_error(&value).is_some();
+                if refused {
                     metrics::add(&self.metrics.valkey_errors, 1);
                 } else {
                     metrics::add(&self.metrics.valkey_writes, 1);
+                }
+                if let (Some(err), false, Some(reply)) = (&short, refused, &req.reply) {
+                    reply.fill(Err(err.clone()));
+                    continue;
                 }
             }
             if let Some(reply) = req.reply {
