@@ -91,6 +91,19 @@ pub struct ReplicaWait {
     pub timeout: Duration,
 }
 
+impl ReplicaWait {
+    /// Ends a pipeline with this `WAIT`; returns how much longer its round trip may take.
+    pub(super) fn append_to(&self, packed: &mut Vec<u8>) -> Duration {
+        packed.extend_from_slice(
+            &redis::cmd("WAIT")
+                .arg(self.replicas)
+                .arg(self.timeout.as_millis() as u64)
+                .get_packed_command(),
+        );
+        self.timeout
+    }
+}
+
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_millis(500);
 const IDLE_PING: Duration = Duration::from_secs(1);
@@ -398,13 +411,7 @@ impl Link {
             }
             let mut limit = self.cfg.command_timeout;
             if let Some(wait) = wait {
-                packed.extend_from_slice(
-                    &redis::cmd("WAIT")
-                        .arg(wait.replicas)
-                        .arg(wait.timeout.as_millis() as u64)
-                        .get_packed_command(),
-                );
-                limit += wait.timeout;
+                limit += wait.append_to(&mut packed);
             }
             let started = std::time::Instant::now();
             let outcome = self
@@ -558,7 +565,7 @@ fn read_request(cmd: &redis::Cmd, reply: &Reply) -> Request {
 
 /// Valkey refusing a re-sent XADD because its explicit ID is not above the stream's top:
 /// the first sending was applied (its reply was lost with the connection).
-fn already_applied(value: &Value) -> bool {
+pub(super) fn already_applied(value: &Value) -> bool {
     resp::server_error(value).is_some_and(|e| e.contains("equal or smaller"))
 }
 

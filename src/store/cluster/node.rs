@@ -32,6 +32,9 @@ pub(super) struct Request {
     pub write: bool,
     /// Sent after `ASKING` (the node an `ASK` named serves this one command for the slot).
     pub asking: bool,
+    /// A write sent before on a connection that was lost before its reply came: the node
+    /// (or the replica promoted in its place) may have applied it.
+    pub resent: bool,
 }
 
 impl Request {
@@ -42,6 +45,7 @@ impl Request {
             reply,
             write,
             asking: false,
+            resent: false,
         }
     }
 }
@@ -113,13 +117,7 @@ impl Node {
         }
         let mut limit = limit;
         if let Some(wait) = wait {
-            packed.extend_from_slice(
-                &redis::cmd("WAIT")
-                    .arg(wait.replicas)
-                    .arg(wait.timeout.as_millis() as u64)
-                    .get_packed_command(),
-            );
-            limit += wait.timeout;
+            limit += wait.append_to(packed);
         }
         let exchange = async {
             stream

@@ -34,7 +34,7 @@ use crate::config::ValkeyConfig;
 use crate::metrics::{self, ShardMetrics};
 use crate::rt::signal::Slot;
 use crate::rt::{now_ms, sleep, spawn_local};
-use crate::store::link::{Link, LinkError, ReplicaWait, Replies, Reply};
+use crate::store::link::{already_applied, Link, LinkError, ReplicaWait, Replies, Reply};
 use crate::store::resp;
 use crate::tls::client::ClientTls;
 use crate::tls::Stream;
@@ -572,8 +572,9 @@ impl Cluster {
                     metrics::add(&self.metrics.valkey_errors, 1);
                     // Unanswered writes go back to the front, in their order.
                     let mut queue = node.queue.borrow_mut();
-                    for req in batch.into_iter().rev() {
+                    for mut req in batch.into_iter().rev() {
                         if req.write {
+                            req.resent = true;
                             queue.push_front(req);
                         } else if let Some(reply) = req.reply {
                             reply.fill(Err(err.clone()));
@@ -645,6 +646,13 @@ impl Cluster {
                 again.push(req);
                 continue;
             }
+            // A re-sent XADD refused as not above the stream's top was applied the first
+            // time (its explicit ID was written, then the reply was lost): done.
+            let value = if req.resent && already_applied(&value) {
+                Value::Okay
+            } else {
+                value
+            };
             if req.write {
                 self.pending_writes.set(self.pending_writes.get() - 1);
                 self.pending_bytes
