@@ -11,6 +11,7 @@ use super::error::ApiError;
 use super::shard::Shard;
 use crate::auth::Principal;
 use crate::config::TopicNamespace;
+use crate::http::Request;
 use crate::topic::{valid_namespace, valid_topic_name, Cursor, MessageId};
 
 /// Validates a list of topic names (deduplicated, order kept) for a subscribe or a poll.
@@ -83,6 +84,24 @@ pub(super) fn json_object(
             format!("the body is not valid JSON: {e}"),
         )),
     }
+}
+
+/// The `topics` query parameter of a read (poll, SSE): required, validated, covered by
+/// the token's claim, and scoped to the topic keys it means for `principal`.
+pub(super) fn query_topics(
+    shard: &Shard,
+    principal: &Principal,
+    req: &Request,
+) -> Result<Vec<Arc<str>>, ApiError> {
+    let param = req
+        .query_param("topics")
+        .ok_or_else(|| ApiError::invalid("MISSING_FIELD", "`topics` is required"))?;
+    let topics = parse_topics(
+        param.split(',').map(str::trim),
+        shard.config.limits.max_topics_per_request,
+    )?;
+    permit_topics(principal, &topics)?;
+    scope_topics(shard, principal, topics)
 }
 
 /// Validated names (claim already checked) as the topic keys they mean for `principal`.

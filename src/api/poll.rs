@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use super::conn::{Conn, Event};
 use super::error::ApiError;
-use super::fields::{parse_client_id, parse_cursor, parse_topics, permit_topics, scope_topics};
+use super::fields::{parse_client_id, parse_cursor, query_topics};
 use super::shard::Shard;
 use super::subscriptions::{ReplayProblem, Subscriptions};
 use crate::auth::Principal;
@@ -74,15 +74,7 @@ pub async fn poll(
     req: &Request,
 ) -> Result<Response, ApiError> {
     let shard = Rc::clone(&conn.shard);
-    let topics_param = req
-        .query_param("topics")
-        .ok_or_else(|| ApiError::invalid("MISSING_FIELD", "`topics` is required"))?;
-    let topics = parse_topics(
-        topics_param.split(',').map(str::trim),
-        shard.config.limits.max_topics_per_request,
-    )?;
-    permit_topics(principal, &topics)?;
-    let topics = scope_topics(&shard, principal, topics)?;
+    let topics = query_topics(&shard, principal, req)?;
     let max_timeout = shard.config.delivery.max_poll_timeout.as_secs().max(1);
     let timeout = number_param(
         req,

@@ -15,7 +15,7 @@ use std::rc::Rc;
 use super::conn::{Conn, Event};
 use super::cors;
 use super::error::{ws_error_json, ApiError};
-use super::fields::{parse_client_id, parse_cursor, parse_topics, permit_topics, scope_topics};
+use super::fields::{parse_client_id, parse_cursor, query_topics};
 use super::outbound::{self, drive, Outbound, Until, Wire};
 use super::quota::{self, QuotaSlot};
 use super::shard::Shard;
@@ -59,15 +59,7 @@ pub async fn open(conn: &Conn, req: &Request) -> Result<Stream, ApiError> {
         .ok_or(AuthError::Missing)?;
     let principal = Rc::unwrap_or_clone(super::verify_token(shard, &token)?);
     principal.require(Permission::Read)?;
-    let topics_param = req
-        .query_param("topics")
-        .ok_or_else(|| ApiError::invalid("MISSING_FIELD", "`topics` is required"))?;
-    let topics = parse_topics(
-        topics_param.split(',').map(str::trim),
-        shard.config.limits.max_topics_per_request,
-    )?;
-    permit_topics(&principal, &topics)?;
-    let topics = scope_topics(shard, &principal, topics)?;
+    let topics = query_topics(shard, &principal, req)?;
     let cursor = match req.header("last-event-id").map(str::trim) {
         Some(last) if !last.is_empty() => match MessageId::parse(last) {
             Some(id) => Cursor::After(id),
