@@ -104,9 +104,11 @@ impl ReplicaWait {
     }
 }
 
-const BACKOFF_MIN: Duration = Duration::from_millis(50);
-const BACKOFF_MAX: Duration = Duration::from_millis(500);
-const IDLE_PING: Duration = Duration::from_secs(1);
+/// Reconnect backoff, and the idle check, shared with each Cluster primary's connection:
+/// every shard follows Valkey going and coming back within about a second.
+pub(super) const BACKOFF_MIN: Duration = Duration::from_millis(50);
+pub(super) const BACKOFF_MAX: Duration = Duration::from_millis(500);
+pub(super) const IDLE_PING: Duration = Duration::from_secs(1);
 
 pub struct Link {
     cfg: ValkeyConfig,

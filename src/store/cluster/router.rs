@@ -34,14 +34,14 @@ use crate::config::ValkeyConfig;
 use crate::metrics::{self, ShardMetrics};
 use crate::rt::signal::Slot;
 use crate::rt::{now_ms, sleep, spawn_local};
-use crate::store::link::{already_applied, Link, LinkError, ReplicaWait, Replies, Reply};
+use crate::store::link::{
+    already_applied, Link, LinkError, ReplicaWait, Replies, Reply, BACKOFF_MAX, BACKOFF_MIN,
+    IDLE_PING,
+};
 use crate::store::resp;
 use crate::tls::client::ClientTls;
 use crate::tls::Stream;
 
-const BACKOFF_MIN: Duration = Duration::from_millis(50);
-const BACKOFF_MAX: Duration = Duration::from_secs(2);
-const IDLE_PING: Duration = Duration::from_secs(1);
 /// How often the slot map is read while every primary is up.
 const REFRESH_PERIOD: Duration = Duration::from_secs(5);
 /// How often while a primary is down or a slot has none (a failover is under way).
