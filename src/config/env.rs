@@ -137,6 +137,7 @@ pub(crate) const SECTIONS: &[(&str, &[(&str, EnvKind)])] = &[
             ("admin_email", Text),
         ],
     ),
+    ("cluster", &[("enabled", Scalar)]),
 ];
 
 /// A `PULSAR_<SECTION>_<KEY>` variable, checked against [`SECTIONS`].

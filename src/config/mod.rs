@@ -44,6 +44,8 @@ pub struct Config {
     pub accounts: AccountsConfig,
     #[serde(deserialize_with = "section")]
     pub bootstrap: BootstrapConfig,
+    #[serde(deserialize_with = "section")]
+    pub cluster: ClusterConfig,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
@@ -444,6 +446,14 @@ impl fmt::Debug for BootstrapConfig {
             .field("admin_email", &self.admin_email)
             .finish()
     }
+}
+
+/// Several relay nodes serving as one over a shared Valkey (README "Running several nodes").
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// Message IDs come from Valkey and every publish is announced to the other nodes.
+    pub enabled: bool,
 }
 
 /// What the relay does with a WebSocket consumer that falls `max_outbound_bytes` behind.

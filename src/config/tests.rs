@@ -45,9 +45,11 @@ fn example_file_loads_from_disk() {
 /// The field names serde expects, read from its message about an unknown key.
 fn expected_fields(yaml: &str) -> Vec<String> {
     let err = from_yaml(yaml).unwrap_err();
+    // serde says "expected `a`" for a struct of one field, "expected one of …" otherwise.
     let (_, list) = err
         .message
         .split_once("expected one of ")
+        .or_else(|| err.message.split_once("expected "))
         .unwrap_or_else(|| panic!("unexpected message: {}", err.message));
     let list = list.split(" at line ").next().unwrap_or_default();
     list.split(", ")
@@ -812,4 +814,24 @@ fn tls_files_come_in_pairs_and_valkey_tls_keys_need_use_tls() {
     );
     from_yaml("server:\n  tls_cert_file: c.pem\n  tls_key_file: k.pem\n").unwrap();
     from_yaml("valkey:\n  use_tls: true\n  ca_path: ca.pem\n  tls_server_name: valkey\n").unwrap();
+}
+
+#[test]
+fn cluster_mode_needs_valkey_persisted_acks_and_a_shared_secret() {
+    let secret = ("PULSAR_JWT_SECRET_KEY", "0123456789abcdef0123456789abcdef");
+    let valkey = ("PULSAR_STORAGE_BACKEND", "valkey");
+    let on = ("PULSAR_CLUSTER_ENABLED", "true");
+    let config = from_env(&[on, valkey, secret]).unwrap();
+    assert!(config.cluster.enabled);
+    assert_eq!(config.ack_mode(), AckMode::Persisted);
+    assert!(!from_yaml("").unwrap().cluster.enabled);
+    assert_eq!(key_of(from_env(&[on, secret])), "cluster.enabled");
+    let memory_acks = ("PULSAR_STORAGE_ACK", "memory");
+    assert_eq!(
+        key_of(from_env(&[on, valkey, secret, memory_acks])),
+        "storage.ack"
+    );
+    assert_eq!(key_of(from_env(&[on, valkey])), "jwt.secret_key");
+    let replicated = ("PULSAR_STORAGE_ACK", "replicated");
+    assert!(from_env(&[on, valkey, secret, replicated]).is_ok());
 }

@@ -166,6 +166,7 @@ impl Config {
         }
         self.validate_accounts()?;
         self.validate_acks()?;
+        self.validate_cluster()?;
         self.validate_valkey_nodes()?;
         self.validate_tls()?;
         match self.jwt.algorithm.as_str() {
@@ -219,6 +220,37 @@ impl Config {
                      before its replicas are counted",
                     self.storage.ack_timeout
                 ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Nodes agree on IDs, acknowledgements and tokens only through Valkey and shared
+    /// settings: a node whose messages live in its own memory, or whose tokens only it can
+    /// verify, would break the promise that any node serves any client.
+    fn validate_cluster(&self) -> Result<(), ConfigError> {
+        if !self.cluster.enabled {
+            return Ok(());
+        }
+        if self.storage.backend != Backend::Valkey {
+            return Err(ConfigError::at(
+                "cluster.enabled",
+                "needs storage.backend `valkey`: the nodes share messages, positions and \
+                 accounts only through Valkey",
+            ));
+        }
+        if self.ack_mode() == AckMode::Memory {
+            return Err(ConfigError::at(
+                "storage.ack",
+                "`memory` cannot be used with cluster.enabled: a message's ID is assigned by \
+                 its Valkey stream, so nothing can be acknowledged before Valkey has it",
+            ));
+        }
+        if self.jwt.algorithm == "HS256" && self.jwt.secret_key.is_empty() {
+            return Err(ConfigError::at(
+                "jwt.secret_key",
+                "must be set with cluster.enabled: every node needs the same secret, or a \
+                 token issued by one node is refused by the others",
             ));
         }
         Ok(())
