@@ -189,13 +189,18 @@ fn serve(mut config: Config) -> Result<(), Failure> {
     let backend = match config.storage.backend {
         Backend::Memory => "memory backend".to_string(),
         Backend::Valkey => format!(
-            "valkey backend at {}:{}, {} acks",
+            "valkey backend at {}:{}, {} acks{}",
             config.valkey.host,
             config.valkey.port,
             match config.ack_mode() {
                 AckMode::Persisted => "persisted",
                 AckMode::Replicated => "replicated",
                 AckMode::Memory => "memory",
+            },
+            if config.cluster.enabled {
+                ", cluster mode"
+            } else {
+                ""
             }
         ),
     };

@@ -186,7 +186,8 @@ const TARGET_LABELS: [&str; 2] = ["instance", "job"];
 #[test]
 fn dashboard_asks_only_for_series_the_relay_exports_and_charts_them_all() {
     let valkey = Valkey::start();
-    let relay = Relay::start_on_valkey(&valkey, &[]);
+    // Cluster mode (one node is a cluster too) exports every series there is.
+    let relay = Relay::start_on_valkey(&valkey, &[("PULSAR_CLUSTER_ENABLED", "true")]);
     relay.wait_ready(Duration::from_secs(10));
     // Traffic, so that labelled and latency series have samples.
     let topics = topics_on_each_shard("dash");

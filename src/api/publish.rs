@@ -302,16 +302,26 @@ fn receipt_json(topic: &str, receipt: &Receipt) -> String {
 fn publish_here(
     s: &Rc<Shard>,
     batch: &PublishBatch,
-) -> Answer<PublishResult, impl Future<Output = PublishResult>> {
+) -> Answer<PublishResult, Pin<Box<dyn Future<Output = PublishResult>>>> {
+    if s.store.is_announced() {
+        // Cluster mode: Valkey names the IDs and feeds every node's ring.
+        return match s.topics.publish_announced(batch) {
+            Answer::Now(result) => Answer::Now(result),
+            Answer::Later(later) => Answer::Later(Box::pin(later)),
+        };
+    }
     // Unbounded here: the requesting shard bounds its wait by `storage.ack_timeout`, and a
     // publish with an Idempotency-Key keeps waiting past it (see `single`).
-    settled(
+    match settled(
         Answer::now(
             s.topics
                 .publish(batch, |msg, shards| s.fan_out(msg, shards)),
         ),
         None,
-    )
+    ) {
+        Answer::Now(result) => Answer::Now(result),
+        Answer::Later(later) => Answer::Later(Box::pin(later)),
+    }
 }
 
 type PublishResult = Result<Vec<Receipt>, StoreError>;

@@ -135,6 +135,15 @@ impl Relay {
         if let Some(link) = link {
             spawn_local(link.run()).detach();
         }
+        if let Some(listener) = shard.store.listener_driver() {
+            spawn_local(listener).detach();
+            let fanned = Rc::downgrade(&shard);
+            shard.topics.set_fanout(move |msg, shards| {
+                if let Some(shard) = fanned.upgrade() {
+                    shard.fan_out(msg, shards);
+                }
+            });
+        }
         shard.topics.start();
         if shard.id() == DIRECTORY_SHARD {
             spawn_local(open_directory(Rc::clone(&shard))).detach();
@@ -376,6 +385,7 @@ impl Shard {
                     .sum(),
                 valkey_backlog: self.store.pending_writes() as u64,
                 valkey_up: self.store.link_up(),
+                pubsub: self.store.pubsub_state(),
                 ..metrics::Gauges::default()
             },
             self.store.primary_states(),

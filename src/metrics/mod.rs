@@ -113,6 +113,10 @@ pub struct ShardMetrics {
     pub topic_loads: Cell<u64>,
     /// TLS handshakes on the listener that failed or ran out of time.
     pub tls_handshake_failures: Cell<u64>,
+    /// Cluster mode: gaps in a topic's announcements read back from its stream, and
+    /// returns of the pub/sub connection (after which every listened topic is read).
+    pub cluster_gaps: Cell<u64>,
+    pub cluster_resumes: Cell<u64>,
     requests: RefCell<RequestCounts>,
     pub publish_latency: RefCell<Latency>,
     pub delivery_latency: RefCell<Latency>,
@@ -168,6 +172,8 @@ impl Default for ShardMetrics {
             topics_dropped: Cell::new(0),
             topic_loads: Cell::new(0),
             tls_handshake_failures: Cell::new(0),
+            cluster_gaps: Cell::new(0),
+            cluster_resumes: Cell::new(0),
             requests: RefCell::new(Vec::new()),
             publish_latency: RefCell::new(Latency::new()),
             delivery_latency: RefCell::new(Latency::new()),
@@ -270,6 +276,8 @@ impl ShardMetrics {
                 topics_dropped: self.topics_dropped.get(),
                 topic_loads: self.topic_loads.get(),
                 tls_handshake_failures: self.tls_handshake_failures.get(),
+                cluster_gaps: self.cluster_gaps.get(),
+                cluster_resumes: self.cluster_resumes.get(),
             },
             gauges: Gauges {
                 websocket_connections: self.websocket_connections.get(),
@@ -304,6 +312,8 @@ pub struct Counters {
     pub topics_dropped: u64,
     pub topic_loads: u64,
     pub tls_handshake_failures: u64,
+    pub cluster_gaps: u64,
+    pub cluster_resumes: u64,
 }
 
 #[derive(Clone, Copy, Default, Debug)]
@@ -318,6 +328,9 @@ pub struct Gauges {
     pub mesh_backlog: u64,
     pub valkey_backlog: u64,
     pub valkey_up: bool,
+    /// Cluster mode: the pub/sub connection's state and the topics listened to; `None`
+    /// outside cluster mode.
+    pub pubsub: Option<(bool, u64)>,
 }
 
 /// One shard's metrics at one instant; crosses shards by value.
@@ -335,6 +348,54 @@ pub struct Snapshot {
 
 /// The Valkey Cluster series: redirections followed, slot maps read, and each primary's
 /// connection per shard (a standalone server shows as the one primary).
+/// Cluster mode's series: what keeps this node in step with the others.
+fn render_nodes(out: &mut String, shards: &[Snapshot]) {
+    let total = |f: fn(&Counters) -> u64| shards.iter().map(|s| f(&s.counters)).sum::<u64>();
+    header(
+        out,
+        "pulsar_cluster_gaps_total",
+        "Gaps in a topic's announcements from other nodes, read back from its stream.",
+        "counter",
+    );
+    let _ = writeln!(
+        out,
+        "pulsar_cluster_gaps_total {}",
+        total(|c| c.cluster_gaps)
+    );
+    header(
+        out,
+        "pulsar_cluster_resumes_total",
+        "Returns of a shard's Valkey pub/sub connection, after which every listened topic is read up to its end.",
+        "counter",
+    );
+    let _ = writeln!(
+        out,
+        "pulsar_cluster_resumes_total {}",
+        total(|c| c.cluster_resumes)
+    );
+    type PubsubGauge = fn((bool, u64)) -> u64;
+    let gauges: [(&str, &str, PubsubGauge); 2] = [
+        (
+            "pulsar_cluster_pubsub_up",
+            "1 while the shard's Valkey pub/sub connection is up.",
+            |(up, _)| u64::from(up),
+        ),
+        (
+            "pulsar_cluster_listened_topics",
+            "Topics whose announcements the shard listens to (those with subscribers on this node).",
+            |(_, topics)| topics,
+        ),
+    ];
+    for (name, help, value) in gauges {
+        header(out, name, help, "gauge");
+        for (shard, s) in shards.iter().enumerate() {
+            if let Some(pubsub) = s.gauges.pubsub {
+                let _ = writeln!(out, "{name}{{shard=\"{shard}\"}} {}", value(pubsub));
+            }
+        }
+    }
+}
+
 fn render_cluster(out: &mut String, shards: &[Snapshot]) {
     let total = |f: fn(&Counters) -> u64| shards.iter().map(|s| f(&s.counters)).sum::<u64>();
     header(
@@ -594,6 +655,9 @@ pub fn render(shards: &[Snapshot], persistent: bool) -> String {
             );
         }
         render_cluster(&mut out, shards);
+        if shards.iter().any(|s| s.gauges.pubsub.is_some()) {
+            render_nodes(&mut out, shards);
+        }
     }
 
     let histograms: [(&str, &str, LatencyOf); 3] = [

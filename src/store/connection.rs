@@ -99,6 +99,15 @@ impl Connection {
         }
     }
 
+    /// A write sent at most once: it fails rather than being sent again after a lost
+    /// connection (see `link::Kind::Once`).
+    pub fn write_once(&self, cmd: &redis::Cmd) -> Reply {
+        match self {
+            Connection::Standalone(link) => link.write_once(cmd),
+            Connection::Cluster(cluster) => cluster.write_once(cmd),
+        }
+    }
+
     pub async fn read(&self, cmd: &redis::Cmd) -> Result<Value, LinkError> {
         match self {
             Connection::Standalone(link) => link.read(cmd).await,

@@ -82,6 +82,10 @@ enum Kind {
     Write { resent: bool },
     /// Sent once more on a fresh connection (`retried`) when its own turned out closed.
     Read { retried: bool },
+    /// A write that must not be applied twice and cannot tell it was (cluster mode's
+    /// publish, whose ID Valkey assigns): it fails when its connection is lost after it
+    /// was sent, instead of being sent again.
+    Once,
 }
 
 /// `WAIT` after each pipeline that carries a write someone waits for (replicated acks).
@@ -178,6 +182,23 @@ impl Link {
             packed,
             reply: reply.clone(),
             kind: Kind::Write { resent: false },
+        });
+        self.wake.raise();
+        reply
+    }
+
+    /// Queues a write that is sent at most once (see [`Kind::Once`]); its reply says
+    /// whether it was applied, or fails when that cannot be known.
+    pub fn write_once(&self, cmd: &redis::Cmd) -> Reply {
+        let reply: Reply = Rc::new(Slot::default());
+        let packed = cmd.get_packed_command();
+        self.pending_writes.set(self.pending_writes.get() + 1);
+        self.pending_bytes
+            .set(self.pending_bytes.get() + packed.len());
+        self.queue.borrow_mut().push_back(Request {
+            packed,
+            reply: Some(Rc::clone(&reply)),
+            kind: Kind::Once,
         });
         self.wake.raise();
         reply
@@ -403,9 +424,9 @@ impl Link {
             }
             batch.extend(self.queue.borrow_mut().drain(..));
             let wait = self.replicas.filter(|_| {
-                batch
-                    .iter()
-                    .any(|req| matches!(req.kind, Kind::Write { .. }) && req.reply.is_some())
+                batch.iter().any(|req| {
+                    matches!(req.kind, Kind::Write { .. } | Kind::Once) && req.reply.is_some()
+                })
             });
             packed.clear();
             for req in &batch {
@@ -453,11 +474,15 @@ impl Link {
         hold: bool,
         held: &mut Vec<(Request, Value)>,
     ) {
-        let Kind::Write { resent } = req.kind else {
-            if let Some(reply) = req.reply {
-                reply.fill(Ok(value));
+        let resent = match req.kind {
+            Kind::Write { resent } => resent,
+            Kind::Once => false,
+            Kind::Read { .. } => {
+                if let Some(reply) = req.reply {
+                    reply.fill(Ok(value));
+                }
+                return;
             }
-            return;
         };
         let value = if resent && already_applied(&value) {
             Value::Okay
@@ -522,8 +547,9 @@ impl Link {
     }
 
     /// The pipeline failed with `err`: what it had not finished goes back to the front of
-    /// the queue, in order. Writes always (marked as re-sent); reads once, and only when the
-    /// connection turned out to be closed; the rest of the reads fail with `err`.
+    /// the queue, in order. Writes always (marked as re-sent), except those sent at most
+    /// once, which fail with `err`; reads once, and only when the connection turned out to
+    /// be closed; the rest of the reads fail with `err`.
     fn requeue(
         &self,
         held: &mut Vec<(Request, Value)>,
@@ -546,6 +572,14 @@ impl Link {
                 Kind::Read { retried: false } if closed => {
                     req.kind = Kind::Read { retried: true };
                     queue.push_front(req);
+                }
+                Kind::Once => {
+                    self.pending_writes.set(self.pending_writes.get() - 1);
+                    self.pending_bytes
+                        .set(self.pending_bytes.get() - req.packed.len());
+                    if let Some(reply) = req.reply {
+                        reply.fill(Err(err.clone()));
+                    }
                 }
                 Kind::Read { .. } => {
                     if let Some(reply) = req.reply {
@@ -679,6 +713,21 @@ mod tests {
         redis::Parser::new()
             .parse_value(format!("-{text}\r\n").as_bytes())
             .expect("an error reply")
+    }
+
+    #[test]
+    fn a_write_sent_at_most_once_fails_with_its_connection_and_leaves_the_backlog() {
+        let link = link(None);
+        let once = link.write_once(&redis::cmd("EVAL"));
+        let queued = link.queue.borrow_mut().pop_front().unwrap();
+        assert_eq!(queued.kind, Kind::Once);
+        assert_eq!(link.pending_writes(), 1);
+        let mut batch = VecDeque::from([queued]);
+        let closed = LinkError::Io("connection closed by Valkey".into());
+        link.requeue(&mut Vec::new(), &mut batch, &closed);
+        assert!(link.queue.borrow().is_empty());
+        assert_eq!((link.pending_writes(), link.pending_bytes()), (0, 0));
+        assert_eq!(block_on(once.take()), Err(closed));
     }
 
     #[test]

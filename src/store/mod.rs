@@ -22,6 +22,8 @@
 //! A topic the owner dropped from memory lives on in these keys: [`Store::load_topic`]
 //! reads its positions, record and last ID back before anything depends on them, and
 //! record listings ([`Store::records`]) read the records from here.
+//! - `<prefix>:{<topic>}:l` — cluster mode: the stream's last ID, for announcements
+//!   (see [`announce`]); `<prefix>:{<topic>}:n` is the topic's pub/sub channel.
 //! - `<prefix>:{relay}:epoch` — sentinel that reveals a Valkey that lost its data.
 //! - `<prefix>:idem:{<subject>}:<endpoint>:<key>` — the first answer given to a publish
 //!   with an `Idempotency-Key` (see `api::idempotency`), expiring with the window.
@@ -32,9 +34,11 @@
 //! that change them: topics, accounts and the API decide; the store writes and reads.
 
 pub mod accounts;
+mod announce;
 pub mod cluster;
 mod connection;
 pub mod link;
+pub mod listener;
 pub mod resp;
 mod stream;
 mod topics;
@@ -52,8 +56,11 @@ use crate::config::{AckMode, Backend, Config};
 use crate::metrics::ShardMetrics;
 use crate::rt::sleep;
 use crate::tls::client::ClientTls;
+pub use announce::{announcement, appended, Announcement, Appended};
 use connection::Connection;
 use link::{LinkError, ReplicaWait, Reply};
+pub use listener::Heard;
+use listener::Listener;
 pub use stream::{MessageId, StreamEntry, StreamRange};
 pub use topics::{by_age, Recovery, StoredTopic, TopicRecord};
 
@@ -164,6 +171,9 @@ struct Valkey {
 
 pub struct Store {
     valkey: Option<Valkey>,
+    /// Cluster mode (`cluster.enabled`): the pub/sub connection that hears the other
+    /// nodes' publishes, and the sign that publishes go through [`Store::announce`].
+    listener: Option<Rc<Listener>>,
     /// Writes come with tickets (`persisted` and `replicated` acks).
     persisted_acks: bool,
     /// `storage.ack_timeout` when writes come with tickets.
@@ -174,6 +184,7 @@ impl Store {
     pub fn memory() -> Store {
         Store {
             valkey: None,
+            listener: None,
             persisted_acks: false,
             ack_timeout: None,
         }
@@ -194,7 +205,12 @@ impl Store {
             timeout: config.storage.replica_timeout,
         });
         let link = Connection::new(&config.valkey, tls, shard, metrics, replicas);
+        let listener = config
+            .cluster
+            .enabled
+            .then(|| Listener::new(&config.valkey, tls, shard, metrics));
         let store = Store {
+            listener,
             valkey: Some(Valkey {
                 link: link.clone(),
                 cfg: config.valkey.clone(),
@@ -278,13 +294,17 @@ impl Store {
         }
     }
 
-    /// `Err` with the reason while the persistent tier cannot take writes.
+    /// `Err` with the reason while the persistent tier cannot take writes (or, in cluster
+    /// mode, the shard cannot hear the other nodes' publishes).
     pub fn health(&self) -> Result<(), String> {
-        match &self.valkey {
-            Some(v) if !v.link.is_up() => Err(format!(
+        match (&self.valkey, &self.listener) {
+            (Some(v), _) if !v.link.is_up() => Err(format!(
                 "Valkey is unreachable ({} writes waiting)",
                 v.link.pending_writes()
             )),
+            (_, Some(listener)) if !listener.is_up() => {
+                Err("the Valkey pub/sub connection is down".into())
+            }
             _ => Ok(()),
         }
     }

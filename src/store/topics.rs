@@ -112,6 +112,7 @@ impl Store {
             .arg(v.record_key(topic))
             .arg(v.stream_key(topic))
             .arg(v.positions_key(topic))
+            .arg(v.last_id_key(topic))
             .clone();
         v.link.write(&cmd, self.persisted_acks).map(Ticket)
     }

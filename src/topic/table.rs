@@ -202,6 +202,34 @@ impl TopicTable {
         self.enforce_budget();
     }
 
+    /// Cluster mode: takes in a loaded topic's positions and record as Valkey has them now
+    /// (another node may have changed them), keeping its ring and last ID.
+    pub fn refresh(&mut self, name: &str, stored: StoredTopic) {
+        let Some(topic) = self.topics.get_mut(name).filter(|t| t.loaded) else {
+            return self.load(name, stored);
+        };
+        for (consumer, position) in stored.positions {
+            topic.positions.insert(consumer, position);
+        }
+        topic.record = stored.record;
+        let (before, after) = topic.recharge();
+        self.bytes = self.bytes + after - before;
+        self.enforce_budget();
+    }
+
+    /// Cluster mode: drops `name`'s entry unless a shard has subscribers for it (what a
+    /// node does not listen to goes stale); whether it is gone.
+    pub fn forget_unwatched(&mut self, name: &str) -> bool {
+        match self.topics.get(name) {
+            Some(topic) if !topic.interested.is_empty() => false,
+            Some(_) => {
+                self.remove(name);
+                true
+            }
+            None => true,
+        }
+    }
+
     /// Whether `name`'s positions and record are known here (true without a persistent
     /// tier); otherwise an operation depending on them must [`TopicTable::load`] it first.
     pub fn is_loaded(&self, name: &str) -> bool {
@@ -214,10 +242,16 @@ impl TopicTable {
 
     /// The entry of `name`, made (and counted) if there is none, marked as used now.
     fn entry(&mut self, name: &str) -> &mut Topic {
+        self.entry_named(name, || Arc::from(name))
+    }
+
+    /// [`TopicTable::entry`], naming a new entry with `named()` (a message's topic name,
+    /// so that the entry and its messages share one allocation).
+    fn entry_named(&mut self, name: &str, named: impl FnOnce() -> Arc<str>) -> &mut Topic {
         self.uses += 1;
         let used = self.uses;
         if !self.topics.contains_key(name) {
-            let topic = Box::new(Topic::new(Arc::from(name), self.persistent, used));
+            let topic = Box::new(Topic::new(named(), self.persistent, used));
             self.bytes += topic.bytes();
             self.topics.insert(Arc::clone(&topic.name), topic);
             self.count_slots(self.room.max(self.topics.capacity()));
@@ -271,15 +305,61 @@ impl TopicTable {
         now_ms: u64,
         durable: Option<MessageId>,
     ) -> Published {
+        let id = self.clock.next(now_ms);
+        let name = match self.topics.get_key_value(draft.topic) {
+            Some((name, _)) => Arc::clone(name),
+            None => Arc::from(draft.topic),
+        };
+        let mut msg = Message::build(id, name, now_ms, draft);
+        msg.accepted_at = Some(std::time::Instant::now());
+        self.insert(Arc::new(msg), now_ms, durable)
+    }
+
+    /// Cluster mode: appends a message whose ID its stream assigned (heard from Valkey)
+    /// to its topic, if the topic is loaded and the message is newer than its last ID;
+    /// otherwise `None` (the caller knows a topic that is not loaded is not listened to).
+    pub fn append(&mut self, msg: Message, now_ms: u64) -> Option<Published> {
+        let topic = self.topics.get(&*msg.topic)?;
+        if !topic.loaded || msg.id <= topic.last_id {
+            return None;
+        }
+        let mut msg = msg;
+        msg.accepted_at = Some(std::time::Instant::now());
+        // Everything heard is in Valkey already: the ring may drop any of it.
+        Some(self.insert(Arc::new(msg), now_ms, None))
+    }
+
+    /// Cluster mode: everything up to `id` was read from `name`'s stream (entries that
+    /// expired were not delivered), so later messages continue after it.
+    pub fn advance(&mut self, name: &str, id: MessageId) {
+        if let Some(topic) = self.topics.get_mut(name).filter(|t| t.loaded) {
+            topic.last_id = topic.last_id.max(id);
+        }
+    }
+
+    /// The topics whose state is loaded here (cluster mode: those this node listens to).
+    pub fn loaded_topics(&self) -> Vec<Arc<str>> {
+        self.topics
+            .values()
+            .filter(|t| t.loaded)
+            .map(|t| Arc::clone(&t.name))
+            .collect()
+    }
+
+    /// The last ID of a loaded topic (`None` when it is not loaded here).
+    pub fn last_id(&self, name: &str) -> Option<MessageId> {
+        self.topics
+            .get(name)
+            .filter(|t| t.loaded)
+            .map(|t| t.last_id)
+    }
+
+    fn insert(&mut self, msg: Arc<Message>, now_ms: u64, durable: Option<MessageId>) -> Published {
         self.durable = durable;
         let per_topic = self.limits.messages_per_topic;
         let persistent = self.persistent;
-        let id = self.clock.next(now_ms);
-        let topic = self.entry(draft.topic);
-        topic.last_id = id;
-        let mut msg = Message::build(id, Arc::clone(&topic.name), now_ms, draft);
-        msg.accepted_at = Some(std::time::Instant::now());
-        let msg = Arc::new(msg);
+        let topic = self.entry_named(&msg.topic, || Arc::clone(&msg.topic));
+        topic.last_id = msg.id;
         let added = topic.ring.push(Arc::clone(&msg));
         let mut freed = 0;
         while topic.ring.len() > per_topic && evictable(&topic.ring, durable) {

@@ -35,6 +35,9 @@ pub(super) struct Request {
     /// A write sent before on a connection that was lost before its reply came: the node
     /// (or the replica promoted in its place) may have applied it.
     pub resent: bool,
+    /// A write that must not be sent twice (cluster mode's publish): it fails with its
+    /// connection instead.
+    pub once: bool,
 }
 
 impl Request {
@@ -46,6 +49,7 @@ impl Request {
             write,
             asking: false,
             resent: false,
+            once: false,
         }
     }
 }

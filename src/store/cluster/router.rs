@@ -149,6 +149,20 @@ impl Cluster {
         reply
     }
 
+    /// Queues a write sent at most once: it fails when its connection is lost after it was
+    /// sent (a redirection still follows it, since the node that refused it applied nothing).
+    pub fn write_once(&self, cmd: &redis::Cmd) -> Reply {
+        let reply: Reply = Rc::new(Slot::default());
+        self.pending_writes.set(self.pending_writes.get() + 1);
+        let slot = command_key(cmd).map(key_slot);
+        let mut req = Request::new(cmd, slot, Some(Rc::clone(&reply)), true);
+        req.once = true;
+        self.pending_bytes
+            .set(self.pending_bytes.get() + req.packed.len());
+        self.route(req);
+        reply
+    }
+
     /// Sends a read to the primary of its key's slot; fails at once while that primary is
     /// not connected.
     pub async fn read(&self, cmd: &redis::Cmd) -> Result<Value, LinkError> {
@@ -573,10 +587,15 @@ impl Cluster {
                     // Unanswered writes go back to the front, in their order.
                     let mut queue = node.queue.borrow_mut();
                     for mut req in batch.into_iter().rev() {
-                        if req.write {
+                        if req.write && !req.once {
                             req.resent = true;
                             queue.push_front(req);
                         } else if let Some(reply) = req.reply {
+                            if req.write {
+                                self.pending_writes.set(self.pending_writes.get() - 1);
+                                self.pending_bytes
+                                    .set(self.pending_bytes.get() - req.packed.len());
+                            }
                             reply.fill(Err(err.clone()));
                         }
                     }

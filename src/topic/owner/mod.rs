@@ -18,11 +18,12 @@
 //! must not overtake the subscription it ends); a failed read fails them all.
 
 pub mod apply;
+mod follow;
 #[cfg(test)]
 mod tests;
 
 use std::cell::{Cell, RefCell};
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::rc::{Rc, Weak};
 use std::sync::Arc;
@@ -64,7 +65,14 @@ pub struct Owner {
     /// The owned topics' last IDs have been read back from the persistent tier (always
     /// true for the memory backend); publishes wait for it.
     recovered: Cell<bool>,
+    /// Cluster mode ([`follow`]): where heard messages go, the topics being caught up
+    /// with, and the topics known to have a record.
+    fanout: RefCell<Option<Fanout>>,
+    behind: RefCell<HashMap<Arc<str>, follow::Behind>>,
+    recorded: RefCell<HashSet<Arc<str>>>,
 }
+
+type Fanout = Box<dyn Fn(&Arc<Message>, ShardSet)>;
 
 impl Owner {
     pub fn new(
@@ -88,6 +96,9 @@ impl Owner {
             metrics,
             loads: RefCell::new(HashMap::new()),
             recovered: Cell::new(!persistent),
+            fanout: RefCell::new(None),
+            behind: RefCell::new(HashMap::new()),
+            recorded: RefCell::new(HashSet::new()),
         })
     }
 
@@ -96,6 +107,9 @@ impl Owner {
     pub fn start(self: &Rc<Self>) {
         if self.store.is_persistent() {
             spawn_local(recover(Rc::clone(self))).detach();
+        }
+        if self.store.is_announced() {
+            spawn_local(follow::follow(Rc::clone(self))).detach();
         }
     }
 
@@ -135,7 +149,12 @@ impl Owner {
     {
         let live = req.consumer.is_none() && req.cursor == crate::topic::Cursor::Live;
         let topic = Arc::clone(&req.topic);
-        self.when_loaded((!live).then_some(&topic), move |owner, loaded| {
+        // In cluster mode even a live subscription needs the topic listened to, and a
+        // consumer's position may have moved on another node.
+        let cluster = self.store.is_announced();
+        let needed = (!live || cluster).then_some(&topic);
+        let fresh = cluster && req.consumer.is_some();
+        self.when_loaded(needed, fresh, move |owner, loaded| {
             loaded.map(|()| {
                 apply::subscribe(
                     &mut owner.table.borrow_mut(),
@@ -169,6 +188,7 @@ impl Owner {
     ) -> Answer<Vec<bool>, impl Future<Output = Vec<bool>>> {
         self.when_loaded(
             Some(&Arc::clone(&topic)),
+            false,
             move |owner, loaded| match loaded {
                 Ok(()) => apply::ack(
                     &mut owner.table.borrow_mut(),
@@ -228,6 +248,7 @@ impl Owner {
         actor: Actor,
     ) -> Answer<RecordResult, impl Future<Output = RecordResult>> {
         self.record_op(&Arc::clone(&topic), move |owner| {
+            owner.forget_recorded(&topic);
             apply::delete_record(&mut owner.table.borrow_mut(), &*owner.store, &topic, &actor)
         })
     }
@@ -292,6 +313,9 @@ impl Owner {
             return;
         }
         self.table.borrow_mut().drop_interest(topic, from);
+        if self.store.is_announced() {
+            self.release(topic);
+        }
     }
 
     /// The shard's tick: evicts what the persistent tier confirmed since, and gives back
@@ -335,9 +359,12 @@ impl Owner {
     ) -> Answer<Result<X, StoreError>, impl Future<Output = Result<X, StoreError>>> {
         let recovered = self.recovered.get();
         let limit = self.store.ack_timeout();
+        // Another node may have changed the record since it was read.
+        let fresh = self.store.is_announced();
         settled(
             self.when_loaded(
                 recovered.then_some(topic),
+                fresh,
                 move |owner, loaded| match loaded.and(if recovered {
                     Ok(())
                 } else {
@@ -355,13 +382,15 @@ impl Owner {
     /// otherwise queues it until the topic is read back (starting the read unless one is
     /// under way), at once, so that nothing the shard receives later for the topic
     /// overtakes it.
+    /// With `fresh`, the topic's positions and record are read again even when loaded.
     fn when_loaded<T: 'static>(
         &self,
         topic: Option<&Arc<str>>,
+        fresh: bool,
         op: impl FnOnce(&Owner, Result<(), StoreError>) -> T + 'static,
     ) -> Answer<T, impl Future<Output = T> + 'static> {
         let topic = match topic {
-            Some(topic) if self.must_load(topic) => Arc::clone(topic),
+            Some(topic) if fresh || self.must_load(topic) => Arc::clone(topic),
             _ => return Answer::Now(op(self, Ok(()))),
         };
         let slot = Rc::new(Slot::default());
@@ -435,8 +464,19 @@ pub fn settled<X: 'static>(
 }
 
 async fn load(owner: Rc<Owner>, topic: Arc<str>) {
+    let cluster = owner.store.is_announced();
     loop {
-        let stored = owner.store.load_topic(&topic).await;
+        let refresh = owner.table.borrow().is_loaded(&topic);
+        // Cluster mode: listening first, so that whatever is published after the read
+        // below is heard (see `follow`).
+        let listening = match (cluster && !refresh).then(|| owner.store.listen(&topic)) {
+            Some(listen) => listen.await,
+            None => Ok(()),
+        };
+        let stored = match listening {
+            Ok(()) => owner.store.load_topic(&topic).await,
+            Err(e) => Err(e),
+        };
         metrics::add(&owner.metrics.topic_loads, 1);
         let mut queue = owner.loads.borrow_mut().remove(&topic).unwrap_or_default();
         let stored = match stored {
@@ -450,10 +490,20 @@ async fn load(owner: Rc<Owner>, topic: Arc<str>) {
                         }
                     }
                 }
+                if cluster {
+                    owner.release(&topic);
+                }
                 return;
             }
         };
-        owner.table.borrow_mut().load(&topic, stored);
+        if refresh {
+            owner.table.borrow_mut().refresh(&topic, stored);
+        } else {
+            owner.table.borrow_mut().load(&topic, stored);
+        }
+        if cluster {
+            owner.loaded(&topic);
+        }
         while let Some(waiting) = queue.pop_front() {
             match waiting {
                 Waiting::Op(_) if !owner.table.borrow().is_loaded(&topic) => {
@@ -468,8 +518,13 @@ async fn load(owner: Rc<Owner>, topic: Arc<str>) {
             }
         }
         if queue.is_empty() {
-            // A look at a topic that has nothing leaves nothing behind.
-            owner.table.borrow_mut().forget_if_idle(&topic);
+            // A look at a topic that has nothing leaves nothing behind (in cluster mode, a
+            // topic without subscribers here is not listened to).
+            if cluster {
+                owner.release(&topic);
+            } else {
+                owner.table.borrow_mut().forget_if_idle(&topic);
+            }
             return;
         }
         owner.loads.borrow_mut().insert(Arc::clone(&topic), queue);
@@ -490,8 +545,11 @@ async fn recover(owner: Rc<Owner>) {
             Ok(recovery) => {
                 let mut table = owner.table.borrow_mut();
                 table.advance_clock(recovery.last_id);
-                for (topic, stored) in recovery.consumed {
-                    table.load(&topic, stored);
+                // In cluster mode a topic is loaded only while it is listened to.
+                if !owner.store.is_announced() {
+                    for (topic, stored) in recovery.consumed {
+                        table.load(&topic, stored);
+                    }
                 }
                 owner.recovered.set(true);
                 return;

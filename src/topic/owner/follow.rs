@@ -1,0 +1,342 @@
+//! Cluster mode on a topic's owner: publishing through Valkey, which names the IDs, and
+//! following what every node publishes to the topics this node has subscribers for.
+//!
+//! A node listens to a topic's channel exactly while the topic is loaded here, and it is
+//! loaded exactly while some shard of this node has subscribers for it (a topic loaded for
+//! another reason, an ack or a record change, is let go as soon as that is done). Loading
+//! subscribes to the channel first and reads the topic's last ID after Valkey confirmed it,
+//! so every later message is heard.
+//!
+//! The ring is fed only from what is heard, this node's own publishes included, in the
+//! order Valkey published them: a message whose previous ID is the topic's last ID here is
+//! appended and fanned out; one already here is skipped; one after a gap (an announcement
+//! lost while the pub/sub connection was down, or heard while the topic was still being
+//! loaded) makes the owner read the stream from its last ID up to that message before it
+//! delivers anything newer. When the connection comes back, every listened topic is read up
+//! to the stream's end the same way. So subscribers see each message once, in ID order,
+//! whichever node published it.
+
+use std::future::Future;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::Owner;
+use crate::metrics;
+use crate::rt::mesh::Answer;
+use crate::rt::{now_ms, sleep, spawn_local};
+use crate::store::{
+    announcement, appended, Heard, MessageId, StoreError, StreamEntry, StreamRange,
+};
+use crate::topic::owner::apply::{PublishBatch, Receipt};
+use crate::topic::{Message, TopicRecord};
+
+/// Stream entries read per round trip while catching up with a gap.
+const REPAIR_PAGE: usize = 1000;
+/// "Up to the stream's end" for a catch-up.
+const END: MessageId = MessageId::new(u64::MAX, u64::MAX);
+/// Wait before a failed catch-up read is tried again.
+const REPAIR_RETRY: Duration = Duration::from_millis(200);
+/// Topics remembered as having a record: a publish to any other asks Valkey to create its
+/// record if it has none. Forgotten all at once when full (one more check per topic).
+const MAX_RECORDED: usize = 65_536;
+
+pub type PublishResult = Result<Vec<Receipt>, StoreError>;
+
+impl Owner {
+    /// Publishes a batch through Valkey, which assigns each message's ID in the same step
+    /// that announces it to every node (this one included: its ring is fed from what it
+    /// hears). Answered once Valkey answered every message.
+    pub fn publish_announced(
+        &self,
+        batch: &PublishBatch,
+    ) -> Answer<PublishResult, impl Future<Output = PublishResult> + 'static> {
+        let admitted = if self.recovered.get() {
+            self.store.admit(batch.items.len())
+        } else {
+            Err(StoreError::Recovering)
+        };
+        if let Err(e) = admitted {
+            return Answer::Now(Err(e));
+        }
+        let now = now_ms();
+        let body = &batch.body[..];
+        let text = |range: &std::ops::Range<usize>| {
+            std::str::from_utf8(&body[range.clone()]).unwrap_or_default()
+        };
+        let mut replies = Vec::with_capacity(batch.items.len());
+        for span in &batch.items {
+            let topic = text(&span.topic);
+            let entry = StreamEntry {
+                id: MessageId::ZERO,
+                payload: &body[span.payload.clone()],
+                metadata: span.metadata.clone().map(|r| &body[r]),
+                timestamp_ms: now,
+                ttl_ms: span.ttl_ms,
+            };
+            let unrecorded = !self.recorded.borrow().contains(topic);
+            let record = unrecorded.then(|| {
+                let who = &batch.publisher;
+                TopicRecord::auto_created(&who.subject, &who.name, now)
+            });
+            let fields = record.as_ref().map(|r| self.record_fields(topic, r));
+            let fields: Option<Vec<(&str, &str)>> = fields
+                .as_ref()
+                .map(|f| f.iter().map(|(k, v)| (*k, v.as_str())).collect());
+            let reply = self.store.announce(topic, &entry, fields.as_deref());
+            replies.push((reply, unrecorded.then(|| Arc::<str>::from(topic))));
+        }
+        let owner = self.me.upgrade();
+        Answer::Later(async move {
+            let mut receipts = Vec::with_capacity(replies.len());
+            let mut failure = None;
+            for (reply, unrecorded) in replies {
+                let Some(reply) = reply else {
+                    failure.get_or_insert(StoreError::Unavailable("no Valkey".into()));
+                    continue;
+                };
+                match reply.take().await.map_err(StoreError::from) {
+                    Ok(value) => match appended(&value) {
+                        Ok(ids) => {
+                            if let Some(owner) = &owner {
+                                metrics::add(&owner.metrics.published, 1);
+                                if let Some(topic) = unrecorded {
+                                    owner.remember_recorded(topic);
+                                }
+                            }
+                            receipts.push(Receipt {
+                                id: ids.id,
+                                timestamp_ms: now,
+                            });
+                        }
+                        Err(e) => {
+                            failure.get_or_insert(e);
+                        }
+                    },
+                    Err(e) => {
+                        failure.get_or_insert(e);
+                    }
+                }
+            }
+            failure.map_or(Ok(receipts), Err)
+        })
+    }
+
+    fn record_fields(&self, topic: &str, record: &TopicRecord) -> Vec<(&'static str, String)> {
+        let mut fields = vec![
+            ("topic_id", record.topic_id.clone()),
+            ("topic_name", crate::topic::display_name(topic).to_string()),
+            ("owner_id", record.owner_id.clone()),
+            ("created_at", record.created_at_ms.to_string()),
+        ];
+        if let Some(description) = &record.description {
+            fields.push(("description", description.clone()));
+        }
+        fields
+    }
+
+    fn remember_recorded(&self, topic: Arc<str>) {
+        let mut recorded = self.recorded.borrow_mut();
+        if recorded.len() >= MAX_RECORDED {
+            recorded.clear();
+        }
+        recorded.insert(topic);
+    }
+
+    /// A topic's record was deleted here: a later publish must create it again.
+    pub(super) fn forget_recorded(&self, topic: &str) {
+        self.recorded.borrow_mut().remove(topic);
+    }
+
+    /// Sets where messages heard from Valkey go: the shards with subscribers for them.
+    pub fn set_fanout(&self, fanout: impl Fn(&Arc<Message>, crate::topic::ShardSet) + 'static) {
+        *self.fanout.borrow_mut() = Some(Box::new(fanout));
+    }
+
+    /// An announcement heard on `channel`.
+    fn hear(&self, channel: &[u8], data: &[u8]) {
+        let (Some(topic), Some(heard)) = (self.store.topic_of_channel(channel), announcement(data))
+        else {
+            return;
+        };
+        let id = heard.entry.id;
+        if let Some(behind) = self.behind.borrow_mut().get_mut(topic) {
+            // A catch-up is under way (or waits for the load): it reads this one too.
+            behind.heard = behind.heard.max(id);
+            return;
+        }
+        if self.loads.borrow().contains_key(topic) {
+            // Heard before the topic's last ID was read: the load may or may not see it.
+            self.behind
+                .borrow_mut()
+                .insert(Arc::from(topic), Behind::upto(id));
+            return;
+        }
+        let Some(last) = self.table.borrow().last_id(topic) else {
+            return;
+        };
+        if id <= last {
+            return;
+        }
+        if heard.prev == last {
+            let topic = Arc::from(topic);
+            self.deliver(Message::from_entry(&topic, heard.entry));
+            return;
+        }
+        metrics::add(&self.metrics.cluster_gaps, 1);
+        self.catch_up(Arc::from(topic), id);
+    }
+
+    /// Reads `topic` from its last ID here up to `target` (at least) before anything
+    /// newer is delivered.
+    fn catch_up(&self, topic: Arc<str>, target: MessageId) {
+        let mut behind = self.behind.borrow_mut();
+        if let Some(b) = behind.get_mut(&topic) {
+            b.target = b.target.max(target);
+            return;
+        }
+        behind.insert(Arc::clone(&topic), Behind::upto(target));
+        drop(behind);
+        if let Some(owner) = self.me.upgrade() {
+            spawn_local(catch_up(owner, topic)).detach();
+        }
+    }
+
+    /// A topic finished loading: what was heard meanwhile is read back.
+    pub(super) fn loaded(&self, topic: &Arc<str>) {
+        let behind = self.behind.borrow_mut().remove(topic);
+        if let Some(behind) = behind {
+            let target = behind.target.max(behind.heard);
+            if self
+                .table
+                .borrow()
+                .last_id(topic)
+                .is_some_and(|l| l < target)
+            {
+                self.catch_up(Arc::clone(topic), target);
+            }
+        }
+    }
+
+    fn deliver(&self, msg: Message) {
+        let published = self.table.borrow_mut().append(msg, now_ms());
+        if let (Some(published), Some(fanout)) = (published, &*self.fanout.borrow()) {
+            fanout(&published.msg, published.interested);
+        }
+    }
+
+    /// The pub/sub connection came back: everything listened to is read to its end.
+    fn resume(&self) {
+        let topics = self.table.borrow().loaded_topics();
+        for topic in topics {
+            self.catch_up(topic, END);
+        }
+    }
+
+    /// Cluster mode: stops listening to `topic` unless a shard still has subscribers for it.
+    pub(super) fn release(&self, topic: &str) {
+        if self.loads.borrow().contains_key(topic) {
+            return;
+        }
+        if self.table.borrow_mut().forget_unwatched(topic) {
+            self.behind.borrow_mut().remove(topic);
+            self.store.unlisten(topic);
+        }
+    }
+}
+
+/// Cluster mode: takes what the pub/sub connection hears, for as long as the shard runs.
+pub(super) async fn follow(owner: Rc<Owner>) {
+    loop {
+        match owner.store.heard().await {
+            Heard::Message { channel, data } => owner.hear(&channel, &data),
+            Heard::Resumed => {
+                metrics::add(&owner.metrics.cluster_resumes, 1);
+                owner.resume();
+            }
+        }
+    }
+}
+
+async fn catch_up(owner: Rc<Owner>, topic: Arc<str>) {
+    loop {
+        let Some(behind) = owner.behind.borrow().get(&topic).copied() else {
+            return;
+        };
+        let Some(last) = owner.table.borrow().last_id(&topic) else {
+            owner.behind.borrow_mut().remove(&topic);
+            return;
+        };
+        let until = behind.until();
+        if until <= last {
+            owner.behind.borrow_mut().remove(&topic);
+            return;
+        }
+        let range = StreamRange {
+            after: Some(last),
+            until,
+            until_inclusive: true,
+        };
+        let read = owner
+            .store
+            .history(&topic, &range, REPAIR_PAGE, |entry| {
+                Message::from_entry(&topic, entry)
+            })
+            .await;
+        let (messages, more) = match read {
+            Ok(read) => read,
+            Err(_) => {
+                sleep(REPAIR_RETRY).await;
+                continue;
+            }
+        };
+        for msg in messages {
+            owner.deliver(msg);
+        }
+        if more {
+            continue;
+        }
+        // The range is read; expired entries in it were skipped, not delivered, and
+        // nothing up to its end is missing any more.
+        if until != END {
+            owner.table.borrow_mut().advance(&topic, until);
+        }
+        // What was heard during the read may have been published after it: read on.
+        let mut all = owner.behind.borrow_mut();
+        let Some(b) = all.get_mut(&topic) else {
+            return;
+        };
+        let last = owner.table.borrow().last_id(&topic).unwrap_or(END);
+        if b.heard > last {
+            b.target = b.heard;
+        } else {
+            all.remove(&topic);
+            return;
+        }
+    }
+}
+
+/// How far a topic's catch-up reads: `target` (or the stream's end), and the newest ID
+/// heard while it runs, which it reads up to as well.
+#[derive(Clone, Copy)]
+pub(super) struct Behind {
+    target: MessageId,
+    heard: MessageId,
+}
+
+impl Behind {
+    fn upto(id: MessageId) -> Behind {
+        Behind {
+            target: id,
+            heard: MessageId::ZERO,
+        }
+    }
+
+    fn until(self) -> MessageId {
+        if self.target == END {
+            END
+        } else {
+            self.target.max(self.heard)
+        }
+    }
+}

@@ -1,0 +1,279 @@
+//! Several relay processes serving as one over a shared Valkey (`cluster.enabled`, issue
+//! #16): publishes made on every node reach the subscribers of every node once, in ID
+//! order, with the IDs their producers were given, on a standalone Valkey and on the 3+3
+//! Valkey Cluster; history is the same from every node; a durable consumer acknowledges on
+//! one node and resumes on another; an Idempotency-Key retry on another node gets the first
+//! answer; the pub/sub connection killed under load loses and repeats nothing; a node
+//! killed while its clients move elsewhere loses nothing.
+
+mod common;
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
+
+use common::*;
+use serde_json::{json, Value};
+
+const READY_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// A node's settings on top of the harness's: cluster mode, one shard (as a small node),
+/// or two to include the owner's hop inside a node.
+fn node_env(shards: &'static str) -> Vec<(&'static str, &'static str)> {
+    vec![
+        ("PULSAR_CLUSTER_ENABLED", "true"),
+        ("PULSAR_SERVER_SHARDS", shards),
+    ]
+}
+
+/// Three nodes on one standalone Valkey; the last has two shards.
+fn nodes_on(valkey: &Valkey) -> Vec<Relay> {
+    ["1", "1", "2"]
+        .into_iter()
+        .map(|shards| {
+            let node = Relay::start_on_valkey(valkey, &node_env(shards));
+            node.wait_ready(READY_TIMEOUT);
+            node
+        })
+        .collect()
+}
+
+fn ids(messages: &Value) -> Vec<String> {
+    messages
+        .as_array()
+        .expect("messages")
+        .iter()
+        .map(|m| id_of(m).to_string())
+        .collect()
+}
+
+/// Every ID of `topic` as `node` replays it from the earliest, page after page.
+fn replayed(node: &Relay, topic: &str) -> Vec<String> {
+    let mut all: Vec<String> = Vec::new();
+    loop {
+        let since = all.last().map_or("earliest", String::as_str);
+        let resp = node.poll(&format!(
+            "topics={topic}&since={since}&timeout=1&limit=1000"
+        ));
+        resp.assert_status(200);
+        let body = resp.json();
+        all.extend(ids(&body["messages"]));
+        if body["has_more"] != true {
+            return all;
+        }
+    }
+}
+
+/// Publishes `count` messages to `topic` on each node at once; the IDs each producer was
+/// given, in its order.
+fn publish_everywhere(nodes: &[Relay], topic: &str, count: usize) -> Vec<Vec<String>> {
+    thread::scope(|scope| {
+        let producers: Vec<_> = nodes
+            .iter()
+            .enumerate()
+            .map(|(n, node)| {
+                scope.spawn(move || {
+                    let mut http = node.http();
+                    (0..count)
+                        .map(|i| {
+                            let receipt =
+                                http.publish(topic, &format!(r#"{{"node":{n},"i":{i}}}"#));
+                            id_of(&receipt).to_string()
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        producers.into_iter().map(|p| p.join().unwrap()).collect()
+    })
+}
+
+/// `n` deliveries from `ws`, as IDs.
+fn delivered(ws: &mut Ws, n: usize) -> Vec<String> {
+    (0..n)
+        .map(|_| id_of(&ws.recv_delivery()).to_string())
+        .collect()
+}
+
+/// Each subscriber got every published ID once, in ID order, and each producer's IDs in
+/// the order it was given them.
+fn assert_exactly_once_in_order(seen: &[String], produced: &[Vec<String>]) {
+    let parsed: Vec<(u64, u64)> = seen.iter().map(|id| parse_id(id)).collect();
+    assert!(
+        parsed.windows(2).all(|w| w[0] < w[1]),
+        "deliveries out of ID order or repeated: {seen:?}"
+    );
+    let all: HashSet<&String> = produced.iter().flatten().collect();
+    let got: HashSet<&String> = seen.iter().collect();
+    assert_eq!(got, all, "delivered IDs differ from the receipts");
+    for ids in produced {
+        let order: Vec<(u64, u64)> = ids.iter().map(|id| parse_id(id)).collect();
+        assert!(order.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+    }
+}
+
+fn publishes_reach_every_node(nodes: &[Relay], topic: &str) {
+    let mut subscribers: Vec<Ws> = nodes
+        .iter()
+        .map(|node| {
+            let mut ws = node.ws();
+            ws.subscribe(&[topic], json!({}));
+            ws
+        })
+        .collect();
+    let produced = publish_everywhere(nodes, topic, 60);
+    let total = produced.iter().map(Vec::len).sum();
+    let mut first: Option<Vec<String>> = None;
+    for ws in &mut subscribers {
+        let seen = delivered(ws, total);
+        assert_exactly_once_in_order(&seen, &produced);
+        assert!(ws.collect_until_pong().is_empty(), "more than published");
+        match &first {
+            Some(first) => assert_eq!(&seen, first, "nodes delivered different orders"),
+            None => first = Some(seen),
+        }
+    }
+    let first = first.unwrap();
+    for node in nodes {
+        assert_eq!(
+            replayed(node, topic),
+            first,
+            "history differs between nodes"
+        );
+    }
+}
+
+#[test]
+fn publishes_on_every_node_reach_every_nodes_subscribers_once_in_order() {
+    let valkey = Valkey::start();
+    let nodes = nodes_on(&valkey);
+    publishes_reach_every_node(&nodes, "orders");
+}
+
+#[test]
+fn publishes_on_every_node_reach_every_node_on_a_valkey_cluster() {
+    let cluster = ValkeyCluster::start();
+    let nodes: Vec<Relay> = ["1", "1", "2"]
+        .into_iter()
+        .map(|shards| {
+            let node = Relay::start_on_cluster(&cluster, &node_env(shards));
+            node.wait_ready(READY_TIMEOUT);
+            node
+        })
+        .collect();
+    // Topics whose keys live on different primaries.
+    for topic in ["alpha", "beta", "gamma"] {
+        publishes_reach_every_node(&nodes, topic);
+    }
+}
+
+#[test]
+fn a_durable_consumer_acknowledges_on_one_node_and_resumes_on_another() {
+    let valkey = Valkey::start();
+    let nodes = nodes_on(&valkey);
+    let topic = "jobs";
+    // A live subscriber keeps the topic in node C's memory the whole time, so node C must
+    // not answer the consumer from what it knew before the ack on node A.
+    let mut watcher = nodes[2].ws();
+    watcher.subscribe(&[topic], json!({}));
+    let mut consumer = nodes[0].ws();
+    consumer.subscribe(&[topic], json!({"client_id": "worker"}));
+    let first: Vec<String> = (0..10)
+        .map(|i| id_of(&nodes[1].publish(topic, &format!("{i}"))).to_string())
+        .collect();
+    assert_eq!(delivered(&mut consumer, 10), first);
+    assert_eq!(delivered(&mut watcher, 10), first);
+    let mut resumed = nodes[2].ws();
+    resumed.subscribe(&[topic], json!({"client_id": "worker"}));
+    // Before the ack on A, C replays from where the consumer started.
+    assert_eq!(delivered(&mut resumed, 10), first);
+    resumed.close();
+    consumer.send_json(&json!({"type": "ack", "message_id": first[5], "topic": topic}));
+    assert!(consumer.collect_until_pong().is_empty());
+    consumer.close();
+    let mut resumed = nodes[2].ws();
+    resumed.subscribe(&[topic], json!({"client_id": "worker"}));
+    assert_eq!(delivered(&mut resumed, 4), first[6..]);
+    assert!(resumed.collect_until_pong().is_empty());
+}
+
+#[test]
+fn an_idempotency_retry_on_another_node_gets_the_first_answer() {
+    let valkey = Valkey::start();
+    let nodes = nodes_on(&valkey);
+    let body = json!({"topic": "payments", "payload": {"amount": 5}}).to_string();
+    let auth = auth_header(&rw_token());
+    let headers = [auth.as_pair(), ("Idempotency-Key", "pay-1")];
+    let send = |node: &Relay| node.request("POST", "/api/v1/messages", &headers, body.as_bytes());
+    let first = send(&nodes[0]);
+    first.assert_status(201);
+    for node in &nodes[1..] {
+        let retry = send(node);
+        retry.assert_status(201);
+        assert_eq!(id_of(&retry.json()), id_of(&first.json()));
+    }
+    assert_eq!(replayed(&nodes[2], "payments").len(), 1);
+}
+
+#[test]
+fn the_pubsub_connection_killed_under_load_loses_and_repeats_nothing() {
+    let valkey = Valkey::start();
+    let nodes = nodes_on(&valkey);
+    let topic = "ticks";
+    let mut subscriber = nodes[1].ws();
+    subscriber.subscribe(&[topic], json!({}));
+    let stop = Arc::new(AtomicBool::new(false));
+    let producer = {
+        let (addr, stop) = (nodes[0].addr, Arc::clone(&stop));
+        thread::spawn(move || {
+            let mut http = Http::connect(addr);
+            let mut ids = Vec::new();
+            while !stop.load(Ordering::Relaxed) || ids.len() < 200 {
+                ids.push(id_of(&http.publish(topic, &ids.len().to_string())).to_string());
+            }
+            ids
+        })
+    };
+    thread::sleep(Duration::from_millis(300));
+    // Every pub/sub connection (each node's listener): what is published until they are
+    // back is not announced to them.
+    for _ in 0..3 {
+        valkey.command(&["CLIENT", "KILL", "TYPE", "pubsub"]);
+        thread::sleep(Duration::from_millis(200));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let produced = producer.join().unwrap();
+    let seen = delivered(&mut subscriber, produced.len());
+    assert_exactly_once_in_order(&seen, &[produced]);
+    assert!(
+        subscriber.collect_until_pong().is_empty(),
+        "repeated deliveries"
+    );
+    assert!(nodes[1].metrics().sum("pulsar_cluster_resumes_total") >= 1.0);
+}
+
+#[test]
+fn a_killed_nodes_clients_resume_on_another_node_without_loss() {
+    let valkey = Valkey::start();
+    let mut nodes = nodes_on(&valkey);
+    let topic = "feed";
+    let mut subscriber = nodes[0].ws();
+    subscriber.subscribe(&[topic], json!({}));
+    let before: Vec<String> = (0..20)
+        .map(|i| id_of(&nodes[2].publish(topic, &i.to_string())).to_string())
+        .collect();
+    let seen = delivered(&mut subscriber, 10);
+    nodes[0].kill9();
+    // Published while the client has no node: it resumes on another from its last ID.
+    let during: Vec<String> = (20..40)
+        .map(|i| id_of(&nodes[2].publish(topic, &i.to_string())).to_string())
+        .collect();
+    let mut resumed = nodes[1].ws();
+    resumed.subscribe(&[topic], json!({"since": seen.last().unwrap()}));
+    let rest = delivered(&mut resumed, 30);
+    let expected: Vec<String> = before[10..].iter().chain(&during).cloned().collect();
+    assert_eq!(rest, expected);
+    assert!(resumed.collect_until_pong().is_empty());
+}
