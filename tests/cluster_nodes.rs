@@ -218,6 +218,34 @@ fn an_idempotency_retry_on_another_node_gets_the_first_answer() {
 }
 
 #[test]
+fn the_same_idempotency_key_on_two_nodes_at_once_publishes_once() {
+    let valkey = Valkey::start();
+    let nodes = nodes_on(&valkey);
+    let body = json!({"topic": "refunds", "payload": {"amount": 7}}).to_string();
+    let auth = auth_header(&rw_token());
+    let headers = [auth.as_pair(), ("Idempotency-Key", "refund-1")];
+    // Writes held back, so that both requests reach Valkey before either is answered.
+    valkey.command(&["CLIENT", "PAUSE", "700", "WRITE"]);
+    let answers: Vec<Response> = thread::scope(|scope| {
+        let sends: Vec<_> = nodes[..2]
+            .iter()
+            .map(|node| {
+                let (body, headers) = (&body, &headers);
+                scope.spawn(move || {
+                    node.request("POST", "/api/v1/messages", headers, body.as_bytes())
+                })
+            })
+            .collect();
+        sends.into_iter().map(|s| s.join().unwrap()).collect()
+    });
+    for answer in &answers {
+        answer.assert_status(201);
+    }
+    assert_eq!(id_of(&answers[0].json()), id_of(&answers[1].json()));
+    assert_eq!(replayed(&nodes[2], "refunds").len(), 1);
+}
+
+#[test]
 fn the_pubsub_connection_killed_under_load_loses_and_repeats_nothing() {
     let valkey = Valkey::start();
     let nodes = nodes_on(&valkey);

@@ -294,6 +294,52 @@ impl Store {
         }
     }
 
+    /// Cluster mode: claims an idempotency key in Valkey, so that two nodes given the same
+    /// key at once do not both publish. The key's answer if it has one, else `marker` is
+    /// set (for `ttl`, so that a node that died holding it does not hold it longer) unless
+    /// another node's marker is there.
+    pub async fn claim_answer(
+        &self,
+        (subject, endpoint, key): (&str, &str, &str),
+        marker: &str,
+        ttl: Duration,
+    ) -> Result<ClaimedAnswer, StoreError> {
+        let Some(v) = &self.valkey else {
+            return Ok(ClaimedAnswer::Mine);
+        };
+        let cmd = redis::cmd("EVAL")
+            .arg(CLAIM_ANSWER)
+            .arg(1)
+            .arg(v.answer_key(subject, endpoint, key))
+            .arg(marker)
+            .arg(ttl.as_millis() as u64)
+            .clone();
+        match v.link.read(&cmd).await? {
+            Value::Nil => Ok(ClaimedAnswer::Mine),
+            Value::BulkString(value) if value.starts_with(CLAIM_MARKER.as_bytes()) => {
+                Ok(ClaimedAnswer::Pending)
+            }
+            Value::BulkString(value) => Ok(ClaimedAnswer::Answer(value)),
+            other => Err(StoreError::Unavailable(
+                resp::server_error(&other).unwrap_or_else(|| "unexpected claim reply".into()),
+            )),
+        }
+    }
+
+    /// Cluster mode: gives up a claim made with `marker`, unless it was replaced by the
+    /// answer.
+    pub fn release_answer(&self, (subject, endpoint, key): (&str, &str, &str), marker: &str) {
+        if let Some(v) = &self.valkey {
+            let cmd = redis::cmd("EVAL")
+                .arg(RELEASE_ANSWER)
+                .arg(1)
+                .arg(v.answer_key(subject, endpoint, key))
+                .arg(marker)
+                .clone();
+            v.link.write(&cmd, false);
+        }
+    }
+
     /// `Err` with the reason while the persistent tier cannot take writes (or, in cluster
     /// mode, the shard cannot hear the other nodes' publishes).
     pub fn health(&self) -> Result<(), String> {
@@ -324,6 +370,27 @@ impl Store {
             .map_or_else(Vec::new, |v| v.link.primary_states(&v.cfg))
     }
 }
+
+/// What [`Store::claim_answer`] found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ClaimedAnswer {
+    /// This request publishes.
+    Mine,
+    /// The key's kept answer.
+    Answer(Vec<u8>),
+    /// Another node is publishing with the key.
+    Pending,
+}
+
+/// Starts every claim marker: never the start of a kept answer (a status code).
+pub const CLAIM_MARKER: &str = "pending ";
+
+const CLAIM_ANSWER: &str = "local v = redis.call('GET', KEYS[1]) \
+     if v then return v end \
+     redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return false";
+
+const RELEASE_ANSWER: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then \
+     redis.call('DEL', KEYS[1]) end return 0";
 
 impl Valkey {
     fn stream_key(&self, topic: &str) -> String {

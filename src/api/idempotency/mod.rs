@@ -23,6 +23,10 @@
 //! 201/207 then becomes the key's answer ([`Held::keep_later`]): a retry gets that answer
 //! instead of publishing the message a second time.
 //!
+//! In cluster mode the key is also claimed in Valkey before publishing (a marker with a
+//! bounded lifetime, replaced by the answer), so that the same key sent to two relay nodes
+//! at once publishes once: the later request waits for the answer as a local duplicate does.
+//!
 //! A request without the header takes none of these steps. This module does not parse or
 //! publish messages (`publish` does).
 
@@ -41,6 +45,7 @@ use crate::http::{Request, Response};
 use crate::rt::conns::ConnCtl;
 use crate::rt::mesh::Answer;
 use crate::rt::{now_ms, spawn_local};
+use crate::store::ClaimedAnswer;
 pub use table::{body_hash, Claim, Endpoint, Keys, Replay, Scope};
 
 /// The longest key accepted (the Python client sends 32 hex digits).
@@ -111,20 +116,72 @@ pub async fn begin(
             }
         }
     };
-    let held = Held {
+    let mut held = Held {
         shard: Rc::clone(shard),
         scope,
         claim,
         body_hash,
         armed: true,
+        marker: None,
+    };
+    let found = if shard.store.is_announced() {
+        claim_across_nodes(shard, ctl, &mut held).await?
+    } else {
+        shard.store.answer(held.scope.parts()).await
     };
     // Not found, or Valkey unreadable: publish (at-least-once across a restart).
-    match shard.store.answer(held.scope.parts()).await {
+    match found {
         Ok(Some(value)) => match Replay::decode(&value) {
             Some(replay) => held.adopt(replay).await,
             None => Ok(Begin::Publish(Some(held))),
         },
         _ => Ok(Begin::Publish(Some(held))),
+    }
+}
+
+/// How often a request whose key another node is publishing with looks again.
+const CLAIM_POLL: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// Cluster mode: the key is claimed in Valkey too (see [`Store::claim_answer`]), waiting
+/// while another node publishes with it, at most `limits.idempotency_wait`. The claim lasts
+/// as long as that node may take to answer.
+///
+/// [`Store::claim_answer`]: crate::store::Store::claim_answer
+async fn claim_across_nodes(
+    shard: &Rc<Shard>,
+    ctl: &ConnCtl,
+    held: &mut Held,
+) -> Result<Result<Option<Vec<u8>>, crate::store::StoreError>, ApiError> {
+    let marker = format!(
+        "{}{}",
+        crate::store::CLAIM_MARKER,
+        crate::random::hex_string::<8>()
+    );
+    let limits = &shard.config.limits;
+    let ttl = shard.config.storage.ack_timeout + limits.idempotency_wait;
+    let give_up = now_ms() + limits.idempotency_wait.as_millis() as u64;
+    loop {
+        match shard
+            .store
+            .claim_answer(held.scope.parts(), &marker, ttl)
+            .await
+        {
+            Ok(ClaimedAnswer::Mine) => {
+                held.marker = Some(marker);
+                return Ok(Ok(None));
+            }
+            Ok(ClaimedAnswer::Answer(value)) => return Ok(Ok(Some(value))),
+            Ok(ClaimedAnswer::Pending) if ctl.closing() => {
+                return Err(in_flight("the relay is shutting down"))
+            }
+            Ok(ClaimedAnswer::Pending) if now_ms() >= give_up => {
+                return Err(in_flight(
+                    "another request with this Idempotency-Key is still being published",
+                ))
+            }
+            Ok(ClaimedAnswer::Pending) => crate::rt::sleep(CLAIM_POLL).await,
+            Err(e) => return Ok(Err(e)),
+        }
     }
 }
 
@@ -172,6 +229,8 @@ pub struct Held {
     claim: u64,
     body_hash: u64,
     armed: bool,
+    /// Cluster mode: the claim this request holds in Valkey.
+    marker: Option<String>,
 }
 
 impl Held {
@@ -258,6 +317,9 @@ fn keep_here(
 
 impl Drop for Held {
     fn drop(&mut self) {
+        if let (true, Some(marker)) = (self.armed, &self.marker) {
+            self.shard.store.release_answer(self.scope.parts(), marker);
+        }
         if self.armed {
             let (scope, claim) = (Arc::clone(&self.scope), self.claim);
             let owner = scope.owner(self.shard.count());
