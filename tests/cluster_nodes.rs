@@ -170,6 +170,36 @@ fn publishes_on_every_node_reach_every_node_on_a_valkey_cluster() {
 }
 
 #[test]
+fn sse_streams_and_long_polls_on_one_node_get_what_another_node_published() {
+    let valkey = Valkey::start();
+    let nodes = nodes_on(&valkey);
+    let topic = "news";
+    let mut sse = Sse::connect(nodes[1].addr, &rw_token(), &format!("topics={topic}"));
+    let poller = {
+        let addr = nodes[2].addr;
+        thread::spawn(move || {
+            let mut http = Http::connect(addr);
+            http.set_read_timeout(Duration::from_secs(20));
+            http.request(
+                "GET",
+                &format!("/api/v1/poll?topics={topic}&timeout=15"),
+                &[auth_header(&rw_token()).as_pair()],
+                b"",
+            )
+        })
+    };
+    // The poll is parked (and its node listens) before the publish.
+    assert!(eventually(Duration::from_secs(5), || {
+        nodes[2].metrics().sum("pulsar_polls_waiting") >= 1.0
+    }));
+    let receipt = nodes[0].publish(topic, r#"{"headline":1}"#);
+    assert_eq!(id_of(&sse.recv_delivery()), id_of(&receipt));
+    let polled = poller.join().unwrap();
+    polled.assert_status(200);
+    assert_eq!(ids(&polled.json()["messages"]), [id_of(&receipt)]);
+}
+
+#[test]
 fn a_durable_consumer_acknowledges_on_one_node_and_resumes_on_another() {
     let valkey = Valkey::start();
     let nodes = nodes_on(&valkey);

@@ -455,6 +455,27 @@ mod tests {
     }
 
     #[test]
+    fn in_cluster_mode_nothing_in_memory_waits_for_valkey() {
+        let (store, _) = Store::for_shard(
+            &Config {
+                storage: crate::config::StorageConfig {
+                    backend: Backend::Valkey,
+                    ..Default::default()
+                },
+                cluster: crate::config::ClusterConfig { enabled: true },
+                ..Default::default()
+            },
+            None,
+            0,
+            &Rc::new(ShardMetrics::default()),
+        );
+        assert!(store.is_announced());
+        // Rings hold only messages heard from Valkey: all evictable.
+        assert_eq!(store.durable_upto(), None);
+        assert_eq!(valkey_store().durable_upto(), Some(MessageId::ZERO));
+    }
+
+    #[test]
     fn keys_map_back_to_topics() {
         let store = valkey_store();
         let v = store.valkey.as_ref().unwrap();

@@ -141,8 +141,13 @@ impl Store {
     }
 
     /// The newest of this shard's message IDs up to which Valkey has answered every
-    /// write; `None` without a persistent tier (everything in memory is all there is).
+    /// write; `None` when every message in memory may be evicted: without a persistent tier
+    /// (everything in memory is all there is), and in cluster mode (rings hold only what
+    /// was heard from Valkey, so it is all there already).
     pub fn durable_upto(&self) -> Option<MessageId> {
+        if self.is_announced() {
+            return None;
+        }
         let v = self.valkey.as_ref()?;
         let mut unconfirmed = v.unconfirmed.borrow_mut();
         while let Some((id, reply)) = unconfirmed.front() {

@@ -676,3 +676,64 @@ fn busiest_ranks_topics_by_recent_messages_then_retained() {
     );
     assert_eq!(t.busiest(9_000, 1).len(), 1);
 }
+
+/// A message as cluster mode hears it: its ID from the stream.
+fn heard(topic: &str, ms: u64) -> Message {
+    let draft = Draft {
+        topic,
+        payload: b"{\"heard\":true,\"padding\":\"................................\"}",
+        metadata: None,
+        ttl_ms: None,
+    };
+    Message::build(MessageId::new(ms, 0), Arc::from(topic), ms, &draft)
+}
+
+#[test]
+fn heard_messages_go_only_to_loaded_topics_in_id_order_once() {
+    let mut t = table(100, 1 << 20, true);
+    assert!(
+        t.append(heard("x", 5), 5).is_none(),
+        "not loaded: not listened to"
+    );
+    t.load(
+        "x",
+        StoredTopic {
+            last_id: MessageId::new(4, 0),
+            ..Default::default()
+        },
+    );
+    t.subscribe("x", 0, &Cursor::Live, None, 0, 10);
+    let first = t.append(heard("x", 5), 5).expect("newer than the last ID");
+    assert_eq!(first.interested.iter().collect::<Vec<_>>(), [0]);
+    assert!(t.append(heard("x", 5), 5).is_none(), "a repeat");
+    assert!(
+        t.append(heard("x", 3), 5).is_none(),
+        "older than the last ID"
+    );
+    t.advance("x", MessageId::new(9, 0));
+    assert!(t.append(heard("x", 8), 9).is_none(), "read past already");
+    assert!(t.append(heard("x", 10), 10).is_some());
+    assert_eq!(t.last_id("x"), Some(MessageId::new(10, 0)));
+    assert_eq!(t.loaded_topics(), [Arc::from("x")]);
+    assert!(!t.forget_unwatched("x"), "a shard subscribes to it");
+    t.drop_interest("x", 0);
+    assert!(t.forget_unwatched("x"));
+    assert_eq!(t.last_id("x"), None);
+}
+
+#[test]
+fn heard_messages_stay_within_the_byte_budget() {
+    let mut t = table(10_000, 64 << 10, true);
+    for topic in ["a", "b"] {
+        t.load(topic, StoredTopic::default());
+        t.subscribe(topic, 0, &Cursor::Live, None, 0, 10);
+    }
+    for ms in 1..=5_000 {
+        let topic = if ms % 2 == 0 { "a" } else { "b" };
+        t.append(heard(topic, ms), ms);
+        // The shard's tick, as in cluster mode: nothing in a ring waits for Valkey.
+        t.confirmed(None);
+    }
+    assert!(t.bytes() <= 64 << 10, "{} bytes", t.bytes());
+    assert_eq!(t.last_id("a"), Some(MessageId::new(5_000, 0)));
+}
