@@ -15,6 +15,7 @@ use std::thread;
 use std::time::Duration;
 
 use common::*;
+use pulsar_relay::auth::Permissions;
 use serde_json::{json, Value};
 
 const READY_TIMEOUT: Duration = Duration::from_secs(15);
@@ -197,6 +198,41 @@ fn sse_streams_and_long_polls_on_one_node_get_what_another_node_published() {
     let polled = poller.join().unwrap();
     polled.assert_status(200);
     assert_eq!(ids(&polled.json()["messages"]), [id_of(&receipt)]);
+}
+
+#[test]
+fn a_topic_deleted_on_one_node_is_gone_from_every_node() {
+    let valkey = Valkey::start();
+    let nodes = nodes_on(&valkey);
+    let topic = "drafts";
+    // Node B listens to the topic, so its ring holds the messages.
+    let mut watcher = nodes[1].ws();
+    watcher.subscribe(&[topic], json!({}));
+    for i in 0..3 {
+        nodes[0].publish(topic, &i.to_string());
+    }
+    delivered(&mut watcher, 3);
+    let admin = token(
+        "root",
+        Permissions::READ | Permissions::WRITE | Permissions::ADMIN,
+    );
+    let auth = auth_header(&admin);
+    nodes[0]
+        .request(
+            "DELETE",
+            &format!("/api/v1/topics/{topic}"),
+            &[auth.as_pair()],
+            b"",
+        )
+        .assert_status(204);
+    assert!(eventually(Duration::from_secs(5), || {
+        replayed(&nodes[1], topic).is_empty()
+    }));
+    let after = nodes[0].publish(topic, "\"again\"");
+    assert_eq!(id_of(&watcher.recv_delivery()), id_of(&after));
+    for node in &nodes {
+        assert_eq!(replayed(node, topic), [id_of(&after)]);
+    }
 }
 
 #[test]

@@ -50,6 +50,9 @@ pub struct Appended {
     pub id: MessageId,
 }
 
+/// What a topic's deletion announces on its channel (see `Store::delete_topic`).
+pub const DELETED: &[u8] = b"deleted";
+
 /// A message as announced on its topic's channel.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Announcement<'a> {

@@ -56,7 +56,7 @@ use crate::config::{AckMode, Backend, Config};
 use crate::metrics::ShardMetrics;
 use crate::rt::sleep;
 use crate::tls::client::ClientTls;
-pub use announce::{announcement, appended, Announcement, Appended};
+pub use announce::{announcement, appended, Announcement, Appended, DELETED};
 use connection::Connection;
 use link::{LinkError, ReplicaWait, Reply};
 pub use listener::Heard;

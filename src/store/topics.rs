@@ -59,6 +59,10 @@ const SCAN_COUNT: usize = 1000;
 const CREATE_RECORD_IF_ABSENT: &str = "if redis.call('EXISTS', KEYS[1]) == 0 then \
      redis.call('HSET', KEYS[1], unpack(ARGV)) return 1 end return 0";
 
+/// Cluster mode's topic deletion: the keys, and the announcement that it was deleted.
+const DELETE_ANNOUNCED: &str = "redis.call('DEL', unpack(KEYS)) \
+     redis.call('PUBLISH', ARGV[1], 'deleted') return 1";
+
 impl Store {
     pub fn save_position(&self, topic: &str, consumer: &str, id: MessageId) {
         if let Some(v) = &self.valkey {
@@ -108,12 +112,23 @@ impl Store {
     /// Queues the deletion of everything kept for `topic`: record, stream and positions.
     pub fn delete_topic(&self, topic: &str) -> Option<Ticket> {
         let v = self.valkey.as_ref()?;
-        let cmd = redis::cmd("DEL")
-            .arg(v.record_key(topic))
-            .arg(v.stream_key(topic))
-            .arg(v.positions_key(topic))
-            .arg(v.last_id_key(topic))
-            .clone();
+        let keys = [
+            v.record_key(topic),
+            v.stream_key(topic),
+            v.positions_key(topic),
+            v.last_id_key(topic),
+        ];
+        let cmd = if self.is_announced() {
+            // The other nodes drop what they hold of it, in the order of its messages.
+            redis::cmd("EVAL")
+                .arg(DELETE_ANNOUNCED)
+                .arg(keys.len())
+                .arg(&keys)
+                .arg(self.channel(topic).unwrap_or_default())
+                .clone()
+        } else {
+            redis::cmd("DEL").arg(&keys).clone()
+        };
         v.link.write(&cmd, self.persisted_acks).map(Ticket)
     }
 

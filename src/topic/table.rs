@@ -689,12 +689,27 @@ impl TopicTable {
     /// Subscribers stay registered (the entry survives while there are any) and IDs keep
     /// growing: the shard's clock is not reset. False when `name` has no record.
     pub fn delete(&mut self, name: &str) -> bool {
-        let Some(topic) = self.topics.get_mut(name) else {
-            return false;
-        };
-        if topic.record.take().is_none() {
+        if self.topics.get(name).is_none_or(|t| t.record.is_none()) {
             return false;
         }
+        self.clear(name);
+        true
+    }
+
+    /// Cluster mode: `name` was deleted on another node; what this one holds of it goes
+    /// (its subscribers stay, and get what is published to it from now on).
+    pub fn deleted_elsewhere(&mut self, name: &str) {
+        if self.topics.contains_key(name) {
+            self.clear(name);
+        }
+    }
+
+    /// Drops a topic's messages, positions and record (the entry stays while needed).
+    fn clear(&mut self, name: &str) {
+        let Some(topic) = self.topics.get_mut(name) else {
+            return;
+        };
+        topic.record = None;
         let mut freed = topic.ring.clear();
         self.kept -= usize::from(std::mem::take(&mut topic.kept));
         topic.has_older = false;
@@ -703,7 +718,6 @@ impl TopicTable {
         freed += before - after;
         self.bytes -= freed;
         self.forget_if_idle(name);
-        true
     }
 
     /// Every topic of this shard that has a record, with it.

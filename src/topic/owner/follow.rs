@@ -26,7 +26,7 @@ use crate::metrics;
 use crate::rt::mesh::Answer;
 use crate::rt::{now_ms, sleep, spawn_local};
 use crate::store::{
-    announcement, appended, Heard, MessageId, StoreError, StreamEntry, StreamRange,
+    announcement, appended, Heard, MessageId, StoreError, StreamEntry, StreamRange, DELETED,
 };
 use crate::topic::owner::apply::{PublishBatch, Receipt};
 use crate::topic::{Message, TopicRecord};
@@ -155,8 +155,15 @@ impl Owner {
 
     /// An announcement heard on `channel`.
     fn hear(&self, channel: &[u8], data: &[u8]) {
-        let (Some(topic), Some(heard)) = (self.store.topic_of_channel(channel), announcement(data))
-        else {
+        let Some(topic) = self.store.topic_of_channel(channel) else {
+            return;
+        };
+        if data == DELETED {
+            self.forget_recorded(topic);
+            self.table.borrow_mut().deleted_elsewhere(topic);
+            return;
+        }
+        let Some(heard) = announcement(data) else {
             return;
         };
         let id = heard.entry.id;
