@@ -143,6 +143,10 @@ fn publishes_reach_every_node(nodes: &[Relay], topic: &str) {
             first,
             "history differs between nodes"
         );
+        let heard = node
+            .metrics()
+            .sum("pulsar_cluster_announce_lag_seconds_count");
+        assert!(heard >= total as f64, "{heard} announcements heard");
     }
 }
 

@@ -121,6 +121,9 @@ pub struct ShardMetrics {
     pub publish_latency: RefCell<Latency>,
     pub delivery_latency: RefCell<Latency>,
     pub valkey_latency: RefCell<Latency>,
+    /// Cluster mode: a message's publishing (its timestamp, on the publishing node's clock)
+    /// to its announcement heard here.
+    pub announce_lag: RefCell<Latency>,
     /// The state at the start of the second being sampled, and the last full second.
     sampled: RefCell<Sample>,
     recent: RefCell<Recent>,
@@ -178,6 +181,7 @@ impl Default for ShardMetrics {
             publish_latency: RefCell::new(Latency::new()),
             delivery_latency: RefCell::new(Latency::new()),
             valkey_latency: RefCell::new(Latency::new()),
+            announce_lag: RefCell::new(Latency::new()),
             sampled: RefCell::new(Sample::default()),
             recent: RefCell::new(Recent::default()),
         }
@@ -290,6 +294,7 @@ impl ShardMetrics {
             publish_latency: self.publish_latency.borrow().clone(),
             delivery_latency: self.delivery_latency.borrow().clone(),
             valkey_latency: self.valkey_latency.borrow().clone(),
+            announce_lag: self.announce_lag.borrow().clone(),
         }
     }
 }
@@ -344,6 +349,7 @@ pub struct Snapshot {
     pub publish_latency: Latency,
     pub delivery_latency: Latency,
     pub valkey_latency: Latency,
+    pub announce_lag: Latency,
 }
 
 /// The Valkey Cluster series: redirections followed, slot maps read, and each primary's
@@ -660,7 +666,7 @@ pub fn render(shards: &[Snapshot], persistent: bool) -> String {
         }
     }
 
-    let histograms: [(&str, &str, LatencyOf); 3] = [
+    let histograms: [(&str, &str, LatencyOf); 4] = [
         (
             "pulsar_publish_latency_seconds",
             "Publish request received to acknowledged.",
@@ -675,6 +681,11 @@ pub fn render(shards: &[Snapshot], persistent: bool) -> String {
             "pulsar_valkey_write_latency_seconds",
             "Round trip of the Valkey pipeline that carried a write.",
             |s| &s.valkey_latency,
+        ),
+        (
+            "pulsar_cluster_announce_lag_seconds",
+            "Cluster mode: a message published (on its node's clock) to its announcement heard on this node.",
+            |s| &s.announce_lag,
         ),
     ];
     for (name, help, field) in histograms {

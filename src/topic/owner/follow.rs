@@ -166,6 +166,12 @@ impl Owner {
         let Some(heard) = announcement(data) else {
             return;
         };
+        // Milliseconds: the timestamp is the publishing node's, in ms.
+        let lag_ms = now_ms().saturating_sub(heard.entry.timestamp_ms);
+        self.metrics
+            .announce_lag
+            .borrow_mut()
+            .record(lag_ms.saturating_mul(1000));
         let id = heard.entry.id;
         if let Some(behind) = self.behind.borrow_mut().get_mut(topic) {
             // A catch-up is under way (or waits for the load): it reads this one too.
