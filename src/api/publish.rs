@@ -16,6 +16,7 @@ use std::ops::Range;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::time::Instant;
 
 use futures_lite::future;
 use serde::de::{IgnoredAny, MapAccess, Visitor};
@@ -28,6 +29,7 @@ use super::idempotency::Endpoint;
 use super::idempotency::{self, Begin};
 use super::limits::too_deep;
 use super::shard::Shard;
+use super::shed;
 use crate::auth::Principal;
 use crate::config::TopicNamespace;
 use crate::http::{Request, Response};
@@ -297,24 +299,33 @@ fn receipt_json(topic: &str, receipt: &Receipt) -> String {
     )
 }
 
-/// The owner-side handler of a publish: the owner's topics take the batch, and each new
-/// message goes out to the shards with subscribers for it.
+/// The owner-side handler of a publish sent at `sent`: the owner's topics take the batch,
+/// and each new message goes out to the shards with subscribers for it; refused, and
+/// nothing published, when the owner is too late (see `shed`).
 fn publish_here(
     s: &Rc<Shard>,
     batch: &PublishBatch,
+    sent: Instant,
 ) -> Answer<PublishResult, impl Future<Output = PublishResult>> {
+    if let Err(e) = shed::admit_at_owner(s, sent) {
+        return Answer::Now(Err(e));
+    }
     // Unbounded here: the requesting shard bounds its wait by `storage.ack_timeout`, and a
     // publish with an Idempotency-Key keeps waiting past it (see `single`).
-    settled(
+    let published = settled(
         Answer::now(
             s.topics
                 .publish(batch, |msg, shards| s.fan_out(msg, shards)),
         ),
         None,
-    )
+    );
+    match published {
+        Answer::Now(result) => Answer::Now(result.map_err(ApiError::from)),
+        Answer::Later(later) => Answer::Later(async move { later.await.map_err(ApiError::from) }),
+    }
 }
 
-type PublishResult = Result<Vec<Receipt>, StoreError>;
+type PublishResult = Result<Vec<Receipt>, ApiError>;
 
 /// When a publish that arrives now must be answered: `storage.ack_timeout` later, however
 /// long it waited before its writes were queued (an Idempotency-Key lookup, say); `None`
@@ -389,8 +400,9 @@ pub async fn single(
         async move {
             // Validated (or appended) as UTF-8 when parsed.
             let topic = std::str::from_utf8(&body[topic_bytes]).unwrap_or_default();
+            let sent = Instant::now();
             shard
-                .on_topic(topic, move |s| publish_here(s, &batch))
+                .on_topic(topic, move |s| publish_here(s, &batch, sent))
                 .await
         }
     };
@@ -522,8 +534,9 @@ pub async fn bulk(
         let (shard, topic) = (Rc::clone(shard), topics[keys[0]].clone());
         groups.push(keys);
         calls.push(Box::pin(async move {
+            let sent = Instant::now();
             shard
-                .on_topic(&topic, move |s| publish_here(s, &batch))
+                .on_topic(&topic, move |s| publish_here(s, &batch, sent))
                 .await
         }));
     }
@@ -546,7 +559,7 @@ pub async fn bulk(
         match answer.into_inner() {
             Some(published) => group_receipts(&mut receipts, &keys, published),
             None => {
-                group_receipts(&mut receipts, &keys, Err(StoreError::PersistTimeout));
+                group_receipts(&mut receipts, &keys, Err(persist_timeout()));
                 unconfirmed.push((keys, call));
             }
         }
@@ -581,7 +594,6 @@ fn group_receipts(receipts: &mut [ItemReceipt], keys: &[usize], published: Publi
             }
         }
         Err(e) => {
-            let e = ApiError::from(e);
             for &k in keys {
                 receipts[k] = Err((e.code, e.detail.clone()));
             }

@@ -353,6 +353,10 @@ pub struct LimitsConfig {
     /// How long a duplicate waits for the first request with its key before a 503.
     #[serde(with = "units::duration")]
     pub idempotency_wait: Duration,
+    /// A shard whose work waits longer than this refuses new publishes with 503
+    /// `OVERLOADED` until it catches up; 0 = never.
+    #[serde(with = "units::duration")]
+    pub max_queue_delay: Duration,
 }
 
 impl Default for LimitsConfig {
@@ -373,6 +377,7 @@ impl Default for LimitsConfig {
             max_json_depth: 64,
             idempotency_window: Duration::from_secs(600),
             idempotency_wait: Duration::from_secs(10),
+            max_queue_delay: Duration::from_millis(200),
         }
     }
 }

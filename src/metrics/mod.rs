@@ -113,6 +113,10 @@ pub struct ShardMetrics {
     pub topic_loads: Cell<u64>,
     /// TLS handshakes on the listener that failed or ran out of time.
     pub tls_handshake_failures: Cell<u64>,
+    /// Publish requests refused with `OVERLOADED` by the shard that read them.
+    pub shed_requests: Cell<u64>,
+    /// Publish batches refused with `OVERLOADED` by their topics' owner shard.
+    pub shed_at_owner: Cell<u64>,
     requests: RefCell<RequestCounts>,
     pub publish_latency: RefCell<Latency>,
     pub delivery_latency: RefCell<Latency>,
@@ -168,6 +172,8 @@ impl Default for ShardMetrics {
             topics_dropped: Cell::new(0),
             topic_loads: Cell::new(0),
             tls_handshake_failures: Cell::new(0),
+            shed_requests: Cell::new(0),
+            shed_at_owner: Cell::new(0),
             requests: RefCell::new(Vec::new()),
             publish_latency: RefCell::new(Latency::new()),
             delivery_latency: RefCell::new(Latency::new()),
@@ -270,6 +276,8 @@ impl ShardMetrics {
                 topics_dropped: self.topics_dropped.get(),
                 topic_loads: self.topic_loads.get(),
                 tls_handshake_failures: self.tls_handshake_failures.get(),
+                shed_requests: self.shed_requests.get(),
+                shed_at_owner: self.shed_at_owner.get(),
             },
             gauges: Gauges {
                 websocket_connections: self.websocket_connections.get(),
@@ -304,6 +312,8 @@ pub struct Counters {
     pub topics_dropped: u64,
     pub topic_loads: u64,
     pub tls_handshake_failures: u64,
+    pub shed_requests: u64,
+    pub shed_at_owner: u64,
 }
 
 #[derive(Clone, Copy, Default, Debug)]
@@ -318,6 +328,8 @@ pub struct Gauges {
     pub mesh_backlog: u64,
     pub valkey_backlog: u64,
     pub valkey_up: bool,
+    /// The longest wait the shard's work met in its last complete second (`rt::lateness`).
+    pub queue_delay_micros: u64,
 }
 
 /// One shard's metrics at one instant; crosses shards by value.
@@ -379,6 +391,43 @@ fn render_cluster(out: &mut String, shards: &[Snapshot]) {
             );
         }
     }
+}
+
+/// CPU overload: how late each shard's work runs, and the publishes refused for it.
+fn render_overload(out: &mut String, shards: &[Snapshot]) {
+    header(
+        out,
+        "pulsar_queue_delay_seconds",
+        "Longest wait the shard's work met in its last complete second: requests between \
+         read and handled, its executor's timer, publishes crossing to it. Over \
+         limits.max_queue_delay, publishes are refused with 503 OVERLOADED.",
+        "gauge",
+    );
+    for (shard, s) in shards.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "pulsar_queue_delay_seconds{{shard=\"{shard}\"}} {}",
+            s.gauges.queue_delay_micros as f64 / 1e6
+        );
+    }
+    header(
+        out,
+        "pulsar_publishes_shed_total",
+        "Publishes refused with 503 OVERLOADED because a shard was too late: requests by the \
+         shard that read them (at=\"request\"), batches by their topics' owner (at=\"owner\").",
+        "counter",
+    );
+    let total = |f: fn(&Counters) -> u64| shards.iter().map(|s| f(&s.counters)).sum::<u64>();
+    let _ = writeln!(
+        out,
+        "pulsar_publishes_shed_total{{at=\"request\"}} {}",
+        total(|c| c.shed_requests)
+    );
+    let _ = writeln!(
+        out,
+        "pulsar_publishes_shed_total{{at=\"owner\"}} {}",
+        total(|c| c.shed_at_owner)
+    );
 }
 
 /// A metric's name, help text and where its value comes from.
@@ -525,6 +574,7 @@ pub fn render(shards: &[Snapshot], persistent: bool) -> String {
             s.gauges.mesh_backlog
         );
     }
+    render_overload(&mut out, shards);
 
     if persistent {
         header(
