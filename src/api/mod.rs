@@ -308,10 +308,11 @@ async fn route(conn: &mut Conn, req: Request, auth: &mut AuthCache) -> Outcome {
         Publish | PublishBulk => match who() {
             Ok(principal) => {
                 let publisher = auth.publisher(&principal);
+                let read_at = conn.read_at;
                 if route.endpoint == Publish {
-                    publish::single(&shard, &conn.ctl, &principal, publisher, req).await
+                    publish::single(&shard, &conn.ctl, &principal, publisher, req, read_at).await
                 } else {
-                    publish::bulk(&shard, &conn.ctl, &principal, publisher, req).await
+                    publish::bulk(&shard, &conn.ctl, &principal, publisher, req, read_at).await
                 }
             }
             Err(e) => Err(e),

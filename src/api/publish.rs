@@ -299,15 +299,16 @@ fn receipt_json(topic: &str, receipt: &Receipt) -> String {
     )
 }
 
-/// The owner-side handler of a publish sent at `sent`: the owner's topics take the batch,
-/// and each new message goes out to the shards with subscribers for it; refused, and
-/// nothing published, when the owner is too late (see `shed`).
+/// The owner-side handler of a publish whose request was read at `read_at` (on whichever
+/// shard): the owner's topics take the batch, and each new message goes out to the shards
+/// with subscribers for it; refused, and nothing published, when it has waited too long
+/// on its way here or the owner is late (see `shed`).
 fn publish_here(
     s: &Rc<Shard>,
     batch: &PublishBatch,
-    sent: Instant,
+    read_at: Instant,
 ) -> Answer<PublishResult, impl Future<Output = PublishResult>> {
-    if let Err(e) = shed::admit_at_owner(s, sent) {
+    if let Err(e) = shed::admit_at_owner(s, read_at) {
         return Answer::Now(Err(e));
     }
     // Unbounded here: the requesting shard bounds its wait by `storage.ack_timeout`, and a
@@ -373,6 +374,7 @@ pub async fn single(
     principal: &Principal,
     publisher: Arc<Publisher>,
     req: Request,
+    read_at: Instant,
 ) -> Result<Response, ApiError> {
     let deadline = ack_deadline(shard);
     let key = idempotency::key_of(&req)?;
@@ -400,9 +402,8 @@ pub async fn single(
         async move {
             // Validated (or appended) as UTF-8 when parsed.
             let topic = std::str::from_utf8(&body[topic_bytes]).unwrap_or_default();
-            let sent = Instant::now();
             shard
-                .on_topic(topic, move |s| publish_here(s, &batch, sent))
+                .on_topic(topic, move |s| publish_here(s, &batch, read_at))
                 .await
         }
     };
@@ -451,6 +452,7 @@ pub async fn bulk(
     principal: &Principal,
     publisher: Arc<Publisher>,
     req: Request,
+    read_at: Instant,
 ) -> Result<Response, ApiError> {
     let deadline = ack_deadline(shard);
     let key = idempotency::key_of(&req)?;
@@ -534,9 +536,8 @@ pub async fn bulk(
         let (shard, topic) = (Rc::clone(shard), topics[keys[0]].clone());
         groups.push(keys);
         calls.push(Box::pin(async move {
-            let sent = Instant::now();
             shard
-                .on_topic(&topic, move |s| publish_here(s, &batch, sent))
+                .on_topic(&topic, move |s| publish_here(s, &batch, read_at))
                 .await
         }));
     }

@@ -11,7 +11,8 @@
 //! watch an overloaded relay with); reads, acks and frames of open WebSocket sessions stay
 //! served, since consumers draining is what relieves the relay, and refusing them would
 //! lose deliveries already promised. A publish that crossed to its topic's owner is
-//! refused there too when the crossing itself waited too long (the owner is late).
+//! checked again there, against the same limit and the owner's own lateness, before it
+//! is published.
 //!
 //! Owns the decision and the refusal; the measure is `rt::lateness`'s.
 
@@ -31,15 +32,18 @@ pub fn overloaded() -> ApiError {
     .with_header("Retry-After", "1")
 }
 
-/// Whether a publish read at `read_at` may run here now: refused when it waited too long
-/// since it was read, or the shard is late.
+/// Whether a publish read at `read_at` may start here now: refused when it has waited too
+/// long since it was read (behind its connection's earlier requests and other work), or
+/// the shard is late.
 pub fn admit_request(shard: &Shard, read_at: Instant) -> Result<(), ApiError> {
     admit(shard, read_at, &shard.metrics.shed_requests)
 }
 
-/// Whether a publish sent to this shard (its topics' owner) at `sent` may run here now.
-pub fn admit_at_owner(owner: &Shard, sent: Instant) -> Result<(), ApiError> {
-    admit(owner, sent, &owner.metrics.shed_at_owner)
+/// Whether a publish read at `read_at` (on this shard or another) may run here, on its
+/// topics' owner, now: refused when it has waited too long all told (the crossing
+/// included), or the owner is late.
+pub fn admit_at_owner(owner: &Shard, read_at: Instant) -> Result<(), ApiError> {
+    admit(owner, read_at, &owner.metrics.shed_at_owner)
 }
 
 fn admit(shard: &Shard, since: Instant, refused: &std::cell::Cell<u64>) -> Result<(), ApiError> {

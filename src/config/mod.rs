@@ -353,8 +353,8 @@ pub struct LimitsConfig {
     /// How long a duplicate waits for the first request with its key before a 503.
     #[serde(with = "units::duration")]
     pub idempotency_wait: Duration,
-    /// A shard whose work waits longer than this refuses new publishes with 503
-    /// `OVERLOADED` until it catches up; 0 = never.
+    /// A publish that waited longer than this since it was read, or arrives while its
+    /// shard's executor runs this late, is refused with 503 `OVERLOADED`; 0 = never.
     #[serde(with = "units::duration")]
     pub max_queue_delay: Duration,
 }

@@ -2,19 +2,19 @@
 //! itself, and whether it is too late to take on more.
 //!
 //! A shard whose CPU cannot keep up does not slow down evenly: work waits in its run queue
-//! and read buffers, and everything it accepts is answered later and later. Three delays
-//! show it, all observed on the shard that suffers them, so no state crosses cores:
+//! and read buffers, and everything it accepts is answered later and later. Two delays
+//! show it, both observed on the shard that suffers them, so no state crosses cores:
+//! - how long a piece of work (a request, a cross-shard publish) has waited before it runs:
+//!   work that waited longer than the limit is refused ([`Lateness::admits`]) — its answer
+//!   would come too late anyway, and refusing it is how the queue ahead of fresher work
+//!   drains, the way CoDel drops what sat in a queue too long;
 //! - the lag of a periodic timer on the shard's executor ([`watch`]): how long ready work
-//!   waits for its turn, whatever the work is;
-//! - how long a request waited between being read and being handled (its connection's
-//!   earlier requests and every other connection's work ran first);
-//! - how long a cross-shard call waited on its way to this shard (the mesh channel and this
-//!   shard's run queue).
+//!   waits for its turn, whatever the work is. When it is over the limit on consecutive
+//!   ticks the queue is standing, not a burst, and the shard is late: it admits nothing
+//!   new until a tick is on time again.
 //!
-//! Any delay over the limit makes the shard late for as long again (so it stays late while
-//! delays keep coming, and recovers within one limit of them stopping). What a late shard
-//! refuses is its host's decision; this module only measures. It owns no sockets and knows
-//! nothing of requests.
+//! What a shard refuses is its host's decision; this module only measures. It owns no
+//! sockets and knows nothing of requests.
 
 use std::cell::Cell;
 use std::rc::Rc;
@@ -27,11 +27,15 @@ pub const PERIOD: Duration = Duration::from_millis(25);
 /// the last complete window.
 const WINDOW: Duration = Duration::from_secs(1);
 
+/// Consecutive late timer ticks that make a shard late: one could be a burst.
+const LATE_TICKS: u32 = 2;
+
 /// One shard's lateness. Only its own shard touches it.
 pub struct Lateness {
-    /// Delays above this make the shard late; zero: never late (delays are still measured).
+    /// Delays above this are too late; zero: nothing is (delays are still measured).
     limit: Duration,
-    late_until: Cell<Option<Instant>>,
+    /// Timer ticks over the limit in a row.
+    late_ticks: Cell<u32>,
     window_start: Cell<Instant>,
     window_peak: Cell<Duration>,
     last_peak: Cell<Duration>,
@@ -41,7 +45,7 @@ impl Lateness {
     pub fn new(limit: Duration, now: Instant) -> Lateness {
         Lateness {
             limit,
-            late_until: Cell::new(None),
+            late_ticks: Cell::new(0),
             window_start: Cell::new(now),
             window_peak: Cell::new(Duration::ZERO),
             last_peak: Cell::new(Duration::ZERO),
@@ -53,29 +57,39 @@ impl Lateness {
         !self.limit.is_zero()
     }
 
-    /// Records that some work waited `delay` before it ran at `now`.
-    pub fn observe(&self, delay: Duration, now: Instant) {
+    /// Whether work that has waited since `queued` may still run at `now`: no when it
+    /// waited longer than the limit, or the shard is late.
+    pub fn admits(&self, queued: Instant, now: Instant) -> bool {
+        let waited = now.saturating_duration_since(queued);
+        self.observe(waited, now);
+        !self.too_late(waited) && !self.is_late()
+    }
+
+    /// Records a tick of the executor's timer that came `lag` after it was due.
+    pub fn tick(&self, lag: Duration, now: Instant) {
+        self.observe(lag, now);
+        let ticks = if self.too_late(lag) {
+            self.late_ticks.get().saturating_add(1)
+        } else {
+            0
+        };
+        self.late_ticks.set(ticks);
+    }
+
+    /// The executor has been late on consecutive ticks.
+    pub fn is_late(&self) -> bool {
+        self.late_ticks.get() >= LATE_TICKS
+    }
+
+    fn too_late(&self, delay: Duration) -> bool {
+        self.enabled() && delay > self.limit
+    }
+
+    fn observe(&self, delay: Duration, now: Instant) {
         self.roll(now);
         if delay > self.window_peak.get() {
             self.window_peak.set(delay);
         }
-        if self.enabled() && delay > self.limit {
-            let until = now + self.limit;
-            if self.late_until.get().is_none_or(|t| t < until) {
-                self.late_until.set(Some(until));
-            }
-        }
-    }
-
-    /// Whether work that has waited since `queued` may still run at `now`: no when it
-    /// waited longer than the limit, or the shard is late.
-    pub fn admits(&self, queued: Instant, now: Instant) -> bool {
-        self.observe(now.saturating_duration_since(queued), now);
-        !self.is_late(now)
-    }
-
-    pub fn is_late(&self, now: Instant) -> bool {
-        self.late_until.get().is_some_and(|until| now < until)
     }
 
     /// The largest delay seen in the last complete window (about a second): the gauge.
@@ -111,7 +125,7 @@ pub async fn watch(lateness: std::rc::Weak<Lateness>) {
         let Some(lateness) = lateness.upgrade() else {
             return;
         };
-        lateness.observe(now.saturating_duration_since(asked), now);
+        lateness.tick(now.saturating_duration_since(asked), now);
     }
 }
 
@@ -127,31 +141,35 @@ mod tests {
     const MS: Duration = Duration::from_millis(1);
 
     #[test]
-    fn a_delay_over_the_limit_makes_the_shard_late_for_as_long_again() {
+    fn work_that_waited_longer_than_the_limit_is_refused() {
         let t0 = Instant::now();
         let l = Lateness::new(100 * MS, t0);
-        l.observe(100 * MS, t0);
-        assert!(!l.is_late(t0), "at the limit is not over it");
-        l.observe(101 * MS, t0);
-        assert!(l.is_late(t0) && l.is_late(t0 + 99 * MS));
-        assert!(!l.is_late(t0 + 100 * MS), "recovers once delays stop");
-        // Later delays extend it, earlier ones never shorten it.
-        l.observe(500 * MS, t0 + 50 * MS);
-        l.observe(500 * MS, t0 + 10 * MS);
-        assert!(l.is_late(t0 + 149 * MS) && !l.is_late(t0 + 150 * MS));
+        assert!(l.admits(t0, t0 + 100 * MS), "at the limit is not over it");
+        assert!(!l.admits(t0, t0 + 101 * MS));
+        assert!(
+            l.admits(t0 + 150 * MS, t0 + 150 * MS),
+            "fresher work is still taken: refusing the late drains the queue"
+        );
     }
 
     #[test]
-    fn admits_refuses_what_waited_too_long_and_what_comes_after() {
+    fn consecutive_late_ticks_make_the_shard_late_until_one_is_on_time() {
         let t0 = Instant::now();
         let l = Lateness::new(100 * MS, t0);
-        assert!(l.admits(t0, t0 + 100 * MS));
-        assert!(!l.admits(t0, t0 + 150 * MS), "waited too long");
+        l.tick(300 * MS, t0);
+        assert!(!l.is_late(), "one late tick is a burst");
+        assert!(l.admits(t0, t0));
+        l.tick(150 * MS, t0 + 400 * MS);
+        assert!(l.is_late());
         assert!(
-            !l.admits(t0 + 200 * MS, t0 + 200 * MS),
-            "fresh work on a late shard"
+            !l.admits(t0 + 400 * MS, t0 + 400 * MS),
+            "fresh work, late shard"
         );
-        assert!(l.admits(t0 + 250 * MS, t0 + 250 * MS));
+        l.tick(200 * MS, t0 + 600 * MS);
+        assert!(l.is_late());
+        l.tick(20 * MS, t0 + 650 * MS);
+        assert!(!l.is_late(), "on time again");
+        assert!(l.admits(t0 + 650 * MS, t0 + 650 * MS));
     }
 
     #[test]
@@ -159,8 +177,11 @@ mod tests {
         let t0 = Instant::now();
         let l = Lateness::new(Duration::ZERO, t0);
         assert!(!l.enabled());
+        for _ in 0..5 {
+            l.tick(5000 * MS, t0);
+        }
+        assert!(!l.is_late());
         assert!(l.admits(t0, t0 + 5000 * MS));
-        assert!(!l.is_late(t0 + 5000 * MS));
         assert_eq!(l.peak(t0 + 6000 * MS), 5000 * MS);
     }
 
@@ -168,12 +189,12 @@ mod tests {
     fn the_gauge_shows_the_last_complete_window() {
         let t0 = Instant::now();
         let l = Lateness::new(100 * MS, t0);
-        l.observe(30 * MS, t0);
-        l.observe(70 * MS, t0 + 500 * MS);
-        l.observe(10 * MS, t0 + 900 * MS);
+        l.tick(30 * MS, t0);
+        assert!(!l.admits(t0, t0 + 500 * MS));
+        l.tick(10 * MS, t0 + 900 * MS);
         assert_eq!(l.peak(t0 + 999 * MS), Duration::ZERO, "window not complete");
-        assert_eq!(l.peak(t0 + 1000 * MS), 70 * MS);
-        l.observe(5 * MS, t0 + 1500 * MS);
+        assert_eq!(l.peak(t0 + 1000 * MS), 500 * MS);
+        l.tick(5 * MS, t0 + 1500 * MS);
         assert_eq!(l.peak(t0 + 2000 * MS), 5 * MS);
         assert_eq!(l.peak(t0 + 9000 * MS), Duration::ZERO, "idle since");
     }

@@ -257,8 +257,14 @@ impl<S: Transport> Http<S> {
 /// Sends `requests` (encoded back to back) on a new connection, from a thread of its own,
 /// while reading their `count` answers here: a pipelining producer, which never waits for
 /// an answer before sending on (and so never stalls on full socket buffers either way).
+///
+/// Answers may be slow to come (the relay works through thousands of requests), so this
+/// connection waits up to a minute for each, not [`IO_TIMEOUT`].
 pub fn pipelined(addr: SocketAddr, requests: Vec<u8>, count: usize) -> Vec<Response> {
     let stream = connect_plain(addr);
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
     let mut writer = stream.try_clone().expect("clone the connection");
     let sending = std::thread::spawn(move || writer.write_all(&requests));
     let mut http = Http::over(stream);
