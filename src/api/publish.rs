@@ -328,6 +328,17 @@ fn publish_here(
 
 type PublishResult = Result<Vec<Receipt>, ApiError>;
 
+/// From when the topic's owner counts a publish's wait (see `shed`): since it was read,
+/// or, for one with an `Idempotency-Key`, since its key was taken, for it may have waited
+/// for another request with that key, which is not the relay being late.
+fn waited_from(read_at: Instant, keyed: bool) -> Instant {
+    if keyed {
+        Instant::now()
+    } else {
+        read_at
+    }
+}
+
 /// When a publish that arrives now must be answered: `storage.ack_timeout` later, however
 /// long it waited before its writes were queued (an Idempotency-Key lookup, say); `None`
 /// when publishes wait for no write.
@@ -386,6 +397,7 @@ pub async fn single(
         Begin::Replay(response) => return Ok(response),
         Begin::Publish(held) => held,
     };
+    let read_at = waited_from(read_at, held.is_some());
     shard
         .publish_rates
         .charge(&principal.subject, 1, body.len())?;
@@ -501,6 +513,7 @@ pub async fn bulk(
         Begin::Replay(response) => return Ok(response),
         Begin::Publish(held) => held,
     };
+    let read_at = waited_from(read_at, held.is_some());
     // A whole batch is refused (nothing published) when the subject is over its rate.
     shard
         .publish_rates
