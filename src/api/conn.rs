@@ -12,6 +12,7 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::task::Poll;
+use std::time::Instant;
 
 use futures_lite::{future, AsyncRead};
 
@@ -28,10 +29,17 @@ pub struct ReadBuf {
     data: Vec<u8>,
     start: usize,
     end: usize,
+    /// The last read filled all the space it was given.
+    behind: bool,
 }
 
 const INITIAL_READ: usize = 2048;
 const MAX_IDLE_CAPACITY: usize = 16 * 1024;
+/// A read that fills the buffer leaves more in the kernel, where nobody can tell how long
+/// it has waited; the buffer then doubles, up to this, so the next read takes it in. Read,
+/// a pipelined request's wait is measured (`rt::lateness`) and it is refused once too late,
+/// rather than growing later unseen behind its connection's earlier requests.
+const READ_AHEAD: usize = 64 * 1024;
 
 impl ReadBuf {
     pub fn new() -> Self {
@@ -39,6 +47,7 @@ impl ReadBuf {
             data: Vec::new(),
             start: 0,
             end: 0,
+            behind: false,
         }
     }
 
@@ -61,17 +70,20 @@ impl ReadBuf {
         }
     }
 
-    /// Free space to read into: compacts, then doubles when full.
+    /// Free space to read into: compacts, then doubles when full, or when the last read
+    /// was left behind (up to [`READ_AHEAD`]).
     fn spare(&mut self) -> &mut [u8] {
         if self.data.is_empty() {
             self.data = vec![0; INITIAL_READ];
         }
-        if self.end == self.data.len() {
+        let behind = std::mem::take(&mut self.behind) && self.data.len() < READ_AHEAD;
+        if self.end == self.data.len() || behind {
             if self.start > 0 {
                 self.data.copy_within(self.start..self.end, 0);
                 self.end -= self.start;
                 self.start = 0;
-            } else {
+            }
+            if self.end == self.data.len() || behind {
                 self.data.resize(self.data.len() * 2, 0);
             }
         }
@@ -99,6 +111,8 @@ pub struct Conn {
     pub stream: Stream,
     pub ctl: Rc<ConnCtl>,
     pub rbuf: ReadBuf,
+    /// When the last bytes were read: what a request decoded from them has waited since.
+    pub read_at: Instant,
     slot: usize,
 }
 
@@ -111,6 +125,7 @@ impl Conn {
             stream,
             ctl,
             rbuf: ReadBuf::new(),
+            read_at: Instant::now(),
             slot,
         }
     }
@@ -124,13 +139,17 @@ impl Conn {
             shard,
             ..
         } = self;
-        poll_fn(|cx| {
+        let event = poll_fn(|cx| {
             if ctl.signal.poll_wait(cx).is_ready() {
                 return Poll::Ready(Ok(Event::Woken));
             }
             poll_read_into(stream, rbuf, &shard.metrics, cx)
         })
-        .await
+        .await;
+        if let Ok(Event::Data) = event {
+            self.read_at = Instant::now();
+        }
+        event
     }
 
     pub async fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
@@ -191,10 +210,13 @@ pub fn poll_read_into(
     metrics: &ShardMetrics,
     cx: &mut std::task::Context<'_>,
 ) -> Poll<io::Result<Event>> {
-    match Pin::new(stream).poll_read(cx, rbuf.spare()) {
+    let spare = rbuf.spare();
+    let room = spare.len();
+    match Pin::new(stream).poll_read(cx, spare) {
         Poll::Ready(Ok(0)) => Poll::Ready(Ok(Event::Eof)),
         Poll::Ready(Ok(n)) => {
             rbuf.end += n;
+            rbuf.behind = n == room;
             metrics::add(&metrics.bytes_in, n as u64);
             Poll::Ready(Ok(Event::Data))
         }
@@ -233,6 +255,29 @@ mod tests {
         let len = buf.filled().len();
         buf.consume(len);
         assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn reads_left_behind_grow_the_buffer_up_to_the_read_ahead() {
+        let mut buf = ReadBuf::new();
+        let mut sizes = Vec::new();
+        for _ in 0..8 {
+            // Each read fills all its room; all but a partial request is decoded.
+            let room = buf.spare().len();
+            buf.end += room;
+            buf.behind = true;
+            let len = buf.filled().len();
+            buf.consume(len - 10);
+            sizes.push(buf.data.len());
+        }
+        assert_eq!(
+            sizes,
+            [2048, 4096, 8192, 16384, 32768, 65536, 65536, 65536],
+            "doubles while left behind, never beyond READ_AHEAD"
+        );
+        let room = buf.spare().len();
+        buf.end += room / 2;
+        assert_eq!(buf.spare().len(), room / 2, "no growth when not behind");
     }
 
     #[test]

@@ -22,6 +22,7 @@ pub mod publish;
 mod quota;
 pub mod routes;
 pub mod shard;
+mod shed;
 mod sse;
 mod stats;
 mod subscriptions;
@@ -279,6 +280,13 @@ async fn route(conn: &mut Conn, req: Request, auth: &mut AuthCache) -> Outcome {
             return Outcome::from(Err(ApiError::method_not_allowed(allow)))
         }
     };
+    // Before the token check and the body parse: a refusal must cost far less than a
+    // publish, or refusing would not shed anything.
+    if matches!(route.endpoint, Publish | PublishBulk) {
+        if let Err(e) = shed::admit_request(&shard, conn.read_at) {
+            return Outcome::from(Err(e));
+        }
+    }
     let principal = match authorize(&shard, &req, auth, route.access) {
         Ok(principal) => principal,
         Err(e) => return Outcome::from(Err(e)),
@@ -300,10 +308,11 @@ async fn route(conn: &mut Conn, req: Request, auth: &mut AuthCache) -> Outcome {
         Publish | PublishBulk => match who() {
             Ok(principal) => {
                 let publisher = auth.publisher(&principal);
+                let read_at = conn.read_at;
                 if route.endpoint == Publish {
-                    publish::single(&shard, &conn.ctl, &principal, publisher, req).await
+                    publish::single(&shard, &conn.ctl, &principal, publisher, req, read_at).await
                 } else {
-                    publish::bulk(&shard, &conn.ctl, &principal, publisher, req).await
+                    publish::bulk(&shard, &conn.ctl, &principal, publisher, req, read_at).await
                 }
             }
             Err(e) => Err(e),

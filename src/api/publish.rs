@@ -16,6 +16,7 @@ use std::ops::Range;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::time::Instant;
 
 use futures_lite::future;
 use serde::de::{IgnoredAny, MapAccess, Visitor};
@@ -28,6 +29,7 @@ use super::idempotency::Endpoint;
 use super::idempotency::{self, Begin};
 use super::limits::too_deep;
 use super::shard::Shard;
+use super::shed;
 use crate::auth::Principal;
 use crate::config::TopicNamespace;
 use crate::http::{Request, Response};
@@ -297,34 +299,56 @@ fn receipt_json(topic: &str, receipt: &Receipt) -> String {
     )
 }
 
-/// The owner-side handler of a publish: the owner's topics take the batch, and each new
-/// message goes out to the shards with subscribers for it.
+/// The owner-side handler of a publish whose request was read at `read_at` (on whichever
+/// shard): the owner's topics take the batch, and each new message goes out to the shards
+/// with subscribers for it; refused, and nothing published, when it has waited too long
+/// on its way here or the owner is late (see `shed`).
 fn publish_here(
     s: &Rc<Shard>,
     batch: &PublishBatch,
+    read_at: Instant,
 ) -> Answer<PublishResult, Pin<Box<dyn Future<Output = PublishResult>>>> {
+    if let Err(e) = shed::admit_at_owner(s, read_at) {
+        return Answer::Now(Err(e));
+    }
     if s.store.is_announced() {
         // Cluster mode: Valkey names the IDs and feeds every node's ring.
         return match s.topics.publish_announced(batch) {
-            Answer::Now(result) => Answer::Now(result),
-            Answer::Later(later) => Answer::Later(Box::pin(later)),
+            Answer::Now(result) => Answer::Now(result.map_err(ApiError::from)),
+            Answer::Later(later) => {
+                Answer::Later(Box::pin(async move { later.await.map_err(ApiError::from) }))
+            }
         };
     }
     // Unbounded here: the requesting shard bounds its wait by `storage.ack_timeout`, and a
     // publish with an Idempotency-Key keeps waiting past it (see `single`).
-    match settled(
+    let published = settled(
         Answer::now(
             s.topics
                 .publish(batch, |msg, shards| s.fan_out(msg, shards)),
         ),
         None,
-    ) {
-        Answer::Now(result) => Answer::Now(result),
-        Answer::Later(later) => Answer::Later(Box::pin(later)),
+    );
+    match published {
+        Answer::Now(result) => Answer::Now(result.map_err(ApiError::from)),
+        Answer::Later(later) => {
+            Answer::Later(Box::pin(async move { later.await.map_err(ApiError::from) }))
+        }
     }
 }
 
-type PublishResult = Result<Vec<Receipt>, StoreError>;
+type PublishResult = Result<Vec<Receipt>, ApiError>;
+
+/// From when the topic's owner counts a publish's wait (see `shed`): since it was read,
+/// or, for one with an `Idempotency-Key`, since its key was taken, for it may have waited
+/// for another request with that key, which is not the relay being late.
+fn waited_from(read_at: Instant, keyed: bool) -> Instant {
+    if keyed {
+        Instant::now()
+    } else {
+        read_at
+    }
+}
 
 /// When a publish that arrives now must be answered: `storage.ack_timeout` later, however
 /// long it waited before its writes were queued (an Idempotency-Key lookup, say); `None`
@@ -372,6 +396,7 @@ pub async fn single(
     principal: &Principal,
     publisher: Arc<Publisher>,
     req: Request,
+    read_at: Instant,
 ) -> Result<Response, ApiError> {
     let deadline = ack_deadline(shard);
     let key = idempotency::key_of(&req)?;
@@ -383,6 +408,7 @@ pub async fn single(
         Begin::Replay(response) => return Ok(response),
         Begin::Publish(held) => held,
     };
+    let read_at = waited_from(read_at, held.is_some());
     shard
         .publish_rates
         .charge(&principal.subject, 1, body.len())?;
@@ -400,7 +426,7 @@ pub async fn single(
             // Validated (or appended) as UTF-8 when parsed.
             let topic = std::str::from_utf8(&body[topic_bytes]).unwrap_or_default();
             shard
-                .on_topic(topic, move |s| publish_here(s, &batch))
+                .on_topic(topic, move |s| publish_here(s, &batch, read_at))
                 .await
         }
     };
@@ -449,6 +475,7 @@ pub async fn bulk(
     principal: &Principal,
     publisher: Arc<Publisher>,
     req: Request,
+    read_at: Instant,
 ) -> Result<Response, ApiError> {
     let deadline = ack_deadline(shard);
     let key = idempotency::key_of(&req)?;
@@ -497,6 +524,7 @@ pub async fn bulk(
         Begin::Replay(response) => return Ok(response),
         Begin::Publish(held) => held,
     };
+    let read_at = waited_from(read_at, held.is_some());
     // A whole batch is refused (nothing published) when the subject is over its rate.
     shard
         .publish_rates
@@ -533,7 +561,7 @@ pub async fn bulk(
         groups.push(keys);
         calls.push(Box::pin(async move {
             shard
-                .on_topic(&topic, move |s| publish_here(s, &batch))
+                .on_topic(&topic, move |s| publish_here(s, &batch, read_at))
                 .await
         }));
     }
@@ -556,7 +584,7 @@ pub async fn bulk(
         match answer.into_inner() {
             Some(published) => group_receipts(&mut receipts, &keys, published),
             None => {
-                group_receipts(&mut receipts, &keys, Err(StoreError::PersistTimeout));
+                group_receipts(&mut receipts, &keys, Err(persist_timeout()));
                 unconfirmed.push((keys, call));
             }
         }
@@ -591,7 +619,6 @@ fn group_receipts(receipts: &mut [ItemReceipt], keys: &[usize], published: Publi
             }
         }
         Err(e) => {
-            let e = ApiError::from(e);
             for &k in keys {
                 receipts[k] = Err((e.code, e.detail.clone()));
             }

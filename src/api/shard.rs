@@ -30,6 +30,7 @@ use crate::config::Config;
 use crate::metrics::{self, ShardMetrics};
 use crate::rt::budget::Admission;
 use crate::rt::conns::ConnTable;
+use crate::rt::lateness::{self, Lateness};
 use crate::rt::mesh::{self, Answer};
 use crate::rt::{now_ms, sleep, spawn_local, Core, Host, Process, Settings, TcpStream};
 use crate::store::Store;
@@ -100,6 +101,7 @@ impl Relay {
         let metrics = Rc::new(ShardMetrics::default());
         let (store, link) = Store::for_shard(&config, self.tls.valkey.as_ref(), core.id, &metrics);
         let store = Rc::new(store);
+        let max_queue_delay = config.limits.max_queue_delay;
         let limits = TopicLimits {
             messages_per_topic: config.storage.hot_tier_messages_per_topic,
             max_bytes: config.storage.hot_tier_max_bytes as usize,
@@ -130,8 +132,10 @@ impl Relay {
             health: Arc::clone(&self.health),
             tls: self.tls.listener.as_ref().map(ServerTls::acceptor),
             accounts_swept: Cell::new(now_ms()),
+            lateness: Rc::new(Lateness::new(max_queue_delay, std::time::Instant::now())),
             core,
         });
+        lateness::start(&shard.lateness);
         if let Some(link) = link {
             spawn_local(link.run()).detach();
         }
@@ -178,6 +182,8 @@ pub struct Shard {
     /// The listener's TLS handshake, when it speaks HTTPS/WSS.
     pub tls: Option<Acceptor>,
     accounts_swept: Cell<u64>,
+    /// How late this shard's work runs; publishes are refused while it is too late.
+    pub lateness: Rc<Lateness>,
 }
 
 impl Shard {
@@ -386,6 +392,8 @@ impl Shard {
                 valkey_backlog: self.store.pending_writes() as u64,
                 valkey_up: self.store.link_up(),
                 pubsub: self.store.pubsub_state(),
+                queue_delay_micros: self.lateness.peak(std::time::Instant::now()).as_micros()
+                    as u64,
                 ..metrics::Gauges::default()
             },
             self.store.primary_states(),

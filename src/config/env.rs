@@ -107,6 +107,7 @@ pub(crate) const SECTIONS: &[(&str, &[(&str, EnvKind)])] = &[
             ("max_json_depth", Scalar),
             ("idempotency_window", Scalar),
             ("idempotency_wait", Scalar),
+            ("max_queue_delay", Scalar),
         ],
     ),
     (

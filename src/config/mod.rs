@@ -355,6 +355,10 @@ pub struct LimitsConfig {
     /// How long a duplicate waits for the first request with its key before a 503.
     #[serde(with = "units::duration")]
     pub idempotency_wait: Duration,
+    /// A publish that waited longer than this since it was read, or arrives while its
+    /// shard's executor runs this late, is refused with 503 `OVERLOADED`; 0 = never.
+    #[serde(with = "units::duration")]
+    pub max_queue_delay: Duration,
 }
 
 impl Default for LimitsConfig {
@@ -375,6 +379,7 @@ impl Default for LimitsConfig {
             max_json_depth: 64,
             idempotency_window: Duration::from_secs(600),
             idempotency_wait: Duration::from_secs(10),
+            max_queue_delay: Duration::from_millis(200),
         }
     }
 }

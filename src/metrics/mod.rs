@@ -117,6 +117,10 @@ pub struct ShardMetrics {
     /// returns of the pub/sub connection (after which every listened topic is read).
     pub cluster_gaps: Cell<u64>,
     pub cluster_resumes: Cell<u64>,
+    /// Publish requests refused with `OVERLOADED` by the shard that read them.
+    pub shed_requests: Cell<u64>,
+    /// Publish batches refused with `OVERLOADED` by their topics' owner shard.
+    pub shed_at_owner: Cell<u64>,
     requests: RefCell<RequestCounts>,
     pub publish_latency: RefCell<Latency>,
     pub delivery_latency: RefCell<Latency>,
@@ -177,6 +181,8 @@ impl Default for ShardMetrics {
             tls_handshake_failures: Cell::new(0),
             cluster_gaps: Cell::new(0),
             cluster_resumes: Cell::new(0),
+            shed_requests: Cell::new(0),
+            shed_at_owner: Cell::new(0),
             requests: RefCell::new(Vec::new()),
             publish_latency: RefCell::new(Latency::new()),
             delivery_latency: RefCell::new(Latency::new()),
@@ -282,6 +288,8 @@ impl ShardMetrics {
                 tls_handshake_failures: self.tls_handshake_failures.get(),
                 cluster_gaps: self.cluster_gaps.get(),
                 cluster_resumes: self.cluster_resumes.get(),
+                shed_requests: self.shed_requests.get(),
+                shed_at_owner: self.shed_at_owner.get(),
             },
             gauges: Gauges {
                 websocket_connections: self.websocket_connections.get(),
@@ -319,6 +327,8 @@ pub struct Counters {
     pub tls_handshake_failures: u64,
     pub cluster_gaps: u64,
     pub cluster_resumes: u64,
+    pub shed_requests: u64,
+    pub shed_at_owner: u64,
 }
 
 #[derive(Clone, Copy, Default, Debug)]
@@ -336,6 +346,8 @@ pub struct Gauges {
     /// Cluster mode: the pub/sub connection's state and the topics listened to; `None`
     /// outside cluster mode.
     pub pubsub: Option<(bool, u64)>,
+    /// The longest wait the shard's work met in its last complete second (`rt::lateness`).
+    pub queue_delay_micros: u64,
 }
 
 /// One shard's metrics at one instant; crosses shards by value.
@@ -446,6 +458,43 @@ fn render_cluster(out: &mut String, shards: &[Snapshot]) {
             );
         }
     }
+}
+
+/// CPU overload: how late each shard's work runs, and the publishes refused for it.
+fn render_overload(out: &mut String, shards: &[Snapshot]) {
+    header(
+        out,
+        "pulsar_queue_delay_seconds",
+        "Longest wait the shard's work met in its last complete second: requests between \
+         read and handled, its executor's timer, publishes crossing to it. Over \
+         limits.max_queue_delay, publishes are refused with 503 OVERLOADED.",
+        "gauge",
+    );
+    for (shard, s) in shards.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "pulsar_queue_delay_seconds{{shard=\"{shard}\"}} {}",
+            s.gauges.queue_delay_micros as f64 / 1e6
+        );
+    }
+    header(
+        out,
+        "pulsar_publishes_shed_total",
+        "Publishes refused with 503 OVERLOADED because a shard was too late: requests by the \
+         shard that read them (at=\"request\"), batches by their topics' owner (at=\"owner\").",
+        "counter",
+    );
+    let total = |f: fn(&Counters) -> u64| shards.iter().map(|s| f(&s.counters)).sum::<u64>();
+    let _ = writeln!(
+        out,
+        "pulsar_publishes_shed_total{{at=\"request\"}} {}",
+        total(|c| c.shed_requests)
+    );
+    let _ = writeln!(
+        out,
+        "pulsar_publishes_shed_total{{at=\"owner\"}} {}",
+        total(|c| c.shed_at_owner)
+    );
 }
 
 /// A metric's name, help text and where its value comes from.
@@ -592,6 +641,7 @@ pub fn render(shards: &[Snapshot], persistent: bool) -> String {
             s.gauges.mesh_backlog
         );
     }
+    render_overload(&mut out, shards);
 
     if persistent {
         header(

@@ -1,6 +1,7 @@
 //! The runtime: what every other layer stands on. Executors and where they run, listening
 //! sockets, the cross-shard mesh, spawning, sleeping and TCP streams, the clock, shard-local
-//! wake-ups, the connection table and its coarse timer, and which shard owns a key.
+//! wake-ups, the connection table and its coarse timer, how late a shard is, and which
+//! shard owns a key.
 //!
 //! It knows nothing of HTTP, topics, accounts or Valkey, and imports no other module of
 //! the relay: what runs on each shard is a [`Host`], built by a function `main` hands to
@@ -12,6 +13,7 @@ pub mod budget;
 pub mod clock;
 pub mod conns;
 pub mod executor;
+pub mod lateness;
 pub mod listener;
 pub mod mesh;
 pub mod owner;

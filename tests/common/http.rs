@@ -2,7 +2,7 @@
 //! requests on one keep-alive connection, raw bytes when a test needs them, and the
 //! responses read back.
 
-use std::io::ErrorKind;
+use std::io::{ErrorKind, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
@@ -252,6 +252,28 @@ impl<S: Transport> Http<S> {
     pub fn leftover(&self) -> &[u8] {
         &self.buf
     }
+}
+
+/// Sends `requests` (encoded back to back) on a new connection, from a thread of its own,
+/// while reading their `count` answers here: a pipelining producer, which never waits for
+/// an answer before sending on (and so never stalls on full socket buffers either way).
+///
+/// Answers may be slow to come (the relay works through thousands of requests), so this
+/// connection waits up to a minute for each, not [`IO_TIMEOUT`].
+pub fn pipelined(addr: SocketAddr, requests: Vec<u8>, count: usize) -> Vec<Response> {
+    let stream = connect_plain(addr);
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let mut writer = stream.try_clone().expect("clone the connection");
+    let sending = std::thread::spawn(move || writer.write_all(&requests));
+    let mut http = Http::over(stream);
+    let answers = (0..count).map(|_| http.read_response(true)).collect();
+    sending
+        .join()
+        .expect("the sending thread")
+        .expect("write the requests");
+    answers
 }
 
 /// A connected `TcpStream` with the harness's timeouts.

@@ -10,10 +10,13 @@
 # run's loadgen output and JSON stay in the directory it names.
 #
 #   tools/bench/overload.sh [duration=10s]
-#   MULTIPLES="1 1.5 2 3"       offered rate, as multiples of the sustainable one
+#   MULTIPLES="0.5 1 1.5 2 3"   offered rate, as multiples of the sustainable one
 #   SETUPS="memory valkey valkey-memory-acks"
 #   CONNECTIONS=64  TOPICS=10  WARMUP=2s
 #   RELAY_ENV="PULSAR_STORAGE_MAX_PENDING_WRITES=1000"   extra relay settings, all runs
+#   SUSTAINABLE=18000           skip the closed-loop runs and take this as the sustainable
+#                               rate of every setup (so two builds get the same offers)
+#   RELAY=path/to/pulsar-relay  another build (say, the one before a change) to measure
 #
 # Needs jq and curl, a release build (built when missing) and a valkey-server
 # (tools/provision.sh finds or installs one).
@@ -22,11 +25,11 @@ cd "$(dirname "$0")/../.."
 . tools/provision.sh
 duration=${1:-10s}
 warmup=${WARMUP:-2s}
-multiples=${MULTIPLES:-1 1.5 2 3}
+multiples=${MULTIPLES:-0.5 1 1.5 2 3}
 setups=${SETUPS:-memory valkey valkey-memory-acks}
 connections=${CONNECTIONS:-64}
 topics=${TOPICS:-10}
-relay=target/release/pulsar-relay
+relay=${RELAY:-target/release/pulsar-relay}
 loadgen=target/release/pulsar-loadgen
 for tool in jq curl; do
   command -v "$tool" >/dev/null || { echo "overload.sh needs $tool (apt-get install -y $tool)" >&2; exit 1; }
@@ -132,12 +135,16 @@ machine="$(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | s
 echo "runs in $out; load average before: $load_before" >&2
 rows=()
 for setup in $setups; do
-  echo "== $setup: closed loop" >&2
-  start_relay "$setup" "$setup-closed"
-  measure "$setup-closed" >/dev/null
-  stop_relay
-  rows+=("$(row "$setup" closed "$setup-closed")")
-  sustainable=$(jq -r '.rate | round' "$out/$setup-closed.json")
+  if [ -n "${SUSTAINABLE:-}" ]; then
+    sustainable=$SUSTAINABLE
+  else
+    echo "== $setup: closed loop" >&2
+    start_relay "$setup" "$setup-closed"
+    measure "$setup-closed" >/dev/null
+    stop_relay
+    rows+=("$(row "$setup" closed "$setup-closed")")
+    sustainable=$(jq -r '.rate | round' "$out/$setup-closed.json")
+  fi
   for m in $multiples; do
     rate=$(awk -v s="$sustainable" -v m="$m" 'BEGIN { printf "%d", s * m }')
     echo "== $setup: ${m}x = $rate msg/s" >&2
@@ -150,7 +157,7 @@ done
 load_after=$(cut -d' ' -f1-3 /proc/loadavg)
 
 cat <<EOF
-Overload curve, \`tools/bench/overload.sh $duration\`${RELAY_ENV:+ with RELAY_ENV="$RELAY_ENV"} at $commit, $(date -u +%Y-%m-%d) on $machine.
+Overload curve, \`tools/bench/overload.sh $duration\`${RELAY_ENV:+ with RELAY_ENV="$RELAY_ENV"}${SUSTAINABLE:+ with SUSTAINABLE=$SUSTAINABLE}${RELAY:+ with RELAY=$RELAY} at $commit, $(date -u +%Y-%m-%d) on $machine.
 Load average before $load_before, after $load_after.
 
 \`pulsar-loadgen publish --connections $connections --topics $topics\` (100-byte payloads,
