@@ -580,3 +580,55 @@ fn replicated_acks_wait_for_each_primarys_replica_and_are_refused_without_it() {
         relay.publish(topic, r#"{"n":3}"#);
     }
 }
+
+/// Item 4 of issue #12 in cluster mode: the primary holding some topics drops every relay
+/// connection (`CLIENT KILL TYPE normal`, as a restart or an idle timeout does); the very
+/// next history page and replay of each topic answer 200 with every message. The ring
+/// holds one message per topic, so the rest comes from Valkey over connections that are
+/// closed, and each read comes on a fresh HTTP connection (so on either shard): a closed
+/// connection must be retried on a fresh one, not reported to the client. Several rounds,
+/// a kill before each, so that every shard meets a killed connection.
+#[test]
+fn reads_right_after_a_primary_dropped_the_relays_connections_succeed_on_every_shard() {
+    let cluster = ValkeyCluster::start();
+    let relay = ready_relay(
+        &cluster,
+        &[
+            ("PULSAR_STORAGE_HOT_TIER_MESSAGES_PER_TOPIC", "1"),
+            ("PULSAR_VALKEY_CONNECT_TIMEOUT", "1s"),
+        ],
+    );
+    let topics: Vec<String> = (0..SHARDS)
+        .map(|s| topic_on_primary(&cluster, "killed", s, 0))
+        .collect();
+    let published: Vec<Vec<String>> = topics
+        .iter()
+        .map(|topic| {
+            (0..4)
+                .map(|n| id_of(&relay.publish(topic, &format!(r#"{{"n":{n}}}"#))).to_string())
+                .collect()
+        })
+        .collect();
+    let token = rw_token();
+    let primary = cluster.nodes[0].port;
+    for round in 0..4 {
+        let killed = cluster_command(primary, &["CLIENT", "KILL", "TYPE", "normal"]);
+        assert!(killed.int() >= SHARDS as i64, "round {round}: {killed:?}");
+        for (topic, expected) in topics.iter().zip(&published) {
+            let page = call(
+                &relay,
+                "GET",
+                &format!("/api/v1/topics/{topic}/messages?limit=10&order=asc"),
+                &token,
+                &Value::Null,
+            );
+            page.assert_status(200);
+            assert_eq!(
+                &ids(&page.json()["messages"]),
+                expected,
+                "history of {topic}"
+            );
+            assert_eq!(&replayed(&relay, topic), expected, "replay of {topic}");
+        }
+    }
+}

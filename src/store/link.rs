@@ -5,14 +5,12 @@
 //! replies in order, and only then sends the next pipeline, so the commands that pile up
 //! while one round trip is in flight become the next group commit.
 //!
-//! Writes are retried across reconnects, in order, until Valkey answers them. The relay's
-//! writes carry explicit stream IDs, which makes a re-sent XADD harmless: Valkey refusing a
-//! re-sent XADD as not above the stream's top item means it was applied before, and that
-//! counts as done (not as an error). A read whose connection turned out to be closed is
-//! sent once more on a fresh connection; a read queued while the link is down waits for
-//! the next connection attempt and fails if that fails. So no read waits longer than one
-//! reconnect and two command timeouts, and none fails only because Valkey closed an idle
-//! connection. Reconnects back off exponentially (50 ms to 500 ms, so every shard sees a
+//! Writes are retried across reconnects, in order, until Valkey answers them, and a read
+//! whose connection turned out to be closed is sent once more on a fresh connection (the
+//! rule, shared with each Cluster primary's connection, is [`super::retry`]'s); a read
+//! queued while the link is down waits for the next connection attempt and fails if that
+//! fails. So no read waits longer than one reconnect and two command timeouts, and none
+//! fails only because Valkey closed an idle connection. Reconnects back off exponentially (50 ms to 500 ms, so every shard sees a
 //! Valkey that came back within a second) with jitter. An idle connection is watched for
 //! Valkey closing it and pinged every second. A sentinel key detects a Valkey that came
 //! back without its data.
@@ -31,6 +29,7 @@ use futures_lite::{future, AsyncReadExt};
 use redis::Value;
 
 use super::resp;
+use super::retry::{connect_failure, Kind};
 use super::transport;
 use crate::config::ValkeyConfig;
 use crate::metrics::{self, ShardMetrics};
@@ -74,14 +73,6 @@ struct Request {
     packed: Vec<u8>,
     reply: Option<Reply>,
     kind: Kind,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Kind {
-    /// Retried until Valkey answers; `resent` once it went out on a connection that failed.
-    Write { resent: bool },
-    /// Sent once more on a fresh connection (`retried`) when its own turned out closed.
-    Read { retried: bool },
 }
 
 /// `WAIT` after each pipeline that carries a write someone waits for (replicated acks).
@@ -177,7 +168,7 @@ impl Link {
         self.queue.borrow_mut().push_back(Request {
             packed,
             reply: reply.clone(),
-            kind: Kind::Write { resent: false },
+            kind: Kind::WRITE,
         });
         self.wake.raise();
         reply
@@ -256,13 +247,10 @@ impl Link {
 
     /// Fails the queued reads: the connection attempt they waited for failed.
     fn fail_reads(&self, err: &LinkError) {
-        let failed = match err {
-            LinkError::Timeout => LinkError::Timeout,
-            _ => LinkError::Down,
-        };
+        let failed = connect_failure(err);
         let mut queue = self.queue.borrow_mut();
         queue.retain(|req| {
-            let read = matches!(req.kind, Kind::Read { .. });
+            let read = !req.kind.is_write();
             if let (true, Some(reply)) = (read, &req.reply) {
                 reply.fill(Err(failed.clone()));
             }
@@ -405,7 +393,7 @@ impl Link {
             let wait = self.replicas.filter(|_| {
                 batch
                     .iter()
-                    .any(|req| matches!(req.kind, Kind::Write { .. }) && req.reply.is_some())
+                    .any(|req| req.kind.is_write() && req.reply.is_some())
             });
             packed.clear();
             for req in &batch {
@@ -453,17 +441,13 @@ impl Link {
         hold: bool,
         held: &mut Vec<(Request, Value)>,
     ) {
-        let Kind::Write { resent } = req.kind else {
+        if !req.kind.is_write() {
             if let Some(reply) = req.reply {
                 reply.fill(Ok(value));
             }
             return;
-        };
-        let value = if resent && already_applied(&value) {
-            Value::Okay
-        } else {
-            value
-        };
+        }
+        let value = req.kind.answer(value);
         let refused = resp::server_error(&value).is_some();
         if hold && !refused && req.reply.is_some() {
             held.push((req, value));
@@ -522,15 +506,13 @@ impl Link {
     }
 
     /// The pipeline failed with `err`: what it had not finished goes back to the front of
-    /// the queue, in order. Writes always (marked as re-sent); reads once, and only when the
-    /// connection turned out to be closed; the rest of the reads fail with `err`.
+    /// the queue, in order, or fails, as [`Kind::after_failure`] says.
     fn requeue(
         &self,
         held: &mut Vec<(Request, Value)>,
         batch: &mut VecDeque<Request>,
         err: &LinkError,
     ) {
-        let closed = matches!(err, LinkError::Io(_));
         let unfinished: Vec<Request> = held
             .drain(..)
             .map(|(req, _)| req)
@@ -538,16 +520,12 @@ impl Link {
             .collect();
         let mut queue = self.queue.borrow_mut();
         for mut req in unfinished.into_iter().rev() {
-            match req.kind {
-                Kind::Write { .. } => {
-                    req.kind = Kind::Write { resent: true };
+            match req.kind.after_failure(err) {
+                Some(kind) => {
+                    req.kind = kind;
                     queue.push_front(req);
                 }
-                Kind::Read { retried: false } if closed => {
-                    req.kind = Kind::Read { retried: true };
-                    queue.push_front(req);
-                }
-                Kind::Read { .. } => {
+                None => {
                     if let Some(reply) = req.reply {
                         reply.fill(Err(err.clone()));
                     }
@@ -561,21 +539,15 @@ fn read_request(cmd: &redis::Cmd, reply: &Reply) -> Request {
     Request {
         packed: cmd.get_packed_command(),
         reply: Some(Rc::clone(reply)),
-        kind: Kind::Read { retried: false },
+        kind: Kind::READ,
     }
-}
-
-/// Valkey refusing a re-sent XADD because its explicit ID is not above the stream's top:
-/// the first sending was applied (its reply was lost with the connection).
-pub(super) fn already_applied(value: &Value) -> bool {
-    resp::server_error(value).is_some_and(|e| e.contains("equal or smaller"))
 }
 
 /// Resolves when a connection on which no reply is expected shows anything: Valkey closed
 /// it, or sent bytes nobody asked for. Dropping it loses nothing: glommio reads with a
 /// plain `recv` once the socket is readable, and over TLS the session keeps any record it
 /// read (a TLS 1.3 session ticket yields no plaintext, so it does not end the wait).
-async fn closed_while_idle(stream: &mut Stream) -> LinkError {
+pub(super) async fn closed_while_idle(stream: &mut Stream) -> LinkError {
     let mut byte = [0u8; 1];
     match stream.read(&mut byte).await {
         Ok(0) => LinkError::Io("connection closed by Valkey".into()),

@@ -36,6 +36,7 @@ pub mod cluster;
 mod connection;
 pub mod link;
 pub mod resp;
+mod retry;
 mod stream;
 mod topics;
 pub mod transport;

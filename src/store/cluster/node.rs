@@ -19,6 +19,7 @@ use crate::metrics::ShardMetrics;
 use crate::rt::signal::Signal;
 use crate::rt::sleep;
 use crate::store::link::{Link, LinkError, ReplicaWait, Replies, Reply};
+use crate::store::retry::Kind;
 use crate::tls::client::ClientTls;
 use crate::tls::Stream;
 
@@ -28,13 +29,12 @@ pub(super) struct Request {
     /// The hash slot of its key; `None` for commands any node answers.
     pub slot: Option<u16>,
     pub reply: Option<Reply>,
-    /// Writes are kept until a node answers them; reads fail when their node is lost.
-    pub write: bool,
+    /// Write or read, and whether it went out before on a connection that failed (see
+    /// [`Kind::after_failure`]: a write's node, or the replica promoted in its place, may
+    /// have applied it).
+    pub kind: Kind,
     /// Sent after `ASKING` (the node an `ASK` named serves this one command for the slot).
     pub asking: bool,
-    /// A write sent before on a connection that was lost before its reply came: the node
-    /// (or the replica promoted in its place) may have applied it.
-    pub resent: bool,
 }
 
 impl Request {
@@ -43,10 +43,13 @@ impl Request {
             packed: cmd.get_packed_command(),
             slot,
             reply,
-            write,
+            kind: if write { Kind::WRITE } else { Kind::READ },
             asking: false,
-            resent: false,
         }
+    }
+
+    pub fn is_write(&self) -> bool {
+        self.kind.is_write()
     }
 }
 
