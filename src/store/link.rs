@@ -95,6 +95,24 @@ impl ReplicaWait {
     }
 }
 
+/// A sentinel key as one connection found it.
+pub(super) struct Sentinel {
+    /// It was not there: this connection created it.
+    created: bool,
+    value: Option<Vec<u8>>,
+}
+
+impl Sentinel {
+    /// Whether it is gone or changed since a connection saw it with value `seen`.
+    pub(super) fn lost(&self, seen: &[u8]) -> bool {
+        self.created || self.value.as_deref() != Some(seen)
+    }
+
+    pub(super) fn value(self) -> Option<Vec<u8>> {
+        self.value
+    }
+}
+
 /// Reconnect backoff, and the idle check, shared with each Cluster primary's connection:
 /// every shard follows Valkey going and coming back within about a second.
 pub(super) const BACKOFF_MIN: Duration = Duration::from_millis(50);
@@ -270,8 +288,16 @@ impl Link {
         .await
     }
 
-    /// Opens and sets up one connection (also used for each Cluster primary's).
-    pub(super) async fn connect(&self) -> Result<Stream, LinkError> {
+    /// Opens and sets up this link's connection, and checks the sentinel.
+    async fn connect(&self) -> Result<Stream, LinkError> {
+        let (mut stream, mut buf) = self.open().await?;
+        self.check_sentinel(&mut stream, &mut buf).await?;
+        Ok(stream)
+    }
+
+    /// Opens one connection and authenticates it (also each Cluster primary's, whose
+    /// sentinels the router checks itself).
+    pub(super) async fn open(&self) -> Result<(Stream, Replies), LinkError> {
         let mut stream =
             transport::open(&self.cfg, self.tls.as_ref(), self.cfg.connect_timeout).await?;
         let mut buf = Replies::default();
@@ -299,8 +325,7 @@ impl Link {
                 return Err(LinkError::Protocol("SELECT refused"));
             }
         }
-        self.check_sentinel(&mut stream, &mut buf).await?;
-        Ok(stream)
+        Ok((stream, buf))
     }
 
     /// Creates the sentinel key once and checks on every later connection that it is
@@ -310,21 +335,37 @@ impl Link {
         stream: &mut Stream,
         buf: &mut Replies,
     ) -> Result<(), LinkError> {
+        let Some(found) = self.sentinel(stream, buf, &self.sentinel_key).await? else {
+            return Ok(());
+        };
+        let mut epoch = self.epoch.borrow_mut();
+        if let Some(seen) = &*epoch {
+            // We had connected before: the key must still be there, unchanged.
+            if found.lost(seen) {
+                self.lost_data(&self.sentinel_key);
+            }
+        }
+        *epoch = found.value;
+        Ok(())
+    }
+
+    /// Sentinel `key` on a fresh connection: created (`SET NX`) unless there, then read
+    /// back. `Ok(None)` when the server does not serve the key's slot (a Cluster primary
+    /// that answers with a redirection: the key is another primary's to check).
+    pub(super) async fn sentinel(
+        &self,
+        stream: &mut Stream,
+        buf: &mut Replies,
+        key: &str,
+    ) -> Result<Option<Sentinel>, LinkError> {
         let limit = self.cfg.connect_timeout;
         let candidate = format!("{:x}-{}", now_ms(), self.shard);
-        let set = redis::cmd("SET")
-            .arg(&self.sentinel_key)
-            .arg(&candidate)
-            .arg("NX")
-            .clone();
+        let set = redis::cmd("SET").arg(key).arg(&candidate).arg("NX").clone();
         let created = self
             .with_timeout(limit, roundtrip(stream, buf, &set))
             .await?;
-        // A Cluster primary that does not serve the sentinel's slot: another one checks it.
-        if let Value::ServerError(e) = &created {
-            if e.code() == "MOVED" {
-                return Ok(());
-            }
+        if redirected(&created) {
+            return Ok(None);
         }
         // E.g. NOAUTH (Valkey wants a password and none is configured): say so, or the
         // relay would stay unready without a word.
@@ -332,20 +373,32 @@ impl Link {
             crate::log_line!("shard {}: Valkey refused a write: {e}", self.shard);
             return Err(LinkError::Protocol("write refused"));
         }
-        let get = redis::cmd("GET").arg(&self.sentinel_key).clone();
+        let get = redis::cmd("GET").arg(key).clone();
         let current = self
             .with_timeout(limit, roundtrip(stream, buf, &get))
             .await?;
-        let current = resp::bytes(&current).map(<[u8]>::to_vec);
-        let mut epoch = self.epoch.borrow_mut();
-        if let Some(seen) = &*epoch {
-            // We had connected before: the key must still be there, unchanged.
-            if created == Value::Okay || current.as_ref() != Some(seen) {
-                lost_data(self.shard);
-            }
+        if redirected(&current) {
+            return Ok(None);
         }
-        *epoch = current;
-        Ok(())
+        Ok(Some(Sentinel {
+            created: created == Value::Okay,
+            value: resp::bytes(&current).map(<[u8]>::to_vec),
+        }))
+    }
+
+    /// Says loudly, and counts, that the server this link connects to came back without
+    /// sentinel `key`, which it held before.
+    pub(super) fn lost_data(&self, key: &str) {
+        metrics::add(&self.metrics.valkey_data_loss, 1);
+        crate::log_line!(
+            "shard {}: DATA LOSS: Valkey at {}:{} came back without the relay's sentinel key \
+             {key}. Its data was lost (restart without AOF/RDB, FLUSHALL, or a failover to an \
+             empty replica). Messages persisted before this point may be missing from \
+             history; new messages are persisted again from now on.",
+            self.shard,
+            self.cfg.host,
+            self.cfg.port
+        );
     }
 
     async fn serve(&self, stream: &mut Stream) -> LinkError {
@@ -556,13 +609,9 @@ pub(super) async fn closed_while_idle(stream: &mut Stream) -> LinkError {
     }
 }
 
-fn lost_data(shard: usize) {
-    crate::log_line!(
-        "shard {shard}: DATA LOSS: Valkey came back without the relay's sentinel key. Its data \
-         was lost (restart without AOF/RDB, FLUSHALL, or a failover to an empty replica). \
-         Messages persisted before this point may be missing from history; new messages are \
-         persisted again from now on."
-    );
+/// A `MOVED` or `ASK` answer: the key's slot is served elsewhere.
+fn redirected(value: &Value) -> bool {
+    matches!(value, Value::ServerError(e) if matches!(e.code(), "MOVED" | "ASK"))
 }
 
 /// Sends one command and reads its reply (used during the handshake).

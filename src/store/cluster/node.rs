@@ -1,9 +1,9 @@
 //! One primary of a Valkey Cluster as one shard sees it: its address, the queue of commands
 //! routed to it, and one pipelined round trip at a time over its connection.
 //!
-//! The connection is opened by a [`Link`]'s handshake (connect, AUTH, the sentinel check),
-//! so standalone and cluster connections are set up in one place; the link's own driver
-//! is never run for a node. Which command goes to which node, and what happens to a reply
+//! The connection is opened by a [`Link`]'s handshake (connect, AUTH), so standalone and
+//! cluster connections are set up in one place; the link's own driver is never run for a
+//! node. Which command goes to which node, and what happens to a reply
 //! that redirects, is the router's: this module only moves bytes.
 
 use std::cell::{Cell, RefCell};
@@ -95,8 +95,15 @@ impl Node {
         self.wake.raise();
     }
 
-    pub async fn connect(&self) -> Result<Stream, LinkError> {
-        self.dialer.connect().await
+    /// Opens and authenticates a connection to the node (its sentinels are the
+    /// router's to check).
+    pub async fn open(&self) -> Result<(Stream, Replies), LinkError> {
+        self.dialer.open().await
+    }
+
+    /// The link whose handshake opens this node's connections.
+    pub fn dialer(&self) -> &Link {
+        &self.dialer
     }
 
     /// Sends `batch` as one pipeline and reads one reply per request (an `ASKING` before a

@@ -29,6 +29,7 @@ use futures_lite::future;
 use redis::Value;
 
 use super::node::{split_addr, Node, Request};
+use super::sentinel::Sentinels;
 use super::slots::{command_key, is_transient, key_slot, redirection, SlotMap};
 use crate::config::ValkeyConfig;
 use crate::metrics::{self, ShardMetrics};
@@ -80,6 +81,8 @@ pub struct Cluster {
     refresh: crate::rt::signal::Signal,
     /// A slot map was read and every slot has a primary.
     complete: Cell<bool>,
+    /// The data-loss sentinels seen on the primaries.
+    sentinels: Sentinels,
 }
 
 impl Cluster {
@@ -96,6 +99,7 @@ impl Cluster {
             seeds.push(own);
         }
         Rc::new(Cluster {
+            sentinels: Sentinels::new(&cfg.key_prefix),
             cfg,
             tls,
             replicas,
@@ -428,8 +432,7 @@ impl Cluster {
             Rc::clone(&self.metrics),
             None,
         );
-        let mut stream = dialer.connect().await?;
-        let mut replies = Replies::default();
+        let (mut stream, mut replies) = dialer.open().await?;
         let mut packed = Vec::new();
         let batch = [Request::new(cmd, None, None, false)];
         let (mut values, _) = Node::round_trip(
@@ -455,7 +458,7 @@ impl Cluster {
                 node.wake.wait().await;
                 continue;
             }
-            match node.connect().await {
+            match self.connect(&node).await {
                 Ok(mut stream) => {
                     if failures > 0 {
                         crate::log_line!(
@@ -501,6 +504,16 @@ impl Cluster {
             sleep(backoff + jitter).await;
             backoff = (backoff * 2).min(BACKOFF_MAX);
         }
+    }
+
+    /// Opens a connection to `node` and checks the data-loss sentinels of its slots.
+    async fn connect(&self, node: &Node) -> Result<Stream, LinkError> {
+        let (mut stream, mut buf) = node.open().await?;
+        let keys = self.sentinels.keys_on(&self.map.borrow(), &node.addr);
+        self.sentinels
+            .check(node, &mut stream, &mut buf, keys)
+            .await?;
+        Ok(stream)
     }
 
     /// Fails the node's queued reads: the connection attempt they waited for failed.
