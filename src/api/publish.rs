@@ -24,8 +24,8 @@ use serde_json::error::Category;
 use serde_json::value::RawValue;
 
 use super::error::ApiError;
-use super::idempotency::Endpoint;
 use super::idempotency::{self, Begin};
+use super::idempotency::{Endpoint, Unconfirmed};
 use super::limits::too_deep;
 use super::shard::Shard;
 use crate::auth::Principal;
@@ -37,7 +37,6 @@ use crate::rt::now_ms;
 use crate::store::StoreError;
 use crate::text::rfc3339;
 use crate::topic::owner::apply::{DraftSpan, PublishBatch, Publisher, Receipt};
-use crate::topic::owner::settled;
 use crate::topic::{display_name, owner_of, valid_topic_name, MessageId};
 
 #[derive(Deserialize)]
@@ -298,23 +297,59 @@ fn receipt_json(topic: &str, receipt: &Receipt) -> String {
 }
 
 /// The owner-side handler of a publish: the owner's topics take the batch, and each new
-/// message goes out to the shards with subscribers for it.
+/// message goes out to the shards with subscribers for it; answered once Valkey confirmed
+/// the writes (with tickets).
 fn publish_here(
     s: &Rc<Shard>,
     batch: &PublishBatch,
-) -> Answer<PublishResult, impl Future<Output = PublishResult>> {
+) -> Answer<Published, impl Future<Output = Published>> {
+    let (result, tickets) = s
+        .topics
+        .publish(batch, |msg, shards| s.fan_out(msg, shards));
+    if tickets.is_empty() {
+        return Answer::Now(result.map_or_else(Published::Failed, Published::Ok));
+    }
     // Unbounded here: the requesting shard bounds its wait by `storage.ack_timeout`, and a
     // publish with an Idempotency-Key keeps waiting past it (see `single`).
-    settled(
-        Answer::now(
-            s.topics
-                .publish(batch, |msg, shards| s.fan_out(msg, shards)),
-        ),
-        None,
-    )
+    Answer::Later(async move {
+        let (mut short, mut failed) = (None, None);
+        for ticket in tickets {
+            match ticket.wait().await {
+                Ok(()) => {}
+                Err(e @ StoreError::ReplicationTimeout { .. }) => {
+                    short.get_or_insert(e);
+                }
+                Err(e) => {
+                    failed.get_or_insert(e);
+                }
+            }
+        }
+        match (result, failed, short) {
+            (Err(e), _, _) | (Ok(_), Some(e), _) => Published::Failed(e),
+            (Ok(receipts), None, Some(e)) => Published::Unreplicated(receipts, e),
+            (Ok(receipts), None, None) => Published::Ok(receipts),
+        }
+    })
 }
 
-type PublishResult = Result<Vec<Receipt>, StoreError>;
+/// An owner's answer to a publish.
+enum Published {
+    Ok(Vec<Receipt>),
+    /// Valkey's primary applied every message (these are their receipts), but too few
+    /// replicas confirmed them (`storage.ack: replicated`): an Idempotency-Key stays
+    /// bound to them.
+    Unreplicated(Vec<Receipt>, StoreError),
+    Failed(StoreError),
+}
+
+impl Published {
+    fn into_result(self) -> Result<Vec<Receipt>, StoreError> {
+        match self {
+            Published::Ok(receipts) => Ok(receipts),
+            Published::Unreplicated(_, e) | Published::Failed(e) => Err(e),
+        }
+    }
+}
 
 /// When a publish that arrives now must be answered: `storage.ack_timeout` later, however
 /// long it waited before its writes were queued (an Idempotency-Key lookup, say); `None`
@@ -405,25 +440,54 @@ pub async fn single(
             match by_deadline(ctl, deadline, publishing.as_mut()).await {
                 Some(answer) => (Some(answer), Some(held)),
                 None => {
-                    let name = display_name(topic).to_owned();
-                    held.keep_later(async move {
-                        let receipts = publishing.await.ok()?;
-                        Some(single_response(&name, receipts.first()?))
-                    });
+                    let topic = topic.to_owned();
+                    held.keep_later(async move { single_answer(&topic, publishing.await) });
                     (None, None)
                 }
             }
         }
     };
-    let receipts = answer.ok_or_else(persist_timeout)??;
-    let receipt = receipts
-        .first()
-        .ok_or_else(|| ApiError::new(500, "INTERNAL", "the topic owner returned no receipt"))?;
-    let response = single_response(display_name(topic), receipt);
-    if let Some(held) = held {
-        held.keep(&response).await;
+    let published = answer.ok_or_else(persist_timeout)?;
+    let unreplicated = match &published {
+        Published::Unreplicated(_, e) => Some(e.clone()),
+        _ => None,
+    };
+    if let Published::Failed(e) = published {
+        return Err(e.into());
     }
-    Ok(response)
+    let Some((response, unconfirmed)) = single_answer(topic, published) else {
+        return Err(ApiError::new(
+            500,
+            "INTERNAL",
+            "the topic owner returned no receipt",
+        ));
+    };
+    if let Some(held) = held {
+        match unconfirmed {
+            None => held.keep(&response).await,
+            Some(unconfirmed) => held.keep_unconfirmed(&response, unconfirmed).await,
+        }
+    }
+    match unreplicated {
+        Some(e) => Err(e.into()),
+        None => Ok(response),
+    }
+}
+
+/// The 201 of a published single message, with the message if its replication is not
+/// confirmed; `None` when nothing was published.
+fn single_answer(topic: &str, published: Published) -> Option<(Response, Option<Unconfirmed>)> {
+    let (receipts, confirmed) = match published {
+        Published::Ok(receipts) => (receipts, true),
+        Published::Unreplicated(receipts, _) => (receipts, false),
+        Published::Failed(_) => return None,
+    };
+    let receipt = receipts.first()?;
+    let unconfirmed = (!confirmed).then(|| Unconfirmed {
+        topic: topic.into(),
+        id: receipt.id,
+    });
+    Some((single_response(display_name(topic), receipt), unconfirmed))
 }
 
 fn single_response(topic: &str, receipt: &Receipt) -> Response {
@@ -528,7 +592,7 @@ pub async fn bulk(
         }));
     }
     // Each owner's answer as it comes, until the deadline.
-    let answers: Vec<Cell<Option<PublishResult>>> = calls.iter().map(|_| Cell::new(None)).collect();
+    let answers: Vec<Cell<Option<Published>>> = calls.iter().map(|_| Cell::new(None)).collect();
     {
         let all = join_all(
             calls
@@ -542,9 +606,14 @@ pub async fn bulk(
     let mut receipts: Vec<ItemReceipt> =
         vec![Err(("INTERNAL", "no receipt".to_string())); topics.len()];
     let mut unconfirmed = Vec::new();
+    // Whether Valkey has any message of the request (if only without enough replicas).
+    let mut written = false;
     for ((keys, call), answer) in groups.into_iter().zip(calls).zip(answers) {
         match answer.into_inner() {
-            Some(published) => group_receipts(&mut receipts, &keys, published),
+            Some(published) => {
+                written |= matches!(published, Published::Unreplicated(..));
+                group_receipts(&mut receipts, &keys, published.into_result());
+            }
             None => {
                 group_receipts(&mut receipts, &keys, Err(StoreError::PersistTimeout));
                 unconfirmed.push((keys, call));
@@ -557,23 +626,29 @@ pub async fn bulk(
     };
     if unconfirmed.is_empty() {
         // An answer that published nothing is not recorded: a retry may still publish.
-        if accepted > 0 {
+        if accepted > 0 || written {
             held.keep(&response).await;
         }
     } else {
         held.keep_later(async move {
             for (keys, call) in unconfirmed {
-                group_receipts(&mut receipts, &keys, call.await);
+                let published = call.await;
+                written |= matches!(published, Published::Unreplicated(..));
+                group_receipts(&mut receipts, &keys, published.into_result());
             }
             let (response, accepted) = bulk_response(&outcomes, &topics, &receipts);
-            (accepted > 0).then_some(response)
+            (accepted > 0 || written).then_some((response, None))
         });
     }
     Ok(response)
 }
 
 /// Records one owner's answer for the bulk items `keys` it published.
-fn group_receipts(receipts: &mut [ItemReceipt], keys: &[usize], published: PublishResult) {
+fn group_receipts(
+    receipts: &mut [ItemReceipt],
+    keys: &[usize],
+    published: Result<Vec<Receipt>, StoreError>,
+) {
     match published {
         Ok(owner_receipts) => {
             for (&k, receipt) in keys.iter().zip(owner_receipts) {
