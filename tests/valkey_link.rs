@@ -344,6 +344,18 @@ fn replicated_relay(primary: &Valkey, replica_timeout: &str, ack_timeout: &str) 
     relay
 }
 
+/// Publishes to `topic` until a publish is acknowledged (the replica's first
+/// acknowledgements may lag `storage.replica_timeout` on a loaded machine): the topic
+/// exists and replication is flowing before the test cuts it.
+fn warm_up(relay: &Relay, topic: &str) {
+    assert!(
+        eventually(Duration::from_secs(5), || post(relay, topic, r#""warm""#)
+            .status
+            == 201),
+        "no publish was acknowledged with the replica up"
+    );
+}
+
 /// Retries `body` with `key` until it is answered 201 (the replica back after a full
 /// resync may take a moment to acknowledge); the 201.
 fn retried_until_confirmed(relay: &Relay, key: &str, body: &str) -> Value {
@@ -375,7 +387,7 @@ fn a_key_refused_for_replication_stays_bound_to_its_message_and_a_retry_confirms
     let relay = replicated_relay(&primary, "500ms", "3s");
     let topic = topic_on("keyed", 1);
     let key = stream_key(&topic);
-    relay.publish(&topic, r#""before""#);
+    warm_up(&relay, &topic);
 
     replica.kill9();
     let body = format!(r#"{{"topic":"{topic}","payload":"once"}}"#);
@@ -450,7 +462,7 @@ fn a_key_answered_persist_timeout_never_publishes_twice() {
     let relay = replicated_relay(&primary, "1000ms", "1100ms");
     let topic = topic_on("late", 0);
     let key = stream_key(&topic);
-    relay.publish(&topic, r#""before""#);
+    warm_up(&relay, &topic);
 
     replica.kill9();
     let body = format!(r#"{{"topic":"{topic}","payload":"late"}}"#);
