@@ -1253,9 +1253,13 @@ fn valkey_back_without_its_data_is_reported_as_data_loss_and_the_relay_keeps_wor
         );
     }
     assert!(
-        eventually(IO_TIMEOUT, || { relay.stderr().contains("DATA LOSS") }),
-        "timed out after {:?}: a DATA LOSS line on stderr",
-        IO_TIMEOUT
+        eventually(IO_TIMEOUT, || {
+            relay.stderr().matches("DATA LOSS").count() == SHARDS
+                && relay.metrics().sum("pulsar_valkey_data_loss_total") == SHARDS as f64
+        }),
+        "timed out after {:?}: a DATA LOSS line on stderr and a count per shard: {}",
+        IO_TIMEOUT,
+        relay.stderr()
     );
     relay.wait_ready(RECONNECT_TIMEOUT);
     assert!(

@@ -580,3 +580,132 @@ fn replicated_acks_wait_for_each_primarys_replica_and_are_refused_without_it() {
         relay.publish(topic, r#"{"n":3}"#);
     }
 }
+
+/// Item 4 of issue #12 in cluster mode: the primary holding some topics drops every relay
+/// connection (`CLIENT KILL TYPE normal`, as a restart or an idle timeout does); the very
+/// next history page and replay of each topic answer 200 with every message. The ring
+/// holds one message per topic, so the rest comes from Valkey over connections that are
+/// closed, and each read comes on a fresh HTTP connection (so on either shard): a closed
+/// connection must be retried on a fresh one, not reported to the client. Several rounds,
+/// a kill before each, so that every shard meets a killed connection.
+#[test]
+fn reads_right_after_a_primary_dropped_the_relays_connections_succeed_on_every_shard() {
+    let cluster = ValkeyCluster::start();
+    let relay = ready_relay(
+        &cluster,
+        &[
+            ("PULSAR_STORAGE_HOT_TIER_MESSAGES_PER_TOPIC", "1"),
+            ("PULSAR_VALKEY_CONNECT_TIMEOUT", "1s"),
+        ],
+    );
+    let topics: Vec<String> = (0..SHARDS)
+        .map(|s| topic_on_primary(&cluster, "killed", s, 0))
+        .collect();
+    let published: Vec<Vec<String>> = topics
+        .iter()
+        .map(|topic| {
+            (0..4)
+                .map(|n| id_of(&relay.publish(topic, &format!(r#"{{"n":{n}}}"#))).to_string())
+                .collect()
+        })
+        .collect();
+    let token = rw_token();
+    let primary = cluster.nodes[0].port;
+    for round in 0..4 {
+        let killed = cluster_command(primary, &["CLIENT", "KILL", "TYPE", "normal"]);
+        assert!(killed.int() >= SHARDS as i64, "round {round}: {killed:?}");
+        for (topic, expected) in topics.iter().zip(&published) {
+            let page = call(
+                &relay,
+                "GET",
+                &format!("/api/v1/topics/{topic}/messages?limit=10&order=asc"),
+                &token,
+                &Value::Null,
+            );
+            page.assert_status(200);
+            assert_eq!(
+                &ids(&page.json()["messages"]),
+                expected,
+                "history of {topic}"
+            );
+            assert_eq!(&replayed(&relay, topic), expected, "replay of {topic}");
+        }
+    }
+}
+
+/// The relay's sentinel keys on `primary` (index in `cluster.nodes`).
+fn sentinels_on(cluster: &ValkeyCluster, primary: usize) -> Vec<String> {
+    cluster_command(
+        cluster.nodes[primary].port,
+        &["KEYS", "pulsar:{relay*}:epoch"],
+    )
+    .items()
+    .iter()
+    .filter_map(Resp::text)
+    .collect()
+}
+
+/// Data-loss detection covers every primary, not only the one serving `{relay}`: each
+/// holds a sentinel of its own. Primary 1 (which does not serve `{relay}`'s slot) is
+/// flushed and drops the relay's connections, as a primary restarted without its files
+/// does: on reconnecting, each shard reports DATA LOSS naming that primary and counts it.
+/// A sentinel whose slot was migrated to another primary (keys move with `MIGRATE`) is not
+/// a loss, and the relay keeps working after the loss.
+#[test]
+fn a_primary_that_lost_its_data_is_reported_whichever_slots_it_serves() {
+    let cluster = ValkeyCluster::start();
+    let relay = ready_relay(&cluster, &[]);
+    let relay_slot = cluster.slot_of("pulsar:{relay}:epoch");
+    assert_eq!(cluster.owner_of(relay_slot), 0, "the harness's slot layout");
+    for primary in 0..3 {
+        assert_eq!(
+            sentinels_on(&cluster, primary).len(),
+            1,
+            "primary {primary} holds one sentinel"
+        );
+    }
+    let topic = topic_on_primary(&cluster, "lost", 0, 1);
+    relay.publish(&topic, r#"{"n":1}"#);
+
+    // Primary 2's sentinel moves to primary 0 with its slot; both drop the relay's
+    // connections, and the relay finds the key on its new primary: no loss.
+    let moved = sentinels_on(&cluster, 2).remove(0);
+    cluster.migrate_slot(cluster.slot_of(&moved), 0, Duration::ZERO);
+    assert!(sentinels_on(&cluster, 0).contains(&moved));
+    for primary in [0, 2] {
+        cluster_command(
+            cluster.nodes[primary].port,
+            &["CLIENT", "KILL", "TYPE", "normal"],
+        );
+    }
+    relay.wait_ready(READY_TIMEOUT);
+
+    let lost = cluster.nodes[1].port;
+    assert!(matches!(
+        cluster_command(lost, &["FLUSHALL"]),
+        Resp::Simple(_)
+    ));
+    cluster_command(lost, &["CLIENT", "KILL", "TYPE", "normal"]);
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            relay.metrics().sum("pulsar_valkey_data_loss_total") >= SHARDS as f64
+        }),
+        "each shard reports the loss: {}",
+        relay.stderr()
+    );
+    let stderr = relay.stderr();
+    let reports: Vec<&str> = stderr.lines().filter(|l| l.contains("DATA LOSS")).collect();
+    assert_eq!(reports.len(), SHARDS, "{stderr}");
+    for report in reports {
+        assert!(report.contains(&format!("127.0.0.1:{lost}")), "{report}");
+    }
+    assert_eq!(
+        relay.metrics().sum("pulsar_valkey_data_loss_total"),
+        SHARDS as f64
+    );
+    // The primary has a sentinel again and takes the topic's writes.
+    relay.wait_ready(READY_TIMEOUT);
+    assert_eq!(sentinels_on(&cluster, 1).len(), 1);
+    let after = relay.publish(&topic, r#"{"n":2}"#);
+    assert_eq!(cluster.stream_ids(&stream_key(&topic)), [id_of(&after)]);
+}

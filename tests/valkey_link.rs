@@ -299,3 +299,191 @@ fn replicated_acks_wait_for_the_replica_and_are_refused_without_it() {
     assert_eq!(on_replica.last().map(String::as_str), Some(id_of(&after)));
     assert_eq!(on_replica.len() as i64, primary.xlen(&key));
 }
+
+// ---------------------------------------------------------------------------------------
+// Replicated acks and Idempotency-Key
+// ---------------------------------------------------------------------------------------
+
+/// A publish with an `Idempotency-Key` (a single message unless `path` says bulk).
+fn post_keyed(relay: &Relay, path: &str, key: &str, body: &str) -> Response {
+    relay.request(
+        "POST",
+        path,
+        &[
+            auth_header(&rw_token()).as_pair(),
+            ("Content-Type", "application/json"),
+            ("Idempotency-Key", key),
+        ],
+        body.as_bytes(),
+    )
+}
+
+/// The stream entries of `key` whose payload is `payload`.
+fn entries_with(valkey: &Valkey, key: &str, payload: &str) -> Vec<String> {
+    valkey
+        .xrange(key)
+        .into_iter()
+        .filter(|e| e.field("p") == Some(payload))
+        .map(|e| e.id)
+        .collect()
+}
+
+/// A relay with replicated acks on `primary` (one replica wanted, `replica_timeout`).
+fn replicated_relay(primary: &Valkey, replica_timeout: &str, ack_timeout: &str) -> Relay {
+    let relay = Relay::start_on_valkey(
+        primary,
+        &[
+            ("PULSAR_STORAGE_ACK", "replicated"),
+            ("PULSAR_STORAGE_MIN_REPLICAS", "1"),
+            ("PULSAR_STORAGE_REPLICA_TIMEOUT", replica_timeout),
+            ("PULSAR_STORAGE_ACK_TIMEOUT", ack_timeout),
+            ("PULSAR_LIMITS_IDEMPOTENCY_WAIT", "5s"),
+        ],
+    );
+    relay.wait_ready(Duration::from_secs(10));
+    relay
+}
+
+/// Publishes to `topic` until a publish is acknowledged (the replica's first
+/// acknowledgements may lag `storage.replica_timeout` on a loaded machine): the topic
+/// exists and replication is flowing before the test cuts it.
+fn warm_up(relay: &Relay, topic: &str) {
+    assert!(
+        eventually(Duration::from_secs(5), || post(relay, topic, r#""warm""#)
+            .status
+            == 201),
+        "no publish was acknowledged with the replica up"
+    );
+}
+
+/// Retries `body` with `key` until it is answered 201 (the replica back after a full
+/// resync may take a moment to acknowledge); the 201.
+fn retried_until_confirmed(relay: &Relay, key: &str, body: &str) -> Value {
+    let mut answer = None;
+    let confirmed = eventually(Duration::from_secs(8), || {
+        let resp = post_keyed(relay, "/api/v1/messages", key, body);
+        if resp.status != 201 {
+            resp.assert_error(503, resp.json()["code"].as_str().unwrap_or("?"));
+        }
+        answer = (resp.status == 201).then(|| resp.json());
+        answer.is_some()
+    });
+    assert!(confirmed, "the retry was never confirmed");
+    answer.unwrap()
+}
+
+/// `storage.ack: replicated` and an `Idempotency-Key`: with the replica gone, a publish is
+/// answered 503 `REPLICATION_TIMEOUT` while its message is in the primary's stream, and
+/// the key stays bound to that message: a retry while the replica is still gone is 503
+/// again and writes nothing; once the replica is back a retry answers 201 with the
+/// message's ID (the one the primary holds), and later retries replay that answer. The
+/// stream holds the message exactly once. A key whose message vanished from the stream
+/// is published again by its retry. A bulk publish with a key keeps its 207: its retry
+/// gets the same answer and publishes nothing twice.
+#[test]
+fn a_key_refused_for_replication_stays_bound_to_its_message_and_a_retry_confirms_it() {
+    let primary = Valkey::start();
+    let mut replica = primary.start_replica();
+    let relay = replicated_relay(&primary, "500ms", "3s");
+    let topic = topic_on("keyed", 1);
+    let key = stream_key(&topic);
+    warm_up(&relay, &topic);
+
+    replica.kill9();
+    let body = format!(r#"{{"topic":"{topic}","payload":"once"}}"#);
+    post_keyed(&relay, "/api/v1/messages", "k-once", &body)
+        .assert_error(503, "REPLICATION_TIMEOUT");
+    let written = entries_with(&primary, &key, r#""once""#);
+    assert_eq!(written.len(), 1, "the primary has the message");
+    post_keyed(&relay, "/api/v1/messages", "k-once", &body)
+        .assert_error(503, "REPLICATION_TIMEOUT");
+    assert_eq!(entries_with(&primary, &key, r#""once""#), written);
+
+    // Another key's message disappears from the stream (as a failover to a replica that
+    // never had it would lose it): its retry will publish it again, once.
+    let gone_body = format!(r#"{{"topic":"{topic}","payload":"gone"}}"#);
+    post_keyed(&relay, "/api/v1/messages", "k-gone", &gone_body)
+        .assert_error(503, "REPLICATION_TIMEOUT");
+    let lost = entries_with(&primary, &key, r#""gone""#);
+    assert_eq!(primary.command(&["XDEL", &key, &lost[0]]).int(), 1);
+
+    let bulk_body = json!({"messages": [
+        {"topic": topic, "payload": "bulk-a"},
+        {"topic": topic, "payload": "bulk-b"},
+    ]})
+    .to_string();
+    let first = post_keyed(&relay, "/api/v1/messages/bulk", "k-bulk", &bulk_body);
+    first.assert_status(207);
+    assert_eq!(
+        first.json()["results"][0]["error"]["code"],
+        "REPLICATION_TIMEOUT",
+        "{}",
+        first.text()
+    );
+    let again = post_keyed(&relay, "/api/v1/messages/bulk", "k-bulk", &bulk_body);
+    again.assert_status(207);
+    assert_eq!(again.header("idempotent-replayed"), Some("true"));
+    assert_eq!(again.json(), first.json());
+
+    replica.restart_same_dir();
+    primary.wait_replicas(1);
+    let confirmed = retried_until_confirmed(&relay, "k-once", &body);
+    assert_eq!(id_of(&confirmed), written[0], "the message already written");
+    assert!(
+        replica.stream_ids(&key).contains(&written[0]),
+        "confirmed, so the replica has it"
+    );
+    let replayed = post_keyed(&relay, "/api/v1/messages", "k-once", &body);
+    replayed.assert_status(201);
+    assert_eq!(replayed.header("idempotent-replayed"), Some("true"));
+    assert_eq!(id_of(&replayed.json()), written[0]);
+    assert_eq!(entries_with(&primary, &key, r#""once""#), written);
+    for payload in [r#""bulk-a""#, r#""bulk-b""#] {
+        assert_eq!(entries_with(&primary, &key, payload).len(), 1, "{payload}");
+    }
+    let republished = retried_until_confirmed(&relay, "k-gone", &gone_body);
+    assert_ne!(id_of(&republished), lost[0], "published anew");
+    assert_eq!(
+        entries_with(&primary, &key, r#""gone""#),
+        [id_of(&republished)]
+    );
+}
+
+/// The same through `storage.ack_timeout`: with the replica gone, a publish with a key
+/// queued behind another publish's pipeline (whose `WAIT` runs its full
+/// `replica_timeout`) is answered 503 `PERSIST_TIMEOUT` before its own `WAIT` reports; a
+/// retry waits for that first publish, finds its message written but not replicated, and
+/// is refused again without writing; once the replica is back a retry gets 201 with that
+/// message's ID, written once.
+#[test]
+fn a_key_answered_persist_timeout_never_publishes_twice() {
+    let primary = Valkey::start();
+    let mut replica = primary.start_replica();
+    let relay = replicated_relay(&primary, "1000ms", "1100ms");
+    let topic = topic_on("late", 0);
+    let key = stream_key(&topic);
+    warm_up(&relay, &topic);
+
+    replica.kill9();
+    let body = format!(r#"{{"topic":"{topic}","payload":"late"}}"#);
+    std::thread::scope(|s| {
+        let ahead = s.spawn(|| post(&relay, &topic, r#""ahead""#));
+        std::thread::sleep(Duration::from_millis(400));
+        post_keyed(&relay, "/api/v1/messages", "k-late", &body)
+            .assert_error(503, "PERSIST_TIMEOUT");
+        ahead
+            .join()
+            .unwrap()
+            .assert_error(503, "REPLICATION_TIMEOUT");
+    });
+    let retry = post_keyed(&relay, "/api/v1/messages", "k-late", &body);
+    assert_eq!(retry.status, 503, "{}", retry.text());
+    let written = entries_with(&primary, &key, r#""late""#);
+    assert_eq!(written.len(), 1, "{}", retry.text());
+
+    replica.restart_same_dir();
+    primary.wait_replicas(1);
+    let confirmed = retried_until_confirmed(&relay, "k-late", &body);
+    assert_eq!(id_of(&confirmed), written[0]);
+    assert_eq!(entries_with(&primary, &key, r#""late""#), written);
+}

@@ -25,8 +25,8 @@ use serde_json::error::Category;
 use serde_json::value::RawValue;
 
 use super::error::ApiError;
-use super::idempotency::Endpoint;
 use super::idempotency::{self, Begin};
+use super::idempotency::{Endpoint, Unconfirmed};
 use super::limits::too_deep;
 use super::shard::Shard;
 use super::shed;
@@ -39,7 +39,6 @@ use crate::rt::now_ms;
 use crate::store::StoreError;
 use crate::text::rfc3339;
 use crate::topic::owner::apply::{DraftSpan, PublishBatch, Publisher, Receipt};
-use crate::topic::owner::settled;
 use crate::topic::{display_name, owner_of, valid_topic_name, MessageId};
 
 #[derive(Deserialize)]
@@ -302,42 +301,82 @@ fn receipt_json(topic: &str, receipt: &Receipt) -> String {
 /// The owner-side handler of a publish whose request was read at `read_at` (on whichever
 /// shard): the owner's topics take the batch, and each new message goes out to the shards
 /// with subscribers for it; refused, and nothing published, when it has waited too long
-/// on its way here or the owner is late (see `shed`).
+/// on its way here or the owner is late (see `shed`). Answered once Valkey confirmed the
+/// writes (with tickets; in cluster mode, once Valkey answered each message).
 fn publish_here(
     s: &Rc<Shard>,
     batch: &PublishBatch,
     read_at: Instant,
-) -> Answer<PublishResult, Pin<Box<dyn Future<Output = PublishResult>>>> {
+) -> Answer<Published, Pin<Box<dyn Future<Output = Published>>>> {
     if let Err(e) = shed::admit_at_owner(s, read_at) {
-        return Answer::Now(Err(e));
+        return Answer::Now(Published::Failed(e));
     }
     if s.store.is_announced() {
         // Cluster mode: Valkey names the IDs and feeds every node's ring.
         return match s.topics.publish_announced(batch) {
-            Answer::Now(result) => Answer::Now(result.map_err(ApiError::from)),
+            Answer::Now(result) => Answer::Now(Published::from(result)),
             Answer::Later(later) => {
-                Answer::Later(Box::pin(async move { later.await.map_err(ApiError::from) }))
+                Answer::Later(Box::pin(async move { Published::from(later.await) }))
             }
         };
     }
+    let (result, tickets) = s
+        .topics
+        .publish(batch, |msg, shards| s.fan_out(msg, shards));
+    if tickets.is_empty() {
+        return Answer::Now(Published::from(result));
+    }
     // Unbounded here: the requesting shard bounds its wait by `storage.ack_timeout`, and a
     // publish with an Idempotency-Key keeps waiting past it (see `single`).
-    let published = settled(
-        Answer::now(
-            s.topics
-                .publish(batch, |msg, shards| s.fan_out(msg, shards)),
-        ),
-        None,
-    );
-    match published {
-        Answer::Now(result) => Answer::Now(result.map_err(ApiError::from)),
-        Answer::Later(later) => {
-            Answer::Later(Box::pin(async move { later.await.map_err(ApiError::from) }))
+    Answer::Later(Box::pin(async move {
+        let (mut short, mut failed) = (None, None);
+        for ticket in tickets {
+            match ticket.wait().await {
+                Ok(()) => {}
+                Err(e @ StoreError::ReplicationTimeout { .. }) => {
+                    short.get_or_insert(e);
+                }
+                Err(e) => {
+                    failed.get_or_insert(e);
+                }
+            }
+        }
+        match (result, failed, short) {
+            (Err(e), _, _) | (Ok(_), Some(e), _) => Published::Failed(e.into()),
+            (Ok(receipts), None, Some(e)) => Published::Unreplicated(receipts, e),
+            (Ok(receipts), None, None) => Published::Ok(receipts),
+        }
+    }))
+}
+
+/// An owner's answer to a publish.
+enum Published {
+    Ok(Vec<Receipt>),
+    /// Valkey's primary applied every message (these are their receipts), but too few
+    /// replicas confirmed them (`storage.ack: replicated`): an Idempotency-Key stays
+    /// bound to them.
+    Unreplicated(Vec<Receipt>, StoreError),
+    Failed(ApiError),
+}
+
+impl From<Result<Vec<Receipt>, StoreError>> for Published {
+    fn from(result: Result<Vec<Receipt>, StoreError>) -> Self {
+        match result {
+            Ok(receipts) => Published::Ok(receipts),
+            Err(e) => Published::Failed(e.into()),
         }
     }
 }
 
-type PublishResult = Result<Vec<Receipt>, ApiError>;
+impl Published {
+    fn into_result(self) -> Result<Vec<Receipt>, ApiError> {
+        match self {
+            Published::Ok(receipts) => Ok(receipts),
+            Published::Unreplicated(_, e) => Err(e.into()),
+            Published::Failed(e) => Err(e),
+        }
+    }
+}
 
 /// From when the topic's owner counts a publish's wait (see `shed`): since it was read,
 /// or, for one with an `Idempotency-Key`, since its key was taken, for it may have waited
@@ -441,25 +480,54 @@ pub async fn single(
             match by_deadline(ctl, deadline, publishing.as_mut()).await {
                 Some(answer) => (Some(answer), Some(held)),
                 None => {
-                    let name = display_name(topic).to_owned();
-                    held.keep_later(async move {
-                        let receipts = publishing.await.ok()?;
-                        Some(single_response(&name, receipts.first()?))
-                    });
+                    let topic = topic.to_owned();
+                    held.keep_later(async move { single_answer(&topic, publishing.await) });
                     (None, None)
                 }
             }
         }
     };
-    let receipts = answer.ok_or_else(persist_timeout)??;
-    let receipt = receipts
-        .first()
-        .ok_or_else(|| ApiError::new(500, "INTERNAL", "the topic owner returned no receipt"))?;
-    let response = single_response(display_name(topic), receipt);
-    if let Some(held) = held {
-        held.keep(&response).await;
+    let published = answer.ok_or_else(persist_timeout)?;
+    let unreplicated = match &published {
+        Published::Unreplicated(_, e) => Some(e.clone()),
+        _ => None,
+    };
+    if let Published::Failed(e) = published {
+        return Err(e);
     }
-    Ok(response)
+    let Some((response, unconfirmed)) = single_answer(topic, published) else {
+        return Err(ApiError::new(
+            500,
+            "INTERNAL",
+            "the topic owner returned no receipt",
+        ));
+    };
+    if let Some(held) = held {
+        match unconfirmed {
+            None => held.keep(&response).await,
+            Some(unconfirmed) => held.keep_unconfirmed(&response, unconfirmed).await,
+        }
+    }
+    match unreplicated {
+        Some(e) => Err(e.into()),
+        None => Ok(response),
+    }
+}
+
+/// The 201 of a published single message, with the message if its replication is not
+/// confirmed; `None` when nothing was published.
+fn single_answer(topic: &str, published: Published) -> Option<(Response, Option<Unconfirmed>)> {
+    let (receipts, confirmed) = match published {
+        Published::Ok(receipts) => (receipts, true),
+        Published::Unreplicated(receipts, _) => (receipts, false),
+        Published::Failed(_) => return None,
+    };
+    let receipt = receipts.first()?;
+    let unconfirmed = (!confirmed).then(|| Unconfirmed {
+        topic: topic.into(),
+        id: receipt.id,
+    });
+    Some((single_response(display_name(topic), receipt), unconfirmed))
 }
 
 fn single_response(topic: &str, receipt: &Receipt) -> Response {
@@ -566,7 +634,7 @@ pub async fn bulk(
         }));
     }
     // Each owner's answer as it comes, until the deadline.
-    let answers: Vec<Cell<Option<PublishResult>>> = calls.iter().map(|_| Cell::new(None)).collect();
+    let answers: Vec<Cell<Option<Published>>> = calls.iter().map(|_| Cell::new(None)).collect();
     {
         let all = join_all(
             calls
@@ -580,9 +648,14 @@ pub async fn bulk(
     let mut receipts: Vec<ItemReceipt> =
         vec![Err(("INTERNAL", "no receipt".to_string())); topics.len()];
     let mut unconfirmed = Vec::new();
+    // Whether Valkey has any message of the request (if only without enough replicas).
+    let mut written = false;
     for ((keys, call), answer) in groups.into_iter().zip(calls).zip(answers) {
         match answer.into_inner() {
-            Some(published) => group_receipts(&mut receipts, &keys, published),
+            Some(published) => {
+                written |= matches!(published, Published::Unreplicated(..));
+                group_receipts(&mut receipts, &keys, published.into_result());
+            }
             None => {
                 group_receipts(&mut receipts, &keys, Err(persist_timeout()));
                 unconfirmed.push((keys, call));
@@ -595,23 +668,29 @@ pub async fn bulk(
     };
     if unconfirmed.is_empty() {
         // An answer that published nothing is not recorded: a retry may still publish.
-        if accepted > 0 {
+        if accepted > 0 || written {
             held.keep(&response).await;
         }
     } else {
         held.keep_later(async move {
             for (keys, call) in unconfirmed {
-                group_receipts(&mut receipts, &keys, call.await);
+                let published = call.await;
+                written |= matches!(published, Published::Unreplicated(..));
+                group_receipts(&mut receipts, &keys, published.into_result());
             }
             let (response, accepted) = bulk_response(&outcomes, &topics, &receipts);
-            (accepted > 0).then_some(response)
+            (accepted > 0 || written).then_some((response, None))
         });
     }
     Ok(response)
 }
 
 /// Records one owner's answer for the bulk items `keys` it published.
-fn group_receipts(receipts: &mut [ItemReceipt], keys: &[usize], published: PublishResult) {
+fn group_receipts(
+    receipts: &mut [ItemReceipt],
+    keys: &[usize],
+    published: Result<Vec<Receipt>, ApiError>,
+) {
     match published {
         Ok(owner_receipts) => {
             for (&k, receipt) in keys.iter().zip(owner_receipts) {

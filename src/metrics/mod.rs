@@ -102,6 +102,8 @@ pub struct ShardMetrics {
     pub valkey_errors: Cell<u64>,
     /// Pipelines whose `WAIT` counted fewer replicas than `storage.min_replicas`.
     pub valkey_replica_timeouts: Cell<u64>,
+    /// Reconnects that found a Valkey server without a sentinel key seen there before.
+    pub valkey_data_loss: Cell<u64>,
     /// Valkey Cluster answers `MOVED` and `ASK` that the router followed.
     pub valkey_moved: Cell<u64>,
     pub valkey_asked: Cell<u64>,
@@ -173,6 +175,7 @@ impl Default for ShardMetrics {
             valkey_writes: Cell::new(0),
             valkey_errors: Cell::new(0),
             valkey_replica_timeouts: Cell::new(0),
+            valkey_data_loss: Cell::new(0),
             valkey_moved: Cell::new(0),
             valkey_asked: Cell::new(0),
             valkey_map_refreshes: Cell::new(0),
@@ -280,6 +283,7 @@ impl ShardMetrics {
                 valkey_writes: self.valkey_writes.get(),
                 valkey_errors: self.valkey_errors.get(),
                 valkey_replica_timeouts: self.valkey_replica_timeouts.get(),
+                valkey_data_loss: self.valkey_data_loss.get(),
                 valkey_moved: self.valkey_moved.get(),
                 valkey_asked: self.valkey_asked.get(),
                 valkey_map_refreshes: self.valkey_map_refreshes.get(),
@@ -319,6 +323,7 @@ pub struct Counters {
     pub valkey_writes: u64,
     pub valkey_errors: u64,
     pub valkey_replica_timeouts: u64,
+    pub valkey_data_loss: u64,
     pub valkey_moved: u64,
     pub valkey_asked: u64,
     pub valkey_map_refreshes: u64,
@@ -676,6 +681,17 @@ pub fn render(shards: &[Snapshot], persistent: bool) -> String {
             out,
             "pulsar_valkey_replica_timeouts_total {}",
             total(|c| c.valkey_replica_timeouts)
+        );
+        header(
+            &mut out,
+            "pulsar_valkey_data_loss_total",
+            "Reconnects that found a Valkey server (a cluster primary) without a sentinel key it held before: its data was lost. Counted by each shard that noticed.",
+            "counter",
+        );
+        let _ = writeln!(
+            out,
+            "pulsar_valkey_data_loss_total {}",
+            total(|c| c.valkey_data_loss)
         );
         header(
             &mut out,

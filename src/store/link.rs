@@ -5,14 +5,12 @@
 //! replies in order, and only then sends the next pipeline, so the commands that pile up
 //! while one round trip is in flight become the next group commit.
 //!
-//! Writes are retried across reconnects, in order, until Valkey answers them. The relay's
-//! writes carry explicit stream IDs, which makes a re-sent XADD harmless: Valkey refusing a
-//! re-sent XADD as not above the stream's top item means it was applied before, and that
-//! counts as done (not as an error). A read whose connection turned out to be closed is
-//! sent once more on a fresh connection; a read queued while the link is down waits for
-//! the next connection attempt and fails if that fails. So no read waits longer than one
-//! reconnect and two command timeouts, and none fails only because Valkey closed an idle
-//! connection. Reconnects back off exponentially (50 ms to 500 ms, so every shard sees a
+//! Writes are retried across reconnects, in order, until Valkey answers them, and a read
+//! whose connection turned out to be closed is sent once more on a fresh connection (the
+//! rule, shared with each Cluster primary's connection, is [`super::retry`]'s); a read
+//! queued while the link is down waits for the next connection attempt and fails if that
+//! fails. So no read waits longer than one reconnect and two command timeouts, and none
+//! fails only because Valkey closed an idle connection. Reconnects back off exponentially (50 ms to 500 ms, so every shard sees a
 //! Valkey that came back within a second) with jitter. An idle connection is watched for
 //! Valkey closing it and pinged every second. A sentinel key detects a Valkey that came
 //! back without its data.
@@ -31,6 +29,7 @@ use futures_lite::{future, AsyncReadExt};
 use redis::Value;
 
 use super::resp;
+use super::retry::{connect_failure, Kind};
 use super::transport;
 use crate::config::ValkeyConfig;
 use crate::metrics::{self, ShardMetrics};
@@ -76,18 +75,6 @@ struct Request {
     kind: Kind,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Kind {
-    /// Retried until Valkey answers; `resent` once it went out on a connection that failed.
-    Write { resent: bool },
-    /// Sent once more on a fresh connection (`retried`) when its own turned out closed.
-    Read { retried: bool },
-    /// A write that must not be applied twice and cannot tell it was (cluster mode's
-    /// publish, whose ID Valkey assigns): it fails when its connection is lost after it
-    /// was sent, instead of being sent again.
-    Once,
-}
-
 /// `WAIT` after each pipeline that carries a write someone waits for (replicated acks).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ReplicaWait {
@@ -105,6 +92,24 @@ impl ReplicaWait {
                 .get_packed_command(),
         );
         self.timeout
+    }
+}
+
+/// A sentinel key as one connection found it.
+pub(super) struct Sentinel {
+    /// It was not there: this connection created it.
+    created: bool,
+    value: Option<Vec<u8>>,
+}
+
+impl Sentinel {
+    /// Whether it is gone or changed since a connection saw it with value `seen`.
+    pub(super) fn lost(&self, seen: &[u8]) -> bool {
+        self.created || self.value.as_deref() != Some(seen)
+    }
+
+    pub(super) fn value(self) -> Option<Vec<u8>> {
+        self.value
     }
 }
 
@@ -181,7 +186,7 @@ impl Link {
         self.queue.borrow_mut().push_back(Request {
             packed,
             reply: reply.clone(),
-            kind: Kind::Write { resent: false },
+            kind: Kind::WRITE,
         });
         self.wake.raise();
         reply
@@ -277,13 +282,10 @@ impl Link {
 
     /// Fails the queued reads: the connection attempt they waited for failed.
     fn fail_reads(&self, err: &LinkError) {
-        let failed = match err {
-            LinkError::Timeout => LinkError::Timeout,
-            _ => LinkError::Down,
-        };
+        let failed = connect_failure(err);
         let mut queue = self.queue.borrow_mut();
         queue.retain(|req| {
-            let read = matches!(req.kind, Kind::Read { .. });
+            let read = !req.kind.is_write();
             if let (true, Some(reply)) = (read, &req.reply) {
                 reply.fill(Err(failed.clone()));
             }
@@ -303,8 +305,16 @@ impl Link {
         .await
     }
 
-    /// Opens and sets up one connection (also used for each Cluster primary's).
-    pub(super) async fn connect(&self) -> Result<Stream, LinkError> {
+    /// Opens and sets up this link's connection, and checks the sentinel.
+    async fn connect(&self) -> Result<Stream, LinkError> {
+        let (mut stream, mut buf) = self.open().await?;
+        self.check_sentinel(&mut stream, &mut buf).await?;
+        Ok(stream)
+    }
+
+    /// Opens one connection and authenticates it (also each Cluster primary's, whose
+    /// sentinels the router checks itself).
+    pub(super) async fn open(&self) -> Result<(Stream, Replies), LinkError> {
         let mut stream =
             transport::open(&self.cfg, self.tls.as_ref(), self.cfg.connect_timeout).await?;
         let mut buf = Replies::default();
@@ -332,8 +342,7 @@ impl Link {
                 return Err(LinkError::Protocol("SELECT refused"));
             }
         }
-        self.check_sentinel(&mut stream, &mut buf).await?;
-        Ok(stream)
+        Ok((stream, buf))
     }
 
     /// Creates the sentinel key once and checks on every later connection that it is
@@ -343,21 +352,37 @@ impl Link {
         stream: &mut Stream,
         buf: &mut Replies,
     ) -> Result<(), LinkError> {
+        let Some(found) = self.sentinel(stream, buf, &self.sentinel_key).await? else {
+            return Ok(());
+        };
+        let mut epoch = self.epoch.borrow_mut();
+        if let Some(seen) = &*epoch {
+            // We had connected before: the key must still be there, unchanged.
+            if found.lost(seen) {
+                self.lost_data(&self.sentinel_key);
+            }
+        }
+        *epoch = found.value;
+        Ok(())
+    }
+
+    /// Sentinel `key` on a fresh connection: created (`SET NX`) unless there, then read
+    /// back. `Ok(None)` when the server does not serve the key's slot (a Cluster primary
+    /// that answers with a redirection: the key is another primary's to check).
+    pub(super) async fn sentinel(
+        &self,
+        stream: &mut Stream,
+        buf: &mut Replies,
+        key: &str,
+    ) -> Result<Option<Sentinel>, LinkError> {
         let limit = self.cfg.connect_timeout;
         let candidate = format!("{:x}-{}", now_ms(), self.shard);
-        let set = redis::cmd("SET")
-            .arg(&self.sentinel_key)
-            .arg(&candidate)
-            .arg("NX")
-            .clone();
+        let set = redis::cmd("SET").arg(key).arg(&candidate).arg("NX").clone();
         let created = self
             .with_timeout(limit, roundtrip(stream, buf, &set))
             .await?;
-        // A Cluster primary that does not serve the sentinel's slot: another one checks it.
-        if let Value::ServerError(e) = &created {
-            if e.code() == "MOVED" {
-                return Ok(());
-            }
+        if redirected(&created) {
+            return Ok(None);
         }
         // E.g. NOAUTH (Valkey wants a password and none is configured): say so, or the
         // relay would stay unready without a word.
@@ -365,20 +390,32 @@ impl Link {
             crate::log_line!("shard {}: Valkey refused a write: {e}", self.shard);
             return Err(LinkError::Protocol("write refused"));
         }
-        let get = redis::cmd("GET").arg(&self.sentinel_key).clone();
+        let get = redis::cmd("GET").arg(key).clone();
         let current = self
             .with_timeout(limit, roundtrip(stream, buf, &get))
             .await?;
-        let current = resp::bytes(&current).map(<[u8]>::to_vec);
-        let mut epoch = self.epoch.borrow_mut();
-        if let Some(seen) = &*epoch {
-            // We had connected before: the key must still be there, unchanged.
-            if created == Value::Okay || current.as_ref() != Some(seen) {
-                lost_data(self.shard);
-            }
+        if redirected(&current) {
+            return Ok(None);
         }
-        *epoch = current;
-        Ok(())
+        Ok(Some(Sentinel {
+            created: created == Value::Okay,
+            value: resp::bytes(&current).map(<[u8]>::to_vec),
+        }))
+    }
+
+    /// Says loudly, and counts, that the server this link connects to came back without
+    /// sentinel `key`, which it held before.
+    pub(super) fn lost_data(&self, key: &str) {
+        metrics::add(&self.metrics.valkey_data_loss, 1);
+        crate::log_line!(
+            "shard {}: DATA LOSS: Valkey at {}:{} came back without the relay's sentinel key \
+             {key}. Its data was lost (restart without AOF/RDB, FLUSHALL, or a failover to an \
+             empty replica). Messages persisted before this point may be missing from \
+             history; new messages are persisted again from now on.",
+            self.shard,
+            self.cfg.host,
+            self.cfg.port
+        );
     }
 
     async fn serve(&self, stream: &mut Stream) -> LinkError {
@@ -424,9 +461,9 @@ impl Link {
             }
             batch.extend(self.queue.borrow_mut().drain(..));
             let wait = self.replicas.filter(|_| {
-                batch.iter().any(|req| {
-                    matches!(req.kind, Kind::Write { .. } | Kind::Once) && req.reply.is_some()
-                })
+                batch
+                    .iter()
+                    .any(|req| req.kind.is_write() && req.reply.is_some())
             });
             packed.clear();
             for req in &batch {
@@ -474,21 +511,13 @@ impl Link {
         hold: bool,
         held: &mut Vec<(Request, Value)>,
     ) {
-        let resent = match req.kind {
-            Kind::Write { resent } => resent,
-            Kind::Once => false,
-            Kind::Read { .. } => {
-                if let Some(reply) = req.reply {
-                    reply.fill(Ok(value));
-                }
-                return;
+        if !req.kind.is_write() {
+            if let Some(reply) = req.reply {
+                reply.fill(Ok(value));
             }
-        };
-        let value = if resent && already_applied(&value) {
-            Value::Okay
-        } else {
-            value
-        };
+            return;
+        }
+        let value = req.kind.answer(value);
         let refused = resp::server_error(&value).is_some();
         if hold && !refused && req.reply.is_some() {
             held.push((req, value));
@@ -547,16 +576,13 @@ impl Link {
     }
 
     /// The pipeline failed with `err`: what it had not finished goes back to the front of
-    /// the queue, in order. Writes always (marked as re-sent), except those sent at most
-    /// once, which fail with `err`; reads once, and only when the connection turned out to
-    /// be closed; the rest of the reads fail with `err`.
+    /// the queue, in order, or fails, as [`Kind::after_failure`] says.
     fn requeue(
         &self,
         held: &mut Vec<(Request, Value)>,
         batch: &mut VecDeque<Request>,
         err: &LinkError,
     ) {
-        let closed = matches!(err, LinkError::Io(_));
         let unfinished: Vec<Request> = held
             .drain(..)
             .map(|(req, _)| req)
@@ -564,24 +590,18 @@ impl Link {
             .collect();
         let mut queue = self.queue.borrow_mut();
         for mut req in unfinished.into_iter().rev() {
-            match req.kind {
-                Kind::Write { .. } => {
-                    req.kind = Kind::Write { resent: true };
+            match req.kind.after_failure(err) {
+                Some(kind) => {
+                    req.kind = kind;
                     queue.push_front(req);
                 }
-                Kind::Read { retried: false } if closed => {
-                    req.kind = Kind::Read { retried: true };
-                    queue.push_front(req);
-                }
-                Kind::Once => {
-                    self.pending_writes.set(self.pending_writes.get() - 1);
-                    self.pending_bytes
-                        .set(self.pending_bytes.get() - req.packed.len());
-                    if let Some(reply) = req.reply {
-                        reply.fill(Err(err.clone()));
+                None => {
+                    // A write that fails here (sent at most once) leaves the backlog.
+                    if req.kind.is_write() {
+                        self.pending_writes.set(self.pending_writes.get() - 1);
+                        self.pending_bytes
+                            .set(self.pending_bytes.get() - req.packed.len());
                     }
-                }
-                Kind::Read { .. } => {
                     if let Some(reply) = req.reply {
                         reply.fill(Err(err.clone()));
                     }
@@ -595,21 +615,15 @@ fn read_request(cmd: &redis::Cmd, reply: &Reply) -> Request {
     Request {
         packed: cmd.get_packed_command(),
         reply: Some(Rc::clone(reply)),
-        kind: Kind::Read { retried: false },
+        kind: Kind::READ,
     }
-}
-
-/// Valkey refusing a re-sent XADD because its explicit ID is not above the stream's top:
-/// the first sending was applied (its reply was lost with the connection).
-pub(super) fn already_applied(value: &Value) -> bool {
-    resp::server_error(value).is_some_and(|e| e.contains("equal or smaller"))
 }
 
 /// Resolves when a connection on which no reply is expected shows anything: Valkey closed
 /// it, or sent bytes nobody asked for. Dropping it loses nothing: glommio reads with a
 /// plain `recv` once the socket is readable, and over TLS the session keeps any record it
 /// read (a TLS 1.3 session ticket yields no plaintext, so it does not end the wait).
-async fn closed_while_idle(stream: &mut Stream) -> LinkError {
+pub(super) async fn closed_while_idle(stream: &mut Stream) -> LinkError {
     let mut byte = [0u8; 1];
     match stream.read(&mut byte).await {
         Ok(0) => LinkError::Io("connection closed by Valkey".into()),
@@ -618,13 +632,9 @@ async fn closed_while_idle(stream: &mut Stream) -> LinkError {
     }
 }
 
-fn lost_data(shard: usize) {
-    crate::log_line!(
-        "shard {shard}: DATA LOSS: Valkey came back without the relay's sentinel key. Its data \
-         was lost (restart without AOF/RDB, FLUSHALL, or a failover to an empty replica). \
-         Messages persisted before this point may be missing from history; new messages are \
-         persisted again from now on."
-    );
+/// A `MOVED` or `ASK` answer: the key's slot is served elsewhere.
+fn redirected(value: &Value) -> bool {
+    matches!(value, Value::ServerError(e) if matches!(e.code(), "MOVED" | "ASK"))
 }
 
 /// Sends one command and reads its reply (used during the handshake).

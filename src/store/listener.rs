@@ -49,7 +49,8 @@ const MAX_HEARD: usize = 100_000;
 type Confirmation = Rc<Slot<Result<(), LinkError>>>;
 
 pub struct Listener {
-    /// Dials (with AUTH, TLS) the one node the subscriptions go to.
+    /// Dial (with AUTH, TLS) the node the subscriptions go to: the server, or a Cluster's
+    /// seeds in turn.
     dialers: Vec<Rc<Link>>,
     shard: usize,
     /// The channels the shard wants, whether the connection is up or not.
@@ -180,10 +181,10 @@ impl Listener {
         let mut connected_before = false;
         loop {
             let link = &self.dialers[dialer % self.dialers.len()];
-            match link.connect().await {
-                Ok(mut stream) => {
+            match link.open().await {
+                Ok((mut stream, replies)) => {
                     backoff = BACKOFF_MIN;
-                    let err = self.serve(&mut stream, connected_before).await;
+                    let err = self.serve(&mut stream, replies, connected_before).await;
                     connected_before = true;
                     self.went_down(&err);
                     crate::log_line!(
@@ -212,8 +213,7 @@ impl Listener {
         }
     }
 
-    async fn serve(&self, stream: &mut Stream, resumed: bool) -> LinkError {
-        let mut replies = Replies::default();
+    async fn serve(&self, stream: &mut Stream, mut replies: Replies, resumed: bool) -> LinkError {
         let wanted: Vec<Vec<u8>> = self.wanted.borrow().iter().cloned().collect();
         // Subscribed again before anything is heard, so that the resumption covers every
         // channel: messages published before a channel's confirmation are read back.

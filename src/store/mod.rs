@@ -24,7 +24,11 @@
 //! record listings ([`Store::records`]) read the records from here.
 //! - `<prefix>:{<topic>}:l` — cluster mode: the stream's last ID, for announcements
 //!   (see [`announce`]); `<prefix>:{<topic>}:n` is the topic's pub/sub channel.
-//! - `<prefix>:{relay}:epoch` — sentinel that reveals a Valkey that lost its data.
+//! - `<prefix>:{<topic>}:r` — the ID of a message whose replication a retried publish
+//!   checked ([`Store::replicated`]); a marker for `WAIT`, expiring with the idempotency
+//!   window.
+//! - `<prefix>:{relay}:epoch` — sentinel that reveals a Valkey that lost its data; on a
+//!   cluster also `<prefix>:{relay.<n>}:epoch`, one per primary (`cluster::sentinel`).
 //! - `<prefix>:idem:{<subject>}:<endpoint>:<key>` — the first answer given to a publish
 //!   with an `Idempotency-Key` (see `api::idempotency`), expiring with the window.
 //! - `<prefix>:{accounts}:…` — user accounts ([`accounts`]).
@@ -40,6 +44,7 @@ mod connection;
 pub mod link;
 pub mod listener;
 pub mod resp;
+mod retry;
 mod stream;
 mod topics;
 pub mod transport;
@@ -100,7 +105,9 @@ impl fmt::Display for StoreError {
             StoreError::ReplicationTimeout { got, wanted } => write!(
                 f,
                 "Valkey has the write, but only {got} of {wanted} replicas confirmed it within \
-                 storage.replica_timeout; it is published, and a retry publishes it again"
+                 storage.replica_timeout; it is published: a retry with the same \
+                 Idempotency-Key checks its replication again (one without a key publishes \
+                 it again)"
             ),
         }
     }
@@ -403,6 +410,10 @@ impl Valkey {
 
     fn answer_key(&self, subject: &str, endpoint: &str, key: &str) -> String {
         format!("{}:idem:{{{subject}}}:{endpoint}:{key}", self.prefix)
+    }
+
+    fn marker_key(&self, topic: &str) -> String {
+        format!("{}:{{{topic}}}:r", self.prefix)
     }
 
     fn record_key(&self, topic: &str) -> String {

@@ -9,10 +9,11 @@
 
 use std::fmt;
 use std::rc::Rc;
+use std::time::Duration;
 
 use redis::Value;
 
-use super::{resp, Store, StoreError, Ticket, Valkey};
+use super::{confirmed_within, resp, Store, StoreError, Ticket, Valkey};
 use crate::rt::now_ms;
 use crate::text::{decimal_len, push_decimal};
 
@@ -260,6 +261,39 @@ impl Store {
                 return Ok((found, false));
             }
         }
+    }
+
+    /// Whether `topic`'s stream holds `id` and (with replicated acks) the primary's
+    /// replicas confirmed it, for a publish answered `REPLICATION_TIMEOUT` whose
+    /// Idempotency-Key is retried. `WAIT` counts what a connection wrote, and this shard's
+    /// connection may not have written the message (or is newer than that write), so a
+    /// marker write in the topic's slot (`<prefix>:{<topic>}:r`, the ID, expiring after
+    /// `window`) goes first: its pipeline's `WAIT` covers everything the primary had by
+    /// then. `Ok(false)`: the stream does not hold it (lost in a failover).
+    pub async fn replicated(
+        &self,
+        topic: &str,
+        id: MessageId,
+        window: Duration,
+    ) -> Result<bool, StoreError> {
+        let Some(v) = &self.valkey else {
+            return Ok(false);
+        };
+        let marker = redis::cmd("SET")
+            .arg(v.marker_key(topic))
+            .arg(id.to_string())
+            .arg("PX")
+            .arg(window.as_millis() as u64)
+            .clone();
+        let tickets = v
+            .link
+            .write(&marker, true)
+            .map(Ticket)
+            .into_iter()
+            .collect();
+        let limit = self.ack_timeout.unwrap_or_default();
+        confirmed_within(tickets, limit).await?;
+        self.contains(topic, id).await
     }
 
     /// Whether `topic`'s stream holds `id` (false without a persistent tier).

@@ -23,6 +23,15 @@
 //! 201/207 then becomes the key's answer ([`Held::keep_later`]): a retry gets that answer
 //! instead of publishing the message a second time.
 //!
+//! A single publish whose message Valkey wrote but too few replicas confirmed (503
+//! `REPLICATION_TIMEOUT`, `storage.ack: replicated`, at once or after `PERSIST_TIMEOUT`)
+//! keeps its key bound to that message ([`Held::keep_unconfirmed`]). A retry checks the
+//! replication again ([`crate::store::Store::replicated`]): confirmed, it gets the 201 with
+//! the same `message_id` (and that becomes the key's answer); still short, 503 again; the
+//! message gone from the stream (a failover lost it), the retry publishes it. A bulk
+//! publish keeps its 207 as answered once any item was written, whatever it says about
+//! the items' replication: a retry gets it again and publishes nothing twice.
+//!
 //! In cluster mode the key is also claimed in Valkey before publishing (a marker with a
 //! bounded lifetime, replaced by the answer), so that the same key sent to two relay nodes
 //! at once publishes once: the later request waits for the answer as a local duplicate does.
@@ -46,7 +55,7 @@ use crate::rt::conns::ConnCtl;
 use crate::rt::mesh::Answer;
 use crate::rt::{now_ms, spawn_local};
 use crate::store::ClaimedAnswer;
-pub use table::{body_hash, Claim, Endpoint, Keys, Replay, Scope};
+pub use table::{body_hash, Claim, Endpoint, Keys, Replay, Scope, Unconfirmed};
 
 /// The longest key accepted (the Python client sends 32 hex digits).
 const MAX_KEY_LEN: usize = 255;
@@ -103,6 +112,10 @@ pub async fn begin(
     let claim = loop {
         match claim_waiting(shard, ctl, &scope, body_hash).await? {
             Claim::Claimed(claim) => break claim,
+            Claim::Recheck(claim, replay) => {
+                let held = Held::new(shard, scope, claim, body_hash);
+                return held.recheck(replay).await;
+            }
             Claim::Done(replay) => return Ok(Begin::Replay(answer_again(&replay))),
             Claim::Released => continue,
             Claim::Reused => return Err(reused()),
@@ -116,14 +129,7 @@ pub async fn begin(
             }
         }
     };
-    let mut held = Held {
-        shard: Rc::clone(shard),
-        scope,
-        claim,
-        body_hash,
-        armed: true,
-        marker: None,
-    };
+    let mut held = Held::new(shard, scope, claim, body_hash);
     let found = if shard.store.is_announced() {
         claim_across_nodes(shard, ctl, &mut held).await?
     } else {
@@ -132,6 +138,9 @@ pub async fn begin(
     // Not found, or Valkey unreadable: publish (at-least-once across a restart).
     match found {
         Ok(Some(value)) => match Replay::decode(&value) {
+            Some(replay) if replay.unconfirmed.is_some() && replay.body_hash == body_hash => {
+                held.recheck(Arc::new(replay)).await
+            }
             Some(replay) => held.adopt(replay).await,
             None => Ok(Begin::Publish(Some(held))),
         },
@@ -234,29 +243,79 @@ pub struct Held {
 }
 
 impl Held {
+    fn new(shard: &Rc<Shard>, scope: Arc<Scope>, claim: u64, body_hash: u64) -> Held {
+        Held {
+            shard: Rc::clone(shard),
+            scope,
+            claim,
+            body_hash,
+            armed: true,
+            marker: None,
+        }
+    }
+
     /// Keeps `response` as the key's answer, before it goes to the producer.
-    pub async fn keep(mut self, response: &Response) {
+    pub async fn keep(self, response: &Response) {
+        self.keep_as(response, None).await;
+    }
+
+    /// Binds the key to a published message whose replication was not confirmed: a retry
+    /// checks it again and gets `response` once it is (see the module header).
+    pub async fn keep_unconfirmed(self, response: &Response, unconfirmed: Unconfirmed) {
+        self.keep_as(response, Some(unconfirmed)).await;
+    }
+
+    async fn keep_as(mut self, response: &Response, unconfirmed: Option<Unconfirmed>) {
         let replay = Replay {
             status: response.status,
             body_hash: self.body_hash,
             body: response.body.clone(),
+            unconfirmed,
         };
         let persist = self.shard.store.is_persistent();
         self.keep_replay(Arc::new(replay), persist).await;
     }
 
-    /// Keeps the answer `later` resolves to, holding the key claimed until then: for a
-    /// publish whose confirmation outlived its request's wait (`storage.ack_timeout`), so
-    /// that a retry with the key waits for that answer (or gets
-    /// `IDEMPOTENCY_KEY_IN_FLIGHT`) instead of publishing the message again. `None` gives
-    /// the key up.
-    pub fn keep_later(self, later: impl Future<Output = Option<Response>> + 'static) {
+    /// Keeps the answer `later` resolves to (with its message unconfirmed, see
+    /// [`Held::keep_unconfirmed`]), holding the key claimed until then: for a publish
+    /// whose confirmation outlived its request's wait (`storage.ack_timeout`), so that a
+    /// retry with the key waits for that answer (or gets `IDEMPOTENCY_KEY_IN_FLIGHT`)
+    /// instead of publishing the message again. `None` gives the key up.
+    pub fn keep_later(
+        self,
+        later: impl Future<Output = Option<(Response, Option<Unconfirmed>)>> + 'static,
+    ) {
         spawn_local(async move {
-            if let Some(response) = later.await {
-                self.keep(&response).await;
+            if let Some((response, unconfirmed)) = later.await {
+                self.keep_as(&response, unconfirmed).await;
             }
         })
         .detach();
+    }
+
+    /// The key is bound to a message whose replication was not confirmed: checks it again.
+    /// Confirmed: its answer, kept as confirmed. Gone from the stream: this request
+    /// publishes. Otherwise the error, and the unconfirmed answer stands (dropping the
+    /// claim puts it back).
+    async fn recheck(mut self, replay: Arc<Replay>) -> Result<Begin, ApiError> {
+        let Some(unconfirmed) = &replay.unconfirmed else {
+            return self.adopt(replay.confirmed()).await;
+        };
+        let window = self.shard.config.limits.idempotency_window;
+        let store = &self.shard.store;
+        match store
+            .replicated(&unconfirmed.topic, unconfirmed.id, window)
+            .await
+        {
+            Ok(true) => {
+                let confirmed = Arc::new(replay.confirmed());
+                let persist = store.is_persistent();
+                self.keep_replay(Arc::clone(&confirmed), persist).await;
+                Ok(Begin::Replay(answer_again(&confirmed)))
+            }
+            Ok(false) => Ok(Begin::Publish(Some(self))),
+            Err(e) => Err(ApiError::from(e)),
+        }
     }
 
     /// An answer found in Valkey becomes the key's answer in memory too.
@@ -308,10 +367,12 @@ fn keep_here(
     // Tickets come only with a limit (persisted or replicated acks).
     let limit = owner.store.ack_timeout().unwrap_or_default();
     match ticket {
-        None => Answer::Now(()),
-        Some(ticket) => Answer::Later(async move {
+        // An unconfirmed answer is written while replication lags: waiting for its own
+        // confirmation would only delay the 503 it goes with.
+        Some(ticket) if replay.unconfirmed.is_none() => Answer::Later(async move {
             let _ = crate::store::confirmed_within(vec![ticket], limit).await;
         }),
+        _ => Answer::Now(()),
     }
 }
 

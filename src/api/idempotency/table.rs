@@ -20,6 +20,12 @@
 //! an evicted key publishes again), while with Valkey the key's stored answer still answers
 //! the retry. Keys being published are never evicted; if every entry is one, a new key is
 //! refused (`Claim::Busy`) rather than risk a double publish.
+//!
+//! An answer may be [`Unconfirmed`]: the publish's message is written, but too few replicas
+//! confirmed it (`storage.ack: replicated`). The key stays bound to that message: a claim
+//! of it reopens the key for the claimant ([`Claim::Recheck`]), who checks the replication
+//! again and keeps the confirmed answer, or publishes if the message is gone, or gives the
+//! claim up, which puts the unconfirmed answer back.
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
@@ -30,6 +36,7 @@ use std::sync::Arc;
 use crate::rt::mesh::Answer;
 use crate::rt::owner::{fnv1a, shard_of, FNV_OFFSET};
 use crate::rt::signal::Slot;
+use crate::store::MessageId;
 
 /// The endpoint a key was used on; part of its scope.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -87,26 +94,76 @@ pub struct Replay {
     pub status: u16,
     pub body_hash: u64,
     pub body: Vec<u8>,
+    /// The answer's message is written, but its replication is not confirmed yet: a retry
+    /// checks it again before giving this answer.
+    pub unconfirmed: Option<Unconfirmed>,
+}
+
+/// A published message whose replicas did not confirm it in time.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Unconfirmed {
+    /// The topic as stored (its stream's name).
+    pub topic: Box<str>,
+    pub id: MessageId,
 }
 
 impl Replay {
-    /// The Valkey value: `<status> <body hash, 16 hex digits> <body>`.
+    /// The Valkey value: `<status> <body hash, 16 hex digits> <body>`; unconfirmed:
+    /// `<status>+ <body hash> <message ID> <topic length> <topic><body>`.
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = format!("{} {:016x} ", self.status, self.body_hash).into_bytes();
+        let mut out = match &self.unconfirmed {
+            None => format!("{} {:016x} ", self.status, self.body_hash),
+            Some(u) => format!(
+                "{}+ {:016x} {} {} {}",
+                self.status,
+                self.body_hash,
+                u.id,
+                u.topic.len(),
+                u.topic
+            ),
+        }
+        .into_bytes();
         out.extend_from_slice(&self.body);
         out
     }
 
     pub fn decode(value: &[u8]) -> Option<Replay> {
         let mut parts = value.splitn(3, |b| *b == b' ');
-        let status = std::str::from_utf8(parts.next()?).ok()?.parse().ok()?;
+        let status = std::str::from_utf8(parts.next()?).ok()?;
         let hash = std::str::from_utf8(parts.next()?).ok()?;
         let body_hash = u64::from_str_radix(hash, 16).ok()?;
+        let rest = parts.next()?;
+        let (status, unconfirmed, body) = match status.strip_suffix('+') {
+            None => (status, None, rest),
+            Some(status) => {
+                let mut parts = rest.splitn(3, |b| *b == b' ');
+                let id = MessageId::parse(std::str::from_utf8(parts.next()?).ok()?)?;
+                let len: usize = std::str::from_utf8(parts.next()?).ok()?.parse().ok()?;
+                let rest = parts.next()?;
+                let topic = std::str::from_utf8(rest.get(..len)?).ok()?;
+                let unconfirmed = Unconfirmed {
+                    topic: topic.into(),
+                    id,
+                };
+                (status, Some(unconfirmed), &rest[len..])
+            }
+        };
         Some(Replay {
-            status,
+            status: status.parse().ok()?,
             body_hash,
-            body: parts.next()?.to_vec(),
+            body: body.to_vec(),
+            unconfirmed,
         })
+    }
+
+    /// This answer with its message's replication confirmed.
+    pub fn confirmed(&self) -> Replay {
+        Replay {
+            status: self.status,
+            body_hash: self.body_hash,
+            body: self.body.clone(),
+            unconfirmed: None,
+        }
     }
 }
 
@@ -117,6 +174,9 @@ pub enum Claim {
     Claimed(u64),
     /// Published already: this is the answer to give again.
     Done(Arc<Replay>),
+    /// Published, but its replication was not confirmed: the caller holds claim `id` while
+    /// it checks again (see the module header).
+    Recheck(u64, Arc<Replay>),
     /// The request that held the key gave it up; claim again.
     Released,
     /// The key was used with a different body.
@@ -144,7 +204,12 @@ impl Bounds {
 const ENTRY_OVERHEAD: usize = 160;
 
 enum State<W> {
-    InFlight(Vec<W>),
+    /// Being published (or rechecked) by the claim holder; duplicates wait. `prior`: the
+    /// unconfirmed answer (and its expiry) that a recheck's release puts back.
+    InFlight {
+        waiters: Vec<W>,
+        prior: Option<(Arc<Replay>, u64)>,
+    },
     Done {
         replay: Arc<Replay>,
         expires_at: u64,
@@ -204,11 +269,24 @@ impl<W> Table<W> {
                 return Some(Claim::Reused);
             }
             return match &mut entry.state {
+                State::Done { replay, expires_at } if replay.unconfirmed.is_some() => {
+                    // Reopened for a recheck: out of the expiry index while in flight
+                    // (never evicted), back in it when kept or put back.
+                    let (replay, expires_at) = (Arc::clone(replay), *expires_at);
+                    self.expiry.remove(&(expires_at, entry.claim));
+                    self.next_claim += 1;
+                    entry.claim = self.next_claim;
+                    entry.state = State::InFlight {
+                        waiters: Vec::new(),
+                        prior: Some((Arc::clone(&replay), expires_at)),
+                    };
+                    Some(Claim::Recheck(entry.claim, replay))
+                }
                 State::Done { replay, .. } => Some(Claim::Done(Arc::clone(replay))),
-                State::InFlight(waiters) if waiters.len() >= self.bounds.waiters => {
+                State::InFlight { waiters, .. } if waiters.len() >= self.bounds.waiters => {
                     Some(Claim::Busy)
                 }
-                State::InFlight(waiters) => {
+                State::InFlight { waiters, .. } => {
                     waiters.push(waiter);
                     None
                 }
@@ -229,7 +307,10 @@ impl<W> Table<W> {
                 claim,
                 body_hash,
                 size,
-                state: State::InFlight(Vec::new()),
+                state: State::InFlight {
+                    waiters: Vec::new(),
+                    prior: None,
+                },
             },
         );
         Some(Claim::Claimed(claim))
@@ -247,17 +328,25 @@ impl<W> Table<W> {
     ) -> Option<(Vec<W>, Claim)> {
         let key = Arc::clone(self.entries.get_key_value(scope)?.0);
         let entry = self.entries.get_mut(scope)?;
-        let State::InFlight(waiters) = &mut entry.state else {
+        let State::InFlight { waiters, prior } = &mut entry.state else {
             return None;
         };
         if entry.claim != claim {
             return None;
         }
         let waiters = std::mem::take(waiters);
-        let answer = if replay.body_hash == entry.body_hash {
-            Claim::Done(Arc::clone(&replay))
-        } else {
+        if let Some((prior, _)) = prior.take() {
+            entry.size -= prior.body.len();
+            self.bytes -= prior.body.len();
+        }
+        // Duplicates do not take an unconfirmed answer as it is: they claim again, and
+        // one of them rechecks it.
+        let answer = if replay.body_hash != entry.body_hash {
             Claim::Reused
+        } else if replay.unconfirmed.is_some() {
+            Claim::Released
+        } else {
+            Claim::Done(Arc::clone(&replay))
         };
         let expires_at = now.saturating_add(self.window_ms);
         entry.body_hash = replay.body_hash;
@@ -279,22 +368,40 @@ impl<W> Table<W> {
     }
 
     /// Gives up claim `claim` (its request failed) and returns the parked duplicates, to
-    /// be told `Released`. Nothing happens if the claim is not held.
+    /// be told `Released`: the key is free again, or for a recheck holds its unconfirmed
+    /// answer again. Nothing happens if the claim is not held.
     pub fn release(&mut self, scope: &Scope, claim: u64) -> Vec<W> {
-        match self.entries.get(scope) {
-            Some(e) if e.claim == claim && matches!(e.state, State::InFlight(_)) => {}
-            _ => return Vec::new(),
+        let Some((key, entry)) = self.entries.get_key_value(scope) else {
+            return Vec::new();
+        };
+        if entry.claim != claim || !matches!(entry.state, State::InFlight { .. }) {
+            return Vec::new();
         }
-        match self.entries.remove(scope) {
-            Some(entry) => {
-                self.bytes -= entry.size;
-                match entry.state {
-                    State::InFlight(waiters) => waiters,
-                    State::Done { .. } => Vec::new(),
-                }
+        let key = Arc::clone(key);
+        let Some(Entry {
+            body_hash,
+            size,
+            state: State::InFlight { waiters, prior },
+            ..
+        }) = self.entries.remove(scope)
+        else {
+            return Vec::new();
+        };
+        match prior {
+            Some((replay, expires_at)) => {
+                self.expiry.insert((expires_at, claim), Arc::clone(&key));
+                let state = State::Done { replay, expires_at };
+                let entry = Entry {
+                    claim,
+                    body_hash,
+                    size,
+                    state,
+                };
+                self.entries.insert(key, entry);
             }
-            None => Vec::new(),
+            None => self.bytes -= size,
         }
+        waiters
     }
 
     /// Drops the answers whose window ended by `now`.
@@ -414,7 +521,67 @@ mod tests {
             status: 201,
             body_hash: hash,
             body: body.as_bytes().to_vec(),
+            unconfirmed: None,
         })
+    }
+
+    fn unconfirmed(hash: u64, body: &str) -> Arc<Replay> {
+        Arc::new(Replay {
+            unconfirmed: Some(Unconfirmed {
+                topic: "t".into(),
+                id: MessageId::parse("5-1").unwrap(),
+            }),
+            ..replay(hash, body).confirmed()
+        })
+    }
+
+    fn rechecked(answer: Option<Claim>) -> u64 {
+        match answer {
+            Some(Claim::Recheck(id, r)) => {
+                assert!(r.unconfirmed.is_some());
+                id
+            }
+            other => panic!("expected a recheck, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_unconfirmed_answer_is_rechecked_by_one_claimant_and_never_frees_the_key() {
+        let mut t = table();
+        let s = scope("alice", Endpoint::Single, "k");
+        let id = claimed(t.claim(Arc::clone(&s), 7, 0, 1));
+        assert!(t.claim(Arc::clone(&s), 7, 0, 9).is_none(), "parked");
+        let (waiters, answer) = t.keep(&s, id, unconfirmed(7, "r"), 10).unwrap();
+        assert_eq!(waiters, vec![9]);
+        assert!(
+            matches!(answer, Claim::Released),
+            "they claim again: {answer:?}"
+        );
+        let bytes = t.bytes;
+        let recheck = rechecked(t.claim(Arc::clone(&s), 7, 20, 2));
+        assert!(
+            t.claim(Arc::clone(&s), 7, 21, 3).is_none(),
+            "parked meanwhile"
+        );
+        assert!(t.expiry.is_empty(), "not evictable while rechecked");
+        // Given up (Valkey unreachable, say): the unconfirmed answer stands again.
+        assert_eq!(t.release(&s, recheck), vec![3]);
+        assert_eq!((t.entries.len(), t.bytes, t.expiry.len()), (1, bytes, 1));
+        let again = rechecked(t.claim(Arc::clone(&s), 7, 22, 4));
+        assert_ne!(again, recheck);
+        // Confirmed: the plain answer from now on.
+        t.keep(&s, again, replay(7, "r"), 30).unwrap();
+        assert_eq!(t.bytes, bytes);
+        assert!(matches!(
+            t.claim(Arc::clone(&s), 7, 31, 5),
+            Some(Claim::Done(r)) if r.unconfirmed.is_none()
+        ));
+        // Both expire with the window.
+        let other = scope("alice", Endpoint::Single, "o");
+        let id = claimed(t.claim(Arc::clone(&other), 7, 0, 6));
+        t.keep(&other, id, unconfirmed(7, "r"), 0).unwrap();
+        t.sweep(WINDOW);
+        assert!(!t.entries.contains_key(&*other));
     }
 
     fn claimed(answer: Option<Claim>) -> u64 {
@@ -589,8 +756,24 @@ mod tests {
             status: 207,
             body_hash: 0xdead_beef,
             body: br#"{"a": "b c"}"#.to_vec(),
+            unconfirmed: None,
         };
         assert_eq!(Replay::decode(&r.encode()), Some(r));
+        let u = Replay {
+            status: 201,
+            body_hash: 7,
+            body: br#"{"message_id": "5-1"}"#.to_vec(),
+            unconfirmed: Some(Unconfirmed {
+                topic: "ns/a b".into(),
+                id: MessageId::parse("5-1").unwrap(),
+            }),
+        };
+        assert_eq!(
+            u.encode(),
+            br#"201+ 0000000000000007 5-1 6 ns/a b{"message_id": "5-1"}"#
+        );
+        assert_eq!(Replay::decode(&u.encode()), Some(u));
+        assert_eq!(Replay::decode(b"201+ 00 5-1 9 ab"), None, "topic cut short");
         assert_eq!(Replay::decode(b"201"), None);
         assert_eq!(Replay::decode(b"x 00 {}"), None);
     }

@@ -1,9 +1,9 @@
 //! One primary of a Valkey Cluster as one shard sees it: its address, the queue of commands
 //! routed to it, and one pipelined round trip at a time over its connection.
 //!
-//! The connection is opened by a [`Link`]'s handshake (connect, AUTH, the sentinel check),
-//! so standalone and cluster connections are set up in one place; the link's own driver
-//! is never run for a node. Which command goes to which node, and what happens to a reply
+//! The connection is opened by a [`Link`]'s handshake (connect, AUTH), so standalone and
+//! cluster connections are set up in one place; the link's own driver is never run for a
+//! node. Which command goes to which node, and what happens to a reply
 //! that redirects, is the router's: this module only moves bytes.
 
 use std::cell::{Cell, RefCell};
@@ -19,6 +19,7 @@ use crate::metrics::ShardMetrics;
 use crate::rt::signal::Signal;
 use crate::rt::sleep;
 use crate::store::link::{Link, LinkError, ReplicaWait, Replies, Reply};
+use crate::store::retry::Kind;
 use crate::tls::client::ClientTls;
 use crate::tls::Stream;
 
@@ -28,16 +29,12 @@ pub(super) struct Request {
     /// The hash slot of its key; `None` for commands any node answers.
     pub slot: Option<u16>,
     pub reply: Option<Reply>,
-    /// Writes are kept until a node answers them; reads fail when their node is lost.
-    pub write: bool,
+    /// Write or read, and whether it went out before on a connection that failed (see
+    /// [`Kind::after_failure`]: a write's node, or the replica promoted in its place, may
+    /// have applied it).
+    pub kind: Kind,
     /// Sent after `ASKING` (the node an `ASK` named serves this one command for the slot).
     pub asking: bool,
-    /// A write sent before on a connection that was lost before its reply came: the node
-    /// (or the replica promoted in its place) may have applied it.
-    pub resent: bool,
-    /// A write that must not be sent twice (cluster mode's publish): it fails with its
-    /// connection instead.
-    pub once: bool,
 }
 
 impl Request {
@@ -46,11 +43,13 @@ impl Request {
             packed: cmd.get_packed_command(),
             slot,
             reply,
-            write,
+            kind: if write { Kind::WRITE } else { Kind::READ },
             asking: false,
-            resent: false,
-            once: false,
         }
+    }
+
+    pub fn is_write(&self) -> bool {
+        self.kind.is_write()
     }
 }
 
@@ -96,8 +95,15 @@ impl Node {
         self.wake.raise();
     }
 
-    pub async fn connect(&self) -> Result<Stream, LinkError> {
-        self.dialer.connect().await
+    /// Opens and authenticates a connection to the node (its sentinels are the
+    /// router's to check).
+    pub async fn open(&self) -> Result<(Stream, Replies), LinkError> {
+        self.dialer.open().await
+    }
+
+    /// The link whose handshake opens this node's connections.
+    pub fn dialer(&self) -> &Link {
+        &self.dialer
     }
 
     /// Sends `batch` as one pipeline and reads one reply per request (an `ASKING` before a

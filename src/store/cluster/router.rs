@@ -29,16 +29,19 @@ use futures_lite::future;
 use redis::Value;
 
 use super::node::{split_addr, Node, Request};
+use super::sentinel::Sentinels;
 use super::slots::{command_key, is_transient, key_slot, redirection, SlotMap};
 use crate::config::ValkeyConfig;
 use crate::metrics::{self, ShardMetrics};
 use crate::rt::signal::Slot;
 use crate::rt::{now_ms, sleep, spawn_local};
 use crate::store::link::{
-    already_applied, Link, LinkError, ReplicaWait, Replies, Reply, BACKOFF_MAX, BACKOFF_MIN,
+    closed_while_idle, Link, LinkError, ReplicaWait, Replies, Reply, BACKOFF_MAX, BACKOFF_MIN,
     IDLE_PING,
 };
 use crate::store::resp;
+use crate::store::retry::connect_failure;
+use crate::store::retry::Kind;
 use crate::tls::client::ClientTls;
 use crate::tls::Stream;
 
@@ -79,6 +82,8 @@ pub struct Cluster {
     refresh: crate::rt::signal::Signal,
     /// A slot map was read and every slot has a primary.
     complete: Cell<bool>,
+    /// The data-loss sentinels seen on the primaries.
+    sentinels: Sentinels,
 }
 
 impl Cluster {
@@ -95,6 +100,7 @@ impl Cluster {
             seeds.push(own);
         }
         Rc::new(Cluster {
+            sentinels: Sentinels::new(&cfg.key_prefix),
             cfg,
             tls,
             replicas,
@@ -156,15 +162,17 @@ impl Cluster {
         self.pending_writes.set(self.pending_writes.get() + 1);
         let slot = command_key(cmd).map(key_slot);
         let mut req = Request::new(cmd, slot, Some(Rc::clone(&reply)), true);
-        req.once = true;
+        req.kind = Kind::Once;
         self.pending_bytes
             .set(self.pending_bytes.get() + req.packed.len());
         self.route(req);
         reply
     }
 
-    /// Sends a read to the primary of its key's slot; fails at once while that primary is
-    /// not connected.
+    /// Sends a read to the primary of its key's slot. As on the standalone link, a read
+    /// whose connection turned out to be closed is sent once more on a fresh one (to the
+    /// slot's primary then), and a read for a primary that is down waits for the next
+    /// connection attempt; it fails at once only while no primary serves its slot.
     pub async fn read(&self, cmd: &redis::Cmd) -> Result<Value, LinkError> {
         let reply: Reply = Rc::new(Slot::default());
         let slot = command_key(cmd).map(key_slot);
@@ -200,9 +208,6 @@ impl Cluster {
         let Some(node) = self.primaries.borrow().get(index).cloned() else {
             return Ok(None);
         };
-        if !node.up.get() {
-            return Err(LinkError::Down);
-        }
         let reply: Reply = Rc::new(Slot::default());
         node.push(Request::new(cmd, None, Some(Rc::clone(&reply)), false));
         reply.take().await.map(Some)
@@ -273,9 +278,8 @@ impl Cluster {
 
     fn route(&self, req: Request) {
         match self.target(req.slot) {
-            Some(node) if req.write || node.up.get() => node.push(req),
-            Some(_) => fail(req, LinkError::Down),
-            None if req.write => {
+            Some(node) => node.push(req),
+            None if req.is_write() => {
                 self.held.borrow_mut().push_back(req);
                 self.refresh.raise();
             }
@@ -443,8 +447,7 @@ impl Cluster {
             Rc::clone(&self.metrics),
             None,
         );
-        let mut stream = dialer.connect().await?;
-        let mut replies = Replies::default();
+        let (mut stream, mut replies) = dialer.open().await?;
         let mut packed = Vec::new();
         let batch = [Request::new(cmd, None, None, false)];
         let (mut values, _) = Node::round_trip(
@@ -470,7 +473,7 @@ impl Cluster {
                 node.wake.wait().await;
                 continue;
             }
-            match node.connect().await {
+            match self.connect(&node).await {
                 Ok(mut stream) => {
                     if failures > 0 {
                         crate::log_line!(
@@ -482,9 +485,9 @@ impl Cluster {
                     failures = 0;
                     backoff = BACKOFF_MIN;
                     node.up.set(true);
+                    // Reads left queued (re-sent or new) wait for the next connection.
                     let lost = self.serve(&node, &mut stream).await;
                     node.up.set(false);
-                    self.fail_reads(&node);
                     if let Some(err) = lost {
                         crate::log_line!(
                             "shard {}: Valkey connection to {} lost: {err}",
@@ -505,7 +508,7 @@ impl Cluster {
                         );
                     }
                     failures += 1;
-                    self.fail_reads(&node);
+                    self.fail_reads(&node, &err);
                     self.refresh.raise();
                 }
             }
@@ -518,17 +521,29 @@ impl Cluster {
         }
     }
 
-    fn fail_reads(&self, node: &Node) {
+    /// Opens a connection to `node` and checks the data-loss sentinels of its slots.
+    async fn connect(&self, node: &Node) -> Result<Stream, LinkError> {
+        let (mut stream, mut buf) = node.open().await?;
+        let keys = self.sentinels.keys_on(&self.map.borrow(), &node.addr);
+        self.sentinels
+            .check(node, &mut stream, &mut buf, keys)
+            .await?;
+        Ok(stream)
+    }
+
+    /// Fails the node's queued reads: the connection attempt they waited for failed.
+    fn fail_reads(&self, node: &Node, err: &LinkError) {
         let mut failed = Vec::new();
         node.queue.borrow_mut().retain_mut(|req| {
-            if req.write {
+            if req.is_write() {
                 return true;
             }
             failed.push(req.reply.take());
             false
         });
+        let err = connect_failure(err);
         for reply in failed.into_iter().flatten() {
-            reply.fill(Err(LinkError::Down));
+            reply.fill(Err(err.clone()));
         }
     }
 
@@ -542,26 +557,38 @@ impl Cluster {
                 if node.retired.get() {
                     return None;
                 }
+                // Watched like the standalone link's: Valkey closing an idle connection
+                // shows at once, and a PING every second checks the rest.
                 let woken = future::or(
                     async {
                         node.wake.wait().await;
-                        true
+                        Ok(true)
                     },
-                    async {
-                        sleep(IDLE_PING).await;
-                        false
-                    },
+                    future::or(
+                        async {
+                            sleep(IDLE_PING).await;
+                            Ok(false)
+                        },
+                        async { Err(closed_while_idle(stream).await) },
+                    ),
                 )
                 .await;
-                if !woken && node.queue.borrow().is_empty() {
-                    node.push(Request::new(&redis::cmd("PING"), None, None, false));
+                match woken {
+                    Err(err) => {
+                        metrics::add(&self.metrics.valkey_errors, 1);
+                        return Some(err);
+                    }
+                    Ok(false) if node.queue.borrow().is_empty() => {
+                        node.push(Request::new(&redis::cmd("PING"), None, None, false));
+                    }
+                    Ok(_) => {}
                 }
                 continue;
             }
             let batch: Vec<Request> = node.queue.borrow_mut().drain(..).collect();
             let wait = self
                 .replicas
-                .filter(|_| batch.iter().any(|r| r.write && r.reply.is_some()));
+                .filter(|_| batch.iter().any(|r| r.is_write() && r.reply.is_some()));
             node.in_flight.set(true);
             let started = Instant::now();
             let outcome = Node::round_trip(
@@ -584,19 +611,25 @@ impl Cluster {
                 }
                 Err(err) => {
                     metrics::add(&self.metrics.valkey_errors, 1);
-                    // Unanswered writes go back to the front, in their order.
+                    // Unanswered writes go back to the front, in their order, and so do
+                    // reads once when the connection turned out closed; `rehome` sends
+                    // them on to a slot's new primary.
                     let mut queue = node.queue.borrow_mut();
                     for mut req in batch.into_iter().rev() {
-                        if req.write && !req.once {
-                            req.resent = true;
-                            queue.push_front(req);
-                        } else if let Some(reply) = req.reply {
-                            if req.write {
-                                self.pending_writes.set(self.pending_writes.get() - 1);
-                                self.pending_bytes
-                                    .set(self.pending_bytes.get() - req.packed.len());
+                        match req.kind.after_failure(&err) {
+                            Some(kind) => {
+                                req.kind = kind;
+                                queue.push_front(req);
                             }
-                            reply.fill(Err(err.clone()));
+                            None => {
+                                // A write sent at most once fails: it leaves the backlog.
+                                if req.is_write() {
+                                    self.pending_writes.set(self.pending_writes.get() - 1);
+                                    self.pending_bytes
+                                        .set(self.pending_bytes.get() - req.packed.len());
+                                }
+                                fail(req, err.clone())
+                            }
                         }
                     }
                     drop(queue);
@@ -661,18 +694,12 @@ impl Cluster {
                 self.node_for(&addr).push(req);
                 continue;
             }
-            if req.write && is_transient(&value) {
+            if req.is_write() && is_transient(&value) {
                 again.push(req);
                 continue;
             }
-            // A re-sent XADD refused as not above the stream's top was applied the first
-            // time (its explicit ID was written, then the reply was lost): done.
-            let value = if req.resent && already_applied(&value) {
-                Value::Okay
-            } else {
-                value
-            };
-            if req.write {
+            let value = req.kind.answer(value);
+            if req.is_write() {
                 self.pending_writes.set(self.pending_writes.get() - 1);
                 self.pending_bytes
                     .set(self.pending_bytes.get() - req.packed.len());
