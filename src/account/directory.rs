@@ -449,6 +449,9 @@ impl Directory {
                 Some(AccountSync::User(user))
             }
             AccountWrite::RemoveUser(id) => {
+                // Its tokens go too (as when deleted here), including any the deleting
+                // node had not heard of.
+                self.refresh.remove_user(&id);
                 let user = self.users.remove(&id)?;
                 // A name is only this account's while it points here: the same name may
                 // already belong to the account that took it on another node.

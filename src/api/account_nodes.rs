@@ -49,6 +49,8 @@ pub struct NodeAccounts {
     stale: Cell<bool>,
     /// Counts reloads: a commit answered after one is taken in again.
     epoch: Cell<u64>,
+    /// Counts the other nodes' log entries applied here (and reloads), whoever read them.
+    heard: Cell<u64>,
     reloading: Cell<bool>,
 }
 
@@ -59,6 +61,7 @@ impl NodeAccounts {
             cursor: Cell::new(MessageId::ZERO),
             stale: Cell::new(false),
             epoch: Cell::new(0),
+            heard: Cell::new(0),
             reloading: Cell::new(false),
         }
     }
@@ -78,6 +81,7 @@ pub async fn load(shard: &Rc<Shard>, node: &NodeAccounts) -> Result<(), StoreErr
     let snapshot = shard.accounts.open(dir);
     node.cursor.set(mark);
     node.epoch.set(node.epoch.get() + 1);
+    node.heard.set(node.heard.get() + 1);
     node.stale.set(false);
     shard.broadcast_accounts(snapshot);
     Ok(())
@@ -94,7 +98,7 @@ pub async fn follow(shard: Rc<Shard>, node: Rc<NodeAccounts>) {
         let result = if node.stale.get() {
             reload(&shard, &node).await
         } else {
-            catch_up(&shard, &node).await.map(drop)
+            catch_up(&shard, &node).await
         };
         match result {
             Ok(()) => logged = false,
@@ -116,10 +120,9 @@ async fn reload(shard: &Rc<Shard>, node: &NodeAccounts) -> Result<(), StoreError
     result
 }
 
-/// Applies the log entries after the cursor that other nodes wrote; how many. Entries
-/// are applied in log order only: one already passed (by a concurrent read) is skipped.
-async fn catch_up(shard: &Rc<Shard>, node: &NodeAccounts) -> Result<usize, StoreError> {
-    let mut applied = 0;
+/// Applies the log entries after the cursor that other nodes wrote. Entries are applied
+/// in log order only: one already passed (by a concurrent read) is skipped.
+async fn catch_up(shard: &Rc<Shard>, node: &NodeAccounts) -> Result<(), StoreError> {
     loop {
         let from = node.cursor.get();
         let Some(entries) = shard.store.read_account_log(from, LOG_BATCH).await? else {
@@ -127,8 +130,7 @@ async fn catch_up(shard: &Rc<Shard>, node: &NodeAccounts) -> Result<usize, Store
                 "accounts: more than about {LOG_MAX_LEN} account changes were made since this \
                  node last read them; reloading all account state"
             );
-            reload(shard, node).await?;
-            return Ok(applied + 1);
+            return reload(shard, node).await;
         };
         let full = entries.len() + 1 >= LOG_BATCH;
         for entry in entries {
@@ -139,7 +141,7 @@ async fn catch_up(shard: &Rc<Shard>, node: &NodeAccounts) -> Result<usize, Store
             if entry.node == node.node {
                 continue;
             }
-            applied += 1;
+            node.heard.set(node.heard.get() + 1);
             for change in entry.changes {
                 if let Some(sync) = shard.accounts.absorb(change) {
                     shard.broadcast_accounts(sync);
@@ -147,7 +149,7 @@ async fn catch_up(shard: &Rc<Shard>, node: &NodeAccounts) -> Result<usize, Store
             }
         }
         if !full {
-            return Ok(applied);
+            return Ok(());
         }
     }
 }
@@ -164,7 +166,7 @@ pub async fn apply(shard: Rc<Shard>, node: Rc<NodeAccounts>, op: DirectoryOp) ->
         return unavailable;
     }
     for attempt in 0..MAX_ATTEMPTS {
-        let epoch = node.epoch.get();
+        let (epoch, heard) = (node.epoch.get(), node.heard.get());
         let Some(applied) = shard.accounts.apply(op.clone(), now_ms()) else {
             return unavailable;
         };
@@ -172,7 +174,8 @@ pub async fn apply(shard: Rc<Shard>, node: Rc<NodeAccounts>, op: DirectoryOp) ->
             // Not found here may mean made on another node a moment ago.
             if attempt == 0
                 && is_miss(&applied.reply)
-                && catch_up(&shard, &node).await.unwrap_or(0) > 0
+                && catch_up(&shard, &node).await.is_ok()
+                && node.heard.get() != heard
             {
                 continue;
             }
