@@ -193,6 +193,45 @@ fn a_user_made_on_one_node_logs_in_on_another_and_names_stay_unique() {
         names(&a, &admin_a),
         names(&b, &admin_b)
     );
+
+    // Two administrators change different fields of one account on two nodes at once:
+    // neither change is lost to the other node's older copy.
+    let path = format!("/auth/users/{bob}");
+    for round in 0..3 {
+        let email = format!("bob{round}@example.com");
+        let permissions = if round % 2 == 0 {
+            json!(["read"])
+        } else {
+            json!(["read", "write"])
+        };
+        let barrier = Arc::new(Barrier::new(2));
+        thread::scope(|s| {
+            for (node, admin, body) in [
+                (&a, &admin_a, json!({ "email": email })),
+                (&b, &admin_b, json!({ "permissions": permissions })),
+            ] {
+                let (barrier, path) = (Arc::clone(&barrier), &path);
+                s.spawn(move || {
+                    barrier.wait();
+                    call(node, "PATCH", path, admin, &body).assert_status(200);
+                });
+            }
+        });
+        for (node, admin) in [(&a, &admin_a), (&b, &admin_b)] {
+            let both = eventually(PROPAGATION, || {
+                let users = call(node, "GET", "/auth/users", admin, &Value::Null).json();
+                let user = users
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|u| u["user_id"] == bob.as_str())
+                    .cloned()
+                    .unwrap();
+                user["email"] == email.as_str() && user["permissions"] == permissions
+            });
+            assert!(both, "round {round}: a change was lost");
+        }
+    }
 }
 
 #[test]
