@@ -414,3 +414,47 @@ fn a_user_deleted_on_one_node_cannot_log_in_on_another() {
     let (admin_b, _) = login(&b, ADMIN, ADMIN_PASSWORD);
     register(&b, &admin_b, "bob", &["read"]).assert_status(201);
 }
+
+/// Sends `signal` (`STOP`, `CONT`) to the relay process.
+fn signal(relay: &Relay, signal: &str) {
+    let status = std::process::Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(relay.pid().to_string())
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+#[test]
+fn a_node_that_fell_behind_the_log_reloads_everything() {
+    let valkey = Valkey::start();
+    let [a, b] = <[Relay; 2]>::try_from(nodes(&valkey, 2)).ok().unwrap();
+    let (admin, _) = login(&a, ADMIN, ADMIN_PASSWORD);
+    let bob = registered(&a, &admin, "bob");
+    let (bob_token, _) = login_when_known(&b, "bob", "pw-bob-123");
+    let mut session = Ws::connect(b.addr, &bob_token);
+    session.subscribe(&["jobs"], Value::Null);
+
+    // While B is paused, A makes changes and the log is trimmed past B's place in it.
+    signal(&b, "STOP");
+    let resumed = std::panic::catch_unwind(|| {
+        registered(&a, &admin, "dave");
+        call(
+            &a,
+            "PATCH",
+            &format!("/auth/users/{bob}"),
+            &admin,
+            &json!({"is_active": false}),
+        )
+        .assert_status(200);
+        valkey.command(&["XTRIM", "pulsar:{accounts}:log", "MAXLEN", "0"]);
+        registered(&a, &admin, "erin");
+    });
+    signal(&b, "CONT");
+    resumed.unwrap();
+
+    assert!(session.expect_close(4003).contains("inactive"));
+    refused_within(&b, &bob_token, 403, "USER_INACTIVE");
+    login_when_known(&b, "dave", "pw-dave-123");
+    login_when_known(&b, "erin", "pw-erin-123");
+}
