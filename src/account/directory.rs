@@ -627,4 +627,111 @@ mod tests {
         d.sweep(100);
         assert!(d.denied.is_empty());
     }
+
+    #[test]
+    fn operations_name_what_they_decided_on() {
+        let mut d = dir();
+        let created = d.apply(
+            DirectoryOp::CreateUser {
+                username: "alice".into(),
+                email: None,
+                password_hash: "h".into(),
+                permissions: Permissions::READ,
+            },
+            1,
+        );
+        assert_eq!(created.expected, [Expectation::NameFree("alice".into())]);
+        let DirectoryReply::User(alice) = created.reply else {
+            panic!()
+        };
+        let patch = |d: &mut Directory| {
+            d.apply(
+                DirectoryOp::UpdateUser {
+                    user_id: alice.user_id.clone(),
+                    patch: UserPatch::default(),
+                },
+                2,
+            )
+        };
+        let first = patch(&mut d);
+        let second = patch(&mut d);
+        let rev = |a: &Applied| match &a.writes[..] {
+            [AccountWrite::SaveUser(u)] => u.rev,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!((rev(&first), rev(&second)), (1, 2));
+        assert_eq!(
+            second.expected,
+            [Expectation::User {
+                user_id: alice.user_id.clone(),
+                rev: 1
+            }]
+        );
+        let DirectoryReply::Refresh(wire) = d
+            .apply(
+                DirectoryOp::IssueRefresh {
+                    user_id: alice.user_id.clone(),
+                    client_hint: None,
+                },
+                3,
+            )
+            .reply
+        else {
+            panic!()
+        };
+        let jti = wire.split('.').next().unwrap().to_owned();
+        let rotated = d.apply(DirectoryOp::Rotate { wire: wire.clone() }, 4);
+        assert_eq!(
+            rotated.expected,
+            [Expectation::Token {
+                jti: jti.clone(),
+                revoked: None
+            }]
+        );
+        let (users, tokens) = rotated.touched();
+        assert!(users.is_empty());
+        assert_eq!(tokens.len(), 2, "the spent token and its child");
+        let replay = d.apply(DirectoryOp::Rotate { wire }, 5);
+        assert!(replay.expected.contains(&Expectation::Token {
+            jti,
+            revoked: Some(Revocation::Rotated)
+        }));
+    }
+
+    #[test]
+    fn absorbed_changes_reach_the_replicas_and_keep_names_straight() {
+        let mut d = dir();
+        let alice = create(&mut d, "alice");
+        // Another node gave the name to another account; this node's alice was never
+        // committed and is then read back as absent.
+        let other = Arc::new(User {
+            user_id: "other".into(),
+            ..User::clone(&alice)
+        });
+        assert!(matches!(
+            d.absorb(AccountWrite::SaveUser(Arc::clone(&other))),
+            Some(AccountSync::User(_))
+        ));
+        assert!(matches!(
+            d.absorb(AccountWrite::RemoveUser(alice.user_id.clone())),
+            Some(AccountSync::UserRemoved(_))
+        ));
+        assert_eq!(
+            d.by_username("alice").map(|u| &u.user_id),
+            Some(&other.user_id)
+        );
+        assert!(d
+            .absorb(AccountWrite::RemoveUser("nobody".into()))
+            .is_none());
+        let entry = DeniedToken {
+            subject: Some("other".into()),
+            jti: "j".into(),
+            until_ms: 10,
+        };
+        assert!(d.absorb(AccountWrite::Deny(entry.clone())).is_some());
+        assert!(
+            d.absorb(AccountWrite::Deny(entry)).is_none(),
+            "known already"
+        );
+    }
 }
