@@ -17,7 +17,8 @@
 //! Owns the node's place in the log and the commit-and-retry rule. Account rules are
 //! `account`'s, keys and scripts `store`'s; this module never runs without cluster mode.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::collections::HashSet;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -40,8 +41,12 @@ const LOG_BATCH: usize = 512;
 
 /// This node's place among the others, on its directory shard.
 pub struct NodeAccounts {
-    /// Names this node's log entries, so that it skips its own.
+    /// Names this node's log entries.
     node: String,
+    /// This node's operations committed and already applied here, whose log entries are
+    /// therefore skipped. Any other entry of this node's (a commit answered too late, or
+    /// after a reload) is applied like another node's. Emptied by each reload.
+    applied_here: RefCell<HashSet<String>>,
     /// The last log entry applied here.
     cursor: Cell<MessageId>,
     /// A commit ended without an answer (it may or may not have been made): everything
@@ -49,7 +54,7 @@ pub struct NodeAccounts {
     stale: Cell<bool>,
     /// Counts reloads: a commit answered after one is taken in again.
     epoch: Cell<u64>,
-    /// Counts the other nodes' log entries applied here (and reloads), whoever read them.
+    /// Counts the log entries applied here (and reloads), whoever read them.
     heard: Cell<u64>,
     reloading: Cell<bool>,
 }
@@ -58,6 +63,7 @@ impl NodeAccounts {
     pub fn new() -> NodeAccounts {
         NodeAccounts {
             node: crate::random::uuid4(),
+            applied_here: RefCell::new(HashSet::new()),
             cursor: Cell::new(MessageId::ZERO),
             stale: Cell::new(false),
             epoch: Cell::new(0),
@@ -79,6 +85,7 @@ pub async fn load(shard: &Rc<Shard>, node: &NodeAccounts) -> Result<(), StoreErr
     let refresh_ttl = shard.config.accounts.refresh_token_ttl.as_millis() as u64;
     let dir = Directory::restore(loaded.users, loaded.tokens, loaded.denied, refresh_ttl);
     let snapshot = shard.accounts.open(dir);
+    node.applied_here.borrow_mut().clear();
     node.cursor.set(mark);
     node.epoch.set(node.epoch.get() + 1);
     node.heard.set(node.heard.get() + 1);
@@ -138,7 +145,7 @@ async fn catch_up(shard: &Rc<Shard>, node: &NodeAccounts) -> Result<(), StoreErr
                 continue;
             }
             node.cursor.set(entry.id);
-            if entry.node == node.node {
+            if entry.node == node.node && node.applied_here.borrow_mut().remove(&entry.op) {
                 continue;
             }
             node.heard.set(node.heard.get() + 1);
@@ -188,6 +195,14 @@ pub async fn apply(shard: Rc<Shard>, node: Rc<NodeAccounts>, op: DirectoryOp) ->
             .await;
         match commit {
             Ok(Commit::Done) if node.epoch.get() == epoch => {
+                let mut applied_here = node.applied_here.borrow_mut();
+                // An entry read before its commit's answer was handled stays here; applying
+                // a few of this node's own entries again is harmless, an unbounded set not.
+                if applied_here.len() >= LOG_MAX_LEN as usize {
+                    applied_here.clear();
+                }
+                applied_here.insert(op_id);
+                drop(applied_here);
                 for sync in applied.syncs {
                     shard.broadcast_accounts(sync);
                 }

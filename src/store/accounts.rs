@@ -15,8 +15,8 @@
 //!   usernames unique across nodes (an entry whose account is gone or renamed is free).
 //! - `<prefix>:{accounts}:log` — stream of account changes, trimmed to about
 //!   [`LOG_MAX_LEN`] entries: field `n` (the node that made them), field `c` (the changes:
-//!   JSON, each the full new record or its removal), so a node follows the others by
-//!   reading the log alone.
+//!   JSON, each the full new record or its removal), field `o` (the operation's ID), so a
+//!   node follows the others by reading the log alone.
 //! - `<prefix>:{accounts}:op:<id>` — kept a minute after an operation committed, so that
 //!   the same commit re-sent after a lost connection is not made twice.
 //!
@@ -55,20 +55,21 @@ pub enum Commit {
 #[derive(Debug)]
 pub struct LogEntry {
     pub id: MessageId,
-    /// The node that made the change.
+    /// The node that made the change, and the ID it gave the operation.
     pub node: String,
+    pub op: String,
     pub changes: Vec<AccountWrite>,
 }
 
 /// Checks every expectation, then writes, marks the operation done and appends the
 /// changes to the log, all or nothing. KEYS: users, refresh, denied, names, log, op.
-/// ARGV: node, log length, expectation count, expectations (kind, name, field, wanted),
-/// write count, writes (kind, a, b, c), the changes' JSON.
+/// ARGV: node, log length, operation ID, expectation count, expectations (kind, name,
+/// field, wanted), write count, writes (kind, a, b, c), the changes' JSON.
 const COMMIT: &str = r#"
 local users, refresh, denied, names, log, op = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 if redis.call('EXISTS', op) == 1 then return {'done'} end
-local i = 4
-for _ = 1, tonumber(ARGV[3]) do
+local i = 5
+for _ = 1, tonumber(ARGV[4]) do
   local kind, name, field, want = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   i = i + 4
   if kind == 'name' then
@@ -109,7 +110,7 @@ for _ = 1, writes do
   end
 end
 redis.call('SET', op, '1', 'PX', 60000)
-return {'done', redis.call('XADD', log, 'MAXLEN', '~', ARGV[2], '*', 'n', ARGV[1], 'c', ARGV[i])}
+return {'done', redis.call('XADD', log, 'MAXLEN', '~', ARGV[2], '*', 'n', ARGV[1], 'o', ARGV[3], 'c', ARGV[i])}
 "#;
 
 /// Account state as read back at start-up.
@@ -181,6 +182,7 @@ impl Store {
         cmd.arg(key(&format!("op:{op_id}")))
             .arg(node)
             .arg(LOG_MAX_LEN)
+            .arg(op_id)
             .arg(expected.len());
         for expectation in expected {
             let (kind, name, field, wanted) = match expectation {
@@ -484,7 +486,7 @@ fn decode_changes(raw: &[u8]) -> Vec<AccountWrite> {
         .collect()
 }
 
-/// One entry of the account log: `[id, ["n", node, "c", changes]]`.
+/// One entry of the account log: `[id, ["n", node, "o", op, "c", changes]]`.
 fn log_entry(entry: &Value) -> Option<LogEntry> {
     let Value::Array(parts) = entry else {
         return None;
@@ -501,6 +503,7 @@ fn log_entry(entry: &Value) -> Option<LogEntry> {
     Some(LogEntry {
         id: entry_id(entry)?,
         node: String::from_utf8_lossy(field(b"n")?).into_owned(),
+        op: String::from_utf8_lossy(field(b"o").unwrap_or_default()).into_owned(),
         changes: decode_changes(field(b"c")?),
     })
 }
