@@ -458,3 +458,36 @@ fn a_node_that_fell_behind_the_log_reloads_everything() {
     login_when_known(&b, "dave", "pw-dave-123");
     login_when_known(&b, "erin", "pw-erin-123");
 }
+
+#[test]
+fn accounts_of_a_single_node_carry_over_to_cluster_mode() {
+    let valkey = Valkey::start();
+    let mut single = Relay::start_on_valkey(
+        &valkey,
+        &[
+            ("PULSAR_BOOTSTRAP_ADMIN_USERNAME", ADMIN),
+            ("PULSAR_BOOTSTRAP_ADMIN_PASSWORD", ADMIN_PASSWORD),
+        ],
+    );
+    single.wait_ready(Duration::from_secs(10));
+    let (admin, _) = login(&single, ADMIN, ADMIN_PASSWORD);
+    let bob = registered(&single, &admin, "bob");
+    let (bob_token, _) = login(&single, "bob", "pw-bob-123");
+    call(&single, "POST", "/auth/logout", &bob_token, &Value::Null).assert_status(204);
+    single.terminate();
+    single.wait_exit(Duration::from_secs(10));
+
+    let [a, b] = <[Relay; 2]>::try_from(nodes(&valkey, 2)).ok().unwrap();
+    let index = valkey.command(&["HGET", "pulsar:{accounts}:names", "bob"]);
+    assert_eq!(
+        index.text().as_deref(),
+        Some(bob.as_str()),
+        "indexed at start"
+    );
+    for node in [&a, &b] {
+        login(node, "bob", "pw-bob-123");
+        refused_within(node, &bob_token, 401, "TOKEN_REVOKED");
+    }
+    let (admin_b, _) = login(&b, ADMIN, ADMIN_PASSWORD);
+    register(&b, &admin_b, "bob", &["read"]).assert_error(400, "USERNAME_TAKEN");
+}

@@ -390,6 +390,7 @@ impl Directory {
                 let mut changes = changes;
                 if let Ok(more) = self.refresh.revoke(wire, true) {
                     changes.saved.extend(more.saved);
+                    changes.expected.extend(more.expected);
                 }
                 return Applied::failed(AccountError::RefreshUserGone).tokens(changes);
             }

@@ -61,6 +61,14 @@ pub struct LogEntry {
     pub changes: Vec<AccountWrite>,
 }
 
+/// Accounts indexed by one [`INDEX_NAMES`] script.
+const INDEX_BATCH: usize = 1000;
+
+/// `HSETNX names <username> <id>` for each pair of ARGV.
+const INDEX_NAMES: &str = r#"
+for i = 1, #ARGV, 2 do redis.call('HSETNX', KEYS[1], ARGV[i], ARGV[i + 1]) end
+"#;
+
 /// Checks every expectation, then writes, marks the operation done and appends the
 /// changes to the log, all or nothing. KEYS: users, refresh, denied, names, log, op.
 /// ARGV: node, log length, operation ID, expectation count, expectations (kind, name,
@@ -361,18 +369,21 @@ impl Store {
     }
 
     /// Cluster mode: enters the usernames of accounts written before (single-node, which
-    /// keeps no index) into the index, without touching names already there.
+    /// keeps no index) into the index, without touching names already there; a script per
+    /// [`INDEX_BATCH`] accounts rather than a command each.
     pub fn index_usernames(&self, users: &[User]) {
-        if let Some(v) = &self.valkey {
-            let key = format!("{}:{{accounts}}:names", v.prefix);
-            for user in users {
-                let cmd = redis::cmd("HSETNX")
-                    .arg(&key)
-                    .arg(&user.username)
-                    .arg(&user.user_id)
-                    .clone();
-                v.link.write(&cmd, false);
+        let Some(v) = &self.valkey else {
+            return;
+        };
+        for batch in users.chunks(INDEX_BATCH) {
+            let mut cmd = redis::cmd("EVAL");
+            cmd.arg(INDEX_NAMES)
+                .arg(1)
+                .arg(format!("{}:{{accounts}}:names", v.prefix));
+            for user in batch {
+                cmd.arg(&user.username).arg(&user.user_id);
             }
+            v.link.write(&cmd, false);
         }
     }
 
