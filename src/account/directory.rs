@@ -5,14 +5,20 @@
 //! refresh token cannot both win, two registrations cannot take the same username. Each
 //! operation returns its reply, the [`AccountSync`]s for the replicas, and the
 //! [`AccountWrite`]s for the persistent tier. Passwords arrive already hashed.
+//!
+//! In cluster mode several nodes each hold a directory over one Valkey. Each operation
+//! then also names what it decided on ([`Expectation`]s): its writes are made only if
+//! Valkey still holds that, so two nodes cannot both win a rotation or a username. Changes
+//! made by other nodes arrive as their writes and are taken in with [`Directory::absorb`].
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::refresh::{Changes, RefreshError, RefreshToken, RefreshTokens};
+use super::refresh::{Changes, RefreshError, RefreshToken, RefreshTokens, Revocation};
 use super::{AccountSync, DeniedToken, DenyList, User, MAX_DENIED, MAX_USERS};
 use crate::auth::Permissions;
 
+#[derive(Clone)]
 pub enum DirectoryOp {
     CreateUser {
         username: String,
@@ -56,7 +62,7 @@ pub enum DirectoryOp {
 }
 
 /// Fields of a user to change; `None` leaves a field alone.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct UserPatch {
     pub email: Option<Option<String>>,
     pub password_hash: Option<String>,
@@ -94,13 +100,29 @@ pub enum AccountError {
 }
 
 /// What the persistent tier must record.
-#[derive(Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum AccountWrite {
     SaveUser(Arc<User>),
     RemoveUser(String),
     SaveToken(RefreshToken),
     RemoveToken(String),
     Deny(DeniedToken),
+}
+
+/// What an operation decided on, for cluster mode: Valkey must still hold it when the
+/// operation's writes are made (the same check and write, in one script), or the
+/// operation is refused there and run again on fresher state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Expectation {
+    /// No account has this username.
+    NameFree(String),
+    /// The account is at this revision ([`User::rev`]).
+    User { user_id: String, rev: u64 },
+    /// The refresh token exists and has this revocation (`None`: live).
+    Token {
+        jti: String,
+        revoked: Option<Revocation>,
+    },
 }
 
 pub struct Directory {
@@ -116,6 +138,7 @@ pub struct Applied {
     pub reply: DirectoryReply,
     pub syncs: Vec<AccountSync>,
     pub writes: Vec<AccountWrite>,
+    pub expected: Vec<Expectation>,
 }
 
 impl Applied {
@@ -124,7 +147,35 @@ impl Applied {
             reply,
             syncs: Vec::new(),
             writes: Vec::new(),
+            expected: Vec::new(),
         }
+    }
+
+    /// The user IDs and refresh-token IDs this operation wrote or decided on: the records
+    /// to read back from Valkey when it was refused there.
+    pub fn touched(&self) -> (Vec<String>, Vec<String>) {
+        let (mut users, mut tokens) = (Vec::new(), Vec::new());
+        for write in &self.writes {
+            match write {
+                AccountWrite::SaveUser(user) => users.push(user.user_id.clone()),
+                AccountWrite::RemoveUser(id) => users.push(id.clone()),
+                AccountWrite::SaveToken(token) => tokens.push(token.jti.clone()),
+                AccountWrite::RemoveToken(jti) => tokens.push(jti.clone()),
+                AccountWrite::Deny(_) => {}
+            }
+        }
+        for expected in &self.expected {
+            match expected {
+                Expectation::User { user_id, .. } => users.push(user_id.clone()),
+                Expectation::Token { jti, .. } => tokens.push(jti.clone()),
+                Expectation::NameFree(_) => {}
+            }
+        }
+        users.sort();
+        users.dedup();
+        tokens.sort();
+        tokens.dedup();
+        (users, tokens)
     }
 
     fn failed(e: AccountError) -> Applied {
@@ -132,6 +183,12 @@ impl Applied {
     }
 
     fn tokens(mut self, changes: Changes) -> Applied {
+        self.expected.extend(
+            changes
+                .expected
+                .into_iter()
+                .map(|(jti, revoked)| Expectation::Token { jti, revoked }),
+        );
         self.writes
             .extend(changes.saved.into_iter().map(AccountWrite::SaveToken));
         self.writes
@@ -248,11 +305,16 @@ impl Directory {
             is_active: true,
             created_at_ms: now_ms,
             permissions,
+            rev: 0,
         });
         self.by_name
             .insert(user.username.clone(), user.user_id.clone());
         self.users.insert(user.user_id.clone(), Arc::clone(&user));
-        self.changed_user(user)
+        let mut applied = self.changed_user(Arc::clone(&user));
+        applied
+            .expected
+            .push(Expectation::NameFree(user.username.clone()));
+        applied
     }
 
     fn update_user(&mut self, user_id: &str, patch: UserPatch) -> Applied {
@@ -260,6 +322,11 @@ impl Directory {
             return Applied::failed(AccountError::UserNotFound(user_id.to_owned()));
         };
         let mut user = User::clone(current);
+        let expected = Expectation::User {
+            user_id: user.user_id.clone(),
+            rev: user.rev,
+        };
+        user.rev += 1;
         if let Some(email) = patch.email {
             user.email = email;
         }
@@ -274,7 +341,9 @@ impl Directory {
         }
         let user = Arc::new(user);
         self.users.insert(user.user_id.clone(), Arc::clone(&user));
-        self.changed_user(user)
+        let mut applied = self.changed_user(user);
+        applied.expected.push(expected);
+        applied
     }
 
     fn changed_user(&self, user: Arc<User>) -> Applied {
@@ -282,6 +351,7 @@ impl Directory {
             reply: DirectoryReply::User(Arc::clone(&user)),
             syncs: vec![AccountSync::User(Arc::clone(&user))],
             writes: vec![AccountWrite::SaveUser(user)],
+            expected: Vec::new(),
         }
     }
 
@@ -297,6 +367,10 @@ impl Directory {
             reply: DirectoryReply::Done,
             syncs: vec![AccountSync::UserRemoved(user_id.to_owned())],
             writes: vec![AccountWrite::RemoveUser(user_id.to_owned())],
+            expected: vec![Expectation::User {
+                user_id: user_id.to_owned(),
+                rev: user.rev,
+            }],
         }
         .tokens(changes)
     }
@@ -316,6 +390,7 @@ impl Directory {
                 let mut changes = changes;
                 if let Ok(more) = self.refresh.revoke(wire, true) {
                     changes.saved.extend(more.saved);
+                    changes.expected.extend(more.expected);
                 }
                 return Applied::failed(AccountError::RefreshUserGone).tokens(changes);
             }
@@ -353,6 +428,57 @@ impl Directory {
                 until_ms,
             }],
             writes: vec![AccountWrite::Deny(entry)],
+            expected: Vec::new(),
+        }
+    }
+
+    /// Takes in a change another node made (or Valkey's current copy of a record, read
+    /// back after a refused operation); returns what the replicas must learn of it.
+    pub fn absorb(&mut self, write: AccountWrite) -> Option<AccountSync> {
+        match write {
+            AccountWrite::SaveUser(user) => {
+                if let Some(old) = self.users.get(&user.user_id) {
+                    if old.username != user.username
+                        && self.by_name.get(&old.username) == Some(&old.user_id)
+                    {
+                        self.by_name.remove(&old.username);
+                    }
+                }
+                self.by_name
+                    .insert(user.username.clone(), user.user_id.clone());
+                self.users.insert(user.user_id.clone(), Arc::clone(&user));
+                Some(AccountSync::User(user))
+            }
+            AccountWrite::RemoveUser(id) => {
+                // Its tokens go too (as when deleted here), including any the deleting
+                // node had not heard of.
+                self.refresh.remove_user(&id);
+                let user = self.users.remove(&id)?;
+                // A name is only this account's while it points here: the same name may
+                // already belong to the account that took it on another node.
+                if self.by_name.get(&user.username) == Some(&id) {
+                    self.by_name.remove(&user.username);
+                }
+                Some(AccountSync::UserRemoved(id))
+            }
+            AccountWrite::SaveToken(token) => {
+                self.refresh.put(token);
+                None
+            }
+            AccountWrite::RemoveToken(jti) => {
+                self.refresh.drop_token(&jti);
+                None
+            }
+            AccountWrite::Deny(entry) => {
+                let subject = entry.subject.clone()?;
+                self.denied
+                    .insert(entry.clone())
+                    .then_some(AccountSync::Denied {
+                        jti: entry.jti,
+                        subject,
+                        until_ms: entry.until_ms,
+                    })
+            }
         }
     }
 }
@@ -501,5 +627,112 @@ mod tests {
             .is_empty());
         d.sweep(100);
         assert!(d.denied.is_empty());
+    }
+
+    #[test]
+    fn operations_name_what_they_decided_on() {
+        let mut d = dir();
+        let created = d.apply(
+            DirectoryOp::CreateUser {
+                username: "alice".into(),
+                email: None,
+                password_hash: "h".into(),
+                permissions: Permissions::READ,
+            },
+            1,
+        );
+        assert_eq!(created.expected, [Expectation::NameFree("alice".into())]);
+        let DirectoryReply::User(alice) = created.reply else {
+            panic!()
+        };
+        let patch = |d: &mut Directory| {
+            d.apply(
+                DirectoryOp::UpdateUser {
+                    user_id: alice.user_id.clone(),
+                    patch: UserPatch::default(),
+                },
+                2,
+            )
+        };
+        let first = patch(&mut d);
+        let second = patch(&mut d);
+        let rev = |a: &Applied| match &a.writes[..] {
+            [AccountWrite::SaveUser(u)] => u.rev,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!((rev(&first), rev(&second)), (1, 2));
+        assert_eq!(
+            second.expected,
+            [Expectation::User {
+                user_id: alice.user_id.clone(),
+                rev: 1
+            }]
+        );
+        let DirectoryReply::Refresh(wire) = d
+            .apply(
+                DirectoryOp::IssueRefresh {
+                    user_id: alice.user_id.clone(),
+                    client_hint: None,
+                },
+                3,
+            )
+            .reply
+        else {
+            panic!()
+        };
+        let jti = wire.split('.').next().unwrap().to_owned();
+        let rotated = d.apply(DirectoryOp::Rotate { wire: wire.clone() }, 4);
+        assert_eq!(
+            rotated.expected,
+            [Expectation::Token {
+                jti: jti.clone(),
+                revoked: None
+            }]
+        );
+        let (users, tokens) = rotated.touched();
+        assert!(users.is_empty());
+        assert_eq!(tokens.len(), 2, "the spent token and its child");
+        let replay = d.apply(DirectoryOp::Rotate { wire }, 5);
+        assert!(replay.expected.contains(&Expectation::Token {
+            jti,
+            revoked: Some(Revocation::Rotated)
+        }));
+    }
+
+    #[test]
+    fn absorbed_changes_reach_the_replicas_and_keep_names_straight() {
+        let mut d = dir();
+        let alice = create(&mut d, "alice");
+        // Another node gave the name to another account; this node's alice was never
+        // committed and is then read back as absent.
+        let other = Arc::new(User {
+            user_id: "other".into(),
+            ..User::clone(&alice)
+        });
+        assert!(matches!(
+            d.absorb(AccountWrite::SaveUser(Arc::clone(&other))),
+            Some(AccountSync::User(_))
+        ));
+        assert!(matches!(
+            d.absorb(AccountWrite::RemoveUser(alice.user_id.clone())),
+            Some(AccountSync::UserRemoved(_))
+        ));
+        assert_eq!(
+            d.by_username("alice").map(|u| &u.user_id),
+            Some(&other.user_id)
+        );
+        assert!(d
+            .absorb(AccountWrite::RemoveUser("nobody".into()))
+            .is_none());
+        let entry = DeniedToken {
+            subject: Some("other".into()),
+            jti: "j".into(),
+            until_ms: 10,
+        };
+        assert!(d.absorb(AccountWrite::Deny(entry.clone())).is_some());
+        assert!(
+            d.absorb(AccountWrite::Deny(entry)).is_none(),
+            "known already"
+        );
     }
 }

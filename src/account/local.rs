@@ -53,16 +53,22 @@ impl Accounts {
 
     /// Updates the replica and wakes the sessions of the subject the change concerns, so
     /// that a logout or a deactivation ends them now rather than at their token's expiry.
+    /// A snapshot (cluster mode reloads one while sessions are open) wakes every session.
     pub fn apply_sync(&self, sync: &AccountSync) {
         self.replica.borrow_mut().apply(sync);
         self.generation.set(self.generation.get().wrapping_add(1));
-        let Some(subject) = sync.subject() else {
-            return;
-        };
-        if let Some(watchers) = self.watchers.borrow().get(subject) {
-            for ctl in watchers.iter().filter_map(Weak::upgrade) {
+        let watchers = self.watchers.borrow();
+        let wake = |list: &Vec<Weak<ConnCtl>>| {
+            for ctl in list.iter().filter_map(Weak::upgrade) {
                 ctl.signal.raise();
             }
+        };
+        match sync {
+            AccountSync::Snapshot { .. } => watchers.values().for_each(wake),
+            _ => sync
+                .subject()
+                .and_then(|s| watchers.get(s))
+                .map_or((), wake),
         }
     }
 
@@ -100,6 +106,12 @@ impl Accounts {
     /// loaded directory.
     pub fn apply(&self, op: DirectoryOp, now_ms: u64) -> Option<Applied> {
         Some(self.directory.borrow_mut().as_mut()?.apply(op, now_ms))
+    }
+
+    /// Takes a change made elsewhere into the directory (cluster mode); `None` when it
+    /// changes nothing the replicas hold, or no directory is held here.
+    pub fn absorb(&self, write: AccountWrite) -> Option<AccountSync> {
+        self.directory.borrow_mut().as_mut()?.absorb(write)
     }
 
     /// Drops expired deny-list entries from the replica and expired refresh tokens and

@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use crate::auth::{AuthError, Permission, Permissions, Principal};
 use crate::text::hex;
 pub use denylist::{DeniedToken, DenyList};
-pub use directory::{AccountError, Directory, DirectoryOp, DirectoryReply, UserPatch};
+pub use directory::{AccountError, Directory, DirectoryOp, DirectoryReply, Expectation, UserPatch};
 pub use local::{AccountWatch, Accounts};
 
 /// A user account. Stored as JSON (`store::accounts`); `password_hash` is a PHC string,
@@ -41,6 +41,15 @@ pub struct User {
     pub created_at_ms: u64,
     #[serde(with = "permission_names")]
     pub permissions: Permissions,
+    /// Counts the account's updates, so that in cluster mode a change decided on a stale
+    /// copy is refused by Valkey (see `directory::Expectation`). Absent (0) in records
+    /// written before it was kept.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub rev: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// Without the password hash: users end up in logs through error paths.
@@ -51,6 +60,7 @@ impl std::fmt::Debug for User {
             .field("username", &self.username)
             .field("is_active", &self.is_active)
             .field("permissions", &self.permissions)
+            .field("rev", &self.rev)
             .finish_non_exhaustive()
     }
 }
@@ -267,6 +277,7 @@ mod tests {
             is_active: active,
             created_at_ms: 0,
             permissions,
+            rev: 0,
         })
     }
 

@@ -53,6 +53,10 @@ pub enum RefreshError {
 pub struct Changes {
     pub saved: Vec<RefreshToken>,
     pub removed: Vec<String>,
+    /// Each existing token the call rewrote, with the revocation it had when the call
+    /// decided: in cluster mode the write happens only if Valkey still has that (see
+    /// `account::directory::Expectation`), so one rotation wins across nodes.
+    pub expected: Vec<(String, Option<Revocation>)>,
 }
 
 #[derive(Default)]
@@ -79,6 +83,24 @@ impl RefreshTokens {
             .or_default()
             .push(token.jti.clone());
         self.by_jti.insert(token.jti.clone(), token);
+    }
+
+    /// Takes a token as another node wrote it (cluster mode), replacing this one's copy.
+    pub fn put(&mut self, token: RefreshToken) {
+        if let Some(old) = self.by_jti.get_mut(&token.jti) {
+            if old.user_id == token.user_id {
+                *old = token;
+                return;
+            }
+            let jti = token.jti.clone();
+            self.forget(&jti);
+        }
+        self.restore(token);
+    }
+
+    /// Forgets a token another node removed (cluster mode).
+    pub fn drop_token(&mut self, jti: &str) {
+        self.forget(jti);
     }
 
     /// Issues a token for `user_id`; returns the wire form and what changed.
@@ -137,6 +159,7 @@ impl RefreshTokens {
             Some(_) => return (Err(RefreshError::Invalid), changes),
             None => {}
         }
+        changes.expected.push((token.jti.clone(), None));
         if token.expires_at_ms <= now_ms {
             token.revoked = Some(Revocation::Expired);
             changes.saved.push(token.clone());
@@ -233,6 +256,7 @@ impl RefreshTokens {
     fn mark(&mut self, jti: &str, why: Revocation, changes: &mut Changes) {
         if let Some(token) = self.by_jti.get_mut(jti) {
             if token.revoked.is_none() || why == Revocation::Replay {
+                changes.expected.push((jti.to_owned(), token.revoked));
                 token.revoked = Some(why);
                 changes.saved.push(token.clone());
             }
@@ -273,6 +297,7 @@ impl RefreshTokens {
         for jti in chain {
             if let Some(token) = self.by_jti.get_mut(&jti) {
                 if token.revoked != Some(why) {
+                    changes.expected.push((jti.clone(), token.revoked));
                     token.revoked = Some(why);
                     changes.saved.push(token.clone());
                 }

@@ -484,6 +484,8 @@ pub async fn ensure_bootstrap_admin(shard: &Rc<Shard>) -> Result<(), String> {
             );
             Ok(())
         }
+        // Cluster mode: another node starting at the same time created it first.
+        DirectoryReply::Failed(AccountError::UsernameTaken(_)) => Ok(()),
         other => Err(unexpected(other).detail),
     }
 }

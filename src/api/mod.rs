@@ -6,6 +6,7 @@
 //! the shard's `on_*` helpers. The wire formats come from `http` and `ws`; this module owns
 //! what the bytes mean.
 
+mod account_nodes;
 pub mod accounts;
 mod ack;
 pub mod compat_poll;

@@ -21,6 +21,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::account_nodes::{self, NodeAccounts};
 use super::idempotency::{Keys, Scope};
 use super::limits::{LoginRates, PublishRates};
 use super::quota::{QuotaKey, Quotas};
@@ -125,6 +126,8 @@ impl Relay {
             topics,
             subscribers: RefCell::new(LocalSubscribers::default()),
             accounts: Rc::new(Accounts::default()),
+            node_accounts: (config.cluster.enabled && core.id == DIRECTORY_SHARD)
+                .then(|| Rc::new(NodeAccounts::new())),
             store,
             metrics,
             config,
@@ -171,6 +174,8 @@ pub struct Shard {
     pub subscribers: RefCell<LocalSubscribers>,
     /// This shard's copy of the account state (and the directory on [`DIRECTORY_SHARD`]).
     pub accounts: Rc<Accounts>,
+    /// In cluster mode, on [`DIRECTORY_SHARD`]: this node's place among the others.
+    node_accounts: Option<Rc<NodeAccounts>>,
     /// The idempotency keys this shard owns.
     pub keys: Keys,
     /// The connection counts of the quota keys this shard owns.
@@ -329,7 +334,27 @@ impl Shard {
     /// this shard's replica already reflects the change (the mesh is FIFO per pair, and
     /// the directory sends the change before the answer).
     pub async fn directory(self: &Rc<Self>, op: DirectoryOp) -> DirectoryReply {
+        if self.config.cluster.enabled {
+            return self
+                .on_directory(move |dir| dir.apply_across_nodes(op))
+                .await;
+        }
         self.on_directory(move |dir| dir.apply_directory(op)).await
+    }
+
+    /// Applies an account operation here (the directory shard) in cluster mode: committed
+    /// through Valkey before the replicas learn of it (`account_nodes`).
+    fn apply_across_nodes(
+        self: &Rc<Self>,
+        op: DirectoryOp,
+    ) -> Answer<DirectoryReply, impl Future<Output = DirectoryReply>> {
+        let shard = Rc::clone(self);
+        Answer::Later(async move {
+            match shard.node_accounts.clone() {
+                Some(node) => account_nodes::apply(shard, node, op).await,
+                None => DirectoryReply::Failed(AccountError::Unavailable),
+            }
+        })
     }
 
     /// Applies an account operation here (the directory shard): replicas first, then the
@@ -362,7 +387,7 @@ impl Shard {
     }
 
     /// Applies an account change here and sends it to every other shard's replica.
-    fn broadcast_accounts(self: &Rc<Self>, sync: AccountSync) {
+    pub(super) fn broadcast_accounts(self: &Rc<Self>, sync: AccountSync) {
         self.accounts.apply_sync(&sync);
         let sync = Arc::new(sync);
         for shard in (0..self.count()).filter(|s| *s != self.id()) {
@@ -443,12 +468,23 @@ impl Host for Shard {
 
 /// Loads the accounts (retrying until Valkey answers), ensures the bootstrap administrator,
 /// and hands every shard its replica.
+/// In cluster mode the directory then follows the other nodes' changes.
 async fn open_directory(shard: Rc<Shard>) {
     let started = now_ms();
     let mut logged = false;
-    let loaded = loop {
-        match shard.store.load_accounts().await {
-            Ok(loaded) => break loaded,
+    loop {
+        let opened = match shard.node_accounts.clone() {
+            Some(node) => account_nodes::load(&shard, &node).await,
+            None => shard.store.load_accounts().await.map(|loaded| {
+                let refresh_ttl = shard.config.accounts.refresh_token_ttl.as_millis() as u64;
+                let dir =
+                    Directory::restore(loaded.users, loaded.tokens, loaded.denied, refresh_ttl);
+                let snapshot = shard.accounts.open(dir);
+                shard.broadcast_accounts(snapshot);
+            }),
+        };
+        match opened {
+            Ok(()) => break,
             Err(e) => {
                 if !logged && now_ms() - started > 2000 {
                     crate::log_line!("accounts: waiting for Valkey to load user accounts: {e}");
@@ -457,11 +493,10 @@ async fn open_directory(shard: Rc<Shard>) {
                 sleep(Duration::from_millis(200)).await;
             }
         }
-    };
-    let refresh_ttl = shard.config.accounts.refresh_token_ttl.as_millis() as u64;
-    let dir = Directory::restore(loaded.users, loaded.tokens, loaded.denied, refresh_ttl);
-    let snapshot = shard.accounts.open(dir);
-    shard.broadcast_accounts(snapshot);
+    }
+    if let Some(node) = shard.node_accounts.clone() {
+        spawn_local(account_nodes::follow(Rc::clone(&shard), node)).detach();
+    }
     if let Err(e) = super::accounts::ensure_bootstrap_admin(&shard).await {
         crate::log_line!("accounts: bootstrap administrator not set up: {e}");
     }

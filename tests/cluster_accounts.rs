@@ -1,0 +1,493 @@
+//! Accounts across the nodes of a cluster (`cluster.enabled`): several real relay
+//! processes, one shard each, on one real valkey-server, with the same jwt secret. What
+//! one node changes (users, logouts, refresh tokens) takes effect on the others within a
+//! second, and decisions that need one winner (a refresh-token rotation, a username) have
+//! exactly one across nodes.
+
+mod common;
+
+use std::sync::{Arc, Barrier};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{json, Value};
+
+const ADMIN: &str = "admin";
+const ADMIN_PASSWORD: &str = "12345678";
+
+/// What the README promises, with room for a loaded test machine.
+const PROPAGATION: Duration = Duration::from_secs(2);
+
+/// `n` relay nodes in cluster mode on `valkey`, each ready to answer logins.
+fn nodes(valkey: &Valkey, n: usize) -> Vec<Relay> {
+    let nodes: Vec<Relay> = (0..n)
+        .map(|_| {
+            Relay::start_on_valkey(
+                valkey,
+                &[
+                    ("PULSAR_CLUSTER_ENABLED", "true"),
+                    ("PULSAR_SERVER_SHARDS", "1"),
+                    ("PULSAR_BOOTSTRAP_ADMIN_USERNAME", ADMIN),
+                    ("PULSAR_BOOTSTRAP_ADMIN_PASSWORD", ADMIN_PASSWORD),
+                    ("PULSAR_ACCOUNTS_LOGIN_RATE", "0"),
+                ],
+            )
+        })
+        .collect();
+    for node in &nodes {
+        node.wait_ready(Duration::from_secs(10));
+    }
+    nodes
+}
+
+fn form_login(relay: &Relay, username: &str, password: &str) -> Response {
+    let body = format!("username={username}&password={password}&grant_type=password");
+    relay.request(
+        "POST",
+        "/auth/login",
+        &[("Content-Type", "application/x-www-form-urlencoded")],
+        body.as_bytes(),
+    )
+}
+
+/// Logs in and returns (access token, refresh token).
+fn login(relay: &Relay, username: &str, password: &str) -> (String, String) {
+    let resp = form_login(relay, username, password);
+    resp.assert_status(200);
+    let body = resp.json();
+    (
+        body["access_token"].as_str().unwrap().to_owned(),
+        body["refresh_token"].as_str().unwrap().to_owned(),
+    )
+}
+
+/// Logs in on `relay` once it knows `username` (made on another node a moment ago).
+fn login_when_known(relay: &Relay, username: &str, password: &str) -> (String, String) {
+    assert!(
+        eventually(PROPAGATION, || form_login(relay, username, password).status
+            == 200),
+        "{username} cannot log in on the other node"
+    );
+    login(relay, username, password)
+}
+
+fn call(relay: &Relay, method: &str, path: &str, token: &str, body: &Value) -> Response {
+    let auth = auth_header(token);
+    let text = if body.is_null() {
+        Vec::new()
+    } else {
+        body.to_string().into_bytes()
+    };
+    relay.request(method, path, &[auth.as_pair()], &text)
+}
+
+fn refresh(relay: &Relay, refresh_token: &str) -> Response {
+    relay.request(
+        "POST",
+        "/auth/token/refresh",
+        &[("Content-Type", "application/json")],
+        json!({ "refresh_token": refresh_token })
+            .to_string()
+            .as_bytes(),
+    )
+}
+
+fn register(relay: &Relay, admin: &str, username: &str, permissions: &[&str]) -> Response {
+    call(
+        relay,
+        "POST",
+        "/auth/register",
+        admin,
+        &json!({"username": username, "password": format!("pw-{username}-123"),
+                "permissions": permissions}),
+    )
+}
+
+/// Registers `username` on `relay` and returns its user ID.
+fn registered(relay: &Relay, admin: &str, username: &str) -> String {
+    let resp = register(relay, admin, username, &["read", "write"]);
+    resp.assert_status(201);
+    resp.json()["user_id"].as_str().unwrap().to_owned()
+}
+
+/// Waits until `token` is refused on `relay` with `status` and `code`.
+#[track_caller]
+fn refused_within(relay: &Relay, token: &str, status: u16, code: &str) {
+    let mut last = None;
+    let refused = eventually(PROPAGATION, || {
+        let resp = call(relay, "GET", "/auth/me", token, &Value::Null);
+        let done = resp.status == status && resp.json()["code"] == code;
+        last = Some((resp.status, resp.text()));
+        done
+    });
+    assert!(refused, "expected {status} {code}, last answer {last:?}");
+}
+
+#[test]
+fn a_user_made_on_one_node_logs_in_on_another_and_names_stay_unique() {
+    let valkey = Valkey::start();
+    let [a, b] = <[Relay; 2]>::try_from(nodes(&valkey, 2)).ok().unwrap();
+    let (admin_a, _) = login(&a, ADMIN, ADMIN_PASSWORD);
+    let (admin_b, _) = login(&b, ADMIN, ADMIN_PASSWORD);
+    assert_eq!(
+        call(&a, "GET", "/auth/me", &admin_a, &Value::Null).json()["user_id"],
+        call(&b, "GET", "/auth/me", &admin_b, &Value::Null).json()["user_id"],
+        "both nodes started with one bootstrap administrator"
+    );
+
+    let bob = registered(&a, &admin_a, "bob");
+    let (bob_token, _) = login_when_known(&b, "bob", "pw-bob-123");
+    let me = call(&b, "GET", "/auth/me", &bob_token, &Value::Null).json();
+    assert_eq!(me["user_id"], bob.as_str());
+    register(&b, &admin_b, "bob", &["read"]).assert_error(400, "USERNAME_TAKEN");
+
+    // The same new name on both nodes at once: exactly one account gets it.
+    for round in 0..3 {
+        let name = format!("carol{round}");
+        let barrier = Arc::new(Barrier::new(2));
+        let answers: Vec<(u16, String)> = thread::scope(|s| {
+            let handles: Vec<_> = [(&a, &admin_a), (&b, &admin_b)]
+                .into_iter()
+                .map(|(node, admin)| {
+                    let (barrier, name) = (Arc::clone(&barrier), name.clone());
+                    s.spawn(move || {
+                        barrier.wait();
+                        let resp = register(node, admin, &name, &["read"]);
+                        let code = if resp.status == 201 {
+                            String::new()
+                        } else {
+                            resp.code()
+                        };
+                        (resp.status, code)
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let created = answers.iter().filter(|(status, _)| *status == 201).count();
+        assert_eq!(created, 1, "{answers:?}");
+        assert!(
+            answers
+                .iter()
+                .any(|(status, code)| *status == 400 && code == "USERNAME_TAKEN"),
+            "{answers:?}"
+        );
+    }
+    let names = |node: &Relay, admin: &str| -> Vec<String> {
+        let list = call(node, "GET", "/auth/users", admin, &Value::Null).json();
+        let mut names: Vec<String> = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|u| u["username"].as_str().unwrap().to_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    let expected = ["admin", "bob", "carol0", "carol1", "carol2"];
+    assert!(
+        eventually(PROPAGATION, || names(&a, &admin_a) == expected
+            && names(&b, &admin_b) == expected),
+        "{:?} / {:?}",
+        names(&a, &admin_a),
+        names(&b, &admin_b)
+    );
+
+    // Two administrators change different fields of one account on two nodes at once:
+    // neither change is lost to the other node's older copy.
+    let path = format!("/auth/users/{bob}");
+    for round in 0..3 {
+        let email = format!("bob{round}@example.com");
+        let permissions = if round % 2 == 0 {
+            json!(["read"])
+        } else {
+            json!(["read", "write"])
+        };
+        let barrier = Arc::new(Barrier::new(2));
+        thread::scope(|s| {
+            for (node, admin, body) in [
+                (&a, &admin_a, json!({ "email": email })),
+                (&b, &admin_b, json!({ "permissions": permissions })),
+            ] {
+                let (barrier, path) = (Arc::clone(&barrier), &path);
+                s.spawn(move || {
+                    barrier.wait();
+                    call(node, "PATCH", path, admin, &body).assert_status(200);
+                });
+            }
+        });
+        for (node, admin) in [(&a, &admin_a), (&b, &admin_b)] {
+            let both = eventually(PROPAGATION, || {
+                let users = call(node, "GET", "/auth/users", admin, &Value::Null).json();
+                let user = users
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|u| u["user_id"] == bob.as_str())
+                    .cloned()
+                    .unwrap();
+                user["email"] == email.as_str() && user["permissions"] == permissions
+            });
+            assert!(both, "round {round}: a change was lost");
+        }
+    }
+}
+
+#[test]
+fn deactivation_on_one_node_ends_sessions_on_another() {
+    let valkey = Valkey::start();
+    let [a, b] = <[Relay; 2]>::try_from(nodes(&valkey, 2)).ok().unwrap();
+    let (admin, _) = login(&a, ADMIN, ADMIN_PASSWORD);
+    let bob = registered(&a, &admin, "bob");
+    let (bob_token, _) = login_when_known(&b, "bob", "pw-bob-123");
+
+    let mut session = Ws::connect(b.addr, &bob_token);
+    session.subscribe(&["jobs"], Value::Null);
+    let started = Instant::now();
+    call(
+        &a,
+        "PATCH",
+        &format!("/auth/users/{bob}"),
+        &admin,
+        &json!({"is_active": false}),
+    )
+    .assert_status(200);
+    let reason = session.expect_close(4003);
+    assert!(reason.contains("inactive"), "{reason}");
+    assert!(
+        started.elapsed() < PROPAGATION,
+        "closed after {:?}",
+        started.elapsed()
+    );
+    refused_within(&b, &bob_token, 403, "USER_INACTIVE");
+    form_login(&b, "bob", "pw-bob-123").assert_error(403, "USER_INACTIVE");
+
+    // Reactivated on B, then read permission taken away on A: the session on B ends.
+    let (admin_b, _) = login(&b, ADMIN, ADMIN_PASSWORD);
+    call(
+        &b,
+        "PATCH",
+        &format!("/auth/users/{bob}"),
+        &admin_b,
+        &json!({"is_active": true}),
+    )
+    .assert_status(200);
+    let (bob_token, _) = login(&b, "bob", "pw-bob-123");
+    let mut session = Ws::connect(b.addr, &bob_token);
+    session.subscribe(&["jobs"], Value::Null);
+    // A knows of the reactivation before it is told to change permissions (the revision
+    // it changes is the one B wrote, or its change is decided again on it).
+    let patched = call(
+        &a,
+        "PATCH",
+        &format!("/auth/users/{bob}"),
+        &admin,
+        &json!({"permissions": ["write"]}),
+    );
+    patched.assert_status(200);
+    assert_eq!(
+        patched.json()["is_active"],
+        true,
+        "the reactivation was kept"
+    );
+    assert!(session.expect_close(4003).contains("read"));
+}
+
+#[test]
+fn logout_on_one_node_is_refused_on_every_other() {
+    let valkey = Valkey::start();
+    let [a, b, c] = <[Relay; 3]>::try_from(nodes(&valkey, 3)).ok().unwrap();
+    let (admin, _) = login(&a, ADMIN, ADMIN_PASSWORD);
+    registered(&a, &admin, "bob");
+    let (bob_token, _) = login_when_known(&b, "bob", "pw-bob-123");
+    let (other_token, _) = login(&b, "bob", "pw-bob-123");
+    for node in [&a, &c] {
+        assert!(eventually(PROPAGATION, || call(
+            node,
+            "GET",
+            "/auth/me",
+            &bob_token,
+            &Value::Null
+        )
+        .status
+            == 200));
+    }
+    let mut session = Ws::connect(c.addr, &bob_token);
+    session.subscribe(&["jobs"], Value::Null);
+
+    call(&a, "POST", "/auth/logout", &bob_token, &Value::Null).assert_status(204);
+    assert!(session.expect_close(4003).contains("revoked"));
+    refused_within(&b, &bob_token, 401, "TOKEN_REVOKED");
+    refused_within(&c, &bob_token, 401, "TOKEN_REVOKED");
+    // The account's other token is not logged out anywhere.
+    for node in [&a, &b, &c] {
+        call(node, "GET", "/auth/me", &other_token, &Value::Null).assert_status(200);
+    }
+}
+
+#[test]
+fn a_refresh_token_presented_on_two_nodes_at_once_has_one_winner() {
+    let valkey = Valkey::start();
+    let [a, b] = <[Relay; 2]>::try_from(nodes(&valkey, 2)).ok().unwrap();
+    for round in 0..4 {
+        // Logged in on A: B may not have heard of the token yet, and must not refuse it
+        // for that.
+        let (_, token) = login(&a, ADMIN, ADMIN_PASSWORD);
+        let barrier = Arc::new(Barrier::new(4));
+        let answers: Vec<(u16, Value)> = thread::scope(|s| {
+            let handles: Vec<_> = [&a, &b, &a, &b]
+                .into_iter()
+                .map(|node| {
+                    let (barrier, token) = (Arc::clone(&barrier), token.clone());
+                    s.spawn(move || {
+                        barrier.wait();
+                        let resp = refresh(node, &token);
+                        let body = if resp.status == 200 {
+                            resp.json()
+                        } else {
+                            Value::Null
+                        };
+                        (resp.status, body)
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let statuses: Vec<u16> = answers.iter().map(|(status, _)| *status).collect();
+        assert_eq!(
+            statuses.iter().filter(|s| **s == 200).count(),
+            1,
+            "round {round}: {statuses:?}"
+        );
+        assert!(
+            statuses.iter().all(|s| *s == 200 || *s == 401),
+            "{statuses:?}"
+        );
+        // The others were replays: the winner's new token went with the chain, on both
+        // nodes.
+        let (_, won) = answers.iter().find(|(status, _)| *status == 200).unwrap();
+        let child = won["refresh_token"].as_str().unwrap();
+        refresh(&b, child).assert_error(401, "INVALID_REFRESH_TOKEN");
+        refresh(&a, child).assert_error(401, "INVALID_REFRESH_TOKEN");
+    }
+
+    // One rotation at a time goes on from node to node.
+    let (_, mut token) = login(&a, ADMIN, ADMIN_PASSWORD);
+    for node in [&b, &a, &b] {
+        let resp = refresh(node, &token);
+        resp.assert_status(200);
+        token = resp.json()["refresh_token"].as_str().unwrap().to_owned();
+    }
+}
+
+#[test]
+fn a_user_deleted_on_one_node_cannot_log_in_on_another() {
+    let valkey = Valkey::start();
+    let [a, b] = <[Relay; 2]>::try_from(nodes(&valkey, 2)).ok().unwrap();
+    let (admin, _) = login(&a, ADMIN, ADMIN_PASSWORD);
+    let bob = registered(&a, &admin, "bob");
+    let (bob_token, bob_refresh) = login_when_known(&b, "bob", "pw-bob-123");
+    let mut session = Ws::connect(b.addr, &bob_token);
+    session.subscribe(&["jobs"], Value::Null);
+
+    call(
+        &a,
+        "DELETE",
+        &format!("/auth/users/{bob}"),
+        &admin,
+        &Value::Null,
+    )
+    .assert_status(204);
+    assert!(session.expect_close(4003).contains("not found"));
+    assert!(eventually(PROPAGATION, || form_login(
+        &b,
+        "bob",
+        "pw-bob-123"
+    )
+    .status
+        == 401));
+    form_login(&b, "bob", "pw-bob-123").assert_error(401, "INVALID_CREDENTIALS");
+    refresh(&b, &bob_refresh).assert_error(401, "INVALID_REFRESH_TOKEN");
+    refused_within(&b, &bob_token, 401, "USER_NOT_FOUND");
+    // The name is free again, on either node.
+    let (admin_b, _) = login(&b, ADMIN, ADMIN_PASSWORD);
+    register(&b, &admin_b, "bob", &["read"]).assert_status(201);
+}
+
+/// Sends `signal` (`STOP`, `CONT`) to the relay process.
+fn signal(relay: &Relay, signal: &str) {
+    let status = std::process::Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(relay.pid().to_string())
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+#[test]
+fn a_node_that_fell_behind_the_log_reloads_everything() {
+    let valkey = Valkey::start();
+    let [a, b] = <[Relay; 2]>::try_from(nodes(&valkey, 2)).ok().unwrap();
+    let (admin, _) = login(&a, ADMIN, ADMIN_PASSWORD);
+    let bob = registered(&a, &admin, "bob");
+    let (bob_token, _) = login_when_known(&b, "bob", "pw-bob-123");
+    let mut session = Ws::connect(b.addr, &bob_token);
+    session.subscribe(&["jobs"], Value::Null);
+
+    // While B is paused, A makes changes and the log is trimmed past B's place in it.
+    signal(&b, "STOP");
+    let resumed = std::panic::catch_unwind(|| {
+        registered(&a, &admin, "dave");
+        call(
+            &a,
+            "PATCH",
+            &format!("/auth/users/{bob}"),
+            &admin,
+            &json!({"is_active": false}),
+        )
+        .assert_status(200);
+        valkey.command(&["XTRIM", "pulsar:{accounts}:log", "MAXLEN", "0"]);
+        registered(&a, &admin, "erin");
+    });
+    signal(&b, "CONT");
+    resumed.unwrap();
+
+    assert!(session.expect_close(4003).contains("inactive"));
+    refused_within(&b, &bob_token, 403, "USER_INACTIVE");
+    login_when_known(&b, "dave", "pw-dave-123");
+    login_when_known(&b, "erin", "pw-erin-123");
+}
+
+#[test]
+fn accounts_of_a_single_node_carry_over_to_cluster_mode() {
+    let valkey = Valkey::start();
+    let mut single = Relay::start_on_valkey(
+        &valkey,
+        &[
+            ("PULSAR_BOOTSTRAP_ADMIN_USERNAME", ADMIN),
+            ("PULSAR_BOOTSTRAP_ADMIN_PASSWORD", ADMIN_PASSWORD),
+        ],
+    );
+    single.wait_ready(Duration::from_secs(10));
+    let (admin, _) = login(&single, ADMIN, ADMIN_PASSWORD);
+    let bob = registered(&single, &admin, "bob");
+    let (bob_token, _) = login(&single, "bob", "pw-bob-123");
+    call(&single, "POST", "/auth/logout", &bob_token, &Value::Null).assert_status(204);
+    single.terminate();
+    single.wait_exit(Duration::from_secs(10));
+
+    let [a, b] = <[Relay; 2]>::try_from(nodes(&valkey, 2)).ok().unwrap();
+    let index = valkey.command(&["HGET", "pulsar:{accounts}:names", "bob"]);
+    assert_eq!(
+        index.text().as_deref(),
+        Some(bob.as_str()),
+        "indexed at start"
+    );
+    for node in [&a, &b] {
+        login(node, "bob", "pw-bob-123");
+        refused_within(node, &bob_token, 401, "TOKEN_REVOKED");
+    }
+    let (admin_b, _) = login(&b, ADMIN, ADMIN_PASSWORD);
+    register(&b, &admin_b, "bob", &["read"]).assert_error(400, "USERNAME_TAKEN");
+}
