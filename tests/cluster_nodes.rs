@@ -375,3 +375,24 @@ fn a_killed_nodes_clients_resume_on_another_node_without_loss() {
     assert_eq!(rest, expected);
     assert!(resumed.collect_until_pong().is_empty());
 }
+
+/// A subscription made while the node cannot listen to its topic (Valkey down) is refused
+/// with an error frame and leaves nothing behind: made again once Valkey is back, it
+/// delivers.
+#[test]
+fn a_subscription_refused_while_valkey_is_down_can_be_made_again() {
+    let mut valkey = Valkey::start();
+    let node = Relay::start_on_valkey(&valkey, &node_env("2"));
+    node.wait_ready(READY_TIMEOUT);
+    let topic = "refused";
+    valkey.kill9();
+    node.wait_not_ready(Duration::from_secs(5));
+    let mut ws = node.ws();
+    ws.subscribe(&[topic], json!({}));
+    ws.expect_error("STORE_UNAVAILABLE");
+    valkey.restart_same_dir();
+    node.wait_ready(READY_TIMEOUT);
+    ws.subscribe(&[topic], json!({}));
+    let receipt = node.publish(topic, "1");
+    assert_eq!(id_of(&ws.recv_delivery()), id_of(&receipt));
+}
