@@ -10,20 +10,20 @@
 #      10000; tools/bench/topic_holder.py), so Valkey has N channels with 3 subscribers
 #      each; then publishes at 1000 msg/s over those N topics, and the time each node takes
 #      to be back (pulsar_cluster_resumes_total) after CLIENT KILL TYPE pubsub;
-#   4. Valkey alone: PUBLISH (redis-benchmark) to C channels (1, 64, 1000, 10000) that three
-#      connections subscribe to all of: a per-topic channel and a partition channel cost
-#      the same in Valkey, what differs is how many there are.
+#   4. Valkey alone: PUBLISH (redis-benchmark, 100-byte messages) to C channels (1, 64, 1000,
+#      10000) that S connections (3; and 1 and 30 at C = 1000) subscribe to all of: what a
+#      per-topic channel and a partition channel cost in Valkey, and each subscribed node.
 # For each load: Valkey's CPU per message (utime + stime from /proc/<pid>/stat over the whole
-# run, divided by the publish scripts it ran, from INFO commandstats) and all relays' CPU
+# run, divided by the messages it stored: XADD calls, from INFO commandstats) and all relays' CPU
 # per message the same way, plus Valkey commands per message.
 #
-#   tools/bench/nodes.sh [duration=10s] [fanout subscribers=1000] [fanout rate=50]
+#   tools/bench/nodes.sh [duration=10s] [fanout subscribers=500] [fanout rate=20]
 # Needs a release build (built when missing), valkey-server (tools/provision.sh finds or
 # provisions one), redis-cli and redis-benchmark (Debian: redis-tools), python3, curl, jq.
 set -euo pipefail
 export LC_ALL=C
 cd "$(dirname "$0")/../.."
-duration=${1:-10s}; fan_subs=${2:-1000}; fan_rate=${3:-50}
+duration=${1:-10s}; fan_subs=${2:-500}; fan_rate=${3:-20}
 . tools/provision.sh
 valkey=$(find_valkey)
 relay=target/release/pulsar-relay
@@ -75,15 +75,15 @@ cmdstats() {
 snap_before() {
   v0=$(cpu_s "$vpid"); r0=$(relays_cpu_s); cmdstats >"$work/cmd0"
 }
-# Prints the costs since snap_before per publish script run (EVAL calls): Valkey µs, relays'
-# µs, and Valkey commands (all, and the ones a publish runs) per message.
+# Prints the costs since snap_before per message stored (XADD calls; PUBLISH calls when
+# none): Valkey µs, relays' µs, and Valkey commands (all, and each) per message.
 snap_after() { # $1 = label
   local v1 r1; v1=$(cpu_s "$vpid"); r1=$(relays_cpu_s); cmdstats >"$work/cmd1"
   join -a2 -e0 -o 0,1.2,2.2 "$work/cmd0" "$work/cmd1" | awk -v v="$(echo "$v1 - $v0" | bc -l)" \
     -v r="$(echo "$r1 - $r0" | bc -l)" -v label="$1" '
     { d[$1] = $3 - $2; if ($1 != "info" && $1 != "ping") total += $3 - $2 }
     END {
-      m = d["eval"]; if (m == 0) m = d["publish"]
+      m = d["xadd"]; if (m == 0) m = d["publish"]
       if (m == 0) { printf "%-34s no messages\n", label; exit }
       printf "%-34s messages %8d  valkey %6.1f us/msg  relays %6.1f us/msg  valkey cmds/msg %.2f (", label, m, v * 1e6 / m, r * 1e6 / m, total / m
       n = 0
@@ -170,22 +170,26 @@ EOF
 done
 
 echo
-echo "== 4. Valkey alone: PUBLISH to C channels, each subscribed by 3 connections (redis-benchmark) =="
-for channels in 1 64 1000 10000; do
+echo "== 4. Valkey alone: PUBLISH to C channels, each subscribed by S connections (redis-benchmark) =="
+# S = 3: the three nodes here, per-topic channels (C = topics) or partitions (C = K); C = 1000
+# with S = 1 and 30: what each further subscribed node costs per message.
+for pair in 1:3 64:3 1000:3 10000:3 1000:1 1000:30; do
+  channels=${pair%:*}; n_subs=${pair#*:}
   names=$(seq -f "bench:%012g" 0 $((channels - 1)))
   subs=()
-  for _ in 1 2 3; do
+  for _ in $(seq "$n_subs"); do
     # shellcheck disable=SC2086
     redis-cli -p "$vport" subscribe $names >/dev/null & subs+=($!)
   done
-  for _ in $(seq 200); do
-    [ "$(redis-cli -p "$vport" pubsub numsub bench:000000000000 | tail -n1)" = 3 ] \
-      && [ "$(redis-cli -p "$vport" pubsub numpat)" = 0 ] && break
+  for _ in $(seq 400); do
+    [ "$(redis-cli -p "$vport" pubsub numsub "bench:$(printf %012d $((channels - 1)))" | tail -n1)" = "$n_subs" ] && break
     sleep 0.05
   done
   snap_before
   redis-benchmark -p "$vport" -c 4 -n 200000 -r "$channels" -q PUBLISH "bench:__rand_int__" \
     "$(head -c 100 /dev/zero | tr '\0' x)" >/dev/null
-  snap_after "PUBLISH, C=$channels channels x 3 subs"
+  snap_after "PUBLISH, C=$channels x S=$n_subs"
+  left=$(redis-cli -p "$vport" pubsub numsub "bench:$(printf %012d $((channels - 1)))" | tail -n1)
+  [ "$left" = "$n_subs" ] || echo "  (only $left of $n_subs subscribers left: Valkey dropped slow ones)"
   kill "${subs[@]}"; wait "${subs[@]}" 2>/dev/null || true
 done

@@ -3,12 +3,13 @@
 
     topic_holder.py TOKEN PREFIX N URL [URL ...]
 
-Opens one WebSocket session per URL (http://host:port) and subscribes it to the topics
-PREFIX-0 .. PREFIX-(N-1), 100 per subscribe frame (the relay's default
-limits.max_topics_per_request), so that every node listens to N topic channels in Valkey.
-Prints "ready <seconds>" once every session got all its `subscribed` replies, then reads and
-discards deliveries (answering pings) until its standard input closes, and prints how many
-deliveries it read. The standard library only: no WebSocket package to install.
+Subscribes every URL (http://host:port) to the topics PREFIX-0 .. PREFIX-(N-1) over
+WebSocket sessions of 100 topics each (the relay's default limits.max_topics_per_request,
+which also caps the topics of one connection), so that every node listens to N topic
+channels in Valkey. Prints "ready <seconds>" once every session got its `subscribed` reply,
+then reads and discards deliveries (answering pings) until its standard input closes, and
+prints how many deliveries it read. The standard library only: no WebSocket package to
+install.
 """
 import base64
 import os
@@ -95,16 +96,18 @@ def main():
         sys.exit(__doc__)
     token, prefix, count, urls = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4:]
     started = time.monotonic()
-    sessions = [Session(url, token) for url in urls]
     topics = [f"{prefix}-{i}" for i in range(count)]
     frames = [topics[i : i + PER_FRAME] for i in range(0, count, PER_FRAME)]
     selector = selectors.DefaultSelector()
-    for s in sessions:
-        selector.register(s.sock, selectors.EVENT_READ, s)
+    sessions = []
+    for url in urls:
         for batch in frames:
+            s = Session(url, token)
+            selector.register(s.sock, selectors.EVENT_READ, s)
             quoted = ",".join(f'"{t}"' for t in batch)
             s.send_text(f'{{"type":"subscribe","topics":[{quoted}]}}')
-    while any(s.subscribed < len(frames) for s in sessions):
+            sessions.append(s)
+    while any(s.subscribed < 1 for s in sessions):
         for key, _ in selector.select(timeout=60):
             if not key.data.read():
                 sys.exit(f"{key.data.url}: closed while subscribing")
