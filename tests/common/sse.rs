@@ -1,5 +1,7 @@
 //! A Server-Sent Events client over a plain `TcpStream`: opens `GET /api/v1/sse…`, and
 //! reads the stream back as events, comments and `retry:` fields, or the JSON refusal.
+//! The relay ends a stream by closing; a proxy in front of it (nginx) re-frames it with
+//! `Transfer-Encoding: chunked`, which is decoded here.
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -33,6 +35,10 @@ pub struct Sse {
     pub comments: Vec<String>,
     /// The last `retry:` value seen.
     pub retry: Option<u64>,
+    /// A chunked stream's bytes not yet decoded into `buf`.
+    chunked: Option<Vec<u8>>,
+    /// A chunked stream's last chunk arrived: the stream ended, the connection stays.
+    ended: bool,
 }
 
 /// What opening a stream produced.
@@ -110,14 +116,21 @@ impl Sse {
                 body,
             });
         }
-        SseOpen::Stream(Box::new(Sse {
+        let chunked = headers.iter().any(|(k, v)| {
+            k.eq_ignore_ascii_case("transfer-encoding") && v.eq_ignore_ascii_case("chunked")
+        });
+        let mut sse = Sse {
             stream: http.stream,
             status,
             headers,
-            buf: rest,
+            buf: Vec::new(),
             comments: Vec::new(),
             retry: None,
-        }))
+            chunked: chunked.then(Vec::new),
+            ended: false,
+        };
+        sse.take_in(&rest);
+        SseOpen::Stream(Box::new(sse))
     }
 
     /// Opens `/api/v1/sse?{query}` with `token` in the query.
@@ -142,6 +155,9 @@ impl Sse {
                     return Some(event);
                 }
             }
+            if self.ended {
+                return None;
+            }
             let mut chunk = [0u8; 16 * 1024];
             match self.stream.read(&mut chunk) {
                 Ok(0) => {
@@ -152,12 +168,39 @@ impl Sse {
                     );
                     return None;
                 }
-                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Ok(n) => self.take_in(&chunk[..n]),
                 Err(e) if e.kind() == ErrorKind::ConnectionReset => return None,
                 Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
                     panic!("timed out waiting for an SSE event")
                 }
                 Err(e) => panic!("SSE read failed: {e}"),
+            }
+        }
+    }
+
+    /// Bytes read from the connection: the stream itself, or chunks of it.
+    fn take_in(&mut self, bytes: &[u8]) {
+        let Some(raw) = self.chunked.as_mut() else {
+            self.buf.extend_from_slice(bytes);
+            return;
+        };
+        raw.extend_from_slice(bytes);
+        while let Some(line_end) = http::find(raw, b"\r\n") {
+            let size_text = String::from_utf8_lossy(&raw[..line_end]);
+            let size_text = size_text.split(';').next().unwrap_or_default().trim();
+            let size = usize::from_str_radix(size_text, 16)
+                .unwrap_or_else(|_| panic!("bad chunk size line {size_text:?}"));
+            let data_start = line_end + 2;
+            if raw.len() < data_start + size + 2 {
+                return;
+            }
+            assert_eq!(&raw[data_start + size..data_start + size + 2], b"\r\n");
+            self.buf
+                .extend_from_slice(&raw[data_start..data_start + size]);
+            raw.drain(..data_start + size + 2);
+            if size == 0 {
+                self.ended = true;
+                return;
             }
         }
     }

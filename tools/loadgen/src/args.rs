@@ -36,7 +36,11 @@ scenarios:
                Driven by tools/soak.sh, which kills the relay and stalls Valkey meanwhile.
 
 common flags:
-  --url URL           relay address (default http://127.0.0.1:8080; https://… with --tls-ca)
+  --url URL           relay address (default http://127.0.0.1:8080; https://… with --tls-ca);
+                      fanout and e2e take it more than once: subscriber i connects to
+                      URL number i mod N (several cluster-mode nodes, one load)
+  --publish-url URL   fanout and e2e: where the publisher posts (default: the first --url),
+                      e.g. one node while the subscribers are on others
   --tls-ca FILE       PEM CA certificate(s) to verify an https:// relay with
   --token JWT         token with read and write permissions, or
   --secret KEY        HS256 secret to mint one (default: $PULSAR_JWT_SECRET_KEY)
@@ -118,7 +122,13 @@ examples:
 
 /// Settings every scenario has.
 pub struct Common {
+    /// The first `--url`: where every scenario connects, and where `fanout` and `e2e`
+    /// publish unless `--publish-url` says otherwise.
     pub target: Target,
+    /// Every `--url`, in order: `fanout` and `e2e` subscriber i connects to `i mod len`.
+    pub subscribe_targets: Vec<Target>,
+    /// `--publish-url`, or the first `--url`.
+    pub publish_target: Target,
     pub token: String,
     pub duration: Duration,
     pub warmup: Duration,
@@ -242,13 +252,13 @@ pub fn parse(args: Vec<String>) -> Result<Parsed, String> {
         "soak" => Scenario::Soak(flags.soak()?),
         other => return Err(format!("unknown scenario {other:?}")),
     };
-    let common = flags.common()?;
+    let common = flags.common(matches!(name.as_str(), "fanout" | "e2e"))?;
     flags.finish(&name)?;
     Ok(Parsed::Run(Box::new(Options { common, scenario })))
 }
 
 /// Flags that may be given more than once.
-const REPEATABLE: [&str; 1] = ["--label"];
+const REPEATABLE: [&str; 2] = ["--label", "--url"];
 
 /// The scenario and the `--flag value` pairs, each pair taken once by the parser;
 /// leftovers are errors.
@@ -425,12 +435,29 @@ impl Flags {
         })
     }
 
-    fn common(&mut self) -> Result<Common, String> {
-        let url = self
-            .take("--url")
-            .unwrap_or_else(|| "http://127.0.0.1:8080".into());
+    /// `spread`: the scenario subscribes over several `--url`s and takes `--publish-url`;
+    /// other scenarios refuse a second `--url` and leave `--publish-url` to [`Self::finish`].
+    fn common(&mut self, spread: bool) -> Result<Common, String> {
+        let mut urls = self.take_all("--url");
+        if urls.is_empty() {
+            urls.push("http://127.0.0.1:8080".into());
+        }
+        if urls.len() > 1 && !spread {
+            return Err(
+                "--url given twice (only fanout and e2e spread subscribers over several)".into(),
+            );
+        }
         let tls_ca = self.take("--tls-ca");
-        let target = Target::parse(&url, tls_ca.as_deref())?;
+        let subscribe_targets = urls
+            .iter()
+            .map(|url| Target::parse(url, tls_ca.as_deref()))
+            .collect::<Result<Vec<_>, _>>()?;
+        let target = subscribe_targets[0].clone();
+        let publish_target = match spread.then(|| self.take("--publish-url")).flatten() {
+            Some(url) => Target::parse(&url, tls_ca.as_deref())
+                .map_err(|e| e.replacen("--url", "--publish-url", 1))?,
+            None => target.clone(),
+        };
         let duration = self.duration("--duration", Duration::from_secs(10))?;
         let warmup = self.duration("--warmup", Duration::from_secs(2))?;
         if duration.is_zero() {
@@ -468,6 +495,8 @@ impl Flags {
         }
         Ok(Common {
             target,
+            subscribe_targets,
+            publish_target,
             token,
             duration,
             warmup,
@@ -685,6 +714,55 @@ mod tests {
             }
             _ => panic!("not fanout"),
         }
+    }
+
+    #[test]
+    fn fanout_and_e2e_spread_subscribers_over_urls_and_publish_on_one() {
+        let o = run(&[
+            "e2e",
+            "--token",
+            "t",
+            "--url",
+            "http://127.0.0.1:8081",
+            "--url",
+            "http://127.0.0.1:8082",
+            "--publish-url",
+            "http://127.0.0.1:8083",
+        ])
+        .unwrap();
+        let hosts: Vec<&str> = o
+            .common
+            .subscribe_targets
+            .iter()
+            .map(|t| t.host.as_str())
+            .collect();
+        assert_eq!(hosts, ["127.0.0.1:8081", "127.0.0.1:8082"]);
+        assert_eq!(o.common.target.host, "127.0.0.1:8081");
+        assert_eq!(o.common.publish_target.host, "127.0.0.1:8083");
+        // Without --publish-url the publisher posts to the first --url.
+        let o = run(&["fanout", "--token", "t", "--url", "http://127.0.0.1:9"]).unwrap();
+        assert_eq!(o.common.publish_target.host, "127.0.0.1:9");
+        assert_eq!(o.common.subscribe_targets.len(), 1);
+        let err = |args: &[&str]| run(args).err().unwrap();
+        let two = ["--url", "http://127.0.0.1:1", "--url", "http://127.0.0.1:2"];
+        for scenario in ["publish", "poll", "connections", "soak"] {
+            let mut args = vec![scenario, "--token", "t"];
+            args.extend_from_slice(&two);
+            assert!(err(&args).contains("only fanout and e2e"), "{scenario}");
+            let one = [
+                scenario,
+                "--token",
+                "t",
+                "--publish-url",
+                "http://127.0.0.1:1",
+            ];
+            assert!(
+                err(&one).contains("--publish-url is not a flag"),
+                "{scenario}"
+            );
+        }
+        assert!(err(&["e2e", "--token", "t", "--publish-url", "ftp://x"])
+            .starts_with("--publish-url \"ftp://x\""));
     }
 
     #[test]

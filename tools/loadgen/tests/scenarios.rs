@@ -48,12 +48,12 @@ impl Relay {
 
     fn start_with(env: &[(&str, &str)]) -> Relay {
         let mut cmd = Command::new(relay_binary());
-        cmd.envs(env.iter().copied());
         for (key, _) in std::env::vars() {
             if key.starts_with("PULSAR_") {
                 cmd.env_remove(key);
             }
         }
+        cmd.envs(env.iter().copied());
         let mut child = cmd
             .env("PULSAR_SERVER_HTTP_PORT", "0")
             .env("PULSAR_SERVER_SHARDS", "2")
@@ -324,6 +324,161 @@ fn e2e_measures_latency_and_writes_hgrm() {
     assert!(
         text.contains(&format!("Total count    = {:>12}]", u(&v, "count"))),
         "{text}"
+    );
+}
+
+/// A throwaway valkey-server on a free port (no persistence), killed on drop: the store
+/// that cluster-mode relays share. The binary is `PULSAR_TEST_VALKEY_SERVER` (tools/test.sh
+/// provisions one), else valkey-server or redis-server on PATH.
+struct Valkey {
+    child: Child,
+    port: u16,
+}
+
+impl Valkey {
+    fn start() -> Valkey {
+        let binary = std::env::var_os("PULSAR_TEST_VALKEY_SERVER")
+            .filter(|p| !p.is_empty())
+            .map(PathBuf::from)
+            .or_else(|| {
+                let path = std::env::var_os("PATH").unwrap_or_default();
+                ["valkey-server", "redis-server"].iter().find_map(|name| {
+                    std::env::split_paths(&path)
+                        .map(|dir| dir.join(name))
+                        .find(|c| c.is_file())
+                })
+            })
+            .expect("no valkey-server: run ./tools/test.sh, which provisions one");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("an ephemeral port")
+            .port();
+        let child = Command::new(binary)
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("cannot spawn valkey-server");
+        let valkey = Valkey { child, port };
+        for _ in 0..250 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return valkey;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        panic!("valkey-server did not listen on port {port}");
+    }
+
+    /// A relay node in cluster mode on this Valkey (one shard), once `/ready` says its
+    /// Valkey and pub/sub connections are up.
+    fn node(&self) -> Relay {
+        let port = self.port.to_string();
+        let relay = Relay::start_with(&[
+            ("PULSAR_CLUSTER_ENABLED", "true"),
+            ("PULSAR_STORAGE_BACKEND", "valkey"),
+            ("PULSAR_VALKEY_HOST", "127.0.0.1"),
+            ("PULSAR_VALKEY_PORT", &port),
+            ("PULSAR_SERVER_SHARDS", "1"),
+        ]);
+        let host = relay.url.trim_start_matches("http://");
+        let ready = || -> std::io::Result<bool> {
+            use std::io::Write;
+            let mut conn = std::net::TcpStream::connect(host)?;
+            write!(
+                conn,
+                "GET /ready HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+            )?;
+            let mut answer = String::new();
+            conn.read_to_string(&mut answer)?;
+            Ok(answer.starts_with("HTTP/1.1 200"))
+        };
+        for _ in 0..500 {
+            if ready().unwrap_or(false) {
+                return relay;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        panic!("the node at {host} did not become ready");
+    }
+}
+
+impl Drop for Valkey {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `fanout` with subscribers spread over two cluster-mode nodes and the publisher on a
+/// third: every subscriber gets every message, whichever node it is on.
+#[test]
+fn fanout_spreads_subscribers_over_nodes_and_publishes_on_another() {
+    let valkey = Valkey::start();
+    let nodes = [valkey.node(), valkey.node(), valkey.node()];
+    let v = run(
+        &nodes[0],
+        "fanout",
+        &[
+            "--url",
+            &nodes[1].url,
+            "--publish-url",
+            &nodes[2].url,
+            "--subscribers",
+            "6",
+            "--rate",
+            "200",
+        ],
+    );
+    let published = u(&v, "published");
+    assert!(published > 0, "{v:#}");
+    assert_eq!(u(&v, "delivered"), published * 6, "{v:#}");
+    assert_eq!(u(&v, "lost"), 0, "{v:#}");
+    let host = |relay: &Relay| relay.url.trim_start_matches("http://").to_string();
+    assert_eq!(v["publish_url"], host(&nodes[2]), "{v:#}");
+    assert_eq!(
+        v["subscribe_urls"],
+        serde_json::json!([host(&nodes[0]), host(&nodes[1])]),
+        "{v:#}"
+    );
+}
+
+/// Two relays that share nothing: the subscribers on the relay the publisher does not post
+/// to get nothing, so the spread and `--publish-url` are what they say (every other
+/// subscriber is on the second relay).
+#[test]
+fn e2e_subscribers_alternate_between_urls() {
+    let (a, b) = (Relay::start(), Relay::start());
+    let (out, v) = run_with(
+        &a,
+        "e2e",
+        &[
+            "--secret",
+            SECRET,
+            "--url",
+            &b.url,
+            "--publish-url",
+            &b.url,
+            "--subscribers",
+            "4",
+            "--rate",
+            "200",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(3), "{v:#}");
+    let published = u(&v, "published");
+    assert!(published > 0, "{v:#}");
+    // Subscribers 1 and 3 are on b, where the messages are published; 0 and 2 on a.
+    assert_eq!(u(&v, "expected"), published * 4, "{v:#}");
+    assert_eq!(u(&v, "delivered"), published * 2, "{v:#}");
+    assert_eq!(u(&v, "lost"), published * 2, "{v:#}");
+    assert!(
+        v["setup"].as_str().unwrap().contains(&format!(
+            "publishing on {}",
+            b.url.trim_start_matches("http://")
+        )),
+        "{v:#}"
     );
 }
 

@@ -66,12 +66,17 @@ pub fn run(
         "subscribers",
         |t| {
             let mine = super::clients_of(t, threads, subscribers, &topics);
-            let (target, token, live) = (common.target.clone(), common.token.clone(), live.clone());
+            let (targets, token, live) = (
+                common.subscribe_targets.clone(),
+                common.token.clone(),
+                live.clone(),
+            );
             Box::new(move || {
                 let poller = Poller::new().map_err(|e| format!("epoll: {e}"))?;
                 let mut subs = Vec::with_capacity(mine.len());
                 for (number, topic) in mine {
-                    let mut ws = ws::open(&target, &token, None, READ_BUFFER)?;
+                    let target = &targets[number % targets.len()];
+                    let mut ws = ws::open(target, &token, None, READ_BUFFER)?;
                     ws.subscribe(&topic)?;
                     ws.set_nonblocking()?;
                     poller
@@ -116,13 +121,25 @@ pub fn run(
         Kind::Fanout => ("fanout", "fan-out"),
         Kind::E2e => ("e2e", "publish -> receive"),
     };
-    let setup = format!(
+    let mut setup = format!(
         "{what}, {} over {}, publisher at {} on {}",
         plural(subscribers, "subscriber"),
         plural(topics.len(), "topic"),
         rate_words(load.rate),
         plural(load.connections, "connection")
     );
+    let relays = &common.subscribe_targets;
+    if relays.len() > 1 || common.publish_target.addr != common.target.addr {
+        setup += &format!(
+            "; publishing on {}, subscribers on {}",
+            common.publish_target.host,
+            relays
+                .iter()
+                .map(|t| t.host.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
     let extras = vec![
         ("published", json!(published.published_total())),
         ("expected", json!(tally.expected)),
@@ -135,6 +152,11 @@ pub fn run(
         ("subscribers", json!(subscribers)),
         ("topics", json!(topics.len())),
         ("target_rate", json!(load.rate)),
+        ("publish_url", json!(common.publish_target.host)),
+        (
+            "subscribe_urls",
+            json!(relays.iter().map(|t| t.host.as_str()).collect::<Vec<_>>()),
+        ),
     ];
     Ok(Summary {
         scenario,

@@ -199,7 +199,7 @@ fn settle(live: &Live, expected: u64) {
 }
 
 /// Starts the publisher that feeds the receiving scenarios (stamped payloads, one
-/// thread), or stops the receivers when it cannot start.
+/// thread, on `--publish-url`), or stops the receivers when it cannot start.
 fn start_feeding(
     common: &Common,
     load: &Load,
@@ -208,7 +208,7 @@ fn start_feeding(
     receivers: &Live,
 ) -> Result<Publisher, String> {
     let plan = Plan {
-        target: common.target.clone(),
+        target: common.publish_target.clone(),
         token: common.token.clone(),
         connections: load.connections,
         threads: 1,
