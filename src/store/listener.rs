@@ -278,11 +278,14 @@ impl Listener {
                 Some(Err(err)) => return err,
             };
             ping_sent = None;
+            let value = match message(value) {
+                Ok(heard) => {
+                    self.hear(heard);
+                    continue;
+                }
+                Err(value) => value,
+            };
             match push(&value) {
-                Some((b"message", channel, Some(data))) => self.hear(Heard::Message {
-                    channel: channel.to_vec(),
-                    data: data.to_vec(),
-                }),
                 Some((b"subscribe", channel, _)) => {
                     if resubscribing.remove(channel) && resubscribing.is_empty() && resume_due {
                         self.hear(Heard::Resumed);
@@ -310,7 +313,26 @@ impl Listener {
     }
 }
 
-/// A push on a subscribed connection: its kind, channel and (for messages) data.
+/// A `message` push as heard, its channel and data moved out of the reply (per message:
+/// no copy); any other value back.
+fn message(value: Value) -> Result<Heard, Value> {
+    let Value::Array(mut parts) = value else {
+        return Err(value);
+    };
+    match parts.as_mut_slice() {
+        [kind, Value::BulkString(channel), Value::BulkString(data)]
+            if resp::bytes(kind) == Some(&b"message"[..]) =>
+        {
+            Ok(Heard::Message {
+                channel: std::mem::take(channel),
+                data: std::mem::take(data),
+            })
+        }
+        _ => Err(Value::Array(parts)),
+    }
+}
+
+/// Any other push on a subscribed connection: its kind, channel and data.
 type Push<'a> = (&'a [u8], &'a [u8], Option<&'a [u8]>);
 
 fn push(value: &Value) -> Option<Push<'_>> {
@@ -321,4 +343,33 @@ fn push(value: &Value) -> Option<Push<'_>> {
     let channel = parts.get(1).and_then(resp::bytes).unwrap_or_default();
     let data = parts.get(2).and_then(resp::bytes);
     Some((kind, channel, data))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bulk(text: &[u8]) -> Value {
+        Value::BulkString(text.to_vec())
+    }
+
+    #[test]
+    fn message_pushes_are_heard_and_other_pushes_read_as_such() {
+        let heard = message(Value::Array(vec![
+            bulk(b"message"),
+            bulk(b"ch"),
+            bulk(b"data"),
+        ]));
+        assert_eq!(
+            heard,
+            Ok(Heard::Message {
+                channel: b"ch".to_vec(),
+                data: b"data".to_vec()
+            })
+        );
+        let confirmation = Value::Array(vec![bulk(b"subscribe"), bulk(b"ch"), Value::Int(1)]);
+        let back = message(confirmation.clone()).unwrap_err();
+        assert_eq!(back, confirmation);
+        assert_eq!(push(&back), Some((&b"subscribe"[..], &b"ch"[..], None)));
+    }
 }

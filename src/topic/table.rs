@@ -348,10 +348,16 @@ impl TopicTable {
 
     /// The last ID of a loaded topic (`None` when it is not loaded here).
     pub fn last_id(&self, name: &str) -> Option<MessageId> {
+        self.loaded(name).map(|(_, id)| id)
+    }
+
+    /// A loaded topic's name as the table holds it (for its messages to share) and its
+    /// last ID.
+    pub fn loaded(&self, name: &str) -> Option<(Arc<str>, MessageId)> {
         self.topics
             .get(name)
             .filter(|t| t.loaded)
-            .map(|t| t.last_id)
+            .map(|t| (Arc::clone(&t.name), t.last_id))
     }
 
     fn insert(&mut self, msg: Arc<Message>, now_ms: u64, durable: Option<MessageId>) -> Published {

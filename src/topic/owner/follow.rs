@@ -185,19 +185,18 @@ impl Owner {
                 .insert(Arc::from(topic), Behind::upto(id));
             return;
         }
-        let Some(last) = self.table.borrow().last_id(topic) else {
+        let Some((name, last)) = self.table.borrow().loaded(topic) else {
             return;
         };
         if id <= last {
             return;
         }
         if heard.prev == last {
-            let topic = Arc::from(topic);
-            self.deliver(Message::from_entry(&topic, heard.entry));
+            self.deliver(Message::from_entry(&name, heard.entry));
             return;
         }
         metrics::add(&self.metrics.cluster_gaps, 1);
-        self.catch_up(Arc::from(topic), id);
+        self.catch_up(name, id);
     }
 
     /// Reads `topic` from its last ID here up to `target` (at least) before anything
