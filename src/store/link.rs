@@ -429,21 +429,7 @@ impl Link {
                 // An idle connection is watched (Valkey closing it shows at once) and
                 // checked with a PING, so a dead Valkey shows on /ready even when nothing
                 // is written.
-                let woken = future::or(
-                    async {
-                        self.wake.wait().await;
-                        Ok(true)
-                    },
-                    future::or(
-                        async {
-                            sleep(IDLE_PING).await;
-                            Ok(false)
-                        },
-                        async { Err(closed_while_idle(stream).await) },
-                    ),
-                )
-                .await;
-                match woken {
+                match idle(&self.wake, stream).await {
                     Err(err) => {
                         metrics::add(&self.metrics.valkey_errors, 1);
                         return err;
@@ -623,7 +609,27 @@ fn read_request(cmd: &redis::Cmd, reply: &Reply) -> Request {
 /// it, or sent bytes nobody asked for. Dropping it loses nothing: glommio reads with a
 /// plain `recv` once the socket is readable, and over TLS the session keeps any record it
 /// read (a TLS 1.3 session ticket yields no plaintext, so it does not end the wait).
-pub(super) async fn closed_while_idle(stream: &mut Stream) -> LinkError {
+/// Waits on an idle connection (the link's, and each Cluster primary's): `Ok(true)` when
+/// `wake` says there is work, `Ok(false)` after [`IDLE_PING`] (time to check the
+/// connection with a PING), `Err` when Valkey closed it or sent something unasked.
+pub(super) async fn idle(wake: &Signal, stream: &mut Stream) -> Result<bool, LinkError> {
+    future::or(
+        async {
+            wake.wait().await;
+            Ok(true)
+        },
+        future::or(
+            async {
+                sleep(IDLE_PING).await;
+                Ok(false)
+            },
+            async { Err(closed_while_idle(stream).await) },
+        ),
+    )
+    .await
+}
+
+async fn closed_while_idle(stream: &mut Stream) -> LinkError {
     let mut byte = [0u8; 1];
     match stream.read(&mut byte).await {
         Ok(0) => LinkError::Io("connection closed by Valkey".into()),

@@ -36,8 +36,7 @@ use crate::metrics::{self, ShardMetrics};
 use crate::rt::signal::Slot;
 use crate::rt::{now_ms, sleep, spawn_local};
 use crate::store::link::{
-    closed_while_idle, Link, LinkError, ReplicaWait, Replies, Reply, BACKOFF_MAX, BACKOFF_MIN,
-    IDLE_PING,
+    idle, Link, LinkError, ReplicaWait, Replies, Reply, BACKOFF_MAX, BACKOFF_MIN,
 };
 use crate::store::resp;
 use crate::store::retry::connect_failure;
@@ -559,21 +558,7 @@ impl Cluster {
                 }
                 // Watched like the standalone link's: Valkey closing an idle connection
                 // shows at once, and a PING every second checks the rest.
-                let woken = future::or(
-                    async {
-                        node.wake.wait().await;
-                        Ok(true)
-                    },
-                    future::or(
-                        async {
-                            sleep(IDLE_PING).await;
-                            Ok(false)
-                        },
-                        async { Err(closed_while_idle(stream).await) },
-                    ),
-                )
-                .await;
-                match woken {
+                match idle(&node.wake, stream).await {
                     Err(err) => {
                         metrics::add(&self.metrics.valkey_errors, 1);
                         return Some(err);
