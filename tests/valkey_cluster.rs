@@ -42,32 +42,6 @@ fn call(relay: &Relay, method: &str, path: &str, token: &str, body: &Value) -> R
     relay.request(method, path, &[auth.as_pair()], &text)
 }
 
-/// The IDs of `topic` long-polls from the earliest answer, page after page.
-fn replayed(relay: &Relay, topic: &str) -> Vec<String> {
-    let mut all: Vec<String> = Vec::new();
-    loop {
-        let since = all.last().map_or("earliest", String::as_str);
-        let resp = relay.poll(&format!(
-            "topics={topic}&since={since}&timeout=1&limit=1000"
-        ));
-        resp.assert_status(200);
-        let body = resp.json();
-        all.extend(ids(&body["messages"]));
-        if body["has_more"] != true {
-            return all;
-        }
-    }
-}
-
-fn ids(messages: &Value) -> Vec<String> {
-    messages
-        .as_array()
-        .unwrap_or_else(|| panic!("not a message list: {messages}"))
-        .iter()
-        .map(|m| id_of(m).to_string())
-        .collect()
-}
-
 fn idempotent_publish(relay: &Relay, key: &str, body: &str) -> Response {
     let token = rw_token();
     relay.request(
@@ -200,7 +174,11 @@ fn publishing_replay_history_positions_idempotency_and_accounts_live_on_the_clus
             &Value::Null,
         );
         history.assert_status(200);
-        assert_eq!(&ids(&history.json()["messages"]), sent, "{topic}: history");
+        assert_eq!(
+            &ids_in(&history.json()["messages"]),
+            sent,
+            "{topic}: history"
+        );
     }
     let listed = call(&relay, "GET", "/api/v1/topics", &rw_token(), &Value::Null);
     listed.assert_status(200);
@@ -231,7 +209,7 @@ fn publishing_replay_history_positions_idempotency_and_accounts_live_on_the_clus
     );
     let resp = relay.poll(&format!("topics={}&client_id=c-poll&timeout=1", topics[5]));
     resp.assert_status(200);
-    assert_eq!(ids(&resp.json()["messages"]), published[5][3..]);
+    assert_eq!(ids_in(&resp.json()["messages"]), published[5][3..]);
 
     // The idempotency answer and the account were read back from the cluster.
     let again = idempotent_publish(&relay, &idem_key, &idem_body);
@@ -624,7 +602,7 @@ fn reads_right_after_a_primary_dropped_the_relays_connections_succeed_on_every_s
             );
             page.assert_status(200);
             assert_eq!(
-                &ids(&page.json()["messages"]),
+                &ids_in(&page.json()["messages"]),
                 expected,
                 "history of {topic}"
             );

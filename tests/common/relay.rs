@@ -490,3 +490,30 @@ pub fn poll_while_publishing(
     stop.store(true, Ordering::Release);
     (resp, publisher.join().unwrap())
 }
+
+/// The IDs of a list of delivered messages (a poll's `messages`), in order.
+pub fn ids_in(messages: &Value) -> Vec<String> {
+    messages
+        .as_array()
+        .unwrap_or_else(|| panic!("not a message list: {messages}"))
+        .iter()
+        .map(|m| id_of(m).to_string())
+        .collect()
+}
+
+/// Every ID of `topic` as `relay` replays it from the earliest, long-poll page after page.
+pub fn replayed(relay: &Relay, topic: &str) -> Vec<String> {
+    let mut all: Vec<String> = Vec::new();
+    loop {
+        let since = all.last().map_or("earliest", String::as_str);
+        let resp = relay.poll(&format!(
+            "topics={topic}&since={since}&timeout=1&limit=1000"
+        ));
+        resp.assert_status(200);
+        let body = resp.json();
+        all.extend(ids_in(&body["messages"]));
+        if body["has_more"] != true {
+            return all;
+        }
+    }
+}
