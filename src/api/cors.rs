@@ -52,8 +52,8 @@ pub fn preflight(allowed: &[String], req: &Request) -> Option<Response> {
     if req.method != Method::Options {
         return None;
     }
-    let Some(methods) = methods_of(&req.path) else {
-        return Some(ApiError::not_found(&req.path).into_response());
+    let Some(methods) = methods_of(req.path()) else {
+        return Some(ApiError::not_found(req.path()).into_response());
     };
     if req.header("origin").is_none() {
         // A plain OPTIONS: say what the path accepts.

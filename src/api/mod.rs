@@ -169,10 +169,10 @@ async fn http_loop(conn: &mut Conn, probe: bool) -> io::Result<()> {
                 continue_sent = false;
                 let keep_alive = req.keep_alive && !conn.ctl.closing() && !probe;
                 let head_only = req.method == Method::Head;
-                let label = routes::label(&req.path);
+                let label = routes::label(req.path());
                 let started = Instant::now();
                 let cors = cors::allow_origin(&conn.shard.config.server.allowed_origins, &req);
-                let outcome = if probe && !routes::serves_probes(&req.path) {
+                let outcome = if probe && !routes::serves_probes(req.path()) {
                     Outcome::Reply(over_capacity().into_response())
                 } else {
                     match cors::preflight(&conn.shard.config.server.allowed_origins, &req) {
@@ -274,9 +274,9 @@ async fn http_loop(conn: &mut Conn, probe: bool) -> io::Result<()> {
 async fn route(conn: &mut Conn, req: Request, auth: &mut AuthCache) -> Outcome {
     use routes::Endpoint::*;
     let shard = Rc::clone(&conn.shard);
-    let (route, param) = match routes::find(&req.path, req.method) {
+    let (route, param) = match routes::find(req.path(), req.method) {
         Ok(found) => (found.route, found.param.map(Cow::into_owned)),
-        Err(Miss::NotFound) => return Outcome::from(Err(ApiError::not_found(&req.path))),
+        Err(Miss::NotFound) => return Outcome::from(Err(ApiError::not_found(req.path()))),
         Err(Miss::NotAllowed(allow)) => {
             return Outcome::from(Err(ApiError::method_not_allowed(allow)))
         }
@@ -375,9 +375,9 @@ async fn route(conn: &mut Conn, req: Request, auth: &mut AuthCache) -> Outcome {
             }
         }
         NotAllowed => Err(ApiError::method_not_allowed(
-            routes::allow(&req.path).unwrap_or_default(),
+            routes::allow(req.path()).unwrap_or_default(),
         )),
-        NotFound => Err(ApiError::not_found(&req.path)),
+        NotFound => Err(ApiError::not_found(req.path())),
     };
     result.into()
 }

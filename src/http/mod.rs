@@ -6,9 +6,11 @@
 //! It must not touch routing, authentication or topic state (those live in `api`).
 
 pub mod event_stream;
+pub mod fields;
 pub mod request;
 pub mod response;
 pub mod target;
 
+pub use fields::Fields;
 pub use request::{HttpError, Limits, Method, Request, RequestDecoder};
 pub use response::{encode, error_body, http_date, reason_phrase, Response};

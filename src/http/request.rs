@@ -27,6 +27,8 @@
 use std::borrow::Cow;
 use std::fmt;
 
+use super::fields::Fields;
+
 /// Size limits applied while decoding; every one is checked before the bytes it guards are
 /// buffered in full, so a client cannot make the server hold more than the limits allow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,12 +87,11 @@ impl Method {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Request {
     pub method: Method,
-    /// The request target up to `?`, not percent-decoded.
-    pub path: String,
-    /// The raw text after the first `?`, if any.
-    pub query: Option<String>,
-    /// In arrival order; names lower-cased, values trimmed of surrounding spaces and tabs.
-    pub headers: Vec<(String, String)>,
+    /// The path, then the query (one allocation for both).
+    target: String,
+    path_len: usize,
+    has_query: bool,
+    pub headers: Fields,
     /// De-chunked.
     pub body: Vec<u8>,
     pub keep_alive: bool,
@@ -98,18 +99,25 @@ pub struct Request {
 }
 
 impl Request {
+    /// The request target up to `?`, not percent-decoded.
+    pub fn path(&self) -> &str {
+        &self.target[..self.path_len]
+    }
+
+    /// The raw text after the first `?`, if any.
+    pub fn query(&self) -> Option<&str> {
+        self.has_query.then(|| &self.target[self.path_len..])
+    }
+
     /// The first header with this name, compared case-insensitively.
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        self.headers.get(name)
     }
 
     /// The first query parameter with this (decoded) name, percent-decoded with `+` as space.
     /// Invalid UTF-8 after decoding is replaced with U+FFFD: callers validate values anyway.
     pub fn query_param(&self, name: &str) -> Option<String> {
-        form_pairs(self.query.as_deref()?)
+        form_pairs(self.query()?)
             .find(|(key, _)| key == name)
             .map(|(_, value)| value.into_owned())
     }
@@ -313,9 +321,10 @@ pub struct RequestDecoder {
 #[derive(Debug)]
 struct Head {
     method: Method,
-    path: String,
-    query: Option<String>,
-    headers: Vec<(String, String)>,
+    target: String,
+    path_len: usize,
+    has_query: bool,
+    headers: Fields,
     keep_alive: bool,
     version_minor: u8,
     expects_continue: bool,
@@ -478,6 +487,35 @@ fn has_bare_lf(bytes: &[u8]) -> bool {
     false
 }
 
+/// The header fields the decoder reads itself (framing, keep-alive, Host).
+enum Framed {
+    ContentLength,
+    TransferEncoding,
+    Connection,
+    Expect,
+    Host,
+    Other,
+}
+
+impl Framed {
+    fn of(name: &str) -> Framed {
+        let is = |known: &str| name.eq_ignore_ascii_case(known);
+        if is("content-length") {
+            Framed::ContentLength
+        } else if is("transfer-encoding") {
+            Framed::TransferEncoding
+        } else if is("connection") {
+            Framed::Connection
+        } else if is("expect") {
+            Framed::Expect
+        } else if is("host") {
+            Framed::Host
+        } else {
+            Framed::Other
+        }
+    }
+}
+
 fn build_head(
     parsed: &httparse::Request<'_, '_>,
     head_len: usize,
@@ -489,7 +527,7 @@ fn build_head(
             .map_err(HttpError::InvalidTarget)?;
     let version_minor = parsed.version.unwrap_or(1);
 
-    let mut headers = Vec::with_capacity(parsed.headers.len());
+    let mut headers = Fields::with_capacity(head_len, parsed.headers.len());
     let mut content_length: Option<u64> = None;
     let mut content_length_invalid = false;
     let mut transfer_encoding = false;
@@ -503,13 +541,13 @@ fn build_head(
     let mut expect_continue = false;
 
     for header in parsed.headers.iter() {
-        let name = header.name.to_ascii_lowercase();
+        let name = header.name;
         let Ok(value) = std::str::from_utf8(header.value) else {
-            return Err(HttpError::InvalidHeaderValue(name));
+            return Err(HttpError::InvalidHeaderValue(name.to_ascii_lowercase()));
         };
         let value = value.trim_matches([' ', '\t']);
-        match name.as_str() {
-            "content-length" => {
+        match Framed::of(name) {
+            Framed::ContentLength => {
                 // A list of identical values ("5, 5") is what some proxies send when they
                 // merge duplicates; RFC 9110 §8.6 lets us accept it, but not differing ones.
                 for part in value.split(',') {
@@ -523,7 +561,7 @@ fn build_head(
                     }
                 }
             }
-            "transfer-encoding" => {
+            Framed::TransferEncoding => {
                 transfer_encoding = true;
                 for coding in value.split(',').map(|c| c.trim_matches([' ', '\t'])) {
                     if !coding.is_empty() {
@@ -533,20 +571,20 @@ fn build_head(
                     }
                 }
             }
-            "connection" => {
+            Framed::Connection => {
                 for token in value.split(',').map(|t| t.trim_matches([' ', '\t'])) {
                     connection_close |= token.eq_ignore_ascii_case("close");
                     connection_keep_alive |= token.eq_ignore_ascii_case("keep-alive");
                 }
             }
-            "expect" => expect_continue = value.eq_ignore_ascii_case("100-continue"),
-            "host" => {
+            Framed::Expect => expect_continue = value.eq_ignore_ascii_case("100-continue"),
+            Framed::Host => {
                 hosts += 1;
                 host_valid &= super::target::valid_host(value);
             }
-            _ => {}
+            Framed::Other => {}
         }
-        headers.push((name, value.to_owned()));
+        headers.push(name, value);
     }
 
     // Framing is decided in this order so that every smuggling shape is refused before any
@@ -608,8 +646,9 @@ fn build_head(
     Ok(PendingBody {
         head: Head {
             method,
-            path: path.to_owned(),
-            query: query.map(str::to_owned),
+            target: [path, query.unwrap_or_default()].concat(),
+            path_len: path.len(),
+            has_query: query.is_some(),
             headers,
             keep_alive,
             version_minor,
@@ -690,8 +729,9 @@ impl PendingBody {
         let PendingBody { head, body, .. } = self;
         Request {
             method: head.method,
-            path: head.path,
-            query: head.query,
+            target: head.target,
+            path_len: head.path_len,
+            has_query: head.has_query,
             headers: head.headers,
             body,
             keep_alive: head.keep_alive,
@@ -846,14 +886,11 @@ mod tests {
         let (req, consumed) = decode_one(LIMITS, raw);
         assert_eq!(consumed, raw.len());
         assert_eq!(req.method, Method::Get);
-        assert_eq!(req.path, "/api/v1/poll");
-        assert_eq!(req.query.as_deref(), Some("topics=a,b&timeout=30"));
+        assert_eq!(req.path(), "/api/v1/poll");
+        assert_eq!(req.query(), Some("topics=a,b&timeout=30"));
         assert_eq!(
-            req.headers,
-            vec![
-                ("host".to_owned(), "x".to_owned()),
-                ("x-thing".to_owned(), "v".to_owned())
-            ]
+            req.headers.iter().collect::<Vec<_>>(),
+            vec![("host", "x"), ("x-thing", "v")]
         );
         assert!(req.body.is_empty());
         assert!(req.keep_alive);
@@ -863,11 +900,11 @@ mod tests {
     #[test]
     fn path_is_not_percent_decoded_and_query_is_optional() {
         let (req, _) = decode_one(LIMITS, b"GET /a%20b HTTP/1.1\r\nHost: h\r\n\r\n");
-        assert_eq!(req.path, "/a%20b");
-        assert_eq!(req.query, None);
+        assert_eq!(req.path(), "/a%20b");
+        assert_eq!(req.query(), None);
         assert_eq!(req.query_param("a"), None);
         let (req, _) = decode_one(LIMITS, b"GET /x? HTTP/1.1\r\nHost: h\r\n\r\n");
-        assert_eq!(req.query.as_deref(), Some(""));
+        assert_eq!(req.query(), Some(""));
     }
 
     #[test]
@@ -945,7 +982,7 @@ mod tests {
         let mut dec = decoder();
         let (req, consumed) = feed_bytewise(&mut dec, raw);
         assert_eq!(consumed, raw.len());
-        assert_eq!(req.path, "/x");
+        assert_eq!(req.path(), "/x");
         assert!(!dec.in_body());
     }
 
@@ -979,7 +1016,7 @@ mod tests {
         let mut buf: &[u8] = raw;
         let mut seen = Vec::new();
         while let Some((req, consumed)) = dec.decode(buf).unwrap() {
-            seen.push((req.path, req.body));
+            seen.push((req.path().to_owned(), req.body));
             buf = &buf[consumed..];
         }
         assert_eq!(
@@ -1015,7 +1052,7 @@ mod tests {
         assert_eq!(consumed, CHUNKED.len());
         assert_eq!(req.body, b"hello, world!!!!");
         let (next, _) = dec.decode(&raw[consumed..]).unwrap().unwrap();
-        assert_eq!(next.path, "/next");
+        assert_eq!(next.path(), "/next");
     }
 
     #[test]
@@ -1310,8 +1347,8 @@ mod tests {
     fn absolute_form_targets_become_their_path() {
         let raw = b"POST http://relay.test:8080/api/v1/messages?x=1 HTTP/1.1\r\nHost: h\r\n\r\n";
         let (req, _) = decode_one(LIMITS, raw);
-        assert_eq!(req.path, "/api/v1/messages");
-        assert_eq!(req.query.as_deref(), Some("x=1"));
+        assert_eq!(req.path(), "/api/v1/messages");
+        assert_eq!(req.query(), Some("x=1"));
         for raw in [
             &b"GET ftp://relay.test/ HTTP/1.1\r\nHost: h\r\n\r\n"[..],
             b"GET relay.test:80 HTTP/1.1\r\nHost: h\r\n\r\n",
@@ -1321,7 +1358,7 @@ mod tests {
             assert_eq!((err.status(), err.code()), (400, "INVALID_TARGET"), "{err}");
         }
         let (req, _) = decode_one(LIMITS, b"OPTIONS * HTTP/1.1\r\nHost: h\r\n\r\n");
-        assert_eq!(req.path, "*");
+        assert_eq!(req.path(), "*");
     }
 
     #[test]

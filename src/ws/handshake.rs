@@ -10,6 +10,7 @@
 use std::fmt;
 
 use crate::http::response::{error_body, push_header, Response};
+use crate::http::Fields;
 
 /// Why an upgrade request was refused. Every variant is answered with [`status`](Self::status)
 /// and the headers in [`response`](Self::response).
@@ -86,15 +87,15 @@ impl fmt::Display for HandshakeError {
 
 impl std::error::Error for HandshakeError {}
 
-fn values<'a>(headers: &'a [(String, String)], name: &'a str) -> impl Iterator<Item = &'a str> {
+fn values<'a>(headers: &'a Fields, name: &'a str) -> impl Iterator<Item = &'a str> {
     headers
         .iter()
         .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
-        .map(|(_, v)| v.as_str())
+        .map(|(_, v)| v)
 }
 
 /// Whether any `name` header holds `token` in its comma-separated list.
-fn has_token(headers: &[(String, String)], name: &str, token: &str) -> bool {
+fn has_token(headers: &Fields, name: &str, token: &str) -> bool {
     values(headers, name)
         .flat_map(|value| value.split(','))
         .any(|t| t.trim_matches([' ', '\t']).eq_ignore_ascii_case(token))
@@ -119,7 +120,7 @@ fn is_valid_key(key: &str) -> bool {
 /// `Sec-WebSocket-Key` that is base64 of 16 bytes) and returns the `Sec-WebSocket-Accept`
 /// value.
 pub fn accept(
-    headers: &[(String, String)],
+    headers: &Fields,
     method_is_get: bool,
     http_version_minor: u8,
 ) -> Result<String, HandshakeError> {
@@ -154,7 +155,7 @@ pub fn accept(
 
 /// Every subprotocol the client offered, in order: all `Sec-WebSocket-Protocol` headers,
 /// split on commas, trimmed, empty entries dropped.
-pub fn requested_protocols(headers: &[(String, String)]) -> Vec<String> {
+pub fn requested_protocols(headers: &Fields) -> Vec<String> {
     values(headers, "sec-websocket-protocol")
         .flat_map(|value| value.split(','))
         .map(|p| p.trim_matches([' ', '\t']))
@@ -184,14 +185,11 @@ mod tests {
     const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
     const ACCEPT: &str = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=";
 
-    fn headers(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs
-            .iter()
-            .map(|(n, v)| (n.to_ascii_lowercase(), (*v).to_owned()))
-            .collect()
+    fn headers(pairs: &[(&str, &str)]) -> Fields {
+        pairs.iter().copied().collect()
     }
 
-    fn valid() -> Vec<(String, String)> {
+    fn valid() -> Fields {
         headers(&[
             ("Host", "relay"),
             ("Upgrade", "websocket"),
@@ -201,12 +199,13 @@ mod tests {
         ])
     }
 
-    fn replace(name: &str, value: Option<&str>) -> Vec<(String, String)> {
-        let mut h: Vec<_> = valid().into_iter().filter(|(n, _)| n != name).collect();
-        if let Some(value) = value {
-            h.push((name.to_owned(), value.to_owned()));
-        }
-        h
+    fn replace(name: &str, value: Option<&str>) -> Fields {
+        let valid = valid();
+        valid
+            .iter()
+            .filter(|(n, _)| *n != name)
+            .chain(value.map(|v| (name, v)))
+            .collect()
     }
 
     #[test]
@@ -224,10 +223,12 @@ mod tests {
         ]);
         assert_eq!(accept(&h, true, 1), Ok(ACCEPT.to_owned()));
         // Header names are matched case-insensitively too.
-        let h: Vec<_> = valid()
-            .into_iter()
+        let valid = valid();
+        let upper: Vec<(String, &str)> = valid
+            .iter()
             .map(|(n, v)| (n.to_ascii_uppercase(), v))
             .collect();
+        let h: Fields = upper.iter().map(|(n, v)| (n.as_str(), *v)).collect();
         assert_eq!(accept(&h, true, 1), Ok(ACCEPT.to_owned()));
     }
 
@@ -270,7 +271,7 @@ mod tests {
     #[test]
     fn version_must_be_13() {
         let mut twice = valid();
-        twice.push(("sec-websocket-version".to_owned(), "8".to_owned()));
+        twice.push("sec-websocket-version", "8");
         for h in [
             replace("sec-websocket-version", None),
             replace("sec-websocket-version", Some("8")),
@@ -326,7 +327,7 @@ mod tests {
     #[test]
     fn duplicate_keys_are_refused() {
         let mut h = valid();
-        h.push(("sec-websocket-key".to_owned(), KEY.to_owned()));
+        h.push("sec-websocket-key", KEY);
         assert_eq!(accept(&h, true, 1), Err(HandshakeError::InvalidKey));
     }
 

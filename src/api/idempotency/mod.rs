@@ -72,7 +72,7 @@ pub fn key_of(req: &Request) -> Result<Option<Box<str>>, ApiError> {
     };
     let valid = (1..=MAX_KEY_LEN).contains(&key.len()) && key.bytes().all(|b| b.is_ascii_graphic());
     if valid && keys.next().is_none() {
-        Ok(Some(key.as_str().into()))
+        Ok(Some(key.into()))
     } else {
         Err(ApiError::invalid(
             "INVALID_IDEMPOTENCY_KEY",
