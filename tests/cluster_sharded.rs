@@ -3,7 +3,8 @@
 //! the publish script announces with SPUBLISH, called by its digest (EVALSHA). Checked on
 //! the real 3+3 Valkey Cluster with three relay nodes: the subscriptions are where they
 //! should be (and nowhere classic), a slot migrated and a primary failed over under load
-//! lose and repeat nothing and the subscriptions follow the slot, and a Valkey that lost
+//! lose and repeat nothing and the subscriptions follow the slot, so does a lost pub/sub
+//! connection, and a Valkey that lost
 //! its script cache still takes the next publish once.
 
 mod common;
@@ -228,6 +229,39 @@ fn a_primary_failover_under_load_loses_and_repeats_nothing() {
         assert_exactly_once_in_order(&seen, std::slice::from_ref(&produced));
         assert!(ws.collect_until_pong().is_empty(), "repeated deliveries");
     }
+    for node in &nodes[1..] {
+        assert!(node.metrics().sum("pulsar_cluster_resumes_total") >= 1.0);
+    }
+}
+
+/// A lost pub/sub connection (one primary's): the node subscribes again there and reads
+/// back only the topics whose channels were on it.
+#[test]
+fn pubsub_connections_killed_under_load_lose_and_repeat_nothing() {
+    let cluster = ValkeyCluster::start();
+    let nodes = nodes_on_cluster(&cluster);
+    let topic = "ticks";
+    let mut watcher = nodes[1].ws();
+    watcher.subscribe(&[topic], json!({}));
+    assert_subscribed_at_primary(&cluster, topic, 1);
+    let stop = Arc::new(AtomicBool::new(false));
+    let producer = produce(&nodes[0], topic, Arc::clone(&stop), 200);
+    thread::sleep(Duration::from_millis(300));
+    let primary = cluster.nodes[primary_of(&cluster, topic)].port;
+    for _ in 0..3 {
+        cluster_command(primary, &["CLIENT", "KILL", "TYPE", "pubsub"]);
+        thread::sleep(Duration::from_millis(200));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let produced = producer.join().unwrap();
+    let seen = delivered(&mut watcher, produced.len());
+    assert_exactly_once_in_order(&seen, std::slice::from_ref(&produced));
+    assert!(
+        watcher.collect_until_pong().is_empty(),
+        "repeated deliveries"
+    );
+    assert!(nodes[1].metrics().sum("pulsar_cluster_resumes_total") >= 1.0);
+    assert_subscribed_at_primary(&cluster, topic, 1);
 }
 
 #[test]
