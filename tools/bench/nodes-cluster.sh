@@ -98,9 +98,15 @@ echo
 echo "== 5a. Valkey alone: the publish script on the topic's primary, 3 subscribers, $calls calls per variant, $rounds rounds =="
 key=bench
 owner=$(owner_of "pulsar:{$key}:n")
+owner_pid=
+for i in "${!vports[@]}"; do [ "${vports[$i]}" = "$owner" ] && owner_pid=${vpids[$i]}; done
+# What the six nodes spend doing nothing (cluster bus, cron), per second, to subtract.
+i0=$(sum_cpu "${vpids[@]}"); t0=$(date +%s.%N); sleep 5
+idle=$(echo "($(sum_cpu "${vpids[@]}") - $i0) / ($(date +%s.%N) - $t0)" | bc -l)
+printf 'idle: the six nodes use %.1f ms of CPU per second; subtracted below\n' "$(echo "$idle * 1000" | bc -l)"
 payload='{"n":12345,"text":"hello relay, a message of about one hundred bytes for the benchmark!!"}'
 args=(3 "pulsar:{$key}:s" "pulsar:{$key}:l" "pulsar:{$key}:t" "pulsar:{$key}:n" 1000 0 1700000000000 "$payload" "" "")
-declare -A total_us
+declare -A total_us owner_us
 for round in $(seq "$rounds"); do
   for variant in "EVAL PUBLISH" "EVALSHA PUBLISH" "EVAL SPUBLISH" "EVALSHA SPUBLISH"; do
     by=${variant% *}; publish=${variant#* }
@@ -114,17 +120,22 @@ for round in $(seq "$rounds"); do
     sleep 0.3
     if [ "$by" = EVAL ]; then call=(EVAL "$text"); else
       call=(EVALSHA "$(redis-cli -p "$owner" script load "$text")"); fi
-    c0=$(script_calls); v0=$(sum_cpu "${vpids[@]}")
+    c0=$(script_calls); v0=$(sum_cpu "${vpids[@]}"); o0=$(cpu_s "$owner_pid"); t0=$(date +%s.%N)
     redis-benchmark -p "$owner" -c 4 -n "$calls" -q "${call[@]}" "${args[@]}" >/dev/null
-    c1=$(script_calls); v1=$(sum_cpu "${vpids[@]}")
+    c1=$(script_calls); v1=$(sum_cpu "${vpids[@]}"); o1=$(cpu_s "$owner_pid"); t1=$(date +%s.%N)
     kill "${subs[@]}"; wait "${subs[@]}" 2>/dev/null || true
-    us=$(echo "($v1 - $v0) * 1000000 / ($c1 - $c0)" | bc -l)
+    n=$((c1 - c0))
+    us=$(echo "($v1 - $v0 - $idle * ($t1 - $t0)) * 1000000 / $n" | bc -l)
+    own=$(echo "($o1 - $o0 - $idle / 6 * ($t1 - $t0)) * 1000000 / $n" | bc -l)
     total_us[$variant]=$(echo "${total_us[$variant]:-0} + $us" | bc -l)
-    printf 'round %d  %-17s calls %7d  valkey (6 nodes) %6.1f us/call\n' "$round" "$variant" $((c1 - c0)) "$us"
+    owner_us[$variant]=$(echo "${owner_us[$variant]:-0} + $own" | bc -l)
+    printf 'round %d  %-17s calls %7d  valkey %6.1f us/call (topic primary %5.1f, other 5 nodes %5.1f)\n' \
+      "$round" "$variant" "$n" "$us" "$own" "$(echo "$us - $own" | bc -l)"
   done
 done
 for variant in "EVAL PUBLISH" "EVALSHA PUBLISH" "EVAL SPUBLISH" "EVALSHA SPUBLISH"; do
-  printf 'mean   %-17s valkey %6.1f us/call\n' "$variant" "$(echo "${total_us[$variant]} / $rounds" | bc -l)"
+  printf 'mean   %-17s valkey %6.1f us/call (topic primary %5.1f)\n' "$variant" \
+    "$(echo "${total_us[$variant]} / $rounds" | bc -l)" "$(echo "${owner_us[$variant]} / $rounds" | bc -l)"
 done
 
 echo
@@ -141,16 +152,19 @@ done
 for n in 1 2 3; do
   for _ in $(seq 300); do curl -sf "$(url "$n")/ready" >/dev/null && break; sleep 0.05; done
 done
-c0=$(script_calls); v0=$(sum_cpu "${vpids[@]}"); r0=$(sum_cpu "${relay_pids[@]}")
+c0=$(script_calls); v0=$(sum_cpu "${vpids[@]}"); r0=$(sum_cpu "${relay_pids[@]}"); t0=$(date +%s.%N)
 "$loadgen" --secret "$secret" --duration "$duration" e2e --subscribers 10 --rate 1000 \
   --url "$(url 1)" --url "$(url 2)" --url "$(url 3)" --publish-url "$(url 1)" \
   --json "$work/e2e.json" >"$work/e2e.out" 2>&1 || cat "$work/e2e.out"
-c1=$(script_calls); v1=$(sum_cpu "${vpids[@]}"); r1=$(sum_cpu "${relay_pids[@]}")
+c1=$(script_calls); v1=$(sum_cpu "${vpids[@]}"); r1=$(sum_cpu "${relay_pids[@]}"); t1=$(date +%s.%N)
 m=$((c1 - c0))
-printf 'messages %d  valkey (6 nodes) %.1f us/msg  relays %.1f us/msg  ' "$m" \
-  "$(echo "($v1 - $v0) * 1000000 / $m" | bc -l)" "$(echo "($r1 - $r0) * 1000000 / $m" | bc -l)"
+printf 'messages %d  valkey (6 nodes, idle subtracted) %.1f us/msg  relays %.1f us/msg  ' "$m" \
+  "$(echo "($v1 - $v0 - $idle * ($t1 - $t0)) * 1000000 / $m" | bc -l)" "$(echo "($r1 - $r0) * 1000000 / $m" | bc -l)"
 jq -r '"p50 \(.latency_ms.p50) ms  p99 \(.latency_ms.p99) ms  lost \(.lost)"' "$work/e2e.json"
 sha=$(echo -n "$(script_text SPUBLISH)" | sha1sum | cut -d' ' -f1)
-echo "the relay's script is the one measured in 5a: SCRIPT EXISTS $sha on the topics' primaries:" \
-  "$(for p in "${primaries[@]}"; do redis-cli -p "$p" script exists "$sha" | tr -d '\n'; done)"
-echo "EVAL vs EVALSHA calls during 5b: $(for p in "${primaries[@]}"; do redis-cli -p "$p" info commandstats | tr -d '\r' | grep -o '^cmdstat_eval[a-z]*:calls=[0-9]*'; done | xargs)"
+# The relays' script is the one 5a measured (same text, same digest): SCRIPT EXISTS is 1 on
+# the primary their topics are on (and on 5a's), and its EVAL calls are the NOSCRIPT fallback.
+for p in "${primaries[@]}"; do
+  echo "primary $p: SCRIPT EXISTS (5a's SPUBLISH script) $(redis-cli -p "$p" script exists "$sha" | xargs)," \
+    "$(redis-cli -p "$p" info commandstats | tr -d '\r' | grep -o '^cmdstat_eval[a-z]*:calls=[0-9]*' | xargs), keys $(redis-cli -p "$p" dbsize)"
+done
