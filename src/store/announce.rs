@@ -127,15 +127,13 @@ impl Store {
     ) -> Option<Reply> {
         let v = self.valkey.as_ref()?;
         let min_id = now_ms().saturating_sub(v.retention_ms);
-        let mut cmd = match by {
-            ScriptBy::Digest => redis::cmd("EVALSHA"),
-            ScriptBy::Text => redis::cmd("EVAL"),
+        let (call, script) = match by {
+            ScriptBy::Digest => ("EVALSHA", v.publish.sha.as_str()),
+            ScriptBy::Text => ("EVAL", v.publish.text),
         };
-        match by {
-            ScriptBy::Digest => cmd.arg(&v.publish.sha),
-            ScriptBy::Text => cmd.arg(v.publish.text),
-        };
-        cmd.arg(3)
+        let mut cmd = redis::cmd(call);
+        cmd.arg(script)
+            .arg(3)
             .arg(v.stream_key(topic))
             .arg(v.last_id_key(topic))
             .arg(v.record_key(topic))

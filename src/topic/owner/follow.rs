@@ -88,7 +88,10 @@ impl Owner {
                         // the script's text, which caches it again) cannot publish it
                         // twice. The at-most-once rule of these writes (`write_once`) is
                         // about a publish that may have run, whose connection was lost
-                        // before its answer; this one certainly did not.
+                        // before its answer; this one certainly did not. Its ID is then
+                        // later than those of the batch's next messages if another client
+                        // cached the script again in between (after a SCRIPT FLUSH with
+                        // publishers on other nodes): delivery follows the IDs, as always.
                         let (again, recorded) =
                             owner.announce(&body, &publisher, &span, now, ScriptBy::Text);
                         unrecorded = recorded;
