@@ -392,7 +392,7 @@ fn render_nodes(out: &mut String, shards: &[Snapshot]) {
     header(
         out,
         "pulsar_cluster_resumes_total",
-        "Returns of a shard's Valkey pub/sub connection, after which every listened topic is read up to its end.",
+        "Subscriptions a shard restored after a lost pub/sub connection (every listened topic is then read up to its end) or, on a Valkey Cluster, after a slot move or failover (only the topics whose channels were resubscribed).",
         "counter",
     );
     let _ = writeln!(
