@@ -405,7 +405,7 @@ impl Shard {
     pub(super) fn metrics_snapshot(&self) -> metrics::Snapshot {
         let (topics, hot_tier_bytes, dropped) = self.topics.gauges();
         self.metrics.topics_dropped.set(dropped);
-        self.metrics.snapshot(
+        let mut snapshot = self.metrics.snapshot(
             metrics::Gauges {
                 connections: self.conns().live() as u64,
                 topics: topics as u64,
@@ -422,7 +422,9 @@ impl Shard {
                 ..metrics::Gauges::default()
             },
             self.store.primary_states(),
-        )
+        );
+        snapshot.pubsub_connections = self.store.pubsub_connections();
+        snapshot
     }
 }
 

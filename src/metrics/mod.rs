@@ -303,6 +303,7 @@ impl ShardMetrics {
             },
             requests: self.requests.borrow().clone(),
             primaries,
+            pubsub_connections: Vec::new(),
             publish_latency: self.publish_latency.borrow().clone(),
             delivery_latency: self.delivery_latency.borrow().clone(),
             valkey_latency: self.valkey_latency.borrow().clone(),
@@ -363,6 +364,9 @@ pub struct Snapshot {
     pub requests: RequestCounts,
     /// Each Valkey primary the shard writes to, and whether its connection is up.
     pub primaries: Vec<(String, bool)>,
+    /// Cluster mode: each Valkey node the shard holds a pub/sub connection to, whether it
+    /// is up, and the channels subscribed there (set by the caller after `snapshot`).
+    pub pubsub_connections: Vec<(String, bool, u64)>,
     pub publish_latency: Latency,
     pub delivery_latency: Latency,
     pub valkey_latency: Latency,
@@ -388,7 +392,7 @@ fn render_nodes(out: &mut String, shards: &[Snapshot]) {
     header(
         out,
         "pulsar_cluster_resumes_total",
-        "Returns of a shard's Valkey pub/sub connection, after which every listened topic is read up to its end.",
+        "Subscriptions a shard restored after a lost pub/sub connection (every listened topic is then read up to its end) or, on a Valkey Cluster, after a slot move or failover (only the topics whose channels were resubscribed).",
         "counter",
     );
     let _ = writeln!(
@@ -400,7 +404,7 @@ fn render_nodes(out: &mut String, shards: &[Snapshot]) {
     let gauges: [(&str, &str, PubsubGauge); 2] = [
         (
             "pulsar_cluster_pubsub_up",
-            "1 while the shard's Valkey pub/sub connection is up.",
+            "1 while every Valkey pub/sub connection the shard needs is up (on a Valkey Cluster: one per primary serving a listened topic's slot, and every listened topic has one).",
             |(up, _)| u64::from(up),
         ),
         (
@@ -414,6 +418,32 @@ fn render_nodes(out: &mut String, shards: &[Snapshot]) {
         for (shard, s) in shards.iter().enumerate() {
             if let Some(pubsub) = s.gauges.pubsub {
                 let _ = writeln!(out, "{name}{{shard=\"{shard}\"}} {}", value(pubsub));
+            }
+        }
+    }
+    type ConnectionGauge = fn(&(String, bool, u64)) -> u64;
+    let per_node: [(&str, &str, ConnectionGauge); 2] = [
+        (
+            "pulsar_cluster_pubsub_node_up",
+            "1 while the shard's pub/sub connection to this Valkey node (a Cluster primary, or the standalone server) is up.",
+            |(_, up, _)| u64::from(*up),
+        ),
+        (
+            "pulsar_cluster_pubsub_node_channels",
+            "Channels the shard subscribes to (or is subscribing to) on this Valkey node.",
+            |(_, _, channels)| *channels,
+        ),
+    ];
+    for (name, help, value) in per_node {
+        header(out, name, help, "gauge");
+        for (shard, s) in shards.iter().enumerate() {
+            for connection in &s.pubsub_connections {
+                let node = &connection.0;
+                let _ = writeln!(
+                    out,
+                    "{name}{{shard=\"{shard}\",node=\"{node}\"}} {}",
+                    value(connection)
+                );
             }
         }
     }

@@ -8,8 +8,14 @@
 //! `<prefix>:{<topic>}:l`), which lets a node that missed one (pub/sub is at-most-once) see
 //! the gap and read it from the stream.
 //!
-//! Channel: `<prefix>:{<topic>}:n`, in the topic's slot like its keys. Announcement:
+//! Channel: `<prefix>:{<topic>}:n`, in the topic's slot like its keys; announced with
+//! `PUBLISH` on a standalone Valkey, `SPUBLISH` (sharded pub/sub: only the topic's primary
+//! sends it on) on a Valkey Cluster. Announcement:
 //! `<prev> <id> <timestamp ms> <ttl ms or -> <metadata length>\n<metadata><payload>`.
+//!
+//! The script is called by its digest (`EVALSHA`), so its text is not sent per message;
+//! a Valkey that answers `NOSCRIPT` (restarted, failed over, `SCRIPT FLUSH`) gets it once
+//! with `EVAL`, which caches it again.
 //!
 //! This module speaks Valkey (the script, the channel and the announcement's bytes); when to
 //! publish and what to do with an announcement is `topic`'s.
@@ -21,12 +27,18 @@ use redis::Value;
 use super::link::Reply;
 use super::listener::Heard;
 use super::{resp, MessageId, Store, StoreError, StreamEntry, Valkey};
+use crate::config::ValkeyMode;
 use crate::rt::now_ms;
 
+/// The publish script, announcing with `$publish` (`PUBLISH`, or `SPUBLISH` on a Valkey
+/// Cluster: the channel is in the slot of the keys, as a script's shard channel must be).
 /// KEYS: stream, last ID, record. ARGV: channel, max length, oldest ID to keep, timestamp,
 /// payload, metadata (empty: none), TTL (empty: none), then the record's fields when the
 /// publisher asks for it to be created (only if the topic has none).
-const PUBLISH: &str = "\
+macro_rules! publish_script {
+    ($publish:literal) => {
+        concat!(
+            "\
 local prev = redis.call('GET', KEYS[2]) or '0-0'
 local fields = {'p', ARGV[5], 't', ARGV[4]}
 if ARGV[6] ~= '' then fields[#fields + 1] = 'm'; fields[#fields + 1] = ARGV[6] end
@@ -39,9 +51,48 @@ if #ARGV > 7 and redis.call('EXISTS', KEYS[3]) == 0 then
 end
 local ttl = ARGV[7]
 if ttl == '' then ttl = '-' end
-redis.call('PUBLISH', ARGV[1], prev .. ' ' .. id .. ' ' .. ARGV[4] .. ' ' .. ttl .. ' ' ..
+redis.call('",
+            $publish,
+            "', ARGV[1], prev .. ' ' .. id .. ' ' .. ARGV[4] .. ' ' .. ttl .. ' ' ..
   #ARGV[6] .. '\\n' .. ARGV[6] .. ARGV[5])
-return {prev, id}";
+return {prev, id}"
+        )
+    };
+}
+
+const PUBLISH_CLASSIC: &str = publish_script!("PUBLISH");
+const PUBLISH_SHARDED: &str = publish_script!("SPUBLISH");
+
+/// A script as Valkey caches it: its text and the SHA1 digest `EVALSHA` names it by.
+pub(super) struct Script {
+    text: &'static str,
+    sha: String,
+}
+
+impl Script {
+    fn new(text: &'static str) -> Script {
+        let digest = ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, text.as_bytes());
+        let sha = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+        Script { text, sha }
+    }
+
+    /// The publish script for `mode`.
+    pub(super) fn publish(mode: ValkeyMode) -> Script {
+        Script::new(match mode {
+            ValkeyMode::Standalone => PUBLISH_CLASSIC,
+            ValkeyMode::Cluster => PUBLISH_SHARDED,
+        })
+    }
+}
+
+/// How a publish names its script: by digest (`EVALSHA`, the usual way: the script's text
+/// is not sent per message), or with its text (`EVAL`, after Valkey answered `NOSCRIPT`; it
+/// caches the script again).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ScriptBy {
+    Digest,
+    Text,
+}
 
 /// What a publish script answered: the topic's ID before, and the message's.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -72,11 +123,16 @@ impl Store {
         topic: &str,
         entry: &StreamEntry<'_>,
         record: Option<&[(&str, &str)]>,
+        by: ScriptBy,
     ) -> Option<Reply> {
         let v = self.valkey.as_ref()?;
         let min_id = now_ms().saturating_sub(v.retention_ms);
-        let mut cmd = redis::cmd("EVAL");
-        cmd.arg(PUBLISH)
+        let (call, script) = match by {
+            ScriptBy::Digest => ("EVALSHA", v.publish.sha.as_str()),
+            ScriptBy::Text => ("EVAL", v.publish.text),
+        };
+        let mut cmd = redis::cmd(call);
+        cmd.arg(script)
             .arg(3)
             .arg(v.stream_key(topic))
             .arg(v.last_id_key(topic))
@@ -127,10 +183,19 @@ impl Store {
         }
     }
 
-    /// Cluster mode: whether the pub/sub connection is up, and the topics it listens to.
+    /// Cluster mode: whether every pub/sub connection the shard needs is up, and the topics
+    /// it listens to.
     pub fn pubsub_state(&self) -> Option<(bool, u64)> {
         let listener = self.listener.as_ref()?;
         Some((listener.is_up(), listener.channels() as u64))
+    }
+
+    /// Cluster mode: each Valkey node the shard holds a pub/sub connection to, whether it
+    /// is up, and the channels subscribed there.
+    pub fn pubsub_connections(&self) -> Vec<(String, bool, u64)> {
+        self.listener
+            .as_ref()
+            .map_or_else(Vec::new, |l| l.connections())
     }
 
     /// The channel on which `topic`'s messages are announced (`None` without Valkey).
@@ -174,6 +239,12 @@ pub fn appended(value: &Value) -> Result<Appended, StoreError> {
             resp::server_error(value).unwrap_or_else(|| "unexpected publish reply".into()),
         )),
     }
+}
+
+/// Whether Valkey answered a script call with `NOSCRIPT`: it does not have the script
+/// cached (a restarted or failed-over server, or `SCRIPT FLUSH`), and ran nothing.
+pub fn script_missing(value: &Value) -> bool {
+    matches!(value, Value::ServerError(e) if e.code() == "NOSCRIPT")
 }
 
 /// Reads an announcement; `None` for bytes that are not one (nothing of ours sends them).
@@ -241,6 +312,32 @@ mod tests {
                 String::from_utf8_lossy(bad)
             );
         }
+    }
+
+    #[test]
+    fn the_publish_script_announces_by_mode_and_is_named_by_its_sha1() {
+        let classic = Script::publish(ValkeyMode::Standalone);
+        let sharded = Script::publish(ValkeyMode::Cluster);
+        assert!(classic.text.contains("redis.call('PUBLISH', ARGV[1]"));
+        assert!(sharded.text.contains("redis.call('SPUBLISH', ARGV[1]"));
+        assert_eq!(classic.text.replace("SPUBLISH", "PUBLISH"), classic.text);
+        assert_eq!(
+            sharded.text.replace("'SPUBLISH'", "'PUBLISH'"),
+            classic.text
+        );
+        // The Lua string the announcement's header ends with is a newline escape.
+        assert!(classic.text.contains(r"'\n'"));
+        assert_eq!(sharded.sha.len(), 40);
+        assert_ne!(sharded.sha, classic.sha);
+        // SHA1 of "abc" (FIPS 180-2), as SCRIPT LOAD would answer for that text.
+        assert_eq!(
+            Script::new("abc").sha,
+            "a9993e364706816aba3e25717850c26c9cd0d89d"
+        );
+        assert!(script_missing(
+            &redis::parse_redis_value(b"-NOSCRIPT No matching script.\r\n").unwrap()
+        ));
+        assert!(!script_missing(&Value::Okay));
     }
 
     #[test]

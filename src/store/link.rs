@@ -168,6 +168,11 @@ impl Link {
         self.up.get()
     }
 
+    /// The server's `host:port`.
+    pub fn addr(&self) -> String {
+        format!("{}:{}", self.cfg.host, self.cfg.port)
+    }
+
     pub fn pending_writes(&self) -> usize {
         self.pending_writes.get()
     }

@@ -61,7 +61,9 @@ use crate::config::{AckMode, Backend, Config};
 use crate::metrics::ShardMetrics;
 use crate::rt::sleep;
 use crate::tls::client::ClientTls;
-pub use announce::{announcement, appended, Announcement, Appended, DELETED};
+pub use announce::{
+    announcement, appended, script_missing, Announcement, Appended, ScriptBy, DELETED,
+};
 use connection::Connection;
 use link::{LinkError, ReplicaWait, Reply};
 pub use listener::Heard;
@@ -170,6 +172,8 @@ struct Valkey {
     max_pending_bytes: usize,
     max_len: u64,
     retention_ms: u64,
+    /// Cluster mode's publish script (see [`announce`]).
+    publish: announce::Script,
     /// Stream writes not yet answered, oldest first. The link answers in order and IDs
     /// of one shard only grow, so the front tells how far writes are confirmed.
     unconfirmed: RefCell<VecDeque<(MessageId, Reply)>>,
@@ -215,7 +219,7 @@ impl Store {
         let listener = config
             .cluster
             .enabled
-            .then(|| Listener::new(&config.valkey, tls, shard, metrics));
+            .then(|| Listener::new(&config.valkey, tls, shard, metrics, &link));
         let store = Store {
             listener,
             valkey: Some(Valkey {
@@ -226,6 +230,7 @@ impl Store {
                 max_pending_bytes: config.storage.max_pending_bytes as usize,
                 max_len: config.storage.max_messages_per_topic,
                 retention_ms: config.storage.persistent_tier_retention.as_millis() as u64,
+                publish: announce::Script::publish(config.valkey.mode),
                 unconfirmed: RefCell::new(VecDeque::new()),
                 confirmed: Cell::new(MessageId::ZERO),
             }),

@@ -11,6 +11,7 @@ use redis::Value;
 
 use super::stream::{entry_id, last_generated_id, stream_field};
 use super::{resp, KeyKind, MessageId, Store, StoreError, Ticket, Valkey};
+use crate::config::ValkeyMode;
 
 /// A topic's record, as the Topics API shows it and this tier keeps it: its ID, owner,
 /// creation time and description. The rules for making and changing one are `topic`'s.
@@ -59,9 +60,12 @@ const SCAN_COUNT: usize = 1000;
 const CREATE_RECORD_IF_ABSENT: &str = "if redis.call('EXISTS', KEYS[1]) == 0 then \
      redis.call('HSET', KEYS[1], unpack(ARGV)) return 1 end return 0";
 
-/// Cluster mode's topic deletion: the keys, and the announcement that it was deleted.
+/// Cluster mode's topic deletion: the keys, and the announcement that it was deleted
+/// (`SPUBLISH` on a Valkey Cluster, like a publish's, see `announce`).
 const DELETE_ANNOUNCED: &str = "redis.call('DEL', unpack(KEYS)) \
      redis.call('PUBLISH', ARGV[1], 'deleted') return 1";
+const DELETE_ANNOUNCED_SHARDED: &str = "redis.call('DEL', unpack(KEYS)) \
+     redis.call('SPUBLISH', ARGV[1], 'deleted') return 1";
 
 impl Store {
     pub fn save_position(&self, topic: &str, consumer: &str, id: MessageId) {
@@ -120,8 +124,12 @@ impl Store {
         ];
         let cmd = if self.is_announced() {
             // The other nodes drop what they hold of it, in the order of its messages.
+            let script = match v.cfg.mode {
+                ValkeyMode::Standalone => DELETE_ANNOUNCED,
+                ValkeyMode::Cluster => DELETE_ANNOUNCED_SHARDED,
+            };
             redis::cmd("EVAL")
-                .arg(DELETE_ANNOUNCED)
+                .arg(script)
                 .arg(keys.len())
                 .arg(&keys)
                 .arg(self.channel(topic).unwrap_or_default())

@@ -2,7 +2,8 @@
 //! ([`relay`]), a small HTTP/1.1 client over `std::net::TcpStream` ([`http`]), a WebSocket
 //! client with tungstenite ([`ws`]), a Server-Sent Events client ([`sse`]), a headless
 //! Chromium driven over the DevTools protocol ([`browser`]), a real valkey-server per test
-//! ([`valkey`]) or a real 6-node Valkey Cluster ([`valkey_cluster`]), TLS certificates,
+//! ([`valkey`]) or a real 6-node Valkey Cluster ([`valkey_cluster`]), several relay nodes in
+//! cluster mode ([`nodes`]), TLS certificates,
 //! clients and a TLS redis-server ([`tls`]), and the tokens, topics and waiting every test
 //! file uses (here).
 //!
@@ -15,6 +16,7 @@
 mod browser;
 mod health;
 mod http;
+mod nodes;
 mod relay;
 mod sse;
 mod tls;
@@ -35,6 +37,9 @@ pub use browser::*;
 #[allow(unused_imports)]
 pub use health::*;
 pub use http::*;
+// Only the cluster-mode suites run several nodes.
+#[allow(unused_imports)]
+pub use nodes::*;
 pub use relay::*;
 // Only the SSE and browser suites read event streams.
 #[allow(unused_imports)]

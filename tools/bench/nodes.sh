@@ -12,7 +12,9 @@
 #      to be back (pulsar_cluster_resumes_total) after CLIENT KILL TYPE pubsub;
 #   4. Valkey alone: PUBLISH (redis-benchmark, 100-byte messages) to C channels (1, 64, 1000,
 #      10000) that S connections (3; and 1 and 30 at C = 1000) subscribe to all of: what a
-#      per-topic channel and a partition channel cost in Valkey, and each subscribed node.
+#      per-topic channel and a partition channel cost in Valkey, and each subscribed node;
+#   5. on a 3+3 Valkey Cluster (tools/bench/nodes-cluster.sh, also run alone): the publish
+#      script with classic PUBLISH vs sharded SPUBLISH, by EVAL vs EVALSHA, and three relays.
 # For each load: Valkey's CPU per message (utime + stime from /proc/<pid>/stat over the whole
 # run, divided by the messages it stored: XADD calls, from INFO commandstats) and all relays' CPU
 # per message the same way, plus Valkey commands per message.
@@ -195,3 +197,7 @@ for pair in 1:3 64:3 1000:3 10000:3 1000:1 1000:30; do
   fi
   kill "${subs[@]}"; wait "${subs[@]}" 2>/dev/null || true
 done
+
+echo
+cleanup; trap - EXIT
+tools/bench/nodes-cluster.sh "$duration"

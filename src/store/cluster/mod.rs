@@ -5,6 +5,9 @@
 //!
 //! Used by the store when `valkey.mode` is `cluster`; it must not know what the commands
 //! mean (the store's) and it reuses the standalone link's handshake rather than its own.
+//! The sharded pub/sub listener (`store::listener`) asks the router which primary serves
+//! a channel's slot, waits for the map to change, and dials primaries with its settings;
+//! it never sees the map itself.
 
 mod node;
 mod router;

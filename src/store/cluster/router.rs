@@ -79,6 +79,8 @@ pub struct Cluster {
     /// Their packed bytes, bounded by `storage.max_pending_bytes`.
     pending_bytes: Cell<usize>,
     refresh: crate::rt::signal::Signal,
+    /// Raised when a slot's primary changed in the map (for the sharded pub/sub listener).
+    map_changed: crate::rt::signal::Signal,
     /// A slot map was read and every slot has a primary.
     complete: Cell<bool>,
     /// The data-loss sentinels seen on the primaries.
@@ -115,6 +117,7 @@ impl Cluster {
             pending_writes: Cell::new(0),
             pending_bytes: Cell::new(0),
             refresh: Default::default(),
+            map_changed: Default::default(),
             complete: Cell::new(false),
         })
     }
@@ -139,6 +142,51 @@ impl Cluster {
             .iter()
             .map(|n| (n.addr.clone(), n.up.get()))
             .collect()
+    }
+
+    /// The address of the primary the slot map names for `key`'s slot (a sharded pub/sub
+    /// channel has a slot like a key); `None` before the first map or while no primary
+    /// serves the slot.
+    pub fn owner_of(&self, key: &[u8]) -> Option<String> {
+        self.map.borrow().owner(key_slot(key)).map(str::to_string)
+    }
+
+    /// Whether the slot map names `addr` as the primary of `key`'s slot (`None`: it names
+    /// none).
+    pub fn owner_is(&self, key: &[u8], addr: &str) -> Option<bool> {
+        self.map
+            .borrow()
+            .owner(key_slot(key))
+            .map(|owner| owner == addr)
+    }
+
+    /// Resolves once a slot's primary changed in the map since the last call (one waiter:
+    /// the shard's pub/sub listener).
+    pub async fn map_changed(&self) {
+        self.map_changed.wait().await
+    }
+
+    /// Asks for the slot map to be read again soon (a connection elsewhere saw a sign that
+    /// it changed).
+    pub fn ask_refresh(&self) {
+        self.refresh.raise();
+    }
+
+    /// A link that dials `addr` with the cluster's settings (AUTH, TLS), for a connection
+    /// of another kind than the router's (pub/sub); its own driver is never run.
+    pub fn dialer(&self, addr: &str) -> Rc<Link> {
+        let (host, port) = split_addr(addr);
+        Link::new(
+            ValkeyConfig {
+                host,
+                port,
+                ..self.cfg.clone()
+            },
+            self.tls.clone(),
+            self.shard,
+            Rc::clone(&self.metrics),
+            None,
+        )
     }
 
     /// Queues a write for the primary of its key's slot; kept (and followed through
@@ -321,6 +369,9 @@ impl Cluster {
     /// order rules above), primaries no longer in the map retire, held writes go out.
     fn apply_map(self: &Rc<Self>, newer: SlotMap) {
         let changed = self.map.borrow().changes(&newer);
+        if !changed.is_empty() {
+            self.map_changed.raise();
+        }
         let mut old_owners: Vec<Rc<Node>> = Vec::new();
         for slot in changed {
             if let Some(old) = self.owner(slot) {
@@ -434,19 +485,7 @@ impl Cluster {
 
     /// One command over a connection of its own to `addr` (closed afterwards).
     async fn ask_once(&self, addr: &str, cmd: &redis::Cmd) -> Result<Value, LinkError> {
-        let (host, port) = split_addr(addr);
-        let dialer = Link::new(
-            ValkeyConfig {
-                host,
-                port,
-                ..self.cfg.clone()
-            },
-            self.tls.clone(),
-            self.shard,
-            Rc::clone(&self.metrics),
-            None,
-        );
-        let (mut stream, mut replies) = dialer.open().await?;
+        let (mut stream, mut replies) = self.dialer(addr).open().await?;
         let mut packed = Vec::new();
         let batch = [Request::new(cmd, None, None, false)];
         let (mut values, _) = Node::round_trip(
@@ -713,6 +752,7 @@ impl Cluster {
         }
         if moved {
             self.sync_nodes();
+            self.map_changed.raise();
             self.refresh.raise();
         }
         // Only when a slot left this node (here or by a refresh during the round trip):

@@ -78,6 +78,7 @@ pub type Applied<T, K> = (T, Vec<K>);
 
 /// One message of a publish request, as byte ranges into the request body so that the
 /// producer's bytes travel to the owner without being copied or re-encoded.
+#[derive(Clone)]
 pub struct DraftSpan {
     pub topic: Range<usize>,
     pub payload: Range<usize>,

@@ -25,10 +25,12 @@ use super::Owner;
 use crate::metrics;
 use crate::rt::mesh::Answer;
 use crate::rt::{now_ms, sleep, spawn_local};
+use crate::store::link::{LinkError, Reply};
 use crate::store::{
-    announcement, appended, Heard, MessageId, StoreError, StreamEntry, StreamRange, DELETED,
+    announcement, appended, script_missing, Heard, MessageId, ScriptBy, StoreError, StreamEntry,
+    StreamRange, DELETED,
 };
-use crate::topic::owner::apply::{PublishBatch, Receipt};
+use crate::topic::owner::apply::{DraftSpan, PublishBatch, Publisher, Receipt};
 use crate::topic::{Message, TopicRecord};
 
 /// Stream entries read per round trip while catching up with a gap.
@@ -60,42 +62,46 @@ impl Owner {
             return Answer::Now(Err(e));
         }
         let now = now_ms();
-        let body = &batch.body[..];
-        let text = |range: &std::ops::Range<usize>| {
-            std::str::from_utf8(&body[range.clone()]).unwrap_or_default()
-        };
-        let mut replies = Vec::with_capacity(batch.items.len());
-        for span in &batch.items {
-            let topic = text(&span.topic);
-            let entry = StreamEntry {
-                id: MessageId::ZERO,
-                payload: &body[span.payload.clone()],
-                metadata: span.metadata.clone().map(|r| &body[r]),
-                timestamp_ms: now,
-                ttl_ms: span.ttl_ms,
-            };
-            let unrecorded = !self.recorded.borrow().contains(topic);
-            let record = unrecorded.then(|| {
-                let who = &batch.publisher;
-                TopicRecord::auto_created(&who.subject, &who.name, now)
-            });
-            let fields = record.as_ref().map(|r| self.record_fields(topic, r));
-            let fields: Option<Vec<(&str, &str)>> = fields
-                .as_ref()
-                .map(|f| f.iter().map(|(k, v)| (*k, v.as_str())).collect());
-            let reply = self.store.announce(topic, &entry, fields.as_deref());
-            replies.push((reply, unrecorded.then(|| Arc::<str>::from(topic))));
-        }
+        let replies: Vec<_> = batch
+            .items
+            .iter()
+            .map(|span| {
+                let (reply, unrecorded) =
+                    self.announce(&batch.body, &batch.publisher, span, now, ScriptBy::Digest);
+                (reply, unrecorded, span.clone())
+            })
+            .collect();
+        let (body, publisher) = (Arc::clone(&batch.body), Arc::clone(&batch.publisher));
         let owner = self.me.upgrade();
         Answer::Later(async move {
             let mut receipts = Vec::with_capacity(replies.len());
             let mut failure = None;
-            for (reply, unrecorded) in replies {
+            for (reply, mut unrecorded, span) in replies {
                 let Some(reply) = reply else {
                     failure.get_or_insert(StoreError::Unavailable("no Valkey".into()));
                     continue;
                 };
-                match reply.take().await.map_err(StoreError::from) {
+                let mut answer = reply.take().await;
+                if let (Ok(value), Some(owner)) = (&answer, &owner) {
+                    if script_missing(value) {
+                        // NOSCRIPT: Valkey ran nothing, so sending the message again (with
+                        // the script's text, which caches it again) cannot publish it
+                        // twice. The at-most-once rule of these writes (`write_once`) is
+                        // about a publish that may have run, whose connection was lost
+                        // before its answer; this one certainly did not. Its ID is then
+                        // later than those of the batch's next messages if another client
+                        // cached the script again in between (after a SCRIPT FLUSH with
+                        // publishers on other nodes): delivery follows the IDs, as always.
+                        let (again, recorded) =
+                            owner.announce(&body, &publisher, &span, now, ScriptBy::Text);
+                        unrecorded = recorded;
+                        answer = match again {
+                            Some(again) => again.take().await,
+                            None => Err(LinkError::Down),
+                        };
+                    }
+                }
+                match answer.map_err(StoreError::from) {
                     Ok(value) => match appended(&value) {
                         Ok(ids) => {
                             if let Some(owner) = &owner {
@@ -120,6 +126,36 @@ impl Owner {
             }
             failure.map_or(Ok(receipts), Err)
         })
+    }
+
+    /// Queues the publish of one message of a batch (`span` of `body`), with the record
+    /// to create for its topic unless this owner knows it has one; the reply to wait for,
+    /// and the topic when a record was asked for.
+    fn announce(
+        &self,
+        body: &[u8],
+        publisher: &Publisher,
+        span: &DraftSpan,
+        now: u64,
+        by: ScriptBy,
+    ) -> (Option<Reply>, Option<Arc<str>>) {
+        let topic = std::str::from_utf8(&body[span.topic.clone()]).unwrap_or_default();
+        let entry = StreamEntry {
+            id: MessageId::ZERO,
+            payload: &body[span.payload.clone()],
+            metadata: span.metadata.clone().map(|r| &body[r]),
+            timestamp_ms: now,
+            ttl_ms: span.ttl_ms,
+        };
+        let unrecorded = !self.recorded.borrow().contains(topic);
+        let record =
+            unrecorded.then(|| TopicRecord::auto_created(&publisher.subject, &publisher.name, now));
+        let fields = record.as_ref().map(|r| self.record_fields(topic, r));
+        let fields: Option<Vec<(&str, &str)>> = fields
+            .as_ref()
+            .map(|f| f.iter().map(|(k, v)| (*k, v.as_str())).collect());
+        let reply = self.store.announce(topic, &entry, fields.as_deref(), by);
+        (reply, unrecorded.then(|| Arc::<str>::from(topic)))
     }
 
     fn record_fields(&self, topic: &str, record: &TopicRecord) -> Vec<(&'static str, String)> {
@@ -245,6 +281,19 @@ impl Owner {
         }
     }
 
+    /// Some channels were subscribed again: their topics are read to their end.
+    fn resume_channels(&self, channels: &[Vec<u8>]) {
+        for channel in channels {
+            let loaded = self
+                .store
+                .topic_of_channel(channel)
+                .and_then(|topic| self.table.borrow().loaded(topic));
+            if let Some((topic, _)) = loaded {
+                self.catch_up(topic, END);
+            }
+        }
+    }
+
     /// Cluster mode: stops listening to `topic` unless a shard still has subscribers for it.
     pub(super) fn release(&self, topic: &str) {
         if self.loads.borrow().contains_key(topic) {
@@ -265,6 +314,10 @@ pub(super) async fn follow(owner: Rc<Owner>) {
             Heard::Resumed => {
                 metrics::add(&owner.metrics.cluster_resumes, 1);
                 owner.resume();
+            }
+            Heard::Missed { channels } => {
+                metrics::add(&owner.metrics.cluster_resumes, 1);
+                owner.resume_channels(&channels);
             }
         }
     }
