@@ -289,6 +289,43 @@ fn the_same_idempotency_key_on_two_nodes_at_once_publishes_once() {
     assert_eq!(replayed(&nodes[2], "refunds").len(), 1);
 }
 
+/// A bulk publish of which Valkey wrote some messages and refused one (its topic's stream
+/// key holds a string: `WRONGTYPE`): the 207 gives the written ones their IDs and the
+/// refused one `STORE_REJECTED`, and the key stays bound to that answer, so a retry on any
+/// node replays it and publishes nothing twice.
+#[test]
+fn a_bulk_that_valkey_partly_refused_keeps_its_key_bound_to_what_was_written() {
+    let valkey = Valkey::start();
+    let nodes = nodes_on(&valkey);
+    valkey.command(&["SET", &stream_key("refused"), "not a stream"]);
+    let body = json!({"messages": [
+        {"topic": "written-a", "payload": 1},
+        {"topic": "refused", "payload": 2},
+        {"topic": "written-b", "payload": 3},
+    ]})
+    .to_string();
+    let auth = auth_header(&rw_token());
+    let headers = [auth.as_pair(), ("Idempotency-Key", "bulk-partly")];
+    let send =
+        |node: &Relay| node.request("POST", "/api/v1/messages/bulk", &headers, body.as_bytes());
+    let first = send(&nodes[0]);
+    first.assert_status(207);
+    let answer = first.json();
+    let results = &answer["results"];
+    assert_eq!(results[0]["status"], "accepted", "{answer}");
+    assert_eq!(results[1]["error"]["code"], "STORE_REJECTED", "{answer}");
+    assert_eq!(results[2]["status"], "accepted", "{answer}");
+    for node in [&nodes[1], &nodes[2], &nodes[0]] {
+        let retry = send(node);
+        retry.assert_status(207);
+        assert_eq!(retry.header("idempotent-replayed"), Some("true"));
+        assert_eq!(retry.json(), answer);
+    }
+    for (topic, result) in [("written-a", &results[0]), ("written-b", &results[2])] {
+        assert_eq!(replayed(&nodes[1], topic), [id_of(result)], "{topic}");
+    }
+}
+
 #[test]
 fn the_pubsub_connection_killed_under_load_loses_and_repeats_nothing() {
     let valkey = Valkey::start();

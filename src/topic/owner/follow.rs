@@ -26,7 +26,7 @@ use crate::metrics;
 use crate::rt::mesh::Answer;
 use crate::rt::{now_ms, sleep, spawn_local};
 use crate::store::{
-    announcement, appended, Heard, MessageId, StoreError, StreamEntry, StreamRange, DELETED,
+    announced, announcement, Heard, MessageId, StoreError, StreamEntry, StreamRange, DELETED,
 };
 use crate::topic::owner::apply::{PublishBatch, Receipt};
 use crate::topic::{Message, TopicRecord};
@@ -41,12 +41,25 @@ const REPAIR_RETRY: Duration = Duration::from_millis(200);
 /// record if it has none. Forgotten all at once when full (one more check per topic).
 const MAX_RECORDED: usize = 65_536;
 
-pub type PublishResult = Result<Vec<Receipt>, StoreError>;
+/// What Valkey made of a cluster-mode publish batch of which it wrote at least one
+/// message (a batch it wrote nothing of fails as a whole).
+#[derive(Debug)]
+pub struct Written {
+    /// Each message's receipt, or why Valkey refused it (or why it cannot be known
+    /// whether Valkey took it); the others stand.
+    pub items: Vec<Result<Receipt, StoreError>>,
+    /// With replicated acks: too few replicas confirmed the messages written.
+    pub unreplicated: Option<StoreError>,
+}
+
+pub type PublishResult = Result<Written, StoreError>;
 
 impl Owner {
     /// Publishes a batch through Valkey, which assigns each message's ID in the same step
     /// that announces it to every node (this one included: its ring is fed from what it
-    /// hears). Answered once Valkey answered every message.
+    /// hears). Answered once Valkey answered every message, with each message's outcome:
+    /// a bulk publish some of whose messages Valkey refused (a key of the wrong type, out
+    /// of memory) still learns the IDs of those it wrote.
     pub fn publish_announced(
         &self,
         batch: &PublishBatch,
@@ -88,37 +101,41 @@ impl Owner {
         }
         let owner = self.me.upgrade();
         Answer::Later(async move {
-            let mut receipts = Vec::with_capacity(replies.len());
-            let mut failure = None;
+            let mut items = Vec::with_capacity(replies.len());
+            let mut unreplicated = None;
             for (reply, unrecorded) in replies {
                 let Some(reply) = reply else {
-                    failure.get_or_insert(StoreError::Unavailable("no Valkey".into()));
+                    items.push(Err(StoreError::Unavailable("no Valkey".into())));
                     continue;
                 };
-                match reply.take().await.map_err(StoreError::from) {
-                    Ok(value) => match appended(&value) {
-                        Ok(ids) => {
-                            if let Some(owner) = &owner {
-                                metrics::add(&owner.metrics.published, 1);
-                                if let Some(topic) = unrecorded {
-                                    owner.remember_recorded(topic);
-                                }
-                            }
-                            receipts.push(Receipt {
-                                id: ids.id,
-                                timestamp_ms: now,
-                            });
-                        }
-                        Err(e) => {
-                            failure.get_or_insert(e);
-                        }
-                    },
+                let announced = match announced(reply).await {
+                    Ok(announced) => announced,
                     Err(e) => {
-                        failure.get_or_insert(e);
+                        items.push(Err(e));
+                        continue;
+                    }
+                };
+                if let Some(owner) = &owner {
+                    metrics::add(&owner.metrics.published, 1);
+                    if let Some(topic) = unrecorded {
+                        owner.remember_recorded(topic);
                     }
                 }
+                unreplicated = unreplicated.or(announced.unreplicated);
+                items.push(Ok(Receipt {
+                    id: announced.ids.id,
+                    timestamp_ms: now,
+                }));
             }
-            failure.map_or(Ok(receipts), Err)
+            if !items.iter().any(Result::is_ok) {
+                // Nothing written: the batch failed as a whole, with its first failure.
+                let first = items.into_iter().find_map(Result::err);
+                return Err(first.unwrap_or_else(|| StoreError::Rejected("empty batch".into())));
+            }
+            Ok(Written {
+                items,
+                unreplicated,
+            })
         })
     }
 
