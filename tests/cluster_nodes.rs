@@ -213,6 +213,38 @@ fn a_topic_deleted_on_one_node_is_gone_from_every_node() {
     }
 }
 
+/// A topic deleted on one node while another, which published to it before, has no
+/// subscriber for it (so it does not hear the deletion): the other node's next publish
+/// makes its record again, as a first publish does, seen from every node.
+#[test]
+fn a_publish_after_a_deletion_elsewhere_makes_the_record_again() {
+    let valkey = Valkey::start();
+    let nodes = nodes_on(&valkey);
+    let topic = "reborn";
+    let admin = token(
+        "root",
+        Permissions::READ | Permissions::WRITE | Permissions::ADMIN,
+    );
+    let auth = auth_header(&admin);
+    let path = format!("/api/v1/topics/{topic}");
+    let record = |node: &Relay| node.request("GET", &path, &[auth.as_pair()], b"");
+    nodes[0].publish(topic, "1");
+    record(&nodes[0]).assert_status(200);
+    nodes[1]
+        .request("DELETE", &path, &[auth.as_pair()], b"")
+        .assert_status(204);
+    for node in &nodes {
+        record(node).assert_error(404, "TOPIC_NOT_FOUND");
+    }
+    let again = nodes[0].publish(topic, "2");
+    for node in &nodes {
+        let resp = record(node);
+        resp.assert_status(200);
+        assert_eq!(resp.json()["topic_name"], topic, "{}", resp.text());
+        assert_eq!(replayed(node, topic), [id_of(&again)]);
+    }
+}
+
 #[test]
 fn a_durable_consumer_acknowledges_on_one_node_and_resumes_on_another() {
     let valkey = Valkey::start();

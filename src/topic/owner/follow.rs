@@ -97,13 +97,15 @@ impl Owner {
                 .as_ref()
                 .map(|f| f.iter().map(|(k, v)| (*k, v.as_str())).collect());
             let reply = self.store.announce(topic, &entry, fields.as_deref());
-            replies.push((reply, unrecorded.then(|| Arc::<str>::from(topic))));
+            let unrecorded = unrecorded.then(|| Arc::<str>::from(topic));
+            replies.push((reply, unrecorded, span.topic.clone()));
         }
         let owner = self.me.upgrade();
+        let (body, publisher) = (Arc::clone(&batch.body), Arc::clone(&batch.publisher));
         Answer::Later(async move {
             let mut items = Vec::with_capacity(replies.len());
             let mut unreplicated = None;
-            for (reply, unrecorded) in replies {
+            for (reply, unrecorded, topic) in replies {
                 let Some(reply) = reply else {
                     items.push(Err(StoreError::Unavailable("no Valkey".into())));
                     continue;
@@ -117,8 +119,18 @@ impl Owner {
                 };
                 if let Some(owner) = &owner {
                     metrics::add(&owner.metrics.published, 1);
-                    if let Some(topic) = unrecorded {
-                        owner.remember_recorded(topic);
+                    match unrecorded {
+                        Some(topic) => owner.remember_recorded(topic),
+                        // The topic had no last ID, so it was deleted since its record was
+                        // remembered here (on a node this one did not hear, having no
+                        // subscriber for it), and the record went with it.
+                        None if announced.ids.prev == MessageId::ZERO => {
+                            let topic = std::str::from_utf8(&body[topic]).unwrap_or_default();
+                            let record =
+                                TopicRecord::auto_created(&publisher.subject, &publisher.name, now);
+                            owner.record_again(topic, &record).await;
+                        }
+                        None => {}
                     }
                 }
                 unreplicated = unreplicated.or(announced.unreplicated);
@@ -150,6 +162,15 @@ impl Owner {
             fields.push(("description", description.clone()));
         }
         fields
+    }
+
+    /// Writes the record of a topic this node remembered as recorded, if it has none:
+    /// answered once Valkey did (whatever it said: the message stands without it).
+    async fn record_again(&self, topic: &str, record: &TopicRecord) {
+        let name = crate::topic::display_name(topic);
+        if let Some(ticket) = self.store.save_topic(topic, name, record, true) {
+            let _ = ticket.wait().await;
+        }
     }
 
     fn remember_recorded(&self, topic: Arc<str>) {
