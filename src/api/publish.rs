@@ -335,23 +335,20 @@ fn publish_here(
             Err(e) => return Published::Failed(e.into()),
         };
         // Every message was delivered from memory; a write Valkey refused fails its item.
-        let mut items: Vec<Result<Receipt, StoreError>> = receipts.into_iter().map(Ok).collect();
-        let mut short = None;
+        let (mut refused, mut short): (Vec<(usize, StoreError)>, _) = (Vec::new(), None);
         for (item, ticket) in tickets {
             match ticket.wait().await {
                 Ok(()) => {}
                 Err(e @ StoreError::ReplicationTimeout { .. }) => {
                     short.get_or_insert(e);
                 }
-                Err(e) => {
-                    if let Some(slot) = items.get_mut(item).filter(|slot| slot.is_ok()) {
-                        *slot = Err(e);
-                    }
-                }
+                // An item may fail twice (its message and its record): either says why.
+                Err(e) => refused.push((item, e)),
             }
         }
         Published::Done {
-            items,
+            receipts,
+            refused,
             unreplicated: short,
         }
     }))
@@ -359,13 +356,15 @@ fn publish_here(
 
 /// An owner's answer to a publish.
 enum Published {
-    /// Published: each item's receipt, or why its write failed (Valkey refused it; on a
-    /// standalone relay the message was delivered from memory all the same). With
+    /// Published: a receipt per item, in order, except that the items in `refused` (by
+    /// index) failed: Valkey refused their write (on a standalone relay the message was
+    /// delivered from memory all the same), and their receipts name no message. With
     /// `unreplicated`, Valkey's primary wrote the messages but too few replicas confirmed
     /// them (`storage.ack: replicated`). Either way an Idempotency-Key stays bound to the
     /// answer, so that a retry publishes nothing twice.
     Done {
-        items: Vec<Result<Receipt, StoreError>>,
+        receipts: Vec<Receipt>,
+        refused: Vec<(usize, StoreError)>,
         unreplicated: Option<StoreError>,
     },
     /// Nothing was published.
@@ -376,7 +375,8 @@ impl From<PublishResult> for Published {
     fn from(result: PublishResult) -> Self {
         match result {
             Ok(written) => Published::Done {
-                items: written.items,
+                receipts: written.receipts,
+                refused: written.refused,
                 unreplicated: written.unreplicated,
             },
             Err(e) => Published::Failed(e.into()),
@@ -389,7 +389,8 @@ impl Published {
     fn unawaited(result: Result<Vec<Receipt>, StoreError>) -> Self {
         match result {
             Ok(receipts) => Published::Done {
-                items: receipts.into_iter().map(Ok).collect(),
+                receipts,
+                refused: Vec::new(),
                 unreplicated: None,
             },
             Err(e) => Published::Failed(e.into()),
@@ -536,23 +537,25 @@ fn single_outcome(
     topic: &str,
     published: Published,
 ) -> Result<(Response, Option<(Unconfirmed, StoreError)>), ApiError> {
-    let (item, unreplicated) = match published {
+    let (receipt, unreplicated) = match published {
         Published::Done {
-            items,
+            receipts,
+            refused,
             unreplicated,
-        } => (items.into_iter().next(), unreplicated),
+        } => {
+            if let Some((_, e)) = refused.into_iter().next() {
+                return Err(e.into());
+            }
+            (receipts.into_iter().next(), unreplicated)
+        }
         Published::Failed(e) => return Err(e),
     };
-    let receipt = match item {
-        Some(Ok(receipt)) => receipt,
-        Some(Err(e)) => return Err(e.into()),
-        None => {
-            return Err(ApiError::new(
-                500,
-                "INTERNAL",
-                "the topic owner returned no receipt",
-            ))
-        }
+    let Some(receipt) = receipt else {
+        return Err(ApiError::new(
+            500,
+            "INTERNAL",
+            "the topic owner returned no receipt",
+        ));
     };
     let unconfirmed = unreplicated.map(|short| {
         let message = Unconfirmed {
@@ -726,15 +729,20 @@ fn group_receipts(receipts: &mut [ItemReceipt], keys: &[usize], published: Publi
     let rejected = |e: ApiError| Err((e.code, e.detail));
     match published {
         Published::Done {
-            items,
+            receipts: owner_receipts,
+            refused,
             unreplicated,
         } => {
-            for (&k, item) in keys.iter().zip(items) {
-                receipts[k] = match (item, &unreplicated) {
-                    (Ok(receipt), None) => Ok(receipt),
-                    (Ok(_), Some(short)) => rejected(short.clone().into()),
-                    (Err(e), _) => rejected(e.into()),
+            for (&k, receipt) in keys.iter().zip(owner_receipts) {
+                receipts[k] = match &unreplicated {
+                    None => Ok(receipt),
+                    Some(short) => rejected(short.clone().into()),
                 };
+            }
+            for (item, e) in refused {
+                if let Some(&k) = keys.get(item) {
+                    receipts[k] = rejected(e.into());
+                }
             }
         }
         Published::Failed(e) => {

@@ -45,9 +45,11 @@ const MAX_RECORDED: usize = 65_536;
 /// message (a batch it wrote nothing of fails as a whole).
 #[derive(Debug)]
 pub struct Written {
-    /// Each message's receipt, or why Valkey refused it (or why it cannot be known
-    /// whether Valkey took it); the others stand.
-    pub items: Vec<Result<Receipt, StoreError>>,
+    /// A receipt per message, in order; those of the messages in `refused` name none.
+    pub receipts: Vec<Receipt>,
+    /// The messages (by index) Valkey refused, or of which it cannot be known whether
+    /// Valkey took them, and why; the others stand.
+    pub refused: Vec<(usize, StoreError)>,
     /// With replicated acks: too few replicas confirmed the messages written.
     pub unreplicated: Option<StoreError>,
 }
@@ -103,17 +105,21 @@ impl Owner {
         let owner = self.me.upgrade();
         let (body, publisher) = (Arc::clone(&batch.body), Arc::clone(&batch.publisher));
         Answer::Later(async move {
-            let mut items = Vec::with_capacity(replies.len());
-            let mut unreplicated = None;
-            for (reply, unrecorded, topic) in replies {
-                let Some(reply) = reply else {
-                    items.push(Err(StoreError::Unavailable("no Valkey".into())));
-                    continue;
+            let mut receipts = Vec::with_capacity(replies.len());
+            let (mut refused, mut unreplicated) = (Vec::new(), None);
+            for (item, (reply, unrecorded, topic)) in replies.into_iter().enumerate() {
+                let outcome = match reply {
+                    Some(reply) => announced(reply).await,
+                    None => Err(StoreError::Unavailable("no Valkey".into())),
                 };
-                let announced = match announced(reply).await {
+                let announced = match outcome {
                     Ok(announced) => announced,
                     Err(e) => {
-                        items.push(Err(e));
+                        refused.push((item, e));
+                        receipts.push(Receipt {
+                            id: MessageId::ZERO,
+                            timestamp_ms: now,
+                        });
                         continue;
                     }
                 };
@@ -134,18 +140,19 @@ impl Owner {
                     }
                 }
                 unreplicated = unreplicated.or(announced.unreplicated);
-                items.push(Ok(Receipt {
+                receipts.push(Receipt {
                     id: announced.ids.id,
                     timestamp_ms: now,
-                }));
+                });
             }
-            if !items.iter().any(Result::is_ok) {
+            if refused.len() == receipts.len() {
                 // Nothing written: the batch failed as a whole, with its first failure.
-                let first = items.into_iter().find_map(Result::err);
+                let first = refused.into_iter().next().map(|(_, e)| e);
                 return Err(first.unwrap_or_else(|| StoreError::Rejected("empty batch".into())));
             }
             Ok(Written {
-                items,
+                receipts,
+                refused,
                 unreplicated,
             })
         })
