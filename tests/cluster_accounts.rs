@@ -491,3 +491,76 @@ fn accounts_of_a_single_node_carry_over_to_cluster_mode() {
     let (admin_b, _) = login(&b, ADMIN, ADMIN_PASSWORD);
     register(&b, &admin_b, "bob", &["read"]).assert_error(400, "USERNAME_TAKEN");
 }
+
+/// The refresh-token IDs Valkey holds.
+fn stored_tokens(valkey: &Valkey) -> Vec<String> {
+    valkey
+        .command(&["HKEYS", "pulsar:{accounts}:refresh"])
+        .items()
+        .iter()
+        .filter_map(|item| item.text())
+        .collect()
+}
+
+/// The account counters of cluster mode on `node`: (log entries applied, reloads, commits
+/// refused).
+fn account_counters(node: &Relay) -> (f64, f64, f64) {
+    let metrics = node.metrics();
+    (
+        metrics.sum("pulsar_cluster_account_log_entries_total"),
+        metrics.sum("pulsar_cluster_account_reloads_total"),
+        metrics.sum("pulsar_cluster_account_commits_refused_total"),
+    )
+}
+
+/// `/metrics` counts what keeps a node's accounts in step: the other nodes' log entries it
+/// applied, its full reloads (one at start, one after falling behind the
+/// log), and its commits Valkey refused. The refusal is made deterministic by removing a
+/// refresh token from Valkey behind the nodes' backs: B still holds it as live, decides a
+/// rotation, and Valkey refuses the commit; B then reads Valkey's copy and answers 401.
+#[test]
+fn account_metrics_count_entries_applied_reloads_and_refused_commits() {
+    let valkey = Valkey::start();
+    let [a, b] = <[Relay; 2]>::try_from(nodes(&valkey, 2)).ok().unwrap();
+    // Both nodes started at once, so either may have applied the other's bootstrap of the
+    // administrator: counted from here.
+    let (a0, b0) = (account_counters(&a), account_counters(&b));
+    assert!(b0.1 >= 1.0, "no load at start: {b0:?}");
+
+    let before = stored_tokens(&valkey);
+    let (admin, refresh_token) = login(&a, ADMIN, ADMIN_PASSWORD);
+    let jti = stored_tokens(&valkey)
+        .into_iter()
+        .find(|t| !before.contains(t))
+        .expect("the login's refresh token is in Valkey");
+    assert!(
+        eventually(PROPAGATION, || account_counters(&b).0 > b0.0),
+        "B applied no entry of A's: {:?}",
+        account_counters(&b)
+    );
+
+    let removed = valkey.command(&["HDEL", "pulsar:{accounts}:refresh", &jti]);
+    assert_eq!(removed.int(), 1);
+    refresh(&b, &refresh_token).assert_error(401, "INVALID_REFRESH_TOKEN");
+    assert_eq!(
+        account_counters(&b).2,
+        b0.2 + 1.0,
+        "B's rotation commit was refused"
+    );
+    assert_eq!(account_counters(&a).2, a0.2);
+
+    signal(&b, "STOP");
+    let resumed = std::panic::catch_unwind(|| {
+        registered(&a, &admin, "dave");
+        valkey.command(&["XTRIM", "pulsar:{accounts}:log", "MAXLEN", "0"]);
+        registered(&a, &admin, "erin");
+    });
+    signal(&b, "CONT");
+    resumed.unwrap();
+    assert!(
+        eventually(PROPAGATION, || account_counters(&b).1 == b0.1 + 1.0),
+        "B did not reload after falling behind: {:?}",
+        account_counters(&b)
+    );
+    login_when_known(&b, "erin", "pw-erin-123");
+}

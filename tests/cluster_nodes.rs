@@ -155,6 +155,38 @@ fn a_topic_deleted_on_one_node_is_gone_from_every_node() {
     }
 }
 
+/// A topic deleted on one node while another, which published to it before, has no
+/// subscriber for it (so it does not hear the deletion): the other node's next publish
+/// makes its record again, as a first publish does, seen from every node.
+#[test]
+fn a_publish_after_a_deletion_elsewhere_makes_the_record_again() {
+    let valkey = Valkey::start();
+    let nodes = nodes_on(&valkey);
+    let topic = "reborn";
+    let admin = token(
+        "root",
+        Permissions::READ | Permissions::WRITE | Permissions::ADMIN,
+    );
+    let auth = auth_header(&admin);
+    let path = format!("/api/v1/topics/{topic}");
+    let record = |node: &Relay| node.request("GET", &path, &[auth.as_pair()], b"");
+    nodes[0].publish(topic, "1");
+    record(&nodes[0]).assert_status(200);
+    nodes[1]
+        .request("DELETE", &path, &[auth.as_pair()], b"")
+        .assert_status(204);
+    for node in &nodes {
+        record(node).assert_error(404, "TOPIC_NOT_FOUND");
+    }
+    let again = nodes[0].publish(topic, "2");
+    for node in &nodes {
+        let resp = record(node);
+        resp.assert_status(200);
+        assert_eq!(resp.json()["topic_name"], topic, "{}", resp.text());
+        assert_eq!(replayed(node, topic), [id_of(&again)]);
+    }
+}
+
 #[test]
 fn a_durable_consumer_acknowledges_on_one_node_and_resumes_on_another() {
     let valkey = Valkey::start();
@@ -229,6 +261,43 @@ fn the_same_idempotency_key_on_two_nodes_at_once_publishes_once() {
     }
     assert_eq!(id_of(&answers[0].json()), id_of(&answers[1].json()));
     assert_eq!(replayed(&nodes[2], "refunds").len(), 1);
+}
+
+/// A bulk publish of which Valkey wrote some messages and refused one (its topic's stream
+/// key holds a string: `WRONGTYPE`): the 207 gives the written ones their IDs and the
+/// refused one `STORE_REJECTED`, and the key stays bound to that answer, so a retry on any
+/// node replays it and publishes nothing twice.
+#[test]
+fn a_bulk_that_valkey_partly_refused_keeps_its_key_bound_to_what_was_written() {
+    let valkey = Valkey::start();
+    let nodes = nodes_on(&valkey);
+    valkey.command(&["SET", &stream_key("refused"), "not a stream"]);
+    let body = json!({"messages": [
+        {"topic": "written-a", "payload": 1},
+        {"topic": "refused", "payload": 2},
+        {"topic": "written-b", "payload": 3},
+    ]})
+    .to_string();
+    let auth = auth_header(&rw_token());
+    let headers = [auth.as_pair(), ("Idempotency-Key", "bulk-partly")];
+    let send =
+        |node: &Relay| node.request("POST", "/api/v1/messages/bulk", &headers, body.as_bytes());
+    let first = send(&nodes[0]);
+    first.assert_status(207);
+    let answer = first.json();
+    let results = &answer["results"];
+    assert_eq!(results[0]["status"], "accepted", "{answer}");
+    assert_eq!(results[1]["error"]["code"], "STORE_REJECTED", "{answer}");
+    assert_eq!(results[2]["status"], "accepted", "{answer}");
+    for node in [&nodes[1], &nodes[2], &nodes[0]] {
+        let retry = send(node);
+        retry.assert_status(207);
+        assert_eq!(retry.header("idempotent-replayed"), Some("true"));
+        assert_eq!(retry.json(), answer);
+    }
+    for (topic, result) in [("written-a", &results[0]), ("written-b", &results[2])] {
+        assert_eq!(replayed(&nodes[1], topic), [id_of(result)], "{topic}");
+    }
 }
 
 #[test]

@@ -350,6 +350,39 @@ fn a_bulk_that_published_nothing_does_not_keep_its_key() {
     assert_eq!(stored(&relay, topic).len(), 1);
 }
 
+/// With Valkey (one shard, so that one owner publishes the whole bulk): a bulk publish of
+/// which Valkey refused one message's write (its stream key holds a string) answers 207
+/// with the others accepted and that one `STORE_REJECTED`, and the key keeps that answer:
+/// its retry replays it and stores nothing twice.
+#[test]
+fn a_bulk_partly_refused_by_valkey_keeps_its_key() {
+    let valkey = Valkey::start();
+    let relay = Relay::start_on_valkey(&valkey, &[("PULSAR_SERVER_SHARDS", "1")]);
+    relay.wait_ready(Duration::from_secs(10));
+    valkey.command(&["SET", &stream_key("idem-refused"), "not a stream"]);
+    let token = rw_token();
+    let k = key(13);
+    let body = json!({"messages": [
+        {"topic": "idem-written", "payload": 1},
+        {"topic": "idem-refused", "payload": 2},
+    ]})
+    .to_string();
+    let first = post(&relay, BULK, &token, Some(&k), &body);
+    assert_first(&first, 207);
+    let answer = first.json();
+    assert_eq!(answer["results"][0]["status"], "accepted", "{answer}");
+    assert_eq!(
+        answer["results"][1]["error"]["code"], "STORE_REJECTED",
+        "{answer}"
+    );
+    assert_replay_of(&post(&relay, BULK, &token, Some(&k), &body), &first);
+    assert_eq!(
+        valkey.xrange(&stream_key("idem-written")).len(),
+        1,
+        "stored once"
+    );
+}
+
 #[test]
 fn answers_expire_with_the_window() {
     let relay = Relay::start_with(&[("PULSAR_LIMITS_IDEMPOTENCY_WINDOW", "1s")]);

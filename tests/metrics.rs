@@ -145,6 +145,30 @@ fn valkey_series_follow_writes_and_pass_promtool() {
     promtool_accepts(&metrics.text);
 }
 
+/// Cluster mode's series (pub/sub link, gaps, the account log) pass promtool too, each
+/// with its help text; a node counts its start-up load of the account state.
+#[test]
+fn cluster_mode_series_pass_promtool() {
+    let valkey = Valkey::start();
+    let relay = Relay::start_on_valkey(&valkey, &[("PULSAR_CLUSTER_ENABLED", "true")]);
+    relay.wait_ready(std::time::Duration::from_secs(10));
+    let metrics = relay.metrics();
+    for name in [
+        "pulsar_cluster_gaps_total",
+        "pulsar_cluster_account_log_entries_total",
+        "pulsar_cluster_account_reloads_total",
+        "pulsar_cluster_account_commits_refused_total",
+    ] {
+        assert!(
+            metrics.text.contains(&format!("# HELP {name} ")),
+            "no help for {name}:\n{}",
+            metrics.text
+        );
+    }
+    assert_eq!(metrics.value("pulsar_cluster_account_reloads_total"), 1.0);
+    promtool_accepts(&metrics.text);
+}
+
 #[test]
 fn metrics_can_require_an_admin_token() {
     let relay = Relay::start_with(&[("PULSAR_SERVER_METRICS_PUBLIC", "false")]);

@@ -330,16 +330,24 @@ fn entries_with(valkey: &Valkey, key: &str, payload: &str) -> Vec<String> {
 
 /// A relay with replicated acks on `primary` (one replica wanted, `replica_timeout`).
 fn replicated_relay(primary: &Valkey, replica_timeout: &str, ack_timeout: &str) -> Relay {
-    let relay = Relay::start_on_valkey(
-        primary,
-        &[
-            ("PULSAR_STORAGE_ACK", "replicated"),
-            ("PULSAR_STORAGE_MIN_REPLICAS", "1"),
-            ("PULSAR_STORAGE_REPLICA_TIMEOUT", replica_timeout),
-            ("PULSAR_STORAGE_ACK_TIMEOUT", ack_timeout),
-            ("PULSAR_LIMITS_IDEMPOTENCY_WAIT", "5s"),
-        ],
-    );
+    replicated_with(primary, replica_timeout, ack_timeout, &[])
+}
+
+fn replicated_with(
+    primary: &Valkey,
+    replica_timeout: &str,
+    ack_timeout: &str,
+    more: &[(&str, &str)],
+) -> Relay {
+    let mut env = vec![
+        ("PULSAR_STORAGE_ACK", "replicated"),
+        ("PULSAR_STORAGE_MIN_REPLICAS", "1"),
+        ("PULSAR_STORAGE_REPLICA_TIMEOUT", replica_timeout),
+        ("PULSAR_STORAGE_ACK_TIMEOUT", ack_timeout),
+        ("PULSAR_LIMITS_IDEMPOTENCY_WAIT", "5s"),
+    ];
+    env.extend_from_slice(more);
+    let relay = Relay::start_on_valkey(primary, &env);
     relay.wait_ready(Duration::from_secs(10));
     relay
 }
@@ -486,4 +494,79 @@ fn a_key_answered_persist_timeout_never_publishes_twice() {
     let confirmed = retried_until_confirmed(&relay, "k-late", &body);
     assert_eq!(id_of(&confirmed), written[0]);
     assert_eq!(entries_with(&primary, &key, r#""late""#), written);
+}
+
+/// Cluster mode (`cluster.enabled`, three nodes of one shard on the primary): a publish
+/// with a key answered 503 `REPLICATION_TIMEOUT` keeps the key bound to the message the
+/// primary wrote, as on a single relay. A retry on any node is 503 again while the replica
+/// is away and writes nothing; once it is back, a retry on another node answers 201 with
+/// that message's ID, and the first node replays it. A bulk publish keeps its 207 on every
+/// node. Each message is in the stream once.
+#[test]
+fn in_cluster_mode_a_key_refused_for_replication_stays_bound_on_every_node() {
+    let primary = Valkey::start();
+    let mut replica = primary.start_replica();
+    let cluster = [
+        ("PULSAR_CLUSTER_ENABLED", "true"),
+        ("PULSAR_SERVER_SHARDS", "1"),
+    ];
+    let nodes: Vec<Relay> = (0..3)
+        .map(|_| replicated_with(&primary, "500ms", "3s", &cluster))
+        .collect();
+    let topic = "keyed-nodes";
+    let key = stream_key(topic);
+    warm_up(&nodes[0], topic);
+
+    replica.kill9();
+    let body = format!(r#"{{"topic":"{topic}","payload":"once"}}"#);
+    post_keyed(&nodes[0], "/api/v1/messages", "k-nodes", &body)
+        .assert_error(503, "REPLICATION_TIMEOUT");
+    let written = entries_with(&primary, &key, r#""once""#);
+    assert_eq!(written.len(), 1, "the primary has the message");
+    for node in [&nodes[1], &nodes[2], &nodes[0]] {
+        post_keyed(node, "/api/v1/messages", "k-nodes", &body)
+            .assert_error(503, "REPLICATION_TIMEOUT");
+    }
+    assert_eq!(entries_with(&primary, &key, r#""once""#), written);
+
+    let bulk_body = json!({"messages": [
+        {"topic": topic, "payload": "bulk-a"},
+        {"topic": topic, "payload": "bulk-b"},
+    ]})
+    .to_string();
+    let first = post_keyed(
+        &nodes[0],
+        "/api/v1/messages/bulk",
+        "k-nodes-bulk",
+        &bulk_body,
+    );
+    first.assert_status(207);
+    assert_eq!(
+        first.json()["results"][1]["error"]["code"],
+        "REPLICATION_TIMEOUT",
+        "{}",
+        first.text()
+    );
+    let again = post_keyed(
+        &nodes[1],
+        "/api/v1/messages/bulk",
+        "k-nodes-bulk",
+        &bulk_body,
+    );
+    again.assert_status(207);
+    assert_eq!(again.header("idempotent-replayed"), Some("true"));
+    assert_eq!(again.json(), first.json());
+
+    replica.restart_same_dir();
+    primary.wait_replicas(1);
+    let confirmed = retried_until_confirmed(&nodes[2], "k-nodes", &body);
+    assert_eq!(id_of(&confirmed), written[0], "the message already written");
+    let replayed = post_keyed(&nodes[0], "/api/v1/messages", "k-nodes", &body);
+    replayed.assert_status(201);
+    assert_eq!(replayed.header("idempotent-replayed"), Some("true"));
+    assert_eq!(id_of(&replayed.json()), written[0]);
+    assert_eq!(entries_with(&primary, &key, r#""once""#), written);
+    for payload in [r#""bulk-a""#, r#""bulk-b""#] {
+        assert_eq!(entries_with(&primary, &key, payload).len(), 1, "{payload}");
+    }
 }

@@ -24,6 +24,7 @@ use std::time::Duration;
 
 use super::shard::Shard;
 use crate::account::{AccountError, Directory, DirectoryOp, DirectoryReply};
+use crate::metrics;
 use crate::rt::{now_ms, sleep};
 use crate::store::accounts::{Commit, LOG_MAX_LEN};
 use crate::store::{MessageId, StoreError};
@@ -90,6 +91,7 @@ pub async fn load(shard: &Rc<Shard>, node: &NodeAccounts) -> Result<(), StoreErr
     node.epoch.set(node.epoch.get() + 1);
     node.heard.set(node.heard.get() + 1);
     node.stale.set(false);
+    metrics::add(&shard.metrics.cluster_account_reloads, 1);
     shard.broadcast_accounts(snapshot);
     Ok(())
 }
@@ -149,6 +151,7 @@ async fn catch_up(shard: &Rc<Shard>, node: &NodeAccounts) -> Result<(), StoreErr
                 continue;
             }
             node.heard.set(node.heard.get() + 1);
+            metrics::add(&shard.metrics.cluster_account_entries, 1);
             for change in entry.changes {
                 if let Some(sync) = shard.accounts.absorb(change) {
                     shard.broadcast_accounts(sync);
@@ -218,6 +221,7 @@ pub async fn apply(shard: Rc<Shard>, node: Rc<NodeAccounts>, op: DirectoryOp) ->
                 return applied.reply;
             }
             Ok(Commit::Refused) => {
+                metrics::add(&shard.metrics.cluster_account_refusals, 1);
                 // Undo this node's decision on the records involved: Valkey's copies
                 // replace them, after what the log says other nodes did.
                 let (users, tokens) = applied.touched();

@@ -39,6 +39,7 @@ use crate::rt::now_ms;
 use crate::store::StoreError;
 use crate::text::rfc3339;
 use crate::topic::owner::apply::{DraftSpan, PublishBatch, Publisher, Receipt};
+use crate::topic::owner::PublishResult;
 use crate::topic::{display_name, owner_of, valid_topic_name, MessageId};
 
 #[derive(Deserialize)]
@@ -324,56 +325,75 @@ fn publish_here(
         .topics
         .publish(batch, |msg, shards| s.fan_out(msg, shards));
     if tickets.is_empty() {
-        return Answer::Now(Published::from(result));
+        return Answer::Now(Published::unawaited(result));
     }
     // Unbounded here: the requesting shard bounds its wait by `storage.ack_timeout`, and a
     // publish with an Idempotency-Key keeps waiting past it (see `single`).
     Answer::Later(Box::pin(async move {
-        let (mut short, mut failed) = (None, None);
-        for ticket in tickets {
+        let receipts = match result {
+            Ok(receipts) => receipts,
+            Err(e) => return Published::Failed(e.into()),
+        };
+        // Every message was delivered from memory; a write Valkey refused fails its item.
+        let (mut refused, mut short): (Vec<(usize, StoreError)>, _) = (Vec::new(), None);
+        for (item, ticket) in tickets {
             match ticket.wait().await {
                 Ok(()) => {}
                 Err(e @ StoreError::ReplicationTimeout { .. }) => {
                     short.get_or_insert(e);
                 }
-                Err(e) => {
-                    failed.get_or_insert(e);
-                }
+                // An item may fail twice (its message and its record): either says why.
+                Err(e) => refused.push((item, e)),
             }
         }
-        match (result, failed, short) {
-            (Err(e), _, _) | (Ok(_), Some(e), _) => Published::Failed(e.into()),
-            (Ok(receipts), None, Some(e)) => Published::Unreplicated(receipts, e),
-            (Ok(receipts), None, None) => Published::Ok(receipts),
+        Published::Done {
+            receipts,
+            refused,
+            unreplicated: short,
         }
     }))
 }
 
 /// An owner's answer to a publish.
 enum Published {
-    Ok(Vec<Receipt>),
-    /// Valkey's primary applied every message (these are their receipts), but too few
-    /// replicas confirmed them (`storage.ack: replicated`): an Idempotency-Key stays
-    /// bound to them.
-    Unreplicated(Vec<Receipt>, StoreError),
+    /// Published: a receipt per item, in order, except that the items in `refused` (by
+    /// index) failed: Valkey refused their write (on a standalone relay the message was
+    /// delivered from memory all the same), and their receipts name no message. With
+    /// `unreplicated`, Valkey's primary wrote the messages but too few replicas confirmed
+    /// them (`storage.ack: replicated`). Either way an Idempotency-Key stays bound to the
+    /// answer, so that a retry publishes nothing twice.
+    Done {
+        receipts: Vec<Receipt>,
+        refused: Vec<(usize, StoreError)>,
+        unreplicated: Option<StoreError>,
+    },
+    /// Nothing was published.
     Failed(ApiError),
 }
 
-impl From<Result<Vec<Receipt>, StoreError>> for Published {
-    fn from(result: Result<Vec<Receipt>, StoreError>) -> Self {
+impl From<PublishResult> for Published {
+    fn from(result: PublishResult) -> Self {
         match result {
-            Ok(receipts) => Published::Ok(receipts),
+            Ok(written) => Published::Done {
+                receipts: written.receipts,
+                refused: written.refused,
+                unreplicated: written.unreplicated,
+            },
             Err(e) => Published::Failed(e.into()),
         }
     }
 }
 
 impl Published {
-    fn into_result(self) -> Result<Vec<Receipt>, ApiError> {
-        match self {
-            Published::Ok(receipts) => Ok(receipts),
-            Published::Unreplicated(_, e) => Err(e.into()),
-            Published::Failed(e) => Err(e),
+    /// Every message of `result` published, with no write to wait for.
+    fn unawaited(result: Result<Vec<Receipt>, StoreError>) -> Self {
+        match result {
+            Ok(receipts) => Published::Done {
+                receipts,
+                refused: Vec::new(),
+                unreplicated: None,
+            },
+            Err(e) => Published::Failed(e.into()),
         }
     }
 }
@@ -481,53 +501,70 @@ pub async fn single(
                 Some(answer) => (Some(answer), Some(held)),
                 None => {
                     let topic = topic.to_owned();
-                    held.keep_later(async move { single_answer(&topic, publishing.await) });
+                    held.keep_later(async move {
+                        let (response, unconfirmed) =
+                            single_outcome(&topic, publishing.await).ok()?;
+                        Some((response, unconfirmed.map(|(message, _)| message)))
+                    });
                     (None, None)
                 }
             }
         }
     };
     let published = answer.ok_or_else(persist_timeout)?;
-    let unreplicated = match &published {
-        Published::Unreplicated(_, e) => Some(e.clone()),
-        _ => None,
-    };
-    if let Published::Failed(e) = published {
-        return Err(e);
+    let (response, unconfirmed) = single_outcome(topic, published)?;
+    match unconfirmed {
+        None => {
+            if let Some(held) = held {
+                held.keep(&response).await;
+            }
+            Ok(response)
+        }
+        Some((message, short)) => {
+            if let Some(held) = held {
+                held.keep_unconfirmed(&response, message).await;
+            }
+            Err(short.into())
+        }
     }
-    let Some((response, unconfirmed)) = single_answer(topic, published) else {
+}
+
+/// The 201 of a published single message, with the message and the shortfall when its
+/// replication is not confirmed; the error when it was not published (or, on a
+/// standalone relay, delivered from memory but refused by Valkey: then the key is given
+/// up, and a retry delivers it again).
+fn single_outcome(
+    topic: &str,
+    published: Published,
+) -> Result<(Response, Option<(Unconfirmed, StoreError)>), ApiError> {
+    let (receipt, unreplicated) = match published {
+        Published::Done {
+            receipts,
+            refused,
+            unreplicated,
+        } => {
+            if let Some((_, e)) = refused.into_iter().next() {
+                return Err(e.into());
+            }
+            (receipts.into_iter().next(), unreplicated)
+        }
+        Published::Failed(e) => return Err(e),
+    };
+    let Some(receipt) = receipt else {
         return Err(ApiError::new(
             500,
             "INTERNAL",
             "the topic owner returned no receipt",
         ));
     };
-    if let Some(held) = held {
-        match unconfirmed {
-            None => held.keep(&response).await,
-            Some(unconfirmed) => held.keep_unconfirmed(&response, unconfirmed).await,
-        }
-    }
-    match unreplicated {
-        Some(e) => Err(e.into()),
-        None => Ok(response),
-    }
-}
-
-/// The 201 of a published single message, with the message if its replication is not
-/// confirmed; `None` when nothing was published.
-fn single_answer(topic: &str, published: Published) -> Option<(Response, Option<Unconfirmed>)> {
-    let (receipts, confirmed) = match published {
-        Published::Ok(receipts) => (receipts, true),
-        Published::Unreplicated(receipts, _) => (receipts, false),
-        Published::Failed(_) => return None,
-    };
-    let receipt = receipts.first()?;
-    let unconfirmed = (!confirmed).then(|| Unconfirmed {
-        topic: topic.into(),
-        id: receipt.id,
+    let unconfirmed = unreplicated.map(|short| {
+        let message = Unconfirmed {
+            topic: topic.into(),
+            id: receipt.id,
+        };
+        (message, short)
     });
-    Some((single_response(display_name(topic), receipt), unconfirmed))
+    Ok((single_response(display_name(topic), &receipt), unconfirmed))
 }
 
 fn single_response(topic: &str, receipt: &Receipt) -> Response {
@@ -648,16 +685,17 @@ pub async fn bulk(
     let mut receipts: Vec<ItemReceipt> =
         vec![Err(("INTERNAL", "no receipt".to_string())); topics.len()];
     let mut unconfirmed = Vec::new();
-    // Whether Valkey has any message of the request (if only without enough replicas).
+    // Whether any message of the request was published (if only to Valkey's primary, or
+    // only from memory).
     let mut written = false;
     for ((keys, call), answer) in groups.into_iter().zip(calls).zip(answers) {
         match answer.into_inner() {
             Some(published) => {
-                written |= matches!(published, Published::Unreplicated(..));
-                group_receipts(&mut receipts, &keys, published.into_result());
+                written |= matches!(published, Published::Done { .. });
+                group_receipts(&mut receipts, &keys, published);
             }
             None => {
-                group_receipts(&mut receipts, &keys, Err(persist_timeout()));
+                group_receipts(&mut receipts, &keys, Published::Failed(persist_timeout()));
                 unconfirmed.push((keys, call));
             }
         }
@@ -675,8 +713,8 @@ pub async fn bulk(
         held.keep_later(async move {
             for (keys, call) in unconfirmed {
                 let published = call.await;
-                written |= matches!(published, Published::Unreplicated(..));
-                group_receipts(&mut receipts, &keys, published.into_result());
+                written |= matches!(published, Published::Done { .. });
+                group_receipts(&mut receipts, &keys, published);
             }
             let (response, accepted) = bulk_response(&outcomes, &topics, &receipts);
             (accepted > 0 || written).then_some((response, None))
@@ -685,19 +723,29 @@ pub async fn bulk(
     Ok(response)
 }
 
-/// Records one owner's answer for the bulk items `keys` it published.
-fn group_receipts(
-    receipts: &mut [ItemReceipt],
-    keys: &[usize],
-    published: Result<Vec<Receipt>, ApiError>,
-) {
+/// Records one owner's answer for the bulk items `keys` it published. An item whose
+/// replication is short is rejected with that code though written.
+fn group_receipts(receipts: &mut [ItemReceipt], keys: &[usize], published: Published) {
+    let rejected = |e: ApiError| Err((e.code, e.detail));
     match published {
-        Ok(owner_receipts) => {
+        Published::Done {
+            receipts: owner_receipts,
+            refused,
+            unreplicated,
+        } => {
             for (&k, receipt) in keys.iter().zip(owner_receipts) {
-                receipts[k] = Ok(receipt);
+                receipts[k] = match &unreplicated {
+                    None => Ok(receipt),
+                    Some(short) => rejected(short.clone().into()),
+                };
+            }
+            for (item, e) in refused {
+                if let Some(&k) = keys.get(item) {
+                    receipts[k] = rejected(e.into());
+                }
             }
         }
-        Err(e) => {
+        Published::Failed(e) => {
             for &k in keys {
                 receipts[k] = Err((e.code, e.detail.clone()));
             }

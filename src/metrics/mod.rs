@@ -119,6 +119,13 @@ pub struct ShardMetrics {
     /// returns of the pub/sub connection (after which every listened topic is read).
     pub cluster_gaps: Cell<u64>,
     pub cluster_resumes: Cell<u64>,
+    /// Cluster mode, on the directory shard: other nodes' account log entries applied
+    /// here, loads of all account state (at start, after falling behind the log or after a
+    /// commit whose outcome is unknown), and commits Valkey refused because another node
+    /// changed the records first.
+    pub cluster_account_entries: Cell<u64>,
+    pub cluster_account_reloads: Cell<u64>,
+    pub cluster_account_refusals: Cell<u64>,
     /// Publish requests refused with `OVERLOADED` by the shard that read them.
     pub shed_requests: Cell<u64>,
     /// Publish batches refused with `OVERLOADED` by their topics' owner shard.
@@ -184,6 +191,9 @@ impl Default for ShardMetrics {
             tls_handshake_failures: Cell::new(0),
             cluster_gaps: Cell::new(0),
             cluster_resumes: Cell::new(0),
+            cluster_account_entries: Cell::new(0),
+            cluster_account_reloads: Cell::new(0),
+            cluster_account_refusals: Cell::new(0),
             shed_requests: Cell::new(0),
             shed_at_owner: Cell::new(0),
             requests: RefCell::new(Vec::new()),
@@ -292,6 +302,9 @@ impl ShardMetrics {
                 tls_handshake_failures: self.tls_handshake_failures.get(),
                 cluster_gaps: self.cluster_gaps.get(),
                 cluster_resumes: self.cluster_resumes.get(),
+                cluster_account_entries: self.cluster_account_entries.get(),
+                cluster_account_reloads: self.cluster_account_reloads.get(),
+                cluster_account_refusals: self.cluster_account_refusals.get(),
                 shed_requests: self.shed_requests.get(),
                 shed_at_owner: self.shed_at_owner.get(),
             },
@@ -333,6 +346,9 @@ pub struct Counters {
     pub tls_handshake_failures: u64,
     pub cluster_gaps: u64,
     pub cluster_resumes: u64,
+    pub cluster_account_entries: u64,
+    pub cluster_account_reloads: u64,
+    pub cluster_account_refusals: u64,
     pub shed_requests: u64,
     pub shed_at_owner: u64,
 }
@@ -373,33 +389,42 @@ pub struct Snapshot {
     pub announce_lag: Latency,
 }
 
-/// The Valkey Cluster series: redirections followed, slot maps read, and each primary's
-/// connection per shard (a standalone server shows as the one primary).
 /// Cluster mode's series: what keeps this node in step with the others.
 fn render_nodes(out: &mut String, shards: &[Snapshot]) {
     let total = |f: fn(&Counters) -> u64| shards.iter().map(|s| f(&s.counters)).sum::<u64>();
-    header(
-        out,
-        "pulsar_cluster_gaps_total",
-        "Gaps in a topic's announcements from other nodes, read back from its stream.",
-        "counter",
-    );
-    let _ = writeln!(
-        out,
-        "pulsar_cluster_gaps_total {}",
-        total(|c| c.cluster_gaps)
-    );
-    header(
-        out,
-        "pulsar_cluster_resumes_total",
-        "Subscriptions a shard restored after a lost pub/sub connection (every listened topic is then read up to its end) or, on a Valkey Cluster, after a slot move or failover (only the topics whose channels were resubscribed).",
-        "counter",
-    );
-    let _ = writeln!(
-        out,
-        "pulsar_cluster_resumes_total {}",
-        total(|c| c.cluster_resumes)
-    );
+    let counters: [Series<Counters, u64>; 5] = [
+        (
+            "pulsar_cluster_gaps_total",
+            "Gaps in a topic's announcements from other nodes, read back from its stream.",
+            |c| c.cluster_gaps,
+        ),
+        (
+            "pulsar_cluster_resumes_total",
+            "Subscriptions a shard restored after a lost pub/sub connection (every listened topic is then read up to its end) or, on a Valkey Cluster, after a slot move or failover (only the topics whose channels were resubscribed).",
+            |c| c.cluster_resumes,
+        ),
+        (
+            "pulsar_cluster_account_log_entries_total",
+            "Other nodes' entries of the account log applied on this node.",
+            |c| c.cluster_account_entries,
+        ),
+        (
+            "pulsar_cluster_account_reloads_total",
+            "Loads of all account state from Valkey: at start, after falling behind the account \
+             log's retention, or after a commit whose outcome is unknown.",
+            |c| c.cluster_account_reloads,
+        ),
+        (
+            "pulsar_cluster_account_commits_refused_total",
+            "Account changes whose commit Valkey refused because another node changed the same \
+             records first (e.g. the loser of a refresh-token rotation); decided again.",
+            |c| c.cluster_account_refusals,
+        ),
+    ];
+    for (name, help, field) in counters {
+        header(out, name, help, "counter");
+        let _ = writeln!(out, "{name} {}", total(field));
+    }
     type PubsubGauge = fn((bool, u64)) -> u64;
     let gauges: [(&str, &str, PubsubGauge); 2] = [
         (
@@ -449,6 +474,8 @@ fn render_nodes(out: &mut String, shards: &[Snapshot]) {
     }
 }
 
+/// The Valkey Cluster series: redirections followed, slot maps read, and each primary's
+/// connection per shard (a standalone server shows as the one primary).
 fn render_cluster(out: &mut String, shards: &[Snapshot]) {
     let total = |f: fn(&Counters) -> u64| shards.iter().map(|s| f(&s.counters)).sum::<u64>();
     header(

@@ -38,18 +38,41 @@ use crate::rt::{now_ms, sleep};
 use crate::tls::client::ClientTls;
 use crate::tls::Stream;
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum LinkError {
     /// Not connected; reads are not queued while down.
     Down,
     Timeout,
     Io(String),
     Protocol(&'static str),
-    /// Valkey applied the write, but `WAIT` counted only `got` of the `wanted` replicas.
+    /// Valkey applied the pipeline's writes, but its `WAIT` counted only `got` of the
+    /// `wanted` replicas.
     Replicas {
         got: u64,
         wanted: u32,
     },
+    /// What each of those writes fails with: Valkey's reply to it stands (a publish
+    /// script's IDs name a message the primary holds), only its replication is short.
+    Unreplicated {
+        got: u64,
+        wanted: u32,
+        applied: Box<Value>,
+    },
+}
+
+impl LinkError {
+    /// The failure of one write Valkey answered with `applied` in a pipeline whose `WAIT`
+    /// failed with `self` (any other failure stays as it is).
+    pub(super) fn of_write(&self, applied: Value) -> LinkError {
+        match *self {
+            LinkError::Replicas { got, wanted } => LinkError::Unreplicated {
+                got,
+                wanted,
+                applied: Box::new(applied),
+            },
+            ref other => other.clone(),
+        }
+    }
 }
 
 impl fmt::Display for LinkError {
@@ -59,10 +82,12 @@ impl fmt::Display for LinkError {
             LinkError::Timeout => f.write_str("Valkey did not answer in time"),
             LinkError::Io(e) => write!(f, "Valkey connection error: {e}"),
             LinkError::Protocol(e) => write!(f, "Valkey protocol error: {e}"),
-            LinkError::Replicas { got, wanted } => write!(
-                f,
-                "Valkey has the write, but only {got} of {wanted} replicas confirmed it in time"
-            ),
+            LinkError::Replicas { got, wanted } | LinkError::Unreplicated { got, wanted, .. } => {
+                write!(
+                    f,
+                    "Valkey has the write, but only {got} of {wanted} replicas confirmed it in time"
+                )
+            }
         }
     }
 }
@@ -537,16 +562,17 @@ impl Link {
         if !enough {
             metrics::add(&self.metrics.valkey_replica_timeouts, 1);
         }
+        let short = LinkError::Replicas {
+            got,
+            wanted: wait.replicas,
+        };
         for (req, value) in held.drain(..) {
             self.write_answered(started, false, req.packed.len());
             if let Some(reply) = req.reply {
                 reply.fill(if enough {
                     Ok(value)
                 } else {
-                    Err(LinkError::Replicas {
-                        got,
-                        wanted: wait.replicas,
-                    })
+                    Err(short.of_write(value))
                 });
             }
         }
@@ -833,16 +859,23 @@ mod tests {
             link.pending_bytes.set(w1.packed.len() + w2.packed.len());
             link.answered(w1, Value::Okay, started, true, &mut held);
             link.answered(r, Value::Nil, started, true, &mut held);
-            link.answered(w2, Value::Okay, started, true, &mut held);
+            link.answered(w2, Value::Int(7), started, true, &mut held);
             assert!(r_reply.is_done(), "reads do not wait for WAIT");
             assert!(!w1_reply.is_done() && !w2_reply.is_done());
             link.replicated(&mut held, &count, wait, started);
-            for reply in [w1_reply, w2_reply] {
+            for (reply, value) in [(w1_reply, Value::Okay), (w2_reply, Value::Int(7))] {
                 let got = block_on(reply.take());
                 if enough {
-                    assert_eq!(got, Ok(Value::Okay));
+                    assert_eq!(got, Ok(value));
                 } else {
-                    assert_eq!(got, Err(LinkError::Replicas { got: 1, wanted: 2 }));
+                    // Each write's own reply stands: a publish keeps its message's ID.
+                    let applied = Box::new(value);
+                    let short = LinkError::Unreplicated {
+                        got: 1,
+                        wanted: 2,
+                        applied,
+                    };
+                    assert_eq!(got, Err(short));
                 }
             }
             assert_eq!(link.pending_writes(), 0);

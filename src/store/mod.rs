@@ -118,7 +118,9 @@ impl fmt::Display for StoreError {
 impl From<LinkError> for StoreError {
     fn from(e: LinkError) -> Self {
         match e {
-            LinkError::Replicas { got, wanted } => StoreError::ReplicationTimeout { got, wanted },
+            LinkError::Replicas { got, wanted } | LinkError::Unreplicated { got, wanted, .. } => {
+                StoreError::ReplicationTimeout { got, wanted }
+            }
             e => StoreError::Unavailable(e.to_string()),
         }
     }
@@ -136,6 +138,35 @@ impl Ticket {
             )),
             _ => Ok(()),
         }
+    }
+}
+
+/// A cluster-mode publish as Valkey answered it (see [`Store::announce`]).
+#[derive(Debug)]
+pub struct Announced {
+    pub ids: Appended,
+    /// With replicated acks: too few replicas confirmed it. The primary holds it all the
+    /// same, under these IDs.
+    pub unreplicated: Option<StoreError>,
+}
+
+/// Reads a cluster-mode publish's answer: its IDs, or why Valkey did not take it (or why
+/// it cannot be known whether it did).
+pub fn announced(answer: Result<Value, LinkError>) -> Result<Announced, StoreError> {
+    match answer {
+        Ok(value) => Ok(Announced {
+            ids: appended(&value)?,
+            unreplicated: None,
+        }),
+        Err(LinkError::Unreplicated {
+            got,
+            wanted,
+            applied,
+        }) => Ok(Announced {
+            ids: appended(&applied)?,
+            unreplicated: Some(StoreError::ReplicationTimeout { got, wanted }),
+        }),
+        Err(e) => Err(e.into()),
     }
 }
 

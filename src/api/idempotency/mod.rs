@@ -28,9 +28,10 @@
 //! keeps its key bound to that message ([`Held::keep_unconfirmed`]). A retry checks the
 //! replication again ([`crate::store::Store::replicated`]): confirmed, it gets the 201 with
 //! the same `message_id` (and that becomes the key's answer); still short, 503 again; the
-//! message gone from the stream (a failover lost it), the retry publishes it. A bulk
-//! publish keeps its 207 as answered once any item was written, whatever it says about
-//! the items' replication: a retry gets it again and publishes nothing twice.
+//! message gone from the stream (a failover lost it), the retry publishes it; in cluster
+//! mode too, on any node. A bulk publish keeps its 207 as answered once any item was
+//! published, whatever it says about the items' replication or the writes Valkey refused
+//! for others: a retry gets it again and publishes nothing twice.
 //!
 //! In cluster mode the key is also claimed in Valkey before publishing (a marker with a
 //! bounded lifetime, replaced by the answer), so that the same key sent to two relay nodes

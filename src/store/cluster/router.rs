@@ -735,7 +735,7 @@ impl Cluster {
                     metrics::add(&self.metrics.valkey_writes, 1);
                 }
                 if let (Some(err), false, Some(reply)) = (&short, refused, &req.reply) {
-                    reply.fill(Err(err.clone()));
+                    reply.fill(Err(err.of_write(value)));
                     continue;
                 }
             }

@@ -151,7 +151,8 @@ pub fn publish<P: Persist>(
     batch: &PublishBatch,
     now_ms: u64,
     mut fanout: impl FnMut(&Arc<Message>, ShardSet),
-) -> Applied<Result<Vec<Receipt>, StoreError>, P::Ticket> {
+) -> Applied<Result<Vec<Receipt>, StoreError>, (usize, P::Ticket)> {
+    // Each with its item's index: one refused write fails that item alone.
     let mut tickets = Vec::new();
     let admitted = if recovered {
         persist.admit(batch.items.len())
@@ -166,7 +167,8 @@ pub fn publish<P: Persist>(
         batch
             .items
             .iter()
-            .map(|span| {
+            .enumerate()
+            .map(|(item, span)| {
                 let draft = Draft {
                     topic: text(&span.topic),
                     payload: &body[span.payload.clone()],
@@ -176,14 +178,16 @@ pub fn publish<P: Persist>(
                 let published = table.publish(&draft, now_ms, durable);
                 let msg = published.msg;
                 fanout(&msg, published.interested);
-                tickets.extend(persist.append(&msg, published.trim_due));
+                let appended = persist.append(&msg, published.trim_due);
+                tickets.extend(appended.map(|t| (item, t)));
                 if published.unrecorded {
                     let created = table.ensure_record(draft.topic, || {
                         let who = &batch.publisher;
                         TopicRecord::auto_created(&who.subject, &who.name, now_ms)
                     });
                     if let Some((record, may_exist)) = created {
-                        tickets.extend(persist.save_record(draft.topic, &record, may_exist));
+                        let saved = persist.save_record(draft.topic, &record, may_exist);
+                        tickets.extend(saved.map(|t| (item, t)));
                     }
                 }
                 Receipt {

@@ -27,7 +27,7 @@ use crate::rt::mesh::Answer;
 use crate::rt::{now_ms, sleep, spawn_local};
 use crate::store::link::{LinkError, Reply};
 use crate::store::{
-    announcement, appended, script_missing, Heard, MessageId, ScriptBy, StoreError, StreamEntry,
+    announced, announcement, script_missing, Heard, MessageId, ScriptBy, StoreError, StreamEntry,
     StreamRange, DELETED,
 };
 use crate::topic::owner::apply::{DraftSpan, PublishBatch, Publisher, Receipt};
@@ -43,12 +43,27 @@ const REPAIR_RETRY: Duration = Duration::from_millis(200);
 /// record if it has none. Forgotten all at once when full (one more check per topic).
 const MAX_RECORDED: usize = 65_536;
 
-pub type PublishResult = Result<Vec<Receipt>, StoreError>;
+/// What Valkey made of a cluster-mode publish batch of which it wrote at least one
+/// message (a batch it wrote nothing of fails as a whole).
+#[derive(Debug)]
+pub struct Written {
+    /// A receipt per message, in order; those of the messages in `refused` name none.
+    pub receipts: Vec<Receipt>,
+    /// The messages (by index) Valkey refused, or of which it cannot be known whether
+    /// Valkey took them, and why; the others stand.
+    pub refused: Vec<(usize, StoreError)>,
+    /// With replicated acks: too few replicas confirmed the messages written.
+    pub unreplicated: Option<StoreError>,
+}
+
+pub type PublishResult = Result<Written, StoreError>;
 
 impl Owner {
     /// Publishes a batch through Valkey, which assigns each message's ID in the same step
     /// that announces it to every node (this one included: its ring is fed from what it
-    /// hears). Answered once Valkey answered every message.
+    /// hears). Answered once Valkey answered every message, with each message's outcome:
+    /// a bulk publish some of whose messages Valkey refused (a key of the wrong type, out
+    /// of memory) still learns the IDs of those it wrote.
     pub fn publish_announced(
         &self,
         batch: &PublishBatch,
@@ -71,14 +86,18 @@ impl Owner {
                 (reply, unrecorded, span.clone())
             })
             .collect();
-        let (body, publisher) = (Arc::clone(&batch.body), Arc::clone(&batch.publisher));
         let owner = self.me.upgrade();
+        let (body, publisher) = (Arc::clone(&batch.body), Arc::clone(&batch.publisher));
         Answer::Later(async move {
             let mut receipts = Vec::with_capacity(replies.len());
-            let mut failure = None;
-            for (reply, mut unrecorded, span) in replies {
+            let (mut refused, mut unreplicated) = (Vec::new(), None);
+            for (item, (reply, mut unrecorded, span)) in replies.into_iter().enumerate() {
                 let Some(reply) = reply else {
-                    failure.get_or_insert(StoreError::Unavailable("no Valkey".into()));
+                    refused.push((item, StoreError::Unavailable("no Valkey".into())));
+                    receipts.push(Receipt {
+                        id: MessageId::ZERO,
+                        timestamp_ms: now,
+                    });
                     continue;
                 };
                 let mut answer = reply.take().await;
@@ -101,30 +120,51 @@ impl Owner {
                         };
                     }
                 }
-                match answer.map_err(StoreError::from) {
-                    Ok(value) => match appended(&value) {
-                        Ok(ids) => {
-                            if let Some(owner) = &owner {
-                                metrics::add(&owner.metrics.published, 1);
-                                if let Some(topic) = unrecorded {
-                                    owner.remember_recorded(topic);
-                                }
-                            }
-                            receipts.push(Receipt {
-                                id: ids.id,
-                                timestamp_ms: now,
-                            });
-                        }
-                        Err(e) => {
-                            failure.get_or_insert(e);
-                        }
-                    },
+                let outcome = announced(answer);
+                let announced = match outcome {
+                    Ok(announced) => announced,
                     Err(e) => {
-                        failure.get_or_insert(e);
+                        refused.push((item, e));
+                        receipts.push(Receipt {
+                            id: MessageId::ZERO,
+                            timestamp_ms: now,
+                        });
+                        continue;
+                    }
+                };
+                if let Some(owner) = &owner {
+                    metrics::add(&owner.metrics.published, 1);
+                    match unrecorded {
+                        Some(topic) => owner.remember_recorded(topic),
+                        // The topic had no last ID, so it was deleted since its record was
+                        // remembered here (on a node this one did not hear, having no
+                        // subscriber for it), and the record went with it.
+                        None if announced.ids.prev == MessageId::ZERO => {
+                            let topic =
+                                std::str::from_utf8(&body[span.topic.clone()]).unwrap_or_default();
+                            let record =
+                                TopicRecord::auto_created(&publisher.subject, &publisher.name, now);
+                            owner.record_again(topic, &record).await;
+                        }
+                        None => {}
                     }
                 }
+                unreplicated = unreplicated.or(announced.unreplicated);
+                receipts.push(Receipt {
+                    id: announced.ids.id,
+                    timestamp_ms: now,
+                });
             }
-            failure.map_or(Ok(receipts), Err)
+            if refused.len() == receipts.len() {
+                // Nothing written: the batch failed as a whole, with its first failure.
+                let first = refused.into_iter().next().map(|(_, e)| e);
+                return Err(first.unwrap_or_else(|| StoreError::Rejected("empty batch".into())));
+            }
+            Ok(Written {
+                receipts,
+                refused,
+                unreplicated,
+            })
         })
     }
 
@@ -169,6 +209,15 @@ impl Owner {
             fields.push(("description", description.clone()));
         }
         fields
+    }
+
+    /// Writes the record of a topic this node remembered as recorded, if it has none:
+    /// answered once Valkey did (whatever it said: the message stands without it).
+    async fn record_again(&self, topic: &str, record: &TopicRecord) {
+        let name = crate::topic::display_name(topic);
+        if let Some(ticket) = self.store.save_topic(topic, name, record, true) {
+            let _ = ticket.wait().await;
+        }
     }
 
     fn remember_recorded(&self, topic: Arc<str>) {

@@ -38,6 +38,7 @@ use crate::topic::{
     owned_by, HistoryPage, Located, Message, Order, ShardSet, Snapshot, TopicLimits, TopicTable,
 };
 use apply::{Actor, Applied, PublishBatch, Receipt, RecordAnswer, Subscribe};
+pub use follow::{PublishResult, Written};
 
 /// An operation waiting for a topic's state, told whether the load succeeded.
 type LoadedOp = Box<dyn FnOnce(&Owner, Result<(), StoreError>)>;
@@ -125,7 +126,7 @@ impl Owner {
         &self,
         batch: &PublishBatch,
         mut fanout: impl FnMut(&Arc<Message>, ShardSet),
-    ) -> Applied<Result<Vec<Receipt>, StoreError>, Ticket> {
+    ) -> Applied<Result<Vec<Receipt>, StoreError>, (usize, Ticket)> {
         apply::publish(
             &mut self.table.borrow_mut(),
             &*self.store,
