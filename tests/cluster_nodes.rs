@@ -381,3 +381,27 @@ fn a_subscription_refused_while_valkey_is_down_can_be_made_again() {
     let receipt = node.publish(topic, "1");
     assert_eq!(id_of(&ws.recv_delivery()), id_of(&receipt));
 }
+
+/// `/ready` answers 503 while only the node's pub/sub connection is down, its command link
+/// up (here Valkey refuses the node's subscriptions, so the listener cannot come back);
+/// once it may subscribe again the node is ready and delivers what was published meanwhile.
+#[test]
+fn ready_is_503_while_only_the_pubsub_connection_is_down() {
+    let valkey = Valkey::start();
+    let node = Relay::start_on_valkey(&valkey, &node_env("1"));
+    node.wait_ready(READY_TIMEOUT);
+    let topic = "watched";
+    let mut ws = node.ws();
+    ws.subscribe(&[topic], json!({}));
+    valkey.command(&["ACL", "SETUSER", "default", "-subscribe"]);
+    valkey.command(&["CLIENT", "KILL", "TYPE", "pubsub"]);
+    node.wait_not_ready(Duration::from_secs(5));
+    let during = node.publish(topic, "7");
+    assert!(
+        ws.collect_until_pong().is_empty(),
+        "nothing heard without pub/sub"
+    );
+    valkey.command(&["ACL", "SETUSER", "default", "+subscribe"]);
+    node.wait_ready(READY_TIMEOUT);
+    assert_eq!(id_of(&ws.recv_delivery()), id_of(&during));
+}
