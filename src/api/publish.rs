@@ -37,7 +37,7 @@ use crate::rt::conns::ConnCtl;
 use crate::rt::mesh::{join_all, Answer};
 use crate::rt::now_ms;
 use crate::store::StoreError;
-use crate::text::rfc3339;
+use crate::text::{push_rfc3339, RFC3339_LEN};
 use crate::topic::owner::apply::{DraftSpan, PublishBatch, Publisher, Receipt};
 use crate::topic::owner::PublishResult;
 use crate::topic::{display_name, owner_of, valid_topic_name, MessageId};
@@ -290,13 +290,19 @@ fn body_str(body: &[u8]) -> Result<&str, ApiError> {
         .map_err(|_| ApiError::invalid("INVALID_JSON", "the body is not valid UTF-8"))
 }
 
-fn receipt_json(topic: &str, receipt: &Receipt) -> String {
-    format!(
-        r#"{{"message_id":"{}","topic":"{}","timestamp":"{}"}}"#,
-        receipt.id,
-        topic,
-        rfc3339(receipt.timestamp_ms)
-    )
+/// A single publish's 201 body, written straight into one buffer (per request: one
+/// allocation). The topic needs no escaping: names are validated to a JSON-safe alphabet.
+fn receipt_json(topic: &str, receipt: &Receipt) -> Vec<u8> {
+    const PARTS: usize = r#"{"message_id":"","topic":"","timestamp":""}"#.len();
+    let mut out = Vec::with_capacity(PARTS + receipt.id.text_len() + topic.len() + RFC3339_LEN);
+    out.extend_from_slice(br#"{"message_id":""#);
+    receipt.id.push_text(&mut out);
+    out.extend_from_slice(br#"","topic":""#);
+    out.extend_from_slice(topic.as_bytes());
+    out.extend_from_slice(br#"","timestamp":""#);
+    push_rfc3339(receipt.timestamp_ms, &mut out);
+    out.extend_from_slice(br#""}"#);
+    out
 }
 
 /// The owner-side handler of a publish whose request was read at `read_at` (on whichever
@@ -568,7 +574,7 @@ fn single_outcome(
 }
 
 fn single_response(topic: &str, receipt: &Receipt) -> Response {
-    Response::json(201, receipt_json(topic, receipt).into_bytes())
+    Response::json(201, receipt_json(topic, receipt))
 }
 
 /// Per bulk item: its receipt, or the code and detail it was rejected with.
@@ -864,6 +870,25 @@ mod tests {
         let body = text.as_bytes().to_vec();
         let p = parse_message(&body, std::str::from_utf8(&body).unwrap(), 3)?;
         Ok((p, body))
+    }
+
+    #[test]
+    fn a_receipt_is_the_documented_json_in_one_exact_buffer() {
+        let receipt = Receipt {
+            id: MessageId::parse("1764676800123-7").unwrap(),
+            timestamp_ms: 1_764_676_800_123,
+        };
+        let body = receipt_json("ns:jobs.eu-1", &receipt);
+        assert_eq!(body.len(), body.capacity(), "sized once, never grown");
+        let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({
+                "message_id": "1764676800123-7",
+                "topic": "ns:jobs.eu-1",
+                "timestamp": "2025-12-02T12:00:00.123Z",
+            })
+        );
     }
 
     #[test]
