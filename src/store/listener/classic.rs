@@ -12,7 +12,7 @@ use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 use std::time::Duration;
 
-use super::{message, push, Confirmation, Heard, Inbox, Watch};
+use super::{push, Confirmation, Heard, Inbox, Watch};
 use crate::config::ValkeyConfig;
 use crate::metrics::ShardMetrics;
 use crate::rt::signal::{Signal, Slot};
@@ -170,23 +170,16 @@ impl Classic {
         self.up.set(true);
         let mut watch = Watch::new(self.command_timeout);
         loop {
-            let outgoing = std::mem::take(&mut *self.outgoing.borrow_mut());
-            if !outgoing.is_empty() {
-                if let Err(e) = stream.send(&outgoing).await {
-                    return LinkError::Io(e.to_string());
-                }
-            }
-            let value = match watch.next(stream, &mut replies, &self.wake).await {
-                Ok(Some(value)) => value,
-                Ok(None) => continue,
+            let next = watch.next_reply(
+                stream,
+                &mut replies,
+                &self.outgoing,
+                &self.wake,
+                &self.inbox,
+            );
+            let value = match next.await {
+                Ok(value) => value,
                 Err(err) => return err,
-            };
-            let value = match message(value) {
-                Ok(heard) => {
-                    self.inbox.hear(heard);
-                    continue;
-                }
-                Err(value) => value,
             };
             match push(&value) {
                 Some((b"subscribe", channel, _)) => {

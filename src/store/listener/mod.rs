@@ -192,6 +192,35 @@ impl Watch {
         }
     }
 
+    /// Sends what `outgoing` holds, then waits for the next reply that is not a message
+    /// (those heard on the way go to `inbox`): a confirmation, an unasked unsubscription, a
+    /// PONG or an error; sends again whenever woken.
+    async fn next_reply(
+        &mut self,
+        stream: &mut Stream,
+        replies: &mut Replies,
+        outgoing: &RefCell<Vec<u8>>,
+        wake: &Signal,
+        inbox: &Inbox,
+    ) -> Result<Value, LinkError> {
+        loop {
+            let pending = std::mem::take(&mut *outgoing.borrow_mut());
+            if !pending.is_empty() {
+                stream
+                    .send(&pending)
+                    .await
+                    .map_err(|e| LinkError::Io(e.to_string()))?;
+            }
+            let Some(value) = self.next(stream, replies, wake).await? else {
+                continue;
+            };
+            match message(value) {
+                Ok(heard) => inbox.hear(heard),
+                Err(value) => return Ok(value),
+            }
+        }
+    }
+
     /// The next reply (`None`: woken to send something).
     async fn next(
         &mut self,

@@ -23,7 +23,7 @@ use std::time::Duration;
 use futures_lite::future;
 use redis::Value;
 
-use super::{message, push, Confirmation, Heard, Inbox, Watch};
+use super::{push, Confirmation, Heard, Inbox, Watch};
 use crate::config::ValkeyConfig;
 use crate::rt::signal::{Signal, Slot};
 use crate::rt::{sleep, spawn_local};
@@ -418,23 +418,10 @@ impl Sharded {
         }
         let mut watch = Watch::new(self.command_timeout);
         loop {
-            let outgoing = std::mem::take(&mut *p.outgoing.borrow_mut());
-            if !outgoing.is_empty() {
-                if let Err(e) = stream.send(&outgoing).await {
-                    return LinkError::Io(e.to_string());
-                }
-            }
-            let value = match watch.next(stream, &mut replies, &p.wake).await {
-                Ok(Some(value)) => value,
-                Ok(None) => continue,
+            let next = watch.next_reply(stream, &mut replies, &p.outgoing, &p.wake, &self.inbox);
+            let value = match next.await {
+                Ok(value) => value,
                 Err(err) => return err,
-            };
-            let value = match message(value) {
-                Ok(heard) => {
-                    self.inbox.hear(heard);
-                    continue;
-                }
-                Err(value) => value,
             };
             match push(&value) {
                 Some((b"ssubscribe", channel, _)) => {
