@@ -32,14 +32,7 @@ fn nodes_on(valkey: &Valkey) -> Vec<Relay> {
 }
 
 fn publishes_reach_every_node(nodes: &[Relay], topic: &str) {
-    let mut subscribers: Vec<Ws> = nodes
-        .iter()
-        .map(|node| {
-            let mut ws = node.ws();
-            ws.subscribe(&[topic], json!({}));
-            ws
-        })
-        .collect();
+    let mut subscribers = subscribe_on_each(nodes, topic);
     let produced = publish_everywhere(nodes, topic, 60);
     let total = produced.iter().map(Vec::len).sum();
     let mut first: Option<Vec<String>> = None;

@@ -130,14 +130,7 @@ fn subscriptions_are_sharded_and_publishes_reach_every_node_once_in_order() {
     let mut all = Vec::new();
     for topic in &topics {
         let topic = topic.as_str();
-        let mut subscribers: Vec<Ws> = nodes
-            .iter()
-            .map(|node| {
-                let mut ws = node.ws();
-                ws.subscribe(&[topic], json!({}));
-                ws
-            })
-            .collect();
+        let mut subscribers = subscribe_on_each(&nodes, topic);
         assert_subscribed_at_primary(&cluster, topic, nodes.len());
         let produced = publish_everywhere(&nodes, topic, 30);
         let total = produced.iter().map(Vec::len).sum();
@@ -155,19 +148,33 @@ fn subscriptions_are_sharded_and_publishes_reach_every_node_once_in_order() {
     assert_eq!(metrics.sum("pulsar_cluster_pubsub_node_channels"), 3.0);
 }
 
+/// Lets the producer run a little longer, stops it, and checks that every watcher got
+/// what it published exactly once, in order, and that each watching node resumed.
+fn stop_and_check(
+    stop: &AtomicBool,
+    producer: thread::JoinHandle<Vec<String>>,
+    watchers: &mut [Ws],
+    watching: &[Relay],
+) {
+    thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+    let produced = producer.join().unwrap();
+    for ws in watchers {
+        let seen = delivered(ws, produced.len());
+        assert_exactly_once_in_order(&seen, std::slice::from_ref(&produced));
+        assert!(ws.collect_until_pong().is_empty(), "repeated deliveries");
+    }
+    for node in watching {
+        assert!(node.metrics().sum("pulsar_cluster_resumes_total") >= 1.0);
+    }
+}
+
 #[test]
 fn a_slot_migrated_while_publishing_loses_and_repeats_nothing() {
     let cluster = ValkeyCluster::start();
     let nodes = nodes_on_cluster(&cluster);
     let topic = "moving";
-    let mut watchers: Vec<Ws> = nodes[1..]
-        .iter()
-        .map(|node| {
-            let mut ws = node.ws();
-            ws.subscribe(&[topic], json!({}));
-            ws
-        })
-        .collect();
+    let mut watchers = subscribe_on_each(&nodes[1..], topic);
     assert_subscribed_at_primary(&cluster, topic, 2);
     let stop = Arc::new(AtomicBool::new(false));
     let producer = produce(&nodes[0], topic, Arc::clone(&stop), 100);
@@ -180,17 +187,7 @@ fn a_slot_migrated_while_publishing_loses_and_repeats_nothing() {
     // new one.
     assert_subscribed_at_primary(&cluster, topic, 2);
     assert_eq!(primary_of(&cluster, topic), to);
-    thread::sleep(Duration::from_millis(300));
-    stop.store(true, Ordering::Relaxed);
-    let produced = producer.join().unwrap();
-    for ws in &mut watchers {
-        let seen = delivered(ws, produced.len());
-        assert_exactly_once_in_order(&seen, std::slice::from_ref(&produced));
-        assert!(ws.collect_until_pong().is_empty(), "repeated deliveries");
-    }
-    for node in &nodes[1..] {
-        assert!(node.metrics().sum("pulsar_cluster_resumes_total") >= 1.0);
-    }
+    stop_and_check(&stop, producer, &mut watchers, &nodes[1..]);
 }
 
 #[test]
@@ -198,14 +195,7 @@ fn a_primary_failover_under_load_loses_and_repeats_nothing() {
     let cluster = ValkeyCluster::start();
     let nodes = nodes_on_cluster(&cluster);
     let topic = "steady";
-    let mut watchers: Vec<Ws> = nodes[1..]
-        .iter()
-        .map(|node| {
-            let mut ws = node.ws();
-            ws.subscribe(&[topic], json!({}));
-            ws
-        })
-        .collect();
+    let mut watchers = subscribe_on_each(&nodes[1..], topic);
     assert_subscribed_at_primary(&cluster, topic, 2);
     let stop = Arc::new(AtomicBool::new(false));
     let producer = produce(&nodes[0], topic, Arc::clone(&stop), 100);
@@ -221,17 +211,7 @@ fn a_primary_failover_under_load_loses_and_repeats_nothing() {
         cluster.logs()
     );
     assert_subscribed_at_primary(&cluster, topic, 2);
-    thread::sleep(Duration::from_millis(300));
-    stop.store(true, Ordering::Relaxed);
-    let produced = producer.join().unwrap();
-    for ws in &mut watchers {
-        let seen = delivered(ws, produced.len());
-        assert_exactly_once_in_order(&seen, std::slice::from_ref(&produced));
-        assert!(ws.collect_until_pong().is_empty(), "repeated deliveries");
-    }
-    for node in &nodes[1..] {
-        assert!(node.metrics().sum("pulsar_cluster_resumes_total") >= 1.0);
-    }
+    stop_and_check(&stop, producer, &mut watchers, &nodes[1..]);
 }
 
 /// A lost pub/sub connection (one primary's): the node subscribes again there and reads

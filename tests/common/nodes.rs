@@ -15,6 +15,18 @@ pub fn node_env(shards: &'static str) -> Vec<(&'static str, &'static str)> {
     ]
 }
 
+/// One WebSocket subscriber to `topic` on each node, live from now on.
+pub fn subscribe_on_each(nodes: &[Relay], topic: &str) -> Vec<Ws> {
+    nodes
+        .iter()
+        .map(|node| {
+            let mut ws = node.ws();
+            ws.subscribe(&[topic], serde_json::json!({}));
+            ws
+        })
+        .collect()
+}
+
 /// Publishes `count` messages to `topic` on each node at once; the IDs each producer was
 /// given, in its order.
 pub fn publish_everywhere(nodes: &[Relay], topic: &str, count: usize) -> Vec<Vec<String>> {
