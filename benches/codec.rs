@@ -165,6 +165,21 @@ fn ws_decode(c: &mut Criterion) {
     group.finish();
 }
 
+/// The RFC 3339 instant every message and publish answer carries, written for
+/// consecutive milliseconds as a busy shard does.
+fn instant(c: &mut Criterion) {
+    let mut out = Vec::with_capacity(64);
+    let mut ms = 1_764_676_800_000u64;
+    c.bench_function("rfc3339", |b| {
+        b.iter(|| {
+            out.clear();
+            ms += 1;
+            pulsar_relay::text::push_rfc3339(black_box(ms), &mut out);
+            black_box(&out);
+        })
+    });
+}
+
 fn config() -> Criterion {
     Criterion::default()
         .warm_up_time(Duration::from_millis(500))
@@ -175,6 +190,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = benches;
     config = config();
-    targets = http_parse, ws_encode, ws_decode
+    targets = http_parse, ws_encode, ws_decode, instant
 }
 criterion_main!(benches);

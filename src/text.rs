@@ -61,30 +61,49 @@ pub const RFC3339_LEN: usize = "2025-10-09T12:00:00.123Z".len();
 
 /// Appends `unix_ms` as RFC 3339 UTC with milliseconds (`2025-10-09T12:00:00.123Z`),
 /// always [`RFC3339_LEN`] bytes: years past 9999 are clamped.
+///
+/// Every message and every publish answer carries one, and the instants a thread writes
+/// mostly share their second: each thread keeps the text of the last second it wrote
+/// (a shard is one thread, so no lock) and only writes the milliseconds anew.
 pub fn push_rfc3339(unix_ms: u64, out: &mut Vec<u8>) {
     let secs = unix_ms / 1000;
-    let (year, month, day) = civil_from_days(secs / 86_400);
-    let rem = secs % 86_400;
-    let fields: [(u64, usize, u8); 7] = [
-        (year.min(9999), 4, b'-'),
-        (month, 2, b'-'),
-        (day, 2, b'T'),
-        (rem / 3600, 2, b':'),
-        (rem / 60 % 60, 2, b':'),
-        (rem % 60, 2, b'.'),
-        (unix_ms % 1000, 3, b'Z'),
-    ];
-    for (value, width, separator) in fields {
-        push_padded(value, width, out);
-        out.push(separator);
-    }
+    let mut text = LAST_SECOND.with(|last| match last.get() {
+        (cached, text) if cached == secs => text,
+        _ => {
+            let text = second_text(secs);
+            last.set((secs, text));
+            text
+        }
+    });
+    put_digits(&mut text[20..23], unix_ms % 1000);
+    out.extend_from_slice(&text);
 }
 
-fn push_padded(value: u64, width: usize, out: &mut Vec<u8>) {
-    let mut divisor = 10u64.pow(width as u32 - 1);
-    while divisor > 0 {
-        out.push(b'0' + (value / divisor % 10) as u8);
-        divisor /= 10;
+/// The text of an instant in this second, with `.000Z` for the milliseconds.
+fn second_text(secs: u64) -> [u8; RFC3339_LEN] {
+    let mut text = *b"0000-00-00T00:00:00.000Z";
+    let (year, month, day) = civil_from_days(secs / 86_400);
+    let rem = secs % 86_400;
+    put_digits(&mut text[0..4], year.min(9999));
+    put_digits(&mut text[5..7], month);
+    put_digits(&mut text[8..10], day);
+    put_digits(&mut text[11..13], rem / 3600);
+    put_digits(&mut text[14..16], rem / 60 % 60);
+    put_digits(&mut text[17..19], rem % 60);
+    text
+}
+
+thread_local! {
+    /// The last second [`push_rfc3339`] wrote on this thread, and its text.
+    static LAST_SECOND: std::cell::Cell<(u64, [u8; RFC3339_LEN])> =
+        const { std::cell::Cell::new((u64::MAX, [0; RFC3339_LEN])) };
+}
+
+/// Writes `value` into `digits`, zero-padded to its width.
+fn put_digits(digits: &mut [u8], mut value: u64) {
+    for digit in digits.iter_mut().rev() {
+        *digit = b'0' + (value % 10) as u8;
+        value /= 10;
     }
 }
 
@@ -122,6 +141,31 @@ mod tests {
         assert_eq!(rfc3339(1_731_000_000_123), "2024-11-07T17:20:00.123Z");
         assert_eq!(rfc3339(4_102_444_799_999), "2099-12-31T23:59:59.999Z");
         assert_eq!(rfc3339(u64::MAX).len(), RFC3339_LEN, "fixed width");
+    }
+
+    #[test]
+    fn rfc3339_from_the_second_cache_is_the_same_as_written_afresh() {
+        // Consecutive instants (the cache hits) across second, day and year boundaries,
+        // and jumps back and forth (it misses), against the calendar written each time.
+        let starts = [
+            0,
+            951_782_399_990,
+            1_735_689_599_995,
+            4_102_444_799_990,
+            1_000,
+        ];
+        for start in starts {
+            for ms in start..start + 25 {
+                let mut cached = Vec::new();
+                push_rfc3339(ms, &mut cached);
+                let mut fresh = second_text(ms / 1000);
+                put_digits(&mut fresh[20..23], ms % 1000);
+                assert_eq!(cached, fresh, "{ms}");
+            }
+        }
+        assert_eq!(rfc3339(1_735_689_599_999), "2024-12-31T23:59:59.999Z");
+        assert_eq!(rfc3339(1_735_689_600_000), "2025-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339(1_735_689_599_998), "2024-12-31T23:59:59.998Z");
     }
 
     #[test]
