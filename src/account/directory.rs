@@ -509,6 +509,18 @@ mod tests {
         }
     }
 
+    /// A refresh token for `user`, issued at `now`, as the client gets it.
+    fn issue_refresh(d: &mut Directory, user: &User, now: u64) -> String {
+        let op = DirectoryOp::IssueRefresh {
+            user_id: user.user_id.clone(),
+            client_hint: None,
+        };
+        match d.apply(op, now).reply {
+            DirectoryReply::Refresh(wire) => wire,
+            other => panic!("{other:?}"),
+        }
+    }
+
     #[test]
     fn usernames_are_unique_and_changes_are_broadcast_and_persisted() {
         let mut d = dir();
@@ -545,18 +557,7 @@ mod tests {
     fn rotation_needs_an_active_account() {
         let mut d = dir();
         let alice = create(&mut d, "alice");
-        let DirectoryReply::Refresh(first) = d
-            .apply(
-                DirectoryOp::IssueRefresh {
-                    user_id: alice.user_id.clone(),
-                    client_hint: None,
-                },
-                1,
-            )
-            .reply
-        else {
-            panic!()
-        };
+        let first = issue_refresh(&mut d, &alice, 1);
         let DirectoryReply::Rotated {
             refresh: second, ..
         } = d
@@ -578,18 +579,7 @@ mod tests {
         ));
         assert!(!replay.writes.is_empty(), "the revoked chain is persisted");
 
-        let DirectoryReply::Refresh(other) = d
-            .apply(
-                DirectoryOp::IssueRefresh {
-                    user_id: alice.user_id.clone(),
-                    client_hint: None,
-                },
-                4,
-            )
-            .reply
-        else {
-            panic!()
-        };
+        let other = issue_refresh(&mut d, &alice, 4);
         d.apply(
             DirectoryOp::DeleteUser {
                 user_id: alice.user_id.clone(),
@@ -668,18 +658,7 @@ mod tests {
                 rev: 1
             }]
         );
-        let DirectoryReply::Refresh(wire) = d
-            .apply(
-                DirectoryOp::IssueRefresh {
-                    user_id: alice.user_id.clone(),
-                    client_hint: None,
-                },
-                3,
-            )
-            .reply
-        else {
-            panic!()
-        };
+        let wire = issue_refresh(&mut d, &alice, 3);
         let jti = wire.split('.').next().unwrap().to_owned();
         let rotated = d.apply(DirectoryOp::Rotate { wire: wire.clone() }, 4);
         assert_eq!(
