@@ -27,19 +27,9 @@ fn start(extra: &[(&str, &str)]) -> Relay {
     relay
 }
 
-fn form_login(relay: &Relay, username: &str, password: &str) -> Response {
-    let body = format!("username={username}&password={password}&grant_type=password");
-    relay.request(
-        "POST",
-        "/auth/login",
-        &[("Content-Type", "application/x-www-form-urlencoded")],
-        body.as_bytes(),
-    )
-}
-
 /// Logs in and returns (access token, refresh token).
 fn login(relay: &Relay, username: &str, password: &str) -> (String, String) {
-    let resp = form_login(relay, username, password);
+    let resp = relay.form_login(username, password);
     resp.assert_status(200);
     let body = resp.json();
     assert_eq!(body["token_type"], "bearer");
@@ -51,30 +41,8 @@ fn login(relay: &Relay, username: &str, password: &str) -> (String, String) {
     )
 }
 
-fn call(relay: &Relay, method: &str, path: &str, token: &str, body: &Value) -> Response {
-    let auth = auth_header(token);
-    let text = if body.is_null() {
-        Vec::new()
-    } else {
-        body.to_string().into_bytes()
-    };
-    relay.request(method, path, &[auth.as_pair()], &text)
-}
-
-fn refresh(relay: &Relay, refresh_token: &str) -> Response {
-    relay.request(
-        "POST",
-        "/auth/token/refresh",
-        &[("Content-Type", "application/json")],
-        json!({ "refresh_token": refresh_token })
-            .to_string()
-            .as_bytes(),
-    )
-}
-
 fn publish_as(relay: &Relay, token: &str, topic: &str) -> Response {
-    call(
-        relay,
+    relay.call(
         "POST",
         "/api/v1/messages",
         token,
@@ -90,8 +58,7 @@ fn detail(resp: &Response) -> String {
 }
 
 fn register(relay: &Relay, admin: &str, username: &str, permissions: &[&str]) -> Value {
-    let resp = call(
-        relay,
+    let resp = relay.call(
         "POST",
         "/auth/register",
         admin,
@@ -108,7 +75,7 @@ fn password_login_issues_tokens_the_relay_accepts() {
     let (access, _) = login(&relay, ADMIN, ADMIN_PASSWORD);
     publish_as(&relay, &access, "jobs").assert_status(201);
 
-    let me = call(&relay, "GET", "/auth/me", &access, &Value::Null);
+    let me = relay.call("GET", "/auth/me", &access, &Value::Null);
     me.assert_status(200);
     let me = me.json();
     assert_eq!(me["username"], ADMIN);
@@ -122,11 +89,13 @@ fn password_login_issues_tokens_the_relay_accepts() {
         "publishing created the topic"
     );
 
-    let wrong = form_login(&relay, ADMIN, "not-the-password");
+    let wrong = relay.form_login(ADMIN, "not-the-password");
     wrong.assert_error(401, "INVALID_CREDENTIALS");
     assert!(detail(&wrong).contains("Incorrect username or password"));
     assert_eq!(wrong.header("WWW-Authenticate"), Some("Bearer"));
-    form_login(&relay, "nobody", "whatever-it-is").assert_error(401, "INVALID_CREDENTIALS");
+    relay
+        .form_login("nobody", "whatever-it-is")
+        .assert_error(401, "INVALID_CREDENTIALS");
 
     // The OAuth2 password form only: JSON and other grants are refused.
     relay
@@ -151,14 +120,14 @@ fn password_login_issues_tokens_the_relay_accepts() {
     relay
         .request("GET", "/auth/me", &[], b"")
         .assert_error(401, "AUTH_REQUIRED");
-    let bad = call(&relay, "GET", "/auth/me", "not-a-jwt", &Value::Null);
+    let bad = relay.call("GET", "/auth/me", "not-a-jwt", &Value::Null);
     assert_eq!(bad.status, 401);
     relay
         .request("GET", "/auth/login", &[], b"")
         .assert_error(405, "METHOD_NOT_ALLOWED");
 
     // A service token (no account) still works, and /auth/me describes it from its claims.
-    let service = call(&relay, "GET", "/auth/me", &rw_token(), &Value::Null);
+    let service = relay.call("GET", "/auth/me", &rw_token(), &Value::Null);
     service.assert_status(200);
     assert_eq!(service.json()["permissions"], json!(["read", "write"]));
 }
@@ -171,7 +140,7 @@ fn refresh_tokens_rotate_and_a_replay_ends_the_chain() {
     // Same account, same second: only the jti tells them apart (and lets logout pick one).
     assert_ne!(access_a, access_b);
 
-    let rotated = refresh(&relay, &first);
+    let rotated = relay.refresh(&first);
     rotated.assert_status(200);
     let body = rotated.json();
     let second = body["refresh_token"].as_str().unwrap().to_owned();
@@ -180,14 +149,18 @@ fn refresh_tokens_rotate_and_a_replay_ends_the_chain() {
     publish_as(&relay, access, "jobs").assert_status(201);
 
     // Someone replays the spent token: refused, and the legitimate successor dies with it.
-    let replay = refresh(&relay, &first);
+    let replay = relay.refresh(&first);
     replay.assert_error(401, "INVALID_REFRESH_TOKEN");
     assert_eq!(detail(&replay), "invalid refresh token");
-    refresh(&relay, &second).assert_error(401, "INVALID_REFRESH_TOKEN");
+    relay
+        .refresh(&second)
+        .assert_error(401, "INVALID_REFRESH_TOKEN");
     // Another login's chain is untouched.
-    refresh(&relay, &other_login).assert_status(200);
+    relay.refresh(&other_login).assert_status(200);
 
-    refresh(&relay, "no-dot-here").assert_error(401, "INVALID_REFRESH_TOKEN");
+    relay
+        .refresh("no-dot-here")
+        .assert_error(401, "INVALID_REFRESH_TOKEN");
     relay
         .request("POST", "/auth/token/refresh", &[], b"{}")
         .assert_error(422, "INVALID_BODY");
@@ -246,7 +219,7 @@ fn revoke_needs_the_secret_and_can_end_a_chain() {
     revoke(json!({"refresh_token": "00000000-0000-4000-8000-000000000000.abc"})).assert_status(204);
     revoke(json!({"refresh_token": "malformed"})).assert_error(400, "MALFORMED_REFRESH_TOKEN");
     let rotate = |wire: &str| {
-        let resp = refresh(&relay, wire);
+        let resp = relay.refresh(wire);
         resp.assert_status(200);
         resp.json()["refresh_token"].as_str().unwrap().to_owned()
     };
@@ -257,7 +230,9 @@ fn revoke_needs_the_secret_and_can_end_a_chain() {
     let grandchild = rotate(&child);
     // The spent token with its chain: the live end of the chain is revoked too.
     revoke(json!({"refresh_token": token, "revoke_chain": true})).assert_status(204);
-    refresh(&relay, &grandchild).assert_error(401, "INVALID_REFRESH_TOKEN");
+    relay
+        .refresh(&grandchild)
+        .assert_error(401, "INVALID_REFRESH_TOKEN");
 }
 
 #[test]
@@ -265,14 +240,18 @@ fn logout_denies_the_token_on_http_and_websocket() {
     let relay = start(&[]);
     let (access, _) = login(&relay, ADMIN, ADMIN_PASSWORD);
     let (other, _) = login(&relay, ADMIN, ADMIN_PASSWORD);
-    call(&relay, "POST", "/auth/logout", &access, &Value::Null).assert_status(204);
+    relay
+        .call("POST", "/auth/logout", &access, &Value::Null)
+        .assert_status(204);
 
     let after = publish_as(&relay, &access, "jobs");
     after.assert_error(401, "TOKEN_REVOKED");
     assert!(detail(&after).contains("revoked"));
     // Every shard knows: try several connections (they spread over the shards).
     for _ in 0..6 {
-        call(&relay, "GET", "/auth/me", &access, &Value::Null).assert_error(401, "TOKEN_REVOKED");
+        relay
+            .call("GET", "/auth/me", &access, &Value::Null)
+            .assert_error(401, "TOKEN_REVOKED");
     }
     let req = tungstenite::client::IntoClientRequest::into_client_request(format!(
         "ws://{}/ws?token={access}",
@@ -294,7 +273,8 @@ fn logout_denies_the_token_on_http_and_websocket() {
     // Other tokens of the same account are unaffected; a token without jti cannot be
     // logged out, and is told so.
     publish_as(&relay, &other, "jobs").assert_status(201);
-    call(&relay, "POST", "/auth/logout", &rw_token(), &Value::Null)
+    relay
+        .call("POST", "/auth/logout", &rw_token(), &Value::Null)
         .assert_error(400, "TOKEN_NOT_REVOCABLE");
     publish_as(&relay, &rw_token(), "jobs").assert_status(201);
 }
@@ -311,8 +291,7 @@ fn administrators_manage_users_and_changes_apply_at_once() {
     let (bob_token, _) = login(&relay, "bob", "pw-bob-123");
 
     // Registration rules.
-    let dup = call(
-        &relay,
+    let dup = relay.call(
         "POST",
         "/auth/register",
         &admin,
@@ -335,18 +314,20 @@ fn administrators_manage_users_and_changes_apply_at_once() {
         ),
         (json!({"password": "long-enough"}), "MISSING_FIELD"),
     ] {
-        call(&relay, "POST", "/auth/register", &admin, &body).assert_error(422, code);
+        relay
+            .call("POST", "/auth/register", &admin, &body)
+            .assert_error(422, code);
     }
-    call(
-        &relay,
-        "POST",
-        "/auth/register",
-        &bob_token,
-        &json!({"username": "carol", "password": "long-enough"}),
-    )
-    .assert_error(403, "PERMISSION_DENIED");
+    relay
+        .call(
+            "POST",
+            "/auth/register",
+            &bob_token,
+            &json!({"username": "carol", "password": "long-enough"}),
+        )
+        .assert_error(403, "PERMISSION_DENIED");
 
-    let users = call(&relay, "GET", "/auth/users", &admin, &Value::Null);
+    let users = relay.call("GET", "/auth/users", &admin, &Value::Null);
     users.assert_status(200);
     let names: Vec<String> = users
         .json()
@@ -357,60 +338,64 @@ fn administrators_manage_users_and_changes_apply_at_once() {
         .collect();
     assert_eq!(names, ["admin", "bob"]);
     publish_as(&relay, &admin, "admins-topic").assert_status(201);
-    let users = call(&relay, "GET", "/auth/users", &admin, &Value::Null).json();
+    let users = relay
+        .call("GET", "/auth/users", &admin, &Value::Null)
+        .json();
     assert_eq!(users[0]["owned_topics"], json!(["admins-topic"]), "{users}");
     assert_eq!(users[1]["owned_topics"], json!([]));
-    let stats = call(&relay, "GET", "/auth/users/stats", &admin, &Value::Null);
+    let stats = relay.call("GET", "/auth/users/stats", &admin, &Value::Null);
     assert_eq!(stats.json()["total_users"], 2);
-    call(&relay, "GET", "/auth/users", &bob_token, &Value::Null)
+    relay
+        .call("GET", "/auth/users", &bob_token, &Value::Null)
         .assert_error(403, "PERMISSION_DENIED");
 
     let path = format!("/auth/users/{bob_id}");
     // An empty patch changes nothing.
-    let same = call(&relay, "PATCH", &path, &admin, &json!({}));
+    let same = relay.call("PATCH", &path, &admin, &json!({}));
     same.assert_status(200);
     assert_eq!(same.json()["permissions"], json!(["read", "write"]));
     // Taking `write` away applies to tokens already issued.
-    call(
-        &relay,
-        "PATCH",
-        &path,
-        &admin,
-        &json!({"permissions": ["read"]}),
-    )
-    .assert_status(200);
+    relay
+        .call("PATCH", &path, &admin, &json!({"permissions": ["read"]}))
+        .assert_status(200);
     publish_as(&relay, &bob_token, "jobs").assert_error(403, "PERMISSION_DENIED");
     // A new password works at once, the old one no longer.
-    call(
-        &relay,
-        "PATCH",
-        &path,
-        &admin,
-        &json!({"password": "brand-new-pass"}),
-    )
-    .assert_status(200);
-    form_login(&relay, "bob", "pw-bob-123").assert_error(401, "INVALID_CREDENTIALS");
+    relay
+        .call(
+            "PATCH",
+            &path,
+            &admin,
+            &json!({"password": "brand-new-pass"}),
+        )
+        .assert_status(200);
+    relay
+        .form_login("bob", "pw-bob-123")
+        .assert_error(401, "INVALID_CREDENTIALS");
     login(&relay, "bob", "brand-new-pass");
     // Deactivation: no login, and existing tokens stop.
-    call(&relay, "PATCH", &path, &admin, &json!({"is_active": false})).assert_status(200);
-    let inactive = form_login(&relay, "bob", "brand-new-pass");
+    relay
+        .call("PATCH", &path, &admin, &json!({"is_active": false}))
+        .assert_status(200);
+    let inactive = relay.form_login("bob", "brand-new-pass");
     inactive.assert_error(403, "USER_INACTIVE");
     assert_eq!(detail(&inactive), "User account is inactive");
-    let stopped = call(&relay, "GET", "/auth/me", &bob_token, &Value::Null);
+    let stopped = relay.call("GET", "/auth/me", &bob_token, &Value::Null);
     stopped.assert_error(403, "USER_INACTIVE");
     assert_eq!(detail(&stopped), "User is inactive");
 
     // Deletion.
-    let me = call(&relay, "GET", "/auth/me", &admin, &Value::Null).json();
+    let me = relay.call("GET", "/auth/me", &admin, &Value::Null).json();
     let own = format!("/auth/users/{}", me["user_id"].as_str().unwrap());
-    let self_delete = call(&relay, "DELETE", &own, &admin, &Value::Null);
+    let self_delete = relay.call("DELETE", &own, &admin, &Value::Null);
     self_delete.assert_error(400, "CANNOT_DELETE_SELF");
     assert_eq!(detail(&self_delete), "Cannot delete your own user account");
-    call(&relay, "DELETE", &path, &admin, &Value::Null).assert_status(204);
-    let gone = call(&relay, "GET", "/auth/me", &bob_token, &Value::Null);
+    relay
+        .call("DELETE", &path, &admin, &Value::Null)
+        .assert_status(204);
+    let gone = relay.call("GET", "/auth/me", &bob_token, &Value::Null);
     gone.assert_error(401, "USER_NOT_FOUND");
     for method in ["DELETE", "PATCH"] {
-        let missing = call(&relay, method, &path, &admin, &json!({}));
+        let missing = relay.call(method, &path, &admin, &json!({}));
         missing.assert_error(404, "USER_NOT_FOUND");
         assert!(detail(&missing).contains("not found"));
     }
@@ -420,7 +405,7 @@ fn administrators_manage_users_and_changes_apply_at_once() {
 fn sessions_list_and_end_the_callers_refresh_tokens() {
     let relay = start(&[]);
     let (access, refresh_token) = login(&relay, ADMIN, ADMIN_PASSWORD);
-    let sessions = call(&relay, "GET", "/auth/sessions", &access, &Value::Null);
+    let sessions = relay.call("GET", "/auth/sessions", &access, &Value::Null);
     sessions.assert_status(200);
     let list = sessions.json();
     let jti = refresh_token.split('.').next().unwrap();
@@ -429,23 +414,25 @@ fn sessions_list_and_end_the_callers_refresh_tokens() {
         "{list}"
     );
     assert_eq!(list[0]["client_hint"], "password-login");
-    call(
-        &relay,
-        "DELETE",
-        &format!("/auth/sessions/{jti}"),
-        &access,
-        &Value::Null,
-    )
-    .assert_status(204);
-    refresh(&relay, &refresh_token).assert_error(401, "INVALID_REFRESH_TOKEN");
-    call(
-        &relay,
-        "DELETE",
-        &format!("/auth/sessions/{jti}"),
-        &access,
-        &Value::Null,
-    )
-    .assert_error(404, "SESSION_NOT_FOUND");
+    relay
+        .call(
+            "DELETE",
+            &format!("/auth/sessions/{jti}"),
+            &access,
+            &Value::Null,
+        )
+        .assert_status(204);
+    relay
+        .refresh(&refresh_token)
+        .assert_error(401, "INVALID_REFRESH_TOKEN");
+    relay
+        .call(
+            "DELETE",
+            &format!("/auth/sessions/{jti}"),
+            &access,
+            &Value::Null,
+        )
+        .assert_error(404, "SESSION_NOT_FOUND");
 }
 
 #[test]
@@ -456,9 +443,9 @@ fn logins_are_limited_per_address() {
         ("PULSAR_SERVER_SHARDS", "1"),
     ]);
     for _ in 0..5 {
-        assert_ne!(form_login(&relay, ADMIN, "wrong-password").status, 429);
+        assert_ne!(relay.form_login(ADMIN, "wrong-password").status, 429);
     }
-    let limited = form_login(&relay, ADMIN, ADMIN_PASSWORD);
+    let limited = relay.form_login(ADMIN, ADMIN_PASSWORD);
     limited.assert_error(429, "RATE_LIMITED");
     assert!(detail(&limited).contains("5 per 1 minute"));
     assert!(limited.header("Retry-After").is_some());
@@ -499,10 +486,12 @@ fn accounts_survive_a_restart_with_valkey() {
     );
     relay.wait_ready(Duration::from_secs(10));
     let (admin, admin_refresh) = login(&relay, ADMIN, ADMIN_PASSWORD);
-    let admin_id = call(&relay, "GET", "/auth/me", &admin, &Value::Null).json()["user_id"].clone();
+    let admin_id = relay.call("GET", "/auth/me", &admin, &Value::Null).json()["user_id"].clone();
     register(&relay, &admin, "bob", &["read"]);
     let (bob, _) = login(&relay, "bob", "pw-bob-123");
-    call(&relay, "POST", "/auth/logout", &bob, &Value::Null).assert_status(204);
+    relay
+        .call("POST", "/auth/logout", &bob, &Value::Null)
+        .assert_status(204);
     relay.kill9();
 
     // A new relay on the same Valkey, with a changed bootstrap password.
@@ -514,17 +503,23 @@ fn accounts_survive_a_restart_with_valkey() {
         ],
     );
     relay.wait_ready(Duration::from_secs(10));
-    form_login(&relay, ADMIN, ADMIN_PASSWORD).assert_error(401, "INVALID_CREDENTIALS");
+    relay
+        .form_login(ADMIN, ADMIN_PASSWORD)
+        .assert_error(401, "INVALID_CREDENTIALS");
     let (admin2, _) = login(&relay, ADMIN, "a-new-admin-password");
-    let me = call(&relay, "GET", "/auth/me", &admin2, &Value::Null).json();
+    let me = relay.call("GET", "/auth/me", &admin2, &Value::Null).json();
     assert_eq!(
         me["user_id"], admin_id,
         "the bootstrap account is the same account"
     );
     login(&relay, "bob", "pw-bob-123");
-    call(&relay, "GET", "/auth/me", &bob, &Value::Null).assert_error(401, "TOKEN_REVOKED");
-    refresh(&relay, &admin_refresh).assert_status(200);
-    refresh(&relay, &admin_refresh).assert_error(401, "INVALID_REFRESH_TOKEN");
+    relay
+        .call("GET", "/auth/me", &bob, &Value::Null)
+        .assert_error(401, "TOKEN_REVOKED");
+    relay.refresh(&admin_refresh).assert_status(200);
+    relay
+        .refresh(&admin_refresh)
+        .assert_error(401, "INVALID_REFRESH_TOKEN");
 }
 
 /// A user record whose hash was made by the original relay (argon2-cffi, m=65536,t=3,p=4)
@@ -551,7 +546,9 @@ fn password_hashes_of_the_original_relay_verify() {
     relay.wait_ready(Duration::from_secs(10));
     let (access, _) = login(&relay, "galaxy", "12345678");
     publish_as(&relay, &access, "jobs").assert_status(201);
-    form_login(&relay, "galaxy", "12345679").assert_error(401, "INVALID_CREDENTIALS");
+    relay
+        .form_login("galaxy", "12345679")
+        .assert_error(401, "INVALID_CREDENTIALS");
 }
 
 #[test]
@@ -559,7 +556,9 @@ fn open_websockets_end_when_access_is_withdrawn() {
     let relay = start(&[]);
     let (admin, _) = login(&relay, ADMIN, ADMIN_PASSWORD);
     register(&relay, &admin, "bob", &["read", "write"]);
-    let bob_id = call(&relay, "GET", "/auth/users", &admin, &Value::Null).json()[1]["user_id"]
+    let bob_id = relay
+        .call("GET", "/auth/users", &admin, &Value::Null)
+        .json()[1]["user_id"]
         .as_str()
         .unwrap()
         .to_owned();
@@ -571,48 +570,41 @@ fn open_websockets_end_when_access_is_withdrawn() {
     let mut other = Ws::connect(relay.addr, &bob_again);
     logged_out.subscribe(&["jobs"], Value::Null);
     other.subscribe(&["jobs"], Value::Null);
-    call(&relay, "POST", "/auth/logout", &bob, &Value::Null).assert_status(204);
+    relay
+        .call("POST", "/auth/logout", &bob, &Value::Null)
+        .assert_status(204);
     let reason = logged_out.expect_close(4003);
     assert!(reason.contains("revoked"), "{reason}");
     assert!(other.collect_until_pong().is_empty());
 
     // Taking `write` away keeps a reader; taking `read` away ends it.
     let path = format!("/auth/users/{bob_id}");
-    call(
-        &relay,
-        "PATCH",
-        &path,
-        &admin,
-        &json!({"permissions": ["read"]}),
-    )
-    .assert_status(200);
+    relay
+        .call("PATCH", &path, &admin, &json!({"permissions": ["read"]}))
+        .assert_status(200);
     assert!(other.collect_until_pong().is_empty());
     publish_as(&relay, &admin, "jobs").assert_status(201);
     assert_eq!(other.recv_delivery()["topic"], "jobs", "still subscribed");
-    call(
-        &relay,
-        "PATCH",
-        &path,
-        &admin,
-        &json!({"permissions": ["write"]}),
-    )
-    .assert_status(200);
+    relay
+        .call("PATCH", &path, &admin, &json!({"permissions": ["write"]}))
+        .assert_status(200);
     assert!(other.expect_close(4003).contains("read"));
 
     // Deactivation and deletion end sessions too.
-    call(
-        &relay,
-        "PATCH",
-        &path,
-        &admin,
-        &json!({"permissions": ["read"]}),
-    )
-    .assert_status(200);
+    relay
+        .call("PATCH", &path, &admin, &json!({"permissions": ["read"]}))
+        .assert_status(200);
     let mut again = Ws::connect(relay.addr, &bob_again);
-    call(&relay, "PATCH", &path, &admin, &json!({"is_active": false})).assert_status(200);
+    relay
+        .call("PATCH", &path, &admin, &json!({"is_active": false}))
+        .assert_status(200);
     assert!(again.expect_close(4003).contains("inactive"));
-    call(&relay, "PATCH", &path, &admin, &json!({"is_active": true})).assert_status(200);
+    relay
+        .call("PATCH", &path, &admin, &json!({"is_active": true}))
+        .assert_status(200);
     let mut last = Ws::connect(relay.addr, &bob_again);
-    call(&relay, "DELETE", &path, &admin, &Value::Null).assert_status(204);
+    relay
+        .call("DELETE", &path, &admin, &Value::Null)
+        .assert_status(204);
     assert!(last.expect_close(4003).contains("not found"));
 }

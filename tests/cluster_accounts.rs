@@ -41,19 +41,9 @@ fn nodes(valkey: &Valkey, n: usize) -> Vec<Relay> {
     nodes
 }
 
-fn form_login(relay: &Relay, username: &str, password: &str) -> Response {
-    let body = format!("username={username}&password={password}&grant_type=password");
-    relay.request(
-        "POST",
-        "/auth/login",
-        &[("Content-Type", "application/x-www-form-urlencoded")],
-        body.as_bytes(),
-    )
-}
-
 /// Logs in and returns (access token, refresh token).
 fn login(relay: &Relay, username: &str, password: &str) -> (String, String) {
-    let resp = form_login(relay, username, password);
+    let resp = relay.form_login(username, password);
     resp.assert_status(200);
     let body = resp.json();
     (
@@ -65,37 +55,15 @@ fn login(relay: &Relay, username: &str, password: &str) -> (String, String) {
 /// Logs in on `relay` once it knows `username` (made on another node a moment ago).
 fn login_when_known(relay: &Relay, username: &str, password: &str) -> (String, String) {
     assert!(
-        eventually(PROPAGATION, || form_login(relay, username, password).status
+        eventually(PROPAGATION, || relay.form_login(username, password).status
             == 200),
         "{username} cannot log in on the other node"
     );
     login(relay, username, password)
 }
 
-fn call(relay: &Relay, method: &str, path: &str, token: &str, body: &Value) -> Response {
-    let auth = auth_header(token);
-    let text = if body.is_null() {
-        Vec::new()
-    } else {
-        body.to_string().into_bytes()
-    };
-    relay.request(method, path, &[auth.as_pair()], &text)
-}
-
-fn refresh(relay: &Relay, refresh_token: &str) -> Response {
-    relay.request(
-        "POST",
-        "/auth/token/refresh",
-        &[("Content-Type", "application/json")],
-        json!({ "refresh_token": refresh_token })
-            .to_string()
-            .as_bytes(),
-    )
-}
-
 fn register(relay: &Relay, admin: &str, username: &str, permissions: &[&str]) -> Response {
-    call(
-        relay,
+    relay.call(
         "POST",
         "/auth/register",
         admin,
@@ -116,7 +84,7 @@ fn registered(relay: &Relay, admin: &str, username: &str) -> String {
 fn refused_within(relay: &Relay, token: &str, status: u16, code: &str) {
     let mut last = None;
     let refused = eventually(PROPAGATION, || {
-        let resp = call(relay, "GET", "/auth/me", token, &Value::Null);
+        let resp = relay.call("GET", "/auth/me", token, &Value::Null);
         let done = resp.status == status && resp.json()["code"] == code;
         last = Some((resp.status, resp.text()));
         done
@@ -131,14 +99,14 @@ fn a_user_made_on_one_node_logs_in_on_another_and_names_stay_unique() {
     let (admin_a, _) = login(&a, ADMIN, ADMIN_PASSWORD);
     let (admin_b, _) = login(&b, ADMIN, ADMIN_PASSWORD);
     assert_eq!(
-        call(&a, "GET", "/auth/me", &admin_a, &Value::Null).json()["user_id"],
-        call(&b, "GET", "/auth/me", &admin_b, &Value::Null).json()["user_id"],
+        a.call("GET", "/auth/me", &admin_a, &Value::Null).json()["user_id"],
+        b.call("GET", "/auth/me", &admin_b, &Value::Null).json()["user_id"],
         "both nodes started with one bootstrap administrator"
     );
 
     let bob = registered(&a, &admin_a, "bob");
     let (bob_token, _) = login_when_known(&b, "bob", "pw-bob-123");
-    let me = call(&b, "GET", "/auth/me", &bob_token, &Value::Null).json();
+    let me = b.call("GET", "/auth/me", &bob_token, &Value::Null).json();
     assert_eq!(me["user_id"], bob.as_str());
     register(&b, &admin_b, "bob", &["read"]).assert_error(400, "USERNAME_TAKEN");
 
@@ -175,7 +143,7 @@ fn a_user_made_on_one_node_logs_in_on_another_and_names_stay_unique() {
         );
     }
     let names = |node: &Relay, admin: &str| -> Vec<String> {
-        let list = call(node, "GET", "/auth/users", admin, &Value::Null).json();
+        let list = node.call("GET", "/auth/users", admin, &Value::Null).json();
         let mut names: Vec<String> = list
             .as_array()
             .unwrap()
@@ -213,13 +181,13 @@ fn a_user_made_on_one_node_logs_in_on_another_and_names_stay_unique() {
                 let (barrier, path) = (Arc::clone(&barrier), &path);
                 s.spawn(move || {
                     barrier.wait();
-                    call(node, "PATCH", path, admin, &body).assert_status(200);
+                    node.call("PATCH", path, admin, &body).assert_status(200);
                 });
             }
         });
         for (node, admin) in [(&a, &admin_a), (&b, &admin_b)] {
             let both = eventually(PROPAGATION, || {
-                let users = call(node, "GET", "/auth/users", admin, &Value::Null).json();
+                let users = node.call("GET", "/auth/users", admin, &Value::Null).json();
                 let user = users
                     .as_array()
                     .unwrap()
@@ -245,8 +213,7 @@ fn deactivation_on_one_node_ends_sessions_on_another() {
     let mut session = Ws::connect(b.addr, &bob_token);
     session.subscribe(&["jobs"], Value::Null);
     let started = Instant::now();
-    call(
-        &a,
+    a.call(
         "PATCH",
         &format!("/auth/users/{bob}"),
         &admin,
@@ -261,12 +228,12 @@ fn deactivation_on_one_node_ends_sessions_on_another() {
         started.elapsed()
     );
     refused_within(&b, &bob_token, 403, "USER_INACTIVE");
-    form_login(&b, "bob", "pw-bob-123").assert_error(403, "USER_INACTIVE");
+    b.form_login("bob", "pw-bob-123")
+        .assert_error(403, "USER_INACTIVE");
 
     // Reactivated on B, then read permission taken away on A: the session on B ends.
     let (admin_b, _) = login(&b, ADMIN, ADMIN_PASSWORD);
-    call(
-        &b,
+    b.call(
         "PATCH",
         &format!("/auth/users/{bob}"),
         &admin_b,
@@ -278,8 +245,7 @@ fn deactivation_on_one_node_ends_sessions_on_another() {
     session.subscribe(&["jobs"], Value::Null);
     // A knows of the reactivation before it is told to change permissions (the revision
     // it changes is the one B wrote, or its change is decided again on it).
-    let patched = call(
-        &a,
+    let patched = a.call(
         "PATCH",
         &format!("/auth/users/{bob}"),
         &admin,
@@ -303,26 +269,23 @@ fn logout_on_one_node_is_refused_on_every_other() {
     let (bob_token, _) = login_when_known(&b, "bob", "pw-bob-123");
     let (other_token, _) = login(&b, "bob", "pw-bob-123");
     for node in [&a, &c] {
-        assert!(eventually(PROPAGATION, || call(
-            node,
-            "GET",
-            "/auth/me",
-            &bob_token,
-            &Value::Null
-        )
-        .status
+        assert!(eventually(PROPAGATION, || node
+            .call("GET", "/auth/me", &bob_token, &Value::Null)
+            .status
             == 200));
     }
     let mut session = Ws::connect(c.addr, &bob_token);
     session.subscribe(&["jobs"], Value::Null);
 
-    call(&a, "POST", "/auth/logout", &bob_token, &Value::Null).assert_status(204);
+    a.call("POST", "/auth/logout", &bob_token, &Value::Null)
+        .assert_status(204);
     assert!(session.expect_close(4003).contains("revoked"));
     refused_within(&b, &bob_token, 401, "TOKEN_REVOKED");
     refused_within(&c, &bob_token, 401, "TOKEN_REVOKED");
     // The account's other token is not logged out anywhere.
     for node in [&a, &b, &c] {
-        call(node, "GET", "/auth/me", &other_token, &Value::Null).assert_status(200);
+        node.call("GET", "/auth/me", &other_token, &Value::Null)
+            .assert_status(200);
     }
 }
 
@@ -342,7 +305,7 @@ fn a_refresh_token_presented_on_two_nodes_at_once_has_one_winner() {
                     let (barrier, token) = (Arc::clone(&barrier), token.clone());
                     s.spawn(move || {
                         barrier.wait();
-                        let resp = refresh(node, &token);
+                        let resp = node.refresh(&token);
                         let body = if resp.status == 200 {
                             resp.json()
                         } else {
@@ -368,14 +331,14 @@ fn a_refresh_token_presented_on_two_nodes_at_once_has_one_winner() {
         // nodes.
         let (_, won) = answers.iter().find(|(status, _)| *status == 200).unwrap();
         let child = won["refresh_token"].as_str().unwrap();
-        refresh(&b, child).assert_error(401, "INVALID_REFRESH_TOKEN");
-        refresh(&a, child).assert_error(401, "INVALID_REFRESH_TOKEN");
+        b.refresh(child).assert_error(401, "INVALID_REFRESH_TOKEN");
+        a.refresh(child).assert_error(401, "INVALID_REFRESH_TOKEN");
     }
 
     // One rotation at a time goes on from node to node.
     let (_, mut token) = login(&a, ADMIN, ADMIN_PASSWORD);
     for node in [&b, &a, &b] {
-        let resp = refresh(node, &token);
+        let resp = node.refresh(&token);
         resp.assert_status(200);
         token = resp.json()["refresh_token"].as_str().unwrap().to_owned();
     }
@@ -391,8 +354,7 @@ fn a_user_deleted_on_one_node_cannot_log_in_on_another() {
     let mut session = Ws::connect(b.addr, &bob_token);
     session.subscribe(&["jobs"], Value::Null);
 
-    call(
-        &a,
+    a.call(
         "DELETE",
         &format!("/auth/users/{bob}"),
         &admin,
@@ -400,15 +362,14 @@ fn a_user_deleted_on_one_node_cannot_log_in_on_another() {
     )
     .assert_status(204);
     assert!(session.expect_close(4003).contains("not found"));
-    assert!(eventually(PROPAGATION, || form_login(
-        &b,
-        "bob",
-        "pw-bob-123"
-    )
-    .status
+    assert!(eventually(PROPAGATION, || b
+        .form_login("bob", "pw-bob-123")
+        .status
         == 401));
-    form_login(&b, "bob", "pw-bob-123").assert_error(401, "INVALID_CREDENTIALS");
-    refresh(&b, &bob_refresh).assert_error(401, "INVALID_REFRESH_TOKEN");
+    b.form_login("bob", "pw-bob-123")
+        .assert_error(401, "INVALID_CREDENTIALS");
+    b.refresh(&bob_refresh)
+        .assert_error(401, "INVALID_REFRESH_TOKEN");
     refused_within(&b, &bob_token, 401, "USER_NOT_FOUND");
     // The name is free again, on either node.
     let (admin_b, _) = login(&b, ADMIN, ADMIN_PASSWORD);
@@ -439,8 +400,7 @@ fn a_node_that_fell_behind_the_log_reloads_everything() {
     signal(&b, "STOP");
     let resumed = std::panic::catch_unwind(|| {
         registered(&a, &admin, "dave");
-        call(
-            &a,
+        a.call(
             "PATCH",
             &format!("/auth/users/{bob}"),
             &admin,
@@ -473,7 +433,9 @@ fn accounts_of_a_single_node_carry_over_to_cluster_mode() {
     let (admin, _) = login(&single, ADMIN, ADMIN_PASSWORD);
     let bob = registered(&single, &admin, "bob");
     let (bob_token, _) = login(&single, "bob", "pw-bob-123");
-    call(&single, "POST", "/auth/logout", &bob_token, &Value::Null).assert_status(204);
+    single
+        .call("POST", "/auth/logout", &bob_token, &Value::Null)
+        .assert_status(204);
     single.terminate();
     single.wait_exit(Duration::from_secs(10));
 
@@ -541,7 +503,8 @@ fn account_metrics_count_entries_applied_reloads_and_refused_commits() {
 
     let removed = valkey.command(&["HDEL", "pulsar:{accounts}:refresh", &jti]);
     assert_eq!(removed.int(), 1);
-    refresh(&b, &refresh_token).assert_error(401, "INVALID_REFRESH_TOKEN");
+    b.refresh(&refresh_token)
+        .assert_error(401, "INVALID_REFRESH_TOKEN");
     assert_eq!(
         account_counters(&b).2,
         b0.2 + 1.0,

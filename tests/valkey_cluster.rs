@@ -32,16 +32,6 @@ fn ready_relay(cluster: &ValkeyCluster, env: &[(&str, &str)]) -> Relay {
     relay
 }
 
-fn call(relay: &Relay, method: &str, path: &str, token: &str, body: &Value) -> Response {
-    let auth = auth_header(token);
-    let text = if body.is_null() {
-        Vec::new()
-    } else {
-        body.to_string().into_bytes()
-    };
-    relay.request(method, path, &[auth.as_pair()], &text)
-}
-
 fn idempotent_publish(relay: &Relay, key: &str, body: &str) -> Response {
     let token = rw_token();
     relay.request(
@@ -52,16 +42,6 @@ fn idempotent_publish(relay: &Relay, key: &str, body: &str) -> Response {
             ("Content-Type", "application/json"),
             ("Idempotency-Key", key),
         ],
-        body.as_bytes(),
-    )
-}
-
-fn login(relay: &Relay, username: &str, password: &str) -> Response {
-    let body = format!("username={username}&password={password}&grant_type=password");
-    relay.request(
-        "POST",
-        "/auth/login",
-        &[("Content-Type", "application/x-www-form-urlencoded")],
         body.as_bytes(),
     )
 }
@@ -109,8 +89,7 @@ fn publishing_replay_history_positions_idempotency_and_accounts_live_on_the_clus
     assert_eq!(got, published[0]);
     ws.send_json(&json!({"type": "ack", "message_id": published[0][2]}));
     assert!(ws.collect_until_pong().is_empty(), "the ack was refused");
-    let acked = call(
-        &relay,
+    let acked = relay.call(
         "POST",
         "/api/v1/ack",
         &rw_token(),
@@ -145,18 +124,18 @@ fn publishing_replay_history_positions_idempotency_and_accounts_live_on_the_clus
         .command(&answer_key, &["GET", &answer_key])
         .text()
         .is_some_and(|v| v.ends_with(&first.text())));
-    let admin = login(&relay, "admin", "admin-password-1");
+    let admin = relay.form_login("admin", "admin-password-1");
     admin.assert_status(200);
     let admin_token = admin.json()["access_token"].as_str().unwrap().to_string();
-    call(
-        &relay,
-        "POST",
-        "/auth/register",
-        &admin_token,
-        &json!({"username": "bob", "password": "pw-bob-123", "email": null,
+    relay
+        .call(
+            "POST",
+            "/auth/register",
+            &admin_token,
+            &json!({"username": "bob", "password": "pw-bob-123", "email": null,
                 "permissions": ["read"]}),
-    )
-    .assert_status(201);
+        )
+        .assert_status(201);
 
     relay.kill9();
     let relay = ready_relay(&cluster, &admin_env);
@@ -166,8 +145,7 @@ fn publishing_replay_history_positions_idempotency_and_accounts_live_on_the_clus
     want[2].push(id_of(&first.json()).to_string());
     for (topic, sent) in topics.iter().zip(&want) {
         assert_eq!(&replayed(&relay, topic), sent, "{topic}: long-poll replay");
-        let history = call(
-            &relay,
+        let history = relay.call(
             "GET",
             &format!("/api/v1/topics/{topic}/messages?order=asc&limit=100"),
             &rw_token(),
@@ -180,7 +158,7 @@ fn publishing_replay_history_positions_idempotency_and_accounts_live_on_the_clus
             "{topic}: history"
         );
     }
-    let listed = call(&relay, "GET", "/api/v1/topics", &rw_token(), &Value::Null);
+    let listed = relay.call("GET", "/api/v1/topics", &rw_token(), &Value::Null);
     listed.assert_status(200);
     let names: Vec<String> = listed
         .json()
@@ -219,7 +197,7 @@ fn publishing_replay_history_positions_idempotency_and_accounts_live_on_the_clus
         first.json(),
         "the retry gets the first answer"
     );
-    login(&relay, "bob", "pw-bob-123").assert_status(200);
+    relay.form_login("bob", "pw-bob-123").assert_status(200);
 
     let metrics = relay.metrics();
     for port in cluster.nodes[..3].iter().map(|n| n.port) {
@@ -593,8 +571,7 @@ fn reads_right_after_a_primary_dropped_the_relays_connections_succeed_on_every_s
         let killed = cluster_command(primary, &["CLIENT", "KILL", "TYPE", "normal"]);
         assert!(killed.int() >= SHARDS as i64, "round {round}: {killed:?}");
         for (topic, expected) in topics.iter().zip(&published) {
-            let page = call(
-                &relay,
+            let page = relay.call(
                 "GET",
                 &format!("/api/v1/topics/{topic}/messages?limit=10&order=asc"),
                 &token,

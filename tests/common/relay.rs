@@ -159,6 +159,39 @@ impl Relay {
         self.http().request(method, path, headers, body)
     }
 
+    /// `POST /auth/login` with a form body (the OAuth2 password grant).
+    pub fn form_login(&self, username: &str, password: &str) -> Response {
+        let body = format!("username={username}&password={password}&grant_type=password");
+        self.request(
+            "POST",
+            "/auth/login",
+            &[("Content-Type", "application/x-www-form-urlencoded")],
+            body.as_bytes(),
+        )
+    }
+
+    /// A request with `token` as bearer and `body` as JSON (none when null).
+    pub fn call(&self, method: &str, path: &str, token: &str, body: &Value) -> Response {
+        let auth = auth_header(token);
+        let text = if body.is_null() {
+            Vec::new()
+        } else {
+            body.to_string().into_bytes()
+        };
+        self.request(method, path, &[auth.as_pair()], &text)
+    }
+
+    /// `POST /auth/token/refresh` with `refresh_token`.
+    pub fn refresh(&self, refresh_token: &str) -> Response {
+        let body = serde_json::json!({ "refresh_token": refresh_token }).to_string();
+        self.request(
+            "POST",
+            "/auth/token/refresh",
+            &[("Content-Type", "application/json")],
+            body.as_bytes(),
+        )
+    }
+
     /// Publishes `payload` (raw JSON text) to `topic` with a read-write token and returns
     /// the 201 receipt.
     pub fn publish(&self, topic: &str, payload: &str) -> Value {
