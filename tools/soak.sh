@@ -29,8 +29,8 @@
 # allowed redelivery, one publish under two IDs, an unexpected answer such as a 500 or a
 # refresh token the relay forgot), the relay dying without being killed or panicking, or
 # growth that does not level off: RSS or open descriptors whose highest value in the last
-# third of the run is above the middle third's highest by more than 10% (descriptors: or
-# 16, whichever is more) while the last interval is still above the first interval of
+# third of the run is above the middle third's highest by more than 10% (RSS: or 16 MiB,
+# descriptors: or 16, whichever is more) while the last interval is still above the first interval of
 # the last third. Kills happen in the first third only, so that the last two thirds are
 # one relay process whose growth can be judged.
 #
