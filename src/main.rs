@@ -17,7 +17,7 @@ use pulsar_relay::account::credentials;
 use pulsar_relay::api::shard::{Relay, Transport};
 use pulsar_relay::auth::{random_secret, Authenticator, Permissions};
 use pulsar_relay::config::{AckMode, Backend, Config};
-use pulsar_relay::rt::Runtime;
+use pulsar_relay::rt::{Runtime, ShardPlacement};
 use pulsar_relay::store::transport;
 use pulsar_relay::tls::server::ServerTls;
 use pulsar_relay::{log_line, out_line};
@@ -211,8 +211,12 @@ fn serve(mut config: Config) -> Result<(), Failure> {
         "http"
     };
     out_line!(
-        "pulsar-relay listening on {scheme}://{addr} ({shards} shard{}, {backend})",
+        "pulsar-relay listening on {scheme}://{addr} ({shards} shard{}{}, {backend})",
         if shards == 1 { "" } else { "s" },
+        match settings.placement {
+            ShardPlacement::Pinned => " pinned to CPUs",
+            ShardPlacement::Floating => "",
+        },
     );
     if generated {
         let token = auth

@@ -318,7 +318,8 @@ fn a_short_secret_is_served_with_a_warning_and_the_placeholder_refused() {
 }
 
 /// A CPU set that leaves out CPU 0 (`docker --cpuset-cpus=1`, systemd's `CPUAffinity=`, a
-/// cgroup cpuset): the shard is pinned to a CPU of the set and the relay serves. Before,
+/// cgroup cpuset), with `server.cores: dedicated`: the shard is pinned to a CPU of the set
+/// and the relay serves. Before,
 /// shard 0 asked for CPU 0: inside a cpuset that refused it and no shard started; under a
 /// plain affinity mask it ran outside the mask. Where this test may make a cgroup cpuset
 /// (root, cgroup v1) the relay runs in one; elsewhere under an affinity mask only.
@@ -335,6 +336,7 @@ fn a_cpu_set_without_cpu_0_is_used_as_it_is() {
     let mut cmd = relay_command();
     cmd.env("PULSAR_SERVER_HTTP_PORT", "0")
         .env("PULSAR_SERVER_SHARDS", "1")
+        .env("PULSAR_SERVER_CORES", "dedicated")
         .env("PULSAR_JWT_SECRET_KEY", SECRET);
     // SAFETY: between fork and exec the child only makes system calls on memory prepared
     // before the fork (no allocation): it joins the cpuset, or narrows its own affinity.
@@ -376,6 +378,73 @@ fn a_cpu_set_without_cpu_0_is_used_as_it_is() {
         receipt["message_id"]
     );
     drop(relay);
+}
+
+/// `server.cores`: `dedicated` pins shard *i* to the *i*-th allowed CPU, `shared` (the
+/// default) leaves every shard free to run on any CPU the process may use.
+#[test]
+fn dedicated_cores_pin_each_shard_and_shared_cores_leave_them_free() {
+    let allowed = allowed_cpus();
+    let spawn = |cores: Option<&str>| {
+        let mut cmd = relay_command();
+        cmd.env("PULSAR_SERVER_HTTP_PORT", "0")
+            .env("PULSAR_SERVER_SHARDS", "2")
+            .env("PULSAR_JWT_SECRET_KEY", SECRET);
+        if let Some(cores) = cores {
+            cmd.env("PULSAR_SERVER_CORES", cores);
+        }
+        let relay = Relay::spawn(cmd);
+        relay.wait_ready(Duration::from_secs(10));
+        relay
+    };
+
+    let dedicated = spawn(Some("dedicated"));
+    for shard in 0..2 {
+        assert_eq!(
+            shard_cpus(dedicated.pid(), &format!("shard-{shard}")),
+            allowed[shard % allowed.len()].to_string(),
+            "dedicated: shard {shard} pinned to its CPU"
+        );
+    }
+    dedicated.publish("placed", r#"{"n":1}"#);
+    drop(dedicated);
+
+    let shared = spawn(None);
+    let process = process_cpus(shared.pid());
+    for shard in 0..2 {
+        assert_eq!(
+            shard_cpus(shared.pid(), &format!("shard-{shard}")),
+            process,
+            "shared (default): shard {shard} may run on every CPU the process may"
+        );
+    }
+    shared.publish("placed", r#"{"n":1}"#);
+    drop(shared);
+
+    let mut cmd = relay_command();
+    cmd.env("PULSAR_SERVER_CORES", "pinned");
+    let out = cmd.output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "an unknown value is a config error"
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("PULSAR_SERVER_CORES") && stderr.contains("dedicated"),
+        "names the variable and the accepted values: {stderr}"
+    );
+}
+
+/// The `Cpus_allowed_list` of process `pid` itself.
+fn process_cpus(pid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .expect("Cpus_allowed_list")
+        .trim()
+        .to_owned()
 }
 
 fn allowed_cpus() -> Vec<usize> {

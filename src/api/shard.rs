@@ -27,13 +27,15 @@ use super::limits::{LoginRates, PublishRates};
 use super::quota::{QuotaKey, Quotas};
 use crate::account::{AccountError, AccountSync, Accounts, Directory, DirectoryOp, DirectoryReply};
 use crate::auth::Authenticator;
-use crate::config::Config;
+use crate::config::{Config, Cores};
 use crate::metrics::{self, ShardMetrics};
 use crate::rt::budget::Admission;
 use crate::rt::conns::ConnTable;
 use crate::rt::lateness::{self, Lateness};
 use crate::rt::mesh::{self, Answer};
-use crate::rt::{now_ms, sleep, spawn_local, Core, Host, Process, Settings, TcpStream};
+use crate::rt::{
+    now_ms, sleep, spawn_local, Core, Host, Process, Settings, ShardPlacement, TcpStream,
+};
 use crate::store::Store;
 use crate::tls::client::ClientTls;
 use crate::tls::server::{Acceptor, ServerTls};
@@ -79,6 +81,10 @@ impl Relay {
             port: config.server.http_port,
             // A topic's interested shards are a `ShardSet`, which has room for so many.
             shards: config.shard_count().clamp(1, ShardSet::MAX_SHARDS),
+            placement: match config.server.cores {
+                Cores::Shared => ShardPlacement::Floating,
+                Cores::Dedicated => ShardPlacement::Pinned,
+            },
             max_connections: config.limits.max_connections,
             shutdown_grace: config.server.shutdown_grace,
         }

@@ -29,6 +29,7 @@ pub(crate) const SECTIONS: &[(&str, &[(&str, EnvKind)])] = &[
             ("host", Text),
             ("http_port", Scalar),
             ("shards", Scalar),
+            ("cores", Scalar),
             ("read_timeout", Scalar),
             ("write_timeout", Scalar),
             ("idle_timeout", Scalar),

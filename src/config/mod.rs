@@ -56,6 +56,9 @@ pub struct ServerConfig {
     pub http_port: u16,
     /// 0 = one shard per available CPU; see [`Config::shard_count`].
     pub shards: usize,
+    /// Whether the relay's CPUs run other work too (shards float) or only the relay's
+    /// (shard *i* pinned to CPU *i*).
+    pub cores: Cores,
     /// Deadline for a whole request, head and body, counted from its first byte.
     #[serde(with = "units::duration")]
     pub read_timeout: Duration,
@@ -77,6 +80,22 @@ pub struct ServerConfig {
     pub tls_key_file: String,
 }
 
+/// Whom the CPUs the shards run on belong to, the Seastar/ScyllaDB `--overprovisioned`
+/// choice. Neither spins while idle: measured on a shared 2-core host, spinning before
+/// parking cost more CPU per message than it saved (issue #18).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Cores {
+    /// Other processes (clients, sidecars, a load generator, a laptop's desktop) use the
+    /// same CPUs: shard threads are not pinned, so the kernel can run a shard next to the
+    /// process it is waking instead of sending an interrupt to a fixed CPU.
+    #[default]
+    Shared,
+    /// The CPUs are the relay's alone: shard *i* is pinned to the *i*-th CPU of the
+    /// process's CPU set and stays next to its caches.
+    Dedicated,
+}
+
 /// How bare topic names map to topics.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -95,6 +114,7 @@ impl Default for ServerConfig {
             host: "127.0.0.1".to_owned(),
             http_port: 8080,
             shards: 0,
+            cores: Cores::Shared,
             read_timeout: Duration::from_secs(30),
             write_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(120),

@@ -432,6 +432,19 @@ fn bootstrap_admin_comes_from_the_original_relays_variables() {
 }
 
 #[test]
+fn cores_default_to_shared_and_take_dedicated() {
+    assert_eq!(Config::default().server.cores, Cores::Shared);
+    let config = from_env(&[("PULSAR_SERVER_CORES", "dedicated")]).unwrap();
+    assert_eq!(config.server.cores, Cores::Dedicated);
+    let err = from_env(&[("PULSAR_SERVER_CORES", "isolated")]).unwrap_err();
+    assert_eq!(err.key.as_deref(), Some("server.cores"));
+    assert!(
+        err.message.contains("shared") && err.message.contains("dedicated"),
+        "{err}"
+    );
+}
+
+#[test]
 fn env_outside_our_sections_is_ignored() {
     let config = from_env(&[
         ("PULSAR_RATE_LIMIT_STORAGE_URI", "memory://"),

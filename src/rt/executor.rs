@@ -1,9 +1,9 @@
 //! Where each shard's executor runs, and why one could not start.
 //!
-//! Shard *i* is pinned to the *i*-th CPU of the set the process may run on
-//! (sched_getaffinity(2)), modulo its size: a CPU set that leaves out CPU 0 (`docker
-//! --cpuset-cpus=1`, systemd's `CPUAffinity=`, a cgroup cpuset) is used as it is, never
-//! asked for CPUs outside it.
+//! Pinned shards ([`super::ShardPlacement::Pinned`]): shard *i* runs on the *i*-th CPU of
+//! the set the process may run on (sched_getaffinity(2)), modulo its size: a CPU set that
+//! leaves out CPU 0 (`docker --cpuset-cpus=1`, systemd's `CPUAffinity=`, a cgroup cpuset)
+//! is used as it is, never asked for CPUs outside it. Floating shards inherit that set.
 //!
 //! An executor that cannot start is explained by probing the usual causes in turn
 //! (io_uring missing or blocked, too little locked memory) rather than by guessing; what
@@ -38,10 +38,11 @@ pub fn cpu_for(shard: usize, allowed: &[usize]) -> usize {
     allowed[shard % allowed.len()]
 }
 
-/// Why the executor of shard `shard` (pinned to `cpu`) failed with `error`: the first
-/// cause the probes find, else glommio's error as it is.
-pub fn explain(shard: usize, cpu: usize, error: &str) -> String {
-    let mut msg = format!("cannot start a shard executor (shard {shard} on CPU {cpu}): {error}.");
+/// Why the executor of shard `shard` (pinned to `cpu`, if it is) failed with `error`: the
+/// first cause the probes find, else glommio's error as it is.
+pub fn explain(shard: usize, cpu: Option<usize>, error: &str) -> String {
+    let place = cpu.map_or(String::new(), |cpu| format!(" on CPU {cpu}"));
+    let mut msg = format!("cannot start a shard executor (shard {shard}{place}): {error}.");
     match probe_io_uring() {
         Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => msg.push_str(
             " This kernel has no io_uring (io_uring_setup: ENOSYS); Pulsar Relay needs Linux >= 5.8.",
@@ -133,10 +134,15 @@ mod tests {
 
     #[test]
     fn an_unexplained_failure_keeps_glommio_s_words() {
-        let msg = explain(3, 5, "something odd");
+        let msg = explain(3, Some(5), "something odd");
         assert!(
             msg.starts_with("cannot start a shard executor (shard 3 on CPU 5): something odd."),
             "{msg}"
+        );
+        let msg = explain(3, None, "something odd");
+        assert!(
+            msg.starts_with("cannot start a shard executor (shard 3): something odd."),
+            "a floating shard names no CPU: {msg}"
         );
     }
 }

@@ -49,10 +49,21 @@ pub struct Settings {
     pub host: String,
     pub port: u16,
     pub shards: usize,
+    /// Whether shard threads are pinned to CPUs.
+    pub placement: ShardPlacement,
     /// Most connections served at once (0: as many as the file limit allows).
     pub max_connections: usize,
     /// How long shards may take to drain after the shutdown flag is raised.
     pub shutdown_grace: Duration,
+}
+
+/// Where the kernel may run shard threads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ShardPlacement {
+    /// Anywhere in the process's CPU set, moved as the scheduler sees fit.
+    Floating,
+    /// Shard *i* on the *i*-th CPU of the process's CPU set ([`executor::cpu_for`]).
+    Pinned,
 }
 
 /// Process-wide facts, shared by all shards and the main thread (atomics only).
@@ -153,14 +164,18 @@ impl Runtime {
             let build = Arc::clone(&build);
             let grace = self.settings.shutdown_grace;
             let fd = listener.into_raw_fd();
-            let cpu = executor::cpu_for(id, &allowed);
-            let spawned = LocalExecutorBuilder::new(Placement::Fixed(cpu))
-                .name(&format!("shard-{id}"))
-                .spawn(move || async move {
-                    // SAFETY: `fd` is a listening socket whose ownership moved here.
-                    let listener = unsafe { glommio::net::TcpListener::from_raw_fd(fd) };
-                    shard::run(id, process, ends, listener, grace, |core| build(core)).await
-                });
+            let cpu = match self.settings.placement {
+                ShardPlacement::Pinned => Some(executor::cpu_for(id, &allowed)),
+                ShardPlacement::Floating => None,
+            };
+            let spawned =
+                LocalExecutorBuilder::new(cpu.map_or(Placement::Unbound, Placement::Fixed))
+                    .name(&format!("shard-{id}"))
+                    .spawn(move || async move {
+                        // SAFETY: `fd` is a listening socket whose ownership moved here.
+                        let listener = unsafe { glommio::net::TcpListener::from_raw_fd(fd) };
+                        shard::run(id, process, ends, listener, grace, |core| build(core)).await
+                    });
             match spawned {
                 Ok(handle) => handles.push((id, cpu, handle)),
                 Err(e) => {

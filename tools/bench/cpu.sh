@@ -10,6 +10,7 @@
 #   RATES="10000 30000 50000"   publish rates, msg/s (open loop, 64 connections, 10 topics)
 #   FANOUT="100:200 1000:20"    fan-out runs, subscribers:msg/s, all on one topic
 #   WARMUP=2s
+#   RELAY_ENV="A=1 B=2"         extra environment for the relay (e.g. PULSAR_SERVER_CORES=dedicated)
 #
 # For each rate the three servers run one after the other, each freshly started, so slow
 # drift in the machine's background load hits them alike; compare within one run.
@@ -55,7 +56,8 @@ start() {
     pid=$(cat "/proc/$server/task/$server/children")
     pid=${pid%% *}
   else
-    env PULSAR_JWT_SECRET_KEY="$secret" PULSAR_SERVER_HTTP_PORT=$relay_port \
+    # shellcheck disable=SC2086
+    env ${RELAY_ENV:-} PULSAR_JWT_SECRET_KEY="$secret" PULSAR_SERVER_HTTP_PORT=$relay_port \
       PULSAR_SERVER_SHARDS="$2" "$relay" >>"$out/relay.log" 2>&1 & server=$!
     pid=$server
     url=http://127.0.0.1:$relay_port
@@ -150,7 +152,7 @@ done
 load_after=$(cut -d' ' -f1-3 /proc/loadavg)
 
 cat <<EOF
-Server CPU per message, \`tools/bench/cpu.sh $duration\` at $commit, $(date -u +%Y-%m-%d) on $machine.
+Server CPU per message, \`tools/bench/cpu.sh $duration\` at $commit${RELAY_ENV:+ with $RELAY_ENV}, $(date -u +%Y-%m-%d) on $machine.
 Load average before $load_before, after $load_after; other processes used up to $max_others cores during a run.
 
 Single-message publish: \`pulsar-loadgen publish --connections 64 --topics 10 --rate R\`
