@@ -383,6 +383,46 @@ fn a_bulk_partly_refused_by_valkey_keeps_its_key() {
     );
 }
 
+/// With Valkey, one shard: a bulk publish of which Valkey refused every write answers 207
+/// with every item `STORE_REJECTED` and none accepted, and still keeps its key, unlike a
+/// bulk refused before publishing: each message was delivered live from memory, so a
+/// retry must replay the answer, not deliver them again.
+#[test]
+fn a_bulk_entirely_refused_by_valkey_keeps_its_key() {
+    let valkey = Valkey::start();
+    let relay = Relay::start_on_valkey(&valkey, &[("PULSAR_SERVER_SHARDS", "1")]);
+    relay.wait_ready(Duration::from_secs(10));
+    let topics = ["idem-all-refused-a", "idem-all-refused-b"];
+    for topic in topics {
+        valkey.command(&["SET", &stream_key(topic), "not a stream"]);
+    }
+    let token = rw_token();
+    let k = key(14);
+    let body = json!({"messages": [
+        {"topic": topics[0], "payload": 1},
+        {"topic": topics[1], "payload": 2},
+    ]})
+    .to_string();
+    let first = post(&relay, BULK, &token, Some(&k), &body);
+    assert_first(&first, 207);
+    let answer = first.json();
+    assert_eq!(answer["summary"]["accepted"], 0, "{answer}");
+    for item in 0..2 {
+        assert_eq!(
+            answer["results"][item]["error"]["code"], "STORE_REJECTED",
+            "{answer}"
+        );
+    }
+    assert_replay_of(&post(&relay, BULK, &token, Some(&k), &body), &first);
+    for topic in topics {
+        assert_eq!(
+            stored(&relay, topic).len(),
+            1,
+            "{topic}: delivered from memory once, not again by the retry"
+        );
+    }
+}
+
 #[test]
 fn answers_expire_with_the_window() {
     let relay = Relay::start_with(&[("PULSAR_LIMITS_IDEMPOTENCY_WINDOW", "1s")]);
