@@ -14,7 +14,8 @@
 #
 # For each rate the three servers run one after the other, each freshly started, so slow
 # drift in the machine's background load hits them alike; compare within one run.
-# Needs nginx and jq (Debian packages) and a release build (built when missing).
+# Needs nginx and jq (Debian packages) and a release build (built when missing; RELAY and
+# LOADGEN name other binaries).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 duration=${1:-10s}
@@ -23,23 +24,9 @@ rates=${RATES:-10000 30000 50000}
 fanout=${FANOUT:-100:200 1000:20}
 nginx_port=18092
 relay_port=18093
-relay=target/release/pulsar-relay
-loadgen=target/release/pulsar-loadgen
-for tool in nginx jq curl; do
-  command -v "$tool" >/dev/null || { echo "cpu.sh needs $tool (apt-get install -y $tool)" >&2; exit 1; }
-done
-[ -x "$relay" ] && [ -x "$loadgen" ] || cargo build --release
-secret=$(head -c 32 /dev/urandom | base64)
-out=$(mktemp -d /tmp/pulsar-bench-cpu.XXXXXX)
-server=""
-stop() {
-  if [ -n "$server" ]; then
-    kill "$server" 2>/dev/null || true
-    wait "$server" 2>/dev/null || true
-    server=""
-  fi
-}
-trap stop EXIT
+. tools/bench/lib.sh
+bench_needs nginx jq curl
+bench_setup cpu
 
 # Starts a server ("nginx", or "relay N" for N shards); sets $server (the process to stop)
 # and $pid (the process whose CPU counts), $url.

@@ -19,24 +19,10 @@ duration=${1:-10s}
 secs=${duration%s}
 rates=${RATES:-10000 30000}
 shards_list=${SHARDS:-1 2}
-relay=${RELAY:-target/release/pulsar-relay}
-loadgen=${LOADGEN:-target/release/pulsar-loadgen}
 port=18094
-for tool in perf jq curl; do
-  command -v "$tool" >/dev/null || { echo "syscalls.sh needs $tool" >&2; exit 1; }
-done
-[ -x "$relay" ] && [ -x "$loadgen" ] || cargo build --release
-secret=$(head -c 32 /dev/urandom | base64)
-out=$(mktemp -d /tmp/pulsar-bench-syscalls.XXXXXX)
-server=""
-stop() {
-  if [ -n "$server" ]; then
-    kill "$server" 2>/dev/null || true
-    wait "$server" 2>/dev/null || true
-    server=""
-  fi
-}
-trap stop EXIT
+. tools/bench/lib.sh
+bench_needs perf jq curl
+bench_setup syscalls
 
 # The counted events, and their column names.
 events=(raw_syscalls:sys_enter syscalls:sys_enter_io_uring_enter syscalls:sys_enter_membarrier

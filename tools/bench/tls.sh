@@ -14,7 +14,8 @@
 #   COUNT=5000            idle WebSocket connections for the memory figure
 #   ROUNDS=2              each rate's runs are repeated, alternating the servers
 #
-# Needs openssl, jq and curl, and a release build (built when missing).
+# Needs openssl, jq and curl, and a release build (built when missing; RELAY and LOADGEN
+# name other binaries).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 duration=${1:-10s}
@@ -24,23 +25,9 @@ connections=${CONNECTIONS:-64}
 rounds=${ROUNDS:-2}
 base=${BASE:-}
 port=18094
-relay=target/release/pulsar-relay
-loadgen=target/release/pulsar-loadgen
-for tool in openssl jq curl; do
-  command -v "$tool" >/dev/null || { echo "tls.sh needs $tool (apt-get install -y $tool)" >&2; exit 1; }
-done
-[ -x "$relay" ] && [ -x "$loadgen" ] || cargo build --release
-secret=$(head -c 32 /dev/urandom | base64)
-out=$(mktemp -d /tmp/pulsar-bench-tls.XXXXXX)
-server=""
-stop() {
-  if [ -n "$server" ]; then
-    kill "$server" 2>/dev/null || true
-    wait "$server" 2>/dev/null || true
-    server=""
-  fi
-}
-trap stop EXIT
+. tools/bench/lib.sh
+bench_needs openssl jq curl
+bench_setup tls
 
 # The certificate the TLS runs serve: P-256, signed by a CA of the run's own.
 ec=(-newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes)
