@@ -20,8 +20,22 @@ use std::cell::Cell;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-/// How often [`watch`] measures the executor's lag.
+use super::signal::Signal;
+
+/// How often [`watch`] measures the executor's lag while the shard has work.
 pub const PERIOD: Duration = Duration::from_millis(25);
+
+/// How often it measures once the shard has had no work for [`DOZE_AFTER`] ticks: an idle
+/// relay then wakes a few times a second instead of forty (each wake-up of an idle executor
+/// is a sleep, an interrupt and a dozen system calls). Work wakes the watch at once.
+const IDLE_PERIOD: Duration = Duration::from_millis(250);
+
+/// Quiet ticks in a row (no work admitted, no lag to speak of) before the watch dozes: a
+/// second's worth.
+const DOZE_AFTER: u32 = 40;
+
+/// A lag below this is an idle executor's timer noise, not a queue.
+const NO_LAG: Duration = Duration::from_millis(1);
 
 /// How long the gauge's window of delays lasts: [`Lateness::peak`] is the largest delay of
 /// the last complete window.
@@ -39,6 +53,13 @@ pub struct Lateness {
     window_start: Cell<Instant>,
     window_peak: Cell<Duration>,
     last_peak: Cell<Duration>,
+    /// Work was admitted since the watch's last tick.
+    worked: Cell<bool>,
+    /// Ticks in a row without work or lag.
+    quiet_ticks: Cell<u32>,
+    /// The watch measures every [`IDLE_PERIOD`]; the next admitted work raises `wake`.
+    dozing: Cell<bool>,
+    wake: Signal,
 }
 
 impl Lateness {
@@ -49,6 +70,10 @@ impl Lateness {
             window_start: Cell::new(now),
             window_peak: Cell::new(Duration::ZERO),
             last_peak: Cell::new(Duration::ZERO),
+            worked: Cell::new(false),
+            quiet_ticks: Cell::new(0),
+            dozing: Cell::new(false),
+            wake: Signal::default(),
         }
     }
 
@@ -61,6 +86,10 @@ impl Lateness {
     /// waited longer than the limit, or the shard is late.
     pub fn admits(&self, queued: Instant, now: Instant) -> bool {
         let waited = now.saturating_duration_since(queued);
+        self.worked.set(true);
+        if self.dozing.replace(false) {
+            self.wake.raise();
+        }
         self.observe(waited, now);
         !self.too_late(waited) && !self.is_late()
     }
@@ -74,6 +103,23 @@ impl Lateness {
             0
         };
         self.late_ticks.set(ticks);
+        let quiet = !self.worked.replace(false) && lag < NO_LAG;
+        let quiet_ticks = if quiet {
+            self.quiet_ticks.get().saturating_add(1)
+        } else {
+            0
+        };
+        self.quiet_ticks.set(quiet_ticks);
+        self.dozing.set(quiet_ticks >= DOZE_AFTER);
+    }
+
+    /// How long the watch sleeps before its next tick.
+    fn period(&self) -> Duration {
+        if self.dozing.get() {
+            IDLE_PERIOD
+        } else {
+            PERIOD
+        }
     }
 
     /// The executor has been late on consecutive ticks.
@@ -115,23 +161,35 @@ impl Lateness {
     }
 }
 
-/// Measures the executor's lag every [`PERIOD`] for as long as `lateness` is held
-/// elsewhere: a sleep that ends later than asked waited that much for its turn.
-pub async fn watch(lateness: std::rc::Weak<Lateness>) {
+/// Measures the executor's lag every [`PERIOD`] (every [`IDLE_PERIOD`] while the shard is
+/// idle) for as long as `lateness` is held elsewhere: a sleep that ends later than asked
+/// waited that much for its turn.
+pub async fn watch(lateness: Rc<Lateness>) {
     loop {
-        let asked = Instant::now() + PERIOD;
-        super::sleep(PERIOD).await;
-        let now = Instant::now();
-        let Some(lateness) = lateness.upgrade() else {
-            return;
+        let period = lateness.period();
+        let asked = Instant::now() + period;
+        let timer = async {
+            super::sleep(period).await;
+            true
         };
-        lateness.tick(now.saturating_duration_since(asked), now);
+        let woken = async {
+            lateness.wake.wait().await;
+            false
+        };
+        let on_timer = futures_lite::future::or(timer, woken).await;
+        if Rc::strong_count(&lateness) == 1 {
+            return;
+        }
+        if on_timer {
+            let now = Instant::now();
+            lateness.tick(now.saturating_duration_since(asked), now);
+        }
     }
 }
 
 /// Starts [`watch`] on the current shard.
 pub fn start(lateness: &Rc<Lateness>) {
-    super::spawn_local(watch(Rc::downgrade(lateness))).detach();
+    super::spawn_local(watch(Rc::clone(lateness))).detach();
 }
 
 #[cfg(test)]
@@ -183,6 +241,55 @@ mod tests {
         assert!(!l.is_late());
         assert!(l.admits(t0, t0 + 5000 * MS));
         assert_eq!(l.peak(t0 + 6000 * MS), 5000 * MS);
+    }
+
+    #[test]
+    fn an_idle_shard_is_watched_less_often_until_work_arrives() {
+        let t0 = Instant::now();
+        let l = Lateness::new(100 * MS, t0);
+        for _ in 0..DOZE_AFTER - 1 {
+            l.tick(Duration::ZERO, t0);
+        }
+        assert_eq!(l.period(), PERIOD, "not yet a second of quiet");
+        l.tick(Duration::ZERO, t0);
+        assert_eq!(l.period(), IDLE_PERIOD);
+        assert!(l.admits(t0, t0));
+        assert_eq!(l.period(), PERIOD, "work wakes the watch");
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        assert!(
+            l.wake.poll_wait(&mut cx).is_ready(),
+            "and raises its signal"
+        );
+        l.tick(Duration::ZERO, t0);
+        assert_eq!(
+            l.period(),
+            PERIOD,
+            "a tick with work starts the count again"
+        );
+        for _ in 0..DOZE_AFTER {
+            l.tick(Duration::ZERO, t0);
+        }
+        assert_eq!(l.period(), IDLE_PERIOD);
+        l.tick(5 * MS, t0);
+        assert_eq!(
+            l.period(),
+            PERIOD,
+            "a lagging tick (work that is not a publish) wakes it too"
+        );
+    }
+
+    #[test]
+    fn lag_or_work_on_every_tick_keeps_the_watch_awake() {
+        let t0 = Instant::now();
+        let lagging = Lateness::new(100 * MS, t0);
+        let working = Lateness::new(100 * MS, t0);
+        for _ in 0..3 * DOZE_AFTER {
+            lagging.tick(2 * MS, t0);
+            working.admits(t0, t0);
+            working.tick(Duration::ZERO, t0);
+        }
+        assert_eq!(lagging.period(), PERIOD);
+        assert_eq!(working.period(), PERIOD);
     }
 
     #[test]
