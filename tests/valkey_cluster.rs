@@ -568,6 +568,13 @@ fn reads_right_after_a_primary_dropped_the_relays_connections_succeed_on_every_s
     let token = rw_token();
     let primary = cluster.nodes[0].port;
     for round in 0..4 {
+        // A shard whose connection was killed and not used since notices it on its idle
+        // check and reconnects within about a second: wait for that, so that every shard
+        // has a connection to lose.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while other_clients(primary) < SHARDS && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
         let killed = cluster_command(primary, &["CLIENT", "KILL", "TYPE", "normal"]);
         assert!(killed.int() >= SHARDS as i64, "round {round}: {killed:?}");
         for (topic, expected) in topics.iter().zip(&published) {
@@ -586,6 +593,14 @@ fn reads_right_after_a_primary_dropped_the_relays_connections_succeed_on_every_s
             assert_eq!(&replayed(&relay, topic), expected, "replay of {topic}");
         }
     }
+}
+
+/// The normal (not pub/sub, not replica) client connections of Valkey at `port`, other
+/// than the one asking.
+fn other_clients(port: u16) -> usize {
+    let list = cluster_command(port, &["CLIENT", "LIST", "TYPE", "normal"]);
+    let lines = list.text().unwrap_or_default().lines().count();
+    lines.saturating_sub(1)
 }
 
 /// The relay's sentinel keys on `primary` (index in `cluster.nodes`).
