@@ -92,15 +92,10 @@ impl Owner {
             let mut receipts = Vec::with_capacity(replies.len());
             let (mut refused, mut unreplicated) = (Vec::new(), None);
             for (item, (reply, mut unrecorded, span)) in replies.into_iter().enumerate() {
-                let Some(reply) = reply else {
-                    refused.push((item, StoreError::Unavailable("no Valkey".into())));
-                    receipts.push(Receipt {
-                        id: MessageId::ZERO,
-                        timestamp_ms: now,
-                    });
-                    continue;
+                let mut answer = match reply {
+                    Some(reply) => reply.take().await,
+                    None => Err(LinkError::Down),
                 };
-                let mut answer = reply.take().await;
                 if let (Ok(value), Some(owner)) = (&answer, &owner) {
                     if script_missing(value) {
                         // NOSCRIPT: Valkey ran nothing, so sending the message again (with
@@ -120,8 +115,7 @@ impl Owner {
                         };
                     }
                 }
-                let outcome = announced(answer);
-                let announced = match outcome {
+                let announced = match announced(answer) {
                     Ok(announced) => announced,
                     Err(e) => {
                         refused.push((item, e));
