@@ -414,25 +414,15 @@ fn sessions_list_and_end_the_callers_refresh_tokens() {
         "{list}"
     );
     assert_eq!(list[0]["client_hint"], "password-login");
-    relay
-        .call(
-            "DELETE",
-            &format!("/auth/sessions/{jti}"),
-            &access,
-            &Value::Null,
-        )
-        .assert_status(204);
+    let end_session = || {
+        let path = format!("/auth/sessions/{jti}");
+        relay.call("DELETE", &path, &access, &Value::Null)
+    };
+    end_session().assert_status(204);
     relay
         .refresh(&refresh_token)
         .assert_error(401, "INVALID_REFRESH_TOKEN");
-    relay
-        .call(
-            "DELETE",
-            &format!("/auth/sessions/{jti}"),
-            &access,
-            &Value::Null,
-        )
-        .assert_error(404, "SESSION_NOT_FOUND");
+    end_session().assert_error(404, "SESSION_NOT_FOUND");
 }
 
 #[test]

@@ -328,6 +328,27 @@ fn entries_with(valkey: &Valkey, key: &str, payload: &str) -> Vec<String> {
         .collect()
 }
 
+/// The replicated-acks tests' end: the single publish `body` with `key` replays its 201
+/// naming `written[0]`, and the stream (on `primary`) holds that message and each bulk
+/// message once.
+#[track_caller]
+fn assert_replayed_and_stored_once(
+    relay: &Relay,
+    (primary, stream): (&Valkey, &str),
+    key: &str,
+    body: &str,
+    written: &[String],
+) {
+    let replayed = post_keyed(relay, "/api/v1/messages", key, body);
+    replayed.assert_status(201);
+    assert_eq!(replayed.header("idempotent-replayed"), Some("true"));
+    assert_eq!(id_of(&replayed.json()), written[0]);
+    assert_eq!(entries_with(primary, stream, r#""once""#), written);
+    for payload in [r#""bulk-a""#, r#""bulk-b""#] {
+        assert_eq!(entries_with(primary, stream, payload).len(), 1, "{payload}");
+    }
+}
+
 /// A relay with replicated acks on `primary` (one replica wanted, `replica_timeout`).
 fn replicated_relay(primary: &Valkey, replica_timeout: &str, ack_timeout: &str) -> Relay {
     replicated_with(primary, replica_timeout, ack_timeout, &[])
@@ -441,14 +462,8 @@ fn a_key_refused_for_replication_stays_bound_to_its_message_and_a_retry_confirms
         replica.stream_ids(&key).contains(&written[0]),
         "confirmed, so the replica has it"
     );
-    let replayed = post_keyed(&relay, "/api/v1/messages", "k-once", &body);
-    replayed.assert_status(201);
-    assert_eq!(replayed.header("idempotent-replayed"), Some("true"));
-    assert_eq!(id_of(&replayed.json()), written[0]);
-    assert_eq!(entries_with(&primary, &key, r#""once""#), written);
-    for payload in [r#""bulk-a""#, r#""bulk-b""#] {
-        assert_eq!(entries_with(&primary, &key, payload).len(), 1, "{payload}");
-    }
+    let stored = (&primary, key.as_str());
+    assert_replayed_and_stored_once(&relay, stored, "k-once", &body, &written);
     let republished = retried_until_confirmed(&relay, "k-gone", &gone_body);
     assert_ne!(id_of(&republished), lost[0], "published anew");
     assert_eq!(
@@ -561,12 +576,6 @@ fn in_cluster_mode_a_key_refused_for_replication_stays_bound_on_every_node() {
     primary.wait_replicas(1);
     let confirmed = retried_until_confirmed(&nodes[2], "k-nodes", &body);
     assert_eq!(id_of(&confirmed), written[0], "the message already written");
-    let replayed = post_keyed(&nodes[0], "/api/v1/messages", "k-nodes", &body);
-    replayed.assert_status(201);
-    assert_eq!(replayed.header("idempotent-replayed"), Some("true"));
-    assert_eq!(id_of(&replayed.json()), written[0]);
-    assert_eq!(entries_with(&primary, &key, r#""once""#), written);
-    for payload in [r#""bulk-a""#, r#""bulk-b""#] {
-        assert_eq!(entries_with(&primary, &key, payload).len(), 1, "{payload}");
-    }
+    let stored = (&primary, key.as_str());
+    assert_replayed_and_stored_once(&nodes[0], stored, "k-nodes", &body, &written);
 }
